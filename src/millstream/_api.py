@@ -1,0 +1,428 @@
+"""The dataflow API: Flow, Stream, KeyedStream. Building a flow runs nothing."""
+
+from __future__ import annotations
+
+import inspect as _inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from millstream import _plan as P
+from millstream._eventtime import WatermarkStrategy
+from millstream._location import callable_name, user_location
+from millstream._time import Duration, to_ms
+from millstream.agg import Aggregation
+from millstream.connectors._base import Sink, Source
+from millstream.errors import ConfigError, FlowDefinitionError
+from millstream.state import StateSpec
+from millstream.windows import CountWindow, WindowAssigner
+
+if TYPE_CHECKING:
+    from millstream._run import RunConfig, RunResult
+
+__all__ = ["Flow", "KeyedStream", "Stream", "WindowResult", "WindowedStream"]
+
+KeyLike = str | tuple[str, ...] | list[str] | Callable[[Any], Any]
+
+
+class Flow:
+    """A dataflow under construction. Add sources with :meth:`source`; run with :meth:`run`.
+
+    >>> import millstream as ms
+    >>> flow = ms.Flow("doubler")
+    >>> out = ms.testing.CollectSink()
+    >>> flow.source(ms.testing.TestSource([1, 2, 3])).map(lambda x: 2 * x).sink(out)
+    >>> flow.run().ok
+    True
+    >>> out.values
+    [2, 4, 6]
+    """
+
+    def __init__(self, name: str = "flow") -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"a flow's name must be a non-empty str, not {name!r}")
+        self.name = name
+        self._nodes: list[P.Node] = []
+        self._names: set[str] = set()
+
+    # -- building --------------------------------------------------------------------
+    def source(
+        self, connector: Source, *, watermark: WatermarkStrategy | None = None, name: str | None = None
+    ) -> Stream:
+        """Add an input. ``watermark`` gives the stream event time (needed by time windows)."""
+        loc = user_location()
+        if not isinstance(connector, Source):
+            raise FlowDefinitionError(
+                f"source() takes a source connector, got {type(connector).__name__} {connector!r}",
+                step=name or "source",
+                location=loc,
+                fix="pass e.g. millstream.connectors.files.read('events.jsonl') or millstream.testing.TestSource([...])",
+            )
+        if watermark is not None and not isinstance(watermark, WatermarkStrategy):
+            raise FlowDefinitionError(
+                f"watermark must be a WatermarkStrategy, not {watermark!r}",
+                step=name or connector.default_name(),
+                location=loc,
+                fix="use millstream.WatermarkStrategy.bounded(timedelta(seconds=5), timestamp='ts')",
+            )
+        node = self._add(P.SourceOp(connector, watermark), (), name or connector.default_name(), loc,
+                         timestamped=watermark is not None)
+        return Stream(self, node)
+
+    def _add(self, op: P.Op, inputs: tuple[int, ...], name: str, location: str | None, *, timestamped: bool) -> int:
+        unique = name
+        n = 2
+        while unique in self._names:
+            unique = f"{name}#{n}"
+            n += 1
+        self._names.add(unique)
+        node = P.Node(len(self._nodes), unique, op, inputs, location, timestamped)
+        self._nodes.append(node)
+        return node.id
+
+    def _node(self, node_id: int) -> P.Node:
+        return self._nodes[node_id]
+
+    # -- inspecting ------------------------------------------------------------------
+    def plan(self) -> P.Plan:
+        """The frozen logical plan; validates the flow as a whole."""
+        plan = P.Plan(self.name, tuple(self._nodes))
+        if not plan.sources:
+            raise FlowDefinitionError(
+                "the flow has no source", step=None, location=None, fix="add one with flow.source(...)"
+            )
+        if not plan.sinks:
+            raise FlowDefinitionError(
+                "the flow has no sink, so running it would compute nothing anyone can see",
+                fix="end a stream with .sink(...), e.g. .sink(millstream.connectors.stdio.write())",
+            )
+        return plan
+
+    def __repr__(self) -> str:
+        return f"Flow({self.name!r}, steps={len(self._nodes)})"
+
+    # -- running ---------------------------------------------------------------------
+    def run(self, mode: str = "native", *, config: RunConfig | None = None, **options: Any) -> RunResult:
+        """Run the flow to the end of its inputs (or until interrupted) and return a summary.
+
+        Options are those of :class:`millstream.RunConfig` (``mode``, ``clock``,
+        ``max_chunk``, ``on_progress``...), given either as a config object or as keywords.
+        """
+        from millstream._run import RunConfig, run_plan
+
+        cfg = config if config is not None else RunConfig()
+        cfg = cfg.replace(mode=mode, **options) if (options or mode != cfg.mode) else cfg
+        return run_plan(self.plan(), cfg)
+
+
+def _check_fn(fn: Any, what: str, step: str, loc: str | None, nargs: int = 1) -> None:
+    if not callable(fn):
+        raise FlowDefinitionError(
+            f"{what} needs a function, got {type(fn).__name__} {fn!r}",
+            step=step,
+            location=loc,
+            fix=f"pass a function, e.g. .{what}(lambda event: ...)",
+        )
+    try:
+        sig = _inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(*([None] * nargs))
+    except TypeError:
+        raise FlowDefinitionError(
+            f"{what} calls its function with {nargs} argument{'s' if nargs != 1 else ''}, "
+            f"but {callable_name(fn)}{sig} cannot take that",
+            step=step,
+            location=loc,
+            fix=f"give {callable_name(fn)} exactly {nargs} positional parameter{'s' if nargs != 1 else ''}",
+        ) from None
+
+
+def _key_spec(key: Any, step: str, loc: str | None, name: str | None) -> P.KeySpec:
+    if isinstance(key, str) and key:
+        return P.KeySpec(fields=(key,), name=key)
+    if isinstance(key, tuple | list) and key and all(isinstance(k, str) and k for k in key):
+        return P.KeySpec(fields=tuple(key), name="key")
+    if callable(key):
+        _check_fn(key, "key_by", step, loc)
+        return P.KeySpec(fn=key, name=name or "key")
+    raise FlowDefinitionError(
+        f"key_by takes a field name, a tuple of field names or a function, not {key!r}",
+        step=step,
+        location=loc,
+        fix="e.g. .key_by('card') or .key_by(lambda tx: tx['card'])",
+    )
+
+
+def _check_aggs(aggs: Mapping[str, Any], step: str, loc: str | None) -> tuple[tuple[str, Aggregation], ...]:
+    if not aggs:
+        raise FlowDefinitionError(
+            "aggregate() needs at least one named aggregation",
+            step=step,
+            location=loc,
+            fix="e.g. .aggregate(total=ms.agg.sum('amount'), n=ms.agg.count())",
+        )
+    out = []
+    for name, agg in aggs.items():
+        if not isinstance(agg, Aggregation):
+            raise FlowDefinitionError(
+                f"aggregation {name!r} is {agg!r}, not an aggregation",
+                step=step,
+                location=loc,
+                fix=f"use one of millstream.agg, e.g. {name}=ms.agg.sum('amount')",
+            )
+        out.append((name, agg))
+    return tuple(out)
+
+
+class Stream:
+    """A stream of records inside a :class:`Flow`. Every method adds a step and returns the new stream."""
+
+    def __init__(self, flow: Flow, node_id: int) -> None:
+        self._flow = flow
+        self._id = node_id
+
+    @property
+    def flow(self) -> Flow:
+        return self._flow
+
+    @property
+    def name(self) -> str:
+        """The unique name of the step that produces this stream."""
+        return self._flow._node(self._id).name
+
+    @property
+    def has_event_time(self) -> bool:
+        return self._flow._node(self._id).timestamped
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    def _then(self, op: P.Op, name: str, loc: str | None, *, timestamped: bool | None = None) -> int:
+        ts = self.has_event_time if timestamped is None else timestamped
+        return self._flow._add(op, (self._id,), name, loc, timestamped=ts)
+
+    def _fn_step(self, cls: type[P.FnOp], what: str, fn: Any, name: str | None) -> Stream:
+        loc = user_location()
+        step = name or f"{what}:{callable_name(fn)}" if callable(fn) else (name or what)
+        _check_fn(fn, what, step, loc)
+        return Stream(self._flow, self._then(cls(fn), step, loc))
+
+    def map(self, fn: Callable[[Any], Any], *, name: str | None = None) -> Stream:
+        """One output record per input record: ``fn(record)``."""
+        return self._fn_step(P.MapOp, "map", fn, name)
+
+    def filter(self, fn: Callable[[Any], bool], *, name: str | None = None) -> Stream:
+        """Keep the records for which ``fn(record)`` is true."""
+        return self._fn_step(P.FilterOp, "filter", fn, name)
+
+    def flat_map(self, fn: Callable[[Any], Iterable[Any]], *, name: str | None = None) -> Stream:
+        """Zero or more output records per input record: each item of ``fn(record)``."""
+        return self._fn_step(P.FlatMapOp, "flat_map", fn, name)
+
+    def inspect(self, fn: Callable[[Any], Any] = print, *, name: str | None = None) -> Stream:
+        """Call ``fn(record)`` for its side effect (default: print) and pass the record on."""
+        return self._fn_step(P.InspectOp, "inspect", fn, name)
+
+    def key_by(self, key: KeyLike, *, name: str | None = None) -> KeyedStream:
+        """Partition by key: a field name, a tuple of field names, or a function of the record.
+
+        Keyed results carry the key in the field(s) it was read from, or in
+        ``name`` (default ``"key"``) for a function.
+        """
+        loc = user_location()
+        step = f"key_by:{key if isinstance(key, str) else callable_name(key) if callable(key) else 'fields'}"
+        spec = _key_spec(key, step, loc, name)
+        node = self._then(P.KeyByOp(spec), step, loc)
+        return KeyedStream(self._flow, node, spec)
+
+    def union(self, *others: Stream, name: str | None = None) -> Stream:
+        """Merge this stream with others; the watermark is the smallest of theirs."""
+        loc = user_location()
+        step = name or "union"
+        for o in others:
+            if not isinstance(o, Stream):
+                raise FlowDefinitionError(f"union() takes streams, got {o!r}", step=step, location=loc,
+                                          fix="pass streams of the same flow: a.union(b, c)")
+            if o._flow is not self._flow:
+                raise FlowDefinitionError("union() of streams from two different flows", step=step, location=loc,
+                                          fix="build both streams from the same Flow")
+        if not others:
+            raise FlowDefinitionError("union() needs at least one other stream", step=step, location=loc,
+                                      fix="a.union(b)")
+        streams = (self, *others)
+        stamped = [s.has_event_time for s in streams]
+        if any(stamped) and not all(stamped):
+            missing = ", ".join(s.name for s in streams if not s.has_event_time)
+            raise FlowDefinitionError(
+                f"union() of streams with and without event time (no event time: {missing})",
+                step=step,
+                location=loc,
+                fix="give every source in the union a watermark=WatermarkStrategy...(timestamp=...)",
+            )
+        node = self._flow._add(P.UnionOp(), tuple(s._id for s in streams), step, loc, timestamped=all(stamped))
+        return Stream(self._flow, node)
+
+    def window(self, assigner: WindowAssigner, *, allowed_lateness: Duration = 0, name: str | None = None
+               ) -> WindowedStream:
+        """Window the whole stream (not per key): one result per window."""
+        return _windowed(self, None, assigner, allowed_lateness, name, user_location())
+
+    def sink(self, connector: Sink, *, name: str | None = None) -> None:
+        """Write the stream to an output."""
+        loc = user_location()
+        if not isinstance(connector, Sink):
+            raise FlowDefinitionError(
+                f"sink() takes a sink connector, got {type(connector).__name__} {connector!r}",
+                step=name or "sink",
+                location=loc,
+                fix="pass e.g. millstream.connectors.files.write('out.jsonl') or millstream.testing.CollectSink()",
+            )
+        self._then(P.SinkOp(connector), name or connector.default_name(), loc)
+
+
+class KeyedStream(Stream):
+    """A stream partitioned by key: running aggregates, windows and process functions per key."""
+
+    def __init__(self, flow: Flow, node_id: int, key: P.KeySpec) -> None:
+        super().__init__(flow, node_id)
+        self._key = key
+
+    @property
+    def key(self) -> P.KeySpec:
+        return self._key
+
+    def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None) -> Stream:
+        """Running reduce: for each record, emit ``fn(previous result, record)`` of its key."""
+        loc = user_location()
+        step = name or f"reduce:{callable_name(fn)}"
+        _check_fn(fn, "reduce", step, loc, nargs=2)
+        return Stream(self._flow, self._then(P.ReduceOp(self._key, fn), step, loc))
+
+    def aggregate(self, *, name: str | None = None, **aggs: Aggregation) -> Stream:
+        """Running aggregates per key; each record emits its key's updated row."""
+        loc = user_location()
+        step = name or "aggregate"
+        return Stream(self._flow, self._then(P.AggregateOp(self._key, _check_aggs(aggs, step, loc)), step, loc))
+
+    def window(self, assigner: WindowAssigner, *, allowed_lateness: Duration = 0, name: str | None = None
+               ) -> WindowedStream:
+        """Group each key's records into windows; finish with aggregate, reduce or process."""
+        return _windowed(self, self._key, assigner, allowed_lateness, name, user_location())
+
+    def process(
+        self,
+        fn: Callable[[Any, Any], Any],
+        *,
+        on_timer: Callable[[Any, int], Any] | None = None,
+        state: Mapping[str, StateSpec] | None = None,
+        name: str | None = None,
+    ) -> Stream:
+        """A process function per record: ``fn(ctx, record)``; ``on_timer(ctx, timestamp)`` for timers.
+
+        ``ctx`` carries ``key``, ``timestamp``, ``state[name]`` (declared in
+        ``state``), ``timers`` and ``emit(value)``.
+        """
+        loc = user_location()
+        step = name or f"process:{callable_name(fn)}"
+        _check_fn(fn, "process", step, loc, nargs=2)
+        if on_timer is not None:
+            _check_fn(on_timer, "process(on_timer=...)", step, loc, nargs=2)
+        specs: list[tuple[str, StateSpec]] = []
+        for sname, spec in (state or {}).items():
+            if not isinstance(spec, StateSpec):
+                raise FlowDefinitionError(
+                    f"state {sname!r} is declared as {spec!r}, not a state spec",
+                    step=step, location=loc,
+                    fix=f"declare it with millstream.state, e.g. state={{{sname!r}: ms.state.value(default=0)}}",
+                )
+            if spec.ttl_ms is not None and spec.ttl_time == "event" and not self.has_event_time:
+                raise FlowDefinitionError(
+                    f"state {sname!r} has an event-time TTL, but the stream has no event time",
+                    step=step, location=loc,
+                    fix="give the source a watermark=WatermarkStrategy...(timestamp=...), "
+                    "or use ttl_time='processing'",
+                )
+            specs.append((sname, spec))
+        op = P.ProcessOp(self._key, fn, on_timer, tuple(specs))
+        return Stream(self._flow, self._then(op, step, loc))
+
+
+def _windowed(stream: Stream, key: P.KeySpec | None, assigner: Any, allowed_lateness: Duration,
+              name: str | None, loc: str | None) -> WindowedStream:
+    step = name or "window"
+    if not isinstance(assigner, WindowAssigner):
+        raise FlowDefinitionError(
+            f"window() takes a window assigner, not {assigner!r}",
+            step=step, location=loc,
+            fix="use one of millstream.windows: tumbling(...), sliding(...), session(...), count(...)",
+        )
+    if assigner.event_time and not stream.has_event_time:
+        raise FlowDefinitionError(
+            f"an event-time window ({assigner.describe()}) on a stream without event time",
+            step=step, location=loc,
+            fix="give the source a watermark, e.g. flow.source(..., "
+            "watermark=ms.WatermarkStrategy.bounded(timedelta(seconds=5), timestamp='ts'))",
+        )
+    lateness = to_ms(allowed_lateness, "allowed_lateness")
+    if lateness < 0:
+        raise FlowDefinitionError(f"allowed_lateness must be >= 0, got {lateness} ms", step=step, location=loc,
+                                  fix="pass 0 (the default) or a positive duration")
+    if lateness and isinstance(assigner, CountWindow):
+        raise FlowDefinitionError("count windows have no lateness: they do not use event time", step=step,
+                                  location=loc, fix="drop allowed_lateness")
+    return WindowedStream(stream, key, assigner, lateness, name, loc)
+
+
+class WindowedStream:
+    """A keyed (or whole) stream grouped into windows. Finish it with aggregate, reduce or process."""
+
+    def __init__(self, stream: Stream, key: P.KeySpec | None, assigner: WindowAssigner, lateness: int,
+                 name: str | None, loc: str | None) -> None:
+        self._stream = stream
+        self._key = key
+        self._assigner = assigner
+        self._lateness = lateness
+        self._name = name
+        self._loc = loc
+
+    def _finish(self, op: P.WindowOp, default: str) -> WindowResult:
+        step = self._name or default
+        ts = self._stream.has_event_time
+        node = self._stream._then(op, step, self._loc, timestamped=ts)
+        return WindowResult(self._stream.flow, node)
+
+    def aggregate(self, **aggs: Aggregation) -> WindowResult:
+        """One row per key and window: the key field(s), ``window_start``, ``window_end`` and each aggregation."""
+        step = self._name or "window"
+        op = P.WindowOp(self._key, self._assigner, self._lateness, aggs=_check_aggs(aggs, step, self._loc))
+        return self._finish(op, "window")
+
+    def reduce(self, fn: Callable[[Any, Any], Any]) -> WindowResult:
+        """Fold each window's records with ``fn(a, b)`` (associative and commutative).
+
+        A dict result gets ``window_start``/``window_end`` added; another value is
+        emitted as ``{key..., "window_start", "window_end", "value"}``.
+        """
+        step = self._name or f"window:{callable_name(fn)}"
+        _check_fn(fn, "reduce", step, self._loc, nargs=2)
+        return self._finish(P.WindowOp(self._key, self._assigner, self._lateness, reduce_fn=fn), step)
+
+    def process(self, fn: Callable[[Any, Any, list[Any]], Iterable[Any] | None]) -> WindowResult:
+        """Call ``fn(key, window, records)`` once per window; emit each item it returns.
+
+        ``records`` are sorted by event time; ``window`` has ``start`` and ``end``.
+        """
+        step = self._name or f"window:{callable_name(fn)}"
+        _check_fn(fn, "process", step, self._loc, nargs=3)
+        return self._finish(P.WindowOp(self._key, self._assigner, self._lateness, process_fn=fn), step)
+
+
+class WindowResult(Stream):
+    """The results of a window step; :meth:`late` gives its late side output."""
+
+    def late(self, *, name: str | None = None) -> Stream:
+        """Records too late for their windows (after the allowed lateness), as they came."""
+        loc = user_location()
+        node = self._then(P.LateOp(), name or f"{self.name}.late", loc)
+        return Stream(self._flow, node)

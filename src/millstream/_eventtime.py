@@ -1,0 +1,115 @@
+"""Watermark strategies (declarations) and the watermark generators that run them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from millstream._time import MIN_WATERMARK, Duration, to_ms
+from millstream.errors import ConfigError
+
+__all__ = ["TimestampSpec", "WatermarkStrategy"]
+
+TimestampSpec = str | Callable[[Any], Any]
+"""How to read an event's time: a field name, or a function of the record."""
+
+
+@dataclass(frozen=True)
+class WatermarkStrategy:
+    """How a source assigns event time and advances its watermark.
+
+    Build one with :meth:`bounded` or :meth:`monotonous`; add idleness handling
+    with :meth:`with_idleness`. The watermark is ``max event time seen - bound - 1``:
+    an event whose time is within ``bound`` of the latest event is never late.
+
+    >>> WatermarkStrategy.bounded(5_000, timestamp="ts").bound_ms
+    5000
+    """
+
+    timestamp: TimestampSpec
+    bound_ms: int = 0
+    idle_timeout_ms: int | None = None
+    unit: str = "ms"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.timestamp, str) or callable(self.timestamp)):
+            raise ConfigError(
+                f"timestamp must be a field name or a function of the record, not {self.timestamp!r}"
+            )
+        if self.bound_ms < 0:
+            raise ConfigError(f"the out-of-orderness bound must be >= 0, got {self.bound_ms} ms")
+        if self.idle_timeout_ms is not None and self.idle_timeout_ms <= 0:
+            raise ConfigError(f"the idle timeout must be > 0, got {self.idle_timeout_ms} ms")
+        if self.unit not in ("ms", "s", "us", "ns"):
+            raise ConfigError(f"unit must be one of 'ms', 's', 'us', 'ns', not {self.unit!r}")
+
+    @classmethod
+    def bounded(
+        cls,
+        max_out_of_orderness: Duration,
+        *,
+        timestamp: TimestampSpec,
+        unit: str = "ms",
+        idle_timeout: Duration | None = None,
+    ) -> WatermarkStrategy:
+        """Events may arrive up to ``max_out_of_orderness`` behind the latest one seen."""
+        return cls(
+            timestamp=timestamp,
+            bound_ms=to_ms(max_out_of_orderness, "max_out_of_orderness"),
+            idle_timeout_ms=None if idle_timeout is None else to_ms(idle_timeout, "idle_timeout"),
+            unit=unit,
+        )
+
+    @classmethod
+    def monotonous(
+        cls, *, timestamp: TimestampSpec, unit: str = "ms", idle_timeout: Duration | None = None
+    ) -> WatermarkStrategy:
+        """Event time never goes back: any event older than the latest is late."""
+        return cls.bounded(0, timestamp=timestamp, unit=unit, idle_timeout=idle_timeout)
+
+    def with_idleness(self, timeout: Duration) -> WatermarkStrategy:
+        """Treat the source as idle (left out of the watermark) after ``timeout`` of processing time with no data."""
+        return replace(self, idle_timeout_ms=to_ms(timeout, "idle timeout"))
+
+    def describe(self) -> str:
+        ts = self.timestamp if isinstance(self.timestamp, str) else getattr(self.timestamp, "__name__", "fn")
+        text = f"timestamp={ts!s}, bound={self.bound_ms}ms"
+        if self.unit != "ms":
+            text += f", unit={self.unit}"
+        if self.idle_timeout_ms is not None:
+            text += f", idle after {self.idle_timeout_ms}ms"
+        return text
+
+
+class WatermarkGenerator:
+    """Runtime state of one source's watermark: the max event time and idleness."""
+
+    __slots__ = ("bound", "idle_timeout", "max_ts", "last_active", "idle")
+
+    def __init__(self, strategy: WatermarkStrategy, now_ms: int) -> None:
+        self.bound = strategy.bound_ms
+        self.idle_timeout = strategy.idle_timeout_ms
+        self.max_ts = MIN_WATERMARK
+        self.last_active = now_ms
+        self.idle = False
+
+    def observe(self, max_ts: int, now_ms: int) -> None:
+        if max_ts > self.max_ts:
+            self.max_ts = max_ts
+        self.last_active = now_ms
+        self.idle = False
+
+    def current(self) -> int:
+        if self.max_ts == MIN_WATERMARK:
+            return MIN_WATERMARK
+        return self.max_ts - self.bound - 1
+
+    def check_idle(self, now_ms: int) -> bool:
+        """True when the source has just become idle."""
+        if self.idle_timeout is None or self.idle:
+            return False
+        if now_ms - self.last_active >= self.idle_timeout:
+            self.idle = True
+            return True
+        return False

@@ -1,0 +1,277 @@
+"""The logical plan: a frozen, inspectable graph of steps that every executor runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from millstream._eventtime import WatermarkStrategy
+from millstream._location import callable_name
+from millstream.agg import Aggregation
+from millstream.connectors._base import Sink, Source
+from millstream.state import StateSpec
+from millstream.windows import WindowAssigner
+
+__all__ = ["KeySpec", "Node", "Plan"]
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """How a record's key is read: one field, several fields, or a function."""
+
+    fields: tuple[str, ...] = ()
+    fn: Callable[[Any], Any] | None = None
+    name: str = "key"
+
+    def describe(self) -> str:
+        if self.fn is not None:
+            return callable_name(self.fn)
+        return ", ".join(self.fields)
+
+    @property
+    def output_fields(self) -> tuple[str, ...]:
+        """The columns a keyed result carries its key in."""
+        return self.fields if self.fn is None else (self.name,)
+
+
+# -- operators: one frozen dataclass per kind ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Op:
+    kind = "op"
+
+    def describe(self) -> str:
+        return ""
+
+
+@dataclass(frozen=True)
+class SourceOp(Op):
+    connector: Source
+    watermark: WatermarkStrategy | None
+    kind = "source"
+
+    def describe(self) -> str:
+        wm = f" [watermark: {self.watermark.describe()}]" if self.watermark else ""
+        return self.connector.describe() + wm
+
+
+@dataclass(frozen=True)
+class FnOp(Op):
+    fn: Callable[..., Any]
+
+    def describe(self) -> str:
+        return callable_name(self.fn)
+
+
+@dataclass(frozen=True)
+class MapOp(FnOp):
+    kind = "map"
+
+
+@dataclass(frozen=True)
+class FilterOp(FnOp):
+    kind = "filter"
+
+
+@dataclass(frozen=True)
+class FlatMapOp(FnOp):
+    kind = "flat_map"
+
+
+@dataclass(frozen=True)
+class InspectOp(FnOp):
+    kind = "inspect"
+
+
+@dataclass(frozen=True)
+class KeyByOp(Op):
+    key: KeySpec
+    kind = "key_by"
+
+    def describe(self) -> str:
+        return self.key.describe()
+
+
+@dataclass(frozen=True)
+class UnionOp(Op):
+    kind = "union"
+
+
+@dataclass(frozen=True)
+class ReduceOp(Op):
+    """Running reduce per key: emits the new reduced value for every record."""
+
+    key: KeySpec
+    fn: Callable[[Any, Any], Any]
+    kind = "reduce"
+
+    def describe(self) -> str:
+        return f"by {self.key.describe()}: {callable_name(self.fn)}"
+
+
+def _describe_aggs(aggs: tuple[tuple[str, Aggregation], ...]) -> str:
+    return ", ".join(f"{name}={agg.describe()}" for name, agg in aggs)
+
+
+@dataclass(frozen=True)
+class AggregateOp(Op):
+    """Running aggregate per key: emits the updated row for every record."""
+
+    key: KeySpec
+    aggs: tuple[tuple[str, Aggregation], ...]
+    kind = "aggregate"
+
+    def describe(self) -> str:
+        return f"by {self.key.describe()}: {_describe_aggs(self.aggs)}"
+
+
+@dataclass(frozen=True)
+class WindowOp(Op):
+    """Windowed aggregation, reduce or process; ``key`` None for a window over the whole stream."""
+
+    key: KeySpec | None
+    assigner: WindowAssigner
+    allowed_lateness_ms: int
+    aggs: tuple[tuple[str, Aggregation], ...] = ()
+    reduce_fn: Callable[[Any, Any], Any] | None = None
+    process_fn: Callable[..., Any] | None = None
+    kind = "window"
+
+    @property
+    def function(self) -> str:
+        if self.reduce_fn is not None:
+            return "reduce"
+        if self.process_fn is not None:
+            return "process"
+        return "aggregate"
+
+    def describe(self) -> str:
+        by = f"by {self.key.describe()}, " if self.key is not None else "all, "
+        late = f", allowed lateness {self.allowed_lateness_ms}ms" if self.allowed_lateness_ms else ""
+        if self.reduce_fn is not None:
+            what = f"reduce {callable_name(self.reduce_fn)}"
+        elif self.process_fn is not None:
+            what = f"process {callable_name(self.process_fn)}"
+        else:
+            what = _describe_aggs(self.aggs)
+        return f"{by}{self.assigner.describe()}{late}: {what}"
+
+
+@dataclass(frozen=True)
+class LateOp(Op):
+    """The late side output of a window step."""
+
+    kind = "late"
+
+
+@dataclass(frozen=True)
+class ProcessOp(Op):
+    """Keyed process function with declared state and timers."""
+
+    key: KeySpec
+    fn: Callable[..., Any]
+    on_timer: Callable[..., Any] | None
+    state: tuple[tuple[str, StateSpec], ...]
+    kind = "process"
+
+    def describe(self) -> str:
+        st = ", ".join(f"{n}: {s.describe()}" for n, s in self.state)
+        timer = f", on_timer {callable_name(self.on_timer)}" if self.on_timer else ""
+        return f"by {self.key.describe()}: {callable_name(self.fn)}{timer}" + (f" (state {st})" if st else "")
+
+
+@dataclass(frozen=True)
+class SinkOp(Op):
+    connector: Sink
+    kind = "sink"
+
+    def describe(self) -> str:
+        return self.connector.describe()
+
+
+STATELESS = (MapOp, FilterOp, FlatMapOp, InspectOp, KeyByOp)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One step: an operator, its inputs (node ids), its unique name and where it was defined."""
+
+    id: int
+    name: str
+    op: Op
+    inputs: tuple[int, ...]
+    location: str | None
+    timestamped: bool
+
+    @property
+    def kind(self) -> str:
+        return self.op.kind
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The frozen logical plan of a flow. ``print(plan)`` shows it; ``to_mermaid()`` draws it."""
+
+    flow: str
+    nodes: tuple[Node, ...]
+    _consumers: Mapping[int, tuple[int, ...]] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        consumers: dict[int, list[int]] = {n.id: [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                consumers[i].append(n.id)
+        object.__setattr__(self, "_consumers", {k: tuple(v) for k, v in consumers.items()})
+
+    def node(self, node_id: int) -> Node:
+        return self.nodes[node_id]
+
+    def consumers(self, node_id: int) -> tuple[int, ...]:
+        return self._consumers[node_id]
+
+    @property
+    def sources(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if isinstance(n.op, SourceOp))
+
+    @property
+    def sinks(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if isinstance(n.op, SinkOp))
+
+    def render(self) -> str:
+        """A text view: one line per step, with its inputs."""
+        lines = [f"flow {self.flow!r}: {len(self.nodes)} steps"]
+        for n in self.nodes:
+            src = ""
+            if n.inputs:
+                src = " <- " + ", ".join(self.nodes[i].name for i in n.inputs)
+            ts = "" if n.timestamped else " (no event time)"
+            loc = f"  @ {n.location}" if n.location else ""
+            lines.append(f"  [{n.id}] {n.name}: {n.kind} {n.op.describe()}{src}{ts}{loc}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def to_mermaid(self) -> str:
+        """The plan as a Mermaid flowchart (paste into any Markdown that renders Mermaid)."""
+        lines = ["flowchart LR"]
+        for n in self.nodes:
+            label = f"{n.name}<br/>{n.kind}".replace('"', "'")
+            lines.append(f'  n{n.id}["{label}"]')
+        for n in self.nodes:
+            for i in n.inputs:
+                edge = "-. late .->" if n.kind == "late" else "-->"
+                lines.append(f"  n{i} {edge} n{n.id}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "flow": self.flow,
+            "steps": [
+                {"id": n.id, "name": n.name, "kind": n.kind, "detail": n.op.describe(), "inputs": list(n.inputs),
+                 "location": n.location, "event_time": n.timestamped}
+                for n in self.nodes
+            ],
+        }

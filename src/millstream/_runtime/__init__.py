@@ -1,0 +1,1 @@
+"""Executors of the logical plan. Private: use ``Flow.run`` or the CLI."""

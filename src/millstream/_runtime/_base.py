@@ -1,0 +1,156 @@
+"""The physical operator contract shared by the native executor's operators."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from millstream._clock import Clock
+from millstream._plan import Node
+from millstream._time import MIN_WATERMARK
+from millstream.errors import MillstreamError, StepError
+
+from ._codegen import index_of
+
+if TYPE_CHECKING:
+    from ._sources import SourceOperator
+
+
+class Runtime:
+    """What operators share while a job runs: the clock and the record being processed."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.current_source: SourceOperator | None = None
+        self.current_chunk: list[Any] | None = None
+
+    def position_of(self, record: Any) -> str | None:
+        """Where ``record`` came from, when it is (or derives from) the source chunk in flight."""
+        src, chunk = self.current_source, self.current_chunk
+        if src is None or chunk is None:
+            return None
+        i = index_of(record, chunk) if record is not None else None
+        if i is not None:
+            return src.position_of(i)
+        if not chunk:
+            return None
+        first, last = src.position_of(0), src.position_of(len(chunk) - 1)
+        if first is None:
+            return f"a record derived from source {src.name!r}"
+        return f"a record derived from source {src.name!r}, chunk {first} .. {last}"
+
+    def step_error(
+        self,
+        node: Node,
+        exc: BaseException,
+        *,
+        record: Any = None,
+        origin: Any = None,
+        key: Any = None,
+        has_key: bool = False,
+        event_time: int | None = None,
+    ) -> BaseException:
+        """The error to raise for ``exc`` in a user function of ``node``."""
+        if isinstance(exc, MillstreamError):
+            return exc
+        return StepError(
+            step=node.name,
+            location=node.location,
+            error=exc,
+            key=key,
+            has_key=has_key,
+            event_time=event_time,
+            position=self.position_of(origin if origin is not None else record),
+            record=record,
+        )
+
+
+Port = tuple["Operator", int]
+
+
+class Operator:
+    """A physical operator: receives chunks and watermarks, emits chunks and watermarks.
+
+    ``push(port, records, times)`` gets a chunk (``times`` None on streams without
+    event time); ``watermark(port, wm)`` an input's watermark. The operator's own
+    watermark is the least of its inputs'; when it advances, ``on_watermark``
+    fires timers and the watermark goes downstream.
+    """
+
+    def __init__(self, node: Node, rt: Runtime, n_inputs: int) -> None:
+        self.node = node
+        self.name = node.name
+        self.rt = rt
+        self.outs: list[Port] = []
+        self.in_wms = [MIN_WATERMARK] * n_inputs
+        self.in_idle = [False] * n_inputs
+        self.wm = MIN_WATERMARK
+        self.records_in = 0
+        self.records_out = 0
+        self.steps: list[Node] = [node]
+
+    # -- data ------------------------------------------------------------------------
+    def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
+        raise MillstreamError(f"operator {self.name!r} takes no input")
+
+    def emit(self, records: list[Any], times: list[int] | None) -> None:
+        if not records:
+            return
+        self.records_out += len(records)
+        for op, port in self.outs:
+            op.push(port, records, times)
+
+    # -- time ------------------------------------------------------------------------
+    def watermark(self, port: int, wm: int) -> None:
+        if wm > self.in_wms[port]:
+            self.in_wms[port] = wm
+        self.in_idle[port] = False
+        self._advance()
+
+    def idle(self, port: int) -> None:
+        self.in_idle[port] = True
+        self._advance()
+
+    def _advance(self) -> None:
+        active = [w for w, idle in zip(self.in_wms, self.in_idle, strict=True) if not idle]
+        if not active:
+            return
+        new = min(active)
+        if new > self.wm:
+            self.wm = new
+            self.on_watermark(new)
+            for op, port in self.outs:
+                op.watermark(port, new)
+
+    def on_watermark(self, wm: int) -> None:
+        """Fire what the new watermark makes due."""
+
+    def on_processing_time(self, now_ms: int) -> None:
+        """Fire processing-time timers that are due."""
+
+    def next_processing_timer(self) -> int | None:
+        return None
+
+    # -- lifecycle -------------------------------------------------------------------
+    def open(self) -> None:
+        """Acquire resources when the job starts."""
+
+    def close(self) -> None:
+        """Release resources when the job ends (also after a failure)."""
+
+    def snapshot(self) -> Any:
+        """The operator's state, as plain picklable Python values."""
+        return None
+
+    def restore(self, state: Any) -> None:
+        """Load state taken by :meth:`snapshot` before the job starts."""
+
+    def metrics(self) -> dict[str, int]:
+        return {}
+
+
+class PassThrough(Operator):
+    """Forwards chunks unchanged: unions and the late side output."""
+
+    def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
+        self.records_in += len(records)
+        self.emit(records, times)

@@ -1,0 +1,405 @@
+"""Keyed operators: running reduce and aggregate, and process functions with state and timers."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Any
+
+from millstream._plan import AggregateOp, Node, ProcessOp, ReduceOp
+from millstream.errors import MillstreamError
+from millstream.state import ListStateSpec, MapStateSpec, StateSpec, ValueStateSpec
+
+from ._aggcode import AggCode, compile_key, key_expr, key_items
+from ._base import Operator, Runtime
+from ._codegen import Generated, frame_local
+
+
+class _GeneratedKeyed(Operator):
+    """Shared error mapping for operators whose per-chunk loop is generated."""
+
+    _filename = ""
+
+    def _fail(self, exc: Exception) -> BaseException:
+        tb = exc.__traceback__
+        rec = frame_local(tb, self._filename, "r")
+        key = frame_local(tb, self._filename, "k")
+        t = frame_local(tb, self._filename, "t")
+        return self.rt.step_error(self.node, exc, record=rec, key=key, has_key=True,
+                                  event_time=t if isinstance(t, int) else None)
+
+
+class AggregateOperator(_GeneratedKeyed):
+    """Running aggregates per key: every record emits its key's updated row."""
+
+    def __init__(self, node: Node, rt: Runtime, timed: bool) -> None:
+        super().__init__(node, rt, 1)
+        op = node.op
+        assert isinstance(op, AggregateOp)
+        self.state: dict[Any, list[Any]] = {}
+        code = AggCode(op.aggs, timed)
+        env = code.env
+        g = Generated()
+        g.add(0, "def _push(recs, times, st):")
+        g.add(1, "out = []; oa = out.append")
+        g.add(1, "for r, t in zip(recs, times):" if timed else "for r in recs:")
+        g.add(2, f"k = {key_expr(op.key, env)}")
+        g.add(2, "a = st.get(k)")
+        g.add(2, f"if a is None: a = st[k] = {code.init}")
+        code.add_lines(g, 2)
+        g.add(2, "oa({" + ", ".join(key_items(op.key) + code.result_items()) + "})")
+        g.add(1, "return out")
+        self._fn, self._filename = g.compile(f"aggregate:{node.name}", env, "_push")
+
+    def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
+        self.records_in += len(records)
+        try:
+            out = self._fn(records, times, self.state)
+        except Exception as exc:
+            raise self._fail(exc) from exc
+        self.emit(out, times)
+
+    def snapshot(self) -> Any:
+        return {"state": self.state}
+
+    def restore(self, state: Any) -> None:
+        self.state = state["state"]
+
+
+class ReduceOperator(_GeneratedKeyed):
+    """Running reduce per key: every record emits ``fn(previous, record)``."""
+
+    def __init__(self, node: Node, rt: Runtime, timed: bool) -> None:
+        super().__init__(node, rt, 1)
+        op = node.op
+        assert isinstance(op, ReduceOp)
+        self.state: dict[Any, Any] = {}
+        env: dict[str, Any] = {"_fn": op.fn, "_MISSING": _MISSING}
+        g = Generated()
+        g.add(0, "def _push(recs, times, st):")
+        g.add(1, "out = []; oa = out.append")
+        g.add(1, "for r, t in zip(recs, times):" if timed else "for r in recs:")
+        g.add(2, f"k = {key_expr(op.key, env)}")
+        g.add(2, "a = st.get(k, _MISSING)")
+        g.add(2, "a = r if a is _MISSING else _fn(a, r)")
+        g.add(2, "st[k] = a")
+        g.add(2, "oa(a)")
+        g.add(1, "return out")
+        self._fn, self._filename = g.compile(f"reduce:{node.name}", env, "_push")
+
+    def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
+        self.records_in += len(records)
+        try:
+            out = self._fn(records, times, self.state)
+        except Exception as exc:
+            raise self._fail(exc) from exc
+        self.emit(out, times)
+
+    def snapshot(self) -> Any:
+        return {"state": self.state}
+
+    def restore(self, state: Any) -> None:
+        self.state = state["state"]
+
+
+_MISSING = object()
+
+
+# -- process functions ----------------------------------------------------------------
+
+
+class TimerService:
+    """Event-time and processing-time timers of the current key (``ctx.timers``)."""
+
+    __slots__ = ("_op",)
+
+    def __init__(self, op: ProcessOperator) -> None:
+        self._op = op
+
+    def register_event_time(self, timestamp: int) -> None:
+        """Call ``on_timer`` once the watermark reaches ``timestamp`` (ms)."""
+        self._op._register(self._op.event_timers, self._op.event_set, timestamp)
+
+    def register_processing_time(self, timestamp: int) -> None:
+        """Call ``on_timer`` once the clock reaches ``timestamp`` (ms since the epoch)."""
+        self._op._register(self._op.proc_timers, self._op.proc_set, timestamp)
+
+    def delete_event_time(self, timestamp: int) -> None:
+        self._op.event_set.discard((timestamp, self._op.ctx.key))
+
+    def delete_processing_time(self, timestamp: int) -> None:
+        self._op.proc_set.discard((timestamp, self._op.ctx.key))
+
+    def current_watermark(self) -> int:
+        return self._op.wm
+
+    def current_processing_time(self) -> int:
+        return self._op.rt.clock.now_ms()
+
+
+class Context:
+    """What a process function sees: the key, the time, its state, timers, and ``emit``.
+
+    ``timestamp`` is the event time of the record (or the time of the timer that
+    fired); ``time_domain`` is ``"record"``, ``"event"`` (an event-time timer) or
+    ``"processing"`` (a processing-time timer).
+    """
+
+    __slots__ = ("key", "timestamp", "time_domain", "state", "timers", "_op")
+
+    def __init__(self, op: ProcessOperator) -> None:
+        self._op = op
+        self.key: Any = None
+        self.timestamp: int | None = None
+        self.time_domain = "record"
+        self.state: dict[str, Any] = {}
+        self.timers = TimerService(op)
+
+    @property
+    def watermark(self) -> int:
+        """The step's current event-time watermark."""
+        return self._op.wm
+
+    def emit(self, value: Any, *, timestamp: int | None = None) -> None:
+        """Send ``value`` downstream (at ``timestamp``, default the current one)."""
+        op = self._op
+        op.out.append(value)
+        if op.timed:
+            op.tout.append(self.timestamp if timestamp is None else timestamp)
+
+
+class _Handle:
+    __slots__ = ("_op", "_store", "_name", "_ttl", "_event")
+
+    def __init__(self, op: ProcessOperator, name: str, spec: StateSpec) -> None:
+        self._op = op
+        self._name = name
+        self._store: dict[Any, Any] = op.stores[name]
+        self._ttl = spec.ttl_ms
+        self._event = spec.ttl_time == "event"
+
+    def _now(self) -> int:
+        if self._event:
+            ts = self._op.ctx.timestamp
+            return ts if ts is not None else self._op.wm
+        return self._op.rt.clock.now_ms()
+
+    def _get(self) -> Any:
+        key = self._op.ctx.key
+        entry = self._store.get(key, _MISSING)
+        if entry is _MISSING or self._ttl is None:
+            return entry
+        value, expires = entry
+        if self._now() >= expires:
+            if not self._event:
+                del self._store[key]
+            return _MISSING
+        return value
+
+    def _set(self, value: Any) -> None:
+        key = self._op.ctx.key
+        if self._ttl is None:
+            self._store[key] = value
+            return
+        expires = self._now() + self._ttl
+        self._store[key] = (value, expires)
+        self._op._schedule_cleanup(expires, self._name, key, self._event)
+
+    def clear(self) -> None:
+        self._store.pop(self._op.ctx.key, None)
+
+
+class _ValueHandle(_Handle):
+    __slots__ = ("_default",)
+
+    def __init__(self, op: ProcessOperator, name: str, spec: ValueStateSpec) -> None:
+        super().__init__(op, name, spec)
+        self._default = spec.default
+
+    def value(self) -> Any:
+        v = self._get()
+        return self._default if v is _MISSING else v
+
+    def update(self, value: Any) -> None:
+        self._set(value)
+
+
+class _ListHandle(_Handle):
+    def get(self) -> list[Any]:
+        v = self._get()
+        return [] if v is _MISSING else list(v)
+
+    def add(self, value: Any) -> None:
+        v = self._get()
+        self._set([value] if v is _MISSING else [*v, value] if self._ttl is not None else _append(v, value))
+
+    def update(self, values: list[Any]) -> None:
+        self._set(list(values))
+
+
+def _append(lst: list[Any], value: Any) -> list[Any]:
+    lst.append(value)
+    return lst
+
+
+class _MapHandle(_Handle):
+    def _dict(self) -> dict[Any, Any]:
+        v = self._get()
+        return {} if v is _MISSING else v  # type: ignore[no-any-return]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._dict().get(key, default)
+
+    def put(self, key: Any, value: Any) -> None:
+        d = dict(self._dict()) if self._ttl is not None else self._dict()
+        d[key] = value
+        self._set(d)
+
+    def remove(self, key: Any) -> None:
+        d = self._dict()
+        if key in d:
+            d = dict(d)
+            del d[key]
+            self._set(d) if d else self.clear()
+
+    def contains(self, key: Any) -> bool:
+        return key in self._dict()
+
+    def items(self) -> list[tuple[Any, Any]]:
+        return list(self._dict().items())
+
+
+class ProcessOperator(Operator):
+    """Runs ``fn(ctx, record)`` per record and ``on_timer(ctx, ts)`` per timer, per key."""
+
+    def __init__(self, node: Node, rt: Runtime, timed: bool) -> None:
+        super().__init__(node, rt, 1)
+        op = node.op
+        assert isinstance(op, ProcessOp)
+        self.fn = op.fn
+        self.on_timer = op.on_timer
+        self.timed = timed
+        self.key = compile_key(op.key)
+        self.out: list[Any] = []
+        self.tout: list[int] = []
+        self.event_timers: list[tuple[int, int, Any]] = []
+        self.event_set: set[tuple[int, Any]] = set()
+        self.proc_timers: list[tuple[int, int, Any]] = []
+        self.proc_set: set[tuple[int, Any]] = set()
+        self.cleanup: list[tuple[int, int, str, Any]] = []
+        self.proc_cleanup: list[tuple[int, int, str, Any]] = []
+        self._seq = itertools.count()
+        self.specs = dict(op.state)
+        self.stores: dict[str, dict[Any, Any]] = {name: {} for name in self.specs}
+        self.ctx = Context(self)
+        self._bind_handles()
+
+    def _bind_handles(self) -> None:
+        handles: dict[str, Any] = {}
+        for name, spec in self.specs.items():
+            if isinstance(spec, ValueStateSpec):
+                handles[name] = _ValueHandle(self, name, spec)
+            elif isinstance(spec, ListStateSpec):
+                handles[name] = _ListHandle(self, name, spec)
+            elif isinstance(spec, MapStateSpec):
+                handles[name] = _MapHandle(self, name, spec)
+        self.ctx.state = handles
+
+    def _register(self, heap: list[tuple[int, int, Any]], live: set[tuple[int, Any]], ts: int) -> None:
+        if not isinstance(ts, int) or isinstance(ts, bool):
+            raise MillstreamError(f"timer time must be an int of milliseconds, not {ts!r}")
+        entry = (ts, self.ctx.key)
+        if entry not in live:
+            live.add(entry)
+            heapq.heappush(heap, (ts, next(self._seq), self.ctx.key))
+
+    def _schedule_cleanup(self, expires: int, name: str, key: Any, event: bool) -> None:
+        heapq.heappush(self.cleanup if event else self.proc_cleanup, (expires, next(self._seq), name, key))
+
+    def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
+        self.records_in += len(records)
+        ctx = self.ctx
+        ctx.time_domain = "record"
+        fn = self.fn
+        keyf = self.key
+        r: Any = None
+        t: int | None = None
+        k: Any = None
+        try:
+            if times is None:
+                for r in records:
+                    ctx.key = k = keyf(r)
+                    fn(ctx, r)
+            else:
+                for r, t in zip(records, times, strict=True):
+                    ctx.key = k = keyf(r)
+                    ctx.timestamp = t
+                    fn(ctx, r)
+        except Exception as exc:
+            raise self.rt.step_error(self.node, exc, record=r, key=k, has_key=True, event_time=t) from exc
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.out:
+            out, tout = self.out, self.tout
+            self.out, self.tout = [], []
+            self.emit(out, tout if self.timed else None)
+
+    def _fire(self, heap: list[tuple[int, int, Any]], live: set[tuple[int, Any]], upto: int, domain: str) -> None:
+        ctx = self.ctx
+        while heap and heap[0][0] <= upto:
+            ts, _, key = heapq.heappop(heap)
+            if (ts, key) not in live:
+                continue
+            live.discard((ts, key))
+            if self.on_timer is None:
+                continue
+            ctx.key = key
+            ctx.timestamp = ts
+            ctx.time_domain = domain
+            try:
+                self.on_timer(ctx, ts)
+            except Exception as exc:
+                raise self.rt.step_error(self.node, exc, key=key, has_key=True, event_time=ts) from exc
+
+    def _expire(self, heap: list[tuple[int, int, str, Any]], upto: int) -> None:
+        while heap and heap[0][0] <= upto:
+            expires, _, name, key = heapq.heappop(heap)
+            store = self.stores[name]
+            entry = store.get(key)
+            if entry is not None and entry[1] <= upto:
+                del store[key]
+
+    def on_watermark(self, wm: int) -> None:
+        self._fire(self.event_timers, self.event_set, wm, "event")
+        self._expire(self.cleanup, wm)
+        self._flush()
+
+    def on_processing_time(self, now_ms: int) -> None:
+        self._fire(self.proc_timers, self.proc_set, now_ms, "processing")
+        self._expire(self.proc_cleanup, now_ms)
+        self._flush()
+
+    def next_processing_timer(self) -> int | None:
+        nxt = [h[0][0] for h in (self.proc_timers, self.proc_cleanup) if h]
+        return min(nxt) if nxt else None
+
+    def snapshot(self) -> Any:
+        return {
+            "stores": self.stores,
+            "event_timers": list(self.event_set),
+            "proc_timers": list(self.proc_set),
+            "cleanup": self.cleanup,
+            "proc_cleanup": self.proc_cleanup,
+        }
+
+    def restore(self, state: Any) -> None:
+        self.stores = state["stores"]
+        self.cleanup = list(state["cleanup"])
+        self.proc_cleanup = list(state["proc_cleanup"])
+        for heap, live, items in ((self.event_timers, self.event_set, state["event_timers"]),
+                                  (self.proc_timers, self.proc_set, state["proc_timers"])):
+            for ts, key in items:
+                live.add((ts, key))
+                heapq.heappush(heap, (ts, next(self._seq), key))
+        self._bind_handles()

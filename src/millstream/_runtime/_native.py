@@ -1,0 +1,176 @@
+"""The native executor: record-at-a-time over the plan, stateless chains fused."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from millstream import _plan as P
+from millstream.connectors._base import DeadLetter
+
+from ._base import Operator, PassThrough, Runtime
+from ._chain import ChainOperator
+from ._keyed import AggregateOperator, ProcessOperator, ReduceOperator
+from ._sources import DeadLetterWriter, SinkOperator, SourceOperator
+from ._windows import _WindowBase, make_window_operator
+
+
+def _chains(plan: P.Plan) -> dict[int, list[P.Node]]:
+    """Group stateless steps into maximal chains; returns chain head id -> nodes."""
+    head_of: dict[int, int] = {}
+    chains: dict[int, list[P.Node]] = {}
+    for node in plan.nodes:
+        if not isinstance(node.op, P.STATELESS):
+            continue
+        if len(node.inputs) == 1:
+            up = plan.node(node.inputs[0])
+            if isinstance(up.op, P.STATELESS) and plan.consumers(up.id) == (node.id,):
+                head = head_of[up.id]
+                head_of[node.id] = head
+                chains[head].append(node)
+                continue
+        head_of[node.id] = node.id
+        chains[node.id] = [node]
+    return chains
+
+
+class NativeJob:
+    """A compiled plan, ready to run on one worker."""
+
+    def __init__(self, plan: P.Plan, rt: Runtime) -> None:
+        self.plan = plan
+        self.rt = rt
+        self.ops: list[Operator] = []
+        self.op_of: dict[int, Operator] = {}
+        self.sources: list[SourceOperator] = []
+        self.dead_letters: list[DeadLetterWriter] = []
+        chain_nodes = _chains(plan)
+        in_chain = {n.id: head for head, nodes in chain_nodes.items() for n in nodes}
+        for node in plan.nodes:
+            if node.id in in_chain:
+                head = in_chain[node.id]
+                if head == node.id:
+                    self.op_of[node.id] = self._add(ChainOperator(chain_nodes[head], rt, node.timestamped))
+                else:
+                    self.op_of[node.id] = self.op_of[head]
+                continue
+            self.op_of[node.id] = self._add(self._make(node))
+        for node in plan.nodes:
+            op = self.op_of[node.id]
+            for port, up_id in enumerate(node.inputs):
+                up = self.op_of[up_id]
+                if up is op:
+                    continue
+                if isinstance(node.op, P.LateOp):
+                    assert isinstance(up, _WindowBase)
+                    up.late_outs.append((op, port))
+                else:
+                    up.outs.append((op, port))
+
+    def _add(self, op: Operator) -> Operator:
+        self.ops.append(op)
+        return op
+
+    def _make(self, node: P.Node) -> Operator:
+        op = node.op
+        ts = self._timed(node)
+        if isinstance(op, P.SourceOp):
+            dl = None
+            if isinstance(op.connector.on_error, DeadLetter):
+                dl = DeadLetterWriter(op.connector.on_error, node.name)
+                self.dead_letters.append(dl)
+            src = SourceOperator(node, self.rt, dl)
+            self.sources.append(src)
+            return src
+        if isinstance(op, P.SinkOp):
+            return SinkOperator(node, self.rt)
+        if isinstance(op, P.UnionOp | P.LateOp):
+            return PassThrough(node, self.rt, len(node.inputs))
+        if isinstance(op, P.AggregateOp):
+            return AggregateOperator(node, self.rt, ts)
+        if isinstance(op, P.ReduceOp):
+            return ReduceOperator(node, self.rt, ts)
+        if isinstance(op, P.ProcessOp):
+            return ProcessOperator(node, self.rt, ts)
+        if isinstance(op, P.WindowOp):
+            return make_window_operator(node, self.rt, ts)
+        raise AssertionError(f"no native operator for {op.kind}")
+
+    def _timed(self, node: P.Node) -> bool:
+        return all(self.plan.node(i).timestamped for i in node.inputs) if node.inputs else node.timestamped
+
+    # -- running ---------------------------------------------------------------------
+    def open(self) -> None:
+        # sinks first, so that sources never push into an unopened writer
+        for op in reversed(self.ops):
+            op.open()
+
+    def close(self) -> None:
+        errors: list[BaseException] = []
+        for op in self.ops:
+            try:
+                op.close()
+            except Exception as exc:  # noqa: BLE001 - close everything, report the first
+                errors.append(exc)
+        for dl in self.dead_letters:
+            dl.close()
+        if errors:
+            raise errors[0]
+
+    def step(self, max_chunk: int) -> tuple[int, bool]:
+        """One round over the sources. Returns (records read, any source still active)."""
+        n = 0
+        active = False
+        for src in self.sources:
+            if src.ended:
+                continue
+            got = src.pump(max_chunk)
+            if got > 0:
+                n += got
+            if not src.ended:
+                active = True
+        return n, active
+
+    def fire_processing_time(self, now: int) -> None:
+        for op in self.ops:
+            op.on_processing_time(now)
+
+    def next_wakeup(self) -> float | None:
+        hints = [h for s in self.sources if not s.ended and s.reader is not None
+                 for h in (s.reader.wait_hint(),) if h is not None]
+        return min(hints) if hints else None
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every operator's state and every source's position (taken between chunks)."""
+        return {op.name: op.snapshot() for op in self.ops}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        for op in self.ops:
+            if op.name in snap and snap[op.name] is not None:
+                op.restore(snap[op.name])
+
+
+def run_native(job: NativeJob, *, max_chunk: int, idle_sleep_s: float, on_tick: Any, tick_interval_s: float) -> None:
+    clock = job.rt.clock
+    next_tick = time.monotonic() + tick_interval_s
+    has_proc_timers = any(type(op).on_processing_time is not Operator.on_processing_time for op in job.ops)
+    while True:
+        n, active = job.step(max_chunk)
+        if has_proc_timers:
+            job.fire_processing_time(clock.now_ms())
+        if on_tick is not None and time.monotonic() >= next_tick:
+            on_tick()
+            next_tick = time.monotonic() + tick_interval_s
+        if not active:
+            break
+        if n == 0:
+            hint = job.next_wakeup()
+            wait = idle_sleep_s if hint is None else max(0.0, min(hint, idle_sleep_s * 20))
+            if has_proc_timers:
+                nxt = min((t for op in job.ops for t in (op.next_processing_timer(),) if t is not None),
+                          default=None)
+                if nxt is not None:
+                    wait = min(wait, max(0.0, (nxt - clock.now_ms()) / 1000))
+            clock.sleep(wait)
+    if has_proc_timers:
+        job.fire_processing_time(clock.now_ms())

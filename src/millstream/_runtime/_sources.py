@@ -1,0 +1,199 @@
+"""Source and sink operators: reading, event-time assignment, the watermark, writing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from millstream._eventtime import WatermarkGenerator, WatermarkStrategy
+from millstream._plan import Node, SinkOp, SourceOp
+from millstream._time import MAX_WATERMARK, MIN_WATERMARK, timestamp_to_ms
+from millstream.connectors._base import DeadLetter, SinkWriter, SourceContext, SourceReader
+from millstream.errors import MillstreamError
+
+from ._base import Operator, Runtime
+from ._codegen import Generated
+
+
+def compile_extractor(strategy: WatermarkStrategy) -> Any:
+    """A function ``recs -> (times, max_time)``; raises on the first bad timestamp."""
+    env: dict[str, Any] = {"_conv": timestamp_to_ms, "_unit": strategy.unit, "_MIN": MIN_WATERMARK}
+    g = Generated()
+    g.add(0, "def _extract(recs):")
+    g.add(1, "out = []; oa = out.append; mx = _MIN")
+    g.add(1, "for r in recs:")
+    if isinstance(strategy.timestamp, str):
+        g.add(2, f"t = r[{strategy.timestamp!r}]")
+    else:
+        env["_tsfn"] = strategy.timestamp
+        g.add(2, "t = _tsfn(r)")
+    if strategy.unit == "ms":
+        g.add(2, "if t.__class__ is not int: t = _conv(t)")
+    else:
+        g.add(2, "t = _conv(t, _unit)")
+    g.add(2, "if t > mx: mx = t")
+    g.add(2, "oa(t)")
+    g.add(1, "return out, mx")
+    fn, _ = g.compile("timestamps", env, "_extract")
+    return fn
+
+
+class SourceOperator(Operator):
+    """Polls a source reader, assigns event time, and advances the source's watermark."""
+
+    def __init__(self, node: Node, rt: Runtime, dead_letter_write: Any = None) -> None:
+        super().__init__(node, rt, 0)
+        op = node.op
+        assert isinstance(op, SourceOp)
+        self.source = op.connector
+        self.strategy = op.watermark
+        self.extract = compile_extractor(op.watermark) if op.watermark else None
+        self.ctx = SourceContext(step=node.name, clock=rt.clock, policy=self.source.on_error,
+                                 dead_letter_write=dead_letter_write)
+        self.reader: SourceReader | None = None
+        self.gen: WatermarkGenerator | None = None
+        self.ended = False
+        self.bad_timestamps = 0
+
+    def open(self) -> None:
+        self.reader = self.source.open(self.ctx)
+        if self.strategy is not None:
+            self.gen = WatermarkGenerator(self.strategy, self.rt.clock.now_ms())
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+
+    def position_of(self, index: int) -> str | None:
+        return self.reader.position_of(index) if self.reader is not None else None
+
+    def pump(self, max_records: int) -> int:
+        """Read and push one chunk. Returns records read; -1 once the input has ended."""
+        reader = self.reader
+        assert reader is not None
+        recs = reader.poll(max_records)
+        if recs is None:
+            self.end()
+            return -1
+        gen = self.gen
+        if not recs:
+            if gen is not None and gen.check_idle(self.rt.clock.now_ms()):
+                for op, port in self.outs:
+                    op.idle(port)
+            self._scripted_watermark(reader)
+            return 0
+        n = len(recs)
+        self.records_in += n
+        self.rt.current_source = self
+        self.rt.current_chunk = recs
+        times = None
+        if self.extract is not None:
+            try:
+                times, mx = self.extract(recs)
+            except Exception:  # noqa: BLE001 - a bad timestamp: the source's error policy decides
+                recs, times, mx = self._extract_slow(recs)
+            assert gen is not None
+            gen.observe(mx, self.rt.clock.now_ms())
+        self.emit(recs, times)
+        if gen is not None and reader.watermark() is None:
+            wm = gen.current()
+            if wm > self.wm:
+                self._send_watermark(wm)
+        self._scripted_watermark(reader)
+        self.rt.current_chunk = None
+        return n
+
+    def _scripted_watermark(self, reader: SourceReader) -> None:
+        wm = reader.watermark()
+        if wm is not None and wm > self.wm:
+            self._send_watermark(wm)
+
+    def _extract_slow(self, recs: list[Any]) -> tuple[list[Any], list[int], int]:
+        assert self.extract is not None
+        good: list[Any] = []
+        times: list[int] = []
+        mx = MIN_WATERMARK
+        for i, r in enumerate(recs):
+            try:
+                (t,), _ = self.extract((r,))
+            except Exception as exc:  # noqa: BLE001
+                self.bad_timestamps += 1
+                pos = self.position_of(i) or f"record {i} of a chunk"
+                self.ctx.bad_record(f"cannot read its event time: {type(exc).__name__}: {exc}", position=pos, raw=r)
+                continue
+            good.append(r)
+            times.append(t)
+            if t > mx:
+                mx = t
+        return good, times, mx
+
+    def _send_watermark(self, wm: int) -> None:
+        self.wm = wm
+        for op, port in self.outs:
+            op.watermark(port, wm)
+
+    def end(self) -> None:
+        self.ended = True
+        self._send_watermark(MAX_WATERMARK)
+
+    def current_watermark(self) -> int:
+        return self.wm
+
+    def snapshot(self) -> Any:
+        assert self.reader is not None
+        return {"position": self.reader.snapshot(), "max_ts": self.gen.max_ts if self.gen else None, "wm": self.wm}
+
+    def restore(self, state: Any) -> None:
+        assert self.reader is not None
+        self.reader.restore(state["position"])
+        if self.gen is not None and state["max_ts"] is not None:
+            self.gen.max_ts = state["max_ts"]
+        self.wm = state["wm"]
+
+    def metrics(self) -> dict[str, int]:
+        return {"skipped": self.ctx.skipped, "dead_lettered": self.ctx.dead_lettered}
+
+
+class SinkOperator(Operator):
+    def __init__(self, node: Node, rt: Runtime) -> None:
+        super().__init__(node, rt, len(node.inputs))
+        op = node.op
+        assert isinstance(op, SinkOp)
+        self.sink = op.connector
+        self.writer: SinkWriter | None = None
+
+    def open(self) -> None:
+        self.writer = self.sink.open(self.name)
+
+    def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
+        self.records_in += len(records)
+        assert self.writer is not None
+        try:
+            self.writer.write(records, times)
+        except MillstreamError:
+            raise
+        except Exception as exc:
+            raise self.rt.step_error(self.node, exc, record=records[0] if records else None) from exc
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class DeadLetterWriter:
+    """Opens a dead-letter sink lazily and writes bad records to it one chunk at a time."""
+
+    def __init__(self, policy: DeadLetter, step: str) -> None:
+        self.policy = policy
+        self.step = step
+        self.writer: SinkWriter | None = None
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        if self.writer is None:
+            self.writer = self.policy.sink.open(f"{self.step}.dead-letter")
+        self.writer.write([row], None)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

@@ -1,0 +1,481 @@
+"""Window operators: sliced time windows (tumbling, sliding), sessions, and count windows.
+
+Tumbling and sliding windows share one design: each event updates exactly one
+*slice* of width gcd(size, slide); a window is the merge of its slices when it
+fires. The watermark fires windows (a timer per window end), so windows close
+even when no further event of their key arrives.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from millstream._plan import KeySpec, Node, WindowOp
+from millstream.agg import Aggregation
+from millstream.windows import CountWindow, SessionWindow, SlidingWindow, TumblingWindow, Window
+
+from ._aggcode import AggCode, compile_key, key_expr, key_items
+from ._base import Operator, Runtime
+from ._codegen import Generated, frame_local
+
+
+@dataclass(frozen=True)
+class _ReduceAgg(Aggregation):
+    """A window reduce as an aggregation whose accumulator is the reduced record."""
+
+    fn: Callable[[Any, Any], Any] | None = None
+    kind: ClassVar[str] = "reduce"
+
+    def init_src(self, env: dict[str, Any], p: str) -> str:
+        return "_NONE"
+
+    def add_src(self, env: dict[str, Any], p: str, slot: str, v: str, t: str) -> list[str]:
+        env[f"{p}fn"] = self.fn
+        env["_NONE"] = _NONE
+        return [f"{slot} = {v} if {slot} is _NONE else {p}fn({slot}, {v})"]
+
+    def merge(self, a: Any, b: Any) -> Any:
+        if a is _NONE:
+            return b
+        if b is _NONE:
+            return a
+        assert self.fn is not None
+        return self.fn(a, b)
+
+
+@dataclass(frozen=True)
+class _CollectAgg(Aggregation):
+    """A window process function's accumulator: the records and their times."""
+
+    kind: ClassVar[str] = "collect"
+
+    def init_src(self, env: dict[str, Any], p: str) -> str:
+        return "[]"
+
+    def add_src(self, env: dict[str, Any], p: str, slot: str, v: str, t: str) -> list[str]:
+        return [f"{slot}.append(({t}, {v}))"]
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return a + b
+
+
+_NONE = object()
+
+
+class _Finisher:
+    """Turns a window's accumulator into output records."""
+
+    def __init__(self, op: WindowOp, code: AggCode) -> None:
+        self.op = op
+        env = code.env
+        g = Generated()
+        g.add(0, "def _row(k, ws, we, a):")
+        items = key_items(op.key) + ["'window_start': ws", "'window_end': we"]
+        if op.aggs:
+            items += code.result_items()
+        g.add(1, "return {" + ", ".join(items) + "}")
+        self.row, _ = g.compile("window-row", env, "_row")
+
+    def __call__(self, k: Any, ws: int | None, we: int | None, acc: list[Any]) -> list[Any]:
+        op = self.op
+        if op.aggs:
+            return [self.row(k, ws, we, acc)]
+        if op.reduce_fn is not None:
+            v = acc[0]
+            if isinstance(v, dict):
+                return [{**v, "window_start": ws, "window_end": we}]
+            row = self.row(k, ws, we, acc)
+            row["value"] = v
+            return [row]
+        assert op.process_fn is not None
+        items = sorted(acc[0], key=_first)
+        out = op.process_fn(k, Window(ws, we), [r for _, r in items])  # type: ignore[arg-type]
+        if out is None:
+            return []
+        if isinstance(out, dict):
+            return [out]
+        return list(out)
+
+
+def _first(pair: tuple[Any, Any]) -> Any:
+    return pair[0]
+
+
+def window_aggs(op: WindowOp) -> tuple[tuple[str, Aggregation], ...]:
+    if op.aggs:
+        return op.aggs
+    if op.reduce_fn is not None:
+        return (("value", _ReduceAgg(None, fn=op.reduce_fn)),)
+    return (("records", _CollectAgg(None)),)
+
+
+class _WindowBase(Operator):
+    def __init__(self, node: Node, rt: Runtime, timed: bool) -> None:
+        super().__init__(node, rt, 1)
+        op = node.op
+        assert isinstance(op, WindowOp)
+        self.op = op
+        self.timed = timed
+        self.lateness = op.allowed_lateness_ms
+        self.code = AggCode(window_aggs(op), timed)
+        self.finish = _Finisher(op, self.code)
+        self.add1 = self.code.compile_add1()
+        self.new = self.code.compile_new()
+        self.keyf = compile_key(op.key)
+        self.late_outs: list[tuple[Operator, int]] = []
+        self.late_count = 0
+        self.refired = 0
+        self._out: list[Any] = []
+        self._tout: list[int] = []
+        self._late: list[Any] = []
+        self._late_t: list[int] = []
+
+    def _emit_window(self, k: Any, ws: int, we: int, acc: list[Any]) -> None:
+        try:
+            rows = self.finish(k, ws, we, acc)
+        except Exception as exc:
+            raise self.rt.step_error(self.node, exc, key=k, has_key=self.op.key is not None,
+                                     event_time=we - 1) from exc
+        self._out.extend(rows)
+        self._tout.extend([we - 1] * len(rows))
+
+    def _to_late(self, r: Any, t: int) -> None:
+        self.late_count += 1
+        self._late.append(r)
+        self._late_t.append(t)
+
+    def _flush(self) -> None:
+        if self._out:
+            out, tout = self._out, self._tout
+            self._out, self._tout = [], []
+            self.emit(out, tout if self.timed else None)
+        if self._late:
+            late, late_t = self._late, self._late_t
+            self._late, self._late_t = [], []
+            for op, port in self.late_outs:
+                op.push(port, late, late_t)
+
+    def _fail(self, exc: Exception, filename: str) -> BaseException:
+        tb = exc.__traceback__
+        t = frame_local(tb, filename, "t")
+        return self.rt.step_error(self.node, exc, record=frame_local(tb, filename, "r"),
+                                  key=frame_local(tb, filename, "k"), has_key=self.op.key is not None,
+                                  event_time=t if isinstance(t, int) else None)
+
+    def metrics(self) -> dict[str, int]:
+        return {"late": self.late_count, "refired": self.refired}
+
+
+class SlicedWindowOperator(_WindowBase):
+    """Tumbling and sliding event-time windows over slices."""
+
+    def __init__(self, node: Node, rt: Runtime, timed: bool) -> None:
+        super().__init__(node, rt, timed)
+        a = self.op.assigner
+        assert isinstance(a, TumblingWindow | SlidingWindow)
+        self.size = a.size_ms
+        self.slide = a.slide_ms
+        self.offset = a.offset_ms
+        self.slice = a.slice_ms
+        self.slices: dict[int, dict[Any, list[Any]]] = {}
+        self.fire_heap: list[int] = []
+        self.fire_set: set[int] = set()
+        self.cleanup_heap: list[tuple[int, int]] = []
+        code = self.code
+        env = code.env
+        env["_new_slice"] = self._new_slice
+        g = Generated()
+        g.add(0, "def _push(recs, times, wm, slices):")
+        g.add(1, "last_s = None; d = None; slow = None")
+        g.add(1, "for r, t in zip(recs, times):")
+        g.add(2, "if t <= wm:")
+        g.add(3, "if slow is None: slow = []")
+        g.add(3, "slow.append((r, t)); continue")
+        g.add(2, f"k = {key_expr(self.op.key, env)}")
+        g.add(2, f"s = t - (t - {self.offset}) % {self.slice}")
+        g.add(2, "if s != last_s:")
+        g.add(3, "d = slices.get(s)")
+        g.add(3, "if d is None: d = slices[s] = {}; _new_slice(s)")
+        g.add(3, "last_s = s")
+        g.add(2, "a = d.get(k)")
+        g.add(2, f"if a is None: a = d[k] = {code.init}")
+        code.add_lines(g, 2)
+        g.add(1, "return slow")
+        self._push, self._filename = g.compile(f"window:{node.name}", env, "_push")
+
+    # windows containing slice s: starts ws = last_ws(s) - j*slide while ws + size > s
+    def _last_start(self, s: int) -> int:
+        return s - (s - self.offset) % self.slide
+
+    def _ends(self, s: int) -> list[int]:
+        ws = self._last_start(s)
+        ends = []
+        while ws + self.size > s:
+            ends.append(ws + self.size)
+            ws -= self.slide
+        return ends
+
+    def _new_slice(self, s: int) -> None:
+        wm = self.wm
+        for e in self._ends(s):
+            if e - 1 > wm and e not in self.fire_set:
+                self.fire_set.add(e)
+                heapq.heappush(self.fire_heap, e)
+        heapq.heappush(self.cleanup_heap, (self._last_start(s) + self.size - 1 + self.lateness, s))
+
+    def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
+        self.records_in += len(records)
+        assert times is not None
+        try:
+            slow = self._push(records, times, self.wm, self.slices)
+        except Exception as exc:
+            raise self._fail(exc, self._filename) from exc
+        if slow:
+            self._slow(slow)
+        self._flush()
+
+    def _slow(self, items: list[tuple[Any, int]]) -> None:
+        """Records at or behind the watermark: late, or re-firing windows within the allowed lateness."""
+        wm = self.wm
+        for r, t in items:
+            s = t - (t - self.offset) % self.slice
+            if self._last_start(s) + self.size - 1 + self.lateness <= wm:
+                self._to_late(r, t)
+                continue
+            try:
+                k = self.keyf(r)
+                d = self.slices.get(s)
+                if d is None:
+                    d = self.slices[s] = {}
+                    self._new_slice(s)
+                a = d.get(k)
+                if a is None:
+                    a = d[k] = self.new()
+                self.add1(a, r, t)
+            except Exception as exc:
+                raise self.rt.step_error(self.node, exc, record=r, has_key=True, event_time=t) from exc
+            for e in self._ends(s):
+                if e - 1 <= wm < e - 1 + self.lateness:
+                    self.refired += 1
+                    self._emit_window(k, e - self.size, e, self._merged_for_key(k, e))
+
+    def _merged_for_key(self, k: Any, e: int) -> list[Any]:
+        acc: list[Any] | None = None
+        for s in range(e - self.size, e, self.slice):
+            d = self.slices.get(s)
+            if d is not None and k in d:
+                acc = d[k] if acc is None else self.code.merge(acc, d[k])
+        assert acc is not None
+        return acc
+
+    def on_watermark(self, wm: int) -> None:
+        heap = self.fire_heap
+        while heap and heap[0] - 1 <= wm:
+            e = heapq.heappop(heap)
+            self.fire_set.discard(e)
+            self._fire(e)
+        cleanup = self.cleanup_heap
+        while cleanup and cleanup[0][0] <= wm:
+            _, s = heapq.heappop(cleanup)
+            self.slices.pop(s, None)
+        self._flush()
+
+    def _fire(self, e: int) -> None:
+        ws = e - self.size
+        if self.slice == self.size:
+            d = self.slices.get(ws)
+            if d:
+                for k, acc in d.items():
+                    self._emit_window(k, ws, e, acc)
+            return
+        merged: dict[Any, list[Any]] = {}
+        for s in range(ws, e, self.slice):
+            d = self.slices.get(s)
+            if not d:
+                continue
+            for k, acc in d.items():
+                prev = merged.get(k)
+                merged[k] = acc if prev is None else self.code.merge(prev, acc)
+        for k, acc in merged.items():
+            self._emit_window(k, ws, e, acc)
+
+    def snapshot(self) -> Any:
+        return {"slices": self.slices, "fire": sorted(self.fire_set), "cleanup": list(self.cleanup_heap),
+                "late": self.late_count}
+
+    def restore(self, state: Any) -> None:
+        self.slices = state["slices"]
+        self.fire_set = set(state["fire"])
+        self.fire_heap = sorted(self.fire_set)
+        self.cleanup_heap = list(state["cleanup"])
+        heapq.heapify(self.cleanup_heap)
+        self.late_count = state["late"]
+
+
+class SessionWindowOperator(_WindowBase):
+    """Per-key sessions that merge when an event bridges them."""
+
+    def __init__(self, node: Node, rt: Runtime, timed: bool) -> None:
+        super().__init__(node, rt, timed)
+        a = self.op.assigner
+        assert isinstance(a, SessionWindow)
+        self.gap = a.gap_ms
+        # key -> list of [start, end, acc]; end is exclusive (last event + gap)
+        self.sessions: dict[Any, list[list[Any]]] = {}
+        self.timers: list[tuple[int, int, int, Any]] = []  # (end, seq, start, key)
+        self.cleanups: list[tuple[int, int, int, int, Any]] = []  # (time, seq, start, end, key)
+        self._seq = itertools.count()
+
+    def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
+        self.records_in += len(records)
+        assert times is not None
+        wm, gap, lateness = self.wm, self.gap, self.lateness
+        keyf, new, add1, merge = self.keyf, self.new, self.add1, self.code.merge
+        for r, t in zip(records, times, strict=True):
+            try:
+                k = keyf(r)
+                sessions = self.sessions.get(k)
+                if sessions is None:
+                    sessions = self.sessions[k] = []
+                start, end = t, t + gap
+                keep = []
+                touching = []
+                for sess in sessions:
+                    if sess[0] <= end and start <= sess[1]:
+                        touching.append(sess)
+                    else:
+                        keep.append(sess)
+                for sess in touching:
+                    start = min(start, sess[0])
+                    end = max(end, sess[1])
+                if end - 1 + lateness <= wm:
+                    self._to_late(r, t)
+                    continue
+                acc = touching[0][2] if touching else new()
+                for sess in touching[1:]:
+                    acc = merge(acc, sess[2])
+                add1(acc, r, t)
+            except Exception as exc:
+                raise self.rt.step_error(self.node, exc, record=r, has_key=True, event_time=t) from exc
+            keep.append([start, end, acc])
+            self.sessions[k] = keep
+            if end - 1 <= wm:
+                self.refired += 1
+                self._emit_window(k, start, end, acc)
+                heapq.heappush(self.cleanups, (end - 1 + lateness, next(self._seq), start, end, k))
+            else:
+                heapq.heappush(self.timers, (end, next(self._seq), start, k))
+        self._flush()
+
+    def _find(self, k: Any, start: int, end: int) -> list[Any] | None:
+        for sess in self.sessions.get(k, ()):
+            if sess[0] == start and sess[1] == end:
+                return sess
+        return None
+
+    def _remove(self, k: Any, sess: list[Any]) -> None:
+        lst = self.sessions[k]
+        lst.remove(sess)
+        if not lst:
+            del self.sessions[k]
+
+    def on_watermark(self, wm: int) -> None:
+        while self.timers and self.timers[0][0] - 1 <= wm:
+            end, _, start, k = heapq.heappop(self.timers)
+            sess = self._find(k, start, end)
+            if sess is None:
+                continue  # merged into a larger session since
+            self._emit_window(k, start, end, sess[2])
+            if self.lateness:
+                heapq.heappush(self.cleanups, (end - 1 + self.lateness, next(self._seq), start, end, k))
+            else:
+                self._remove(k, sess)
+        while self.cleanups and self.cleanups[0][0] <= wm:
+            _, _, start, end, k = heapq.heappop(self.cleanups)
+            sess = self._find(k, start, end)
+            if sess is not None and sess[1] - 1 + self.lateness <= wm:
+                self._remove(k, sess)
+        self._flush()
+
+    def snapshot(self) -> Any:
+        return {"sessions": self.sessions, "timers": list(self.timers), "cleanups": list(self.cleanups),
+                "late": self.late_count}
+
+    def restore(self, state: Any) -> None:
+        self.sessions = state["sessions"]
+        self.timers = list(state["timers"])
+        self.cleanups = list(state["cleanups"])
+        heapq.heapify(self.timers)
+        heapq.heapify(self.cleanups)
+        self.late_count = state["late"]
+        self._seq = itertools.count(max([e[1] for e in self.timers + self.cleanups], default=0) + 1)  # type: ignore[operator]
+
+
+class CountWindowOperator(_WindowBase):
+    """Every ``size`` events of a key (sliding by ``every``); fires only when full."""
+
+    def __init__(self, node: Node, rt: Runtime, timed: bool) -> None:
+        super().__init__(node, rt, timed)
+        a = self.op.assigner
+        assert isinstance(a, CountWindow)
+        self.size = a.size
+        self.every = a.every
+        self.buffers: dict[Any, deque[tuple[Any, Any]]] = {}
+        self.counts: dict[Any, int] = {}
+
+    def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
+        self.records_in += len(records)
+        size, every = self.size, self.every
+        ts: Any = times if times is not None else itertools.repeat(None)
+        k: Any = None
+        for r, t in zip(records, ts):
+            try:
+                k = self.keyf(r)
+                buf = self.buffers.get(k)
+                if buf is None:
+                    buf = self.buffers[k] = deque(maxlen=size)
+                buf.append((r, t))
+                n = self.counts.get(k, 0) + 1
+                self.counts[k] = n
+                if n >= size and (n - size) % every == 0:
+                    acc = self.new()
+                    for rr, tt in buf:
+                        self.add1(acc, rr, tt)
+                    if times is not None:
+                        ws, we = min(tt for _, tt in buf), max(tt for _, tt in buf) + 1
+                    else:
+                        ws = we = None
+                    rows = self.finish(k, ws, we, acc)  # type: ignore[arg-type]
+                    self._out.extend(rows)
+                    if times is not None:
+                        self._tout.extend([we - 1] * len(rows))  # type: ignore[operator]
+                    if every == size:
+                        buf.clear()
+            except Exception as exc:
+                raise self.rt.step_error(self.node, exc, record=r, key=k, has_key=True, event_time=t) from exc
+        self._flush()
+
+    def snapshot(self) -> Any:
+        return {"buffers": {k: list(v) for k, v in self.buffers.items()}, "counts": self.counts}
+
+    def restore(self, state: Any) -> None:
+        self.buffers = {k: deque(v, maxlen=self.size) for k, v in state["buffers"].items()}
+        self.counts = state["counts"]
+
+
+def make_window_operator(node: Node, rt: Runtime, timed: bool) -> _WindowBase:
+    op = node.op
+    assert isinstance(op, WindowOp)
+    if isinstance(op.assigner, TumblingWindow | SlidingWindow):
+        return SlicedWindowOperator(node, rt, timed)
+    if isinstance(op.assigner, SessionWindow):
+        return SessionWindowOperator(node, rt, timed)
+    return CountWindowOperator(node, rt, timed)
+
+
+__all__ = ["KeySpec", "make_window_operator"]

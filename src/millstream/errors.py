@@ -1,0 +1,143 @@
+"""The one exception tree of millstream.
+
+Every error millstream raises on purpose derives from :class:`MillstreamError`,
+and also from the builtin exception that fits it best, so that ``except
+ValueError`` keeps working for code that does not know millstream::
+
+    MillstreamError
+    ├── FlowDefinitionError (ValueError)     a flow is built wrong; raised while building
+    │   └── GuaranteeError                   the connectors cannot give the asked guarantee
+    ├── ConfigError (ValueError)             a bad option to run(), the CLI or a connector
+    ├── MissingDependencyError (ImportError) an optional extra is not installed
+    ├── RecordError (ValueError)             a malformed input record (source + position)
+    └── JobError (RuntimeError)              a running job failed
+        └── StepError                        a user function raised inside a step
+
+Errors raised while building name the step, the user's file and line, and the fix.
+Errors raised while running name the step, the key, the event time and the
+position of the record in its source.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "FlowDefinitionError",
+    "GuaranteeError",
+    "JobError",
+    "MillstreamError",
+    "MissingDependencyError",
+    "RecordError",
+    "StepError",
+]
+
+
+class MillstreamError(Exception):
+    """Base class of every error millstream raises on purpose."""
+
+
+class FlowDefinitionError(MillstreamError, ValueError):
+    """A flow was built wrong. Raised while the flow is built, before anything runs.
+
+    ``step`` is the name of the step, ``location`` the ``file:line`` of the user's
+    code that added it, ``fix`` a sentence that says how to mend it.
+    """
+
+    def __init__(
+        self, problem: str, *, step: str | None = None, location: str | None = None, fix: str | None = None
+    ) -> None:
+        self.problem = problem
+        self.step = step
+        self.location = location
+        self.fix = fix
+        parts = []
+        if step is not None:
+            parts.append(f"step {step!r}")
+        if location is not None:
+            parts.append(f"at {location}")
+        head = (" ".join(parts) + ": ") if parts else ""
+        msg = head + problem
+        if fix:
+            msg += f"\n  fix: {fix}"
+        super().__init__(msg)
+
+
+class GuaranteeError(FlowDefinitionError):
+    """The delivery guarantee asked for cannot be given by the flow's connectors."""
+
+
+class ConfigError(MillstreamError, ValueError):
+    """A bad option: to ``run()``, to the CLI, or to a connector."""
+
+
+class MissingDependencyError(MillstreamError, ImportError):
+    """An optional dependency is missing; the message names the pip extra to install."""
+
+    def __init__(self, package: str, extra: str, feature: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{feature} needs the Python package {package!r}, which is not installed.\n"
+            f"  fix: pip install 'millstream[{extra}]'"
+        )
+
+
+class RecordError(MillstreamError, ValueError):
+    """A malformed input record. ``source`` and ``position`` say where it came from."""
+
+    def __init__(self, problem: str, *, source: str, position: str, raw: Any = None) -> None:
+        self.problem = problem
+        self.source = source
+        self.position = position
+        self.raw = raw
+        super().__init__(f"bad record in source {source!r} at {position}: {problem}")
+
+
+class JobError(MillstreamError, RuntimeError):
+    """A running job failed."""
+
+
+class StepError(JobError):
+    """A user function raised while a step processed a record.
+
+    The original exception is ``__cause__``. ``step``, ``location`` (where the
+    step was defined), ``key``, ``event_time`` (ms since the epoch, or None) and
+    ``position`` (where the record came from, e.g. ``events.jsonl:42``) say
+    which record it was.
+    """
+
+    def __init__(
+        self,
+        *,
+        step: str,
+        location: str | None,
+        error: BaseException,
+        key: Any = None,
+        has_key: bool = False,
+        event_time: int | None = None,
+        position: str | None = None,
+        record: Any = None,
+    ) -> None:
+        self.step = step
+        self.location = location
+        self.error = error
+        self.key = key
+        self.event_time = event_time
+        self.position = position
+        self.record = record
+        where = f" (defined at {location})" if location else ""
+        lines = [f"step {step!r}{where} raised {type(error).__name__}: {error}"]
+        if position is not None:
+            lines.append(f"  record from: {position}")
+        if has_key:
+            lines.append(f"  key: {key!r}")
+        if event_time is not None:
+            from millstream._time import format_ms
+
+            lines.append(f"  event time: {event_time} ({format_ms(event_time)})")
+        if record is not None:
+            text = repr(record)
+            lines.append(f"  record: {text[:300]}{'...' if len(text) > 300 else ''}")
+        super().__init__("\n".join(lines))

@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from millstream._time import MAX_WATERMARK, MIN_WATERMARK, Duration, to_ms
+from millstream.connectors._base import ErrorPolicy, Sink, SinkWriter, Source, SourceContext, SourceReader, check_policy
+from millstream.errors import ConfigError
+
+if TYPE_CHECKING:
+    from millstream._api import Flow, Stream
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """A scripted watermark advance inside a :class:`TestSource` script."""
+
+    timestamp: int
+
+
+@dataclass(frozen=True)
+class ProcessingTime:
+    """A scripted advance of the :class:`ManualClock` inside a :class:`TestSource` script."""
+
+    advance_ms: int
+
+
+def watermark(timestamp: int) -> Watermark:
+    """Script item: the source's watermark moves to ``timestamp`` (ms)."""
+    return Watermark(timestamp)
+
+
+def advance_processing_time(by: Duration) -> ProcessingTime:
+    """Script item: the manual clock moves forward by ``by`` (needs ``clock=ManualClock()`` in run)."""
+    return ProcessingTime(to_ms(by, "processing time advance"))
+
+
+class ManualClock:
+    """A processing-time clock that moves only when told (``sleep`` advances it too)."""
+
+    def __init__(self, start_ms: int = 0) -> None:
+        self._now = start_ms
+        self._lock = threading.Lock()
+
+    def now_ms(self) -> int:
+        return self._now
+
+    def advance(self, by: Duration) -> None:
+        with self._lock:
+            self._now += to_ms(by, "clock advance")
+
+    def set(self, now_ms: int) -> None:
+        with self._lock:
+            if now_ms < self._now:
+                raise ConfigError("a clock does not go back")
+            self._now = now_ms
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self._now += max(1, int(seconds * 1000))
+
+
+class TestSource(Source):
+    """A bounded, replayable source that plays a script of records and markers.
+
+    Script items are records, :func:`watermark` markers (then the source's
+    watermark follows the script, not the strategy's bound) and
+    :func:`advance_processing_time` markers (they move a :class:`ManualClock`).
+    ``chunk`` bounds how many records one poll returns, to exercise chunking.
+    """
+
+    __test__ = False  # not a pytest test class
+    replayable = True
+
+    def __init__(self, script: Iterable[Any], *, chunk: int | None = None, name: str = "test-source",
+                 on_error: ErrorPolicy = "fail") -> None:
+        self.script: tuple[Any, ...] = tuple(script)
+        self.chunk = chunk
+        self.name = name
+        self.on_error = check_policy(on_error)
+
+    def open(self, ctx: SourceContext) -> SourceReader:
+        return _ScriptReader(self, ctx)
+
+    def describe(self) -> str:
+        n = sum(1 for x in self.script if not isinstance(x, Watermark | ProcessingTime))
+        return f"test source ({n} records)"
+
+    def default_name(self) -> str:
+        return self.name
+
+
+class _ScriptReader(SourceReader):
+    def __init__(self, src: TestSource, ctx: SourceContext) -> None:
+        self.src = src
+        self.ctx = ctx
+        self.pos = 0
+        self.chunk_start = 0
+        self.chunk_index: list[int] = []
+        self.wm: int | None = None
+        self.scripted = any(isinstance(x, Watermark) for x in src.script)
+
+    def poll(self, max_records: int) -> list[Any] | None:
+        script = self.src.script
+        if self.pos >= len(script):
+            if self.scripted:
+                self.wm = MAX_WATERMARK
+            return None
+        limit = min(max_records, self.src.chunk or max_records)
+        out: list[Any] = []
+        self.chunk_index = []
+        while self.pos < len(script) and len(out) < limit:
+            item = script[self.pos]
+            if isinstance(item, Watermark):
+                if out:
+                    break  # records first; the watermark comes with the next poll
+                self.wm = item.timestamp if self.wm is None else max(self.wm, item.timestamp)
+                self.pos += 1
+                return []
+            if isinstance(item, ProcessingTime):
+                if out:
+                    break
+                clock = self.ctx.clock
+                if not isinstance(clock, ManualClock):
+                    raise ConfigError("advance_processing_time in a TestSource needs run(clock=ManualClock())")
+                clock.advance(item.advance_ms)
+                self.pos += 1
+                return []
+            out.append(item)
+            self.chunk_index.append(self.pos)
+            self.pos += 1
+        return out
+
+    def position_of(self, index: int) -> str | None:
+        return f"{self.src.name}[{self.chunk_index[index]}]" if index < len(self.chunk_index) else None
+
+    def watermark(self) -> int | None:
+        if self.wm is None and self.scripted:
+            return MIN_WATERMARK  # scripted watermarks only: the strategy's bound does not apply
+        return self.wm
+
+    def snapshot(self) -> Any:
+        return {"pos": self.pos, "wm": self.wm}
+
+    def restore(self, position: Any) -> None:
+        self.pos = position["pos"]
+        self.wm = position["wm"]
+
+
+class CollectSink(Sink):
+    """Collects what reaches it: ``values`` (records), ``times`` (their event times), ``items`` (pairs)."""
+
+    def __init__(self, name: str = "collect") -> None:
+        self.name = name
+        self.values: list[Any] = []
+        self.times: list[int | None] = []
+        self.chunks = 0
+
+    @property
+    def items(self) -> list[tuple[Any, int | None]]:
+        return list(zip(self.values, self.times, strict=True))
+
+    def clear(self) -> None:
+        self.values.clear()
+        self.times.clear()
+
+    def open(self, step: str) -> SinkWriter:
+        return _CollectWriter(self)
+
+    def describe(self) -> str:
+        return "collect (in memory)"
+
+    def default_name(self) -> str:
+        return self.name
+
+
+class _CollectWriter(SinkWriter):
+    def __init__(self, sink: CollectSink) -> None:
+        self.sink = sink
+
+    def write(self, records: list[Any], times: list[int] | None) -> None:
+        self.sink.chunks += 1
+        self.sink.values.extend(records)
+        self.sink.times.extend(times if times is not None else [None] * len(records))
+
+
+def run_collect(flow: Flow, stream: Stream, **run_options: Any) -> list[Any]:
+    """Sink ``stream`` into a fresh :class:`CollectSink`, run ``flow`` to the end, return the records."""
+    sink = CollectSink()
+    stream.sink(sink)
+    flow.run(**run_options)
+    return sink.values
+
+
