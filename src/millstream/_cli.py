@@ -1,0 +1,220 @@
+"""``millstream run | plan | demo``: run a job file, show its plan, or run the built-in demo."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from millstream._api import Flow
+from millstream._progress import LiveProgress, print_summary
+from millstream._run import MODES, RunConfig, RunResult
+from millstream.errors import ConfigError, FlowDefinitionError, MillstreamError, StepError
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set takes key=value, got {item!r}")
+        params[key.strip()] = _parse_value(value)
+    return params
+
+
+def load_flow(path: str, params: dict[str, Any], flow_name: str | None = None) -> Flow:
+    """Import a job file and get its flow: ``build(params)`` if defined, else the module's Flow."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"job file {path!r} does not exist")
+    spec = importlib.util.spec_from_file_location("__millstream_job__", file)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot load {path!r} as a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(file.resolve().parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.pop(0)
+    build = getattr(module, "build", None)
+    if callable(build):
+        takes = len(inspect.signature(build).parameters)
+        flow = build(params) if takes else build()
+        if not isinstance(flow, Flow):
+            raise ConfigError(f"{path}: build() returned {type(flow).__name__}, not a millstream Flow")
+        if params and not takes:
+            raise ConfigError(f"{path}: build() takes no parameters, so --set {', '.join(params)} has no effect")
+        return flow
+    flows = {name: v for name, v in vars(module).items() if isinstance(v, Flow)}
+    if params:
+        raise ConfigError(
+            f"{path} defines no build(params) function, so --set {', '.join(params)} cannot reach it; "
+            "define `def build(params): ...` returning the Flow"
+        )
+    if flow_name is not None:
+        for v in flows.values():
+            if v.name == flow_name:
+                return v
+        raise ConfigError(f"{path} has no flow named {flow_name!r}; it has: {', '.join(f.name for f in flows.values())}")
+    if len(flows) == 1:
+        return next(iter(flows.values()))
+    if not flows:
+        raise ConfigError(f"{path} defines no millstream Flow at module level (nor a build() function)")
+    raise ConfigError(f"{path} defines several flows ({', '.join(f.name for f in flows.values())}); pick one with --flow")
+
+
+def _run_flow(flow: Flow, args: argparse.Namespace, console: Console) -> RunResult:
+    progress = None
+    show = args.progress == "on" or (args.progress == "auto" and console.is_terminal and not args.quiet)
+    if show:
+        progress = LiveProgress(console)
+    cfg = RunConfig(mode=args.mode, max_chunk=args.max_chunk, on_progress=progress)
+    try:
+        return flow.run(config=cfg)
+    finally:
+        if progress is not None:
+            progress.stop()
+
+
+def _report_error(console: Console, exc: BaseException) -> int:
+    if isinstance(exc, StepError):
+        console.print("[bold red]job failed[/]")
+        console.print(str(exc), highlight=False, markup=False)
+        cause = exc.__cause__
+        if cause is not None:
+            tb = traceback.extract_tb(cause.__traceback__)
+            user = [f for f in tb if "millstream" not in f.filename.replace(os.sep, "/").split("/site-packages/")[-1]
+                    and not f.filename.startswith("<millstream")]
+            if user:
+                console.print("  where:", highlight=False)
+                for f in user[-3:]:
+                    console.print(f"    {f.filename}:{f.lineno} in {f.name}: {f.line}", highlight=False, markup=False)
+        return 1
+    if isinstance(exc, FlowDefinitionError):
+        console.print("[bold red]the flow is built wrong[/]")
+        console.print(str(exc), highlight=False, markup=False)
+        return 2
+    if isinstance(exc, ConfigError):
+        console.print(f"[bold red]error[/]: {exc}", highlight=False)
+        return 2
+    console.print("[bold red]job failed[/]")
+    console.print(str(exc), highlight=False, markup=False)
+    return 1
+
+
+def _cmd_run(args: argparse.Namespace, console: Console) -> int:
+    flow = load_flow(args.job, _parse_sets(args.set), args.flow)
+    result = _run_flow(flow, args, console)
+    if not args.quiet:
+        print_summary(console, result)
+    return 130 if result.interrupted else 0
+
+
+def _cmd_plan(args: argparse.Namespace, console: Console) -> int:
+    flow = load_flow(args.job, _parse_sets(args.set), args.flow)
+    plan = flow.plan()
+    if args.format == "mermaid":
+        print(plan.to_mermaid())
+    elif args.format == "json":
+        print(json.dumps(plan.to_dict(), indent=2))
+    else:
+        print(plan.render())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
+    from millstream import _demo
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.jsonl"):
+        old.unlink()
+    flow = _demo.build({"events": args.events, "rate": args.rate, "out": str(out)})
+    if not args.quiet:
+        console.print(f"[bold]millstream demo[/]: card fraud detection over {args.events:,} synthetic transactions")
+        console.print("  sliding 10 min spend per card (alert over 3,000), per-card anomaly score (EWMA z-score),"
+                      " impossible travel between ATMs")
+    result = _run_flow(flow, args, console)
+    if args.quiet:
+        return 0
+    print_summary(console, result)
+    console.print(f"[bold]output[/] in {out.resolve()}:")
+    for f in sorted(out.glob("*.jsonl")):
+        n = sum(1 for _ in f.open("rb"))
+        console.print(f"  {f.name}: {n:,} records")
+    sample = out / "travel_alerts.jsonl"
+    if sample.exists() and sample.stat().st_size:
+        console.print("  e.g. " + sample.read_text().splitlines()[0], highlight=False, markup=False)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="millstream", description="Stream processing for Python.")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--mode", choices=MODES, default="native", help="execution mode (default: native)")
+        sp.add_argument("--max-chunk", type=int, default=2048, help="most records read from a source at once")
+        sp.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                        help="live progress in the terminal (auto: when stderr is a terminal)")
+        sp.add_argument("-q", "--quiet", action="store_true", help="print no summary")
+
+    run = sub.add_parser("run", help="run the flow defined in a job file")
+    run.add_argument("job", help="a Python file defining a Flow (or build(params) returning one)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="a job parameter, passed to build(params); values are JSON or text")
+    run.add_argument("--flow", help="which flow, when the file defines several")
+    common(run)
+
+    plan = sub.add_parser("plan", help="print the logical plan of a job file")
+    plan.add_argument("job")
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    plan.add_argument("--flow")
+    plan.add_argument("--format", choices=["text", "mermaid", "json"], default="text")
+
+    demo = sub.add_parser("demo", help="run the built-in fraud-detection demo (no server needed)")
+    demo.add_argument("--events", type=int, default=200_000, help="number of transactions (default 200,000)")
+    demo.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
+    demo.add_argument("--out", default="millstream-demo-output", help="output directory")
+    common(demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    console = Console(stderr=True)
+    if args.version:
+        from millstream import __version__
+
+        print(f"millstream {__version__}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "run":
+            return _cmd_run(args, console)
+        if args.command == "plan":
+            return _cmd_plan(args, console)
+        return _cmd_demo(args, console)
+    except KeyboardInterrupt:
+        return 130
+    except MillstreamError as exc:
+        return _report_error(console, exc)
