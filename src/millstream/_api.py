@@ -55,7 +55,8 @@ class Flow:
                 f"source() takes a source connector, got {type(connector).__name__} {connector!r}",
                 step=name or "source",
                 location=loc,
-                fix="pass e.g. millstream.connectors.files.read('events.jsonl') or millstream.testing.TestSource([...])",
+                fix="pass e.g. millstream.connectors.files.read('events.jsonl') "
+                "or millstream.testing.TestSource([...])",
             )
         if watermark is not None and not isinstance(watermark, WatermarkStrategy):
             raise FlowDefinitionError(

@@ -70,12 +70,14 @@ def load_flow(path: str, params: dict[str, Any], flow_name: str | None = None) -
         for v in flows.values():
             if v.name == flow_name:
                 return v
-        raise ConfigError(f"{path} has no flow named {flow_name!r}; it has: {', '.join(f.name for f in flows.values())}")
+        names = ", ".join(f.name for f in flows.values())
+        raise ConfigError(f"{path} has no flow named {flow_name!r}; it has: {names}")
     if len(flows) == 1:
         return next(iter(flows.values()))
     if not flows:
         raise ConfigError(f"{path} defines no millstream Flow at module level (nor a build() function)")
-    raise ConfigError(f"{path} defines several flows ({', '.join(f.name for f in flows.values())}); pick one with --flow")
+    names = ", ".join(f.name for f in flows.values())
+    raise ConfigError(f"{path} defines several flows ({names}); pick one with --flow")
 
 
 def _run_flow(flow: Flow, args: argparse.Namespace, console: Console) -> RunResult:

@@ -85,7 +85,7 @@ class WatermarkStrategy:
 class WatermarkGenerator:
     """Runtime state of one source's watermark: the max event time and idleness."""
 
-    __slots__ = ("bound", "idle_timeout", "max_ts", "last_active", "idle")
+    __slots__ = ("bound", "idle", "idle_timeout", "last_active", "max_ts")
 
     def __init__(self, strategy: WatermarkStrategy, now_ms: int) -> None:
         self.bound = strategy.bound_ms

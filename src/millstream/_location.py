@@ -13,10 +13,7 @@ def user_location() -> str | None:
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not os.path.abspath(filename).startswith(_PKG_DIR + os.sep):
-            if filename.startswith("<frozen"):
-                frame = frame.f_back  # type: ignore[assignment]
-                continue
+        if not os.path.abspath(filename).startswith(_PKG_DIR + os.sep) and not filename.startswith("<frozen"):
             try:
                 shown = os.path.relpath(filename)
             except ValueError:
@@ -39,8 +36,7 @@ def callable_name(fn: object) -> str:
 def callable_location(fn: object) -> str | None:
     code = getattr(fn, "__code__", None)
     if code is None:
-        call = getattr(type(fn), "__call__", None)
-        code = getattr(call, "__code__", None)
+        code = getattr(getattr(type(fn), "__call__", None), "__code__", None)  # noqa: B004
     if code is None:
         return None
     try:

@@ -307,7 +307,7 @@ def count(field: str | None = None) -> Aggregation:
     return _Count(None if field is None else _field(field, "count"))
 
 
-def sum(field: str) -> Aggregation:  # noqa: A001 - the natural name
+def sum(field: str) -> Aggregation:
     """Sum of a numeric field (None values are skipped)."""
     return _Sum(_field(field, "sum"))
 
@@ -317,12 +317,12 @@ def mean(field: str) -> Aggregation:
     return _Mean(_field(field, "mean"))
 
 
-def min(field: str) -> Aggregation:  # noqa: A001
+def min(field: str) -> Aggregation:
     """Smallest value of a field."""
     return _Min(_field(field, "min"))
 
 
-def max(field: str) -> Aggregation:  # noqa: A001
+def max(field: str) -> Aggregation:
     """Largest value of a field."""
     return _Max(_field(field, "max"))
 
@@ -385,5 +385,5 @@ def custom(
         add=add,
         merge_fn=merge,
         result_fn=result,
-        name=name or getattr(add, "__name__", "custom"),
+        name=name or str(getattr(add, "__name__", "custom")),
     )

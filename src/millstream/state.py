@@ -71,12 +71,12 @@ def value(*, default: Any = None, ttl: Duration | None = None, ttl_time: str = "
     return ValueStateSpec(_ttl(ttl), ttl_time, default)
 
 
-def list(*, ttl: Duration | None = None, ttl_time: str = "event") -> ListStateSpec:  # noqa: A001
+def list(*, ttl: Duration | None = None, ttl_time: str = "event") -> ListStateSpec:
     """An append-only list per key."""
     return ListStateSpec(_ttl(ttl), ttl_time)
 
 
-def map(*, ttl: Duration | None = None, ttl_time: str = "event") -> MapStateSpec:  # noqa: A001
+def map(*, ttl: Duration | None = None, ttl_time: str = "event") -> MapStateSpec:
     """A dictionary per key."""
     return MapStateSpec(_ttl(ttl), ttl_time)
 
