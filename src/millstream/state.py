@@ -22,7 +22,8 @@ from typing import Any, ClassVar, Protocol
 from millstream._time import Duration, to_ms
 from millstream.errors import ConfigError
 
-__all__ = ["ListState", "MapState", "StateSpec", "ValueState", "list", "map", "value"]
+__all__ = ["ListState", "ListStateSpec", "MapState", "MapStateSpec", "StateSpec", "ValueState", "ValueStateSpec",
+           "list", "map", "value"]
 
 _list = list
 
