@@ -1,0 +1,1116 @@
+"""Files as sources and sinks: JSON lines, CSV, text lines and Parquet; bounded or following.
+
+The public facade is :mod:`millstream.connectors.files`. Line formats are read in
+large binary blocks split with ``bytes.split``; a chunk of lines is parsed in one
+tight loop and only a chunk that holds a bad line is parsed again line by line,
+so that the bad line can be reported with its file and line number.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import gzip
+import importlib.util
+import logging
+import os
+import threading
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import IO, Any, Literal, cast
+
+import orjson
+
+from millstream._time import to_ms
+from millstream.connectors._base import ErrorPolicy, Sink, SinkWriter, Source, SourceContext, SourceReader, check_policy
+from millstream.errors import ConfigError, MissingDependencyError, RecordError
+
+__all__ = ["FORMATS", "FileSink", "FileSource", "ReadOptions", "WriteOptions", "make_sink", "make_source",
+           "parse_json_lines", "parse_text_lines"]
+
+log = logging.getLogger("millstream.connectors.files")
+
+Format = Literal["jsonl", "csv", "lines", "parquet"]
+#: The formats files can be read and written in.
+FORMATS: tuple[str, ...] = ("jsonl", "csv", "lines", "parquet")
+
+_EXTENSIONS = {
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+    ".csv": "csv",
+    ".txt": "lines", ".log": "lines",
+    ".parquet": "parquet", ".pq": "parquet",
+}
+_PATTERNS: dict[str, tuple[str, ...]] = {
+    "jsonl": ("*.jsonl", "*.ndjson", "*.json", "*.jsonl.gz", "*.ndjson.gz", "*.json.gz"),
+    "csv": ("*.csv", "*.csv.gz"),
+    "lines": ("*.txt", "*.log", "*.txt.gz", "*.log.gz"),
+    "parquet": ("*.parquet", "*.pq"),
+}
+_WRITE_EXTENSION = {"jsonl": "jsonl", "csv": "csv", "lines": "txt", "parquet": "parquet"}
+_BLOCK = 1 << 20
+_BOM = b"\xef\xbb\xbf"
+_JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+def format_of(path: str) -> str | None:
+    """The format a file name suggests (``.gz`` looked through), or None."""
+    name = path.lower().rstrip("/" + os.sep)
+    if name.endswith(".gz"):
+        name = name[:-3]
+    return _EXTENSIONS.get(os.path.splitext(name)[1])
+
+
+def _seconds(value: float | timedelta, what: str) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{what} must be a number of seconds or a timedelta, not {value!r}")
+    return float(value)
+
+
+def _check_format(fmt: Any) -> str:
+    if fmt not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(map(repr, FORMATS))}, not {fmt!r}")
+    return cast(str, fmt)
+
+
+def _need_pyarrow(feature: str) -> None:
+    if importlib.util.find_spec("pyarrow") is None:
+        raise MissingDependencyError("pyarrow", "parquet", feature)
+
+
+def _parquet(feature: str) -> Any:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise MissingDependencyError("pyarrow", "parquet", feature) from None
+    return pa, pq
+
+
+_TRUE = frozenset({"true", "t", "yes", "y", "1", "on"})
+_FALSE = frozenset({"false", "f", "no", "n", "0", "off"})
+
+
+def _to_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError(f"not a boolean: {text!r} (expected true/false, yes/no, 1/0)")
+
+
+# -- reading: declarations ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """What :func:`read` was asked to do, validated. Frozen, so a source is a plain value."""
+
+    path: str
+    format: str
+    follow: bool = False
+    pattern: tuple[str, ...] = ()
+    poll_interval_s: float = 0.2
+    max_idle_ms: int | None = None
+    csv_types: tuple[tuple[str, Callable[[str], Any]], ...] = ()
+    delimiter: str = ","
+    encoding: str = "utf-8"
+    block_size: int = _BLOCK
+
+    def __post_init__(self) -> None:
+        _check_format(self.format)
+        if not isinstance(self.follow, bool):
+            raise ConfigError(f"follow must be True or False, not {self.follow!r}")
+        if self.poll_interval_s <= 0:
+            raise ConfigError(f"poll_interval must be > 0 seconds, not {self.poll_interval_s}")
+        if self.max_idle_ms is not None and self.max_idle_ms <= 0:
+            raise ConfigError(f"max_idle must be > 0, not {self.max_idle_ms} ms")
+        if self.max_idle_ms is not None and not self.follow:
+            raise ConfigError("max_idle only applies to a following source; pass follow=True or drop max_idle")
+        if self.csv_types and self.format != "csv":
+            raise ConfigError(f"csv_types only applies to CSV input, and this source reads {self.format}")
+        if not isinstance(self.delimiter, str) or len(self.delimiter) != 1:
+            raise ConfigError(f"delimiter must be one character, not {self.delimiter!r}")
+        if self.block_size < 1024:
+            raise ConfigError(f"block_size must be at least 1024 bytes, not {self.block_size}")
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        """File name patterns that select the files of a directory."""
+        return self.pattern or _PATTERNS[self.format]
+
+
+class FileSource(Source):
+    """Reads a file, or the files of a directory in name order; follows them when ``follow``.
+
+    ``stop()`` ends a following source once it has read what its files hold now.
+    """
+
+    replayable = True
+
+    def __init__(self, options: ReadOptions, *, on_error: ErrorPolicy = "fail", name: str | None = None) -> None:
+        self.options = options
+        self.on_error = check_policy(on_error)
+        self.name = name
+        self.bounded = not options.follow
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """End the input once what the files hold now has been read (thread-safe).
+
+        Sticky: a stopped source stays stopped, so build a new one to read again.
+        """
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    def open(self, ctx: SourceContext) -> SourceReader:
+        return _FileReader(self, ctx)
+
+    def describe(self) -> str:
+        o = self.options
+        text = f"{o.format} {o.path}"
+        if o.pattern:
+            text += f" ({', '.join(o.pattern)})"
+        return text + (", following" if o.follow else "")
+
+    def default_name(self) -> str:
+        if self.name:
+            return self.name
+        return os.path.basename(self.options.path.rstrip("/" + os.sep)) or "files"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_stop"] = self._stop.is_set()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        stopped = state.pop("_stop")
+        self.__dict__.update(state)
+        self._stop = threading.Event()
+        if stopped:
+            self._stop.set()
+
+
+def make_source(
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    follow: bool = False,
+    on_error: ErrorPolicy = "fail",
+    name: str | None = None,
+    poll_interval: float | timedelta = 0.2,
+    max_idle: int | timedelta | None = None,
+    pattern: str | tuple[str, ...] | None = None,
+    csv_types: Mapping[str, Callable[[str], Any]] | None = None,
+    delimiter: str = ",",
+    encoding: str = "utf-8",
+    block_size: int = _BLOCK,
+) -> FileSource:
+    """A validated file source; the public entry is :func:`millstream.connectors.files.read`."""
+    p = os.fspath(path)
+    if not isinstance(p, str) or not p:
+        raise ConfigError(f"path must be a non-empty str or path, not {path!r}")
+    fmt = _check_format(format) if format is not None else _infer_read_format(p)
+    if fmt == "parquet":
+        _need_pyarrow("Reading Parquet")
+    if isinstance(pattern, str):
+        pattern = (pattern,)
+    if pattern is not None and (not pattern or not all(isinstance(x, str) and x for x in pattern)):
+        raise ConfigError(f"pattern must be a glob such as '*.jsonl' (or a tuple of them), not {pattern!r}")
+    types: list[tuple[str, Callable[[str], Any]]] = []
+    for col, fn in (csv_types or {}).items():
+        if not isinstance(col, str) or not callable(fn):
+            raise ConfigError(f"csv_types maps column names to functions such as float, not {col!r}: {fn!r}")
+        types.append((col, _to_bool if fn is bool else fn))
+    options = ReadOptions(
+        path=p,
+        format=fmt,
+        follow=follow,
+        pattern=tuple(pattern or ()),
+        poll_interval_s=_seconds(poll_interval, "poll_interval"),
+        max_idle_ms=None if max_idle is None else to_ms(max_idle, "max_idle"),
+        csv_types=tuple(types),
+        delimiter=delimiter,
+        encoding=encoding,
+        block_size=block_size,
+    )
+    return FileSource(options, on_error=on_error, name=name)
+
+
+def _infer_read_format(path: str) -> str:
+    fmt = format_of(path)
+    if fmt is not None:
+        return fmt
+    if os.path.isdir(path):
+        found = {f for n in os.listdir(path) if not n.startswith(".") for f in (format_of(n),) if f is not None}
+        if len(found) == 1:
+            return found.pop()
+        what = f"files of {len(found)} formats ({', '.join(sorted(found))})" if found else "no file of a known format"
+        raise ConfigError(
+            f"cannot tell which files of directory {path!r} to read: it holds {what}; "
+            f"pass format= one of {', '.join(map(repr, FORMATS))}"
+        )
+    raise ConfigError(
+        f"cannot tell the format of {path!r} from its name; pass format= one of {', '.join(map(repr, FORMATS))} "
+        "(known extensions: " + ", ".join(sorted(_EXTENSIONS)) + ", each optionally .gz)"
+    )
+
+
+# -- reading: parsing chunks of lines --------------------------------------------------
+
+
+def parse_json_lines(
+    lines: list[bytes], first_line: int, where: str, ctx: SourceContext
+) -> tuple[list[Any], list[int] | None]:
+    """Parse JSON lines into dicts: ``(records, line numbers)``.
+
+    The line numbers are None when record ``i`` is line ``first_line + i`` (no
+    blank or bad line in the chunk). Bad lines go to ``ctx.bad_record``.
+    """
+    loads = orjson.loads
+    try:
+        recs = list(map(loads, lines))
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if not recs or set(map(type, recs)) == {dict}:
+            return recs, None
+    out: list[Any] = []
+    nums: list[int] = []
+    n = first_line - 1
+    for raw in lines:
+        n += 1
+        try:
+            value = loads(raw)
+        except orjson.JSONDecodeError as exc:
+            if raw.strip():
+                ctx.bad_record(f"not valid JSON: {exc}", position=f"{where}:{n}", raw=raw)
+            continue
+        if type(value) is not dict:
+            ctx.bad_record(f"expected a JSON object, got {_json_kind(value)}", position=f"{where}:{n}", raw=raw)
+            continue
+        out.append(value)
+        nums.append(n)
+    return out, nums
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def parse_text_lines(
+    lines: list[bytes], first_line: int, where: str, ctx: SourceContext, encoding: str = "utf-8"
+) -> tuple[list[Any], list[int] | None]:
+    """Decode lines of text (a trailing ``\\r`` removed): ``(records, line numbers)`` as :func:`parse_json_lines`."""
+    if not lines:
+        return [], None
+    try:
+        text = b"\n".join(lines).decode(encoding)
+    except UnicodeDecodeError:
+        pass
+    else:
+        out = text.split("\n")
+        if "\r" in text:
+            out = [s[:-1] if s.endswith("\r") else s for s in out]
+        return out, None
+    recs: list[Any] = []
+    nums: list[int] = []
+    n = first_line - 1
+    for raw in lines:
+        n += 1
+        try:
+            s = raw.decode(encoding)
+        except UnicodeDecodeError as exc:
+            ctx.bad_record(f"not valid {encoding}: {exc}", position=f"{where}:{n}", raw=raw)
+            continue
+        recs.append(s[:-1] if s.endswith("\r") else s)
+        nums.append(n)
+    return recs, nums
+
+
+# -- reading: cursors over one file ---------------------------------------------------------
+
+
+class _BadFile(Exception):
+    """A file that cannot be read further (corrupt compression, unreadable Parquet)."""
+
+
+class _NeedMore(Exception):
+    """The CSV feed ran out of complete lines in the middle of a record."""
+
+
+class _LineCursor:
+    """The complete lines of one file, read in large blocks.
+
+    ``offset`` and ``line`` are the byte offset and the number of lines before
+    the next line not yet handed out; ``read_pos`` how many bytes were read.
+    """
+
+    def __init__(self, name: str, path: str, offset: int, line: int, *, block: int, whole: bool) -> None:
+        self.name = name
+        self.path = path
+        self.gz = path.endswith(".gz")
+        raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        self.ino = os.fstat(raw.fileno()).st_ino
+        self.fh: IO[bytes] = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")) if self.gz else raw
+        self._raw = raw
+        if offset:
+            self.fh.seek(offset)
+        self.offset = offset
+        self.line = line
+        self.read_pos = offset
+        self.block = block
+        #: whether the file is read to its end at once (then an unterminated last line counts)
+        self.whole = whole
+        #: the file was renamed away or deleted while followed (its path may name a new file)
+        self.rotated = False
+        self.final = False
+        self.lines: list[bytes] = []
+        self.li = 0
+        self.carry = b""
+        self.header: list[str] | None = None
+
+    def close(self) -> None:
+        try:
+            self.fh.close()
+        finally:
+            self._raw.close()
+
+    def available(self) -> int:
+        return len(self.lines) - self.li
+
+    def fill(self) -> int:
+        """Read one block; the number of bytes read (0: nothing new now)."""
+        if self.final:
+            return 0
+        try:
+            block = self.fh.read(self.block)
+        except (EOFError, OSError, zlib.error) as exc:
+            if not self.gz:
+                raise
+            self.final = True
+            raise _BadFile(f"the gzip stream is damaged after byte {self.read_pos:,}: {exc}") from exc
+        if not block:
+            if self.whole:
+                self.final = True
+                if self.carry:
+                    self._append([self.carry])
+                    self.carry = b""
+            return 0
+        if self.read_pos == 0 and block.startswith(_BOM):
+            block = block[len(_BOM):]  # a UTF-8 byte order mark is not part of the first line
+            self.offset = self.read_pos = len(_BOM)
+        self.read_pos += len(block)
+        data = self.carry + block if self.carry else block
+        parts = data.split(b"\n")
+        self.carry = parts.pop()
+        self._append(parts)
+        return len(block)
+
+    def _append(self, parts: list[bytes]) -> None:
+        if self.li < len(self.lines):
+            self.lines = self.lines[self.li:] + parts
+        else:
+            self.lines = parts
+        self.li = 0
+
+    def ensure(self, n: int) -> int:
+        """Read until ``n`` lines are available or nothing more is; the number available."""
+        while len(self.lines) - self.li < n and self.fill():
+            pass
+        return len(self.lines) - self.li
+
+    def take(self, n: int) -> tuple[list[bytes], int]:
+        """Up to ``n`` lines and the (1-based) number of the first."""
+        li = self.li
+        chunk = self.lines[li:li + n]
+        k = len(chunk)
+        first = self.line + 1
+        self.li = li + k
+        self.line += k
+        # an unterminated last line has no newline to count; read_pos bounds it
+        self.offset = min(self.offset + sum(map(len, chunk)) + k, self.read_pos)
+        return chunk, first
+
+    def mark(self) -> tuple[int, int, int]:
+        return self.li, self.line, self.offset
+
+    def rewind(self, mark: tuple[int, int, int]) -> None:
+        self.li, self.line, self.offset = mark
+
+
+class _CsvFeed:
+    """Decoded lines for ``csv.reader``, one at a time, from a cursor."""
+
+    def __init__(self, cur: _LineCursor, encoding: str) -> None:
+        self.cur = cur
+        self.encoding = encoding
+        self.taken: list[bytes] = []  # the raw lines of the record being parsed
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        cur = self.cur
+        if cur.li >= len(cur.lines):
+            if cur.final:
+                raise StopIteration
+            raise _NeedMore
+        raw = cur.lines[cur.li]
+        cur.li += 1
+        cur.line += 1
+        cur.offset = min(cur.offset + len(raw) + 1, cur.read_pos)
+        self.taken.append(raw)
+        return raw.decode(self.encoding) + "\n"
+
+
+class _ParquetCursor:
+    """The rows of one Parquet file, read by record batch."""
+
+    def __init__(self, name: str, path: str, row: int) -> None:
+        _, pq = _parquet("Reading Parquet")
+        self.name = name
+        self.path = path
+        try:
+            self.pf = pq.ParquetFile(path)
+            meta = self.pf.metadata
+            group, skip = 0, row
+            while group < meta.num_row_groups and skip >= meta.row_group(group).num_rows:
+                skip -= meta.row_group(group).num_rows
+                group += 1
+            self.batches = self.pf.iter_batches(batch_size=65_536, row_groups=list(range(group, meta.num_row_groups)))
+        except Exception as exc:  # pyarrow raises several kinds; all mean an unreadable file
+            raise _BadFile(f"cannot read this Parquet file: {type(exc).__name__}: {exc}") from exc
+        self.skip = skip
+        self.row = row
+        self.rows: list[Any] = []
+        self.ri = 0
+        self.final = False
+
+    def take(self, n: int) -> tuple[list[Any], int]:
+        while self.ri >= len(self.rows):
+            try:
+                batch = next(self.batches, None)
+            except Exception as exc:
+                self.final = True
+                raise _BadFile(f"cannot read row {self.row} on: {type(exc).__name__}: {exc}") from exc
+            if batch is None:
+                self.final = True
+                return [], self.row
+            rows = batch.to_pylist()
+            if self.skip:
+                rows, self.skip = rows[self.skip:], max(0, self.skip - len(rows))
+            self.rows, self.ri = rows, 0
+        out = self.rows[self.ri:self.ri + n]
+        first = self.row
+        self.ri += len(out)
+        self.row += len(out)
+        return out, first
+
+    def close(self) -> None:
+        self.pf.close()
+
+
+_Cursor = _LineCursor | _ParquetCursor
+
+
+@dataclass
+class _Tail:
+    """Where reading a file stopped while another file was read (or after a restore)."""
+
+    offset: int = 0
+    line: int = 0
+    header: list[str] | None = None
+    seen: int = -1  # bytes of the file seen so far; the file has news when it is bigger
+    ino: int | None = None
+
+
+class _FileReader(SourceReader):
+    def __init__(self, src: FileSource, ctx: SourceContext) -> None:
+        self.src = src
+        self.o = src.options
+        self.ctx = ctx
+        self.clock = ctx.clock
+        self.follow = self.o.follow
+        self.is_dir: bool | None = None
+        self.done: set[str] = set()
+        self.tails: dict[str, _Tail] = {}
+        self.settling: dict[str, tuple[int, int]] = {}
+        self.queue: list[str] | None = None  # files still to read (bounded: the listing; following: the news)
+        self.cur: _Cursor | None = None
+        self.finished = False
+        self.idle = False
+        self.last_data = self.clock.now_ms()
+        self.next_scan = self.last_data
+        self.interval_ms = max(1, round(self.o.poll_interval_s * 1000))
+        self.chunk_where = ""
+        self.chunk_first = 0
+        self.chunk_nums: list[int] | None = None
+        self.chunk_rows = False
+        self.csv_feed: _CsvFeed | None = None
+        self.csv_reader: Any = None
+
+    # -- files -------------------------------------------------------------------------
+    def _resolve(self) -> None:
+        if self.is_dir is not None:
+            return
+        root = self.o.path
+        if os.path.isdir(root):
+            self.is_dir = True
+        elif os.path.exists(root):
+            self.is_dir = False
+        elif self.follow:
+            self.is_dir = root.endswith(("/", os.sep))  # not there yet: wait for it
+        else:
+            raise ConfigError(f"source {self.ctx.step!r}: no such file or directory: {root!r}")
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.o.path, name) if self.is_dir else self.o.path
+
+    def _list(self) -> list[str]:
+        if not self.is_dir:
+            return [self.o.path] if os.path.isfile(self.o.path) else []
+        try:
+            entries = list(os.scandir(self.o.path))
+        except FileNotFoundError:
+            return []
+        pats = self.o.patterns
+        return sorted(e.name for e in entries
+                      if not e.name.startswith(".") and e.is_file() and any(fnmatch.fnmatch(e.name, p) for p in pats))
+
+    def _whole(self, name: str) -> bool:
+        """Files read to their end at once, never tailed: bounded input, compressed files, Parquet."""
+        return not self.follow or name.endswith(".gz") or self.o.format == "parquet"
+
+    def _open(self, name: str) -> bool:
+        """Make ``name`` the current file; False if it cannot be read (reported) or is gone (following)."""
+        tail = self.tails.pop(name, None) or _Tail()
+        path = self._path(name)
+        try:
+            if self.o.format == "parquet":
+                self.cur = _ParquetCursor(name, path, tail.offset)
+            else:
+                whole = self._whole(name)
+                cur = _LineCursor(name, path, tail.offset, tail.line, block=self.o.block_size, whole=whole)
+                if tail.ino is not None and cur.ino != tail.ino and tail.offset:
+                    log.warning("%s was replaced; reading the new file from its start", path)
+                    cur.close()
+                    cur = _LineCursor(name, path, 0, 0, block=self.o.block_size, whole=whole)
+                    tail = _Tail()
+                cur.header = tail.header
+                self.cur = cur
+        except FileNotFoundError:
+            if self.follow:
+                return False
+            raise ConfigError(f"source {self.ctx.step!r}: {path!r} disappeared before it was read") from None
+        except _BadFile as exc:
+            self.done.add(name)
+            self.ctx.bad_record(str(exc), position=path, raw=None)
+            return False
+        self.csv_reader = None
+        return True
+
+    def _close_current(self, *, done: bool) -> None:
+        """Close the current file: ``done`` (read to its end for good) or tailed (remember where)."""
+        cur = self.cur
+        assert cur is not None
+        self.cur = None
+        self.csv_reader = None
+        cur.close()
+        if done:
+            self.done.add(cur.name)
+        elif isinstance(cur, _LineCursor) and not cur.rotated:
+            self.tails[cur.name] = _Tail(cur.offset, cur.line, cur.header, cur.read_pos, cur.ino)
+
+    # -- polling -----------------------------------------------------------------------
+    def poll(self, max_records: int) -> list[Any] | None:
+        if self.finished:
+            return None
+        self._resolve()
+        recs = self._poll_follow(max_records) if self.follow else self._poll_bounded(max_records)
+        if recs:
+            self.idle = False
+            self.last_data = self.clock.now_ms()
+        return recs
+
+    def _poll_bounded(self, max_records: int) -> list[Any] | None:
+        while True:
+            if self.cur is None:
+                if self.queue is None:
+                    self.queue = [n for n in self._list() if n not in self.done]
+                if not self.queue:
+                    self.finished = True
+                    return None
+                self._open(self.queue.pop(0))
+                continue
+            recs = self._drain(max_records)
+            if recs:
+                return recs
+
+    def _poll_follow(self, max_records: int) -> list[Any] | None:
+        while True:
+            if self.cur is not None:
+                recs = self._drain(max_records)
+                if recs:
+                    return recs
+            if self.queue:
+                name = self.queue.pop(0)
+                if name not in self.done:
+                    if self.cur is not None:
+                        self._close_current(done=False)
+                    self._open(name)
+                continue
+            now = self.clock.now_ms()
+            stopping = self.src.stopped
+            if now >= self.next_scan or stopping:
+                self.next_scan = now + self.interval_ms
+                if self.cur is not None:
+                    self._check_current()
+                    if isinstance(self.cur, _LineCursor) and self.cur.available():  # a rotated file's last line
+                        continue
+                self.queue = self._changed()
+                if self.queue:
+                    continue
+                if stopping:
+                    self.finished = True
+                    return None
+            if self.o.max_idle_ms is not None and now - self.last_data >= self.o.max_idle_ms:
+                self.finished = True
+                return None
+            self.idle = True
+            return []
+
+    def _drain(self, max_records: int) -> list[Any]:
+        """Records of the current file; [] once it has nothing more now (then a whole file is closed as done)."""
+        cur = self.cur
+        assert cur is not None
+        while True:
+            before = cur.row if isinstance(cur, _ParquetCursor) else cur.line
+            recs = self._read(cur, max_records)
+            if recs:
+                return recs
+            if (cur.row if isinstance(cur, _ParquetCursor) else cur.line) == before:
+                break  # no progress: nothing more now
+        if isinstance(cur, _LineCursor) and cur.rotated:
+            self._close_current(done=False)
+        elif isinstance(cur, _ParquetCursor) or cur.whole:
+            self._close_current(done=True)
+        return []
+
+    def _check_current(self) -> None:
+        """The followed file was rotated, deleted or truncated: finish or reopen it."""
+        cur = self.cur
+        assert cur is not None
+        if not isinstance(cur, _LineCursor) or cur.whole:
+            return
+        try:
+            st = os.stat(cur.path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and st.st_ino == cur.ino:
+            if st.st_size < cur.read_pos:
+                log.warning("%s was truncated; reading it again from its start", cur.path)
+                self._close_current(done=False)
+                self.tails[cur.name] = _Tail()
+            return
+        # renamed away or deleted: the old file is complete, its unterminated last line too
+        log.info("%s was rotated or removed; reading the rest of the old file", cur.path)
+        cur.whole = cur.rotated = True
+        while cur.fill():
+            pass
+        if not cur.available():
+            self._close_current(done=False)
+
+    def _changed(self) -> list[str]:
+        """Files (other than the open one) with something new, in name order."""
+        out = []
+        cur_name = self.cur.name if self.cur is not None else None
+        stopping = self.src.stopped
+        for name in self._list():
+            if name in self.done or name == cur_name:
+                continue
+            try:
+                st = os.stat(self._path(name))
+            except FileNotFoundError:
+                continue
+            if self._whole(name):
+                # a compressed or Parquet file is read once it has stopped changing
+                sig = (st.st_size, st.st_mtime_ns)
+                if self.settling.get(name) != sig and not stopping:
+                    self.settling[name] = sig
+                    continue
+                self.settling.pop(name, None)
+                out.append(name)
+                continue
+            tail = self.tails.get(name)
+            if tail is None:
+                out.append(name)
+            elif st.st_size < tail.offset:
+                log.warning("%s was truncated; reading it again from its start", self._path(name))
+                self.tails[name] = _Tail()
+                out.append(name)
+            elif st.st_size != tail.seen or (tail.ino is not None and st.st_ino != tail.ino):
+                out.append(name)
+        return out
+
+    def _read(self, cur: _Cursor, n: int) -> list[Any]:
+        try:
+            if isinstance(cur, _ParquetCursor):
+                rows, first = cur.take(n)
+                self._chunk(cur.path, first, None, rows=True)
+                return rows
+            if self.o.format == "csv":
+                return self._read_csv(cur, n)
+            if not cur.ensure(n):
+                return []
+            lines, first = cur.take(n)
+            if self.o.format == "jsonl":
+                recs, nums = parse_json_lines(lines, first, cur.path, self.ctx)
+            else:
+                recs, nums = parse_text_lines(lines, first, cur.path, self.ctx, self.o.encoding)
+            self._chunk(cur.path, first, nums)
+            return recs
+        except _BadFile as exc:
+            if isinstance(cur, _ParquetCursor):
+                where = f"{cur.path}#row {cur.row}"
+            else:
+                where = f"{cur.path}:{cur.line + 1}"
+                cur.lines, cur.li, cur.carry = [], 0, b""
+            self.ctx.bad_record(str(exc), position=where, raw=None)
+            return []
+
+    def _chunk(self, where: str, first: int, nums: list[int] | None, *, rows: bool = False) -> None:
+        self.chunk_where = where
+        self.chunk_first = first
+        self.chunk_nums = nums
+        self.chunk_rows = rows
+
+    def _read_csv(self, cur: _LineCursor, n: int) -> list[Any]:
+        feed, reader = self.csv_feed, self.csv_reader
+        if reader is None or feed is None or feed.cur is not cur:
+            feed = self.csv_feed = _CsvFeed(cur, self.o.encoding)
+            reader = self.csv_reader = csv.reader(feed, delimiter=self.o.delimiter, strict=True)
+        types = self.o.csv_types
+        path = cur.path
+        out: list[Any] = []
+        nums: list[int] = []
+        cur.ensure(n)
+        while len(out) < n:
+            mark = cur.mark()
+            feed.taken = []
+            try:
+                row = next(reader)
+            except _NeedMore:  # a record not complete in what was read so far
+                cur.rewind(mark)
+                if cur.fill() or cur.final:
+                    continue
+                break
+            except StopIteration:
+                break
+            except (csv.Error, UnicodeDecodeError) as exc:
+                self.ctx.bad_record(f"not valid CSV: {exc}", position=f"{path}:{mark[1] + 1}",
+                                    raw=b"\n".join(feed.taken))
+                continue
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # a blank line
+            line_no = mark[1] + 1
+            header = cur.header
+            if header is None:
+                self._csv_header(cur, row, line_no)
+                continue
+            if len(row) != len(header):
+                self.ctx.bad_record(f"expected {len(header)} fields ({', '.join(header)}), got {len(row)}",
+                                    position=f"{path}:{line_no}", raw=b"\n".join(feed.taken))
+                continue
+            rec = dict(zip(header, row))
+            if types and not self._convert(rec, types, path, line_no, feed.taken):
+                continue
+            out.append(rec)
+            nums.append(line_no)
+        self._chunk(path, 0, nums)
+        return out
+
+    def _csv_header(self, cur: _LineCursor, row: list[str], line_no: int) -> None:
+        dupes = sorted({c for c in row if row.count(c) > 1})
+        if dupes:
+            raise RecordError(f"the CSV header repeats column(s) {', '.join(map(repr, dupes))}, so rows would "
+                              "lose fields; rename the columns", source=self.ctx.step,
+                              position=f"{cur.path}:{line_no}", raw=row)
+        missing = [c for c, _ in self.o.csv_types if c not in row]
+        if missing:
+            raise ConfigError(f"source {self.ctx.step!r}: csv_types names column(s) {', '.join(map(repr, missing))} "
+                              f"that {cur.path} does not have; its header is: {', '.join(row)}")
+        cur.header = row
+
+    def _convert(self, rec: dict[str, Any], types: tuple[tuple[str, Callable[[str], Any]], ...], path: str,
+                 line_no: int, raw: list[bytes]) -> bool:
+        for col, fn in types:
+            value = rec[col]
+            if value == "":
+                rec[col] = None  # an empty field is a missing value, not a failed conversion
+                continue
+            try:
+                rec[col] = fn(value)
+            except Exception as exc:  # noqa: BLE001 - any failure of the user's converter is a bad record
+                name = getattr(fn, "__name__", repr(fn))
+                self.ctx.bad_record(f"column {col!r}: cannot convert {value!r} with {name}: {exc}",
+                                    position=f"{path}:{line_no}", raw=b"\n".join(raw))
+                return False
+        return True
+
+    # -- the reader contract ------------------------------------------------------------
+    def position_of(self, index: int) -> str | None:
+        nums = self.chunk_nums
+        if nums is None:
+            n = self.chunk_first + index
+        elif 0 <= index < len(nums):
+            n = nums[index]
+        else:
+            return None
+        return f"{self.chunk_where}#row {n}" if self.chunk_rows else f"{self.chunk_where}:{n}"
+
+    def wait_hint(self) -> float | None:
+        return self.o.poll_interval_s if self.idle else None
+
+    def snapshot(self) -> Any:
+        files: dict[str, dict[str, Any]] = {}
+        for name, tail in self.tails.items():
+            files[name] = {"offset": tail.offset, "line": tail.line}
+            if tail.header is not None:
+                files[name]["header"] = list(tail.header)
+        cur = self.cur
+        if isinstance(cur, _ParquetCursor):
+            files[cur.name] = {"offset": cur.row, "line": cur.row}
+        elif cur is not None:
+            files[cur.name] = {"offset": cur.offset, "line": cur.line}
+            if cur.header is not None:
+                files[cur.name]["header"] = list(cur.header)
+        return {"path": self.o.path, "done": sorted(self.done), "files": files}
+
+    def restore(self, position: Any) -> None:
+        if not isinstance(position, dict) or "files" not in position:
+            raise ConfigError(f"not a position of a file source: {position!r}")
+        if self.cur is not None:
+            self.cur.close()
+            self.cur = None
+        self.csv_reader = None
+        self.queue = None
+        self.finished = False
+        self.next_scan = self.clock.now_ms()
+        self.done = set(position.get("done", ()))
+        self.tails = {
+            name: _Tail(int(p["offset"]), int(p["line"]), p.get("header"))
+            for name, p in position["files"].items()
+        }
+
+    def close(self) -> None:
+        if self.cur is not None:
+            self.cur.close()
+            self.cur = None
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """What :func:`write` was asked to do, validated."""
+
+    path: str
+    format: str
+    row_group_size: int = 65_536
+
+    def __post_init__(self) -> None:
+        _check_format(self.format)
+        if self.row_group_size <= 0:
+            raise ConfigError(f"row_group_size must be > 0, not {self.row_group_size}")
+
+
+class FileSink(Sink):
+    """Writes records to one file (``part-0.<ext>`` inside a directory path)."""
+
+    def __init__(self, options: WriteOptions, *, name: str | None = None) -> None:
+        self.options = options
+        self.name = name
+
+    def target(self) -> str:
+        """The file this sink writes (decided when it opens: a directory path gets ``part-0.<ext>``)."""
+        p = self.options.path
+        if p.endswith(("/", os.sep)) or os.path.isdir(p):
+            return os.path.join(p, f"part-0.{_WRITE_EXTENSION[self.options.format]}")
+        return p
+
+    def open(self, step: str) -> SinkWriter:
+        target = self.target()
+        parent = os.path.dirname(target)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        fmt = self.options.format
+        if fmt == "jsonl":
+            return _JsonlWriter(target)
+        if fmt == "lines":
+            return _LinesWriter(target)
+        if fmt == "csv":
+            return _CsvWriter(target)
+        return _ParquetWriter(target, self.options.row_group_size)
+
+    def describe(self) -> str:
+        return f"{self.options.format} {self.options.path}"
+
+    def default_name(self) -> str:
+        if self.name:
+            return self.name
+        return os.path.basename(self.options.path.rstrip("/" + os.sep)) or "files"
+
+
+def make_sink(path: str | os.PathLike[str], *, format: str | None = None,
+          name: str | None = None, row_group_size: int = 65_536) -> FileSink:
+    """A validated file sink; the public entry is :func:`millstream.connectors.files.write`."""
+    p = os.fspath(path)
+    if not isinstance(p, str) or not p:
+        raise ConfigError(f"path must be a non-empty str or path, not {path!r}")
+    if format is not None:
+        fmt = _check_format(format)
+    else:
+        inferred = format_of(p)
+        if inferred is None and (p.endswith(("/", os.sep)) or os.path.isdir(p)):
+            inferred = "jsonl"
+        if inferred is None:
+            raise ConfigError(f"cannot tell the format to write {p!r} in from its name; "
+                              f"pass format= one of {', '.join(map(repr, FORMATS))}")
+        fmt = inferred
+    if fmt == "parquet":
+        _need_pyarrow("Writing Parquet")
+        if p.endswith(".gz"):
+            raise ConfigError("Parquet compresses by itself; drop the .gz from the file name")
+    return FileSink(WriteOptions(p, fmt, row_group_size), name=name)
+
+
+def _open_binary(path: str) -> IO[bytes]:
+    if path.endswith(".gz"):
+        return cast(IO[bytes], gzip.open(path, "wb", compresslevel=6))
+    return open(path, "wb", buffering=1 << 16)
+
+
+def _open_text(path: str) -> IO[str]:
+    if path.endswith(".gz"):
+        return cast(IO[str], gzip.open(path, "wt", encoding="utf-8", newline=""))
+    return open(path, "w", encoding="utf-8", newline="", buffering=1 << 16)
+
+
+class _JsonlWriter(SinkWriter):
+    def __init__(self, path: str) -> None:
+        self.fh = _open_binary(path)
+
+    def write(self, records: list[Any], times: list[int] | None) -> None:
+        dumps = orjson.dumps
+        try:
+            data = b"".join([dumps(r, default=str, option=_JSON_OPTIONS) for r in records])
+        except orjson.JSONEncodeError:
+            for r in records:
+                try:
+                    dumps(r, default=str, option=_JSON_OPTIONS)
+                except orjson.JSONEncodeError as exc:
+                    raise ValueError(f"cannot write this record as JSON ({exc}): {r!r:.200}") from exc
+            raise
+        self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class _LinesWriter(SinkWriter):
+    def __init__(self, path: str) -> None:
+        self.fh = _open_text(path)
+
+    def write(self, records: list[Any], times: list[int] | None) -> None:
+        self.fh.write("".join([f"{r}\n" for r in records]))
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class _CsvWriter(SinkWriter):
+    def __init__(self, path: str) -> None:
+        self.fh = _open_text(path)
+        self.writer: csv.DictWriter[str] | None = None
+
+    def write(self, records: list[Any], times: list[int] | None) -> None:
+        for r in records:
+            if not isinstance(r, Mapping):
+                raise TypeError(f"a CSV sink writes dict records (one column per key), "
+                                f"got {type(r).__name__} {r!r:.200}")
+        if self.writer is None:
+            if not records:
+                return
+            self.writer = csv.DictWriter(self.fh, fieldnames=list(records[0]), extrasaction="raise",
+                                         lineterminator="\n")
+            self.writer.writeheader()
+        try:
+            self.writer.writerows(records)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; the CSV header (from the first record) is "
+                             f"{', '.join(map(str, self.writer.fieldnames))}") from exc
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class _ParquetWriter(SinkWriter):
+    def __init__(self, path: str, row_group_size: int) -> None:
+        self.pa, self.pq = _parquet("Writing Parquet")
+        self.path = path
+        self.row_group_size = row_group_size
+        self.rows: list[Any] = []
+        self.writer: Any = None
+        self.schema: Any = None
+
+    def write(self, records: list[Any], times: list[int] | None) -> None:
+        self.rows.extend(records)
+        if len(self.rows) >= self.row_group_size:
+            self._write_group()
+
+    def _write_group(self) -> None:
+        rows, self.rows = self.rows, []
+        if not rows:
+            return
+        try:
+            table = self.pa.Table.from_pylist(rows, schema=self.schema)
+        except (self.pa.ArrowException, TypeError, ValueError) as exc:
+            if self.schema is None:
+                raise ValueError(f"cannot make a Parquet table of these records: {exc}") from exc
+            raise ValueError(f"records do not fit the Parquet schema taken from the first rows "
+                             f"({self.schema.to_string(show_schema_metadata=False)}): {exc}") from exc
+        if self.writer is None:
+            self.schema = table.schema
+            self.writer = self.pq.ParquetWriter(self.path, self.schema)
+        self.writer.write_table(table, row_group_size=self.row_group_size)
+
+    def flush(self) -> None:
+        self._write_group()
+
+    def close(self) -> None:
+        self._write_group()
+        if self.writer is None:
+            self.pq.write_table(self.pa.table({}), self.path)  # no records: an empty file, still readable
+        else:
+            self.writer.close()
+            self.writer = None
