@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from types import FrameType
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def user_location() -> str | None:
     """``file:line`` of the innermost caller outside the millstream package."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
         if not os.path.abspath(filename).startswith(_PKG_DIR + os.sep) and not filename.startswith("<frozen"):
@@ -21,7 +22,7 @@ def user_location() -> str | None:
             if shown.startswith(".." + os.sep + ".."):
                 shown = filename
             return f"{shown}:{frame.f_lineno}"
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return None
 
 
