@@ -1,10 +1,13 @@
 """Native-mode micro-benchmarks: events/s and peak memory, with a bare-Python baseline.
 
-    python benchmarks/native.py [--events 2000000] [--repeat 3] [--only NAME]
+    python benchmarks/native.py [--events 2000000] [--repeat 3] [--only NAME] [--bytewax-python PY]
 
 Each workload runs in a fresh subprocess (so peak RSS is its own), pinned to
 one core when the OS allows. The same workload written as a plain Python loop
-over the same records runs alongside, and the table shows the ratio.
+over the same records runs alongside, and the table shows the ratio. With
+``--bytewax-python`` (a Python of a separate venv with bytewax installed), the
+bytewax version of each workload it has runs in the same session
+(``benchmarks/peers/bytewax_native.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 import time
 from typing import Any
 
+BYTEWAX_WORKLOADS = {"map_filter", "tumbling_count_1k_keys", "tumbling_count_1_key"}
 WORKLOADS = ["map_filter", "tumbling_count_1k_keys", "tumbling_count_1_key", "sliding_sum_1k_keys",
              "session_count_1k_keys", "process_state_1k_keys"]
 
@@ -161,6 +165,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", action="append")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--bytewax-python", help="python of a venv with bytewax, to run the peer in the same session")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -175,13 +180,21 @@ def main() -> None:
                    "--repeat", str(args.repeat)]
             res[engine] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
         m, b = res["millstream"], res["bare-python"]
-        rows.append({"workload": name, "millstream_eps": round(m["eps"]), "bare_eps": round(b["eps"]),
-                     "ratio": m["eps"] / b["eps"], "peak_rss_mb": round(m["peak_rss_mb"]),
-                     "input_rss_mb": round(m["input_rss_mb"]), "outputs": m["out"]})
-        r = rows[-1]
-        print(f"{name:26s} {r['millstream_eps']/1e6:6.2f} M ev/s   bare loop {r['bare_eps']/1e6:5.2f} M ev/s   "
-              f"ratio {r['ratio']:4.2f}   peak RSS {r['peak_rss_mb']} MB (input alone {r['input_rss_mb']} MB)"
-              f"   outputs {r['outputs']:,}", flush=True)
+        row = {"workload": name, "millstream_eps": round(m["eps"]), "bare_eps": round(b["eps"]),
+               "ratio": m["eps"] / b["eps"], "peak_rss_mb": round(m["peak_rss_mb"]),
+               "input_rss_mb": round(m["input_rss_mb"]), "outputs": m["out"]}
+        peer = ""
+        if args.bytewax_python and name in BYTEWAX_WORKLOADS:
+            cmd = [*pin, args.bytewax_python, os.path.join(os.path.dirname(__file__), "peers", "bytewax_native.py"),
+                   name, str(args.events)]
+            bw = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            assert bw["out"] == m["out"], f"bytewax and millstream disagree on {name}: {bw['out']} vs {m['out']}"
+            row["bytewax_eps"] = round(bw["eps"])
+            peer = f"   bytewax {bw['eps']/1e6:5.2f} M ev/s (millstream {m['eps']/bw['eps']:.1f}x)"
+        rows.append(row)
+        print(f"{name:26s} {m['eps']/1e6:6.2f} M ev/s   bare loop {b['eps']/1e6:5.2f} M ev/s   "
+              f"ratio {row['ratio']:4.2f}   peak RSS {row['peak_rss_mb']} MB (input alone {row['input_rss_mb']} MB)"
+              f"   outputs {m['out']:,}{peer}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"events": args.events, "python": sys.version.split()[0], "rows": rows}, f, indent=2)
