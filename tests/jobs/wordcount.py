@@ -1,8 +1,8 @@
 """A job file for the CLI tests: word counts per 10 s window, parameters via build(params)."""
 
-import millstream as ms
-
 import json
+
+import millstream as ms
 
 
 class Results(ms.connectors.Sink):

@@ -25,9 +25,10 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from millstream.connectors import _files
 from millstream.connectors._base import ErrorPolicy
-from millstream.connectors._files import FORMATS, FileSink, FileSource, ReadOptions, WriteOptions
+from millstream.connectors._files_common import FORMATS
+from millstream.connectors._files_read import FileSource, ReadOptions, make_source
+from millstream.connectors._files_write import FileSink, WriteOptions, make_sink
 
 __all__ = ["FORMATS", "FileSink", "FileSource", "ReadOptions", "WriteOptions", "read", "write"]
 
@@ -70,9 +71,9 @@ def read(
     Positions (``position_of``) are ``path:line`` (1-based; for CSV the line the row
     starts on) and ``path#row N`` (0-based) for Parquet.
     """
-    return _files.make_source(path, format=format, follow=follow, on_error=on_error, name=name,
-                              poll_interval=poll_interval, max_idle=max_idle, pattern=pattern, csv_types=csv_types,
-                              delimiter=delimiter, encoding=encoding, block_size=block_size)
+    return make_source(path, format=format, follow=follow, on_error=on_error, name=name,
+                       poll_interval=poll_interval, max_idle=max_idle, pattern=pattern, csv_types=csv_types,
+                       delimiter=delimiter, encoding=encoding, block_size=block_size)
 
 
 def write(
@@ -90,4 +91,4 @@ def write(
     written ``row_group_size`` at a time). A name ending in ``.gz`` is compressed.
     A ``path`` ending in ``/``, or naming a directory, gets ``part-0.jsonl`` inside.
     """
-    return _files.make_sink(path, format=format, name=name, row_group_size=row_group_size)
+    return make_sink(path, format=format, name=name, row_group_size=row_group_size)

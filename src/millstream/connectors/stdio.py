@@ -21,7 +21,7 @@ from typing import IO, Any
 import orjson
 
 from millstream.connectors._base import ErrorPolicy, Sink, SinkWriter, Source, SourceContext, SourceReader, check_policy
-from millstream.connectors._files import parse_json_lines, parse_text_lines
+from millstream.connectors._files_read import parse_json_lines, parse_text_lines
 from millstream.errors import ConfigError, JobError
 
 __all__ = ["StdinSource", "StdoutSink", "read", "write"]

@@ -1,4 +1,4 @@
-"""Files as sources and sinks: JSON lines, CSV, text lines and Parquet; bounded or following.
+"""File sources: JSON lines, CSV, text lines and Parquet; bounded or following like ``tail -F``.
 
 The public facade is :mod:`millstream.connectors.files`. Line formats are read in
 large binary blocks split with ``bytes.split``; a chunk of lines is parsed in one
@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import fnmatch
 import gzip
-import importlib.util
 import logging
 import os
 import threading
@@ -19,47 +18,36 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import IO, Any, Literal, cast
+from typing import IO, Any, cast
 
 import orjson
 
 from millstream._time import to_ms
-from millstream.connectors._base import ErrorPolicy, Sink, SinkWriter, Source, SourceContext, SourceReader, check_policy
-from millstream.errors import ConfigError, MissingDependencyError, RecordError
+from millstream.connectors._base import ErrorPolicy, Source, SourceContext, SourceReader, check_policy
+from millstream.connectors._files_common import (
+    EXTENSIONS,
+    FORMATS,
+    check_format,
+    check_path,
+    format_of,
+    import_parquet,
+    need_pyarrow,
+    step_name,
+)
+from millstream.errors import ConfigError, RecordError
 
-__all__ = ["FORMATS", "FileSink", "FileSource", "ReadOptions", "WriteOptions", "make_sink", "make_source",
-           "parse_json_lines", "parse_text_lines"]
+__all__ = ["FileSource", "ReadOptions", "make_source", "parse_json_lines", "parse_text_lines"]
 
 log = logging.getLogger("millstream.connectors.files")
 
-Format = Literal["jsonl", "csv", "lines", "parquet"]
-#: The formats files can be read and written in.
-FORMATS: tuple[str, ...] = ("jsonl", "csv", "lines", "parquet")
-
-_EXTENSIONS = {
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-    ".csv": "csv",
-    ".txt": "lines", ".log": "lines",
-    ".parquet": "parquet", ".pq": "parquet",
-}
 _PATTERNS: dict[str, tuple[str, ...]] = {
     "jsonl": ("*.jsonl", "*.ndjson", "*.json", "*.jsonl.gz", "*.ndjson.gz", "*.json.gz"),
     "csv": ("*.csv", "*.csv.gz"),
     "lines": ("*.txt", "*.log", "*.txt.gz", "*.log.gz"),
     "parquet": ("*.parquet", "*.pq"),
 }
-_WRITE_EXTENSION = {"jsonl": "jsonl", "csv": "csv", "lines": "txt", "parquet": "parquet"}
 _BLOCK = 1 << 20
 _BOM = b"\xef\xbb\xbf"
-_JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
-
-
-def format_of(path: str) -> str | None:
-    """The format a file name suggests (``.gz`` looked through), or None."""
-    name = path.lower().rstrip("/" + os.sep)
-    if name.endswith(".gz"):
-        name = name[:-3]
-    return _EXTENSIONS.get(os.path.splitext(name)[1])
 
 
 def _seconds(value: float | timedelta, what: str) -> float:
@@ -68,26 +56,6 @@ def _seconds(value: float | timedelta, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{what} must be a number of seconds or a timedelta, not {value!r}")
     return float(value)
-
-
-def _check_format(fmt: Any) -> str:
-    if fmt not in FORMATS:
-        raise ConfigError(f"format must be one of {', '.join(map(repr, FORMATS))}, not {fmt!r}")
-    return cast(str, fmt)
-
-
-def _need_pyarrow(feature: str) -> None:
-    if importlib.util.find_spec("pyarrow") is None:
-        raise MissingDependencyError("pyarrow", "parquet", feature)
-
-
-def _parquet(feature: str) -> Any:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise MissingDependencyError("pyarrow", "parquet", feature) from None
-    return pa, pq
 
 
 _TRUE = frozenset({"true", "t", "yes", "y", "1", "on"})
@@ -122,7 +90,7 @@ class ReadOptions:
     block_size: int = _BLOCK
 
     def __post_init__(self) -> None:
-        _check_format(self.format)
+        check_format(self.format)
         if not isinstance(self.follow, bool):
             raise ConfigError(f"follow must be True or False, not {self.follow!r}")
         if self.poll_interval_s <= 0:
@@ -182,9 +150,7 @@ class FileSource(Source):
         return text + (", following" if o.follow else "")
 
     def default_name(self) -> str:
-        if self.name:
-            return self.name
-        return os.path.basename(self.options.path.rstrip("/" + os.sep)) or "files"
+        return step_name(self.options.path, self.name)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -215,12 +181,10 @@ def make_source(
     block_size: int = _BLOCK,
 ) -> FileSource:
     """A validated file source; the public entry is :func:`millstream.connectors.files.read`."""
-    p = os.fspath(path)
-    if not isinstance(p, str) or not p:
-        raise ConfigError(f"path must be a non-empty str or path, not {path!r}")
-    fmt = _check_format(format) if format is not None else _infer_read_format(p)
+    p = check_path(path)
+    fmt = check_format(format) if format is not None else _infer_read_format(p)
     if fmt == "parquet":
-        _need_pyarrow("Reading Parquet")
+        need_pyarrow("Reading Parquet")
     if isinstance(pattern, str):
         pattern = (pattern,)
     if pattern is not None and (not pattern or not all(isinstance(x, str) and x for x in pattern)):
@@ -260,7 +224,7 @@ def _infer_read_format(path: str) -> str:
         )
     raise ConfigError(
         f"cannot tell the format of {path!r} from its name; pass format= one of {', '.join(map(repr, FORMATS))} "
-        "(known extensions: " + ", ".join(sorted(_EXTENSIONS)) + ", each optionally .gz)"
+        "(known extensions: " + ", ".join(sorted(EXTENSIONS)) + ", each optionally .gz)"
     )
 
 
@@ -477,7 +441,7 @@ class _ParquetCursor:
     """The rows of one Parquet file, read by record batch."""
 
     def __init__(self, name: str, path: str, row: int) -> None:
-        _, pq = _parquet("Reading Parquet")
+        _, pq = import_parquet("Reading Parquet")
         self.name = name
         self.path = path
         try:
@@ -916,201 +880,3 @@ class _FileReader(SourceReader):
         if self.cur is not None:
             self.cur.close()
             self.cur = None
-
-
-# -- writing ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WriteOptions:
-    """What :func:`write` was asked to do, validated."""
-
-    path: str
-    format: str
-    row_group_size: int = 65_536
-
-    def __post_init__(self) -> None:
-        _check_format(self.format)
-        if self.row_group_size <= 0:
-            raise ConfigError(f"row_group_size must be > 0, not {self.row_group_size}")
-
-
-class FileSink(Sink):
-    """Writes records to one file (``part-0.<ext>`` inside a directory path)."""
-
-    def __init__(self, options: WriteOptions, *, name: str | None = None) -> None:
-        self.options = options
-        self.name = name
-
-    def target(self) -> str:
-        """The file this sink writes (decided when it opens: a directory path gets ``part-0.<ext>``)."""
-        p = self.options.path
-        if p.endswith(("/", os.sep)) or os.path.isdir(p):
-            return os.path.join(p, f"part-0.{_WRITE_EXTENSION[self.options.format]}")
-        return p
-
-    def open(self, step: str) -> SinkWriter:
-        target = self.target()
-        parent = os.path.dirname(target)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        fmt = self.options.format
-        if fmt == "jsonl":
-            return _JsonlWriter(target)
-        if fmt == "lines":
-            return _LinesWriter(target)
-        if fmt == "csv":
-            return _CsvWriter(target)
-        return _ParquetWriter(target, self.options.row_group_size)
-
-    def describe(self) -> str:
-        return f"{self.options.format} {self.options.path}"
-
-    def default_name(self) -> str:
-        if self.name:
-            return self.name
-        return os.path.basename(self.options.path.rstrip("/" + os.sep)) or "files"
-
-
-def make_sink(path: str | os.PathLike[str], *, format: str | None = None,
-          name: str | None = None, row_group_size: int = 65_536) -> FileSink:
-    """A validated file sink; the public entry is :func:`millstream.connectors.files.write`."""
-    p = os.fspath(path)
-    if not isinstance(p, str) or not p:
-        raise ConfigError(f"path must be a non-empty str or path, not {path!r}")
-    if format is not None:
-        fmt = _check_format(format)
-    else:
-        inferred = format_of(p)
-        if inferred is None and (p.endswith(("/", os.sep)) or os.path.isdir(p)):
-            inferred = "jsonl"
-        if inferred is None:
-            raise ConfigError(f"cannot tell the format to write {p!r} in from its name; "
-                              f"pass format= one of {', '.join(map(repr, FORMATS))}")
-        fmt = inferred
-    if fmt == "parquet":
-        _need_pyarrow("Writing Parquet")
-        if p.endswith(".gz"):
-            raise ConfigError("Parquet compresses by itself; drop the .gz from the file name")
-    return FileSink(WriteOptions(p, fmt, row_group_size), name=name)
-
-
-def _open_binary(path: str) -> IO[bytes]:
-    if path.endswith(".gz"):
-        return cast(IO[bytes], gzip.open(path, "wb", compresslevel=6))
-    return open(path, "wb", buffering=1 << 16)
-
-
-def _open_text(path: str) -> IO[str]:
-    if path.endswith(".gz"):
-        return cast(IO[str], gzip.open(path, "wt", encoding="utf-8", newline=""))
-    return open(path, "w", encoding="utf-8", newline="", buffering=1 << 16)
-
-
-class _JsonlWriter(SinkWriter):
-    def __init__(self, path: str) -> None:
-        self.fh = _open_binary(path)
-
-    def write(self, records: list[Any], times: list[int] | None) -> None:
-        dumps = orjson.dumps
-        try:
-            data = b"".join([dumps(r, default=str, option=_JSON_OPTIONS) for r in records])
-        except orjson.JSONEncodeError:
-            for r in records:
-                try:
-                    dumps(r, default=str, option=_JSON_OPTIONS)
-                except orjson.JSONEncodeError as exc:
-                    raise ValueError(f"cannot write this record as JSON ({exc}): {r!r:.200}") from exc
-            raise
-        self.fh.write(data)
-
-    def flush(self) -> None:
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
-
-
-class _LinesWriter(SinkWriter):
-    def __init__(self, path: str) -> None:
-        self.fh = _open_text(path)
-
-    def write(self, records: list[Any], times: list[int] | None) -> None:
-        self.fh.write("".join([f"{r}\n" for r in records]))
-
-    def flush(self) -> None:
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
-
-
-class _CsvWriter(SinkWriter):
-    def __init__(self, path: str) -> None:
-        self.fh = _open_text(path)
-        self.writer: csv.DictWriter[str] | None = None
-
-    def write(self, records: list[Any], times: list[int] | None) -> None:
-        for r in records:
-            if not isinstance(r, Mapping):
-                raise TypeError(f"a CSV sink writes dict records (one column per key), "
-                                f"got {type(r).__name__} {r!r:.200}")
-        if self.writer is None:
-            if not records:
-                return
-            self.writer = csv.DictWriter(self.fh, fieldnames=list(records[0]), extrasaction="raise",
-                                         lineterminator="\n")
-            self.writer.writeheader()
-        try:
-            self.writer.writerows(records)
-        except ValueError as exc:
-            raise ValueError(f"{exc}; the CSV header (from the first record) is "
-                             f"{', '.join(map(str, self.writer.fieldnames))}") from exc
-
-    def flush(self) -> None:
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
-
-
-class _ParquetWriter(SinkWriter):
-    def __init__(self, path: str, row_group_size: int) -> None:
-        self.pa, self.pq = _parquet("Writing Parquet")
-        self.path = path
-        self.row_group_size = row_group_size
-        self.rows: list[Any] = []
-        self.writer: Any = None
-        self.schema: Any = None
-
-    def write(self, records: list[Any], times: list[int] | None) -> None:
-        self.rows.extend(records)
-        if len(self.rows) >= self.row_group_size:
-            self._write_group()
-
-    def _write_group(self) -> None:
-        rows, self.rows = self.rows, []
-        if not rows:
-            return
-        try:
-            table = self.pa.Table.from_pylist(rows, schema=self.schema)
-        except (self.pa.ArrowException, TypeError, ValueError) as exc:
-            if self.schema is None:
-                raise ValueError(f"cannot make a Parquet table of these records: {exc}") from exc
-            raise ValueError(f"records do not fit the Parquet schema taken from the first rows "
-                             f"({self.schema.to_string(show_schema_metadata=False)}): {exc}") from exc
-        if self.writer is None:
-            self.schema = table.schema
-            self.writer = self.pq.ParquetWriter(self.path, self.schema)
-        self.writer.write_table(table, row_group_size=self.row_group_size)
-
-    def flush(self) -> None:
-        self._write_group()
-
-    def close(self) -> None:
-        self._write_group()
-        if self.writer is None:
-            self.pq.write_table(self.pa.table({}), self.path)  # no records: an empty file, still readable
-        else:
-            self.writer.close()
-            self.writer = None
