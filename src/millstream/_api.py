@@ -396,7 +396,18 @@ class WindowedStream:
     def aggregate(self, **aggs: Aggregation) -> WindowResult:
         """One row per key and window: the key field(s), ``window_start``, ``window_end`` and each aggregation."""
         step = self._name or "window"
-        op = P.WindowOp(self._key, self._assigner, self._lateness, aggs=_check_aggs(aggs, step, self._loc))
+        loc = user_location()  # errors in the arguments point at this call
+        checked = _check_aggs(aggs, step, loc)
+        if self._assigner.merges:
+            for name, agg in checked:
+                if not agg.mergeable:
+                    raise FlowDefinitionError(
+                        f"aggregation {name}={agg.describe()} has no merge function, but "
+                        f"{self._assigner.describe()} windows merge partial results",
+                        step=step, location=loc,
+                        fix="pass merge=lambda a, b: ... (combining two accumulators) to ms.agg.custom(...)",
+                    )
+        op = P.WindowOp(self._key, self._assigner, self._lateness, aggs=checked)
         return self._finish(op, "window")
 
     def reduce(self, fn: Callable[[Any, Any], Any]) -> WindowResult:
@@ -406,7 +417,7 @@ class WindowedStream:
         emitted as ``{key..., "window_start", "window_end", "value"}``.
         """
         step = self._name or f"window:{callable_name(fn)}"
-        _check_fn(fn, "reduce", step, self._loc, nargs=2)
+        _check_fn(fn, "reduce", step, user_location(), nargs=2)
         return self._finish(P.WindowOp(self._key, self._assigner, self._lateness, reduce_fn=fn), step)
 
     def process(self, fn: Callable[[Any, Any, list[Any]], Iterable[Any] | None]) -> WindowResult:
@@ -415,7 +426,7 @@ class WindowedStream:
         ``records`` are sorted by event time; ``window`` has ``start`` and ``end``.
         """
         step = self._name or f"window:{callable_name(fn)}"
-        _check_fn(fn, "process", step, self._loc, nargs=3)
+        _check_fn(fn, "process", step, user_location(), nargs=3)
         return self._finish(P.WindowOp(self._key, self._assigner, self._lateness, process_fn=fn), step)
 
 

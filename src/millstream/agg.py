@@ -69,6 +69,11 @@ class Aggregation(ABC):
     def needs_value(self) -> bool:
         return True
 
+    @property
+    def mergeable(self) -> bool:
+        """Whether :meth:`merge` works (sliding and session windows merge partial results)."""
+        return True
+
     def describe(self) -> str:
         return f"{self.kind}({self.field if self.field is not None else ''})"
 
@@ -281,6 +286,10 @@ class _Custom(Aggregation):
     def add_src(self, env: dict[str, Any], p: str, slot: str, v: str, t: str) -> list[str]:
         env[f"{p}add"] = self.add
         return [f"{slot} = {p}add({slot}, {v})"]
+
+    @property
+    def mergeable(self) -> bool:
+        return self.merge_fn is not None
 
     def merge(self, a: Any, b: Any) -> Any:
         if self.merge_fn is None:

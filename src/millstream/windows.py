@@ -36,6 +36,11 @@ class WindowAssigner:
 
     event_time: bool = True
 
+    @property
+    def merges(self) -> bool:
+        """Whether a window's result is merged from partial accumulators (slices or sessions)."""
+        return False
+
     def describe(self) -> str:  # pragma: no cover - overridden
         return type(self).__name__
 
@@ -85,6 +90,10 @@ class SlidingWindow(WindowAssigner):
         """Each event updates one slice of this width; a window merges size/slice slices."""
         return math.gcd(self.size_ms, self.slide_ms)
 
+    @property
+    def merges(self) -> bool:
+        return self.slice_ms != self.size_ms
+
     def describe(self) -> str:
         off = f", offset {format_duration(self.offset_ms)}" if self.offset_ms else ""
         return f"sliding {format_duration(self.size_ms)} every {format_duration(self.slide_ms)}{off}"
@@ -96,6 +105,10 @@ class SessionWindow(WindowAssigner):
 
     def __post_init__(self) -> None:
         _check_positive(self.gap_ms, "session gap")
+
+    @property
+    def merges(self) -> bool:
+        return True
 
     def describe(self) -> str:
         return f"session gap {format_duration(self.gap_ms)}"
@@ -133,7 +146,12 @@ def sliding(size: Duration, *, every: Duration, offset: Duration = 0) -> Sliding
 
 
 def session(gap: Duration) -> SessionWindow:
-    """Per-key sessions: a window closes after ``gap`` with no event; sessions that touch merge."""
+    """Per-key sessions ``[first event, last event + gap)``: events less than ``gap`` apart share a session.
+
+    Sessions merge when their windows overlap. Flink also merges sessions that merely touch,
+    which makes its result depend on arrival order; here an event exactly ``gap`` after the
+    last one always starts a new session.
+    """
     return SessionWindow(to_ms(gap, "session gap"))
 
 

@@ -144,6 +144,16 @@ class Operator:
     def restore(self, state: Any) -> None:
         """Load state taken by :meth:`snapshot` before the job starts."""
 
+    def snapshot_time(self) -> Any:
+        """The watermarks of the operator and its inputs: without them a restored step would
+        take records behind the watermark for on-time ones."""
+        return {"wm": self.wm, "inputs": list(self.in_wms), "idle": list(self.in_idle)}
+
+    def restore_time(self, time: Any) -> None:
+        self.wm = time["wm"]
+        self.in_wms = list(time["inputs"])
+        self.in_idle = list(time["idle"])
+
     def metrics(self) -> dict[str, int]:
         return {}
 

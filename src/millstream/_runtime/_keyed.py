@@ -145,7 +145,7 @@ class Context:
     ``"processing"`` (a processing-time timer).
     """
 
-    __slots__ = ("key", "timestamp", "time_domain", "state", "timers", "_op")
+    __slots__ = ("_op", "key", "state", "time_domain", "timers", "timestamp")
 
     def __init__(self, op: ProcessOperator) -> None:
         self._op = op
@@ -165,11 +165,12 @@ class Context:
         op = self._op
         op.out.append(value)
         if op.timed:
-            op.tout.append(self.timestamp if timestamp is None else timestamp)
+            ts = self.timestamp if timestamp is None else timestamp
+            op.tout.append(op.wm if ts is None else ts)
 
 
 class _Handle:
-    __slots__ = ("_op", "_store", "_name", "_ttl", "_event")
+    __slots__ = ("_event", "_name", "_op", "_store", "_ttl")
 
     def __init__(self, op: ProcessOperator, name: str, spec: StateSpec) -> None:
         self._op = op
@@ -179,9 +180,10 @@ class _Handle:
         self._event = spec.ttl_time == "event"
 
     def _now(self) -> int:
-        if self._event:
-            ts = self._op.ctx.timestamp
-            return ts if ts is not None else self._op.wm
+        if self._event:  # event time: the record's (or event timer's) time; else the watermark
+            ctx = self._op.ctx
+            ts = ctx.timestamp
+            return ts if ts is not None and ctx.time_domain != "processing" else self._op.wm
         return self._op.rt.clock.now_ms()
 
     def _get(self) -> Any:
@@ -245,7 +247,7 @@ def _append(lst: list[Any], value: Any) -> list[Any]:
 class _MapHandle(_Handle):
     def _dict(self) -> dict[Any, Any]:
         v = self._get()
-        return {} if v is _MISSING else v  # type: ignore[no-any-return]
+        return {} if v is _MISSING else v
 
     def get(self, key: Any, default: Any = None) -> Any:
         return self._dict().get(key, default)
@@ -327,6 +329,7 @@ class ProcessOperator(Operator):
         k: Any = None
         try:
             if times is None:
+                ctx.timestamp = None  # a timer may have set it
                 for r in records:
                     ctx.key = k = keyf(r)
                     fn(ctx, r)
@@ -364,7 +367,7 @@ class ProcessOperator(Operator):
 
     def _expire(self, heap: list[tuple[int, int, str, Any]], upto: int) -> None:
         while heap and heap[0][0] <= upto:
-            expires, _, name, key = heapq.heappop(heap)
+            _, _, name, key = heapq.heappop(heap)
             store = self.stores[name]
             entry = store.get(key)
             if entry is not None and entry[1] <= upto:
@@ -397,6 +400,8 @@ class ProcessOperator(Operator):
         self.stores = state["stores"]
         self.cleanup = list(state["cleanup"])
         self.proc_cleanup = list(state["proc_cleanup"])
+        # new heap entries must not tie with restored ones on (time, seq) and compare names and keys
+        self._seq = itertools.count(max((e[1] for e in self.cleanup + self.proc_cleanup), default=-1) + 1)
         for heap, live, items in ((self.event_timers, self.event_set, state["event_timers"]),
                                   (self.proc_timers, self.proc_set, state["proc_timers"])):
             for ts, key in items:

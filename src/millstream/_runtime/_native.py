@@ -141,13 +141,17 @@ class NativeJob:
         return min(hints) if hints else None
 
     def snapshot(self) -> dict[str, Any]:
-        """Every operator's state and every source's position (taken between chunks)."""
-        return {op.name: op.snapshot() for op in self.ops}
+        """Every operator's state and watermarks, and every source's position (taken between chunks)."""
+        return {op.name: {"state": op.snapshot(), "time": op.snapshot_time()} for op in self.ops}
 
     def restore(self, snap: dict[str, Any]) -> None:
         for op in self.ops:
-            if op.name in snap and snap[op.name] is not None:
-                op.restore(snap[op.name])
+            entry = snap.get(op.name)
+            if entry is None:
+                continue
+            op.restore_time(entry["time"])
+            if entry["state"] is not None:
+                op.restore(entry["state"])
 
 
 def run_native(job: NativeJob, *, max_chunk: int, idle_sleep_s: float, on_tick: Any, tick_interval_s: float) -> None:

@@ -75,7 +75,7 @@ class _Finisher:
         env = code.env
         g = Generated()
         g.add(0, "def _row(k, ws, we, a):")
-        items = key_items(op.key) + ["'window_start': ws", "'window_end': we"]
+        items = [*key_items(op.key), "'window_start': ws", "'window_end': we"]
         if op.aggs:
             items += code.result_items()
         g.add(1, "return {" + ", ".join(items) + "}")
@@ -93,7 +93,7 @@ class _Finisher:
             row["value"] = v
             return [row]
         assert op.process_fn is not None
-        items = sorted(acc[0], key=_first)
+        items = sorted(acc[0], key=_first) if ws is not None else acc[0]  # untimed: arrival order
         out = op.process_fn(k, Window(ws, we), [r for _, r in items])  # type: ignore[arg-type]
         if out is None:
             return []
@@ -143,6 +143,13 @@ class _WindowBase(Operator):
                                      event_time=we - 1) from exc
         self._out.extend(rows)
         self._tout.extend([we - 1] * len(rows))
+
+    def _advance(self) -> None:
+        before = self.wm
+        super()._advance()
+        if self.wm > before:  # the late side output follows the step's watermark too
+            for op, port in self.late_outs:
+                op.watermark(port, self.wm)
 
     def _to_late(self, r: Any, t: int) -> None:
         self.late_count += 1
@@ -247,6 +254,7 @@ class SlicedWindowOperator(_WindowBase):
             if self._last_start(s) + self.size - 1 + self.lateness <= wm:
                 self._to_late(r, t)
                 continue
+            k = None
             try:
                 k = self.keyf(r)
                 d = self.slices.get(s)
@@ -258,7 +266,8 @@ class SlicedWindowOperator(_WindowBase):
                     a = d[k] = self.new()
                 self.add1(a, r, t)
             except Exception as exc:
-                raise self.rt.step_error(self.node, exc, record=r, has_key=True, event_time=t) from exc
+                raise self.rt.step_error(self.node, exc, record=r, key=k, has_key=self.op.key is not None,
+                                         event_time=t) from exc
             for e in self._ends(s):
                 if e - 1 <= wm < e - 1 + self.lateness:
                     self.refired += 1
@@ -337,16 +346,15 @@ class SessionWindowOperator(_WindowBase):
         wm, gap, lateness = self.wm, self.gap, self.lateness
         keyf, new, add1, merge = self.keyf, self.new, self.add1, self.code.merge
         for r, t in zip(records, times, strict=True):
+            k = None
             try:
                 k = keyf(r)
-                sessions = self.sessions.get(k)
-                if sessions is None:
-                    sessions = self.sessions[k] = []
+                sessions = self.sessions.get(k, ())  # a late record of a new key leaves no entry
                 start, end = t, t + gap
                 keep = []
                 touching = []
                 for sess in sessions:
-                    if sess[0] <= end and start <= sess[1]:
+                    if sess[0] < end and start < sess[1]:  # overlap: events less than gap apart
                         touching.append(sess)
                     else:
                         keep.append(sess)
@@ -361,14 +369,16 @@ class SessionWindowOperator(_WindowBase):
                     acc = merge(acc, sess[2])
                 add1(acc, r, t)
             except Exception as exc:
-                raise self.rt.step_error(self.node, exc, record=r, has_key=True, event_time=t) from exc
+                raise self.rt.step_error(self.node, exc, record=r, key=k, has_key=self.op.key is not None,
+                                         event_time=t) from exc
             keep.append([start, end, acc])
             self.sessions[k] = keep
             if end - 1 <= wm:
                 self.refired += 1
                 self._emit_window(k, start, end, acc)
                 heapq.heappush(self.cleanups, (end - 1 + lateness, next(self._seq), start, end, k))
-            else:
+            elif not touching or touching[0][0] != start or touching[0][1] != end:
+                # a new extent needs a timer; a session that kept its extent already has one
                 heapq.heappush(self.timers, (end, next(self._seq), start, k))
         self._flush()
 
@@ -413,7 +423,7 @@ class SessionWindowOperator(_WindowBase):
         heapq.heapify(self.timers)
         heapq.heapify(self.cleanups)
         self.late_count = state["late"]
-        self._seq = itertools.count(max([e[1] for e in self.timers + self.cleanups], default=0) + 1)  # type: ignore[operator]
+        self._seq = itertools.count(max([e[1] for e in self.timers + self.cleanups], default=0) + 1)
 
 
 class CountWindowOperator(_WindowBase):
@@ -450,10 +460,10 @@ class CountWindowOperator(_WindowBase):
                         ws, we = min(tt for _, tt in buf), max(tt for _, tt in buf) + 1
                     else:
                         ws = we = None
-                    rows = self.finish(k, ws, we, acc)  # type: ignore[arg-type]
+                    rows = self.finish(k, ws, we, acc)
                     self._out.extend(rows)
                     if times is not None:
-                        self._tout.extend([we - 1] * len(rows))  # type: ignore[operator]
+                        self._tout.extend([we - 1] * len(rows))
                     if every == size:
                         buf.clear()
             except Exception as exc:

@@ -58,6 +58,8 @@ class ManualClock:
             self._now = now_ms
 
     def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
         with self._lock:
             self._now += max(1, int(seconds * 1000))
 
@@ -135,6 +137,10 @@ class _ScriptReader(SourceReader):
 
     def position_of(self, index: int) -> str | None:
         return f"{self.src.name}[{self.chunk_index[index]}]" if index < len(self.chunk_index) else None
+
+    def wait_hint(self) -> float | None:
+        # the rest of the script is ready now: the executor must not wait (and move a manual clock)
+        return 0.0 if self.pos < len(self.src.script) else None
 
     def watermark(self) -> int | None:
         if self.wm is None and self.scripted:
