@@ -69,7 +69,7 @@ def millstream_flow(name: str, recs: list[dict[str, Any]]) -> tuple[Any, Any]:
         (flow.source(src, watermark=wm).key_by("auction").window(ms.windows.sliding(10_000, every=2_000))
          .aggregate(total=ms.agg.sum("price")).sink(sink))
     elif name == "session_count_1k_keys":
-        (flow.source(src, watermark=wm).key_by("auction").window(ms.windows.session(500))
+        (flow.source(src, watermark=wm).key_by("auction").window(ms.windows.session(5_000))
          .aggregate(n=ms.agg.count()).sink(sink))
     elif name == "process_state_1k_keys":
         def fn(ctx: Any, r: Any) -> None:
@@ -120,9 +120,9 @@ def bare_loop(name: str, recs: list[dict[str, Any]]) -> int:
             s = last.get(k)
             if s is None or r["ts"] >= s[1]:
                 n += s is not None
-                last[k] = [r["ts"], r["ts"] + 500, 1]
+                last[k] = [r["ts"], r["ts"] + 5_000, 1]
             else:
-                s[1] = r["ts"] + 500
+                s[1] = r["ts"] + 5_000
                 s[2] += 1
         return n
     if name == "process_state_1k_keys":

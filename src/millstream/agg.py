@@ -63,6 +63,10 @@ class Aggregation(ABC):
     def merge(self, a: Any, b: Any) -> Any:
         """A new accumulator holding both; ``a`` and ``b`` are left as they were."""
 
+    def merge_src(self, a: str, b: str) -> str | None:
+        """An expression merging accumulators ``a`` and ``b`` into a new one, or None to call :meth:`merge`."""
+        return None
+
     def result(self, acc: Any) -> Any:
         return acc
 
@@ -96,6 +100,9 @@ class _Count(Aggregation):
     def merge(self, a: Any, b: Any) -> Any:
         return a + b
 
+    def merge_src(self, a: str, b: str) -> str | None:
+        return f"{a} + {b}"
+
 
 @dataclass(frozen=True)
 class _Sum(Aggregation):
@@ -110,6 +117,9 @@ class _Sum(Aggregation):
     def merge(self, a: Any, b: Any) -> Any:
         return a + b
 
+    def merge_src(self, a: str, b: str) -> str | None:
+        return f"{a} + {b}"
+
 
 @dataclass(frozen=True)
 class _Mean(Aggregation):
@@ -123,6 +133,9 @@ class _Mean(Aggregation):
 
     def merge(self, a: Any, b: Any) -> Any:
         return [a[0] + b[0], a[1] + b[1]]
+
+    def merge_src(self, a: str, b: str) -> str | None:
+        return f"[{a}[0] + {b}[0], {a}[1] + {b}[1]]"
 
     def result(self, acc: Any) -> Any:
         return acc[0] / acc[1] if acc[1] else None
@@ -210,6 +223,9 @@ class _CountDistinct(Aggregation):
 
     def merge(self, a: Any, b: Any) -> Any:
         return a | b
+
+    def merge_src(self, a: str, b: str) -> str | None:
+        return f"{a} | {b}"
 
     def result(self, acc: Any) -> Any:
         return len(acc)

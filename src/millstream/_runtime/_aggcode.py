@@ -102,3 +102,18 @@ class AggCode:
 
     def merge(self, a: list[Any], b: list[Any]) -> list[Any]:
         return [agg.merge(x, y) for (_, agg), x, y in zip(self.aggs, a, b, strict=True)]
+
+    def compile_merge(self) -> Callable[[list[Any], list[Any]], list[Any]]:
+        """``merge(a, b)``: a new accumulator of both (built-ins inline, no call per aggregation)."""
+        parts = []
+        for i, (_, agg) in enumerate(self.aggs):
+            inline = agg.merge_src(f"a[{i}]", f"b[{i}]")
+            if inline is None:
+                self.env[f"_merge{i}"] = agg.merge
+                inline = f"_merge{i}(a[{i}], b[{i}])"
+            parts.append(inline)
+        g = Generated()
+        g.add(0, "def _merge(a, b):")
+        g.add(1, "return [" + ", ".join(parts) + "]")
+        fn, _ = g.compile("merge", self.env, "_merge")
+        return fn

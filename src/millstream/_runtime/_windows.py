@@ -79,7 +79,10 @@ class _Finisher:
         if op.aggs:
             items += code.result_items()
         g.add(1, "return {" + ", ".join(items) + "}")
+        g.add(0, "def _rows(items, ws, we):")
+        g.add(1, "return [{" + ", ".join(items) + "} for k, a in items]")
         self.row, _ = g.compile("window-row", env, "_row")
+        self.rows_fast = env["_rows"] if op.aggs else None
 
     def __call__(self, k: Any, ws: int | None, we: int | None, acc: list[Any]) -> list[Any]:
         op = self.op
@@ -126,6 +129,7 @@ class _WindowBase(Operator):
         self.finish = _Finisher(op, self.code)
         self.add1 = self.code.compile_add1()
         self.new = self.code.compile_new()
+        self.merge = self.code.compile_merge()
         self.keyf = compile_key(op.key)
         self.late_outs: list[tuple[Operator, int]] = []
         self.late_count = 0
@@ -134,6 +138,21 @@ class _WindowBase(Operator):
         self._tout: list[int] = []
         self._late: list[Any] = []
         self._late_t: list[int] = []
+
+    def _emit_windows(self, items: Any, ws: int, we: int) -> None:
+        """Emit the results of one window for many keys: ``items`` are (key, accumulator) pairs."""
+        fast = self.finish.rows_fast
+        if fast is not None:
+            try:
+                rows = fast(items, ws, we)
+            except Exception:  # noqa: BLE001 - redo one key at a time to name the failing key
+                rows = None
+            if rows is not None:
+                self._out.extend(rows)
+                self._tout.extend([we - 1] * len(rows))
+                return
+        for k, acc in items:
+            self._emit_window(k, ws, we, acc)
 
     def _emit_window(self, k: Any, ws: int, we: int, acc: list[Any]) -> None:
         try:
@@ -299,19 +318,22 @@ class SlicedWindowOperator(_WindowBase):
         if self.slice == self.size:
             d = self.slices.get(ws)
             if d:
-                for k, acc in d.items():
-                    self._emit_window(k, ws, e, acc)
+                self._emit_windows(d.items(), ws, e)
             return
         merged: dict[Any, list[Any]] = {}
+        merge = self.merge
         for s in range(ws, e, self.slice):
             d = self.slices.get(s)
             if not d:
                 continue
+            if not merged:
+                merged = dict(d)
+                continue
             for k, acc in d.items():
                 prev = merged.get(k)
-                merged[k] = acc if prev is None else self.code.merge(prev, acc)
-        for k, acc in merged.items():
-            self._emit_window(k, ws, e, acc)
+                merged[k] = acc if prev is None else merge(prev, acc)
+        if merged:
+            self._emit_windows(merged.items(), ws, e)
 
     def snapshot(self) -> Any:
         return {"slices": self.slices, "fire": sorted(self.fire_set), "cleanup": list(self.cleanup_heap),
@@ -327,64 +349,88 @@ class SlicedWindowOperator(_WindowBase):
 
 
 class SessionWindowOperator(_WindowBase):
-    """Per-key sessions that merge when an event bridges them."""
+    """Per-key sessions that merge when an event bridges them.
+
+    A session is ``[start, end, acc, timer]``: ``end`` is exclusive (last event +
+    gap) and ``timer`` the id of its live timer. A session that grows keeps its
+    timer; when the timer comes due it is re-armed at the session's new end, so
+    the common case (an event inside the key's open session) costs no heap push.
+    """
 
     def __init__(self, node: Node, rt: Runtime, timed: bool) -> None:
         super().__init__(node, rt, timed)
         a = self.op.assigner
         assert isinstance(a, SessionWindow)
         self.gap = a.gap_ms
-        # key -> list of [start, end, acc]; end is exclusive (last event + gap)
         self.sessions: dict[Any, list[list[Any]]] = {}
-        self.timers: list[tuple[int, int, int, Any]] = []  # (end, seq, start, key)
+        self.timers: list[tuple[int, int, int, Any]] = []  # (due end, timer id, start, key)
         self.cleanups: list[tuple[int, int, int, int, Any]] = []  # (time, seq, start, end, key)
         self._seq = itertools.count()
 
     def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
         self.records_in += len(records)
         assert times is not None
-        wm, gap, lateness = self.wm, self.gap, self.lateness
-        keyf, new, add1, merge = self.keyf, self.new, self.add1, self.code.merge
+        wm, gap = self.wm, self.gap
+        keyf, add1, get = self.keyf, self.add1, self.sessions.get
         for r, t in zip(records, times, strict=True):
             k = None
             try:
                 k = keyf(r)
-                sessions = self.sessions.get(k, ())  # a late record of a new key leaves no entry
-                start, end = t, t + gap
-                keep = []
-                touching = []
-                for sess in sessions:
-                    if sess[0] < end and start < sess[1]:  # overlap: events less than gap apart
-                        touching.append(sess)
-                    else:
-                        keep.append(sess)
-                for sess in touching:
-                    start = min(start, sess[0])
-                    end = max(end, sess[1])
-                if end - 1 + lateness <= wm:
-                    self._to_late(r, t)
-                    continue
-                acc = touching[0][2] if touching else new()
-                for sess in touching[1:]:
-                    acc = merge(acc, sess[2])
-                add1(acc, r, t)
+                sessions = get(k)
+                if sessions is not None and len(sessions) == 1:
+                    sess = sessions[0]
+                    if sess[0] <= t < sess[1] and sess[1] - 1 > wm:
+                        # inside the key's only open session: grow it in place, its timer re-arms lazily
+                        if t + gap > sess[1]:
+                            sess[1] = t + gap
+                        add1(sess[2], r, t)
+                        continue
+                self._add_slow(k, r, t)
             except Exception as exc:
                 raise self.rt.step_error(self.node, exc, record=r, key=k, has_key=self.op.key is not None,
                                          event_time=t) from exc
-            keep.append([start, end, acc])
-            self.sessions[k] = keep
-            if end - 1 <= wm:
-                self.refired += 1
-                self._emit_window(k, start, end, acc)
-                heapq.heappush(self.cleanups, (end - 1 + lateness, next(self._seq), start, end, k))
-            elif not touching or touching[0][0] != start or touching[0][1] != end:
-                # a new extent needs a timer; a session that kept its extent already has one
-                heapq.heappush(self.timers, (end, next(self._seq), start, k))
         self._flush()
 
-    def _find(self, k: Any, start: int, end: int) -> list[Any] | None:
+    def _add_slow(self, k: Any, r: Any, t: int) -> None:
+        """Create or merge sessions for one record; re-fire or send late as the watermark says."""
+        wm, lateness = self.wm, self.lateness
+        sessions = self.sessions.get(k, [])  # a late record of a new key leaves no entry
+        start, end = t, t + self.gap
+        keep = []
+        touching = []
+        for sess in sessions:
+            if sess[0] < end and start < sess[1]:  # overlap: events less than gap apart
+                touching.append(sess)
+            else:
+                keep.append(sess)
+        for sess in touching:
+            start = min(start, sess[0])
+            end = max(end, sess[1])
+        if end - 1 + lateness <= wm:
+            self._to_late(r, t)
+            return
+        acc = touching[0][2] if touching else self.new()
+        for sess in touching[1:]:
+            acc = self.merge(acc, sess[2])
+        self.add1(acc, r, t)
+        merged = [start, end, acc, None]
+        keep.append(merged)
+        self.sessions[k] = keep
+        if end - 1 <= wm:  # within the allowed lateness of a fired session: fire again now
+            self.refired += 1
+            self._emit_window(k, start, end, acc)
+            heapq.heappush(self.cleanups, (end - 1 + lateness, next(self._seq), start, end, k))
+        else:
+            self._arm(merged, k)
+
+    def _arm(self, sess: list[Any], k: Any) -> None:
+        timer = next(self._seq)
+        sess[3] = timer
+        heapq.heappush(self.timers, (sess[1], timer, sess[0], k))
+
+    def _find(self, k: Any, start: int, end: int | None = None, timer: int | None = None) -> list[Any] | None:
         for sess in self.sessions.get(k, ()):
-            if sess[0] == start and sess[1] == end:
+            if sess[0] == start and (end is None or sess[1] == end) and (timer is None or sess[3] == timer):
                 return sess
         return None
 
@@ -395,14 +441,19 @@ class SessionWindowOperator(_WindowBase):
             del self.sessions[k]
 
     def on_watermark(self, wm: int) -> None:
-        while self.timers and self.timers[0][0] - 1 <= wm:
-            end, _, start, k = heapq.heappop(self.timers)
-            sess = self._find(k, start, end)
+        timers = self.timers
+        while timers and timers[0][0] - 1 <= wm:
+            _, timer, start, k = heapq.heappop(timers)
+            sess = self._find(k, start, timer=timer)
             if sess is None:
-                continue  # merged into a larger session since
-            self._emit_window(k, start, end, sess[2])
+                continue  # merged into another session since
+            if sess[1] - 1 > wm:
+                self._arm(sess, k)  # the session grew after this timer was set
+                continue
+            sess[3] = None
+            self._emit_window(k, sess[0], sess[1], sess[2])
             if self.lateness:
-                heapq.heappush(self.cleanups, (end - 1 + self.lateness, next(self._seq), start, end, k))
+                heapq.heappush(self.cleanups, (sess[1] - 1 + self.lateness, next(self._seq), start, sess[1], k))
             else:
                 self._remove(k, sess)
         while self.cleanups and self.cleanups[0][0] <= wm:
