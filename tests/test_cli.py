@@ -74,16 +74,22 @@ def test_missing_job_file() -> None:
 
 
 def test_demo_runs_and_says_where_its_output_went(tmp_path: Path) -> None:
-    r = cli("demo", "--events", "20000", "--out", str(tmp_path / "out"))
+    r = cli("demo", "--events", "50000", "--out", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr
     assert str((tmp_path / "out").resolve()) in r.stderr.replace("\n", "")
     files = {p.name for p in (tmp_path / "out").glob("*.jsonl")}
     assert {"spend_alerts.jsonl", "anomalies.jsonl", "travel_alerts.jsonl", "late.jsonl"} <= files
-    travel = [json.loads(line) for line in (tmp_path / "out" / "travel_alerts.jsonl").read_text().splitlines()]
-    assert travel, "the demo injects stolen cards; impossible travel must be found"
+    from millstream._demo import STOLEN_CARDS
+
+    def rows(name: str) -> list[dict]:
+        return [json.loads(line) for line in (tmp_path / "out" / name).read_text().splitlines()]
+
+    stolen = {f"card-{n:04d}" for n in STOLEN_CARDS[:2]}  # 50,000 events hold the first two thefts
+    travel, spend, anomalies = rows("travel_alerts.jsonl"), rows("spend_alerts.jsonl"), rows("anomalies.jsonl")
     assert all(a["cities"][0] != a["cities"][1] for a in travel)
-    spend = [json.loads(line) for line in (tmp_path / "out" / "spend_alerts.jsonl").read_text().splitlines()]
-    assert spend and all(a["total"] > 3000 for a in spend)
+    assert all(a["total"] > 3000 for a in spend)
+    for name, alerts in (("travel", travel), ("spend", spend), ("anomaly", anomalies)):
+        assert {a["card"] for a in alerts} == stolen, f"{name} alerts must find exactly the stolen cards"
 
 
 def test_version() -> None:

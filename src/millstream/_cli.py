@@ -149,8 +149,8 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
     flow = _demo.build({"events": args.events, "rate": args.rate, "out": str(out)})
     if not args.quiet:
         console.print(f"[bold]millstream demo[/]: card fraud detection over {args.events:,} synthetic transactions")
-        console.print("  sliding 10 min spend per card (alert over 3,000), per-card anomaly score (EWMA z-score),"
-                      " impossible travel between ATMs")
+        console.print("  sliding 10 min spend per card (alert over 3,000), per-card anomaly score (EWMA z-score"
+                      " of log amount), impossible travel between ATMs; a few cards get stolen along the way")
     result = _run_flow(flow, args, console)
     if args.quiet:
         return 0

@@ -159,6 +159,9 @@ class _Min(Aggregation):
             return a
         return _builtin_min(a, b)
 
+    def merge_src(self, a: str, b: str) -> str | None:
+        return f"({b} if {a} is None else {a} if {b} is None or not ({b} {self._cmp} {a}) else {b})"
+
 
 @dataclass(frozen=True)
 class _Max(_Min):

@@ -161,7 +161,12 @@ class Context:
         return self._op.wm
 
     def emit(self, value: Any, *, timestamp: int | None = None) -> None:
-        """Send ``value`` downstream (at ``timestamp``, default the current one)."""
+        """Send ``value`` downstream at event time ``timestamp``.
+
+        The default is the current ``ctx.timestamp``: the record's event time, or
+        the time of the timer that fired. A processing-time timer's time is wall
+        clock time; give ``timestamp=`` when its output feeds event-time windows.
+        """
         op = self._op
         op.out.append(value)
         if op.timed:

@@ -94,12 +94,13 @@ class SourceOperator(Operator):
             assert gen is not None
             gen.observe(mx, self.rt.clock.now_ms())
         self.emit(recs, times)
+        # what the watermark fires derives from many chunks, not from this one
+        self.rt.current_chunk = None
         if gen is not None and reader.watermark() is None:
             wm = gen.current()
             if wm > self.wm:
                 self._send_watermark(wm)
         self._scripted_watermark(reader)
-        self.rt.current_chunk = None
         return n
 
     def _scripted_watermark(self, reader: SourceReader) -> None:
