@@ -36,7 +36,7 @@ from millstream.connectors._files_common import (
 )
 from millstream.errors import ConfigError, RecordError
 
-__all__ = ["FileSource", "ReadOptions", "make_source", "parse_json_lines", "parse_text_lines"]
+__all__ = ["FileSource", "ReadOptions", "parse_json_lines", "parse_text_lines", "read"]
 
 log = logging.getLogger("millstream.connectors.files")
 
@@ -165,7 +165,7 @@ class FileSource(Source):
             self._stop.set()
 
 
-def make_source(
+def read(
     path: str | os.PathLike[str],
     *,
     format: str | None = None,
@@ -180,7 +180,29 @@ def make_source(
     encoding: str = "utf-8",
     block_size: int = _BLOCK,
 ) -> FileSource:
-    """A validated file source; the public entry is :func:`millstream.connectors.files.read`."""
+    """A source that reads the file ``path``, or the files of the directory ``path`` in name order.
+
+    - ``format``: ``"jsonl"`` (one JSON object per line, parsed with orjson),
+      ``"csv"`` (a header line, then rows as dicts of strings), ``"lines"`` (each
+      line a ``str``) or ``"parquet"`` (rows as dicts; needs ``millstream[parquet]``).
+      Inferred from the file name when None; ``.gz`` files are decompressed.
+    - ``pattern``: which files of a directory to read (a glob or a tuple of globs);
+      by default those with the format's extensions. Hidden files are never read.
+    - ``follow``: keep reading forever, like ``tail -F``: lines appended to the
+      files and new files in the directory are read; a last line is read only once
+      it ends with a newline; a rotated or truncated file is read from its start.
+      ``poll_interval`` (seconds) is how often the directory is looked at again;
+      ``max_idle`` (ms or timedelta) ends the input after that long without news,
+      and :meth:`FileSource.stop` ends it from another thread.
+    - ``on_error``: what to do with a bad line (not JSON, not an object, a CSV row
+      with the wrong number of fields, a failed ``csv_types`` conversion):
+      ``"fail"``, ``"skip"`` (counted) or ``millstream.connectors.dead_letter(sink)``.
+    - ``csv_types``: column -> function applied to its text, e.g. ``{"amount": float}``;
+      an empty field becomes None, and ``bool`` accepts true/false, yes/no, 1/0.
+
+    Positions (``position_of``) are ``path:line`` (1-based; for CSV the line the row
+    starts on) and ``path#row N`` (0-based) for Parquet.
+    """
     p = check_path(path)
     fmt = check_format(format) if format is not None else _infer_read_format(p)
     if fmt == "parquet":

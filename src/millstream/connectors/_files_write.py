@@ -26,7 +26,7 @@ from millstream.connectors._files_common import (
 )
 from millstream.errors import ConfigError
 
-__all__ = ["FileSink", "WriteOptions", "make_sink"]
+__all__ = ["FileSink", "WriteOptions", "write"]
 
 _WRITE_EXTENSION = {"jsonl": "jsonl", "csv": "csv", "lines": "txt", "parquet": "parquet"}
 _JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
@@ -81,9 +81,16 @@ class FileSink(Sink):
         return step_name(self.options.path, self.name)
 
 
-def make_sink(path: str | os.PathLike[str], *, format: str | None = None,
+def write(path: str | os.PathLike[str], *, format: str | None = None,
           name: str | None = None, row_group_size: int = 65_536) -> FileSink:
-    """A validated file sink; the public entry is :func:`millstream.connectors.files.write`."""
+    """A sink that writes records to the file ``path`` (replaced if it exists; parent directories made).
+
+    ``format`` is inferred from the name as for :func:`read`: JSON lines (orjson;
+    values JSON cannot hold are written as ``str``), CSV (the header is the first
+    record's keys), text lines (``str(record)``) or Parquet (rows buffered and
+    written ``row_group_size`` at a time). A name ending in ``.gz`` is compressed.
+    A ``path`` ending in ``/``, or naming a directory, gets ``part-0.jsonl`` inside.
+    """
     p = check_path(path)
     if format is not None:
         fmt = check_format(format)
