@@ -14,7 +14,8 @@ import millstream
 
 PUBLIC_MODULES = ["millstream", "millstream.agg", "millstream.windows", "millstream.state", "millstream.errors",
                   "millstream.testing", "millstream.connectors", "millstream.connectors.memory",
-                  "millstream.connectors.files", "millstream.connectors.stdio", "millstream.connectors.generator"]
+                  "millstream.connectors.files", "millstream.connectors.stdio", "millstream.connectors.generator",
+                  "millstream.nexmark"]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging as _logging
 
-from millstream import agg, connectors, errors, state, testing, windows
+from millstream import agg, connectors, errors, nexmark, state, testing, windows
 from millstream._api import Flow, KeyedStream, Stream, WindowedStream, WindowResult
 from millstream._eventtime import WatermarkStrategy
 from millstream._plan import Plan
@@ -61,6 +61,7 @@ __all__ = [
     "agg",
     "connectors",
     "errors",
+    "nexmark",
     "state",
     "testing",
     "windows",

@@ -90,7 +90,10 @@ class NexmarkConfig:
                 f"Use a rate <= {_MAX_RATE:,}/s"
             )
         if isinstance(self.base_time, datetime):
-            object.__setattr__(self, "base_time", timestamp_to_ms(self.base_time))
+            try:
+                object.__setattr__(self, "base_time", timestamp_to_ms(self.base_time))
+            except ValueError as exc:
+                raise ConfigError(f"NexmarkConfig.base_time: {exc}") from None
         elif isinstance(self.base_time, bool) or not isinstance(self.base_time, int):
             raise ConfigError(
                 f"NexmarkConfig.base_time must be an int of ms since the epoch or a timezone-aware datetime, "

@@ -6,8 +6,8 @@ two runs with the same :class:`NexmarkConfig` give the same events, bit for
 bit. :func:`event` is the reference, one dict per id, in plain Python. The
 ``*_batch`` functions compute the same values for a range of ids at once: one
 ``java.util.Random`` per lane of a numpy array, all lanes stepping together
-(the few lanes that draw more, such as rejected ``nextInt`` draws or longer
-strings, step on their own). Tests check the two against each other.
+(the lanes that draw more or less, after a rejected ``nextInt`` draw or for a
+longer string, step on their own). Tests check the two against each other.
 
 >>> from millstream.nexmark import NexmarkConfig, event
 >>> event(4)
@@ -18,12 +18,13 @@ True
 
 from __future__ import annotations
 
+import functools
 import importlib.util
-import itertools
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from millstream._runtime._codegen import Generated
 from millstream.errors import ConfigError, MissingDependencyError
 from millstream.nexmark._config import (
     AUCTION_ID_LEAD,
@@ -38,7 +39,7 @@ from millstream.nexmark._config import (
     PROPORTION_DENOMINATOR,
     NexmarkConfig,
 )
-from millstream.nexmark._model import KINDS, Auction, Bid, Kind, Person, arrow_schema
+from millstream.nexmark._model import FIELDS, KINDS, Auction, Bid, Kind, Person, arrow_schema
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -193,16 +194,18 @@ def _exact_string(rng: JavaRandom, length: int) -> str:
     """Beam's ``nextExactString``: ``length`` characters, six from each 32-bit draw."""
     parts: list[str] = []
     append = parts.append
-    pos, neg = _PAIRS_POS, _PAIRS_NEG
+    seed = rng.seed
     for _ in range((length + 5) // 6):
-        rnd = rng.next(32)
-        table = pos
-        if rnd < 0:
-            rnd = -rnd
-            table = neg
+        seed = (seed * _MULT + _ADD) & _MASK  # rng.next(32), inlined: this loop is the row generator's hot spot
+        rnd = seed >> 16
+        table = _PAIRS_POS
+        if rnd >= _INT_LIMIT:  # a negative Java int
+            rnd = (1 << 32) - rnd
+            table = _PAIRS_NEG
         append(table[rnd % 676])
         append(table[rnd // 676 % 676])
         append(table[rnd // 456_976 % 676])
+    rng.seed = seed
     text = "".join(parts)
     return text if len(text) == length else text[:length]
 
@@ -332,14 +335,14 @@ def tagged(event_id: int, cfg: NexmarkConfig) -> dict[str, Any]:
 # character matrices (``_Chars``) and strings picked from a fixed list (``_Pick``). They become an Arrow
 # record batch (``*_batch``) or Python row dicts (the source) without passing through each other.
 
-_LANES_PER_CHUNK = 1 << 16  # events made at once by *_batch: bounds the memory of the character matrices
+_LANES_PER_CHUNK = 1 << 14  # events made at once by *_batch: the character matrices stay in the cache
 
 
 def need_numpy() -> Any:
     try:
         import numpy
     except ImportError:
-        raise MissingDependencyError("numpy", "parquet", "The columnar Nexmark generator") from None
+        raise MissingDependencyError("numpy", "nexmark", "The columnar Nexmark generator") from None
     return numpy
 
 
@@ -351,7 +354,7 @@ def _need_pyarrow() -> Any:
     try:
         import pyarrow
     except ImportError:
-        raise MissingDependencyError("pyarrow", "parquet", "Columnar Nexmark batches") from None
+        raise MissingDependencyError("pyarrow", "nexmark", "Columnar Nexmark batches") from None
     return pyarrow
 
 
@@ -427,10 +430,9 @@ def _transpose(np: Any, matrix: Any) -> Any:
 class _Lanes:
     """Many ``java.util.Random`` at once: lane ``j`` is ``Random(ids[j])``.
 
-    The methods draw for all lanes; ``lanes`` (indices) or ``active`` (a mask)
-    restrict the draw to some of them, and the result has one value per
-    drawing lane (``lanes``) or per lane (``active``: the others' values are
-    meaningless). Results are int64 arrays.
+    The methods draw for every lane, or with ``lanes`` (indices) for those
+    lanes only, and return int64 arrays with one value per drawing lane. Each
+    lane sees the same sequence of draws as the row generator's ``JavaRandom``.
     """
 
     def __init__(self, ids: Any) -> None:
@@ -760,21 +762,33 @@ def kind_codes(np: Any, ids: Any) -> Any:
     return (rem >= PERSON_PROPORTION).astype(np.int8) + (rem >= PERSON_PROPORTION + AUCTION_PROPORTION)
 
 
+@functools.cache
+def _row_builder(kind: Kind, tag: bool) -> Callable[..., list[dict[str, Any]]]:
+    """A function of the column lists that makes the row dicts (a dict display is much faster than dict(zip))."""
+    fields = FIELDS[kind]
+    columns = ", ".join(f"c{i}" for i in range(len(fields)))
+    values = ", ".join(f"v{i}" for i in range(len(fields)))
+    items = ", ".join(f"{name!r}: v{i}" for i, name in enumerate(fields))
+    if tag:
+        items = f"'type': {kind!r}, {items}"
+    code = Generated()
+    code.add(0, f"def _rows({columns}):")
+    code.add(1, f"return [{{{items}}} for {values} in zip({columns})]")
+    fn, _ = code.compile(f"nexmark-{kind}-rows", {}, "_rows")
+    return fn
+
+
 def rows_of(kind: Kind, ids: Any, cfg: NexmarkConfig, *, tag: bool) -> list[dict[str, Any]]:
     """The row dicts of events ``ids`` (an int64 array, all of ``kind``), made in columns.
 
-    With ``tag``, each row starts with ``"type": kind`` as :func:`event` gives it.
+    With ``tag``, each row starts with ``"type": kind``, as :func:`event` gives it.
     """
     np = need_numpy()
     if not len(ids):
         return []
     columns = _COLUMN_MAKERS[kind](np, ids, cfg)
-    values = [col.tolist() if isinstance(col, np.ndarray) else col.to_list() for col in columns.values()]
-    names = tuple(columns)
-    if tag:
-        names = ("type", *names)
-        values.insert(0, itertools.repeat(kind))
-    return [dict(zip(names, row, strict=False)) for row in zip(*values, strict=False)]
+    lists = [col.tolist() if isinstance(col, np.ndarray) else col.to_list() for col in columns.values()]
+    return _row_builder(kind, tag)(*lists)
 
 
 _SHARE = {"person": PERSON_PROPORTION, "auction": AUCTION_PROPORTION,

@@ -92,5 +92,5 @@ def arrow_schema(kind: Kind) -> pa.Schema:
     try:
         import pyarrow as pa
     except ImportError:
-        raise MissingDependencyError("pyarrow", "parquet", "Columnar Nexmark batches") from None
+        raise MissingDependencyError("pyarrow", "nexmark", "Columnar Nexmark batches") from None
     return pa.schema([(name, pa.string() if name in _STRING_FIELDS else pa.int64()) for name in FIELDS[kind]])

@@ -1,0 +1,223 @@
+"""The Nexmark source: the generator's events as row dicts, replayable from any position."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Any, cast
+
+from millstream.connectors._base import Source, SourceContext, SourceReader
+from millstream.errors import ConfigError
+from millstream.nexmark._config import NexmarkConfig
+from millstream.nexmark._generator import ROW_MAKERS, have_numpy, kind_codes, kind_of, need_numpy, rows_of, tagged
+from millstream.nexmark._model import KINDS, Kind, check_kind
+
+__all__ = ["NexmarkSource", "read"]
+
+_BLOCK = 16_384  # events made at once (in columns, when numpy is there); fewer when paced slowly
+
+
+class NexmarkSource(Source):
+    """Nexmark events: all kinds (each row tagged with ``"type"``) or one kind (untagged rows).
+
+    The position is the number of events emitted so far (of all kinds): a
+    restore regenerates exactly the events that followed it.
+    """
+
+    replayable = True
+
+    def __init__(self, config: NexmarkConfig | None = None, *, kind: str = "all", rate: float | None = None,
+                 burst: int | None = None, name: str | None = None) -> None:
+        if config is None:
+            config = NexmarkConfig()
+        if not isinstance(config, NexmarkConfig):
+            raise ConfigError(f"nexmark.read() takes a NexmarkConfig, not {config!r}")
+        check_kind(kind, allow_all=True)
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float)
+                                 or not math.isfinite(rate) or rate <= 0):
+            raise ConfigError(f"rate must be a number of events per second > 0, or None (as fast as possible), "
+                              f"not {rate!r}")
+        if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int) or burst < 1):
+            raise ConfigError(f"burst must be an int >= 1, not {burst!r}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigError(f"name must be a non-empty str, not {name!r}")
+        self.config = config
+        self.kind = kind
+        #: the one kind read, or None for all of them
+        self.only: Kind | None = None if kind == "all" else cast(Kind, kind)
+        self.rate = rate
+        #: most events released at once after a stall (default: one second's worth)
+        self.burst = burst if burst is not None else (max(1, math.ceil(rate)) if rate is not None else None)
+        self.name = name or ("nexmark" if kind == "all" else f"nexmark-{kind}")
+        self.bounded = config.events is not None
+
+    def open(self, ctx: SourceContext) -> SourceReader:
+        return _NexmarkReader(self, ctx)
+
+    def describe(self) -> str:
+        cfg = self.config
+        count = "unbounded" if cfg.events is None else f"{cfg.events:,}"
+        what = f"{count} events" if self.only is None else f"{self.only}s of {count} events"
+        paced = f", paced at {self.rate:,g}/s" if self.rate is not None else ""
+        return f"nexmark {what} ({cfg.rate:,} events/s of event time{paced})"
+
+    def default_name(self) -> str:
+        return self.name
+
+
+class _NexmarkReader(SourceReader):
+    """Makes events a block at a time into a buffer, and releases them by position."""
+
+    def __init__(self, src: NexmarkSource, ctx: SourceContext) -> None:
+        self.src = src
+        self.cfg = src.config
+        self.clock = ctx.clock
+        self.only = src.only
+        self.columnar = have_numpy()
+        self.block = _BLOCK if src.rate is None else max(256, min(_BLOCK, int(src.rate) // 20))
+        self.k = 0  # events (of all kinds) emitted so far: the position
+        self.emitted: list[int] = []  # positions of the last poll's records
+        self._reset(0)
+
+    def _reset(self, k: int) -> None:
+        self.k = k
+        self.made = k  # the next position to make
+        self.rows: list[Any] = []  # made, not yet emitted: rows[i] is at position positions[i]
+        self.positions: list[int] = []
+        self.next = 0
+        # the token bucket of the pacing, in thousandths of an event, so that integer rates stay exact
+        self.credit: float = 1000
+        self.last = self.clock.now_ms()
+
+    # -- making ---------------------------------------------------------------------------------------
+    def _make(self) -> None:
+        start = self.made
+        stop = start + self.block
+        if self.cfg.events is not None:
+            stop = min(stop, self.cfg.events)
+        if self.columnar:
+            self.rows, self.positions = self._make_columnar(start, stop)
+        else:
+            self.rows, self.positions = self._make_rows(start, stop)
+        self.next = 0
+        self.made = stop
+
+    def _make_rows(self, start: int, stop: int) -> tuple[list[Any], list[int]]:
+        cfg = self.cfg
+        event_id = cfg.event_id
+        kind = self.only
+        if kind is None:
+            return [tagged(event_id(k), cfg) for k in range(start, stop)], list(range(start, stop))
+        make = ROW_MAKERS[kind]
+        rows, positions = [], []
+        for k in range(start, stop):
+            i = event_id(k)
+            if kind_of(i) == kind:
+                rows.append(make(i, cfg))
+                positions.append(k)
+        return rows, positions
+
+    def _make_columnar(self, start: int, stop: int) -> tuple[list[Any], list[int]]:
+        np = need_numpy()
+        cfg = self.cfg
+        g = cfg.out_of_order_group_size
+        n = cfg.first_event_number + np.arange(start, stop, dtype=np.int64)
+        ids = cfg.first_event_id + (n // g) * g + (n * 953) % g
+        codes = kind_codes(np, ids)
+        if self.only is not None:
+            at = np.flatnonzero(codes == KINDS.index(self.only))
+            return rows_of(self.only, ids[at], cfg, tag=False), (at + start).tolist()
+        per_kind = [iter(rows_of(kind, ids[codes == c], cfg, tag=True)).__next__ for c, kind in enumerate(KINDS)]
+        return [per_kind[c]() for c in codes.tolist()], list(range(start, stop))
+
+    # -- releasing ------------------------------------------------------------------------------------
+    def _accrue(self) -> None:
+        rate, burst = self.src.rate, self.src.burst
+        assert rate is not None and burst is not None
+        now = self.clock.now_ms()
+        if now > self.last:
+            self.credit = min(burst * 1000, self.credit + (now - self.last) * rate)
+            self.last = now
+
+    def poll(self, max_records: int) -> list[Any] | None:
+        total = self.cfg.events
+        start = self.k
+        if total is not None and start >= total:
+            return None
+        if max_records <= 0:
+            return []
+        limit = total if total is not None else math.inf  # the positions below it may be released now
+        if self.src.rate is not None:
+            self._accrue()
+            allowed = int(self.credit // 1000)
+            if allowed <= 0:
+                return []
+            limit = min(limit, start + allowed)
+        out: list[Any] = []
+        emitted: list[int] = []
+        while len(out) < max_records:
+            if self.next >= len(self.rows):
+                if self.made >= limit:
+                    break
+                self._make()
+                continue
+            stop = min(bisect.bisect_left(self.positions, limit, self.next), self.next + max_records - len(out))
+            if stop == self.next:
+                break
+            out += self.rows[self.next:stop]
+            emitted += self.positions[self.next:stop]
+            self.next = stop
+        self.emitted = emitted
+        if len(out) == max_records:
+            self.k = emitted[-1] + 1
+        else:  # every position below the limit is used up (the kinds left out emit nothing)
+            self.k = int(limit)
+        if self.src.rate is not None:
+            self.credit -= (self.k - start) * 1000
+        return out
+
+    def position_of(self, index: int) -> str | None:
+        if 0 <= index < len(self.emitted):
+            return f"{self.src.name}[event {self.cfg.event_id(self.emitted[index])}]"
+        return None
+
+    def wait_hint(self) -> float | None:
+        rate = self.src.rate
+        total = self.cfg.events
+        if rate is None or (total is not None and self.k >= total):
+            return None
+        self._accrue()
+        if self.credit >= 1000:
+            return 0.0
+        return math.ceil((1000 - self.credit) / rate) / 1000
+
+    def snapshot(self) -> Any:
+        return self.k
+
+    def restore(self, position: Any) -> None:
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            raise ConfigError(f"not a position of a nexmark source: {position!r}")
+        self._reset(position)
+
+
+def read(config: NexmarkConfig | None = None, *, kind: str = "all", rate: float | None = None,
+         burst: int | None = None, name: str | None = None) -> NexmarkSource:
+    """A source of Nexmark events made by ``config`` (default: :class:`NexmarkConfig` ``()``).
+
+    ``kind="all"`` gives every event as ``{"type": "person" | "auction" | "bid", ...fields}``;
+    ``kind="person"``, ``"auction"`` or ``"bid"`` gives only that kind, as rows
+    with just its fields (the ``person``/``auction``/``bid`` views of the Flink DDL).
+    Event time is the ``dateTime`` field (int ms): pair the source with e.g.
+    :data:`millstream.nexmark.WATERMARK`.
+
+    ``rate`` paces the source against the run's clock: that many events per
+    second, counting every kind (also those ``kind`` leaves out), so that with
+    ``rate == config.rate`` events come out when their event time is due (as
+    Beam's rate-limited generator). ``burst`` caps how many are released at once
+    after a stall (default: one second's worth). Without ``rate``, as fast as
+    the flow takes them.
+
+    The source's position is the number of events emitted: restoring it makes
+    exactly the same events again (each is a pure function of its id).
+    """
+    return NexmarkSource(config, kind=kind, rate=rate, burst=burst, name=name)
