@@ -18,6 +18,7 @@ import logging as _logging
 from millstream import agg, connectors, errors, nexmark, state, testing, windows
 from millstream._api import Flow, KeyedStream, Stream, WindowedStream, WindowResult
 from millstream._eventtime import WatermarkStrategy
+from millstream._expr import Expr, col, lit, when
 from millstream._plan import Plan
 from millstream._run import MODES, JobStatus, RunConfig, RunResult, StepStatus
 from millstream._runtime._keyed import Context, TimerService
@@ -39,6 +40,7 @@ __all__ = [
     "MODES",
     "ConfigError",
     "Context",
+    "Expr",
     "Flow",
     "FlowDefinitionError",
     "JobError",
@@ -59,10 +61,13 @@ __all__ = [
     "WindowedStream",
     "__version__",
     "agg",
+    "col",
     "connectors",
     "errors",
+    "lit",
     "nexmark",
     "state",
     "testing",
+    "when",
     "windows",
 ]

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from millstream import _plan as P
 from millstream._eventtime import WatermarkStrategy
+from millstream._expr import Expr, alias_name, col, condition_problem, lit
 from millstream._location import callable_name, user_location
 from millstream._time import Duration, to_ms
 from millstream.agg import Aggregation
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Flow", "KeyedStream", "Stream", "WindowResult", "WindowedStream"]
 
-KeyLike = str | tuple[str, ...] | list[str] | Callable[[Any], Any]
+KeyLike = str | Expr | tuple[str | Expr, ...] | list[str | Expr] | Callable[[Any], Any]
 
 
 class Flow:
@@ -116,6 +117,14 @@ class Flow:
 
 
 def _check_fn(fn: Any, what: str, step: str, loc: str | None, nargs: int = 1) -> None:
+    if isinstance(fn, Expr):
+        raise FlowDefinitionError(
+            f"{what} takes a function, not an expression ({fn!r})",
+            step=step,
+            location=loc,
+            fix="expressions work in map, filter, with_columns, select, key_by and timestamp=; "
+            f"here pass a function, e.g. .{what}(lambda event: ...)",
+        )
     if not callable(fn):
         raise FlowDefinitionError(
             f"{what} needs a function, got {type(fn).__name__} {fn!r}",
@@ -139,20 +148,81 @@ def _check_fn(fn: Any, what: str, step: str, loc: str | None, nargs: int = 1) ->
         ) from None
 
 
-def _key_spec(key: Any, step: str, loc: str | None, name: str | None) -> P.KeySpec:
+def _field_of(key: Any) -> str | None:
+    """The field a key names: a non-empty str, or ``col(name)`` alone."""
     if isinstance(key, str) and key:
-        return P.KeySpec(fields=(key,), name=key)
-    if isinstance(key, tuple | list) and key and all(isinstance(k, str) and k for k in key):
-        return P.KeySpec(fields=tuple(key), name="key")
+        return key
+    if isinstance(key, Expr) and key.equals(col(key.output_name)):
+        return key.output_name
+    return None
+
+
+def _key_spec(key: Any, step: str, loc: str | None, name: str | None) -> P.KeySpec:
+    field = _field_of(key)
+    if field is not None:
+        return P.KeySpec(fields=(field,), name=field)
+    if isinstance(key, tuple | list) and key:
+        fields = [_field_of(k) for k in key]
+        if all(f is not None for f in fields):
+            return P.KeySpec(fields=tuple(f for f in fields if f is not None), name="key")
+    if isinstance(key, Expr):
+        return P.KeySpec(expr=key, name=name or alias_name(key) or "key")
     if callable(key):
         _check_fn(key, "key_by", step, loc)
         return P.KeySpec(fn=key, name=name or "key")
     raise FlowDefinitionError(
-        f"key_by takes a field name, a tuple of field names or a function, not {key!r}",
+        f"key_by takes a field name, a tuple of field names, an expression or a function, not {key!r}",
         step=step,
         location=loc,
-        fix="e.g. .key_by('card') or .key_by(lambda tx: tx['card'])",
+        fix="e.g. .key_by('card'), .key_by(col('card').str.lower()) or .key_by(lambda tx: tx['card'])",
     )
+
+
+def _fn_name(fn: Any) -> str:
+    """How a step's function (or a misplaced expression) shows in its default name."""
+    return _short(fn) if isinstance(fn, Expr) else callable_name(fn)
+
+
+def _short(e: Expr) -> str:
+    text = repr(e)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _label(what: str, e: Expr) -> str:
+    """A default step name for an expression step: short, from its repr."""
+    return f"{what}:{_short(e)}"
+
+
+def _columns(what: str, items: Iterable[tuple[str, Any]], step: str, loc: str | None
+             ) -> tuple[tuple[str, Expr], ...]:
+    out: dict[str, Expr] = {}
+    for cname, value in items:
+        if not isinstance(value, Expr):
+            if callable(value):
+                raise FlowDefinitionError(
+                    f"{what}: column {cname!r} is a function ({callable_name(value)}), not an expression",
+                    step=step,
+                    location=loc,
+                    fix=f"build it from col, lit and when, e.g. {cname}=col('price') * 2; for arbitrary Python "
+                    f"use .map(lambda r: {{**r, {cname!r}: ...}})",
+                )
+            try:
+                value = lit(value)
+            except FlowDefinitionError as exc:
+                raise FlowDefinitionError(f"{what}: column {cname!r}: {exc.problem}", step=step, location=loc,
+                                          fix=exc.fix) from None
+        if cname in out:
+            raise FlowDefinitionError(
+                f"{what} names column {cname!r} twice", step=step, location=loc,
+                fix="give each column one expression; rename one with .alias('other_name')",
+            )
+        out[cname] = value
+    if not out:
+        raise FlowDefinitionError(
+            f"{what}() needs at least one column", step=step, location=loc,
+            fix=f"e.g. .{what}(total=col('price') * col('qty'))",
+        )
+    return tuple(out.items())
 
 
 def _check_aggs(aggs: Mapping[str, Any], step: str, loc: str | None) -> tuple[tuple[str, Aggregation], ...]:
@@ -205,17 +275,79 @@ class Stream:
 
     def _fn_step(self, cls: type[P.FnOp], what: str, fn: Any, name: str | None) -> Stream:
         loc = user_location()
+        if isinstance(fn, Expr) and cls in (P.MapOp, P.FilterOp):
+            step = name or _label(what, fn)
+            problem = condition_problem(fn) if cls is P.FilterOp else None
+            if problem is not None:
+                raise FlowDefinitionError(
+                    f"filter keeps the records for which its condition is true, but {problem}",
+                    step=step,
+                    location=loc,
+                    fix="compare it, e.g. .filter(col('price') * 0.908 > 500)",
+                )
+            return Stream(self._flow, self._then(cls(fn), step, loc))
         step = name or f"{what}:{callable_name(fn)}" if callable(fn) else (name or what)
+        if not callable(fn) and not isinstance(fn, Expr) and cls in (P.MapOp, P.FilterOp):
+            raise FlowDefinitionError(
+                f"{what} needs a function or an expression, got {type(fn).__name__} {fn!r}",
+                step=step,
+                location=loc,
+                fix=f"pass an expression or a function, e.g. .{what}(col('price') > 500) "
+                f"or .{what}(lambda event: ...)",
+            )
         _check_fn(fn, what, step, loc)
         return Stream(self._flow, self._then(cls(fn), step, loc))
 
-    def map(self, fn: Callable[[Any], Any], *, name: str | None = None) -> Stream:
-        """One output record per input record: ``fn(record)``."""
+    def map(self, fn: Callable[[Any], Any] | Expr, *, name: str | None = None) -> Stream:
+        """One output record per input record: ``fn(record)``, or the value of an expression."""
         return self._fn_step(P.MapOp, "map", fn, name)
 
-    def filter(self, fn: Callable[[Any], bool], *, name: str | None = None) -> Stream:
-        """Keep the records for which ``fn(record)`` is true."""
+    def filter(self, fn: Callable[[Any], bool] | Expr, *, name: str | None = None) -> Stream:
+        """Keep the records for which ``fn(record)`` is true, or an expression is (null is not)."""
         return self._fn_step(P.FilterOp, "filter", fn, name)
+
+    def with_columns(self, *columns: Expr, name: str | None = None, **exprs: Expr | Any) -> Stream:
+        """Each dict record copied with fields added or replaced: ``{**record, field: expr, ...}``.
+
+        Keywords name their field; positional expressions are named by
+        :attr:`Expr.output_name` (their ``alias``, else their first field). Every
+        expression reads the incoming record; plain values are constants. ``name``
+        names the step: a field called ``name`` goes in positionally,
+        ``.with_columns(col("first").alias("name"))``.
+        """
+        return self._columns_step("with_columns", P.WithColumnsOp, columns, name, exprs, user_location())
+
+    def select(self, *columns: str | Expr, name: str | None = None, **exprs: Expr | Any) -> Stream:
+        """A new dict record of just the given fields: field names, expressions (named by
+        :attr:`Expr.output_name`, e.g. their ``alias``) and ``field=expr`` keywords."""
+        return self._columns_step("select", P.SelectOp, columns, name, exprs, user_location())
+
+    def _columns_step(self, what: str, cls: type[P.WithColumnsOp | P.SelectOp], columns: tuple[Any, ...],
+                      name: Any, exprs: dict[str, Any], loc: str | None) -> Stream:
+        if name is not None and not isinstance(name, str):
+            raise FlowDefinitionError(
+                f"{what}(name=...) names the step, so it takes a str, not {name!r}",
+                step=what, location=loc,
+                fix=f"put a field called 'name' in positionally: .{what}(col('first').alias('name'))",
+            )
+        items: list[tuple[str, Any]] = []
+        for c in columns:
+            if isinstance(c, str) and c and what == "select":
+                items.append((c, col(c)))
+            elif isinstance(c, Expr):
+                items.append((c.output_name, c))
+            else:
+                example = "'card', " if what == "select" else ""
+                raise FlowDefinitionError(
+                    f"{what} takes {'field names and ' if what == 'select' else ''}expressions, not {c!r}",
+                    step=name or what,
+                    location=loc,
+                    fix=f"e.g. .{what}({example}col('amount').alias('eur'), usd=col('amount') * 1.1)",
+                )
+        items.extend(exprs.items())
+        step = name or f"{what}:" + ",".join(n for n, _ in items)
+        cols = _columns(what, items, step, loc)
+        return Stream(self._flow, self._then(cls(cols), step, loc))
 
     def flat_map(self, fn: Callable[[Any], Iterable[Any]], *, name: str | None = None) -> Stream:
         """Zero or more output records per input record: each item of ``fn(record)``."""
@@ -226,13 +358,20 @@ class Stream:
         return self._fn_step(P.InspectOp, "inspect", fn, name)
 
     def key_by(self, key: KeyLike, *, name: str | None = None) -> KeyedStream:
-        """Partition by key: a field name, a tuple of field names, or a function of the record.
+        """Partition by key: a field name, a tuple of field names, an expression or a function of the record.
 
-        Keyed results carry the key in the field(s) it was read from, or in
-        ``name`` (default ``"key"``) for a function.
+        Keyed results carry the key in the field(s) it was read from (``col("card")``
+        counts as the field ``card``), or in ``name`` for another expression (default:
+        its alias, else ``"key"``) or a function (default ``"key"``).
         """
         loc = user_location()
-        step = f"key_by:{key if isinstance(key, str) else callable_name(key) if callable(key) else 'fields'}"
+        field = _field_of(key)
+        if field is not None:
+            step = f"key_by:{field}"
+        elif isinstance(key, Expr):
+            step = _label("key_by", key)
+        else:
+            step = f"key_by:{callable_name(key) if callable(key) else 'fields'}"
         spec = _key_spec(key, step, loc, name)
         node = self._then(P.KeyByOp(spec), step, loc)
         return KeyedStream(self._flow, node, spec)
@@ -296,7 +435,7 @@ class KeyedStream(Stream):
     def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None) -> Stream:
         """Running reduce: for each record, emit ``fn(previous result, record)`` of its key."""
         loc = user_location()
-        step = name or f"reduce:{callable_name(fn)}"
+        step = name or f"reduce:{_fn_name(fn)}"
         _check_fn(fn, "reduce", step, loc, nargs=2)
         return Stream(self._flow, self._then(P.ReduceOp(self._key, fn), step, loc))
 
@@ -325,7 +464,7 @@ class KeyedStream(Stream):
         ``state``), ``timers`` and ``emit(value)``.
         """
         loc = user_location()
-        step = name or f"process:{callable_name(fn)}"
+        step = name or f"process:{_fn_name(fn)}"
         _check_fn(fn, "process", step, loc, nargs=2)
         if on_timer is not None:
             _check_fn(on_timer, "process(on_timer=...)", step, loc, nargs=2)
@@ -416,7 +555,7 @@ class WindowedStream:
         A dict result gets ``window_start``/``window_end`` added; another value is
         emitted as ``{key..., "window_start", "window_end", "value"}``.
         """
-        step = self._name or f"window:{callable_name(fn)}"
+        step = self._name or f"window:{_fn_name(fn)}"
         _check_fn(fn, "reduce", step, user_location(), nargs=2)
         return self._finish(P.WindowOp(self._key, self._assigner, self._lateness, reduce_fn=fn), step)
 
@@ -425,7 +564,7 @@ class WindowedStream:
 
         ``records`` are sorted by event time; ``window`` has ``start`` and ``end``.
         """
-        step = self._name or f"window:{callable_name(fn)}"
+        step = self._name or f"window:{_fn_name(fn)}"
         _check_fn(fn, "process", step, user_location(), nargs=3)
         return self._finish(P.WindowOp(self._key, self._assigner, self._lateness, process_fn=fn), step)
 

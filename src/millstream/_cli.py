@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 
 from millstream._api import Flow
+from millstream._guarantee import GUARANTEES
 from millstream._progress import LiveProgress, print_summary
 from millstream._run import MODES, RunConfig, RunResult
 from millstream.errors import ConfigError, FlowDefinitionError, MillstreamError, StepError
@@ -85,7 +86,9 @@ def _run_flow(flow: Flow, args: argparse.Namespace, console: Console) -> RunResu
     show = args.progress == "on" or (args.progress == "auto" and console.is_terminal and not args.quiet)
     if show:
         progress = LiveProgress(console)
-    cfg = RunConfig(mode=args.mode, max_chunk=args.max_chunk, on_progress=progress)
+    cfg = RunConfig(mode=args.mode, max_chunk=args.max_chunk, on_progress=progress, guarantee=args.guarantee,
+                    checkpoint_dir=args.checkpoint_dir, checkpoint_interval=args.checkpoint_interval,
+                    restarts=args.restarts)
     try:
         return flow.run(config=cfg)
     finally:
@@ -123,6 +126,8 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     flow = load_flow(args.job, _parse_sets(args.set), args.flow)
     result = _run_flow(flow, args, console)
     if not args.quiet:
+        if result.already_finished:
+            console.print(f"the job had already finished (checkpoints in {args.checkpoint_dir}); nothing to do")
         print_summary(console, result)
     return 130 if result.interrupted else 0
 
@@ -176,6 +181,15 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                         help="live progress in the terminal (auto: when stderr is a terminal)")
         sp.add_argument("-q", "--quiet", action="store_true", help="print no summary")
+        sp.add_argument("--guarantee", choices=GUARANTEES, default=None,
+                        help="delivery guarantee across crashes (needs --checkpoint-dir; default with one: "
+                        "at-least-once)")
+        sp.add_argument("--checkpoint-dir", default=None,
+                        help="take checkpoints here; running again with the same directory resumes")
+        sp.add_argument("--checkpoint-interval", type=int, default=1000, metavar="MS",
+                        help="milliseconds between checkpoints (default 1000)")
+        sp.add_argument("--restarts", type=int, default=0,
+                        help="restart a failed job from its latest checkpoint up to this many times")
 
     run = sub.add_parser("run", help="run the flow defined in a job file")
     run.add_argument("job", help="a Python file defining a Flow (or build(params) returning one)")

@@ -6,13 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from millstream._expr import Expr
 from millstream._time import MIN_WATERMARK, Duration, to_ms
 from millstream.errors import ConfigError
 
 __all__ = ["TimestampSpec", "WatermarkStrategy"]
 
-TimestampSpec = str | Callable[[Any], Any]
-"""How to read an event's time: a field name, or a function of the record."""
+TimestampSpec = str | Expr | Callable[[Any], Any]
+"""How to read an event's time: a field name, an expression such as ``col("ts")``, or a function of the record."""
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,10 @@ class WatermarkStrategy:
     unit: str = "ms"
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.timestamp, str) or callable(self.timestamp)):
+        if not (isinstance(self.timestamp, str | Expr) or callable(self.timestamp)):
             raise ConfigError(
-                f"timestamp must be a field name or a function of the record, not {self.timestamp!r}"
+                f"timestamp must be a field name, an expression or a function of the record, "
+                f"not {self.timestamp!r}"
             )
         if self.bound_ms < 0:
             raise ConfigError(f"the out-of-orderness bound must be >= 0, got {self.bound_ms} ms")
@@ -73,7 +75,10 @@ class WatermarkStrategy:
         return replace(self, idle_timeout_ms=to_ms(timeout, "idle timeout"))
 
     def describe(self) -> str:
-        ts = self.timestamp if isinstance(self.timestamp, str) else getattr(self.timestamp, "__name__", "fn")
+        if isinstance(self.timestamp, str | Expr):
+            ts = str(self.timestamp)
+        else:
+            ts = getattr(self.timestamp, "__name__", "fn")
         text = f"timestamp={ts!s}, bound={self.bound_ms}ms"
         if self.unit != "ms":
             text += f", unit={self.unit}"

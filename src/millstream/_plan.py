@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from millstream._eventtime import WatermarkStrategy
+from millstream._expr import Expr, col
 from millstream._location import callable_name
 from millstream.agg import Aggregation
 from millstream.connectors._base import Sink, Source
@@ -18,21 +19,24 @@ __all__ = ["KeySpec", "Node", "Plan"]
 
 @dataclass(frozen=True)
 class KeySpec:
-    """How a record's key is read: one field, several fields, or a function."""
+    """How a record's key is read: one field, several fields, a function or an expression."""
 
     fields: tuple[str, ...] = ()
     fn: Callable[[Any], Any] | None = None
     name: str = "key"
+    expr: Expr | None = None
 
     def describe(self) -> str:
         if self.fn is not None:
             return callable_name(self.fn)
+        if self.expr is not None:
+            return repr(self.expr)
         return ", ".join(self.fields)
 
     @property
     def output_fields(self) -> tuple[str, ...]:
         """The columns a keyed result carries its key in."""
-        return self.fields if self.fn is None else (self.name,)
+        return self.fields if self.fn is None and self.expr is None else (self.name,)
 
 
 # -- operators: one frozen dataclass per kind ------------------------------------------
@@ -59,19 +63,25 @@ class SourceOp(Op):
 
 @dataclass(frozen=True)
 class FnOp(Op):
-    fn: Callable[..., Any]
+    """A step of one user function of the record; map and filter also take an expression."""
+
+    fn: Callable[..., Any] | Expr
 
     def describe(self) -> str:
-        return callable_name(self.fn)
+        return repr(self.fn) if isinstance(self.fn, Expr) else callable_name(self.fn)
 
 
 @dataclass(frozen=True)
 class MapOp(FnOp):
+    """One output per record: ``fn(record)``, or the value of an expression."""
+
     kind = "map"
 
 
 @dataclass(frozen=True)
 class FilterOp(FnOp):
+    """The records for which ``fn(record)`` is true, or an expression's condition is (null is not)."""
+
     kind = "filter"
 
 
@@ -83,6 +93,35 @@ class FlatMapOp(FnOp):
 @dataclass(frozen=True)
 class InspectOp(FnOp):
     kind = "inspect"
+
+
+def _describe_columns(columns: tuple[tuple[str, Expr], ...]) -> str:
+    return ", ".join(name if e.equals(col(name)) else f"{name}={e!r}" for name, e in columns)
+
+
+@dataclass(frozen=True)
+class WithColumnsOp(Op):
+    """A copy of each dict record with fields added or replaced: ``{**r, name: expr, ...}``.
+
+    Every expression reads the incoming record.
+    """
+
+    columns: tuple[tuple[str, Expr], ...]
+    kind = "with_columns"
+
+    def describe(self) -> str:
+        return _describe_columns(self.columns)
+
+
+@dataclass(frozen=True)
+class SelectOp(Op):
+    """A new dict record of just these fields: ``{name: expr, ...}``."""
+
+    columns: tuple[tuple[str, Expr], ...]
+    kind = "select"
+
+    def describe(self) -> str:
+        return _describe_columns(self.columns)
 
 
 @dataclass(frozen=True)
@@ -191,7 +230,7 @@ class SinkOp(Op):
         return self.connector.describe()
 
 
-STATELESS = (MapOp, FilterOp, FlatMapOp, InspectOp, KeyByOp)
+STATELESS = (MapOp, FilterOp, FlatMapOp, InspectOp, WithColumnsOp, SelectOp, KeyByOp)
 
 
 @dataclass(frozen=True)

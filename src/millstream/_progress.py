@@ -25,6 +25,13 @@ def status_table(st: JobStatus, *, title: str | None = None) -> Table:
         t.add_row(name, s.kind, f"{s.records_in:,}", f"{s.records_out:,}", notes)
     t.caption = (f"read {st.records_read:,} · {st.rate:,.0f}/s · written {st.records_written:,} · "
                  f"watermark {format_ms(st.watermark)}")
+    ck = getattr(st, "checkpoints", None)
+    if ck is not None:
+        restored = f" · resumed from {ck.restored_from}" if ck.restored_from is not None else ""
+        lost = f" · {ck.lost:,} lost to a crash" if ck.lost else ""
+        t.caption += (f"\n{st.guarantee}: {ck.completed} checkpoints · last #{ck.last_id} "  # type: ignore[attr-defined]
+                      f"{ck.last_size_bytes:,} B in {ck.last_duration_ms:.1f} ms (max {ck.max_duration_ms:.1f} ms)"
+                      f" · alignment {ck.alignment_ms:.0f} ms{restored}{lost}")
     return t
 
 

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
+from millstream._checkpoint import CheckpointStats
 from millstream._clock import Clock, SystemClock
 from millstream._plan import Plan
-from millstream._time import MIN_WATERMARK, format_ms
-from millstream.errors import ConfigError
+from millstream._time import MIN_WATERMARK, format_ms, to_ms
+from millstream.errors import CheckpointError, ConfigError, JobError, MillstreamError
+
+log = logging.getLogger("millstream.run")
 
 __all__ = ["MODES", "JobStatus", "RunConfig", "RunResult", "StepStatus"]
 
@@ -66,6 +72,10 @@ class RunResult(JobStatus):
 
     ok: bool = True
     interrupted: bool = False
+    guarantee: str = "none"
+    checkpoints: CheckpointStats | None = None
+    restarts: int = 0
+    already_finished: bool = False
 
     def summary(self) -> str:
         lines = [
@@ -74,6 +84,13 @@ class RunResult(JobStatus):
             f"{self.rate:,.0f} records/s",
             f"  watermark: {format_ms(self.watermark)}",
         ]
+        ck = self.checkpoints
+        if ck is not None:
+            restored = f", resumed from checkpoint {ck.restored_from}" if ck.restored_from is not None else ""
+            lost = f", {ck.lost:,} records lost to the crash (at-most-once)" if ck.lost else ""
+            lines.append(f"  {self.guarantee}: {ck.completed} checkpoints (last {ck.last_id}, "
+                         f"{ck.last_size_bytes:,} bytes, {ck.last_duration_ms:.1f} ms){restored}{lost}"
+                         + (f", {self.restarts} restarts" if self.restarts else ""))
         for s in self.steps:
             extra = "".join(f", {k} {v:,}" for k, v in s.extra.items() if v)
             name = " -> ".join(s.fused) if len(s.fused) > 1 else s.name
@@ -90,6 +107,15 @@ class RunConfig:
       a live source returns what it has).
     - ``clock``: processing time; ``millstream.testing.ManualClock`` in tests.
     - ``on_progress``: called with a :class:`JobStatus` every ``progress_interval_s``.
+    - ``guarantee``: ``"none"`` (default without a checkpoint directory),
+      ``"at-most-once"``, ``"at-least-once"`` (default with one) or ``"exactly-once"``;
+      checked against the flow's connectors before anything runs.
+    - ``checkpoint_dir``: where checkpoints go; a run with the same directory resumes
+      from the latest complete checkpoint. ``checkpoint_interval`` (ms or timedelta),
+      ``checkpoints_retained`` how many to keep.
+    - ``restarts``: how many times a failed job restarts from its latest checkpoint
+      before giving up (``restart_delay_s`` apart); a poison record fails the job
+      after that many tries instead of looping forever.
     """
 
     mode: str = "native"
@@ -98,8 +124,42 @@ class RunConfig:
     on_progress: Callable[[JobStatus], None] | None = None
     progress_interval_s: float = 0.5
     idle_sleep_s: float = 0.002
+    guarantee: str | None = None
+    checkpoint_dir: str | os.PathLike[str] | None = None
+    checkpoint_interval: int | timedelta = 1_000
+    checkpoints_retained: int = 3
+    restarts: int = 0
+    restart_delay_s: float = 1.0
+
+    @property
+    def effective_guarantee(self) -> str:
+        if self.guarantee is not None:
+            return self.guarantee
+        return "none" if self.checkpoint_dir is None else "at-least-once"
+
+    @property
+    def checkpoint_interval_ms(self) -> int:
+        return to_ms(self.checkpoint_interval, "checkpoint_interval")
 
     def __post_init__(self) -> None:
+        from millstream._guarantee import GUARANTEES
+
+        if self.guarantee is not None and self.guarantee not in GUARANTEES:
+            raise ConfigError(f"unknown guarantee {self.guarantee!r}; choose one of {', '.join(GUARANTEES)}")
+        if self.effective_guarantee != "none" and self.checkpoint_dir is None:
+            raise ConfigError(
+                f"guarantee {self.guarantee!r} needs checkpoints: pass checkpoint_dir=... (--checkpoint-dir on the CLI)"
+            )
+        if self.checkpoint_dir is not None and self.effective_guarantee == "none":
+            raise ConfigError(
+                "checkpoint_dir is set but guarantee is 'none': choose a guarantee, or drop the directory"
+            )
+        if self.checkpoint_interval_ms <= 0:
+            raise ConfigError(f"checkpoint_interval must be > 0, got {self.checkpoint_interval_ms} ms")
+        if self.restarts < 0 or self.checkpoints_retained < 1:
+            raise ConfigError("restarts must be >= 0 and checkpoints_retained >= 1")
+        if self.restarts and self.checkpoint_dir is None:
+            raise ConfigError("restarts need a checkpoint_dir: a restart without one would replay output from scratch")
         if self.mode not in MODES:
             raise ConfigError(f"unknown mode {self.mode!r}; this build runs: {', '.join(MODES)}")
         if isinstance(self.max_chunk, bool) or not isinstance(self.max_chunk, int) or self.max_chunk <= 0:
@@ -134,28 +194,57 @@ def _status(job: Any, flow: str, mode: str, started: float, cls: type = JobStatu
 
 
 def run_plan(plan: Plan, cfg: RunConfig) -> RunResult:
+    from millstream._checkpoint import Coordinator
+    from millstream._guarantee import check_guarantee
     from millstream._runtime._base import Runtime
     from millstream._runtime._native import NativeJob, run_native
 
-    rt = Runtime(cfg.clock or SystemClock())
-    job = NativeJob(plan, rt)
+    guarantee = cfg.effective_guarantee
+    check_guarantee(plan, guarantee)
+    clock = cfg.clock or SystemClock()
+    coordinator = None
+    if cfg.checkpoint_dir is not None:
+        coordinator = Coordinator(plan, os.fspath(cfg.checkpoint_dir), guarantee=guarantee,
+                                  interval_ms=cfg.checkpoint_interval_ms, retain=cfg.checkpoints_retained, clock=clock)
     started = time.monotonic()
-    tick = None
-    if cfg.on_progress is not None:
-        callback = cfg.on_progress
+    interrupted = finished_before = False
+    restarts = 0
+    callback = cfg.on_progress
+    while True:
+        job = NativeJob(plan, Runtime(clock))
+        tick = None
+        if callback is not None:
 
-        def tick() -> None:
-            callback(_status(job, plan.flow, cfg.mode, started))
+            def tick(job: NativeJob = job, callback: Callable[[JobStatus], None] = callback) -> None:
+                callback(_status(job, plan.flow, cfg.mode, started))
 
-    interrupted = False
-    job.open()
-    try:
-        run_native(job, max_chunk=cfg.max_chunk, idle_sleep_s=cfg.idle_sleep_s, on_tick=tick,
-                   tick_interval_s=cfg.progress_interval_s)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        job.close()
+        try:
+            job.open()
+            if coordinator is not None:
+                loaded = coordinator.recover(job)
+                finished_before = loaded is not None and loaded.finished
+            if not finished_before:
+                run_native(job, max_chunk=cfg.max_chunk, idle_sleep_s=cfg.idle_sleep_s, on_tick=tick,
+                           tick_interval_s=cfg.progress_interval_s, coordinator=coordinator)
+                if coordinator is not None:
+                    coordinator.checkpoint(job, finished=True)
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+            break
+        except (MillstreamError, OSError) as exc:
+            if coordinator is None or restarts >= cfg.restarts or isinstance(exc, CheckpointError | ConfigError):
+                if restarts:
+                    raise JobError(f"the job failed {restarts + 1} times; giving up. Last error:\n{exc}") from exc
+                raise
+            restarts += 1
+            log.warning("job failed (%s); restart %d of %d from the latest checkpoint", exc, restarts, cfg.restarts)
+            clock.sleep(cfg.restart_delay_s)
+        finally:
+            job.close()
     result: RunResult = _status(job, plan.flow, cfg.mode, started, RunResult, ok=not interrupted,
-                                interrupted=interrupted)
+                                interrupted=interrupted,
+                                guarantee=guarantee, checkpoints=coordinator.stats if coordinator else None,
+                                restarts=restarts,
+                                already_finished=finished_before)
     return result

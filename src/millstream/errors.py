@@ -11,7 +11,8 @@ ValueError`` keeps working for code that does not know millstream::
     ├── MissingDependencyError (ImportError) an optional extra is not installed
     ├── RecordError (ValueError)             a malformed input record (source + position)
     └── JobError (RuntimeError)              a running job failed
-        └── StepError                        a user function raised inside a step
+        ├── StepError                        a user function raised inside a step
+        └── CheckpointError                  a checkpoint is corrupt, partial or from another flow
 
 Errors raised while building name the step, the user's file and line, and the fix.
 Errors raised while running name the step, the key, the event time and the
@@ -23,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
     "FlowDefinitionError",
     "GuaranteeError",
@@ -141,3 +143,7 @@ class StepError(JobError):
             text = repr(record)
             lines.append(f"  record: {text[:300]}{'...' if len(text) > 300 else ''}")
         super().__init__("\n".join(lines))
+
+
+class CheckpointError(JobError):
+    """A checkpoint cannot be used: corrupt, partial, or written by another flow."""

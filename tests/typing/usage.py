@@ -32,6 +32,23 @@ def build() -> ms.Flow:
     return flow
 
 
+def with_expressions() -> ms.Flow:
+    flow = ms.Flow("typed-expressions")
+    src = flow.source(
+        ms.connectors.memory.read([{"card": "a", "ts": 1, "amount": 2.0}]),
+        watermark=ms.WatermarkStrategy.bounded(0, timestamp=ms.col("ts")),
+    )
+    eur: ms.Expr = (ms.col("amount") * 0.908).round(2)
+    size: ms.Expr = ms.when(eur > 500).then("big").when(eur.is_null()).then(None).otherwise("small")
+    rows = (src.with_columns(eur=eur, card=ms.col("card").str.lower())
+            .filter((ms.col("eur") > 1) & ~ms.col("card").is_in(["x"]))
+            .select("card", size.alias("size"), hour=ms.col("ts").dt.hour()))
+    rows.map(ms.col("card") + ms.lit("!")).sink(ms.testing.CollectSink())
+    rows.key_by(ms.col("card")).window(ms.windows.tumbling(10)).aggregate(n=ms.agg.count()).sink(
+        ms.testing.CollectSink())
+    return flow
+
+
 def run() -> int:
     result: ms.RunResult = build().run(config=ms.RunConfig(max_chunk=100))
     return result.records_read

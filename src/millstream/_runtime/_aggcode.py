@@ -19,6 +19,8 @@ def key_expr(key: KeySpec | None, env: dict[str, Any], var: str = "r") -> str:
     if key.fn is not None:
         env["_keyfn"] = key.fn
         return f"_keyfn({var})"
+    if key.expr is not None:
+        return key.expr.to_python(env, var)
     if len(key.fields) == 1:
         return f"{var}[{key.fields[0]!r}]"
     return "(" + ", ".join(f"{var}[{f!r}]" for f in key.fields) + ")"
@@ -28,7 +30,7 @@ def key_items(key: KeySpec | None) -> list[str]:
     """Dict-literal items that put key ``k`` into a result row."""
     if key is None:
         return []
-    if key.fn is not None:
+    if key.fn is not None or key.expr is not None:
         return [f"{key.name!r}: k"]
     if len(key.fields) == 1:
         return [f"{key.fields[0]!r}: k"]

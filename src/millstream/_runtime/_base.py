@@ -87,13 +87,15 @@ class Operator:
         self.records_in = 0
         self.records_out = 0
         self.steps: list[Node] = [node]
+        #: while True, output is dropped (at-most-once recovery replays time, not output)
+        self.muted = False
 
     # -- data ------------------------------------------------------------------------
     def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
         raise MillstreamError(f"operator {self.name!r} takes no input")
 
     def emit(self, records: list[Any], times: list[int] | None) -> None:
-        if not records:
+        if not records or self.muted:
             return
         self.records_out += len(records)
         for op, port in self.outs:

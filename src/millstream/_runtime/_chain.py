@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from millstream._plan import FilterOp, FlatMapOp, InspectOp, KeyByOp, MapOp, Node
+from millstream._expr import Expr, conjuncts
+from millstream._plan import FilterOp, FlatMapOp, InspectOp, KeyByOp, MapOp, Node, SelectOp, WithColumnsOp
 
 from ._base import Operator, Runtime
 from ._codegen import Generated, frame_local, step_at
 
 
 class ChainOperator(Operator):
-    """map / filter / flat_map / inspect steps fused into one loop, no call between steps."""
+    """map / filter / flat_map / inspect / with_columns / select steps fused into one loop.
+
+    There is no call between steps, and none for an expression: its Python source
+    is inlined (``if not (... r['price'] > 500): continue``). Each generated line
+    belongs to its step, so an error names the step that raised.
+    """
 
     def __init__(self, nodes: list[Node], rt: Runtime, timed: bool) -> None:
         super().__init__(nodes[-1], rt, len(nodes[0].inputs))
@@ -33,6 +39,17 @@ class ChainOperator(Operator):
             op = node.op
             if isinstance(op, KeyByOp):
                 continue  # one worker: keying happens in the keyed step itself
+            if isinstance(op, WithColumnsOp | SelectOp):
+                items = ", ".join(f"{n!r}: {e.to_python(env)}" for n, e in op.columns)
+                g.add(depth, f"r = {{**r, {items}}}" if isinstance(op, WithColumnsOp) else f"r = {{{items}}}", node)
+                continue
+            if isinstance(op, MapOp | FilterOp) and isinstance(op.fn, Expr):
+                if isinstance(op, MapOp):
+                    g.add(depth, f"r = {op.fn.to_python(env)}", node)
+                else:  # one test per conjunct: cheap, and null drops the record
+                    for part in conjuncts(op.fn):
+                        g.add(depth, f"if not {part.to_python(env, as_condition=True)}: continue", node)
+                continue
             fn = f"_f{i}"
             env[fn] = op.fn  # type: ignore[attr-defined]
             if isinstance(op, MapOp):

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from millstream import _plan as P
-from millstream.connectors._base import DeadLetter
+from millstream.connectors._base import DeadLetter, SinkWriter
 
 from ._base import Operator, PassThrough, Runtime
 from ._chain import ChainOperator
 from ._keyed import AggregateOperator, ProcessOperator, ReduceOperator
 from ._sources import DeadLetterWriter, SinkOperator, SourceOperator
 from ._windows import _WindowBase, make_window_operator
+
+if TYPE_CHECKING:
+    from millstream._checkpoint import Coordinator
 
 
 def _chains(plan: P.Plan) -> dict[int, list[P.Node]]:
@@ -43,6 +46,7 @@ class NativeJob:
         self.ops: list[Operator] = []
         self.op_of: dict[int, Operator] = {}
         self.sources: list[SourceOperator] = []
+        self.sinks: list[SinkOperator] = []
         self.dead_letters: list[DeadLetterWriter] = []
         chain_nodes = _chains(plan)
         in_chain = {n.id: head for head, nodes in chain_nodes.items() for n in nodes}
@@ -83,7 +87,9 @@ class NativeJob:
             self.sources.append(src)
             return src
         if isinstance(op, P.SinkOp):
-            return SinkOperator(node, self.rt)
+            sink = SinkOperator(node, self.rt)
+            self.sinks.append(sink)
+            return sink
         if isinstance(op, P.UnionOp | P.LateOp):
             return PassThrough(node, self.rt, len(node.inputs))
         if isinstance(op, P.AggregateOp):
@@ -116,6 +122,15 @@ class NativeJob:
             dl.close()
         if errors:
             raise errors[0]
+
+    def writers(self) -> list[tuple[str, SinkWriter]]:
+        """Every sink writer that takes part in checkpoints: the sinks', then the dead-letter sinks'."""
+        out: list[tuple[str, SinkWriter]] = []
+        for sink in self.sinks:
+            assert sink.writer is not None
+            out.append((sink.name, sink.writer))
+        out.extend((f"{dl.step}.dead-letter", dl.open()) for dl in self.dead_letters)
+        return out
 
     def step(self, max_chunk: int) -> tuple[int, bool]:
         """One round over the sources. Returns (records read, any source still active)."""
@@ -154,7 +169,9 @@ class NativeJob:
                 op.restore(entry["state"])
 
 
-def run_native(job: NativeJob, *, max_chunk: int, idle_sleep_s: float, on_tick: Any, tick_interval_s: float) -> None:
+def run_native(job: NativeJob, *, max_chunk: int, idle_sleep_s: float, on_tick: Any, tick_interval_s: float,
+               coordinator: Coordinator | None = None) -> None:
+    """Run ``job`` until its inputs end. Checkpoints are taken between rounds, when nothing is in flight."""
     clock = job.rt.clock
     next_tick = time.monotonic() + tick_interval_s
     has_proc_timers = any(type(op).on_processing_time is not Operator.on_processing_time for op in job.ops)
@@ -162,6 +179,8 @@ def run_native(job: NativeJob, *, max_chunk: int, idle_sleep_s: float, on_tick: 
         n, active = job.step(max_chunk)
         if has_proc_timers:
             job.fire_processing_time(clock.now_ms())
+        if coordinator is not None and active and coordinator.due(clock.now_ms()):
+            coordinator.checkpoint(job)
         if on_tick is not None and time.monotonic() >= next_tick:
             on_tick()
             next_tick = time.monotonic() + tick_interval_s

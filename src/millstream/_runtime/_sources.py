@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from millstream._eventtime import WatermarkGenerator, WatermarkStrategy
+from millstream._expr import Expr
 from millstream._plan import Node, SinkOp, SourceOp
 from millstream._time import MAX_WATERMARK, MIN_WATERMARK, timestamp_to_ms
 from millstream.connectors._base import DeadLetter, SinkWriter, SourceContext, SourceReader
@@ -23,6 +25,8 @@ def compile_extractor(strategy: WatermarkStrategy) -> Any:
     g.add(1, "for r in recs:")
     if isinstance(strategy.timestamp, str):
         g.add(2, f"t = r[{strategy.timestamp!r}]")
+    elif isinstance(strategy.timestamp, Expr):
+        g.add(2, f"t = {strategy.timestamp.to_python(env)}")
     else:
         env["_tsfn"] = strategy.timestamp
         g.add(2, "t = _tsfn(r)")
@@ -53,6 +57,8 @@ class SourceOperator(Operator):
         self.gen: WatermarkGenerator | None = None
         self.ended = False
         self.bad_timestamps = 0
+        #: called after a chunk is read and before it is processed (at-most-once records positions)
+        self.on_read: Callable[[], None] | None = None
 
     def open(self) -> None:
         self.reader = self.source.open(self.ctx)
@@ -93,6 +99,8 @@ class SourceOperator(Operator):
                 recs, times, mx = self._extract_slow(recs)
             assert gen is not None
             gen.observe(mx, self.rt.clock.now_ms())
+        if self.on_read is not None:
+            self.on_read()  # read, not yet processed
         self.emit(recs, times)
         # what the watermark fires derives from many chunks, not from this one
         self.rt.current_chunk = None
@@ -138,6 +146,24 @@ class SourceOperator(Operator):
 
     def current_watermark(self) -> int:
         return self.wm
+
+    def next_watermark(self) -> int:
+        """The watermark this source will reach once the chunk in hand is processed."""
+        if self.gen is not None and self.reader is not None and self.reader.watermark() is None:
+            return max(self.wm, self.gen.current())
+        return self.wm
+
+    def advance_muted(self, wm: int, ops: list[Operator]) -> None:
+        """Move this source's watermark to ``wm`` with every downstream output dropped."""
+        if wm <= self.wm:
+            return
+        for op in ops:
+            op.muted = True
+        try:
+            self._send_watermark(wm)
+        finally:
+            for op in ops:
+                op.muted = False
 
     def snapshot(self) -> Any:
         assert self.reader is not None
@@ -189,10 +215,13 @@ class DeadLetterWriter:
         self.step = step
         self.writer: SinkWriter | None = None
 
-    def __call__(self, row: dict[str, Any]) -> None:
+    def open(self) -> SinkWriter:
         if self.writer is None:
             self.writer = self.policy.sink.open(f"{self.step}.dead-letter")
-        self.writer.write([row], None)
+        return self.writer
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        self.open().write([row], None)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -183,6 +183,8 @@ class _WindowBase(Operator):
         if self._late:
             late, late_t = self._late, self._late_t
             self._late, self._late_t = [], []
+            if self.muted:
+                return
             for op, port in self.late_outs:
                 op.push(port, late, late_t)
 

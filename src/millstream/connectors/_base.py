@@ -134,7 +134,16 @@ class Source(ABC):
 
 
 class SinkWriter(ABC):
-    """A running sink."""
+    """A running sink.
+
+    Transactional sinks (``Sink.delivery == "transactional"``) take part in
+    checkpoints with two-phase commit: at a checkpoint, :meth:`pre_commit` makes
+    everything written since the previous one durable but invisible and returns a
+    picklable transaction; once the checkpoint is complete, :meth:`commit` makes it
+    visible. After a crash, :meth:`recover` gets the transactions of the checkpoint
+    the job resumes from: it commits them (commit is idempotent) and discards any
+    other pending output, so nothing written after that checkpoint stays visible.
+    """
 
     @abstractmethod
     def write(self, records: list[Any], times: list[int] | None) -> None:
@@ -143,13 +152,37 @@ class SinkWriter(ABC):
     def flush(self) -> None:
         """Make written records durable/visible."""
 
+    def pre_commit(self, checkpoint_id: int) -> Any:
+        """Checkpoint ``checkpoint_id`` is being taken: seal what was written since the last one.
+
+        Returns a picklable transaction handle (stored in the checkpoint). The default
+        flushes and returns None: fine for sinks that are not transactional.
+        """
+        self.flush()
+        return None
+
+    def commit(self, transaction: Any) -> None:
+        """Make a pre-committed transaction visible. Must be idempotent: it may run again after a crash."""
+
+    def recover(self, transactions: list[Any]) -> None:
+        """Before writing anything after a restart: commit ``transactions`` (from the restored
+        checkpoint) and discard every other pending, uncommitted output."""
+
     def close(self) -> None:
         """Flush and release resources."""
         self.flush()
 
 
 class Sink(ABC):
-    """A declared output."""
+    """A declared output.
+
+    ``delivery`` says what the sink can promise under replay: ``"transactional"``
+    (two-phase commit with checkpoints: exactly-once), ``"idempotent"`` (writing a
+    record again replaces it, e.g. an upsert by key: exactly-once in effect), or
+    ``"none"`` (a replay writes duplicates: at-least-once at best).
+    """
+
+    delivery: str = "none"
 
     @abstractmethod
     def open(self, step: str) -> SinkWriter:

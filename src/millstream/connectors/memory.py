@@ -1,4 +1,4 @@
-"""In-memory connectors: a list as a source, a list as a sink.
+"""In-memory connectors: a list as a source, a list as a sink, a keyed table as a sink.
 
 >>> import millstream as ms
 >>> flow = ms.Flow("memory")
@@ -7,17 +7,38 @@
 >>> _ = flow.run()
 >>> out.values
 [0, 2, 4]
+
+:func:`upsert` keeps the latest record per key: writing a record again replaces it,
+so a replay after a restart changes nothing (``delivery == "idempotent"``), the
+model of an idempotent sink:
+
+>>> table = ms.connectors.memory.upsert(key="k")
+>>> flow = ms.Flow("latest")
+>>> flow.source(ms.connectors.memory.read([{"k": "a", "n": 1}, {"k": "b", "n": 2}, {"k": "a", "n": 3}])).sink(table)
+>>> _ = flow.run()
+>>> table.table
+{'a': {'k': 'a', 'n': 3}, 'b': {'k': 'b', 'n': 2}}
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from millstream.connectors._base import ErrorPolicy, Source, SourceContext, SourceReader, check_policy
+from millstream._location import callable_name
+from millstream.connectors._base import (
+    ErrorPolicy,
+    Sink,
+    SinkWriter,
+    Source,
+    SourceContext,
+    SourceReader,
+    check_policy,
+)
+from millstream.errors import ConfigError
 from millstream.testing._kit import CollectSink
 
-__all__ = ["MemorySource", "read", "write"]
+__all__ = ["MemorySource", "UpsertSink", "read", "upsert", "write"]
 
 
 class MemorySource(Source):
@@ -74,3 +95,60 @@ def read(records: Iterable[Any], *, name: str = "memory", on_error: ErrorPolicy 
 def write(name: str = "collect") -> CollectSink:
     """A sink that keeps what reaches it in ``.values`` (and event times in ``.times``)."""
     return CollectSink(name)
+
+
+class UpsertSink(Sink):
+    """An in-memory table: ``table`` maps each key to the last record written with it.
+
+    Idempotent: writing a record again (a replay after a restart) leaves the same table.
+    """
+
+    delivery = "idempotent"
+
+    def __init__(self, key: str | tuple[str, ...] | Callable[[Any], Any], *, name: str = "upsert") -> None:
+        if not (callable(key) or (isinstance(key, str) and key)
+                or (isinstance(key, tuple) and key and all(isinstance(k, str) and k for k in key))):
+            raise ConfigError(f"upsert key must be a field name, a tuple of field names or a function, not {key!r}")
+        self.key = key
+        self.name = name
+        self.table: dict[Any, Any] = {}
+        self.writes = 0
+
+    def key_of(self, record: Any) -> Any:
+        """The key ``record`` is stored under."""
+        key = self.key
+        if callable(key):
+            return key(record)
+        if not isinstance(record, Mapping):
+            raise TypeError(f"upsert by field {key!r} needs dict records, got {type(record).__name__} {record!r:.200}")
+        try:
+            return record[key] if isinstance(key, str) else tuple(record[k] for k in key)
+        except KeyError as exc:
+            raise KeyError(f"record has no field {exc.args[0]!r} to key the upsert by: {record!r:.200}") from None
+
+    def open(self, step: str) -> SinkWriter:
+        return _UpsertWriter(self)
+
+    def describe(self) -> str:
+        k = self.key
+        what = k if isinstance(k, str) else ", ".join(k) if isinstance(k, tuple) else callable_name(k)
+        return f"upsert by {what} (in memory)"
+
+    def default_name(self) -> str:
+        return self.name
+
+
+class _UpsertWriter(SinkWriter):
+    def __init__(self, sink: UpsertSink) -> None:
+        self.sink = sink
+
+    def write(self, records: list[Any], times: list[int] | None) -> None:
+        table, key_of = self.sink.table, self.sink.key_of
+        for r in records:
+            table[key_of(r)] = r
+        self.sink.writes += len(records)
+
+
+def upsert(key: str | tuple[str, ...] | Callable[[Any], Any], *, name: str = "upsert") -> UpsertSink:
+    """A sink that keeps the last record per ``key`` (a field, a tuple of fields or a function) in ``.table``."""
+    return UpsertSink(key, name=name)

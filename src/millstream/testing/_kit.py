@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from millstream._time import MAX_WATERMARK, MIN_WATERMARK, Duration, to_ms
 from millstream.connectors._base import ErrorPolicy, Sink, SinkWriter, Source, SourceContext, SourceReader, check_policy
-from millstream.errors import ConfigError
+from millstream.errors import ConfigError, JobError
 
 if TYPE_CHECKING:
     from millstream._api import Flow, Stream
@@ -190,6 +191,92 @@ class _CollectWriter(SinkWriter):
         self.sink.chunks += 1
         self.sink.values.extend(records)
         self.sink.times.extend(times if times is not None else [None] * len(records))
+
+
+class TransactionalCollectSink(CollectSink):
+    """A :class:`CollectSink` that takes part in checkpoints with two-phase commit
+    (``delivery == "transactional"``), to test exactly-once in memory.
+
+    ``values``/``times``/``items`` hold committed records only; ``pending`` what
+    was pre-committed but not committed yet. Records written after the last
+    pre-commit are the writer's own until the next one. ``recover`` commits the
+    restored checkpoint's transactions and drops everything else pending; with no
+    transactions (a fresh start) it also clears what earlier runs committed. A run
+    without checkpoints (no ``recover`` or ``pre_commit`` call) commits everything
+    when its writer closes.
+    """
+
+    delivery = "transactional"
+
+    def __init__(self, name: str = "collect") -> None:
+        super().__init__(name)
+        self.staged: dict[str, list[tuple[Any, int | None]]] = {}
+        self.committed: set[str] = set()
+
+    @property
+    def pending(self) -> list[Any]:
+        """Records pre-committed, waiting for their commit."""
+        return [v for rows in self.staged.values() for v, _ in rows]
+
+    def clear(self) -> None:
+        super().clear()
+        self.staged.clear()
+        self.committed.clear()
+
+    def open(self, step: str) -> SinkWriter:
+        return _TransactionalCollectWriter(self, step)
+
+    def describe(self) -> str:
+        return "collect (in memory, transactional)"
+
+
+class _TransactionalCollectWriter(SinkWriter):
+    def __init__(self, sink: TransactionalCollectSink, step: str) -> None:
+        self.sink = sink
+        self.step = step
+        self.buffer: list[tuple[Any, int | None]] = []
+        self.coordinated = False
+
+    def write(self, records: list[Any], times: list[int] | None) -> None:
+        self.sink.chunks += 1
+        self.buffer.extend(zip(records, times if times is not None else [None] * len(records), strict=True))
+
+    def pre_commit(self, checkpoint_id: int) -> dict[str, Any]:
+        self.coordinated = True
+        txn = uuid.uuid4().hex
+        self.sink.staged[txn] = self.buffer
+        self.buffer = []
+        return {"checkpoint": checkpoint_id, "txn": txn}
+
+    def commit(self, transaction: Any) -> None:
+        if transaction is None:
+            return
+        txn = transaction["txn"]
+        rows = self.sink.staged.pop(txn, None)
+        if rows is None:
+            if txn in self.sink.committed:
+                return  # committed before: commit is idempotent
+            raise JobError(f"sink {self.step!r} has no pending transaction of checkpoint "
+                           f"{transaction.get('checkpoint')}")
+        self.sink.committed.add(txn)
+        for value, ts in rows:
+            self.sink.values.append(value)
+            self.sink.times.append(ts)
+
+    def recover(self, transactions: list[Any]) -> None:
+        self.coordinated = True
+        self.buffer = []
+        if not transactions:
+            self.sink.clear()
+            return
+        for txn in transactions:
+            self.commit(txn)
+        self.sink.staged.clear()
+
+    def close(self) -> None:
+        if not self.coordinated and self.buffer:
+            self.commit(self.pre_commit(0))
+        self.buffer = []
 
 
 def run_collect(flow: Flow, stream: Stream, **run_options: Any) -> list[Any]:

@@ -1,0 +1,139 @@
+"""Long chaos campaigns, run by hand (figures go to docs/reliability.md).
+
+    python tests/chaos/campaign.py --guarantee exactly-once --trials 500 --kills 2 [--jobs 2]
+    python tests/chaos/campaign.py --failpoints --rounds 5          # every failpoint x guarantee, 5 times
+    python tests/chaos/campaign.py --corruptions --trials 300       # corrupt checkpoints: 100 % must be detected
+
+Each trial prints one JSON line (seed, fault schedule, anomalies); the last line sums
+them up. A trial with an anomaly is a bug: replay it from its seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import harness  # noqa: E402
+
+from millstream._checkpoint._failpoints import POINTS  # noqa: E402
+
+GUARANTEES = ["exactly-once", "at-least-once", "at-most-once"]
+PIPELINES = {"exactly-once": ["window", "sliding", "running"], "at-least-once": ["window", "sliding", "running"],
+             "at-most-once": ["window", "map"]}
+
+
+def _one(trial: harness.Trial, refs: dict[str, Counter[str]]) -> dict[str, object]:
+    work = Path(tempfile.mkdtemp(prefix="millstream-chaos-"))
+    try:
+        t0 = time.time()
+        res = harness.run_trial(trial, work, refs[trial.pipeline])
+        res["seconds"] = round(time.time() - t0, 2)
+        return res
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def corruption_trial(seed: int, refs_dir: Path) -> dict[str, object]:
+    """Crash a job midway, corrupt its newest checkpoint, restart: the restart must refuse it (exit 1)."""
+    rnd = random.Random(seed)
+    work = Path(tempfile.mkdtemp(prefix="millstream-corrupt-"))
+    try:
+        trial = harness.Trial("exactly-once", events=12_000, rate=30_000, seed=seed, kills=1)
+        proc = subprocess.Popen(harness._cmd(trial, str(work / "out"), str(work / "ckpt"), "exactly-once"),
+                                env=harness._env(None), stderr=subprocess.PIPE, text=True, start_new_session=True)
+        time.sleep(rnd.uniform(0.7, 1.0))
+        proc.kill()
+        proc.wait()
+        ckpts = sorted((work / "ckpt").glob("chk-*"))
+        if not ckpts:
+            return {"seed": seed, "skipped": "no checkpoint before the kill"}
+        target = ckpts[-1]
+        victim = rnd.choice(["state.pkl", "MANIFEST.json"])
+        path = target / victim
+        kind = rnd.choice(["bitflip", "truncate", "delete", "zero"])
+        data = bytearray(path.read_bytes())
+        if kind == "bitflip":
+            i = rnd.randrange(len(data))
+            data[i] ^= 1 << rnd.randrange(8)
+            path.write_bytes(bytes(data))
+        elif kind == "truncate":
+            path.write_bytes(bytes(data[: rnd.randrange(len(data))]))
+        elif kind == "zero":
+            path.write_bytes(b"")
+        else:
+            path.unlink()
+        r = subprocess.run(harness._cmd(trial, str(work / "out"), str(work / "ckpt"), "exactly-once"),
+                           env=harness._env(None), capture_output=True, text=True, timeout=120)
+        detected = r.returncode == 1 and "checkpoint" in r.stderr
+        return {"seed": seed, "file": victim, "corruption": kind, "detected": detected,
+                "anomalies": [] if detected else [f"not detected: exit {r.returncode}"]}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--guarantee", choices=GUARANTEES, action="append")
+    ap.add_argument("--trials", type=int, default=100)
+    ap.add_argument("--kills", type=int, default=2)
+    ap.add_argument("--events", type=int, default=12_000)
+    ap.add_argument("--jobs", type=int, default=2, help="trials run side by side")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--failpoints", action="store_true", help="every failpoint x guarantee instead of random kills")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--corruptions", action="store_true")
+    args = ap.parse_args()
+
+    if args.corruptions:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(lambda s: corruption_trial(s, Path()), range(args.seed, args.seed + args.trials)))
+        for r in results:
+            print(json.dumps(r))
+        done = [r for r in results if "detected" in r]
+        print(json.dumps({"corruptions": len(done), "detected": sum(bool(r["detected"]) for r in done)}))
+        return
+
+    guarantees = args.guarantee or GUARANTEES
+    trials = []
+    rnd = random.Random(args.seed)
+    for g in guarantees:
+        if args.failpoints:
+            for _ in range(args.rounds):
+                for point in POINTS:
+                    start = 2 if point == "recovery.restore" else 1
+                    nth = f"#{rnd.randint(1, 6)}" if point not in ("ckpt.gc", "recovery.restore") else ""
+                    trials.append(harness.Trial(g, rnd.choice(PIPELINES[g]), args.events, 30_000, rnd.randrange(10**9),
+                                                failpoint=f"{point}=kill{nth}", failpoint_start=start,
+                                                kill_window_s=(0.3, 0.6)))
+        else:
+            for _ in range(args.trials):
+                trials.append(harness.Trial(g, rnd.choice(PIPELINES[g]), args.events, 30_000, rnd.randrange(10**9),
+                                            kills=args.kills, kill_window_s=(0.3, 0.9)))
+    refs: dict[str, Counter[str]] = {}
+    ref_dir = Path(tempfile.mkdtemp(prefix="millstream-ref-"))
+    for p in {t.pipeline for t in trials}:
+        refs[p] = harness.reference(harness.Trial("at-least-once", p, args.events), ref_dir)
+        (ref_dir / "ref.jsonl").unlink()
+    totals: Counter[str] = Counter()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for res in pool.map(lambda t: _one(t, refs), trials):
+            print(json.dumps(res), flush=True)
+            key = str(res["guarantee"])
+            totals[f"{key}:trials"] += 1
+            totals[f"{key}:kills"] += int(res["kills"])  # type: ignore[call-overload]
+            totals[f"{key}:anomalies"] += len(res["anomalies"])  # type: ignore[arg-type]
+    print(json.dumps(dict(totals)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Kill a job at random moments or at named failpoints, restart it until done, check the guarantee.
+
+One *trial*: run the job in a subprocess with a checkpoint directory; SIGKILL it (a
+random delay, or a failpoint armed through MILLSTREAM_FAILPOINTS); run the same
+command again until it exits 0; then compare the committed output with a
+failure-free reference run of the same job:
+
+- exactly-once: committed output == reference, as multisets; at every kill, the
+  committed output so far holds no duplicates and nothing foreign (no un-publishing);
+- at-least-once: every reference row present, nothing foreign;
+- at-most-once: no row more often than in the reference, nothing foreign.
+
+Every trial returns a dict with its seed and fault schedule, so a failure can be replayed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+JOB = str(Path(__file__).with_name("job.py"))
+REPO = str(Path(__file__).resolve().parents[2])
+
+
+@dataclass
+class Trial:
+    guarantee: str
+    pipeline: str = "window"
+    events: int = 20_000
+    rate: int | None = 40_000
+    seed: int = 0
+    failpoint: str | None = None       # e.g. "ckpt.after_rename=kill#2"
+    failpoint_start: int = 1           # which start of the job arms the failpoint (2: kill during recovery)
+    kills: int = 1                     # random kills (when no failpoint)
+    kill_window_s: tuple[float, float] = (0.3, 1.2)
+    interval_ms: int = 50
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _cmd(trial: Trial, out: str, ckpt: str | None, guarantee: str) -> list[str]:
+    args = [sys.executable, "-m", "millstream.cli", "run", JOB, "-q", "--progress", "off",
+            "--set", f"events={trial.events}", "--set", f"pipeline={trial.pipeline}", "--set", f"out={out}"]
+    if trial.rate:
+        args += ["--set", f"rate={trial.rate}"]
+    if guarantee == "exactly-once":
+        args += ["--set", "transactional=true"]
+    if ckpt is not None:
+        args += ["--guarantee", guarantee, "--checkpoint-dir", ckpt,
+                 "--checkpoint-interval", str(trial.interval_ms)]
+    return args
+
+
+def _env(failpoints: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("MILLSTREAM_FAILPOINTS", None)
+    if failpoints:
+        env["MILLSTREAM_FAILPOINTS"] = failpoints
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(REPO, "src"), env.get("PYTHONPATH")]))
+    return env
+
+
+def read_rows(out: str) -> list[str]:
+    """The committed output as canonical JSON strings (a directory: files not starting with . or _)."""
+    p = Path(out)
+    files = [p] if p.is_file() else sorted(f for f in p.glob("*") if f.is_file() and f.name[0] not in "._") \
+        if p.exists() else []
+    rows = []
+    for f in files:
+        for line in f.read_text().splitlines():
+            if line.strip():
+                rows.append(json.dumps(json.loads(line), sort_keys=True))
+    return rows
+
+
+def reference(trial: Trial, workdir: Path) -> Counter[str]:
+    out = str(workdir / "ref.jsonl")
+    t = Trial(trial.guarantee, trial.pipeline, trial.events, None)
+    r = subprocess.run(_cmd(t, out, None, "none"), env=_env(None), capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise RuntimeError(f"reference run failed:\n{r.stderr}")
+    return Counter(read_rows(out))
+
+
+def run_trial(trial: Trial, workdir: Path, expected: Counter[str], max_starts: int = 30) -> dict[str, Any]:
+    rnd = random.Random(trial.seed)
+    out = str(workdir / ("out" if trial.guarantee == "exactly-once" else "out.jsonl"))
+    ckpt = str(workdir / "ckpt")
+    kills_left = trial.kills if trial.failpoint is None else trial.failpoint_start - 1
+    failpoint = trial.failpoint
+    anomalies: list[str] = []
+    starts = 0
+    while True:
+        starts += 1
+        if starts > max_starts:
+            anomalies.append(f"no progress after {max_starts} starts (liveness)")
+            break
+        cmd = _cmd(trial, out, ckpt, trial.guarantee)
+        armed = failpoint if starts >= trial.failpoint_start else None
+        proc = subprocess.Popen(cmd, env=_env(armed), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        killed_by_us = False
+        if kills_left > 0:
+            delay = rnd.uniform(*trial.kill_window_s)
+            try:
+                proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed_by_us = True
+                kills_left -= 1
+        try:
+            _, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate()
+            anomalies.append("a run hung for 300 s")
+            break
+        code = proc.returncode
+        trial.history.append({"start": starts, "exit": code, "killed": killed_by_us, "failpoint": armed,
+                              "t": time.time()})
+        if code == -signal.SIGKILL and armed and not killed_by_us:
+            failpoint = None  # crashed exactly once at its point; restart clean
+        if code == 0:
+            break
+        if code != -signal.SIGKILL:
+            anomalies.append(f"exit code {code}: {err.strip()[-2000:]}")
+            break
+        _check_visible(trial.guarantee, Counter(read_rows(out)), expected, anomalies, during=True)
+    final = Counter(read_rows(out))
+    if not anomalies:
+        _check_visible(trial.guarantee, final, expected, anomalies, during=False)
+    return {"guarantee": trial.guarantee, "pipeline": trial.pipeline, "seed": trial.seed,
+            "failpoint": trial.failpoint, "starts": starts, "kills": sum(h["exit"] == -9 for h in trial.history),
+            "failpoint_fired": any(h["failpoint"] and h["exit"] == -9 and not h["killed"] for h in trial.history),
+            "anomalies": anomalies, "output_rows": sum(final.values()), "expected_rows": sum(expected.values())}
+
+
+def _check_windows_at_most_once(seen: Counter[str], expected: Counter[str], anomalies: list[str]) -> None:
+    """At-most-once on windows: a window may miss records lost to a crash, but is never emitted twice
+    and never holds more than the reference."""
+    ref = {}
+    for row in expected:
+        r = json.loads(row)
+        ref[(r["key"], r["window_start"])] = r["n"]
+    per_window: Counter[tuple[Any, Any]] = Counter()
+    for row, n in seen.items():
+        r = json.loads(row)
+        w = (r.get("key"), r.get("window_start"))
+        per_window[w] += n
+        if w not in ref or r["n"] > ref[w]:
+            anomalies.append(f"window row not explained by the input: {row}")
+            return
+    dup = [w for w, n in per_window.items() if n > 1]
+    if dup:
+        anomalies.append(f"{len(dup)} windows emitted more than once under at-most-once, e.g. {dup[0]}")
+
+
+def _check_visible(guarantee: str, seen: Counter[str], expected: Counter[str], anomalies: list[str],
+                   *, during: bool) -> None:
+    if guarantee == "at-most-once" and any('"window_start"' in r for r in expected):
+        _check_windows_at_most_once(seen, expected, anomalies)
+        return
+    foreign = [r for r in seen if r not in expected]
+    when = "during the run" if during else "at the end"
+    if foreign:
+        anomalies.append(f"{len(foreign)} fabricated or corrupted rows {when}, e.g. {foreign[0]}")
+    if guarantee in ("exactly-once", "at-most-once"):
+        dup = [r for r, n in seen.items() if n > expected[r]]
+        if dup:
+            anomalies.append(f"{len(dup)} duplicated rows {when} under {guarantee}, e.g. {dup[0]}")
+    if during:
+        return
+    if guarantee in ("exactly-once", "at-least-once"):
+        lost = [r for r in expected if seen[r] == 0]
+        if lost:
+            anomalies.append(f"{len(lost)} rows lost under {guarantee}, e.g. {lost[0]}")

@@ -1,0 +1,53 @@
+"""The CI chaos campaign: every failpoint x every guarantee on a windowed job, plus random kills.
+
+Each trial kills the job (SIGKILL at a named point of the checkpoint/commit path, or at a
+random moment), restarts it until the bounded input is done, and checks the guarantee's
+invariants against a failure-free run (see harness.py). Long campaigns: tests/chaos/campaign.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import harness  # noqa: E402
+
+from millstream._checkpoint._failpoints import POINTS  # noqa: E402
+
+GUARANTEES = ["exactly-once", "at-least-once", "at-most-once"]
+_REFERENCE: dict[tuple[str, str], Counter[str]] = {}
+
+
+def _expected(trial: harness.Trial, tmp: Path) -> Counter[str]:
+    key = (trial.pipeline, str(trial.events))
+    if key not in _REFERENCE:
+        _REFERENCE[key] = harness.reference(trial, tmp)
+    return _REFERENCE[key]
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+@pytest.mark.parametrize("point", POINTS)
+def test_kill_at_each_failpoint(tmp_path: Path, guarantee: str, point: str) -> None:
+    # recovery.restore fires while restoring, so kill once at random first; ckpt.gc needs old checkpoints
+    start = 2 if point == "recovery.restore" else 1
+    nth = "#4" if point in ("ckpt.begin", "ckpt.before_commit", "sink.commit", "ckpt.after_commit",
+                           "ckpt.after_rename") else ""
+    trial = harness.Trial(guarantee, pipeline="window", events=12_000, rate=30_000, seed=hash(point) % 1000,
+                          failpoint=f"{point}=kill{nth}", failpoint_start=start, kill_window_s=(0.3, 0.6))
+    result = harness.run_trial(trial, tmp_path, _expected(trial, tmp_path))
+    assert result["anomalies"] == [], result
+    assert result["failpoint_fired"], f"{point} never fired: {result}"
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+@pytest.mark.parametrize("seed", range(9))
+def test_random_kills(tmp_path: Path, guarantee: str, seed: int) -> None:
+    pipeline = ["window", "sliding", "running" if guarantee != "at-most-once" else "map"][seed % 3]
+    trial = harness.Trial(guarantee, pipeline=pipeline, events=12_000, rate=30_000, seed=seed, kills=2,
+                          kill_window_s=(0.35, 0.75))
+    result = harness.run_trial(trial, tmp_path, _expected(trial, tmp_path))
+    assert result["anomalies"] == [], result

@@ -1,0 +1,116 @@
+"""The checkpoint store: atomic writes, retention, and detection of every kind of corruption (F4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from millstream._checkpoint import CheckpointStore
+from millstream._checkpoint import _failpoints as fp
+from millstream.errors import CheckpointError
+
+STATE = {"job": {"window": {"slices": {0: {"a": [3]}}}}, "txns": {}, "read": {"src": 10}}
+
+
+def store(tmp_path: Path, job: str = "job-1", retain: int = 3) -> CheckpointStore:
+    return CheckpointStore(str(tmp_path / "ck"), job=job, retain=retain)
+
+
+def test_write_then_load_round_trips(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    size = s.write(1, STATE, finished=False, meta={"guarantee": "exactly-once"})
+    assert size > 0 and s.ids() == [1]
+    loaded = s.load(1)
+    assert loaded.state == STATE and not loaded.finished
+    assert loaded.manifest["guarantee"] == "exactly-once"
+
+
+def test_retention_keeps_the_newest_and_removes_leftovers(tmp_path: Path) -> None:
+    s = store(tmp_path, retain=2)
+    for i in range(1, 6):
+        s.write(i, STATE, finished=False, meta={})
+        s.gc()
+    os.makedirs(os.path.join(s.root, ".tmp-chk-00000009"))
+    s.gc()
+    assert s.ids() == [4, 5]
+    assert not [n for n in os.listdir(s.root) if n.startswith(".tmp-")]
+
+
+def _state_file(s: CheckpointStore, i: int) -> str:
+    return os.path.join(s.root, f"chk-{i:08d}", "state.pkl")
+
+
+def _manifest(s: CheckpointStore, i: int) -> str:
+    return os.path.join(s.root, f"chk-{i:08d}", "MANIFEST.json")
+
+
+def _flip_bit(path: str, rnd: random.Random) -> None:
+    data = bytearray(Path(path).read_bytes())
+    i = rnd.randrange(len(data))
+    data[i] ^= 1 << rnd.randrange(8)
+    Path(path).write_bytes(bytes(data))
+
+
+CORRUPTIONS = {
+    "flip a bit in the state": lambda s, r: _flip_bit(_state_file(s, 1), r),
+    "flip a bit in the manifest": lambda s, r: _flip_bit(_manifest(s, 1), r),
+    "truncate the state to 0": lambda s, r: Path(_state_file(s, 1)).write_bytes(b""),
+    "truncate the state at random": lambda s, r: Path(_state_file(s, 1)).write_bytes(
+        Path(_state_file(s, 1)).read_bytes()[: r.randrange(1, os.path.getsize(_state_file(s, 1)))]),
+    "truncate the manifest at random": lambda s, r: Path(_manifest(s, 1)).write_bytes(
+        Path(_manifest(s, 1)).read_bytes()[: r.randrange(0, os.path.getsize(_manifest(s, 1)))]),
+    "delete the manifest": lambda s, r: os.remove(_manifest(s, 1)),
+    "delete the state": lambda s, r: os.remove(_state_file(s, 1)),
+    "append garbage to the state": lambda s, r: Path(_state_file(s, 1)).write_bytes(
+        Path(_state_file(s, 1)).read_bytes() + b"x"),
+    "a stale manifest from another checkpoint": lambda s, r: (s.write(2, {"other": 1}, finished=False, meta={}),
+                                                            os.replace(_manifest(s, 2), _manifest(s, 1))),
+    "a manifest edited by hand": lambda s, r: Path(_manifest(s, 1)).write_text(
+        json.dumps({**json.loads(Path(_manifest(s, 1)).read_text()), "finished": True})),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
+@pytest.mark.parametrize("seed", range(5))
+def test_every_corruption_is_detected(tmp_path: Path, kind: str, seed: int) -> None:
+    s = store(tmp_path)
+    s.write(1, STATE, finished=False, meta={})
+    CORRUPTIONS[kind](s, random.Random(seed))
+    with pytest.raises(CheckpointError):
+        s.load(1)
+
+
+def test_checkpoint_of_another_flow_is_refused(tmp_path: Path) -> None:
+    store(tmp_path, job="job-1").write(1, STATE, finished=False, meta={})
+    with pytest.raises(CheckpointError, match="another flow"):
+        store(tmp_path, job="job-2").load(1)
+
+
+@pytest.mark.parametrize("point", ["ckpt.mid_state", "ckpt.state_written", "ckpt.state_synced",
+                                   "ckpt.mid_manifest", "ckpt.before_rename"])
+def test_a_write_interrupted_before_the_rename_leaves_no_checkpoint(tmp_path: Path, point: str) -> None:
+    s = store(tmp_path)
+    s.write(1, STATE, finished=False, meta={})
+    fp.arm(f"{point}=raise")
+    try:
+        with pytest.raises(fp.FailpointError):
+            s.write(2, {"newer": True}, finished=False, meta={})
+    finally:
+        fp.arm("")
+    assert s.ids() == [1]
+    assert s.load(1).state == STATE
+    s.gc()
+    assert not [n for n in os.listdir(s.root) if n.startswith(".tmp-")]
+
+
+def test_failpoint_spec_parsing() -> None:
+    arms = fp._parse("ckpt.begin=kill#3, sink.commit=raise:0.5,ckpt.gc")
+    assert arms["ckpt.begin"].action == "kill" and arms["ckpt.begin"].nth == 3
+    assert arms["sink.commit"].probability == 0.5 and arms["sink.commit"].action == "raise"
+    assert arms["ckpt.gc"].action == "kill"
+    with pytest.raises(ValueError):
+        fp._parse("ckpt.begin=explode")
