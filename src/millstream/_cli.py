@@ -88,7 +88,7 @@ def _run_flow(flow: Flow, args: argparse.Namespace, console: Console) -> RunResu
         progress = LiveProgress(console)
     cfg = RunConfig(mode=args.mode, max_chunk=args.max_chunk, on_progress=progress, guarantee=args.guarantee,
                     checkpoint_dir=args.checkpoint_dir, checkpoint_interval=args.checkpoint_interval,
-                    restarts=args.restarts)
+                    restarts=args.restarts, state=args.state)
     try:
         return flow.run(config=cfg)
     finally:
@@ -190,6 +190,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="milliseconds between checkpoints (default 1000)")
         sp.add_argument("--restarts", type=int, default=0,
                         help="restart a failed job from its latest checkpoint up to this many times")
+        sp.add_argument("--state", default="memory", metavar="URL",
+                        help="keyed-state backend: memory (default) or lmdb:///path (on disk)")
 
     run = sub.add_parser("run", help="run the flow defined in a job file")
     run.add_argument("job", help="a Python file defining a Flow (or build(params) returning one)")

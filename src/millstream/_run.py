@@ -116,6 +116,9 @@ class RunConfig:
     - ``restarts``: how many times a failed job restarts from its latest checkpoint
       before giving up (``restart_delay_s`` apart); a poison record fails the job
       after that many tries instead of looping forever.
+    - ``state``: where process functions keep keyed state: ``"memory"`` (default) or
+      ``"lmdb:///path/to/dir"`` (on disk, for state larger than memory; incremental
+      checkpoints). Options as a query: ``?cache=100000&key_groups=128``.
     """
 
     mode: str = "native"
@@ -130,6 +133,7 @@ class RunConfig:
     checkpoints_retained: int = 3
     restarts: int = 0
     restart_delay_s: float = 1.0
+    state: str = "memory"
 
     @property
     def effective_guarantee(self) -> str:
@@ -166,6 +170,9 @@ class RunConfig:
             raise ConfigError(f"max_chunk must be a positive int, not {self.max_chunk!r}")
         if self.progress_interval_s <= 0:
             raise ConfigError("progress_interval_s must be > 0")
+        from millstream._state import parse_state_url
+
+        parse_state_url(self.state)
 
     def replace(self, **changes: Any) -> RunConfig:
         names = {f.name for f in dataclasses.fields(self)}
@@ -198,6 +205,7 @@ def run_plan(plan: Plan, cfg: RunConfig) -> RunResult:
     from millstream._guarantee import check_guarantee
     from millstream._runtime._base import Runtime
     from millstream._runtime._native import NativeJob, run_native
+    from millstream._state import open_backend
 
     guarantee = cfg.effective_guarantee
     check_guarantee(plan, guarantee)
@@ -211,7 +219,7 @@ def run_plan(plan: Plan, cfg: RunConfig) -> RunResult:
     restarts = 0
     callback = cfg.on_progress
     while True:
-        job = NativeJob(plan, Runtime(clock))
+        job = NativeJob(plan, Runtime(clock, open_backend(cfg.state)))
         tick = None
         if callback is not None:
 

@@ -31,6 +31,7 @@ from millstream._checkpoint._failpoints import failpoint
 from millstream._checkpoint._store import CheckpointStore, LoadedCheckpoint
 from millstream._clock import Clock
 from millstream._plan import STATELESS, Plan
+from millstream._state import KEYED_STATE
 from millstream.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ class Coordinator:
         failpoint("recovery.restore")
         txns: dict[str, list[Any]] = {}
         if loaded is not None:
-            job.restore(loaded.state["job"])
+            job.restore(loaded.state["job"], self.store.shared_dir)
             txns = {name: [t] for name, t in loaded.state["txns"].items() if t is not None}
             self._read_base = dict(loaded.state["read"])
             self.stats.restored_from = loaded.id
@@ -168,12 +169,16 @@ class Coordinator:
         failpoint("ckpt.begin")
         writers = job.writers()
         txns = {name: writer.pre_commit(ckpt_id) for name, writer in writers}
+        snap = job.snapshot(ckpt_id, self.store.shared_dir)
+        keyed = snap[KEYED_STATE]
         state = {
-            "job": job.snapshot(),
+            "job": snap,
             "txns": txns,
             "read": {s.name: self._read_base.get(s.name, 0) + s.records_in for s in job.sources},
         }
-        size = self.store.write(ckpt_id, state, finished=finished, meta={"guarantee": self.guarantee})
+        size = self.store.write(ckpt_id, state, finished=finished, meta={"guarantee": self.guarantee},
+                                shared=keyed["files"])
+        size += sum(keyed["files"][name]["size"] for name in keyed.get("written", ()))
         self.next_id += 1
         failpoint("ckpt.before_commit")
         for name, writer in writers:

@@ -7,11 +7,16 @@ Layout::
       chk-00000008/
       .tmp-chk-00000009/     one being written (never loaded; removed on the next start)
       positions.pkl          at-most-once only: how far the sources have read
+      shared/                files of the keyed-state backend that several checkpoints may refer to
+                             (incremental snapshots); each manifest lists those it needs
 
 A checkpoint is written into a temporary directory (state file written, fsynced;
 manifest written, fsynced), then renamed into place and the parent directory
 fsynced. The manifest carries the size and SHA-256 of every file and a checksum
 of itself; a checkpoint whose manifest or files do not check out is never loaded.
+Files in ``shared/`` a checkpoint refers to are listed in its manifest (``"shared"``,
+with size and SHA-256) and verified the same way; garbage collection removes the
+shared files no retained checkpoint refers to.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from millstream.errors import CheckpointError
 FORMAT = 1
 _PREFIX = "chk-"
 _TMP = ".tmp-"
+SHARED = "shared"
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,11 @@ class CheckpointStore:
         self.retain = max(1, retain)
         os.makedirs(self.root, exist_ok=True)
 
+    @property
+    def shared_dir(self) -> str:
+        """Where state backends put files that checkpoints share (created on first use)."""
+        return os.path.join(self.root, SHARED)
+
     # -- listing ------------------------------------------------------------------------
     def ids(self) -> list[int]:
         out = []
@@ -82,8 +93,13 @@ class CheckpointStore:
         return os.path.join(self.root, f"{_PREFIX}{ckpt_id:08d}")
 
     # -- writing ------------------------------------------------------------------------
-    def write(self, ckpt_id: int, state: dict[str, Any], *, finished: bool, meta: dict[str, Any]) -> int:
-        """Write checkpoint ``ckpt_id`` atomically. Returns its size in bytes."""
+    def write(self, ckpt_id: int, state: dict[str, Any], *, finished: bool, meta: dict[str, Any],
+              shared: dict[str, dict[str, Any]] | None = None) -> int:
+        """Write checkpoint ``ckpt_id`` atomically. Returns its size in bytes.
+
+        ``shared``: files in :attr:`shared_dir` the checkpoint needs (name -> size and sha256),
+        already written and fsynced by their writer.
+        """
         final = self._dir(ckpt_id)
         tmp = os.path.join(self.root, f"{_TMP}{_PREFIX}{ckpt_id:08d}")
         if os.path.exists(tmp):
@@ -109,6 +125,9 @@ class CheckpointStore:
             "files": {"state.pkl": {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}},
             **meta,
         }
+        if shared:
+            _fsync_dir(self.shared_dir)
+            manifest["shared"] = {name: {"size": f["size"], "sha256": f["sha256"]} for name, f in shared.items()}
         manifest["checksum"] = _manifest_checksum(manifest)
         text = json.dumps(manifest, sort_keys=True, indent=1).encode()
         with open(os.path.join(tmp, "MANIFEST.json"), "wb") as f:
@@ -133,6 +152,30 @@ class CheckpointStore:
         for name in os.listdir(self.root):
             if name.startswith(_TMP):
                 shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+        self._gc_shared()
+
+    def _gc_shared(self) -> None:
+        """Remove the shared files no remaining checkpoint refers to."""
+        try:
+            names = os.listdir(self.shared_dir)
+        except FileNotFoundError:
+            return
+        keep: set[str] = set()
+        for ckpt_id in self.ids():
+            try:
+                with open(os.path.join(self._dir(ckpt_id), "MANIFEST.json"), "rb") as f:
+                    manifest = json.loads(f.read())
+            except (OSError, ValueError):
+                continue  # a checkpoint without a readable manifest can never be loaded
+            if isinstance(manifest, dict):
+                keep.update(manifest.get("shared", {}))
+        for name in names:
+            if name not in keep:
+                failpoint("ckpt.gc")
+                try:
+                    os.remove(os.path.join(self.shared_dir, name))
+                except OSError:
+                    continue
 
     # -- reading ------------------------------------------------------------------------
     def verify(self, ckpt_id: int) -> tuple[dict[str, Any], bytes]:
@@ -165,7 +208,23 @@ class CheckpointStore:
             raise CheckpointError(f"{where}: state.pkl is missing") from None
         if len(data) != info["size"] or hashlib.sha256(data).hexdigest() != info["sha256"]:
             raise CheckpointError(f"{where}: state.pkl fails its checksum (expected {info['size']} bytes)")
+        for name, info in manifest.get("shared", {}).items():
+            self._verify_shared(where, name, info)
         return manifest, data
+
+    def _verify_shared(self, where: str, name: str, info: dict[str, Any]) -> None:
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with open(os.path.join(self.shared_dir, name), "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+                    size += len(chunk)
+        except FileNotFoundError:
+            raise CheckpointError(f"{where}: shared state file {name} is missing") from None
+        if size != info["size"] or h.hexdigest() != info["sha256"]:
+            raise CheckpointError(f"{where}: shared state file {name} fails its checksum "
+                                  f"(expected {info['size']} bytes)")
 
     def load(self, ckpt_id: int) -> LoadedCheckpoint:
         manifest, data = self.verify(ckpt_id)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from millstream._clock import Clock
 from millstream._plan import Node
+from millstream._state import MemoryBackend, StateBackend
 from millstream._time import MIN_WATERMARK
 from millstream.errors import MillstreamError, StepError
 
@@ -16,10 +17,11 @@ if TYPE_CHECKING:
 
 
 class Runtime:
-    """What operators share while a job runs: the clock and the record being processed."""
+    """What operators share while a job runs: the clock, the keyed-state backend, the record being processed."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, state: StateBackend | None = None) -> None:
         self.clock = clock
+        self.state = state if state is not None else MemoryBackend()
         self.current_source: SourceOperator | None = None
         self.current_chunk: list[Any] | None = None
 

@@ -1,4 +1,12 @@
-"""Keyed operators: running reduce and aggregate, and process functions with state and timers."""
+"""Keyed operators: running reduce and aggregate, and process functions with state and timers.
+
+A process function's state lives in the job's state backend (``rt.state``): one keyed map
+per state name, a dict with the in-memory backend, an on-disk store with ``lmdb://``.
+TTL entries are ``(value, expires)`` in the map; their cleanup heaps and the timers stay
+here and are snapshotted with the operator. Running ``aggregate``/``reduce`` keep their
+state in a dict of the operator, whatever the backend (a known limit).
+"""
+
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ import itertools
 from typing import Any
 
 from millstream._plan import AggregateOp, Node, ProcessOp, ReduceOp
+from millstream._state import KeyedMap, check_key
 from millstream.errors import MillstreamError
 from millstream.state import ListStateSpec, MapStateSpec, StateSpec, ValueStateSpec
 
@@ -103,6 +112,8 @@ class ReduceOperator(_GeneratedKeyed):
 
 
 _MISSING = object()
+#: key types that need no check before they reach the state backend (tuples are checked per item)
+_PLAIN_KEYS = frozenset({str, int})
 
 
 # -- process functions ----------------------------------------------------------------
@@ -180,7 +191,7 @@ class _Handle:
     def __init__(self, op: ProcessOperator, name: str, spec: StateSpec) -> None:
         self._op = op
         self._name = name
-        self._store: dict[Any, Any] = op.stores[name]
+        self._store: KeyedMap = op.stores[name]
         self._ttl = spec.ttl_ms
         self._event = spec.ttl_time == "event"
 
@@ -297,7 +308,7 @@ class ProcessOperator(Operator):
         self.proc_cleanup: list[tuple[int, int, str, Any]] = []
         self._seq = itertools.count()
         self.specs = dict(op.state)
-        self.stores: dict[str, dict[Any, Any]] = {name: {} for name in self.specs}
+        self.stores: dict[str, KeyedMap] = {name: rt.state.keyed_map(node.name, name) for name in self.specs}
         self.ctx = Context(self)
         self._bind_handles()
 
@@ -337,10 +348,14 @@ class ProcessOperator(Operator):
                 ctx.timestamp = None  # a timer may have set it
                 for r in records:
                     ctx.key = k = keyf(r)
+                    if type(k) not in _PLAIN_KEYS:
+                        check_key(k)
                     fn(ctx, r)
             else:
                 for r, t in zip(records, times, strict=True):
                     ctx.key = k = keyf(r)
+                    if type(k) not in _PLAIN_KEYS:
+                        check_key(k)
                     ctx.timestamp = t
                     fn(ctx, r)
         except Exception as exc:
@@ -393,8 +408,8 @@ class ProcessOperator(Operator):
         return min(nxt) if nxt else None
 
     def snapshot(self) -> Any:
+        # the stores are the state backend's: the job snapshots them once, by key group
         return {
-            "stores": self.stores,
             "event_timers": list(self.event_set),
             "proc_timers": list(self.proc_set),
             "cleanup": self.cleanup,
@@ -402,7 +417,11 @@ class ProcessOperator(Operator):
         }
 
     def restore(self, state: Any) -> None:
-        self.stores = state["stores"]
+        for name, entries in state.get("stores", {}).items():  # a checkpoint from before state backends
+            store = self.stores.get(name)
+            if store is not None:
+                store.clear()
+                store.update(entries)
         self.cleanup = list(state["cleanup"])
         self.proc_cleanup = list(state["proc_cleanup"])
         # new heap entries must not tie with restored ones on (time, seq) and compare names and keys

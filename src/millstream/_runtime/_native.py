@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from millstream import _plan as P
+from millstream._state import KEYED_STATE
 from millstream.connectors._base import DeadLetter, SinkWriter
 
 from ._base import Operator, PassThrough, Runtime
@@ -120,6 +122,7 @@ class NativeJob:
                 errors.append(exc)
         for dl in self.dead_letters:
             dl.close()
+        self.rt.state.close()
         if errors:
             raise errors[0]
 
@@ -155,11 +158,21 @@ class NativeJob:
                  for h in (s.reader.wait_hint(),) if h is not None]
         return min(hints) if hints else None
 
-    def snapshot(self) -> dict[str, Any]:
-        """Every operator's state and watermarks, and every source's position (taken between chunks)."""
-        return {op.name: {"state": op.snapshot(), "time": op.snapshot_time()} for op in self.ops}
+    def snapshot(self, checkpoint_id: int = 0, directory: str | None = None) -> dict[str, Any]:
+        """Every operator's state and watermarks, and every source's position (taken between chunks).
 
-    def restore(self, snap: dict[str, Any]) -> None:
+        Keyed state is the backend's snapshot handle, under :data:`KEYED_STATE`; files it writes go to
+        ``directory`` (None: inline in the handle).
+        """
+        snap: dict[str, Any] = {op.name: {"state": op.snapshot(), "time": op.snapshot_time()} for op in self.ops}
+        snap[KEYED_STATE] = self.rt.state.snapshot(checkpoint_id, directory)
+        return snap
+
+    def restore(self, snap: dict[str, Any], directory: str | None = None,
+                key_groups: Iterable[int] | None = None) -> None:
+        handle = snap.get(KEYED_STATE)
+        if handle is not None:
+            self.rt.state.restore(handle, directory, key_groups)
         for op in self.ops:
             entry = snap.get(op.name)
             if entry is None:
