@@ -166,7 +166,7 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
         console.print(f"  {f.name}: {n:,} records")
     sample = out / "travel_alerts.jsonl"
     if sample.exists() and sample.stat().st_size:
-        console.print("  e.g. " + sample.read_text().splitlines()[0], highlight=False, markup=False)
+        console.print("  e.g. " + sample.read_text().splitlines()[0], highlight=False, markup=False, soft_wrap=True)
     return 0
 
 
