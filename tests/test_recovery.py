@@ -163,3 +163,25 @@ def test_bad_run_options(kw: dict[str, Any], message: str) -> None:
 
 def test_checkpoint_dir_alone_means_at_least_once(tmp_path: Path) -> None:
     assert ms.RunConfig(checkpoint_dir=str(tmp_path)).effective_guarantee == "at-least-once"
+
+
+def test_an_error_while_closing_a_failed_job_does_not_hide_the_original(tmp_path: Path) -> None:
+    class BadClose(ms.connectors.Sink):
+        def open(self, step: str) -> ms.connectors.SinkWriter:
+            class W(ms.connectors.SinkWriter):
+                def write(self, records: list[Any], times: list[int] | None) -> None:
+                    pass
+
+                def close(self) -> None:
+                    raise OSError("disk went away while closing")
+
+            return W()
+
+        def describe(self) -> str:
+            return "bad-close"
+
+    def boom(e: dict[str, Any]) -> dict[str, Any]:
+        raise ValueError("the real problem")
+
+    with pytest.raises(ms.StepError, match="the real problem"):
+        windowed(BadClose(), fail=boom).run()

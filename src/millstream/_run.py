@@ -200,6 +200,16 @@ def _status(job: Any, flow: str, mode: str, started: float, cls: type = JobStatu
     return cls(flow, mode, time.monotonic() - started, read, written, wm, tuple(steps), **extra)
 
 
+def _close(job: Any, *, quiet: bool) -> None:
+    """Close a job; after a failure, an error while closing is logged, not raised over the original."""
+    try:
+        job.close()
+    except Exception:
+        if not quiet:
+            raise
+        log.exception("error while closing the failed job (the original error follows)")
+
+
 def run_plan(plan: Plan, cfg: RunConfig) -> RunResult:
     from millstream._checkpoint import Coordinator
     from millstream._guarantee import check_guarantee
@@ -226,6 +236,7 @@ def run_plan(plan: Plan, cfg: RunConfig) -> RunResult:
             def tick(job: NativeJob = job, callback: Callable[[JobStatus], None] = callback) -> None:
                 callback(_status(job, plan.flow, cfg.mode, started))
 
+        failed = True
         try:
             job.open()
             if coordinator is not None:
@@ -236,6 +247,7 @@ def run_plan(plan: Plan, cfg: RunConfig) -> RunResult:
                            tick_interval_s=cfg.progress_interval_s, coordinator=coordinator)
                 if coordinator is not None:
                     coordinator.checkpoint(job, finished=True)
+            failed = False
             break
         except KeyboardInterrupt:
             interrupted = True
@@ -249,7 +261,7 @@ def run_plan(plan: Plan, cfg: RunConfig) -> RunResult:
             log.warning("job failed (%s); restart %d of %d from the latest checkpoint", exc, restarts, cfg.restarts)
             clock.sleep(cfg.restart_delay_s)
         finally:
-            job.close()
+            _close(job, quiet=failed)
     result: RunResult = _status(job, plan.flow, cfg.mode, started, RunResult, ok=not interrupted,
                                 interrupted=interrupted,
                                 guarantee=guarantee, checkpoints=coordinator.stats if coordinator else None,
