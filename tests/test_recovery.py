@@ -185,3 +185,47 @@ def test_an_error_while_closing_a_failed_job_does_not_hide_the_original(tmp_path
 
     with pytest.raises(ms.StepError, match="the real problem"):
         windowed(BadClose(), fail=boom).run()
+
+
+@pytest.mark.parametrize("transactional", [True, False])
+def test_a_run_that_fails_while_starting_leaves_earlier_committed_output_alone(tmp_path: Path,
+                                                                                transactional: bool) -> None:
+    """A corrupt checkpoint (or any failure before the sinks recover) must not wipe durable output."""
+    out = tmp_path / ("out" if transactional else "out.jsonl")
+    guarantee = "exactly-once" if transactional else "at-least-once"
+
+    def build() -> ms.Flow:
+        return windowed(ms.connectors.files.write(out, transactional=transactional))
+
+    build().run(guarantee=guarantee, **run_cfg(tmp_path))
+    before = ms.connectors.files.read_committed(out) if transactional else out.read_text()
+    assert before
+    for chk in _checkpoints(tmp_path):
+        (chk / "MANIFEST.json").write_text("{}")  # every checkpoint corrupt: the restart must refuse
+    with pytest.raises(CheckpointError):
+        build().run(guarantee=guarantee, **run_cfg(tmp_path))
+    after = ms.connectors.files.read_committed(out) if transactional else out.read_text()
+    assert after == before
+
+
+def test_at_most_once_does_not_fire_windows_again_after_a_crash_at_the_end(tmp_path: Path) -> None:
+    """Crash in the final checkpoint, after end of input fired every window: the restart emits nothing twice."""
+    from millstream._checkpoint import _failpoints as fp
+
+    out = tmp_path / "out.jsonl"
+    fp.arm("ckpt.before_rename=raise#1")  # the only checkpoint is the final one, and it fails
+    try:
+        with pytest.raises(fp.FailpointError):
+            windowed(ms.connectors.files.write(out)).run(
+                guarantee="at-most-once", **run_cfg(tmp_path, checkpoint_interval=10**9))
+    finally:
+        fp.arm("")
+    assert out.read_text()  # every window fired (and was written) before the crash
+    result = windowed(ms.connectors.files.write(out)).run(
+        guarantee="at-most-once", **run_cfg(tmp_path, checkpoint_interval=10**9))
+    assert result.checkpoints is not None and result.checkpoints.lost == 3_000
+    import json
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    windows = Counter((r["k"], r["window_start"]) for r in rows)
+    assert max(windows.values()) == 1
+    assert as_counter(rows) <= reference()

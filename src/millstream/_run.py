@@ -229,7 +229,7 @@ def run_plan(plan: Plan, cfg: RunConfig) -> RunResult:
     restarts = 0
     callback = cfg.on_progress
     while True:
-        job = NativeJob(plan, Runtime(clock, open_backend(cfg.state)))
+        job = NativeJob(plan, Runtime(clock, open_backend(cfg.state), checkpointed=coordinator is not None))
         tick = None
         if callback is not None:
 

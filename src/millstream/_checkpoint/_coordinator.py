@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("millstream.checkpoint")
 
 
+#: The transaction an at-most-once resume hands to non-transactional sinks: continue, keep everything.
+AT_MOST_ONCE_KEEP = {"keep": True}
+
+
 def fingerprint(plan: Plan) -> str:
     """Identity of a flow's shape: steps, kinds, wiring, and the details of steps that hold state.
 
@@ -119,10 +123,15 @@ class Coordinator:
             self._read_base = dict(loaded.state["read"])
             self.stats.restored_from = loaded.id
             self.next_id = max(self.next_id, loaded.id + 1)
+        resumed = loaded is not None
         if self.guarantee == "at-most-once":
-            self._skip_ahead(job)
-        for name, writer in job.writers():
-            writer.recover(txns.get(name, []))
+            resumed = self._skip_ahead(job) or resumed
+        for name, writer, delivery in job.writers():
+            if self.guarantee == "at-most-once" and resumed and delivery == "none":
+                # nothing is replayed: keep every record already written (no cut back to the checkpoint)
+                writer.recover([AT_MOST_ONCE_KEEP])
+            else:
+                writer.recover(txns.get(name, []))
         if self.guarantee == "at-most-once":
             for src in job.sources:
                 src.on_read = self._record_positions
@@ -130,11 +139,14 @@ class Coordinator:
         self.next_due = self.clock.now_ms() + self.interval_ms
         return loaded
 
-    def _skip_ahead(self, job: NativeJob) -> None:
-        """At-most-once: resume every source after the last chunk it read, counting what is lost."""
+    def _skip_ahead(self, job: NativeJob) -> bool:
+        """At-most-once: resume every source after the last chunk it read, counting what is lost.
+
+        Returns whether the job had read anything before (a resume, not a fresh start).
+        """
         positions = self.store.read_positions()
         if not positions:
-            return
+            return False
         for src in job.sources:
             p = positions.get(src.name)
             if p is None or src.reader is None:
@@ -146,9 +158,10 @@ class Coordinator:
                 self._read_base[src.name] = p["read"]
                 if src.gen is not None and p["max_ts"] is not None:
                     src.gen.max_ts = max(src.gen.max_ts, p["max_ts"])
-                # windows and timers up to the watermark reached before the crash fired then (or were
-                # lost with their input): move time there without emitting them again
-                src.advance_muted(p["wm"], job.ops)
+            # windows and timers up to the watermark reached before the crash fired then (or were lost
+            # with their input): move time there without emitting them again, even if nothing new was read
+            src.advance_muted(p["wm"], job.ops)
+        return True
 
     def _record_positions(self) -> None:
         """At-most-once: called after a source read a chunk and before the chunk is processed."""
@@ -168,7 +181,7 @@ class Coordinator:
         t0 = time.perf_counter()
         failpoint("ckpt.begin")
         writers = job.writers()
-        txns = {name: writer.pre_commit(ckpt_id) for name, writer in writers}
+        txns = {name: writer.pre_commit(ckpt_id) for name, writer, _ in writers}
         snap = job.snapshot(ckpt_id, self.store.shared_dir)
         keyed = snap[KEYED_STATE]
         state = {
@@ -181,7 +194,7 @@ class Coordinator:
         size += sum(keyed["files"][name]["size"] for name in keyed.get("written", ()))
         self.next_id += 1
         failpoint("ckpt.before_commit")
-        for name, writer in writers:
+        for name, writer, _ in writers:
             failpoint("sink.commit")
             writer.commit(txns[name])
         failpoint("ckpt.after_commit")

@@ -19,9 +19,11 @@ if TYPE_CHECKING:
 class Runtime:
     """What operators share while a job runs: the clock, the keyed-state backend, the record being processed."""
 
-    def __init__(self, clock: Clock, state: StateBackend | None = None) -> None:
+    def __init__(self, clock: Clock, state: StateBackend | None = None, *, checkpointed: bool = False) -> None:
         self.clock = clock
         self.state = state if state is not None else MemoryBackend()
+        #: whether checkpoints are taken: sink writers are told when they open
+        self.checkpointed = checkpointed
         self.current_source: SourceOperator | None = None
         self.current_chunk: list[Any] | None = None
 

@@ -83,7 +83,7 @@ class NativeJob:
         if isinstance(op, P.SourceOp):
             dl = None
             if isinstance(op.connector.on_error, DeadLetter):
-                dl = DeadLetterWriter(op.connector.on_error, node.name)
+                dl = DeadLetterWriter(op.connector.on_error, node.name, self.rt.checkpointed)
                 self.dead_letters.append(dl)
             src = SourceOperator(node, self.rt, dl)
             self.sources.append(src)
@@ -115,24 +115,23 @@ class NativeJob:
 
     def close(self) -> None:
         errors: list[BaseException] = []
-        for op in self.ops:
+        closers = [op.close for op in self.ops] + [dl.close for dl in self.dead_letters] + [self.rt.state.close]
+        for close in closers:
             try:
-                op.close()
+                close()
             except Exception as exc:  # noqa: BLE001 - close everything, report the first
                 errors.append(exc)
-        for dl in self.dead_letters:
-            dl.close()
-        self.rt.state.close()
         if errors:
             raise errors[0]
 
-    def writers(self) -> list[tuple[str, SinkWriter]]:
-        """Every sink writer that takes part in checkpoints: the sinks', then the dead-letter sinks'."""
-        out: list[tuple[str, SinkWriter]] = []
+    def writers(self) -> list[tuple[str, SinkWriter, str]]:
+        """Every sink writer that takes part in checkpoints, with its sink's ``delivery``:
+        the sinks', then the dead-letter sinks'."""
+        out: list[tuple[str, SinkWriter, str]] = []
         for sink in self.sinks:
             assert sink.writer is not None
-            out.append((sink.name, sink.writer))
-        out.extend((f"{dl.step}.dead-letter", dl.open()) for dl in self.dead_letters)
+            out.append((sink.name, sink.writer, sink.sink.delivery))
+        out.extend((f"{dl.step}.dead-letter", dl.open(), dl.policy.sink.delivery) for dl in self.dead_letters)
         return out
 
     def step(self, max_chunk: int) -> tuple[int, bool]:

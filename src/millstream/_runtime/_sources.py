@@ -142,6 +142,8 @@ class SourceOperator(Operator):
 
     def end(self) -> None:
         self.ended = True
+        if self.on_read is not None:
+            self.on_read()  # at-most-once: the end of input (watermark +inf) is recorded before it fires
         self._send_watermark(MAX_WATERMARK)
 
     def current_watermark(self) -> int:
@@ -149,6 +151,8 @@ class SourceOperator(Operator):
 
     def next_watermark(self) -> int:
         """The watermark this source will reach once the chunk in hand is processed."""
+        if self.ended:
+            return MAX_WATERMARK
         if self.gen is not None and self.reader is not None and self.reader.watermark() is None:
             return max(self.wm, self.gen.current())
         return self.wm
@@ -190,6 +194,7 @@ class SinkOperator(Operator):
 
     def open(self) -> None:
         self.writer = self.sink.open(self.name)
+        self.writer.begin(checkpointed=self.rt.checkpointed)
 
     def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
         self.records_in += len(records)
@@ -210,14 +215,16 @@ class SinkOperator(Operator):
 class DeadLetterWriter:
     """Opens a dead-letter sink lazily and writes bad records to it one chunk at a time."""
 
-    def __init__(self, policy: DeadLetter, step: str) -> None:
+    def __init__(self, policy: DeadLetter, step: str, checkpointed: bool = False) -> None:
         self.policy = policy
         self.step = step
+        self.checkpointed = checkpointed
         self.writer: SinkWriter | None = None
 
     def open(self) -> SinkWriter:
         if self.writer is None:
             self.writer = self.policy.sink.open(f"{self.step}.dead-letter")
+            self.writer.begin(checkpointed=self.checkpointed)
         return self.writer
 
     def __call__(self, row: dict[str, Any]) -> None:

@@ -152,6 +152,11 @@ class SinkWriter(ABC):
     def flush(self) -> None:
         """Make written records durable/visible."""
 
+    def begin(self, *, checkpointed: bool) -> None:
+        """Called right after the writer opens. With ``checkpointed`` True, :meth:`recover`
+        comes before any write, and a :meth:`close` before it (the job failed while starting)
+        must leave every earlier output as it is."""
+
     def pre_commit(self, checkpoint_id: int) -> Any:
         """Checkpoint ``checkpoint_id`` is being taken: seal what was written since the last one.
 

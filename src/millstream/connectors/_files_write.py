@@ -328,6 +328,11 @@ class _FileWriter(SinkWriter):
         self.append = False
         self.file: _ByteFile | None = None
         self.dir_synced = False
+        self.checkpointed = False
+        self.recovered = False
+
+    def begin(self, *, checkpointed: bool) -> None:
+        self.checkpointed = checkpointed
 
     def _file(self) -> _ByteFile:
         if self.file is None:
@@ -358,6 +363,7 @@ class _FileWriter(SinkWriter):
         """
         if self.file is not None:
             raise JobError(f"sink {self.step!r}: recover() must come before anything is written")
+        self.recovered = True
         self.append = bool(transactions)
         if not self.append or not os.path.exists(self.path):
             return
@@ -384,6 +390,8 @@ class _FileWriter(SinkWriter):
                 os.fsync(fh.fileno())
 
     def close(self) -> None:
+        if self.checkpointed and not self.recovered:
+            return  # the job failed before recover(): the file keeps what earlier checkpoints made durable
         self._file().close()  # a run that wrote nothing leaves an empty file
 
 

@@ -91,6 +91,7 @@ class TwoPhaseFileWriter(SinkWriter):
         self._pending_records = 0
         self._started = False
         self._coordinated = False
+        self._checkpointed = False
         self._broken: BaseException | None = None
         self._final_re = re.compile(rf"part-\d{{8,}}-{re.escape(writer_id)}\.{re.escape(ext)}")
         self._staged_prefix = f".part-{writer_id}."
@@ -165,8 +166,17 @@ class TwoPhaseFileWriter(SinkWriter):
     def flush(self) -> None:
         """Nothing to do: staged output stays invisible until a checkpoint commits it."""
 
+    def begin(self, *, checkpointed: bool) -> None:
+        self._checkpointed = checkpointed
+
     def close(self) -> None:
         part = self._part
+        if self._checkpointed and not self._coordinated:
+            # the job failed before recover(): committed and pending output stay for the next start
+            if part is not None:
+                self._part = self._staged = None
+                part.discard()
+            return
         if part is None:
             if not self._coordinated and self._broken is None:
                 self._start()  # a run without checkpoints that wrote nothing: an empty output
