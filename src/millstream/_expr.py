@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -112,7 +113,7 @@ def _recv(code: str) -> str:
 # -- the base class ---------------------------------------------------------------------
 
 
-class Expr:
+class Expr(ABC):
     """A millstream expression. Build one with :func:`col`, :func:`lit` and :func:`when`.
 
     Operators ``+ - * / // % **``, unary ``-``, comparisons and ``& | ~`` build
@@ -162,12 +163,13 @@ class Expr:
 
     # -- code generation ---------------------------------------------------------------
     def _body(self, s: _Src, args: list[str]) -> str:
-        """The code of a strict node given its children's code (never null)."""
-        raise NotImplementedError
+        """The code of a strict node given its children's code (never null); non-strict nodes
+        override :meth:`_value` instead and never reach here."""
+        raise TypeError(f"{type(self).__name__} is not a strict expression node")
 
     def _value(self, s: _Src) -> str:
         if not self._strict:
-            raise NotImplementedError
+            raise TypeError(f"{type(self).__name__} must generate its own code (it is not strict)")
         parts = _strict_parts(self, s)
         if parts is None:
             return "None"
@@ -238,15 +240,17 @@ class Expr:
             return pl.lit(None, dtype=pl.Boolean) if self._dtype() == "bool" else pl.lit(None)
         return self._pl(pl)
 
+    @abstractmethod
     def _pl(self, pl: Any) -> Any:
-        raise NotImplementedError
+        """The Polars expression of this node."""
 
     # -- repr --------------------------------------------------------------------------
     def __repr__(self) -> str:
         return self._repr()
 
+    @abstractmethod
     def _repr(self) -> str:
-        raise NotImplementedError
+        """The node as millstream expression source."""
 
     def _precedence(self) -> int:
         """Python's precedence of the operator at the top of the repr (9: an atom or a call)."""

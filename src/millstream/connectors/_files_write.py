@@ -13,6 +13,7 @@ import gzip
 import io
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
@@ -183,12 +184,12 @@ def write(path: str | os.PathLike[str], *, format: str | None = None, name: str 
 # -- formats: records to bytes ----------------------------------------------------------------
 
 
-class _Encoder:
+class _Encoder(ABC):
     """Turns records into the bytes of one line format."""
 
+    @abstractmethod
     def encode(self, records: list[Any], *, at_start: bool) -> bytes:
         """The bytes of ``records``; ``at_start`` when they begin a file (a CSV header goes first)."""
-        raise NotImplementedError
 
     def complete(self, data: bytes) -> int:
         """How many leading bytes of ``data`` (which starts at a record boundary) are whole records."""
