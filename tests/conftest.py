@@ -13,7 +13,6 @@ from millstream._runtime._base import Runtime
 from millstream._runtime._native import NativeJob
 from millstream.testing import CollectSink, ManualClock, TestSource
 
-
 # Property tests explore new random examples on every local run; in CI (CI=true) they replay a
 # fixed set, so a red CI always means the change broke something. Found failures are fixed, not skipped.
 settings.register_profile("ci", derandomize=True, print_blob=True)
