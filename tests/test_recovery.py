@@ -229,3 +229,23 @@ def test_at_most_once_does_not_fire_windows_again_after_a_crash_at_the_end(tmp_p
     windows = Counter((r["k"], r["window_start"]) for r in rows)
     assert max(windows.values()) == 1
     assert as_counter(rows) <= reference()
+
+
+def test_a_changed_stateful_step_cannot_resume_from_old_checkpoints(tmp_path: Path) -> None:
+    """Window state saved for one aggregation must not be read back by another; a stateless fix may resume."""
+    sink = TransactionalCollectSink()  # one object: it stands for the external system across runs
+    windowed(sink).run(guarantee="exactly-once", **run_cfg(tmp_path))
+
+    changed = ms.Flow("recovery")
+    (changed.source(ms.connectors.memory.read(events(100)), watermark=ms.WatermarkStrategy.bounded(0, timestamp="ts"))
+        .map(identity, name="maybe-fail")
+        .key_by("k").window(ms.windows.tumbling(1_000)).aggregate(n=ms.agg.count(), ids=ms.agg.max("id"))
+        .sink(TransactionalCollectSink()))
+    with pytest.raises(CheckpointError, match="another flow"):
+        changed.run(guarantee="exactly-once", **run_cfg(tmp_path))
+
+    def renamed_but_same(e: dict[str, Any]) -> dict[str, Any]:
+        return e
+
+    assert windowed(sink, fail=renamed_but_same).run(guarantee="exactly-once", **run_cfg(tmp_path)).already_finished
+    assert as_counter(sink.values) == reference()

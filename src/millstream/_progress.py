@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -56,6 +54,6 @@ class LiveProgress:
             self.live = None
 
 
-def print_summary(console: Console, result: RunResult, **_: Any) -> None:
+def print_summary(console: Console, result: RunResult) -> None:
     verdict = "interrupted" if result.interrupted else "finished"
     console.print(status_table(result, title=f"{result.flow} · {result.mode} · {verdict} in {result.elapsed_s:,.2f}s"))

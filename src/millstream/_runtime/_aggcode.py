@@ -102,9 +102,6 @@ class AggCode:
                 items.append(f"{name!r}: _res{i}({acc}[{i}])")
         return items
 
-    def merge(self, a: list[Any], b: list[Any]) -> list[Any]:
-        return [agg.merge(x, y) for (_, agg), x, y in zip(self.aggs, a, b, strict=True)]
-
     def compile_merge(self) -> Callable[[list[Any], list[Any]], list[Any]]:
         """``merge(a, b)``: a new accumulator of both (built-ins inline, no call per aggregation)."""
         parts = []

@@ -104,11 +104,10 @@ class SourceOperator(Operator):
         self.emit(recs, times)
         # what the watermark fires derives from many chunks, not from this one
         self.rt.current_chunk = None
-        if gen is not None and reader.watermark() is None:
-            wm = gen.current()
-            if wm > self.wm:
-                self._send_watermark(wm)
-        self._scripted_watermark(reader)
+        scripted = reader.watermark()
+        wm = scripted if scripted is not None else (gen.current() if gen is not None else None)
+        if wm is not None and wm > self.wm:
+            self._send_watermark(wm)
         return n
 
     def _scripted_watermark(self, reader: SourceReader) -> None:

@@ -299,7 +299,7 @@ class SlicedWindowOperator(_WindowBase):
         for s in range(e - self.size, e, self.slice):
             d = self.slices.get(s)
             if d is not None and k in d:
-                acc = d[k] if acc is None else self.code.merge(acc, d[k])
+                acc = d[k] if acc is None else self.merge(acc, d[k])
         assert acc is not None
         return acc
 
