@@ -19,6 +19,10 @@ names; times are int ms since the epoch, prices int cents.
 >>> nexmark.event(0)["type"], nexmark.event(1)["type"], nexmark.event(4)["type"]
 ('person', 'auction', 'bid')
 
+The queries q0, q1, q2, q3, q4, q5, q7, q8 and q11 are ordinary flows:
+``query(name, events)`` gives the result stream of a stream of tagged events,
+``build(name, source, sink)`` a whole flow, ``COLUMNS[name]`` its output columns.
+
 For batch work and oracles, ``bids_batch``, ``auctions_batch`` and
 ``persons_batch`` make the same events as Arrow tables, many at once (numpy
 and pyarrow needed).
@@ -26,19 +30,37 @@ and pyarrow needed).
 
 from __future__ import annotations
 
-from millstream._eventtime import WatermarkStrategy
 from millstream.nexmark._config import BASE_TIME_MS, NexmarkConfig
 from millstream.nexmark._generator import auctions_batch, bids_batch, event, kind_of, persons_batch
 from millstream.nexmark._model import FIELDS, KINDS, Auction, Bid, Kind, Person, arrow_schema
+from millstream.nexmark._queries import (
+    COLUMNS,
+    QUERIES,
+    UPDATING,
+    WATERMARK,
+    Query,
+    build,
+    max_auction_ms,
+    q0,
+    q1,
+    q2,
+    q3,
+    q4,
+    q5,
+    q7,
+    q8,
+    q11,
+    query,
+)
 from millstream.nexmark._source import NexmarkSource, read
-
-#: The Flink DDL's watermark: event time from ``dateTime``, events up to 4 s out of order.
-WATERMARK = WatermarkStrategy.bounded(4_000, timestamp="dateTime")
 
 __all__ = [
     "BASE_TIME_MS",
+    "COLUMNS",
     "FIELDS",
     "KINDS",
+    "QUERIES",
+    "UPDATING",
     "WATERMARK",
     "Auction",
     "Bid",
@@ -46,11 +68,24 @@ __all__ = [
     "NexmarkConfig",
     "NexmarkSource",
     "Person",
+    "Query",
     "arrow_schema",
     "auctions_batch",
     "bids_batch",
+    "build",
     "event",
     "kind_of",
+    "max_auction_ms",
     "persons_batch",
+    "q0",
+    "q1",
+    "q2",
+    "q3",
+    "q4",
+    "q5",
+    "q7",
+    "q8",
+    "q11",
+    "query",
     "read",
 ]
