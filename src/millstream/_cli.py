@@ -1,4 +1,4 @@
-"""``millstream run | plan | demo``: run a job file, show its plan, or run the built-in demo."""
+"""``millstream run | plan | demo | nexmark``: run a job file, show its plan, run the demo or the Nexmark benchmark."""
 
 from __future__ import annotations
 
@@ -211,7 +211,99 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
     demo.add_argument("--out", default="millstream-demo-output", help="output directory")
     common(demo)
+    _nexmark_parser(sub)
     return p
+
+
+# -- millstream nexmark ------------------------------------------------------------------------------
+
+
+def _nexmark_parser(sub: Any) -> None:
+    from millstream.nexmark import QUERIES
+
+    nx = sub.add_parser("nexmark", help="the Nexmark benchmark: generate events, run a query, measure")
+    nsub = nx.add_subparsers(dest="nexmark_command", required=True)
+
+    def config(sp: argparse.ArgumentParser, rate_help: str) -> None:
+        sp.add_argument("--events", type=int, default=100_000, help="number of events (default 100,000)")
+        sp.add_argument("--out-of-order", type=int, default=1, metavar="G",
+                        help="permute the events inside groups of G (default 1: in event-time order)")
+        sp.add_argument("--rate", type=float, default=None, help=rate_help)
+
+    gen = nsub.add_parser("generate", help="write the generator's events as JSON lines")
+    config(gen, "events per second of event time (default 10,000; the data set spans events / rate seconds)")
+    gen.add_argument("--out", default=None, metavar="FILE", help="output file (default: standard output)")
+
+    run = nsub.add_parser("run", help="run one query over the generator or a JSON-lines file")
+    run.add_argument("--query", required=True, choices=list(QUERIES))
+    run.add_argument("--mode", choices=MODES, default="native", help="execution mode (default: native)")
+    config(run, "pace the generator at this many events per second of wall-clock time (default: as fast "
+           "as possible)")
+    run.add_argument("--event-rate", type=int, default=10_000,
+                     help="the generator's events per second of event time (default 10,000)")
+    run.add_argument("--input", default=None, metavar="FILE",
+                     help="read tagged events from this JSON-lines file (from `nexmark generate`) instead")
+    run.add_argument("--out", default=None, metavar="PATH",
+                     help="write the result rows here as JSON lines (a directory of committed part files with "
+                     "--guarantee exactly-once); default: standard output")
+    run.add_argument("--max-chunk", type=int, default=2048, help="most records read from a source at once")
+    run.add_argument("--guarantee", choices=GUARANTEES, default=None,
+                     help="delivery guarantee across crashes (needs --checkpoint-dir)")
+    run.add_argument("--checkpoint-dir", default=None,
+                     help="take checkpoints here; running the same command again resumes")
+    run.add_argument("--checkpoint-interval", type=int, default=1000, metavar="MS",
+                     help="milliseconds between checkpoints (default 1000)")
+    run.add_argument("--state", default="memory", metavar="URL",
+                     help="keyed-state backend: memory (default) or lmdb:///path")
+    run.add_argument("-q", "--quiet", action="store_true", help="print no summary")
+
+    bench = nsub.add_parser("bench", help="events per second of each query in each mode")
+    bench.add_argument("--events", type=int, default=1_000_000, help="number of events (default 1,000,000)")
+    bench.add_argument("--event-rate", type=int, default=10_000,
+                       help="the generator's events per second of event time (default 10,000)")
+    bench.add_argument("--queries", default=",".join(QUERIES), help="comma-separated queries (default: all)")
+    bench.add_argument("--modes", default=",".join(MODES), help="comma-separated modes (default: all)")
+    bench.add_argument("--inputs", default="generator,jsonl",
+                       help="generator (in-process, columnar) and/or jsonl (a pre-generated file)")
+    bench.add_argument("--input", default=None, metavar="FILE",
+                       help="the JSON-lines file of events to read (default: generated in a temporary directory)")
+    bench.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON here")
+
+
+def _cmd_nexmark(args: argparse.Namespace, console: Console) -> int:
+    from millstream.nexmark import NexmarkConfig
+    from millstream.nexmark import _cli as nx
+
+    def split(text: str) -> list[str]:
+        return [x.strip() for x in text.split(",") if x.strip()]
+
+    if args.nexmark_command == "generate":
+        rate = 10_000 if args.rate is None else int(args.rate)
+        cfg = NexmarkConfig(events=args.events, rate=rate, out_of_order_group_size=args.out_of_order)
+        n = nx.generate(cfg, args.out)
+        if args.out is not None:
+            console.print(f"{n:,} events written to {args.out}", highlight=False)
+        return 0
+    if args.nexmark_command == "run":
+        cfg = NexmarkConfig(events=args.events, rate=args.event_rate, out_of_order_group_size=args.out_of_order)
+        summary = nx.run(args.query, mode=args.mode, config=cfg, input=args.input, rate=args.rate, out=args.out,
+                         guarantee=args.guarantee, checkpoint_dir=args.checkpoint_dir,
+                         checkpoint_interval=args.checkpoint_interval, max_chunk=args.max_chunk, state=args.state)
+        if not args.quiet:
+            console.print(summary.describe(), highlight=False)
+        return 0
+    events, rate = args.events, args.event_rate
+    title = f"Nexmark: {events:,} events ({rate:,} events/s of event time)"
+
+    def progress(row: nx.BenchRow) -> None:
+        console.print(f"  {row.query} {row.input} {row.mode}: {row.events_per_s:,.0f} events/s", highlight=False)
+
+    rows = nx.bench(events=events, event_rate=rate, queries=split(args.queries), modes=split(args.modes),
+                    input=args.input, inputs=split(args.inputs), on_row=progress)
+    Console().print(nx.bench_table(rows, title=title))
+    if args.json:
+        nx.write_bench_json(args.json, rows, events=events, event_rate=rate)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_run(args, console)
         if args.command == "plan":
             return _cmd_plan(args, console)
+        if args.command == "nexmark":
+            return _cmd_nexmark(args, console)
         return _cmd_demo(args, console)
     except KeyboardInterrupt:
         return 130

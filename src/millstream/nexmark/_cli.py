@@ -1,0 +1,340 @@
+"""What ``millstream nexmark generate | run | bench`` do (the argument parsing is in ``millstream._cli``).
+
+- ``generate`` writes the generator's events as JSON lines (``"type"`` plus the
+  kind's camelCase fields, times as int epoch ms).
+- ``run`` runs one query over the generator or a JSON-lines file, writing JSON
+  lines; an updating query (q4) writes its final table (the last row per key).
+  With exactly-once, ``--out`` is a directory of committed part files (the
+  transactional file sink) and a second run with the same checkpoint directory
+  resumes.
+- ``bench`` measures events per second per query and mode, over the in-process
+  generator and over a JSON-lines file, with the bare sources as baselines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from millstream._clock import SystemClock
+from millstream._run import MODES, RunConfig, RunResult
+from millstream.connectors import files, stdio
+from millstream.connectors._base import Sink, SinkWriter, Source, SourceContext
+from millstream.errors import ConfigError
+from millstream.nexmark._config import NexmarkConfig
+from millstream.nexmark._queries import QUERIES, UPDATING, build
+from millstream.nexmark._source import read
+from millstream.testing import CollectSink
+
+__all__ = ["BenchRow", "DiscardSink", "RunSummary", "bench", "collapse", "generate", "run"]
+
+_FINAL = "part-final-0.jsonl"  # the final table of an updating query, in an exactly-once --out directory
+
+
+# -- generate ------------------------------------------------------------------------------------------
+
+
+def generate(config: NexmarkConfig, out: str | os.PathLike[str] | None = None, *, stream: IO[bytes] | None = None
+             ) -> int:
+    """Write ``config``'s events as JSON lines to ``out`` (a file, replaced) or ``stream`` (default stdout).
+
+    Returns the number of events written.
+    """
+    if config.events is None:
+        raise ConfigError("generate needs a number of events (--events N)")
+    reader = read(config).open(SourceContext(step="generate", clock=SystemClock(), policy="fail"))
+    target: IO[bytes]
+    if out is not None:
+        path = Path(out)
+        if path.parent != Path():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        target = path.open("wb")
+    else:
+        target = stream if stream is not None else sys.stdout.buffer
+    n = 0
+    dumps = orjson.dumps
+    nl = orjson.OPT_APPEND_NEWLINE
+    try:
+        while (chunk := reader.poll(16_384)) is not None:
+            target.write(b"".join([dumps(e, option=nl) for e in chunk]))
+            n += len(chunk)
+    finally:
+        reader.close()
+        if out is not None:
+            target.close()
+        else:
+            target.flush()
+    return n
+
+
+# -- run -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a ``nexmark run`` did."""
+
+    query: str
+    mode: str
+    events: int
+    rows_out: int
+    seconds: float
+    #: rows of the final table, for an updating query
+    final_rows: int | None = None
+    already_finished: bool = False
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    def describe(self) -> str:
+        final = f" (final table: {self.final_rows:,} rows)" if self.final_rows is not None else ""
+        done = "; it had already finished, nothing to do" if self.already_finished else ""
+        return (f"nexmark {self.query} ({self.mode}): {self.events:,} events, {self.rows_out:,} rows out{final}, "
+                f"{self.seconds:.2f} s, {self.events_per_s:,.0f} events/s{done}")
+
+
+def source_for(*, config: NexmarkConfig | None = None, input: str | None = None, rate: float | None = None
+               ) -> Source:
+    """The event source of a run: a JSON-lines file of tagged events, or the generator (paced at ``rate``)."""
+    if input is not None:
+        if rate is not None:
+            raise ConfigError("--rate paces the generator; it does not apply to --input")
+        return files.read(input, format="jsonl", name="events")
+    return read(config or NexmarkConfig(), rate=rate, name="events")
+
+
+def collapse(rows: Iterable[dict[str, Any]], key: Sequence[str]) -> list[dict[str, Any]]:
+    """The final table of a changelog: the last row of each key, in order of their first appearance."""
+    last: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        last[tuple(r[k] for k in key)] = r
+    return list(last.values())
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open("rb") as f:
+        return [orjson.loads(line) for line in f if line.strip()]
+
+
+def _write_atomically(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def run(query: str, *, mode: str = "native", config: NexmarkConfig | None = None, input: str | None = None,
+        rate: float | None = None, out: str | None = None, guarantee: str | None = None,
+        checkpoint_dir: str | None = None, checkpoint_interval: int = 1_000, max_chunk: int = 2048,
+        state: str = "memory", stdout: IO[Any] | None = None) -> RunSummary:
+    """Run ``query`` once, from the generator (``config``, paced at ``rate``) or the JSON-lines file ``input``.
+
+    Output rows go to ``out`` as JSON lines (stdout when None). With exactly-once,
+    ``out`` is a directory of committed part files. An updating query's output is
+    its final table: the changelog goes to ``<out>.changelog`` and is collapsed
+    into ``out`` when the run ends.
+    """
+    if query not in QUERIES:
+        raise ConfigError(f"unknown Nexmark query {query!r}; choose one of {', '.join(QUERIES)}")
+    cfg = RunConfig(mode=mode, max_chunk=max_chunk, guarantee=guarantee, checkpoint_dir=checkpoint_dir,
+                    checkpoint_interval=checkpoint_interval, state=state)
+    transactional = cfg.effective_guarantee == "exactly-once"
+    key = UPDATING.get(query)
+    source = source_for(config=config, input=input, rate=rate)
+    collected: CollectSink | None = None
+    changelog: Path | None = None
+    sink: Sink
+    if out is None:
+        if transactional:
+            raise ConfigError("exactly-once needs --out: standard output cannot take back what it printed")
+        if key is not None:
+            sink = collected = CollectSink(name="out")
+        else:
+            sink = stdio.write(name="out", stream=stdout)
+    else:
+        target = out.rstrip("/" + os.sep) or out
+        if transactional and os.path.isfile(target):
+            raise ConfigError(f"with exactly-once, --out is a directory of committed part files, and {out!r} "
+                              "is a file")
+        if key is not None:
+            changelog = Path(target + ".changelog")
+            sink = files.write(str(changelog) + ("/" if transactional else ""), format="jsonl",
+                               transactional=transactional, name="out")
+            final = Path(target) / _FINAL if transactional else Path(target)
+            if final.exists():
+                final.unlink()  # written again when the run ends
+        else:
+            sink = files.write(target + "/" if transactional else target, format="jsonl",
+                               transactional=transactional, name="out")
+    flow = build(query, source, sink, config=config if input is None else None)
+    started = time.monotonic()
+    result: RunResult = flow.run(config=cfg)
+    final_rows = None
+    if key is not None:
+        if collected is not None:
+            table = collapse(collected.values, key)
+            target_stream = stdout if stdout is not None else sys.stdout
+            target_stream.write("".join(orjson.dumps(r).decode() + "\n" for r in table))
+            target_stream.flush()
+        else:
+            assert changelog is not None and out is not None
+            rows = (files.read_committed(changelog) if transactional else _read_jsonl(changelog))
+            table = collapse(rows, key)
+            target = out.rstrip("/" + os.sep) or out
+            _write_atomically(Path(target) / _FINAL if transactional else Path(target), table)
+        final_rows = len(table)
+    return RunSummary(query, mode, result.records_read, result.records_written, time.monotonic() - started,
+                      final_rows, result.already_finished)
+
+
+# -- bench ---------------------------------------------------------------------------------------------
+
+
+class DiscardSink(Sink):
+    """A sink that counts its records and keeps none (the Flink suite's ``blackhole``)."""
+
+    delivery = "idempotent"
+
+    def __init__(self, name: str = "blackhole") -> None:
+        self.name = name
+        self.count = 0
+
+    def open(self, step: str) -> SinkWriter:
+        return _DiscardWriter(self)
+
+    def describe(self) -> str:
+        return "discard (count only)"
+
+    def default_name(self) -> str:
+        return self.name
+
+
+class _DiscardWriter(SinkWriter):
+    def __init__(self, sink: DiscardSink) -> None:
+        self.sink = sink
+
+    def write(self, records: list[Any], times: list[int] | None) -> None:
+        self.sink.count += len(records)
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One measurement: a query (or ``"source"``, the bare input) over one input in one mode."""
+
+    query: str
+    input: str
+    mode: str
+    events: int
+    rows: int
+    seconds: float
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "events_per_s": round(self.events_per_s, 1)}
+
+
+def _measure(query: str, source: Source, mode: str, config: NexmarkConfig | None, label: str) -> BenchRow:
+    from millstream._api import Flow
+
+    sink = DiscardSink()
+    if query == "source":
+        flow = Flow("nexmark-source")
+        flow.source(source, name="events").sink(sink, name="out")
+    else:
+        flow = build(query, source, sink, config=config)
+    started = time.perf_counter()
+    result = flow.run(mode=mode)
+    seconds = time.perf_counter() - started
+    return BenchRow(query, label, mode, result.records_read, sink.count, seconds)
+
+
+def bench(*, events: int = 1_000_000, event_rate: int = 10_000, queries: Sequence[str] | None = None,
+          modes: Sequence[str] | None = None, input: str | None = None, inputs: Sequence[str] = ("generator", "jsonl"),
+          on_row: Any = None) -> list[BenchRow]:
+    """Events per second of each query in each mode, from the in-process generator and a JSON-lines file.
+
+    ``input`` is an existing JSON-lines file of events (by default one is made
+    from the same config, in a temporary directory). The bare sources (query
+    ``"source"``) are the baselines. ``on_row(row)`` is called after each measurement.
+    """
+    queries = list(queries) if queries is not None else list(QUERIES)
+    modes = list(modes) if modes is not None else list(MODES)
+    for q in queries:
+        if q not in QUERIES and q != "source":
+            raise ConfigError(f"unknown Nexmark query {q!r}; choose among {', '.join(QUERIES)}")
+    for m in modes:
+        if m not in MODES:
+            raise ConfigError(f"unknown mode {m!r}; this build runs: {', '.join(MODES)}")
+    for i in inputs:
+        if i not in ("generator", "jsonl"):
+            raise ConfigError(f"unknown bench input {i!r}; choose generator and/or jsonl")
+    config = NexmarkConfig(events=events, rate=event_rate)
+    rows: list[BenchRow] = []
+    with tempfile.TemporaryDirectory(prefix="millstream-nexmark-") as tmp:
+        path = input
+        if "jsonl" in inputs and path is None:
+            path = os.path.join(tmp, "events.jsonl")
+            generate(config, path)
+        for kind in inputs:
+            for mode in modes:
+                for q in ["source", *[q for q in queries if q != "source"]]:
+                    if kind == "generator":
+                        row = _measure(q, read(config, name="events"), mode, config, "generator")
+                    else:
+                        assert path is not None
+                        row = _measure(q, files.read(path, format="jsonl", name="events"), mode, None, "jsonl")
+                    rows.append(row)
+                    if on_row is not None:
+                        on_row(row)
+    return rows
+
+
+def bench_table(rows: Sequence[BenchRow], *, title: str) -> Any:
+    """The measurements as a rich table: one line per query and input, one column per mode."""
+    from rich.table import Table
+
+    modes = list(dict.fromkeys(r.mode for r in rows))
+    table = Table(title=title)
+    table.add_column("query")
+    table.add_column("input")
+    table.add_column("rows out", justify="right")
+    for m in modes:
+        table.add_column(f"{m} events/s", justify="right")
+    lines: dict[tuple[str, str], dict[str, BenchRow]] = {}
+    for r in rows:
+        lines.setdefault((r.query, r.input), {})[r.mode] = r
+    for (q, inp), by_mode in lines.items():
+        first = next(iter(by_mode.values()))
+        table.add_row(q if q != "source" else "(source only)", inp, f"{first.rows:,}",
+                      *[f"{by_mode[m].events_per_s:,.0f}" if m in by_mode else "-" for m in modes])
+    return table
+
+
+def write_bench_json(path: str, rows: Sequence[BenchRow], *, events: int, event_rate: int) -> None:
+    import platform
+
+    doc = {
+        "benchmark": "nexmark",
+        "events": events,
+        "event_rate": event_rate,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "results": [r.to_dict() for r in rows],
+    }
+    Path(path).write_text(json.dumps(doc, indent=2) + "\n")
