@@ -18,7 +18,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -31,11 +31,11 @@ from millstream.connectors import files, stdio
 from millstream.connectors._base import Sink, SinkWriter, Source, SourceContext
 from millstream.errors import ConfigError
 from millstream.nexmark._config import NexmarkConfig
-from millstream.nexmark._queries import QUERIES, UPDATING, build
+from millstream.nexmark._queries import QUERIES, UPDATING, build, collapse
 from millstream.nexmark._source import read
 from millstream.testing import CollectSink
 
-__all__ = ["BenchRow", "DiscardSink", "RunSummary", "bench", "collapse", "generate", "run"]
+__all__ = ["BenchRow", "DiscardSink", "RunSummary", "bench", "generate", "run"]
 
 _FINAL = "part-final-0.jsonl"  # the final table of an updating query, in an exactly-once --out directory
 
@@ -111,14 +111,6 @@ def source_for(*, config: NexmarkConfig | None = None, input: str | None = None,
             raise ConfigError("--rate paces the generator; it does not apply to --input")
         return files.read(input, format="jsonl", name="events")
     return read(config or NexmarkConfig(), rate=rate, name="events")
-
-
-def collapse(rows: Iterable[dict[str, Any]], key: Sequence[str]) -> list[dict[str, Any]]:
-    """The final table of a changelog: the last row of each key, in order of their first appearance."""
-    last: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for r in rows:
-        last[tuple(r[k] for k in key)] = r
-    return list(last.values())
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

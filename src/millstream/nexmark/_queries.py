@@ -12,14 +12,14 @@ the engine's window, interval and regular joins.
 >>> flow = nexmark.build("q2", nexmark.read(nexmark.NexmarkConfig(events=10_000)), out)
 >>> _ = flow.run()
 >>> out.values[:2]
-[{'auction': 1107, 'price': ...}, {'auction': 1107, 'price': ...}]
+[{'auction': 1230, 'price': 1599}, {'auction': 1230, 'price': 129}]
 >>> nexmark.COLUMNS["q2"]
 ('auction', 'price')
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ from millstream.connectors._base import Sink, Source
 from millstream.errors import ConfigError
 from millstream.nexmark._config import NexmarkConfig
 
-__all__ = ["COLUMNS", "QUERIES", "UPDATING", "Query", "build", "max_auction_ms", "query"]
+__all__ = ["COLUMNS", "QUERIES", "UPDATING", "WATERMARK", "Query", "build", "collapse", "max_auction_ms", "query"]
 
 #: The Flink DDL's watermark: event time from ``dateTime``, events up to 4 s out of order.
 WATERMARK = WatermarkStrategy.bounded(4_000, timestamp="dateTime")
@@ -228,6 +228,19 @@ COLUMNS: dict[str, tuple[str, ...]] = {name: q.columns for name, q in QUERIES.it
 
 #: The updating queries and the key of their final table.
 UPDATING: dict[str, tuple[str, ...]] = {name: q.key for name, q in QUERIES.items() if q.key is not None}
+
+
+def collapse(rows: Iterable[dict[str, Any]], key: Sequence[str]) -> list[dict[str, Any]]:
+    """The final table of an updating result: the last row of each key, in order of first appearance.
+
+    >>> collapse([{"category": 10, "avg": 5.0}, {"category": 11, "avg": 1.0}, {"category": 10, "avg": 7.5}],
+    ...          UPDATING["q4"])
+    [{'category': 10, 'avg': 7.5}, {'category': 11, 'avg': 1.0}]
+    """
+    last: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        last[tuple(r[k] for k in key)] = r
+    return list(last.values())
 
 
 def _lookup(name: Any) -> Query:
