@@ -141,3 +141,21 @@ def test_exactly_once_resume_after_sigkill_gives_the_same_output(query: str, tmp
     resumed = subprocess.run(_cli(*paced), env=_env(), capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert canon(files.read_committed(out)) == canon(rows_of(ref))
+
+
+def test_bench_measures_every_query_mode_and_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "bench.json"
+    assert main(["nexmark", "bench", "--events", "3000", "--event-rate", "1000", "--queries", "q0,q5",
+                 "--json", str(report)]) == 0
+    doc = json.loads(report.read_text())
+    got = {(r["query"], r["input"], r["mode"]) for r in doc["results"]}
+    assert got == {(q, i, m) for q in ("source", "q0", "q5") for i in ("generator", "jsonl") for m in MODES}
+    for r in doc["results"]:
+        assert r["events"] == 3000 and r["events_per_s"] > 0
+        assert r["rows"] == {"source": 3000, "q0": 2760}.get(r["query"], r["rows"])
+    assert "events/s" in capsys.readouterr().out
+
+
+def test_bench_rejects_unknown_names(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["nexmark", "bench", "--events", "100", "--queries", "q6"]) == 2
+    assert "unknown Nexmark query 'q6'" in capsys.readouterr().err

@@ -267,6 +267,7 @@ def _nexmark_parser(sub: Any) -> None:
                        help="generator (in-process, columnar) and/or jsonl (a pre-generated file)")
     bench.add_argument("--input", default=None, metavar="FILE",
                        help="the JSON-lines file of events to read (default: generated in a temporary directory)")
+    bench.add_argument("--repeat", type=int, default=1, help="runs per figure; the best is kept (default 1)")
     bench.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON here")
 
 
@@ -299,7 +300,7 @@ def _cmd_nexmark(args: argparse.Namespace, console: Console) -> int:
         console.print(f"  {row.query} {row.input} {row.mode}: {row.events_per_s:,.0f} events/s", highlight=False)
 
     rows = nx.bench(events=events, event_rate=rate, queries=split(args.queries), modes=split(args.modes),
-                    input=args.input, inputs=split(args.inputs), on_row=progress)
+                    input=args.input, inputs=split(args.inputs), repeat=args.repeat, on_row=progress)
     Console().print(nx.bench_table(rows, title=title))
     if args.json:
         nx.write_bench_json(args.json, rows, events=events, event_rate=rate)
