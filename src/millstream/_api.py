@@ -487,6 +487,131 @@ class KeyedStream(Stream):
         op = P.ProcessOp(self._key, fn, on_timer, tuple(specs))
         return Stream(self._flow, self._then(op, step, loc))
 
+    # -- joins -----------------------------------------------------------------------
+    def join(self, other: KeyedStream, *, how: str = "inner", ttl: Duration | None = None,
+             combine: Callable[[Any, Any], Any] | None = None, name: str | None = None) -> Stream:
+        """Every pair of a record of this stream and one of ``other`` with equal keys, whichever came first.
+
+        Both sides are kept in state per key: forever, or with ``ttl`` until their event
+        time is more than ``ttl`` behind the watermark (a record already that far behind
+        when it comes is late: it joins nothing and is counted in the step's ``late``
+        figure). The output's event time is the later of the two records'. The output
+        record is ``combine(left, right)``, by default the two dicts merged, a right
+        field whose name the left record has too renamed ``<name>_right`` (shared key
+        fields keep the left's value). Only ``how="inner"`` for now.
+        """
+        loc = user_location()
+        step = name or "join"
+        _check_join(self, other, "join", step, loc, combine)
+        if how != "inner":
+            raise FlowDefinitionError(
+                f"join(how={how!r}) is not supported yet: left and outer joins need retractions, "
+                "which millstream streams do not carry yet",
+                step=step, location=loc,
+                fix="use how='inner' (the default)",
+            )
+        ttl_ms = None
+        if ttl is not None:
+            ttl_ms = _join_ms(ttl, "ttl", step, loc)
+        op = P.JoinOp(self._key, other._key, "regular", how=how, ttl_ms=ttl_ms, combine=combine)
+        return _join_node(self, other, op, step, loc)
+
+    def window_join(self, other: KeyedStream, assigner: WindowAssigner, *,
+                    combine: Callable[[Any, Any], Any] | None = None, name: str | None = None) -> Stream:
+        """Pairs of records with equal keys that fall in the same window (tumbling, sliding or session).
+
+        A window's pairs are emitted when the watermark passes its end, at event time
+        ``window_end - 1``; without ``combine`` each carries ``window_start`` and
+        ``window_end``. A record whose windows have all fired when it comes is late:
+        it joins nothing and is counted in the step's ``late`` figure. Sessions are
+        formed from the records of both sides of a key.
+        """
+        loc = user_location()
+        step = name or "window_join"
+        _check_join(self, other, "window_join", step, loc, combine)
+        if not isinstance(assigner, WindowAssigner) or not assigner.event_time:
+            raise FlowDefinitionError(
+                f"window_join() takes an event-time window assigner, not {assigner!r}",
+                step=step, location=loc,
+                fix="use millstream.windows.tumbling(...), sliding(...) or session(...); "
+                "count windows have no common boundary for two streams",
+            )
+        op = P.JoinOp(self._key, other._key, "window", assigner=assigner, combine=combine)
+        return _join_node(self, other, op, step, loc)
+
+    def interval_join(self, other: KeyedStream, *, lower: Duration, upper: Duration,
+                      combine: Callable[[Any, Any], Any] | None = None, name: str | None = None) -> Stream:
+        """Pairs with equal keys whose right event time lies in ``[left.t + lower, left.t + upper]``.
+
+        Bounds are inclusive and may be negative. A record stays in state while a record
+        of the other side ahead of the watermark could still pair with it. A record at or
+        behind the watermark when it comes is late: it joins nothing and is counted in the
+        step's ``late`` figure. The output's event time is the later of the two records'.
+        """
+        loc = user_location()
+        step = name or "interval_join"
+        _check_join(self, other, "interval_join", step, loc, combine)
+        lo, hi = _join_ms(lower, "lower", step, loc, signed=True), _join_ms(upper, "upper", step, loc, signed=True)
+        if lo > hi:
+            raise FlowDefinitionError(
+                f"interval_join(lower={lo}ms, upper={hi}ms): lower is above upper, so no pair can match",
+                step=step, location=loc, fix="pass lower <= upper, e.g. lower=-timedelta(minutes=5), upper=0",
+            )
+        op = P.JoinOp(self._key, other._key, "interval", lower_ms=lo, upper_ms=hi, combine=combine)
+        return _join_node(self, other, op, step, loc)
+
+
+def _join_ms(value: Any, what: str, step: str, loc: str | None, *, signed: bool = False) -> int:
+    try:
+        ms = to_ms(value, what)
+    except ConfigError as exc:
+        raise FlowDefinitionError(str(exc), step=step, location=loc,
+                                  fix=f"pass {what}=timedelta(...) or an int of milliseconds") from None
+    if ms < 0 and not signed:
+        raise FlowDefinitionError(f"{what} must be >= 0, got {ms} ms", step=step, location=loc,
+                                  fix=f"pass a positive {what}, e.g. {what}=timedelta(hours=1)")
+    return ms
+
+
+def _check_join(left: KeyedStream, right: Any, what: str, step: str, loc: str | None, combine: Any) -> None:
+    if not isinstance(right, KeyedStream):
+        raise FlowDefinitionError(
+            f"{what}() joins two keyed streams, but the other side is {right!r}",
+            step=step, location=loc, fix=f"key it first: left.key_by('id').{what}(right.key_by('seller'), ...)",
+        )
+    if right._flow is not left._flow:
+        raise FlowDefinitionError(f"{what}() of streams from two different flows", step=step, location=loc,
+                                  fix="build both streams from the same Flow")
+    missing = [s.name for s in (left, right) if not s.has_event_time]
+    if missing:
+        raise FlowDefinitionError(
+            f"{what}() needs event time on both inputs; no event time: {', '.join(missing)}",
+            step=step, location=loc,
+            fix="give each source a watermark, e.g. flow.source(..., "
+            "watermark=ms.WatermarkStrategy.bounded(timedelta(seconds=5), timestamp='ts'))",
+        )
+    lk, rk = left._key, right._key
+    plain = not (lk.fn or lk.expr or rk.fn or rk.expr)
+    if plain and len(lk.fields) != len(rk.fields):
+        raise FlowDefinitionError(
+            f"{what}() keys of different widths never match: ({lk.describe()}) and ({rk.describe()})",
+            step=step, location=loc, fix="key both sides by the same number of fields",
+        )
+    if combine is not None:
+        if isinstance(combine, Expr) or not callable(combine):
+            raise FlowDefinitionError(
+                f"{what}(combine=...) takes a function of (left, right), not {combine!r}",
+                step=step, location=loc, fix=f"e.g. .{what}(..., combine=lambda l, r: {{**l, 'seller': r['name']}})",
+            )
+        _check_fn(combine, "combine", step, loc, nargs=2)
+
+
+def _join_node(left: KeyedStream, right: KeyedStream, op: P.JoinOp, step: str, loc: str | None) -> Stream:
+    node = left._flow._add(op, (left._id, right._id), step, loc, timestamped=True)
+    return Stream(left._flow, node)
+
+# -- end of joins -----------------------------------------------------------------------
+
 
 def _windowed(stream: Stream, key: P.KeySpec | None, assigner: Any, allowed_lateness: Duration,
               name: str | None, loc: str | None) -> WindowedStream:

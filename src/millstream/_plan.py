@@ -9,6 +9,7 @@ from typing import Any
 from millstream._eventtime import WatermarkStrategy
 from millstream._expr import Expr, col
 from millstream._location import callable_name
+from millstream._time import format_duration
 from millstream.agg import Aggregation
 from millstream.connectors._base import Sink, Source
 from millstream.state import StateSpec
@@ -219,6 +220,52 @@ class ProcessOp(Op):
         st = ", ".join(f"{n}: {s.describe()}" for n, s in self.state)
         timer = f", on_timer {callable_name(self.on_timer)}" if self.on_timer else ""
         return f"by {self.key.describe()}: {callable_name(self.fn)}{timer}" + (f" (state {st})" if st else "")
+
+
+# -- joins (two inputs: node.inputs == (left, right)) -----------------------------------
+
+@dataclass(frozen=True)
+class JoinOp(Op):
+    """Pairs of left and right records with equal keys; the node's inputs are ``(left, right)``.
+
+    ``mode`` says which pairs: ``"regular"`` every pair (state kept ``ttl_ms`` behind the
+    watermark, or forever when None), ``"window"`` pairs in the same window of ``assigner``,
+    ``"interval"`` pairs with ``left.t + lower_ms <= right.t <= left.t + upper_ms``.
+    ``combine(left, right)`` makes the output record; None merges the two dicts, renaming a
+    right field that collides with a left one (other than a shared key field) to ``<name>_right``.
+    """
+
+    left_key: KeySpec
+    right_key: KeySpec
+    mode: str
+    how: str = "inner"
+    ttl_ms: int | None = None
+    assigner: WindowAssigner | None = None
+    lower_ms: int = 0
+    upper_ms: int = 0
+    combine: Callable[[Any, Any], Any] | None = None
+    kind = "join"
+
+    @property
+    def shared_fields(self) -> tuple[str, ...]:
+        """Key fields read under the same name on both sides: the output keeps the left's value."""
+        if self.left_key.fn or self.left_key.expr or self.right_key.fn or self.right_key.expr:
+            return ()
+        return tuple(f for f, g in zip(self.left_key.fields, self.right_key.fields, strict=False) if f == g)
+
+    def describe(self) -> str:
+        text = f"{self.how} on {self.left_key.describe()} = {self.right_key.describe()}"
+        if self.mode == "window":
+            assert self.assigner is not None
+            text += f", window {self.assigner.describe()}"
+        elif self.mode == "interval":
+            text += f", right.t in [left.t{self.lower_ms:+d}ms, left.t{self.upper_ms:+d}ms]"
+        elif self.ttl_ms is not None:
+            text += f", ttl {format_duration(self.ttl_ms) if self.ttl_ms else '0ms'}"
+        return text + (f": {callable_name(self.combine)}" if self.combine is not None else "")
+
+
+# -- end of joins -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

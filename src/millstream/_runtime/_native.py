@@ -12,6 +12,7 @@ from millstream.connectors._base import DeadLetter, SinkWriter
 
 from ._base import Operator, PassThrough, Runtime
 from ._chain import ChainOperator
+from ._joins import make_join_operator
 from ._keyed import AggregateOperator, ProcessOperator, ReduceOperator
 from ._sources import DeadLetterWriter, SinkOperator, SourceOperator
 from ._windows import _WindowBase, make_window_operator
@@ -102,6 +103,8 @@ class NativeJob:
             return ProcessOperator(node, self.rt, ts)
         if isinstance(op, P.WindowOp):
             return make_window_operator(node, self.rt, ts)
+        if isinstance(op, P.JoinOp):
+            return make_join_operator(node, self.rt)
         raise AssertionError(f"no native operator for {op.kind}")
 
     def _timed(self, node: P.Node) -> bool:
