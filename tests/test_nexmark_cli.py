@@ -132,12 +132,15 @@ def test_exactly_once_resume_after_sigkill_gives_the_same_output(query: str, tmp
              "--checkpoint-interval", "50", "--out", str(out)]
     proc = subprocess.Popen(_cli(*paced), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
-    time.sleep(1.2)  # about half the input read (two seconds at the paced rate, after the start-up)
+    deadline = time.monotonic() + 60
+    while not list(ck.glob("chk-*/MANIFEST.json")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.3)  # a few more checkpoints and output, then the kill, about a quarter into the input
     assert proc.poll() is None, "the run ended before it could be killed; make it longer"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    assert any(ck.iterdir()), "no checkpoint was taken before the kill"
+    assert list(ck.glob("chk-*/MANIFEST.json")), "no checkpoint was taken before the kill"
     resumed = subprocess.run(_cli(*paced), env=_env(), capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert canon(files.read_committed(out)) == canon(rows_of(ref))
