@@ -45,34 +45,12 @@ _Q3_STATES = ("OR", "ID", "CA")
 _Q3_CATEGORY = 10
 
 
-# -- the three views of the DDL ----------------------------------------------------------------------
-
-
-def bids(events: Stream) -> Stream:
-    """The ``bid`` view: bids of a tagged event stream, with the bid fields only."""
-    return events.filter(col("type") == "bid", name="bids").select(
-        "auction", "bidder", "price", "dateTime", "extra", name="bid")
-
-
-def auctions(events: Stream) -> Stream:
-    """The ``auction`` view."""
-    return events.filter(col("type") == "auction", name="auctions").select(
-        "id", "itemName", "description", "initialBid", "reserve", "dateTime", "expires", "seller", "category",
-        "extra", name="auction")
-
-
-def persons(events: Stream) -> Stream:
-    """The ``person`` view."""
-    return events.filter(col("type") == "person", name="persons").select(
-        "id", "name", "emailAddress", "creditCard", "city", "state", "dateTime", "extra", name="person")
+# -- the queries ------------------------------------------------------------------------------------
 
 
 def _of(events: Stream, kind: str, *fields: str) -> Stream:
-    """The events of ``kind``, with just ``fields`` (a narrower projection than the views, for state size)."""
+    """The events of ``kind`` (the DDL's views), with just ``fields``: what a query needs, and no more state."""
     return events.filter(col("type") == kind, name=f"{kind}s").select(*fields, name=kind)
-
-
-# -- the queries -------------------------------------------------------------------------------------
 
 
 def q0(events: Stream, **_: Any) -> Stream:
