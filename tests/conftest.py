@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+import pytest
 from hypothesis import settings
 
 import millstream as ms
@@ -18,6 +19,25 @@ from millstream.testing import CollectSink, ManualClock, TestSource
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+@pytest.fixture(params=ms.MODES)
+def exec_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once per execution mode: every ``Flow.run`` without an explicit mode uses it.
+
+    Behavioural test modules apply it to all their tests (``pytestmark``); the same flow must
+    give the same answers natively, in micro-batches and in batch. A test about one executor's
+    internals says so with ``@pytest.mark.native_only("why")``.
+    """
+    mode: str = request.param
+    marker = request.node.get_closest_marker("native_only")
+    if marker is not None and mode != "native":
+        pytest.skip(f"native executor only: {marker.args[0]}")
+    marker = request.node.get_closest_marker("streaming")
+    if marker is not None and mode == "batch":
+        pytest.skip(f"batch mode runs bounded inputs only: {marker.args[0]}")
+    monkeypatch.setenv("MILLSTREAM_MODE", mode)
+    return mode
 
 
 def stamped(flow: ms.Flow, script: Iterable[Any], *, bound: int = 0, chunk: int | None = None,

@@ -10,6 +10,9 @@ import pytest
 import millstream as ms
 from millstream.connectors._base import Sink, SinkWriter, Source, SourceContext, SourceReader
 
+# every test runs in every execution mode (native, microbatch, batch): see conftest.exec_mode
+pytestmark = pytest.mark.usefixtures("exec_mode")
+
 
 class Ledger:
     """What the source has handed out and what each sink has received, checked at every poll."""

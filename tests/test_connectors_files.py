@@ -25,6 +25,9 @@ from millstream.connectors import SourceContext, files
 from millstream.errors import ConfigError, MissingDependencyError, RecordError
 from millstream.testing import CollectSink, ManualClock
 
+# every test runs in every execution mode (native, microbatch, batch): see conftest.exec_mode
+pytestmark = pytest.mark.usefixtures("exec_mode")
+
 # -- helpers -------------------------------------------------------------------------------
 
 
@@ -378,6 +381,7 @@ def test_bad_event_time_uses_the_file_position(tmp_path: Path) -> None:
 # -- following ---------------------------------------------------------------------------------
 
 
+@pytest.mark.streaming("follows a growing directory")
 def test_follow_a_directory_in_a_running_flow(tmp_path: Path) -> None:
     d = tmp_path / "in"
     d.mkdir()
@@ -425,6 +429,7 @@ def test_follow_a_file_that_does_not_exist_yet(tmp_path: Path) -> None:
     assert reader.position_of(0) == f"{p}:1"
 
 
+@pytest.mark.streaming("follows a growing directory")
 def test_follow_ends_after_max_idle_with_a_manual_clock(tmp_path: Path) -> None:
     p = tmp_path / "e.jsonl"
     write_jsonl(p, RECORDS[:5])

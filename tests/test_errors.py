@@ -13,6 +13,9 @@ from conftest import collect, stamped
 from millstream import agg
 from millstream.testing import CollectSink, TestSource, watermark
 
+# every test runs in every execution mode (native, microbatch, batch): see conftest.exec_mode
+pytestmark = pytest.mark.usefixtures("exec_mode")
+
 _SOURCE = Path(__file__).read_text().splitlines()
 
 

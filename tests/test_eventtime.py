@@ -11,6 +11,9 @@ from millstream._eventtime import WatermarkGenerator
 from millstream._time import MAX_WATERMARK, MIN_WATERMARK, format_ms, timestamp_to_ms, to_ms
 from millstream.testing import CollectSink, ManualClock, TestSource, advance_processing_time, watermark
 
+# every test runs in every execution mode (native, microbatch, batch): see conftest.exec_mode
+pytestmark = pytest.mark.usefixtures("exec_mode")
+
 
 def test_durations_convert_to_integer_ms() -> None:
     assert to_ms(timedelta(minutes=1, milliseconds=5)) == 60_005
@@ -118,6 +121,7 @@ def test_union_watermark_is_the_minimum_of_its_inputs() -> None:
     assert sorted((r["window_start"], r["n"]) for r in out.values) == [(0, 3), (100, 1)]
 
 
+@pytest.mark.streaming("an idle live source")
 def test_idle_source_stops_holding_back_the_watermark() -> None:
     """Without idleness a silent input holds every window; with it, windows fire on the busy input's time."""
 

@@ -14,6 +14,9 @@ from millstream._runtime._keyed import ProcessOperator
 from millstream.testing import ManualClock, TestSource, advance_processing_time, watermark
 from test_windows import AGGS, BOUND, make_events
 
+# every test runs in every execution mode (native, microbatch, batch): see conftest.exec_mode
+pytestmark = pytest.mark.usefixtures("exec_mode")
+
 Event = dict[str, Any]
 EVENTS = make_events(11, n=200)
 

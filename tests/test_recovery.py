@@ -13,6 +13,9 @@ import millstream as ms
 from millstream.errors import CheckpointError, ConfigError, GuaranteeError, JobError
 from millstream.testing import ManualClock, TransactionalCollectSink
 
+# every test runs in every execution mode (native, microbatch, batch): see conftest.exec_mode
+pytestmark = pytest.mark.usefixtures("exec_mode")
+
 
 def events(n: int) -> list[dict[str, Any]]:
     return [{"id": i, "k": i % 5, "ts": i * 10} for i in range(n)]

@@ -10,6 +10,9 @@ import millstream as ms
 from conftest import collect, finish, stamped, start
 from millstream.testing import TestSource
 
+# every test runs in every execution mode (native, microbatch, batch): see conftest.exec_mode
+pytestmark = pytest.mark.usefixtures("exec_mode")
+
 RECORDS = [{"k": i % 3, "ts": 10 * i, "v": i} for i in range(20)]
 
 

@@ -25,6 +25,9 @@ from millstream.connectors._files_write import _CsvEncoder
 from millstream.errors import ConfigError, JobError, StepError
 from millstream.testing import CollectSink, TransactionalCollectSink
 
+# every test runs in every execution mode (native, microbatch, batch): see conftest.exec_mode
+pytestmark = pytest.mark.usefixtures("exec_mode")
+
 HAS_PYARROW = __import__("importlib").util.find_spec("pyarrow") is not None
 
 

@@ -23,6 +23,9 @@ from conftest import canon, collect, finish, stamped, start
 from millstream import agg
 from millstream.testing import CollectSink, TestSource, watermark
 
+# every test runs in every execution mode (native, microbatch, batch): see conftest.exec_mode
+pytestmark = pytest.mark.usefixtures("exec_mode")
+
 # -- the reference ---------------------------------------------------------------------
 
 Event = dict[str, Any]

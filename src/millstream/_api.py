@@ -103,7 +103,7 @@ class Flow:
         return f"Flow({self.name!r}, steps={len(self._nodes)})"
 
     # -- running ---------------------------------------------------------------------
-    def run(self, mode: str = "native", *, config: RunConfig | None = None, **options: Any) -> RunResult:
+    def run(self, mode: str | None = None, *, config: RunConfig | None = None, **options: Any) -> RunResult:
         """Run the flow to the end of its inputs (or until interrupted) and return a summary.
 
         Options are those of :class:`millstream.RunConfig` (``mode``, ``clock``,
@@ -112,7 +112,9 @@ class Flow:
         from millstream._run import RunConfig, run_plan
 
         cfg = config if config is not None else RunConfig()
-        cfg = cfg.replace(mode=mode, **options) if (options or mode != cfg.mode) else cfg
+        if mode is not None:
+            options["mode"] = mode
+        cfg = cfg.replace(**options) if options else cfg
         return run_plan(self.plan(), cfg)
 
 
@@ -356,6 +358,17 @@ class Stream:
     def inspect(self, fn: Callable[[Any], Any] = print, *, name: str | None = None) -> Stream:
         """Call ``fn(record)`` for its side effect (default: print) and pass the record on."""
         return self._fn_step(P.InspectOp, "inspect", fn, name)
+
+    def map_batches(self, fn: Callable[[Any], Any], *, name: str | None = None) -> Stream:
+        """Transform whole batches at once: ``fn(polars.DataFrame) -> polars.DataFrame``.
+
+        The vectorised escape hatch for work expressions cannot say. In micro-batch
+        and batch mode ``fn`` gets each batch as it is; in native mode each chunk of
+        dict records becomes a DataFrame for the call. On a stream with event time
+        ``fn`` must return one row per input row (row ``i`` keeps the event time of
+        input row ``i``); drop rows with :meth:`filter`.
+        """
+        return self._fn_step(P.MapBatchesOp, "map_batches", fn, name)
 
     def key_by(self, key: KeyLike, *, name: str | None = None) -> KeyedStream:
         """Partition by key: a field name, a tuple of field names, an expression or a function of the record.

@@ -17,7 +17,7 @@ from rich.console import Console
 from millstream._api import Flow
 from millstream._guarantee import GUARANTEES
 from millstream._progress import LiveProgress, print_summary
-from millstream._run import MODES, RunConfig, RunResult
+from millstream._run import MODES, RunConfig, RunResult, default_mode
 from millstream.errors import ConfigError, FlowDefinitionError, MillstreamError, StepError
 
 
@@ -86,7 +86,8 @@ def _run_flow(flow: Flow, args: argparse.Namespace, console: Console) -> RunResu
     show = args.progress == "on" or (args.progress == "auto" and console.is_terminal and not args.quiet)
     if show:
         progress = LiveProgress(console)
-    cfg = RunConfig(mode=args.mode, max_chunk=args.max_chunk, on_progress=progress, guarantee=args.guarantee,
+    cfg = RunConfig(mode=args.mode or default_mode(), max_chunk=args.max_chunk,
+                    on_progress=progress, guarantee=args.guarantee,
                     checkpoint_dir=args.checkpoint_dir, checkpoint_interval=args.checkpoint_interval,
                     restarts=args.restarts, state=args.state)
     try:
@@ -176,8 +177,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--mode", choices=MODES, default="native", help="execution mode (default: native)")
-        sp.add_argument("--max-chunk", type=int, default=2048, help="most records read from a source at once")
+        sp.add_argument("--mode", choices=MODES, default=None,
+                        help="execution mode: native (record at a time), microbatch (columnar epochs) or batch "
+                             "(bounded input, largest batches); default: $MILLSTREAM_MODE or native")
+        sp.add_argument("--max-chunk", type=int, default=None,
+                        help="most records read from a source at once (the epoch size in micro-batch mode; "
+                             "default 2048 native, 100000 microbatch)")
         sp.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                         help="live progress in the terminal (auto: when stderr is a terminal)")
         sp.add_argument("-q", "--quiet", action="store_true", help="print no summary")

@@ -96,6 +96,16 @@ class InspectOp(FnOp):
     kind = "inspect"
 
 
+@dataclass(frozen=True)
+class MapBatchesOp(FnOp):
+    """A function of a whole batch: ``fn(polars.DataFrame) -> polars.DataFrame``.
+
+    In native mode each chunk of dict records becomes a DataFrame for the call.
+    """
+
+    kind = "map_batches"
+
+
 def _describe_columns(columns: tuple[tuple[str, Expr], ...]) -> str:
     return ", ".join(name if e.equals(col(name)) else f"{name}={e!r}" for name, e in columns)
 
@@ -277,7 +287,7 @@ class SinkOp(Op):
         return self.connector.describe()
 
 
-STATELESS = (MapOp, FilterOp, FlatMapOp, InspectOp, WithColumnsOp, SelectOp, KeyByOp)
+STATELESS = (MapOp, FilterOp, FlatMapOp, InspectOp, WithColumnsOp, SelectOp, KeyByOp, MapBatchesOp)
 
 
 @dataclass(frozen=True)

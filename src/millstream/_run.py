@@ -21,8 +21,16 @@ log = logging.getLogger("millstream.run")
 
 __all__ = ["MODES", "JobStatus", "RunConfig", "RunResult", "StepStatus"]
 
-#: Execution modes this build can run.
-MODES = ("native",)
+#: Execution modes: record at a time, columnar micro-batches, and bounded batch.
+MODES = ("native", "microbatch", "batch")
+
+#: Records read from a source at once, per mode, unless ``max_chunk`` says otherwise.
+DEFAULT_CHUNK = {"native": 2048, "microbatch": 100_000, "batch": 1_000_000}
+
+
+def default_mode() -> str:
+    """``$MILLSTREAM_MODE`` when set (so a whole test suite or job can switch executor), else native."""
+    return os.environ.get("MILLSTREAM_MODE") or "native"
 
 
 @dataclass(frozen=True)
@@ -102,9 +110,16 @@ class RunResult(JobStatus):
 class RunConfig:
     """How to run a flow. Small and frozen: pass it to ``Flow.run(config=...)`` or use keywords.
 
-    - ``mode``: ``"native"`` (record at a time).
-    - ``max_chunk``: most records read from a source at once (latency stays low:
-      a live source returns what it has).
+    - ``mode``: ``"native"`` (record at a time, lowest latency), ``"microbatch"``
+      (columnar epochs through Polars, highest throughput) or ``"batch"`` (bounded
+      inputs, largest batches). Same plan, same answers. Default: ``$MILLSTREAM_MODE``
+      or native.
+    - ``max_chunk``: most records read from a source at once; in micro-batch mode the
+      epoch size (default 2,048 native, 100,000 micro-batch, 1,000,000 batch). A live
+      source returns what it has, so latency stays low.
+    - ``trigger_interval``: micro-batch mode: when an epoch read less than a full batch
+      (the sources are caught up), the next one starts this long (ms or timedelta)
+      after it, so live input gathers into larger batches. 0 (default): at once.
     - ``clock``: processing time; ``millstream.testing.ManualClock`` in tests.
     - ``on_progress``: called with a :class:`JobStatus` every ``progress_interval_s``.
     - ``guarantee``: ``"none"`` (default without a checkpoint directory),
@@ -121,8 +136,9 @@ class RunConfig:
       checkpoints). Options as a query: ``?cache=100000&key_groups=128``.
     """
 
-    mode: str = "native"
-    max_chunk: int = 2048
+    mode: str = dataclasses.field(default_factory=default_mode)
+    max_chunk: int | None = None
+    trigger_interval: int | timedelta = 0
     clock: Clock | None = None
     on_progress: Callable[[JobStatus], None] | None = None
     progress_interval_s: float = 0.5
@@ -140,6 +156,15 @@ class RunConfig:
         if self.guarantee is not None:
             return self.guarantee
         return "none" if self.checkpoint_dir is None else "at-least-once"
+
+    @property
+    def chunk(self) -> int:
+        """The effective ``max_chunk`` of the mode."""
+        return self.max_chunk if self.max_chunk is not None else DEFAULT_CHUNK[self.mode]
+
+    @property
+    def trigger_interval_ms(self) -> int:
+        return to_ms(self.trigger_interval, "trigger_interval")
 
     @property
     def checkpoint_interval_ms(self) -> int:
@@ -166,8 +191,11 @@ class RunConfig:
             raise ConfigError("restarts need a checkpoint_dir: a restart without one would replay output from scratch")
         if self.mode not in MODES:
             raise ConfigError(f"unknown mode {self.mode!r}; this build runs: {', '.join(MODES)}")
-        if isinstance(self.max_chunk, bool) or not isinstance(self.max_chunk, int) or self.max_chunk <= 0:
+        if self.max_chunk is not None and (isinstance(self.max_chunk, bool) or not isinstance(self.max_chunk, int)
+                                           or self.max_chunk <= 0):
             raise ConfigError(f"max_chunk must be a positive int, not {self.max_chunk!r}")
+        if self.trigger_interval_ms < 0:
+            raise ConfigError("trigger_interval must be >= 0")
         if self.progress_interval_s <= 0:
             raise ConfigError("progress_interval_s must be > 0")
         from millstream._state import parse_state_url
@@ -214,6 +242,7 @@ def run_plan(plan: Plan, cfg: RunConfig) -> RunResult:
     from millstream._checkpoint import Coordinator
     from millstream._guarantee import check_guarantee
     from millstream._runtime._base import Runtime
+    from millstream._runtime._microbatch import MicroBatchJob
     from millstream._runtime._native import NativeJob, run_native
     from millstream._state import open_backend
 
@@ -228,8 +257,14 @@ def run_plan(plan: Plan, cfg: RunConfig) -> RunResult:
     interrupted = finished_before = False
     restarts = 0
     callback = cfg.on_progress
+    if cfg.mode == "batch":
+        unbounded = [n.name for n in plan.sources if not n.op.connector.bounded]  # type: ignore[attr-defined]
+        if unbounded:
+            raise ConfigError(f"batch mode runs bounded inputs only; source(s) {', '.join(unbounded)} never end: "
+                              "run with mode='microbatch' (--mode microbatch) instead")
     while True:
-        job = NativeJob(plan, Runtime(clock, open_backend(cfg.state), checkpointed=coordinator is not None))
+        rt = Runtime(clock, open_backend(cfg.state), checkpointed=coordinator is not None)
+        job = NativeJob(plan, rt) if cfg.mode == "native" else MicroBatchJob(plan, rt, cfg.mode)
         tick = None
         if callback is not None:
 
@@ -243,8 +278,9 @@ def run_plan(plan: Plan, cfg: RunConfig) -> RunResult:
                 loaded = coordinator.recover(job)
                 finished_before = loaded is not None and loaded.finished
             if not finished_before:
-                run_native(job, max_chunk=cfg.max_chunk, idle_sleep_s=cfg.idle_sleep_s, on_tick=tick,
-                           tick_interval_s=cfg.progress_interval_s, coordinator=coordinator)
+                run_native(job, max_chunk=cfg.chunk, idle_sleep_s=cfg.idle_sleep_s, on_tick=tick,
+                           tick_interval_s=cfg.progress_interval_s, coordinator=coordinator,
+                           trigger_interval_ms=cfg.trigger_interval_ms if cfg.mode == "microbatch" else 0)
                 if coordinator is not None:
                     coordinator.checkpoint(job, finished=True)
             failed = False

@@ -14,6 +14,9 @@ ValueError`` keeps working for code that does not know millstream::
         ├── StepError                        a user function raised inside a step
         └── CheckpointError                  a checkpoint is corrupt, partial or from another flow
 
+Warnings: :class:`PerformanceWarning` (a UserWarning, in the tree too) says that a step will run
+much slower than it could, and how to write it faster.
+
 Errors raised while building name the step, the user's file and line, and the fix.
 Errors raised while running name the step, the key, the event time and the
 position of the record in its source.
@@ -31,6 +34,7 @@ __all__ = [
     "JobError",
     "MillstreamError",
     "MissingDependencyError",
+    "PerformanceWarning",
     "RecordError",
     "StepError",
 ]
@@ -147,3 +151,7 @@ class StepError(JobError):
 
 class CheckpointError(JobError):
     """A checkpoint cannot be used: corrupt, partial, or written by another flow."""
+
+
+class PerformanceWarning(MillstreamError, UserWarning):
+    """A step runs much slower than it could (e.g. a Python function per row in micro-batch mode)."""

@@ -80,6 +80,9 @@ class Operator:
     fires timers and the watermark goes downstream.
     """
 
+    #: whether the operator takes columnar batches (micro-batch and batch modes) as well as lists
+    columnar = False
+
     def __init__(self, node: Node, rt: Runtime, n_inputs: int) -> None:
         self.node = node
         self.name = node.name
@@ -98,10 +101,12 @@ class Operator:
     def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
         raise MillstreamError(f"operator {self.name!r} takes no input")
 
-    def emit(self, records: list[Any], times: list[int] | None) -> None:
-        if not records or self.muted:
+    def emit(self, records: Any, times: list[int] | None) -> None:
+        """Send a chunk downstream (in the columnar modes ``records`` may be a batch)."""
+        n = len(records)
+        if not n or self.muted:
             return
-        self.records_out += len(records)
+        self.records_out += n
         for op, port in self.outs:
             op.push(port, records, times)
 
@@ -166,6 +171,8 @@ class Operator:
 
 class PassThrough(Operator):
     """Forwards chunks unchanged: unions and the late side output."""
+
+    columnar = True
 
     def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
         self.records_in += len(records)

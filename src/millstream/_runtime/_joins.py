@@ -42,40 +42,32 @@ from ._codegen import Generated, frame_local
 
 __all__ = ["default_pair", "make_join_operator"]
 
-_CACHE_LIMIT = 4096
-
-
 def default_pair(shared: tuple[str, ...]) -> Callable[[Any, Any], dict[str, Any]]:
     """The default output of a join: ``{**left, **right}``, a right field whose name the left
-    record has too renamed ``<name>_right``, except the ``shared`` key fields (equal on both
-    sides), which keep the left's value. The renaming plan is cached per pair of field lists."""
+    record has too renamed ``<name>_right`` (the renamed fields come last, in the right record's
+    order), except the ``shared`` key fields (equal on both sides), which keep the left's value."""
     shared_set = frozenset(shared)
-    plans: dict[tuple[tuple[Any, ...], tuple[Any, ...]], tuple[tuple[str, ...] | None, tuple[str, ...]]] = {}
-
-    def plan_of(left: dict[str, Any], right: dict[str, Any]) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
-        common = left.keys() & right.keys()
-        keep_left = tuple(f for f in right if f in common and f in shared_set)
-        if common <= shared_set:
-            return None, keep_left
-        return tuple(f"{f}_right" if f in common and f not in shared_set else f for f in right), keep_left
+    renamed: dict[str, str] = {}
 
     def pair(left: Any, right: Any) -> dict[str, Any]:
-        if (left.__class__ is not dict or right.__class__ is not dict) and not (
-                isinstance(left, dict) and isinstance(right, dict)):
+        try:
+            common = left.keys() & right.keys()
+        except AttributeError:
+            common = None
+        if common is None or not (isinstance(left, dict) and isinstance(right, dict)):
             raise TypeError(
                 f"a join without combine= merges two dict records, got {type(left).__name__} and "
                 f"{type(right).__name__}; pass combine=lambda left, right: ... to build the output"
             )
-        sig = (tuple(left), tuple(right))
-        plan = plans.get(sig)
-        if plan is None:
-            if len(plans) >= _CACHE_LIMIT:
-                plans.clear()
-            plan = plans[sig] = plan_of(left, right)
-        names, keep_left = plan
-        out = {**left, **right} if names is None else {**left, **dict(zip(names, right.values()))}
-        for f in keep_left:
-            out[f] = left[f]
+        out = {**left, **right}
+        if common:
+            for f in (common if len(common) == 1 else [f for f in right if f in common]):
+                if f not in shared_set:
+                    name = renamed.get(f)
+                    if name is None:
+                        name = renamed[f] = f"{f}_right"
+                    out[name] = right[f]
+                out[f] = left[f]
         return out
 
     return pair

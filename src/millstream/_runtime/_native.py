@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from millstream import _plan as P
@@ -15,33 +15,48 @@ from ._chain import ChainOperator
 from ._joins import make_join_operator
 from ._keyed import AggregateOperator, ProcessOperator, ReduceOperator
 from ._sources import DeadLetterWriter, SinkOperator, SourceOperator
-from ._windows import _WindowBase, make_window_operator
+from ._windows import make_window_operator
 
 if TYPE_CHECKING:
     from millstream._checkpoint import Coordinator
 
 
-def _chains(plan: P.Plan) -> dict[int, list[P.Node]]:
-    """Group stateless steps into maximal chains; returns chain head id -> nodes."""
+def _row_fusable(node: P.Node) -> bool:
+    """Whether the native executor fuses a stateless step into a generated per-record loop."""
+    return not isinstance(node.op, P.MapBatchesOp)
+
+
+def _chains(plan: P.Plan, group: Callable[[P.Node], bool] = _row_fusable) -> dict[int, list[P.Node]]:
+    """Group stateless steps into maximal chains of steps with the same ``group(node)``;
+    returns chain head id -> nodes."""
     head_of: dict[int, int] = {}
     chains: dict[int, list[P.Node]] = {}
+    kind: dict[int, bool | None] = {}  # chain head -> its group (None: only key_by steps so far)
     for node in plan.nodes:
         if not isinstance(node.op, P.STATELESS):
             continue
+        g = None if isinstance(node.op, P.KeyByOp) else group(node)  # key_by joins any chain
         if len(node.inputs) == 1:
             up = plan.node(node.inputs[0])
-            if isinstance(up.op, P.STATELESS) and plan.consumers(up.id) == (node.id,):
+            if (isinstance(up.op, P.STATELESS) and plan.consumers(up.id) == (node.id,)
+                    and (g is None or kind[head_of[up.id]] in (None, g))):
+                if g is not None:
+                    kind[head_of[up.id]] = g
                 head = head_of[up.id]
                 head_of[node.id] = head
                 chains[head].append(node)
                 continue
         head_of[node.id] = node.id
         chains[node.id] = [node]
+        kind[node.id] = g
     return chains
 
 
 class NativeJob:
     """A compiled plan, ready to run on one worker."""
+
+    #: the executor mode this job runs in (for messages)
+    mode = "native"
 
     def __init__(self, plan: P.Plan, rt: Runtime) -> None:
         self.plan = plan
@@ -51,13 +66,13 @@ class NativeJob:
         self.sources: list[SourceOperator] = []
         self.sinks: list[SinkOperator] = []
         self.dead_letters: list[DeadLetterWriter] = []
-        chain_nodes = _chains(plan)
+        chain_nodes = _chains(plan, self._chain_group)
         in_chain = {n.id: head for head, nodes in chain_nodes.items() for n in nodes}
         for node in plan.nodes:
             if node.id in in_chain:
                 head = in_chain[node.id]
                 if head == node.id:
-                    self.op_of[node.id] = self._add(ChainOperator(chain_nodes[head], rt, node.timestamped))
+                    self.op_of[node.id] = self._add(self._make_chain(chain_nodes[head], node.timestamped))
                 else:
                     self.op_of[node.id] = self.op_of[head]
                 continue
@@ -68,11 +83,26 @@ class NativeJob:
                 up = self.op_of[up_id]
                 if up is op:
                     continue
+                target = self._port(up, op)
                 if isinstance(node.op, P.LateOp):
-                    assert isinstance(up, _WindowBase)
-                    up.late_outs.append((op, port))
+                    assert hasattr(up, "late_outs")
+                    up.late_outs.append((target, port))
                 else:
-                    up.outs.append((op, port))
+                    up.outs.append((target, port))
+
+    def _chain_group(self, node: P.Node) -> bool:
+        return _row_fusable(node)
+
+    def _make_chain(self, nodes: list[P.Node], timed: bool) -> Operator:
+        if any(isinstance(n.op, P.MapBatchesOp) for n in nodes):
+            from ._columnar import RowsOut
+
+            return RowsOut(nodes, self.rt, timed)
+        return ChainOperator(nodes, self.rt, timed)
+
+    def _port(self, up: Operator, op: Operator) -> Any:
+        """What ``up`` pushes into to reach ``op`` (an adapter where the data has to change form)."""
+        return op
 
     def _add(self, op: Operator) -> Operator:
         self.ops.append(op)
@@ -185,12 +215,18 @@ class NativeJob:
 
 
 def run_native(job: NativeJob, *, max_chunk: int, idle_sleep_s: float, on_tick: Any, tick_interval_s: float,
-               coordinator: Coordinator | None = None) -> None:
-    """Run ``job`` until its inputs end. Checkpoints are taken between rounds, when nothing is in flight."""
+               coordinator: Coordinator | None = None, trigger_interval_ms: int = 0) -> None:
+    """Run ``job`` until its inputs end. Checkpoints are taken between rounds, when nothing is in flight.
+
+    A round reads up to ``max_chunk`` records per source (in micro-batch mode: one epoch). With
+    ``trigger_interval_ms``, a round that read less than a full chunk is followed by a wait until
+    that long after it started, so that a live input gathers into larger epochs.
+    """
     clock = job.rt.clock
     next_tick = time.monotonic() + tick_interval_s
     has_proc_timers = any(type(op).on_processing_time is not Operator.on_processing_time for op in job.ops)
     while True:
+        round_start = clock.now_ms()
         n, active = job.step(max_chunk)
         if has_proc_timers:
             job.fire_processing_time(clock.now_ms())
@@ -201,6 +237,9 @@ def run_native(job: NativeJob, *, max_chunk: int, idle_sleep_s: float, on_tick: 
             next_tick = time.monotonic() + tick_interval_s
         if not active:
             break
+        if trigger_interval_ms and 0 < n < max_chunk:
+            clock.sleep(max(0, round_start + trigger_interval_ms - clock.now_ms()) / 1000)
+            continue
         if n == 0:
             hint = job.next_wakeup()
             wait = idle_sleep_s if hint is None else max(0.0, min(hint, idle_sleep_s * 20))

@@ -1,0 +1,228 @@
+"""Columnar batches for the micro-batch and batch executors.
+
+A batch is a Polars DataFrame of dict records. When the stream has event time,
+the records' times ride along in the column :data:`TIME`, so filtering or
+selecting rows keeps them aligned; that column is never shown to user code.
+Conversion between rows and batches happens only where the plan says so: at an
+operator that has no columnar implementation (its input is turned into rows) and
+at the first columnar operator after one (its input is turned into a batch).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from millstream._expr import Expr, conjuncts
+from millstream._plan import FilterOp, KeyByOp, MapBatchesOp, Node, SelectOp, WithColumnsOp
+from millstream.errors import MillstreamError, PerformanceWarning, StepError
+
+from ._base import Operator, Runtime
+
+if TYPE_CHECKING:
+    import polars as pl
+
+#: The hidden column that carries event time inside a batch.
+TIME = "__millstream_time__"
+
+
+def polars() -> Any:
+    try:
+        import polars as pl
+    except ImportError as exc:  # pragma: no cover - polars is a dependency
+        from millstream.errors import ConfigError
+
+        raise ConfigError("the micro-batch and batch modes need Polars: pip install polars") from exc
+    return pl
+
+
+def is_frame(records: Any) -> bool:
+    return type(records).__name__ == "DataFrame" and hasattr(records, "height")
+
+
+def to_rows(df: pl.DataFrame) -> tuple[list[Any], list[int] | None]:
+    """A batch as (dict records, event times or None)."""
+    if TIME in df.columns:
+        return df.drop(TIME).to_dicts(), df.get_column(TIME).to_list()
+    return df.to_dicts(), None
+
+
+def to_frame(records: list[Any], times: list[int] | None) -> pl.DataFrame:
+    """Dict records (and their times) as a batch. Raises TypeError for records that are not dicts."""
+    P = polars()
+    if records and not isinstance(records[0], dict):
+        raise TypeError(f"a columnar step needs dict records, got {type(records[0]).__name__}")
+    df: pl.DataFrame = P.DataFrame(records, infer_schema_length=None)
+    if times is not None:
+        df = df.with_columns(P.Series(TIME, times, dtype=P.Int64))
+    return df
+
+
+def as_frame(records: Any, times: list[int] | None) -> pl.DataFrame:
+    return records if is_frame(records) else to_frame(records, times)
+
+
+class RowPort:
+    """Feeds an operator that works on rows: batches are turned into dict records on the way in."""
+
+    def __init__(self, op: Operator) -> None:
+        self.op = op
+
+    def push(self, port: int, records: Any, times: list[int] | None) -> None:
+        if is_frame(records):
+            records, times = to_rows(records)
+        self.op.push(port, records, times)
+
+    def watermark(self, port: int, wm: int) -> None:
+        self.op.watermark(port, wm)
+
+    def idle(self, port: int) -> None:
+        self.op.idle(port)
+
+
+def columnar_step(node: Node) -> bool:
+    """Whether a stateless step has a vectorised implementation."""
+    op = node.op
+    if isinstance(op, WithColumnsOp | SelectOp | KeyByOp | MapBatchesOp):
+        return True
+    return isinstance(op, FilterOp) and isinstance(op.fn, Expr)
+
+
+def warn_row_functions(nodes: list[Node], mode: str) -> None:
+    """Warn once per step that a Python function runs per row in a columnar mode."""
+    from millstream._plan import FlatMapOp, MapOp
+
+    for node in nodes:
+        op = node.op
+        if not isinstance(op, MapOp | FilterOp | FlatMapOp) or isinstance(op.fn, Expr):
+            continue
+        faster = {"map": "with_columns(field=ms.col(...) * 2) or select(...) with expressions",
+                  "filter": "filter(ms.col(...) > ...) with an expression",
+                  "flat_map": "map_batches(fn) over a polars DataFrame"}[op.kind]
+        message = (f"step {node.name!r} calls a Python function once per row in {mode} mode, much slower "
+                   f"than a vectorised step: write it as {faster}, or transform whole batches with "
+                   f"map_batches(fn: polars.DataFrame -> polars.DataFrame)")
+        filename, _, line = (node.location or "").rpartition(":")
+        if filename and line.isdigit():
+            warnings.warn_explicit(message, PerformanceWarning, filename, int(line), module="millstream")
+        else:
+            warnings.warn(message, PerformanceWarning, stacklevel=4)
+
+
+class ColumnarChainOperator(Operator):
+    """Expression steps (with_columns, select, filter, key_by) and map_batches over whole batches."""
+
+    columnar = True
+
+    def __init__(self, nodes: list[Node], rt: Runtime, timed: bool) -> None:
+        super().__init__(nodes[-1], rt, len(nodes[0].inputs))
+        self.steps = list(nodes)
+        self.timed = timed
+        pl = polars()
+        self._pl = pl
+        # each stage: (node, kind, payload)
+        self.stages: list[tuple[Node, str, Any]] = []
+        for node in nodes:
+            op = node.op
+            if isinstance(op, KeyByOp):
+                continue
+            if isinstance(op, WithColumnsOp):
+                self.stages.append((node, "with", [e.to_polars().alias(n) for n, e in op.columns]))
+            elif isinstance(op, SelectOp):
+                exprs = [e.to_polars().alias(n) for n, e in op.columns]
+                if timed:
+                    exprs.append(pl.col(TIME))
+                self.stages.append((node, "select", exprs))
+            elif isinstance(op, FilterOp):
+                assert isinstance(op.fn, Expr)
+                cond = [part.to_polars(as_condition=True) for part in conjuncts(op.fn)]
+                self.stages.append((node, "filter", cond))
+            elif isinstance(op, MapBatchesOp):
+                self.stages.append((node, "batches", op.fn))
+        self.passthrough = not self.stages
+        # the per-record reference implementation: it takes over a batch that Polars cannot
+        # represent or compute (records that are not dicts, mixed types, a failing expression),
+        # which gives the native answer, or the native error naming the record
+        self.twin: Operator | None = None
+        if not any(kind == "batches" for _, kind, _ in self.stages):
+            from ._chain import ChainOperator
+
+            self.twin = ChainOperator(nodes, rt, timed)
+            self.twin.outs = self.outs
+
+    def push(self, port: int, records: Any, times: list[int] | None) -> None:
+        if self.passthrough:
+            self.records_in += len(records)
+            self.emit(records, times)
+            return
+        try:
+            df = as_frame(records, times)
+        except Exception as exc:  # noqa: BLE001 - not representable as columns: run on rows
+            self._on_rows(port, records, times, exc)
+            return
+        self.records_in += df.height
+        for node, kind, payload in self.stages:
+            try:
+                if kind == "with":
+                    df = df.with_columns(payload)
+                elif kind == "select":
+                    df = df.select(payload)
+                elif kind == "filter":
+                    df = df.filter(*payload)
+                else:
+                    df = self._map_batches(node, payload, df)
+            except MillstreamError:
+                raise
+            except Exception as exc:
+                if self.twin is None:
+                    raise self._error(node, exc, df) from exc
+                self.records_in -= len(records)
+                self._on_rows(port, records, times, exc)
+                return
+            if df.height == 0:
+                return
+        self.emit(df, None)
+
+    def _on_rows(self, port: int, records: Any, times: list[int] | None, exc: Exception) -> None:
+        if self.twin is None:
+            raise self.rt.step_error(self.steps[0], exc, record=records[0] if len(records) else None) from exc
+        if is_frame(records):
+            records, times = to_rows(records)
+        self.records_in += len(records)
+        self.twin.muted = self.muted
+        before = self.twin.records_out
+        self.twin.push(port, records, times)
+        self.records_out += self.twin.records_out - before
+
+    def _map_batches(self, node: Node, fn: Any, df: pl.DataFrame) -> pl.DataFrame:
+        t = df.get_column(TIME) if TIME in df.columns else None
+        out: pl.DataFrame = fn(df.drop(TIME) if t is not None else df)
+        if not isinstance(out, self._pl.DataFrame):
+            raise TypeError(f"map_batches must return a polars DataFrame, got {type(out).__name__}")
+        if t is not None:
+            if out.height != t.len():
+                raise ValueError(
+                    f"map_batches on a stream with event time must return one row per input row "
+                    f"(got {out.height} for {t.len()}); drop rows with filter(...) first"
+                )
+            out = out.with_columns(t)
+        return out
+
+    def _error(self, node: Node, exc: Exception, df: pl.DataFrame) -> BaseException:
+        first = to_rows(df.head(1))[0] if df.height else []
+        return StepError(step=node.name, location=node.location, error=exc, key=None, has_key=False,
+                         event_time=None, position=None, record=first[0] if first else None)
+
+    def describe(self) -> str:
+        return " -> ".join(n.name for n in self.steps)
+
+
+class RowsOut(ColumnarChainOperator):
+    """``map_batches`` in native mode: each chunk becomes a batch for the call, the result rows again."""
+
+    columnar = False
+
+    def emit(self, records: Any, times: list[int] | None) -> None:
+        if is_frame(records):
+            records, times = to_rows(records)
+        super().emit(records, times)

@@ -1,0 +1,449 @@
+"""Vectorised window aggregation for the micro-batch and batch executors.
+
+The same design as the native sliced windows (one partial aggregate per key and
+slice of width gcd(size, slide); a window is the merge of its slices when the
+watermark passes its end), with the partials kept in a Polars DataFrame: a batch
+costs one ``group_by`` and a watermark one merge, whatever the number of keys.
+
+Sessions keep one row per open session; a batch becomes one-event sessions that
+are merged with the open ones by a sort and a running maximum per key.
+
+Only what gives exactly the native answers is vectorised: built-in aggregations
+(``count``, ``sum``, ``mean``, ``min``, ``max``, ``first``, ``last``) without
+allowed lateness. Everything else runs on the native operators over rows.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
+
+from millstream._plan import KeySpec, Node, WindowOp
+from millstream.agg import Aggregation
+from millstream.errors import MillstreamError, StepError
+from millstream.windows import SessionWindow, SlidingWindow, TumblingWindow
+
+from ._base import Operator, Port, Runtime
+from ._columnar import TIME, as_frame, is_frame, polars
+
+if TYPE_CHECKING:
+    import polars as pl
+
+_VECTOR_AGGS = ("count", "sum", "mean", "min", "max", "first", "last")
+_S = "__slice__"
+_E = "__end__"
+_START = "__start__"
+_KEY = "__key__"
+
+
+def vectorisable_window(op: WindowOp, timed: bool) -> bool:
+    """Whether a window step has a vectorised implementation that gives the native answers."""
+    if not timed or op.allowed_lateness_ms or op.reduce_fn is not None or op.process_fn is not None:
+        return False
+    if not isinstance(op.assigner, TumblingWindow | SlidingWindow | SessionWindow):
+        return False
+    if op.key is not None and op.key.fn is not None:
+        return False
+    return all(type(agg).__module__ == "millstream.agg" and agg.kind in _VECTOR_AGGS for _, agg in op.aggs)
+
+
+class _Aggs:
+    """Partial columns of the aggregations, how to merge them, and the results."""
+
+    def __init__(self, aggs: tuple[tuple[str, Aggregation], ...]) -> None:
+        P = polars()
+        self.partial: list[pl.Expr] = []  # over raw rows
+        self.merge: list[pl.Expr] = []  # over partial rows
+        self.result: list[pl.Expr] = []  # over merged partial rows
+        self.columns: list[str] = []
+        for i, (name, agg) in enumerate(aggs):
+            p = f"__a{i}"
+            kind, f = agg.kind, agg.field
+            v = P.col(f) if f is not None else None
+            if kind == "count":
+                self._add(p, P.len() if v is None else v.count(), P.col(p).sum())
+                self.result.append(P.col(p).alias(name))
+            elif kind == "sum":
+                assert v is not None
+                self._add(p, v.sum(), P.col(p).sum())
+                self.result.append(P.col(p).alias(name))
+            elif kind == "mean":
+                assert v is not None
+                self._add(p + "s", v.sum(), P.col(p + "s").sum())
+                self._add(p + "n", v.count(), P.col(p + "n").sum())
+                self.result.append(
+                    P.when(P.col(p + "n") > 0).then(P.col(p + "s") / P.col(p + "n")).otherwise(None).alias(name))
+            elif kind in ("min", "max"):
+                assert v is not None
+                self._add(p, getattr(v, kind)(), getattr(P.col(p), kind)())
+                self.result.append(P.col(p).alias(name))
+            else:  # first / last: by event time, ties by arrival
+                assert v is not None
+                pick = "first" if kind == "first" else "last"
+                t = P.col(TIME)
+                self._add(p, getattr(v.sort_by(t, maintain_order=True), pick)(),
+                          getattr(P.col(p).sort_by(P.col(p + "t"), maintain_order=True), pick)())
+                self._add(p + "t", getattr(t.sort_by(t, maintain_order=True), pick)(),
+                          P.col(p + "t").min() if pick == "first" else P.col(p + "t").max())
+                self.result.append(P.col(p).alias(name))
+
+    def _add(self, col: str, partial: pl.Expr, merge: pl.Expr) -> None:
+        self.partial.append(partial.alias(col))
+        self.merge.append(merge.alias(col))
+        self.columns.append(col)
+
+
+class _ColumnarWindow(Operator, ABC):
+    """What both vectorised window kinds share: keys, late output, the output batch."""
+
+    columnar = True
+
+    def __init__(self, node: Node, rt: Runtime) -> None:
+        super().__init__(node, rt, 1)
+        op = node.op
+        assert isinstance(op, WindowOp)
+        self.op = op
+        self.pl = polars()
+        self.aggs = _Aggs(op.aggs)
+        key: KeySpec | None = op.key
+        self.key_expr = None
+        if key is None:
+            self.keys: list[str] = []
+            self.out_keys: list[pl.Expr] = []
+        elif key.expr is not None:
+            self.key_expr = key.expr.to_polars().alias(_KEY)
+            self.keys = [_KEY]
+            self.out_keys = [self.pl.col(_KEY).alias(key.name)]
+        else:
+            self.keys = list(key.fields)
+            self.out_keys = [self.pl.col(f) for f in key.fields]
+        self.late_outs: list[Port] = []
+        self.late_count = 0
+        #: the native operator, once it has taken over (a stream of records that are not dicts)
+        self.delegate: Operator | None = None
+        self._rows: Any = None  # the rows of the batch in hand, when it came as rows
+
+    def _native(self) -> Operator:
+        from ._windows import make_window_operator
+
+        twin = make_window_operator(self.node, self.rt, True)
+        twin.outs = self.outs
+        twin.late_outs = self.late_outs
+        twin.wm = self.wm
+        return twin
+
+    @abstractmethod
+    def _empty(self) -> bool:
+        """Whether the operator holds no window state (it may still hand over to the native one)."""
+
+    def _input(self, records: Any, times: list[int] | None) -> pl.DataFrame | None:
+        """The batch as columns; None when the native operator took it (records that are not dicts)."""
+        self._rows = None if is_frame(records) else records
+        try:
+            df = as_frame(records, times)
+        except Exception:
+            if not self._empty():
+                raise
+            self.delegate = self._native()
+            self.delegate.push(0, records, times)
+            return None
+        if self.key_expr is not None:
+            try:
+                df = df.with_columns(self.key_expr)
+            except Exception as exc:
+                raise self._error(exc, df) from exc
+        return df
+
+    def _error(self, exc: Exception, df: pl.DataFrame) -> BaseException:
+        """The error of a failing batch: the native operator's, which names the record, when it fails too."""
+        from ._columnar import to_rows
+
+        rows, times = (self._rows, to_rows(df)[1]) if self._rows is not None else to_rows(df)
+        twin = self._native()
+        twin.muted = True
+        try:
+            twin.push(0, rows, times)
+        except MillstreamError as native:
+            return native
+        except Exception:  # noqa: BLE001, S110 - the native operator failed otherwise: report the Polars error
+            pass
+        return StepError(step=self.name, location=self.node.location, error=exc, has_key=self.op.key is not None)
+
+    def _late(self, late: pl.DataFrame, mask: pl.Series | None = None) -> None:
+        if late.height == 0:
+            return
+        self.late_count += late.height
+        if self.muted:
+            return
+        out: Any = late.drop(_KEY) if _KEY in late.columns else late
+        times = None
+        if self._rows is not None and mask is not None:  # the records as they came
+            idx = mask.arg_true().to_list()
+            out = [self._rows[i] for i in idx]
+            times = late.get_column(TIME).to_list()
+        for op, port in self.late_outs:
+            op.push(port, out, times)
+
+    def _emit_results(self, merged: pl.DataFrame, start: pl.Expr, end: pl.Expr) -> None:
+        """``merged`` has the keys, the merged partials and the window's start and end columns."""
+        if merged.height == 0:
+            return
+        out = merged.select(*self.out_keys, start.alias("window_start"), end.alias("window_end"),
+                            *self.aggs.result, (end - 1).alias(TIME))
+        self.emit(out, None)
+
+    def _advance(self) -> None:
+        before = self.wm
+        super()._advance()
+        if self.wm > before:
+            for op, port in self.late_outs:
+                op.watermark(port, self.wm)
+
+    def metrics(self) -> dict[str, int]:
+        if self.delegate is not None:
+            return self.delegate.metrics()
+        return {"late": self.late_count, "refired": 0}
+
+
+class ColumnarSlicedWindow(_ColumnarWindow):
+    """Tumbling and sliding windows over slices, vectorised."""
+
+    def __init__(self, node: Node, rt: Runtime) -> None:
+        super().__init__(node, rt)
+        a = self.op.assigner
+        assert isinstance(a, TumblingWindow | SlidingWindow)
+        self.size, self.slide, self.offset, self.slice = a.size_ms, a.slide_ms, a.offset_ms, a.slice_ms
+        self.parts: pl.DataFrame | None = None  # one row per key and slice
+        self.pending: list[pl.DataFrame] = []
+        self.group = [*self.keys, _S]
+
+    def _last_start(self, s: pl.Expr) -> pl.Expr:
+        return s - (s - self.offset) % self.slide
+
+    def _empty(self) -> bool:
+        return self.parts is None and not self.pending
+
+    def push(self, port: int, records: Any, times: list[int] | None) -> None:
+        if self.delegate is not None:
+            self.delegate.push(port, records, times)
+            return
+        pl = self.pl
+        df = self._input(records, times)
+        if df is None:
+            return
+        self.records_in += df.height
+        t = pl.col(TIME)
+        s = t - (t - self.offset) % self.slice
+        df = df.with_columns(s.alias(_S))
+        if self.wm > -(2**62) and df.height:
+            late = (self._last_start(pl.col(_S)) + (self.size - 1)) <= self.wm
+            mask = df.select(late.alias("l")).to_series()
+            if mask.any():
+                self._late(df.filter(mask).drop(_S), mask)
+                df = df.filter(~mask)
+        if df.height == 0:
+            return
+        try:
+            part = df.group_by(self.group, maintain_order=True).agg(self.aggs.partial)
+        except Exception as exc:
+            raise self._error(exc, df.drop(_S)) from exc
+        self.pending.append(part)
+        if len(self.pending) >= 32:
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self.pending:
+            return
+        frames = ([self.parts] if self.parts is not None else []) + self.pending
+        self.pending = []
+        pl = self.pl
+        both = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+        if len(frames) > 1:
+            both = both.group_by(self.group, maintain_order=True).agg(self.aggs.merge)
+        self.parts = both
+
+    def on_watermark(self, wm: int) -> None:
+        if self.delegate is not None:
+            self.delegate.wm = wm
+            self.delegate.on_watermark(wm)
+            return
+        prev = self._fired_to
+        self._fired_to = wm
+        self._merge()
+        parts = self.parts
+        if parts is None or parts.height == 0:
+            return
+        pl = self.pl
+        s = pl.col(_S)
+        ls = self._last_start(s)
+        size, slide = self.size, self.slide
+        lo = prev + 2 - size if prev > -(2**62) else None
+        cand = parts.filter(s <= wm) if lo is None else parts.filter((s <= wm) & (s >= lo))
+        if cand.height:
+            if self.slice == size:  # tumbling: a window is one slice
+                due = cand.filter((s + (size - 1) > prev) & (s + (size - 1) <= wm))
+                self._emit_results(due, s, s + size)
+            else:
+                frames = []
+                for j in range(-(-size // slide)):
+                    e = ls - j * slide + size
+                    frames.append(cand.filter((e > s) & (e - 1 > prev) & (e - 1 <= wm)).with_columns(e.alias(_E)))
+                due = pl.concat(frames)
+                if due.height:
+                    merged = due.group_by([*self.keys, _E], maintain_order=True).agg(self.aggs.merge)
+                    self._emit_results(merged, pl.col(_E) - size, pl.col(_E))
+        self.parts = parts.filter(ls + (size - 1) > wm)
+
+    _fired_to = -(2**63)
+
+    def snapshot(self) -> Any:
+        if self.delegate is not None:
+            return {"native": self.delegate.snapshot()}
+        self._merge()
+        return {"parts": self.parts, "fired": self._fired_to, "late": self.late_count}
+
+    def restore(self, state: Any) -> None:
+        if "native" in state:
+            self.delegate = self._native()
+            self.delegate.restore(state["native"])
+            return
+        self.parts = state["parts"]
+        self._fired_to = state["fired"]
+        self.late_count = state["late"]
+
+
+class ColumnarSessionWindow(_ColumnarWindow):
+    """Per-key sessions, vectorised: open sessions are rows ``[keys, start, end, partials]``."""
+
+    def __init__(self, node: Node, rt: Runtime) -> None:
+        super().__init__(node, rt)
+        a = self.op.assigner
+        assert isinstance(a, SessionWindow)
+        self.gap = a.gap_ms
+        self.open_: pl.DataFrame | None = None
+
+    def _empty(self) -> bool:
+        return self.open_ is None or self.open_.height == 0
+
+    def push(self, port: int, records: Any, times: list[int] | None) -> None:
+        if self.delegate is not None:
+            self.delegate.push(port, records, times)
+            return
+        pl = self.pl
+        df = self._input(records, times)
+        if df is None:
+            return
+        self.records_in += df.height
+        if df.height == 0:
+            return
+        wm = self.wm
+        t = pl.col(TIME)
+        # rows whose own session ends at or behind the watermark are late unless they merge with a
+        # live session; decide those one at a time, in arrival order, as the native operator does
+        risky = df.select(((t + (self.gap - 1)) <= wm).alias("r")).to_series()
+        if not risky.any():
+            self._add(df)
+            return
+        idx = risky.arg_true().to_list()
+        start = 0
+        for i in idx:
+            if i > start:
+                self._add(df.slice(start, i - start))
+            self._add_risky(df.slice(i, 1))
+            start = i + 1
+        if start < df.height:
+            self._add(df.slice(start))
+
+    def _sessions_of(self, df: pl.DataFrame) -> pl.DataFrame:
+        """The sessions of a batch on its own: rows of a key less than ``gap`` apart merge."""
+        pl = self.pl
+        t = pl.col(TIME)
+        keys = self.keys
+        seq = df.with_row_index("__arr__").sort([*keys, TIME, "__arr__"])
+        prev = t.shift(1)
+        if keys:
+            prev = prev.over(keys)
+        brk = prev.is_null() | (t >= prev + self.gap)
+        seq = seq.with_columns(brk.cast(pl.Int64).cum_sum().alias("__sess__")).sort("__arr__")
+        try:
+            return seq.group_by([*keys, "__sess__"], maintain_order=True).agg(
+                t.min().alias(_START), (t.max() + self.gap).alias(_E), *self.aggs.partial).drop("__sess__")
+        except Exception as exc:
+            raise self._error(exc, df) from exc
+
+    def _add(self, df: pl.DataFrame) -> None:
+        new = self._sessions_of(df)
+        self.open_ = self._merge_sessions(new)
+
+    def _merge_sessions(self, new: pl.DataFrame) -> pl.DataFrame:
+        pl = self.pl
+        frames = [self.open_, new] if self.open_ is not None else [new]
+        allv = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else new
+        keys = self.keys
+        # stable sort by key and start, keeping arrival order among equal starts
+        allv = allv.with_row_index("__arr__").sort([*keys, _START, "__arr__"])
+        prev_end = pl.col(_E).cum_max().shift(1)
+        if keys:
+            prev_end = prev_end.over(keys)
+            first = pl.int_range(pl.len()).over(keys) == 0
+        else:
+            first = pl.int_range(pl.len()) == 0
+        brk = first | (pl.col(_START) >= prev_end)
+        allv = allv.with_columns(brk.cast(pl.Int64).cum_sum().alias("__sess__"))
+        grouped = allv.sort("__arr__").group_by([*keys, "__sess__"], maintain_order=True).agg(
+            pl.col(_START).min(), pl.col(_E).max(), *self.aggs.merge)
+        return grouped.drop("__sess__")
+
+    def _add_risky(self, row: pl.DataFrame) -> None:
+        """One record that is late unless it merges into a session that is still open."""
+        pl = self.pl
+        t = row.get_column(TIME)[0]
+        start, end = t, t + self.gap
+        if self.open_ is not None and self.open_.height:
+            cond = (pl.col(_START) < end) & (pl.col(_E) > start)
+            for k in self.keys:
+                v = row.get_column(k)[0]
+                cond = cond & (pl.col(k).is_null() if v is None else pl.col(k) == v)
+            touching = self.open_.filter(cond)
+            if touching.height:
+                start = min(start, touching.get_column(_START).min())
+                end = max(end, touching.get_column(_E).max())
+        if end - 1 <= self.wm:
+            self._late(row, None)
+            return
+        self._add(row)
+
+    def on_watermark(self, wm: int) -> None:
+        if self.delegate is not None:
+            self.delegate.wm = wm
+            self.delegate.on_watermark(wm)
+            return
+        s = self.open_
+        if s is None or s.height == 0:
+            return
+        pl = self.pl
+        due = pl.col(_E) - 1 <= wm
+        fired = s.filter(due)
+        self.open_ = s.filter(~due)
+        self._emit_results(fired, pl.col(_START), pl.col(_E))
+
+    def snapshot(self) -> Any:
+        if self.delegate is not None:
+            return {"native": self.delegate.snapshot()}
+        return {"open": self.open_, "late": self.late_count}
+
+    def restore(self, state: Any) -> None:
+        if "native" in state:
+            self.delegate = self._native()
+            self.delegate.restore(state["native"])
+            return
+        self.open_ = state["open"]
+        self.late_count = state["late"]
+
+
+def make_columnar_window(node: Node, rt: Runtime) -> Operator:
+    op = node.op
+    assert isinstance(op, WindowOp)
+    if isinstance(op.assigner, SessionWindow):
+        return ColumnarSessionWindow(node, rt)
+    return ColumnarSlicedWindow(node, rt)
