@@ -42,6 +42,7 @@ from ._codegen import Generated, frame_local
 
 __all__ = ["default_pair", "make_join_operator"]
 
+
 def default_pair(shared: tuple[str, ...]) -> Callable[[Any, Any], dict[str, Any]]:
     """The default output of a join: ``{**left, **right}``, a right field whose name the left
     record has too renamed ``<name>_right`` (the renamed fields come last, in the right record's
