@@ -22,7 +22,11 @@ from millstream.testing import CollectSink, TestSource, TransactionalCollectSink
 from test_recovery import TickingClock
 from test_windows import assign
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# every test runs in every execution mode (native, microbatch, batch): see conftest.exec_mode
+pytestmark = pytest.mark.usefixtures("exec_mode")
+
+SETTINGS = settings(max_examples=150, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 Event = dict[str, Any]
 Pair = tuple[tuple[str, str], int]

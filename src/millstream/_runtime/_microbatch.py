@@ -6,9 +6,9 @@ operators where the plan allows them:
 - chains of expression steps (``with_columns``, ``select``, ``filter`` with an
   expression, ``key_by``) and ``map_batches`` run on whole Polars DataFrames;
 - windowed aggregations with built-in aggregations run as ``group_by`` over slices
-  and sessions (see :mod:`._cwindows`);
+  and sessions (see :mod:`._cwindows`), window joins as Polars joins (:mod:`._cjoins`);
 - every other step (Python functions, process functions, reduce, custom
-  aggregations, count windows, allowed lateness, joins) runs the native operator
+  aggregations, count windows, allowed lateness, regular and interval joins) runs the native operator
   over the rows of the batch, so its answers are the native ones by construction.
 
 Each round over the sources reads up to ``max_chunk`` records per source: that is
@@ -25,6 +25,7 @@ from millstream import _plan as P
 
 from ._base import Operator, Runtime
 from ._chain import ChainOperator
+from ._cjoins import ColumnarWindowJoin, vectorisable_join
 from ._columnar import ColumnarChainOperator, RowPort, columnar_step, warn_row_functions
 from ._cwindows import make_columnar_window, vectorisable_window
 from ._native import NativeJob
@@ -52,7 +53,14 @@ class MicroBatchJob(NativeJob):
         op = node.op
         if isinstance(op, P.WindowOp) and vectorisable_window(op, self._timed(node)):
             return make_columnar_window(node, self.rt)
+        if isinstance(op, P.JoinOp) and vectorisable_join(op, self._timed(node)):
+            return ColumnarWindowJoin(node, self.rt)
         return super()._make(node)
+
+    def open(self) -> None:
+        super().open()
+        for src in self.sources:  # sources that make columnar batches hand them over as they are
+            src.use_frames()
 
     def _port(self, up: Operator, op: Operator) -> Any:
         return op if op.columnar else RowPort(op)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import fnmatch
 import gzip
+import importlib.util
+import io
 import logging
 import os
 import threading
@@ -186,6 +188,9 @@ def read(
       ``"csv"`` (a header line, then rows as dicts of strings), ``"lines"`` (each
       line a ``str``) or ``"parquet"`` (rows as dicts; needs ``millstream[parquet]``).
       Inferred from the file name when None; ``.gz`` files are decompressed.
+      In the micro-batch and batch modes JSON lines and Parquet are read as columnar
+      batches (polars): a batch has every field of its lines, null where a line has
+      none, and a field whose lines mix numbers and strings reads as strings.
     - ``pattern``: which files of a directory to read (a glob or a tuple of globs);
       by default those with the format's extensions. Hidden files are never read.
     - ``follow``: keep reading forever, like ``tail -F``: lines appended to the
@@ -459,6 +464,17 @@ class _CsvFeed:
         return raw.decode(self.encoding) + "\n"
 
 
+def _ndjson_frame(lines: list[bytes]) -> Any:
+    """JSON lines as a polars DataFrame, or None when polars cannot read them as they are."""
+    import polars as pl
+
+    try:
+        df = pl.read_ndjson(io.BytesIO(b"\n".join(lines)), infer_schema_length=None)
+    except Exception:  # noqa: BLE001 - the row parser reports what is wrong, line by line
+        return None
+    return df if df.height == len(lines) else None
+
+
 class _ParquetCursor:
     """The rows of one Parquet file, read by record batch."""
 
@@ -501,6 +517,35 @@ class _ParquetCursor:
         self.ri += len(out)
         self.row += len(out)
         return out, first
+
+    def take_frame(self, n: int) -> tuple[Any, int]:
+        """Like :meth:`take`, as a polars DataFrame."""
+        import polars as pl
+
+        if self.ri < len(self.rows):  # rows taken by take() before: finish them as rows
+            return self.take(n)
+        if not hasattr(self, "_frame") or self._frame is None or self._fi >= self._frame.height:
+            try:
+                batch = next(self.batches, None)
+            except Exception as exc:
+                self.final = True
+                raise _BadFile(f"cannot read row {self.row} on: {type(exc).__name__}: {exc}") from exc
+            if batch is None:
+                self.final = True
+                return [], self.row
+            self._frame = pl.from_arrow(batch)
+            self._fi = min(self.skip, self._frame.height)
+            self.skip = max(0, self.skip - self._frame.height)
+            if self._fi >= self._frame.height:
+                return pl.DataFrame(), self.row
+        out = self._frame.slice(self._fi, n)
+        first = self.row
+        self._fi += out.height
+        self.row += out.height
+        return out, first
+
+    _frame: Any = None
+    _fi = 0
 
     def close(self) -> None:
         self.pf.close()
@@ -623,9 +668,37 @@ class _FileReader(SourceReader):
             return None
         self._resolve()
         recs = self._poll_follow(max_records) if self.follow else self._poll_bounded(max_records)
-        if recs:
+        if recs is not None and len(recs):
             self.idle = False
             self.last_data = self.clock.now_ms()
+        return recs
+
+    @property
+    def can_poll_frame(self) -> bool:
+        """Whether :meth:`poll_frame` makes columnar batches: JSON lines and Parquet, with polars."""
+        return self.o.format in ("jsonl", "parquet") and importlib.util.find_spec("polars") is not None
+
+    def poll_frame(self, max_records: int) -> Any:
+        """Like :meth:`poll`, as one polars DataFrame (JSON lines parsed by polars, Parquet batches as
+        they are). A chunk polars cannot take as it is (a malformed or blank line, mixed types) comes
+        as a list of rows, parsed and reported one record at a time as :meth:`poll` does."""
+        self._frames = True
+        try:
+            return self.poll(max_records)
+        finally:
+            self._frames = False
+
+    _frames = False
+    _frame_lines: tuple[list[bytes], int, str] | None = None
+
+    def rows_of_frame(self, frame: Any) -> list[Any]:
+        """The records of the last batch as :meth:`poll` would have made them (polars reads a field
+        whose lines mix numbers and strings as strings; the row parser keeps each value's type)."""
+        if self._frame_lines is None or self.o.format != "jsonl":
+            return cast(list[Any], frame.to_dicts())
+        lines, first, path = self._frame_lines
+        recs, nums = parse_json_lines(lines, first, path, self.ctx)
+        self._chunk(path, first, nums)
         return recs
 
     def _poll_bounded(self, max_records: int) -> list[Any] | None:
@@ -639,14 +712,14 @@ class _FileReader(SourceReader):
                 self._open(self.queue.pop(0))
                 continue
             recs = self._drain(max_records)
-            if recs:
+            if recs is not None and len(recs):
                 return recs
 
     def _poll_follow(self, max_records: int) -> list[Any] | None:
         while True:
             if self.cur is not None:
                 recs = self._drain(max_records)
-                if recs:
+                if recs is not None and len(recs):
                     return recs
             if self.queue:
                 name = self.queue.pop(0)
@@ -682,7 +755,7 @@ class _FileReader(SourceReader):
         while True:
             before = cur.row if isinstance(cur, _ParquetCursor) else cur.line
             recs = self._read(cur, max_records)
-            if recs:
+            if recs is not None and len(recs):
                 return recs
             if (cur.row if isinstance(cur, _ParquetCursor) else cur.line) == before:
                 break  # no progress: nothing more now
@@ -751,14 +824,20 @@ class _FileReader(SourceReader):
     def _read(self, cur: _Cursor, n: int) -> list[Any]:
         try:
             if isinstance(cur, _ParquetCursor):
-                rows, first = cur.take(n)
+                rows, first = cur.take_frame(n) if self._frames else cur.take(n)
                 self._chunk(cur.path, first, None, rows=True)
-                return rows
+                return cast(list[Any], rows)
             if self.o.format == "csv":
                 return self._read_csv(cur, n)
             if not cur.ensure(n):
                 return []
             lines, first = cur.take(n)
+            if self.o.format == "jsonl" and self._frames and lines:
+                frame = _ndjson_frame(lines)
+                if frame is not None:
+                    self._chunk(cur.path, first + 1, None)
+                    self._frame_lines = (lines, first, cur.path)
+                    return cast(list[Any], frame)  # a DataFrame: poll_frame's caller knows
             if self.o.format == "jsonl":
                 recs, nums = parse_json_lines(lines, first, cur.path, self.ctx)
             else:

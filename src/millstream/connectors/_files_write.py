@@ -344,6 +344,13 @@ class _FileWriter(SinkWriter):
         f = self._file()
         f.write(self.encoder.encode(records, at_start=f.empty))
 
+    def write_frame(self, frame: Any, times: Any) -> None:
+        """A columnar batch (micro-batch mode): JSON lines written by polars, other formats as rows."""
+        if isinstance(self.encoder, _JsonlEncoder):
+            self._file().write(frame.write_ndjson().encode())
+        else:
+            self.write(frame.to_dicts(), None)
+
     def flush(self) -> None:
         if self.file is not None:
             self.file.flush()

@@ -221,6 +221,9 @@ class _DiscardWriter(SinkWriter):
     def write(self, records: list[Any], times: list[int] | None) -> None:
         self.sink.count += len(records)
 
+    def write_frame(self, frame: Any, times: Any) -> None:
+        self.sink.count += frame.height
+
 
 @dataclass(frozen=True)
 class BenchRow:

@@ -791,6 +791,17 @@ def rows_of(kind: Kind, ids: Any, cfg: NexmarkConfig, *, tag: bool) -> list[dict
     return _row_builder(kind, tag)(*lists)
 
 
+def frame_of(kind: Kind, ids: Any, cfg: NexmarkConfig) -> Any:
+    """The events ``ids`` (an int64 array, all of ``kind``) as a polars DataFrame, made in columns."""
+    import polars as pl
+
+    np = need_numpy()
+    pa = _need_pyarrow()
+    columns = _COLUMN_MAKERS[kind](np, ids, cfg)
+    arrays = [pa.array(c) if isinstance(c, np.ndarray) else c.to_arrow() for c in columns.values()]
+    return pl.from_arrow(pa.RecordBatch.from_arrays(arrays, schema=arrow_schema(kind)))
+
+
 _SHARE = {"person": PERSON_PROPORTION, "auction": AUCTION_PROPORTION,
           "bid": PROPORTION_DENOMINATOR - PERSON_PROPORTION - AUCTION_PROPORTION}
 

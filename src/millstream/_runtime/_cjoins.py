@@ -1,0 +1,184 @@
+"""Vectorised window joins for the micro-batch and batch executors.
+
+The same slices as the native window join (each record in the one slice of width
+gcd(size, slide) that holds its time); when the watermark passes a window's end,
+its pairs are one Polars join of the two sides' records of its slices on the key.
+The output is the native one: the left record's fields, the right's (a name the
+left has too becomes ``<name>_right``, except a key field read under the same name
+on both sides, kept once), ``window_start`` and ``window_end``, at ``window_end - 1``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from millstream._plan import JoinOp, KeySpec, Node
+from millstream._time import MIN_WATERMARK
+from millstream.windows import SlidingWindow, TumblingWindow
+
+from ._base import Operator, Runtime
+from ._columnar import TIME, as_frame, polars
+
+if TYPE_CHECKING:
+    import polars as pl
+
+_S = "__slice__"
+_E = "__end__"
+
+
+def vectorisable_join(op: JoinOp, timed: bool) -> bool:
+    """Window joins of tumbling or sliding windows on fields or expressions, with the default output."""
+    return (timed and op.mode == "window" and op.how == "inner" and op.combine is None
+            and isinstance(op.assigner, TumblingWindow | SlidingWindow)
+            and op.left_key.fn is None and op.right_key.fn is None
+            and _width(op.left_key) == _width(op.right_key))
+
+
+def _width(key: KeySpec) -> int:
+    return len(key.fields) if key.fn is None and key.expr is None else 1
+
+
+class ColumnarWindowJoin(Operator):
+    columnar = True
+
+    def __init__(self, node: Node, rt: Runtime) -> None:
+        super().__init__(node, rt, 2)
+        op = node.op
+        assert isinstance(op, JoinOp) and isinstance(op.assigner, TumblingWindow | SlidingWindow)
+        self.op = op
+        self.pl = polars()
+        a = op.assigner
+        self.size, self.slide, self.offset, self.slice = a.size_ms, a.slide_ms, a.offset_ms, a.slice_ms
+        self.shared = set(op.shared_fields)
+        self.key_cols: list[list[str]] = []
+        self.key_exprs: list[list[pl.Expr]] = []
+        for side, key in enumerate((op.left_key, op.right_key)):
+            if key.expr is not None:
+                self.key_cols.append([f"__k{side}_0"])
+                self.key_exprs.append([key.expr.to_polars().alias(f"__k{side}_0")])
+            else:
+                self.key_cols.append(list(key.fields))
+                self.key_exprs.append([])
+        self.sides: list[list[pl.DataFrame]] = [[], []]
+        self.fired = MIN_WATERMARK
+        self.late = 0
+        self.delegate: Operator | None = None
+
+    def _native(self) -> Operator:
+        from ._joins import make_join_operator
+
+        twin = make_join_operator(self.node, self.rt)
+        twin.outs = self.outs
+        twin.wm = self.wm
+        twin.in_wms = self.in_wms
+        return twin
+
+    def push(self, port: int, records: Any, times: list[int] | None) -> None:
+        if self.delegate is not None:
+            self.delegate.push(port, records, times)
+            return
+        pl = self.pl
+        try:
+            df = as_frame(records, times)
+        except Exception:
+            if any(self.sides):
+                raise
+            self.delegate = self._native()
+            self.delegate.push(port, records, times)
+            return
+        self.records_in += df.height
+        if self.key_exprs[port]:
+            df = df.with_columns(self.key_exprs[port])
+        t = pl.col(TIME)
+        df = df.with_columns((t - (t - self.offset) % self.slice).alias(_S))
+        if self.wm > MIN_WATERMARK:
+            s = pl.col(_S)
+            late = (s - (s - self.offset) % self.slide + (self.size - 1)) <= self.wm
+            n = df.height
+            df = df.filter(~late)
+            self.late += n - df.height
+        if df.height:
+            self.sides[port].append(df)
+
+    def on_watermark(self, wm: int) -> None:
+        if self.delegate is not None:
+            self.delegate.wm = wm
+            self.delegate.on_watermark(wm)
+            return
+        pl = self.pl
+        prev, self.fired = self.fired, wm
+        sides = []
+        for i in (0, 1):
+            frames = self.sides[i]
+            whole = (frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")) if frames else None
+            sides.append(whole)
+        if sides[0] is None or sides[1] is None:
+            self._keep(sides, wm)
+            return
+        s = pl.col(_S)
+        ls = s - (s - self.offset) % self.slide
+        due = []
+        for side in sides:
+            assert side is not None
+            frames = []
+            for j in range(-(-self.size // self.slide)):
+                e = ls - j * self.slide + self.size
+                cond = (e > s) & (e - 1 <= wm)
+                if prev > MIN_WATERMARK:
+                    cond = cond & (e - 1 > prev)
+                frames.append(side.filter(cond).with_columns(e.alias(_E)))
+            due.append(pl.concat(frames).drop(_S, TIME))
+        self._emit_pairs(due[0], due[1])
+        self._keep(sides, wm)
+
+    def _keep(self, sides: list[pl.DataFrame | None], wm: int) -> None:
+        pl = self.pl
+        s = pl.col(_S)
+        for i, side in enumerate(sides):
+            if side is None:
+                self.sides[i] = []
+                continue
+            side = side.filter(s - (s - self.offset) % self.slide + (self.size - 1) > wm)
+            self.sides[i] = [side] if side.height else []
+
+    def _emit_pairs(self, left: pl.DataFrame, right: pl.DataFrame) -> None:
+        if left.height == 0 or right.height == 0:
+            return
+        pl = self.pl
+        lk, rk = self.key_cols
+        tmp = [f"__rk{i}" for i in range(len(rk))]
+        right = right.rename(dict(zip(rk, tmp, strict=True)))
+        out = left.join(right, left_on=[*lk, _E], right_on=[*tmp, _E], how="inner", nulls_equal=True,
+                        coalesce=False, suffix="_right")
+        if out.height == 0:
+            return
+        renames: dict[str, str] = {}
+        drop = [f"{_E}_right"] if f"{_E}_right" in out.columns else []
+        for name, t in zip(rk, tmp, strict=True):
+            if name.startswith("__k") or (name in lk and name in self.shared):
+                drop.append(t)
+            else:
+                renames[t] = f"{name}_right" if name in left.columns else name
+        drop += [c for c in lk if c.startswith("__k")]
+        out = out.drop(drop).rename(renames)
+        size = self.size
+        out = out.with_columns((pl.col(_E) - size).alias("window_start"), pl.col(_E).alias("window_end"),
+                               (pl.col(_E) - 1).alias(TIME)).drop(_E)
+        self.emit(out, None)
+
+    def snapshot(self) -> Any:
+        if self.delegate is not None:
+            return {"native": self.delegate.snapshot()}
+        return {"sides": self.sides, "fired": self.fired, "late": self.late}
+
+    def restore(self, state: Any) -> None:
+        if "native" in state:
+            self.delegate = self._native()
+            self.delegate.restore(state["native"])
+            return
+        self.sides = state["sides"]
+        self.fired = state["fired"]
+        self.late = state["late"]
+
+    def metrics(self) -> dict[str, int]:
+        return self.delegate.metrics() if self.delegate is not None else {"late": self.late}
