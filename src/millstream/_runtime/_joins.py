@@ -268,8 +268,9 @@ class SlicedWindowJoinOperator(_WindowJoinBase):
         a = self.op.assigner
         assert isinstance(a, TumblingWindow | SlidingWindow)
         self.size, self.slide, self.offset, self.slice = a.size_ms, a.slide_ms, a.offset_ms, a.slice_ms
-        #: slice start -> key -> (left records, right records)
-        self.slices: dict[int, dict[Any, tuple[list[Any], list[Any]]]] = {}
+        #: slice start -> (left key -> records, right key -> records): a side's keys are looked up
+        #: in the other side's only when a window fires, from the side with fewer keys
+        self.slices: dict[int, tuple[dict[Any, list[Any]], dict[Any, list[Any]]]] = {}
         self.fire_heap: list[int] = []
         self.fire_set: set[int] = set()
         self.cleanup_heap: list[tuple[int, int]] = []
@@ -288,12 +289,13 @@ class SlicedWindowJoinOperator(_WindowJoinBase):
         g.add(2, f"k = {key_expr(op.left_key if side == 0 else op.right_key, env)}")
         g.add(2, f"s = t - (t - {self.offset}) % {self.slice}")
         g.add(2, "if s != last_s:")
-        g.add(3, "d = slices.get(s)")
-        g.add(3, "if d is None: d = slices[s] = {}; _new_slice(s)")
+        g.add(3, "sl = slices.get(s)")
+        g.add(3, "if sl is None: sl = slices[s] = ({}, {}); _new_slice(s)")
+        g.add(3, f"d = sl[{side}]; dget = d.get")
         g.add(3, "last_s = s")
-        g.add(2, "e = d.get(k)")
-        g.add(2, "if e is None: d[k] = ([], []); e = d[k]")
-        g.add(2, f"e[{side}].append(r)")
+        g.add(2, "e = dget(k)")
+        g.add(2, "if e is None: d[k] = [r]")
+        g.add(2, "else: e.append(r)")
         g.add(1, "return slow")
         return g.compile(f"window_join:{self.name}:{'right' if side else 'left'}", env, "_push")
 
@@ -339,14 +341,15 @@ class SlicedWindowJoinOperator(_WindowJoinBase):
                 k = keyf(r)
             except Exception as exc:
                 raise self.rt.step_error(self.node, exc, record=r, has_key=False, event_time=t) from exc
-            d = self.slices.get(s)
-            if d is None:
-                d = self.slices[s] = {}
+            sl = self.slices.get(s)
+            if sl is None:
+                sl = self.slices[s] = ({}, {})
                 self._new_slice(s)
-            e = d.get(k)
+            e = sl[side].get(k)
             if e is None:
-                e = d[k] = ([], [])
-            e[side].append(r)
+                sl[side][k] = [r]
+            else:
+                e.append(r)
 
     def on_watermark(self, wm: int) -> None:
         heap = self.fire_heap
@@ -362,20 +365,35 @@ class SlicedWindowJoinOperator(_WindowJoinBase):
     def _fire(self, e: int) -> None:
         ws = e - self.size
         if self.slice == self.size:
-            for k, (lefts, rights) in self.slices.get(ws, {}).items():
-                self._emit_pairs(k, lefts, rights, ws, e)
-            return
-        merged: dict[Any, tuple[list[Any], list[Any]]] = {}
-        for s in range(ws, e, self.slice):
-            for k, (lefts, rights) in self.slices.get(s, {}).items():
-                m = merged.get(k)
-                if m is None:
-                    merged[k] = (list(lefts), list(rights))
-                else:
-                    m[0].extend(lefts)
-                    m[1].extend(rights)
-        for k, (lefts, rights) in merged.items():
-            self._emit_pairs(k, lefts, rights, ws, e)
+            sides = self.slices.get(ws)
+            if sides is None:
+                return
+        else:
+            merged: tuple[dict[Any, list[Any]], dict[Any, list[Any]]] = ({}, {})
+            for s in range(ws, e, self.slice):
+                sl = self.slices.get(s)
+                if sl is None:
+                    continue
+                for side in (0, 1):
+                    into = merged[side]
+                    for k, recs in sl[side].items():
+                        m = into.get(k)
+                        if m is None:
+                            into[k] = list(recs)
+                        else:
+                            m.extend(recs)
+            sides = merged
+        lefts, rights = sides
+        if len(lefts) <= len(rights):
+            for k, ls in lefts.items():
+                rs = rights.get(k)
+                if rs is not None:
+                    self._emit_pairs(k, ls, rs, ws, e)
+        else:
+            for k, rs in rights.items():
+                ls = lefts.get(k)
+                if ls is not None:
+                    self._emit_pairs(k, ls, rs, ws, e)
 
     def snapshot(self) -> Any:
         return {"slices": self.slices, "fire": sorted(self.fire_set), "cleanup": list(self.cleanup_heap),

@@ -47,7 +47,12 @@ class MemorySource(Source):
     replayable = True
 
     def __init__(self, records: Iterable[Any], *, name: str = "memory", on_error: ErrorPolicy = "fail") -> None:
-        self.records = records if isinstance(records, list | tuple) else list(records)
+        self.frame: Any = None
+        if _is_polars_frame(records):  # a DataFrame: batches of it as they are, or its rows as dicts
+            self.frame = records
+            self.records: Any = _FrameRows(records)
+        else:
+            self.records = records if isinstance(records, list | tuple) else list(records)
         self.name = name
         self.on_error = check_policy(on_error)
 
@@ -61,12 +66,42 @@ class MemorySource(Source):
         return self.name
 
 
+def _is_polars_frame(obj: Any) -> bool:
+    return type(obj).__name__ == "DataFrame" and type(obj).__module__.startswith("polars")
+
+
+class _FrameRows:
+    """The rows of a polars DataFrame as dicts, a slice at a time."""
+
+    def __init__(self, frame: Any) -> None:
+        self.frame = frame
+
+    def __len__(self) -> int:
+        return int(self.frame.height)
+
+    def __getitem__(self, sl: slice) -> list[Any]:
+        return list(self.frame[sl].to_dicts())
+
+
 class _MemoryReader(SourceReader):
     def __init__(self, src: MemorySource) -> None:
         self.records = src.records
+        self.frame = src.frame
         self.name = src.name
         self.pos = 0
         self.chunk_start = 0
+
+    @property
+    def can_poll_frame(self) -> bool:
+        return self.frame is not None
+
+    def poll_frame(self, max_records: int) -> Any:
+        """The next slice of the DataFrame as it is (no copy)."""
+        if self.pos >= len(self.records):
+            return None
+        start = self.chunk_start = self.pos
+        self.pos = start + max_records
+        return self.frame.slice(start, max_records)
 
     def poll(self, max_records: int) -> list[Any] | None:
         if self.pos >= len(self.records):
@@ -88,7 +123,21 @@ class _MemoryReader(SourceReader):
 
 
 def read(records: Iterable[Any], *, name: str = "memory", on_error: ErrorPolicy = "fail") -> MemorySource:
-    """A source over ``records`` (materialised once if not a list or tuple)."""
+    """A source over ``records`` (materialised once if not a list or tuple).
+
+    ``records`` may be a polars DataFrame: the micro-batch and batch executors take
+    slices of it as they are, the native one its rows as dicts.
+
+    >>> import polars as pl
+    >>> import millstream as ms
+    >>> flow = ms.Flow("frame")
+    >>> out = ms.connectors.memory.write()
+    >>> src = ms.connectors.memory.read(pl.DataFrame({"id": [1, 2, 3], "v": [10, 20, 30]}))
+    >>> flow.source(src).filter(ms.col("v") > 15).sink(out)
+    >>> _ = flow.run(mode="microbatch")
+    >>> out.values
+    [{'id': 2, 'v': 20}, {'id': 3, 'v': 30}]
+    """
     return MemorySource(records, name=name, on_error=on_error)
 
 
