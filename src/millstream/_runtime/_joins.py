@@ -391,9 +391,9 @@ class SlicedWindowJoinOperator(_WindowJoinBase):
                     self._emit_pairs(k, ls, rs, ws, e)
         else:
             for k, rs in rights.items():
-                ls = lefts.get(k)
-                if ls is not None:
-                    self._emit_pairs(k, ls, rs, ws, e)
+                found = lefts.get(k)
+                if found is not None:
+                    self._emit_pairs(k, found, rs, ws, e)
 
     def snapshot(self) -> Any:
         return {"slices": self.slices, "fire": sorted(self.fire_set), "cleanup": list(self.cleanup_heap),
