@@ -603,7 +603,7 @@ def _write(sink: ms.connectors.Sink, records: list[Any]) -> None:
     flow.run()
 
 
-@pytest.mark.native_only("in columnar modes a JSON-lines batch has all the fields of its lines (null where one has none)")
+@pytest.mark.native_only("in columnar modes a JSON-lines batch has all its lines' fields (null where one has none)")
 def test_jsonl_sink_round_trips_and_writes_unknown_types_as_text(tmp_path: Path) -> None:
     p = tmp_path / "deep" / "er" / "out.jsonl"
     when = datetime(2026, 1, 1, tzinfo=UTC)
