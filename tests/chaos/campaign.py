@@ -28,8 +28,9 @@ import harness  # noqa: E402
 from millstream._checkpoint._failpoints import POINTS  # noqa: E402
 
 GUARANTEES = ["exactly-once", "at-least-once", "at-most-once"]
-PIPELINES = {"exactly-once": ["window", "sliding", "running"], "at-least-once": ["window", "sliding", "running"],
-             "at-most-once": ["window", "map"]}
+PIPELINES = {"exactly-once": ["window", "sliding", "vwindow", "vsliding", "running"],
+             "at-least-once": ["window", "sliding", "vwindow", "vsliding", "running"],
+             "at-most-once": ["window", "vwindow", "map"]}
 
 
 def _one(trial: harness.Trial, refs: dict[str, Counter[str]]) -> dict[str, object]:
@@ -92,6 +93,8 @@ def main() -> None:
     ap.add_argument("--failpoints", action="store_true", help="every failpoint x guarantee instead of random kills")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--corruptions", action="store_true")
+    ap.add_argument("--mode", choices=["native", "microbatch", "batch"], default="native",
+                    help="executor of the killed jobs (the reference runs natively)")
     args = ap.parse_args()
 
     if args.corruptions:
@@ -114,11 +117,11 @@ def main() -> None:
                     nth = f"#{rnd.randint(1, 6)}" if point not in ("ckpt.gc", "recovery.restore") else ""
                     trials.append(harness.Trial(g, rnd.choice(PIPELINES[g]), args.events, 30_000, rnd.randrange(10**9),
                                                 failpoint=f"{point}=kill{nth}", failpoint_start=start,
-                                                kill_window_s=(0.3, 0.6)))
+                                                kill_window_s=(0.3, 0.6), mode=args.mode))
         else:
             for _ in range(args.trials):
                 trials.append(harness.Trial(g, rnd.choice(PIPELINES[g]), args.events, 30_000, rnd.randrange(10**9),
-                                            kills=args.kills, kill_window_s=(0.3, 0.9)))
+                                            kills=args.kills, kill_window_s=(0.3, 0.9), mode=args.mode))
     refs: dict[str, Counter[str]] = {}
     ref_dir = Path(tempfile.mkdtemp(prefix="millstream-ref-"))
     for p in {t.pipeline for t in trials}:

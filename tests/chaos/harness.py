@@ -43,11 +43,12 @@ class Trial:
     kills: int = 1                     # random kills (when no failpoint)
     kill_window_s: tuple[float, float] = (0.3, 1.2)
     interval_ms: int = 50
+    mode: str = "native"
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _cmd(trial: Trial, out: str, ckpt: str | None, guarantee: str) -> list[str]:
-    args = [sys.executable, "-m", "millstream.cli", "run", JOB, "-q", "--progress", "off",
+    args = [sys.executable, "-m", "millstream.cli", "run", JOB, "-q", "--progress", "off", "--mode", trial.mode,
             "--set", f"events={trial.events}", "--set", f"pipeline={trial.pipeline}", "--set", f"out={out}"]
     if trial.rate:
         args += ["--set", f"rate={trial.rate}"]
@@ -137,7 +138,7 @@ def run_trial(trial: Trial, workdir: Path, expected: Counter[str], max_starts: i
     final = Counter(read_rows(out))
     if not anomalies:
         _check_visible(trial.guarantee, final, expected, anomalies, during=False)
-    return {"guarantee": trial.guarantee, "pipeline": trial.pipeline, "seed": trial.seed,
+    return {"guarantee": trial.guarantee, "mode": trial.mode, "pipeline": trial.pipeline, "seed": trial.seed,
             "failpoint": trial.failpoint, "starts": starts, "kills": sum(h["exit"] == -9 for h in trial.history),
             "failpoint_fired": any(h["failpoint"] and h["exit"] == -9 and not h["killed"] for h in trial.history),
             "anomalies": anomalies, "output_rows": sum(final.values()), "expected_rows": sum(expected.values())}

@@ -1,7 +1,8 @@
 """The job the chaos harness kills: a deterministic, replayable input through a keyed pipeline.
 
 Parameters (``--set``): ``events`` (count), ``rate`` (events/s, so kills land mid-run),
-``pipeline`` (``window`` | ``running`` | ``map``), ``out`` (output path), ``transactional``.
+``pipeline`` (``window`` | ``sliding`` | ``vwindow`` | ``vsliding`` | ``running`` | ``map``; the ``v`` ones
+use built-in aggregations only, which the micro-batch executor vectorises), ``out`` (output path), ``transactional``.
 Each result row carries checked aggregates (count, sum of ids, xor of id hashes) so that
 loss or duplication inside an aggregate shows in the output.
 """
@@ -39,6 +40,10 @@ def build(params: dict[str, Any]) -> ms.Flow:
     elif pipeline == "sliding":
         out = (src.key_by("key").window(ms.windows.sliding(1_000, every=250))
                .aggregate(n=ms.agg.count(), ids=ms.agg.sum("id"), x=checked("xor")))
+    elif pipeline in ("vwindow", "vsliding"):  # built-in aggregations only: vectorised in micro-batch mode
+        assigner = ms.windows.tumbling(1_000) if pipeline == "vwindow" else ms.windows.sliding(1_000, every=250)
+        out = (src.with_columns(key=ms.col("key"), id=ms.col("id")).key_by("key").window(assigner)
+               .aggregate(n=ms.agg.count(), ids=ms.agg.sum("id"), lo=ms.agg.min("id"), hi=ms.agg.max("id")))
     elif pipeline == "running":
         out = src.key_by("key").aggregate(n=ms.agg.count(), ids=ms.agg.sum("id"))
     else:
