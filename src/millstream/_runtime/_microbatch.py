@@ -24,6 +24,7 @@ from typing import Any
 from millstream import _plan as P
 
 from ._base import Operator, Runtime
+from ._cagg import ColumnarAggregate, vectorisable_aggregate
 from ._chain import ChainOperator
 from ._cjoins import ColumnarWindowJoin, vectorisable_join
 from ._columnar import ColumnarChainOperator, RowPort, columnar_step, warn_row_functions
@@ -53,6 +54,8 @@ class MicroBatchJob(NativeJob):
         op = node.op
         if isinstance(op, P.WindowOp) and vectorisable_window(op, self._timed(node)):
             return make_columnar_window(node, self.rt)
+        if isinstance(op, P.AggregateOp) and vectorisable_aggregate(op):
+            return ColumnarAggregate(node, self.rt, self._timed(node))
         if isinstance(op, P.JoinOp) and vectorisable_join(op, self._timed(node)):
             return ColumnarWindowJoin(node, self.rt)
         return super()._make(node)

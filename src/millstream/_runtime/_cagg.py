@@ -1,0 +1,171 @@
+"""Vectorised running aggregates (``KeyedStream.aggregate``) for the micro-batch and batch executors.
+
+Every record emits its key's updated row, as natively: within a batch the rows are
+cumulative aggregates over each key's records in arrival order (``cum_sum`` and
+friends ``over`` the key), offset by the key's totals before the batch, which are
+kept as one row per key.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from millstream._plan import AggregateOp, Node
+from millstream.errors import MillstreamError, StepError
+
+from ._base import Operator, Runtime
+from ._columnar import TIME, as_frame, polars
+
+if TYPE_CHECKING:
+    import polars as pl
+
+_RUNNING = ("count", "sum", "mean", "min", "max")
+_KEY = "__key__"
+
+
+def vectorisable_aggregate(op: AggregateOp) -> bool:
+    return op.key.fn is None and all(
+        type(agg).__module__ == "millstream.agg" and agg.kind in _RUNNING for _, agg in op.aggs)
+
+
+class ColumnarAggregate(Operator):
+    columnar = True
+
+    def __init__(self, node: Node, rt: Runtime, timed: bool) -> None:
+        super().__init__(node, rt, 1)
+        op = node.op
+        assert isinstance(op, AggregateOp)
+        self.op = op
+        self.timed = timed
+        P = polars()
+        self.P = P
+        key = op.key
+        if key.expr is not None:
+            self.key_expr: pl.Expr | None = key.expr.to_polars().alias(_KEY)
+            self.keys = [_KEY]
+            self.out_keys = [P.col(_KEY).alias(key.name)]
+        else:
+            self.key_expr = None
+            self.keys = list(key.fields)
+            self.out_keys = [P.col(f) for f in key.fields]
+        self.state: pl.DataFrame | None = None  # keys + totals, one row per key
+        self.delegate: Operator | None = None
+        over = self.keys
+        self.cum: list[pl.Expr] = []  # per row: totals of the key's rows so far in the batch
+        self.totals: list[str] = []
+        self.results: list[pl.Expr] = []
+        for i, (name, agg) in enumerate(op.aggs):
+            p = f"__r{i}"
+            v = P.col(agg.field) if agg.field is not None else None
+            kind = agg.kind
+            if kind == "count":
+                c = P.int_range(1, P.len() + 1, dtype=P.Int64) if v is None else v.is_not_null().cast(P.Int64).cum_sum()
+                self._total(p, c.over(over), "sum")
+                self.results.append(P.col(p).alias(name))
+            elif kind == "sum":
+                assert v is not None
+                self._total(p, v.fill_null(0).cum_sum().over(over), "sum")
+                self.results.append(P.col(p).alias(name))
+            elif kind == "mean":
+                assert v is not None
+                self._total(p + "s", v.fill_null(0).cum_sum().over(over), "sum")
+                self._total(p + "n", v.is_not_null().cast(P.Int64).cum_sum().over(over), "sum")
+                self.results.append(P.when(P.col(p + "n") > 0).then(P.col(p + "s") / P.col(p + "n"))
+                                    .otherwise(None).alias(name))
+            else:
+                assert v is not None
+                cum = v.cum_min() if kind == "min" else v.cum_max()
+                self._total(p, cum.forward_fill().over(over), kind)
+                self.results.append(P.col(p).alias(name))
+
+    _how: dict[str, str]
+
+    def _total(self, col: str, cum: pl.Expr, how: str) -> None:
+        if not hasattr(self, "_how"):
+            self._how = {}
+        self.cum.append(cum.alias(col))
+        self.totals.append(col)
+        self._how[col] = how
+
+    def _combine(self, col: str) -> pl.Expr:
+        P = self.P
+        prev, now = P.col(col + "_prev"), P.col(col)
+        how = self._how[col]
+        if how == "sum":
+            out: pl.Expr = P.when(prev.is_null()).then(now).otherwise(prev + now).alias(col)
+            return out
+        fn = P.min_horizontal if how == "min" else P.max_horizontal
+        out = fn(prev, now).alias(col)
+        return out
+
+    def _native(self) -> Operator:
+        from ._keyed import AggregateOperator
+
+        twin = AggregateOperator(self.node, self.rt, self.timed)
+        twin.outs = self.outs
+        return twin
+
+    def push(self, port: int, records: Any, times: list[int] | None) -> None:
+        if self.delegate is not None:
+            self.delegate.push(port, records, times)
+            return
+        P = self.P
+        rows = None if not isinstance(records, list) else records
+        try:
+            df = as_frame(records, times)
+        except Exception:
+            if self.state is not None:
+                raise
+            self.delegate = self._native()
+            self.delegate.push(port, records, times)
+            return
+        self.records_in += df.height
+        if df.height == 0:
+            return
+        try:
+            if self.key_expr is not None:
+                df = df.with_columns(self.key_expr)
+            df = df.with_columns(self.cum)
+            if self.state is not None:
+                prev = self.state.rename({c: c + "_prev" for c in self.totals})
+                df = df.join(prev, on=self.keys, how="left", nulls_equal=True, maintain_order="left")
+                df = df.with_columns([self._combine(c) for c in self.totals])
+            last = df.select(*self.keys, *self.totals).unique(subset=self.keys, keep="last", maintain_order=True)
+            if self.state is None:
+                self.state = last
+            else:
+                self.state = P.concat([self.state, last], how="vertical_relaxed").unique(
+                    subset=self.keys, keep="last", maintain_order=True)
+            out = df.select(*self.out_keys, *self.results, *([P.col(TIME)] if TIME in df.columns else []))
+        except MillstreamError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, rows, records, times) from exc
+        self.emit(out, None)
+
+    def _error(self, exc: Exception, rows: Any, records: Any, times: list[int] | None) -> BaseException:
+        from ._columnar import to_rows
+
+        if rows is None:
+            rows, times = to_rows(records)
+        twin = self._native()
+        twin.muted = True
+        try:
+            twin.push(0, rows, times)
+        except MillstreamError as native:
+            return native
+        except Exception:  # noqa: BLE001, S110 - report the Polars error
+            pass
+        return StepError(step=self.name, location=self.node.location, error=exc, has_key=True)
+
+    def snapshot(self) -> Any:
+        if self.delegate is not None:
+            return {"native": self.delegate.snapshot()}
+        return {"totals": self.state}
+
+    def restore(self, state: Any) -> None:
+        if "native" in state:
+            self.delegate = self._native()
+            self.delegate.restore(state["native"])
+            return
+        self.state = state["totals"]
