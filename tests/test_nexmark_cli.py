@@ -162,3 +162,45 @@ def test_bench_measures_every_query_mode_and_input(tmp_path: Path, capsys: pytes
 def test_bench_rejects_unknown_names(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["nexmark", "bench", "--events", "100", "--queries", "q6"]) == 2
     assert "unknown Nexmark query 'q6'" in capsys.readouterr().err
+
+
+def test_bench_memory_and_parquet_inputs(tmp_path: Path) -> None:
+    report = tmp_path / "bench.json"
+    assert main(["nexmark", "bench", "--events", "3000", "--event-rate", "1000", "--queries", "q0,q5,q11",
+                 "--inputs", "generator,memory,parquet", "--json", str(report)]) == 0
+    doc = json.loads(report.read_text())
+    got = {(r["query"], r["input"], r["mode"]) for r in doc["results"]}
+    assert got == {(q, i, m) for q in ("source", "q0", "q5", "q11") for i in ("generator", "memory", "parquet")
+                   for m in MODES}
+    assert set(doc["inputs"]) == {"generator", "memory", "parquet"}
+    assert "dict rows" in doc["inputs"]["memory"]
+    assert {(r["input"], r["mode"]) for r in doc["generator_no_engine"]} == {("generator", m) for m in MODES}
+    rows: dict[str, set[int]] = {}
+    for r in [*doc["results"], *doc["generator_no_engine"]]:
+        assert r["events"] == 3000 and r["events_per_s"] > 0
+        rows.setdefault(r["query"], set()).add(r["rows"])
+    # every input and every mode reads the same events and gives the same number of rows
+    assert rows["source"] == rows["bare"] == {3000}
+    assert rows["q0"] == {2760}
+    assert len(rows["q5"]) == 1 and len(rows["q11"]) == 1
+    assert "load_before" in doc and "one_core" not in doc
+
+
+def test_bench_one_core_pins_the_process(tmp_path: Path) -> None:
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no sched_setaffinity here")
+    report = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "millstream.cli", "nexmark", "bench", "--events", "1000", "--queries", "q2",
+           "--modes", "microbatch", "--inputs", "memory", "--one-core", "--json", str(report)]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(report.read_text())
+    assert doc["one_core"]["cpu"] in os.sched_getaffinity(0)
+    assert doc["one_core"]["polars_threads"] == 1
+    assert "--one-core" in doc["command"]
+    assert "one core: pinned to CPU" in done.stderr
+
+
+def test_bench_rejects_an_unknown_input(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["nexmark", "bench", "--events", "100", "--inputs", "kafka"]) == 2
+    assert "unknown bench input 'kafka'" in capsys.readouterr().err

@@ -269,10 +269,16 @@ def _nexmark_parser(sub: Any) -> None:
     bench.add_argument("--queries", default=",".join(QUERIES), help="comma-separated queries (default: all)")
     bench.add_argument("--modes", default=",".join(MODES), help="comma-separated modes (default: all)")
     bench.add_argument("--inputs", default="generator,jsonl",
-                       help="generator (in-process, columnar) and/or jsonl (a pre-generated file)")
+                       help="comma-separated, among generator (in-process), memory (made beforehand into a polars "
+                       "DataFrame; dict rows for native), jsonl and parquet (files made beforehand); "
+                       "default: generator,jsonl")
     bench.add_argument("--input", default=None, metavar="FILE",
                        help="the JSON-lines file of events to read (default: generated in a temporary directory)")
     bench.add_argument("--repeat", type=int, default=1, help="runs per figure; the best is kept (default 1)")
+    bench.add_argument("--one-core", action="store_true",
+                       help="one-core figures: pin this process to one CPU and set POLARS_MAX_THREADS=1")
+    bench.add_argument("--cpu", type=int, default=None, metavar="N",
+                       help="with --one-core, the CPU to pin to (default: the last one allowed)")
     bench.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON here")
 
 
@@ -299,17 +305,48 @@ def _cmd_nexmark(args: argparse.Namespace, console: Console) -> int:
             console.print(summary.describe(), highlight=False)
         return 0
     events, rate = args.events, args.event_rate
-    title = f"Nexmark: {events:,} events ({rate:,} events/s of event time)"
+    command = (f"millstream nexmark bench --events {events} --event-rate {rate} --queries {args.queries} "
+               f"--modes {args.modes} --inputs {args.inputs} --repeat {args.repeat}"
+               + (" --one-core" if args.one_core else "") + (f" --cpu {args.cpu}" if args.cpu is not None else ""))
+    extra: dict[str, Any] = {"command": command, "repeat": args.repeat, "load_before": _loadavg()}
+    if args.cpu is not None and not args.one_core:
+        raise ConfigError("--cpu goes with --one-core")
+    if args.one_core:
+        info = nx.one_core(args.cpu)
+        extra["one_core"] = info
+        console.print(f"one core: pinned to CPU {info['cpu']}, POLARS_MAX_THREADS=1 (polars threads: "
+                      f"{info['polars_threads']})", highlight=False)
+    threads = "one core" if args.one_core else f"{os.cpu_count()} CPUs, polars default threads"
+    title = f"Nexmark: {events:,} events ({rate:,} events/s of event time; {threads}; best of {args.repeat})"
 
     def progress(row: nx.BenchRow) -> None:
         console.print(f"  {row.query} {row.input} {row.mode}: {row.events_per_s:,.0f} events/s", highlight=False)
 
+    def note(text: str) -> None:
+        console.print(f"  ({text})", highlight=False)
+
+    inputs = split(args.inputs)
     rows = nx.bench(events=events, event_rate=rate, queries=split(args.queries), modes=split(args.modes),
-                    input=args.input, inputs=split(args.inputs), repeat=args.repeat, on_row=progress)
+                    input=args.input, inputs=inputs, repeat=args.repeat, on_row=progress, on_note=note)
+    extra["load_after"] = _loadavg()
     Console().print(nx.bench_table(rows, title=title))
+    out = Console()
+    for i in dict.fromkeys(inputs):
+        out.print(f"{i}: {nx.INPUTS[i]}", highlight=False)
+    out.print("(source only): the input read into a sink that counts, through the engine; "
+              "(generator, no engine): the generator polled in a plain loop", highlight=False)
+    out.print(f"load average (1, 5, 15 min): before {extra['load_before']}, after {extra['load_after']}",
+              highlight=False)
     if args.json:
-        nx.write_bench_json(args.json, rows, events=events, event_rate=rate)
+        nx.write_bench_json(args.json, rows, events=events, event_rate=rate, extra=extra)
     return 0
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

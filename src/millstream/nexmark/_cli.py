@@ -8,7 +8,8 @@
   transactional file sink) and a second run with the same checkpoint directory
   resumes.
 - ``bench`` measures events per second per query and mode, over the in-process
-  generator and over a JSON-lines file, with the bare sources as baselines.
+  generator, events made into memory beforehand, a JSON-lines file and a Parquet
+  file, with the bare sources (and the generator without the engine) as baselines.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from millstream.nexmark._queries import QUERIES, UPDATING, build, collapse
 from millstream.nexmark._source import read
 from millstream.testing import CollectSink
 
-__all__ = ["BenchRow", "DiscardSink", "RunSummary", "bench", "generate", "run"]
+__all__ = ["INPUTS", "BenchRow", "DiscardSink", "RunSummary", "bench", "generate", "one_core", "run"]
 
 _FINAL = "part-final-0.jsonl"  # the final table of an updating query, in an exactly-once --out directory
 
@@ -259,16 +260,114 @@ def _measure(query: str, source: Source, mode: str, config: NexmarkConfig | None
     return BenchRow(query, label, mode, result.records_read, sink.count, seconds)
 
 
+#: What each bench input is, and how each mode reads it.
+INPUTS: dict[str, str] = {
+    "generator": "the in-process Nexmark generator: columnar batches (poll_frame) in micro-batch and batch, "
+                 "dict rows in native",
+    "memory": "the events made once before the timing: a polars DataFrame sliced as it is in micro-batch and "
+              "batch; for native, the generator's dict rows made once into a list (no conversion timed)",
+    "jsonl": "a JSON-lines file made before the timing: parsed by polars in micro-batch and batch, by orjson "
+             "into dicts in native",
+    "parquet": "a Parquet file made before the timing: Arrow batches as they are in micro-batch and batch, "
+               "rows as dicts (to_pylist) in native",
+}
+
+_BARE = "bare"  # the generator alone, polled in a plain loop without the engine
+
+
+def one_core(cpu: int | None = None) -> dict[str, Any]:
+    """Make this process's figures one-core: pin it to one CPU and give polars one thread.
+
+    ``cpu`` defaults to the last CPU this process may use. Sets ``POLARS_MAX_THREADS=1``,
+    which polars reads when it is first imported; the pinning alone also gives it one
+    thread (it sizes its pool by the CPUs it may use). Returns what was done, with the
+    size of polars' thread pool.
+    """
+    os.environ["POLARS_MAX_THREADS"] = "1"
+    info: dict[str, Any] = {"cpu": None, "polars_threads": None}
+    if hasattr(os, "sched_setaffinity"):
+        allowed = sorted(os.sched_getaffinity(0))
+        target = allowed[-1] if cpu is None else cpu
+        if target not in allowed:
+            raise ConfigError(f"cpu {target} is not one this process may run on ({allowed})")
+        os.sched_setaffinity(0, {target})
+        info["cpu"] = target
+    try:
+        import polars as pl
+
+        info["polars_threads"] = pl.thread_pool_size()
+    except ImportError:
+        pass
+    return info
+
+
+def _context() -> SourceContext:
+    return SourceContext(step="bench", clock=SystemClock(), policy="fail")
+
+
+def _events_frame(config: NexmarkConfig, chunk: int = 100_000) -> Any:
+    """All the events of ``config`` as one polars DataFrame, made in columns."""
+    import polars as pl
+
+    reader: Any = read(config, name="events").open(_context())  # a _NexmarkReader: it has poll_frame
+    try:
+        if not reader.can_poll_frame:
+            raise ConfigError("the memory and parquet bench inputs need numpy, pyarrow and polars")
+        parts = []
+        while (frame := reader.poll_frame(chunk)) is not None:
+            parts.append(frame)
+    finally:
+        reader.close()
+    return pl.concat(parts, how="diagonal").rechunk()
+
+
+def _events_rows(config: NexmarkConfig, chunk: int = 16_384) -> list[Any]:
+    """All the events of ``config`` as the generator's dict rows (each kind's fields only)."""
+    reader = read(config, name="events").open(_context())
+    rows: list[Any] = []
+    try:
+        while (got := reader.poll(chunk)) is not None:
+            rows += got
+    finally:
+        reader.close()
+    return rows
+
+
+def _bare(config: NexmarkConfig, mode: str) -> BenchRow:
+    """The generator alone, without the engine: ``poll`` (rows) for native, ``poll_frame`` for the others."""
+    from millstream._run import DEFAULT_CHUNK
+
+    chunk = DEFAULT_CHUNK[mode]
+    started = time.perf_counter()
+    reader: Any = read(config, name="events").open(_context())
+    n = 0
+    try:
+        if mode == "native" or not reader.can_poll_frame:
+            while (rows := reader.poll(chunk)) is not None:
+                n += len(rows)
+        else:
+            while (frame := reader.poll_frame(chunk)) is not None:
+                n += frame.height
+    finally:
+        reader.close()
+    seconds = time.perf_counter() - started
+    return BenchRow(_BARE, "generator", mode, n, n, seconds)
+
+
 def bench(*, events: int = 1_000_000, event_rate: int = 10_000, queries: Sequence[str] | None = None,
           modes: Sequence[str] | None = None, input: str | None = None, inputs: Sequence[str] = ("generator", "jsonl"),
-          repeat: int = 1, on_row: Any = None) -> list[BenchRow]:
-    """Events per second of each query in each mode, from the in-process generator and a JSON-lines file.
+          repeat: int = 1, on_row: Any = None, on_note: Any = None) -> list[BenchRow]:
+    """Events per second of each query in each mode, from each input (see :data:`INPUTS`).
 
-    ``input`` is an existing JSON-lines file of events (by default one is made
-    from the same config, in a temporary directory). The bare sources (query
-    ``"source"``) are the baselines; each input and mode is warmed up by one
-    untimed run of its source. Each figure is the best of ``repeat`` runs.
-    ``on_row(row)`` is called after each measurement.
+    ``input`` is an existing JSON-lines file of events for the ``jsonl`` input (by
+    default one is made from the same config, in a temporary directory); the
+    ``memory`` and ``parquet`` inputs are made from the same config before anything
+    is timed. The bare sources (query ``"source"``: the input read into a sink that
+    counts, through the engine) are the baselines; for the generator, ``"bare"`` is
+    the generator polled in a plain loop without the engine. Each input and mode is
+    warmed up by one untimed run of its source. Each figure is the best of ``repeat``
+    runs. ``on_row(row)`` is called after each measurement, ``on_note(text)`` with
+    what is being prepared.
     """
     if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
         raise ConfigError(f"repeat must be an int >= 1, not {repeat!r}")
@@ -281,29 +380,68 @@ def bench(*, events: int = 1_000_000, event_rate: int = 10_000, queries: Sequenc
         if m not in MODES:
             raise ConfigError(f"unknown mode {m!r}; this build runs: {', '.join(MODES)}")
     for i in inputs:
-        if i not in ("generator", "jsonl"):
-            raise ConfigError(f"unknown bench input {i!r}; choose generator and/or jsonl")
+        if i not in INPUTS:
+            raise ConfigError(f"unknown bench input {i!r}; choose among {', '.join(INPUTS)}")
     config = NexmarkConfig(events=events, rate=event_rate)
     rows: list[BenchRow] = []
+
+    def note(text: str) -> None:
+        if on_note is not None:
+            on_note(text)
+
+    def record(row: BenchRow) -> None:
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+
     with tempfile.TemporaryDirectory(prefix="millstream-nexmark-") as tmp:
         path = input
         if "jsonl" in inputs and path is None:
+            note(f"writing {events:,} events as JSON lines")
             path = os.path.join(tmp, "events.jsonl")
             generate(config, path)
-        def measure(q: str, kind: str, mode: str) -> BenchRow:
+        frame: Any = None
+        parquet: str | None = None
+        if "memory" in inputs or "parquet" in inputs:
+            note(f"making {events:,} events into a polars DataFrame")
+            frame = _events_frame(config)
+            if "parquet" in inputs:
+                parquet = os.path.join(tmp, "events.parquet")
+                note("writing them as Parquet")
+                frame.write_parquet(parquet)
+        dict_rows: Any = None
+        if "memory" in inputs and "native" in modes:
+            note(f"making {events:,} events into a list of dict rows (the native mode's memory input)")
+            dict_rows = _events_rows(config)
+        if "memory" not in inputs:
+            frame = None
+
+        def source(kind: str, mode: str) -> tuple[Source, NexmarkConfig | None]:
             if kind == "generator":
-                return _measure(q, read(config, name="events"), mode, config, "generator")
-            assert path is not None
-            return _measure(q, files.read(path, format="jsonl", name="events"), mode, None, "jsonl")
+                return read(config, name="events"), config
+            if kind == "memory":
+                from millstream.connectors import memory
+
+                return memory.read(dict_rows if mode == "native" else frame, name="events"), config
+            if kind == "jsonl":
+                assert path is not None
+                return files.read(path, format="jsonl", name="events"), None
+            assert parquet is not None
+            return files.read(parquet, format="parquet", name="events"), None
+
+        def measure(q: str, kind: str, mode: str) -> BenchRow:
+            src, cfg = source(kind, mode)
+            return _measure(q, src, mode, cfg, kind)
 
         for kind in inputs:
             for mode in modes:
                 measure("source", kind, mode)  # warm-up: imports, code generation, the page cache
+                if kind == "generator":
+                    record(min((_bare(config, mode) for _ in range(repeat)), key=lambda r: r.seconds))
                 for q in ["source", *[q for q in queries if q != "source"]]:
-                    row = min((measure(q, kind, mode) for _ in range(repeat)), key=lambda r: r.seconds)
-                    rows.append(row)
-                    if on_row is not None:
-                        on_row(row)
+                    record(min((measure(q, kind, mode) for _ in range(repeat)), key=lambda r: r.seconds))
+            if kind == "memory":
+                frame = dict_rows = None
     return rows
 
 
@@ -323,12 +461,14 @@ def bench_table(rows: Sequence[BenchRow], *, title: str) -> Any:
         lines.setdefault((r.query, r.input), {})[r.mode] = r
     for (q, inp), by_mode in lines.items():
         first = next(iter(by_mode.values()))
-        table.add_row(q if q != "source" else "(source only)", inp, f"{first.rows:,}",
+        label = {"source": "(source only)", _BARE: "(generator, no engine)"}.get(q, q)
+        table.add_row(label, inp, f"{first.rows:,}",
                       *[f"{by_mode[m].events_per_s:,.0f}" if m in by_mode else "-" for m in modes])
     return table
 
 
-def write_bench_json(path: str, rows: Sequence[BenchRow], *, events: int, event_rate: int) -> None:
+def write_bench_json(path: str, rows: Sequence[BenchRow], *, events: int, event_rate: int,
+                     extra: dict[str, Any] | None = None) -> None:
     import platform
 
     doc = {
@@ -337,6 +477,10 @@ def write_bench_json(path: str, rows: Sequence[BenchRow], *, events: int, event_
         "event_rate": event_rate,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "results": [r.to_dict() for r in rows],
+        "inputs": {i: INPUTS[i] for i in dict.fromkeys(r.input for r in rows)},
+        **(extra or {}),
+        "results": [r.to_dict() for r in rows if r.query != _BARE],
+        #: the generator polled in a plain loop, without the engine (rows for native, frames otherwise)
+        "generator_no_engine": [r.to_dict() for r in rows if r.query == _BARE],
     }
     Path(path).write_text(json.dumps(doc, indent=2) + "\n")
