@@ -564,6 +564,33 @@ def _strict_parts(e: Expr, s: _Src) -> tuple[list[tuple[str, str]], str] | None:
     return checks, body
 
 
+def columns_of(e: Expr) -> set[str]:
+    """The fields an expression reads."""
+    if isinstance(e, _Col):
+        return {e.name}
+    out: set[str] = set()
+    for f in dataclasses.fields(e):  # type: ignore[arg-type]
+        v = getattr(e, f.name)
+        for item in (v if isinstance(v, tuple | list) else (v,)):
+            if isinstance(item, Expr):
+                out |= columns_of(item)
+            elif isinstance(item, tuple):
+                out |= {c for x in item if isinstance(x, Expr) for c in columns_of(x)}
+    return out
+
+
+def equality_of(e: Expr) -> tuple[str, Any] | None:
+    """``(field, value)`` when ``e`` is ``col(field) == lit(value)`` (either way round)."""
+    e = _unalias(e)
+    if isinstance(e, _Compare) and e.op == "==":
+        a, b = _unalias(e.left), _unalias(e.right)
+        if isinstance(a, _Col) and isinstance(b, _Lit):
+            return a.name, b.value
+        if isinstance(b, _Col) and isinstance(a, _Lit):
+            return b.name, a.value
+    return None
+
+
 def conjuncts(e: Expr) -> list[Expr]:
     """The parts of a top-level ``a & b & ...`` (a filter checks them one by one)."""
     e = _unalias(e)

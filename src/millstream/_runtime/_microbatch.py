@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from millstream import _plan as P
+from millstream._expr import Expr, columns_of, conjuncts, equality_of
 
 from ._base import Operator, Runtime
 from ._cagg import ColumnarAggregate, vectorisable_aggregate
@@ -63,7 +64,87 @@ class MicroBatchJob(NativeJob):
     def open(self) -> None:
         super().open()
         for src in self.sources:  # sources that make columnar batches hand them over as they are
-            src.use_frames()
+            if src.use_frames():
+                push_down = getattr(src.reader, "push_down", None)
+                if push_down is not None:
+                    columns, equals = pushdown(self.plan, src.node)
+                    push_down(columns, equals)
 
     def _port(self, up: Operator, op: Operator) -> Any:
         return op if op.columnar else RowPort(op)
+
+
+# -- what a columnar source need not make --------------------------------------------------------
+
+
+def pushdown(plan: P.Plan, source: P.Node) -> tuple[frozenset[str] | None, dict[str, frozenset[Any]]]:
+    """The fields the flow reads from ``source`` (None: all of them, as far as the plan shows) and,
+    per field, the values every consumer keeps first (``filter(col(f) == v)`` right after the
+    source, on every branch). A source may leave the rest out; the filters stay in the plan."""
+    need = _needed_after(plan, source.id)
+    op = source.op
+    assert isinstance(op, P.SourceOp)
+    if need is not None and op.watermark is not None:
+        ts = op.watermark.timestamp
+        if isinstance(ts, str):
+            need = need | {ts}
+        elif isinstance(ts, Expr):
+            need = need | columns_of(ts)
+        else:
+            need = None
+    return (frozenset(need) if need is not None else None), _leading_equalities(plan, source.id)
+
+
+def _needed_after(plan: P.Plan, node_id: int) -> set[str] | None:
+    need: set[str] = set()
+    for c in plan.consumers(node_id):
+        got = _needed_by(plan, plan.node(c))
+        if got is None:
+            return None
+        need |= got
+    return need
+
+
+def _needed_by(plan: P.Plan, node: P.Node) -> set[str] | None:
+    """The input fields ``node`` and what follows it read (None: any of them)."""
+    op = node.op
+    if isinstance(op, P.SelectOp):
+        return set().union(*(columns_of(e) for _, e in op.columns))
+    if isinstance(op, P.FilterOp) and isinstance(op.fn, Expr):
+        down = _needed_after(plan, node.id)
+        return None if down is None else down | columns_of(op.fn)
+    if isinstance(op, P.WithColumnsOp):
+        down = _needed_after(plan, node.id)
+        if down is None:
+            return None
+        return (down - {n for n, _ in op.columns}) | set().union(*(columns_of(e) for _, e in op.columns))
+    if isinstance(op, P.KeyByOp) and op.key.fn is None:
+        down = _needed_after(plan, node.id)
+        if down is None:
+            return None
+        return down | (columns_of(op.key.expr) if op.key.expr is not None else set(op.key.fields))
+    return None
+
+
+def _leading_equalities(plan: P.Plan, node_id: int) -> dict[str, frozenset[Any]]:
+    branches: list[dict[str, Any]] = []
+    for c in plan.consumers(node_id):
+        found: dict[str, Any] = {}
+        node = plan.node(c)
+        while isinstance(node.op, P.FilterOp | P.KeyByOp):
+            if isinstance(node.op, P.FilterOp):
+                if not isinstance(node.op.fn, Expr):
+                    break
+                for part in conjuncts(node.op.fn):
+                    eq = equality_of(part)
+                    if eq is not None and isinstance(eq[1], str | int) and eq[0] not in found:
+                        found[eq[0]] = eq[1]
+            nxt = plan.consumers(node.id)
+            if len(nxt) != 1:
+                break
+            node = plan.node(nxt[0])
+        branches.append(found)
+    if not branches:
+        return {}
+    fields = set.intersection(*(set(b) for b in branches))
+    return {f: frozenset(b[f] for b in branches) for f in fields}

@@ -673,7 +673,7 @@ _NAME_LENGTHS = tuple(len(x) for x in _FULL_NAMES)
 _CITY_LENGTHS = tuple(len(x) for x in _CITIES)
 
 
-def _person_columns(np: Any, ids: Any, cfg: NexmarkConfig) -> _Columns:
+def _person_columns(np: Any, ids: Any, cfg: NexmarkConfig, extra: bool = True) -> _Columns:
     rng = _Lanes(ids)
     n = len(ids)
     name = rng.next_int(len(_FIRST_NAMES)) * len(_LAST_NAMES)
@@ -695,11 +695,11 @@ def _person_columns(np: Any, ids: Any, cfg: NexmarkConfig) -> _Columns:
         "city": _Pick(_CITIES, city),
         "state": _Pick(_STATES, state),
         "dateTime": _times(cfg, ids),
-        "extra": rng.last_extra(size, cfg.avg_person_bytes),
+        "extra": rng.last_extra(size, cfg.avg_person_bytes) if extra else None,
     }
 
 
-def _auction_columns(np: Any, ids: Any, cfg: NexmarkConfig) -> _Columns:
+def _auction_columns(np: Any, ids: Any, cfg: NexmarkConfig, extra: bool = True) -> _Columns:
     rng = _Lanes(ids)
     hot = rng.next_int(cfg.hot_sellers_ratio) > 0
     seller = (_last_person(np, ids) // HOT_BATCH) * HOT_BATCH
@@ -724,11 +724,11 @@ def _auction_columns(np: Any, ids: Any, cfg: NexmarkConfig) -> _Columns:
         "expires": expires,
         "seller": seller + FIRST_PERSON_ID,
         "category": category,
-        "extra": rng.last_extra(size, cfg.avg_auction_bytes),
+        "extra": rng.last_extra(size, cfg.avg_auction_bytes) if extra else None,
     }
 
 
-def _bid_columns(np: Any, ids: Any, cfg: NexmarkConfig) -> _Columns:
+def _bid_columns(np: Any, ids: Any, cfg: NexmarkConfig, extra: bool = True) -> _Columns:
     rng = _Lanes(ids)
     hot = rng.next_int(cfg.hot_auction_ratio) > 0
     last_auction = _last_auction(np, ids)
@@ -747,11 +747,12 @@ def _bid_columns(np: Any, ids: Any, cfg: NexmarkConfig) -> _Columns:
         "bidder": bidder + FIRST_PERSON_ID,
         "price": price,
         "dateTime": _times(cfg, ids),
-        "extra": rng.last_extra(np.full(len(ids), _BID_SIZE, np.int64), cfg.avg_bid_bytes),
+        "extra": rng.last_extra(np.full(len(ids), _BID_SIZE, np.int64), cfg.avg_bid_bytes) if extra else None,
     }
 
 
-_COLUMN_MAKERS: dict[Kind, Callable[[Any, Any, NexmarkConfig], _Columns]] = {
+# ``extra`` is each kind's last draw: a maker told not to make it (extra=False) leaves None there
+_COLUMN_MAKERS: dict[Kind, Callable[..., _Columns]] = {
     "person": _person_columns, "auction": _auction_columns, "bid": _bid_columns,
 }
 
@@ -791,15 +792,24 @@ def rows_of(kind: Kind, ids: Any, cfg: NexmarkConfig, *, tag: bool) -> list[dict
     return _row_builder(kind, tag)(*lists)
 
 
-def frame_of(kind: Kind, ids: Any, cfg: NexmarkConfig) -> Any:
-    """The events ``ids`` (an int64 array, all of ``kind``) as a polars DataFrame, made in columns."""
+def frame_of(kind: Kind, ids: Any, cfg: NexmarkConfig, columns: frozenset[str] | None = None) -> Any:
+    """The events ``ids`` (an int64 array, all of ``kind``) as a polars DataFrame, made in columns.
+
+    With ``columns``, only those of the kind's fields (a projection): the others are not
+    turned into Arrow, and ``extra`` (the padding, the last draw) is not even drawn.
+    """
     import polars as pl
 
     np = need_numpy()
     pa = _need_pyarrow()
-    columns = _COLUMN_MAKERS[kind](np, ids, cfg)
-    arrays = [pa.array(c) if isinstance(c, np.ndarray) else c.to_arrow() for c in columns.values()]
-    return pl.from_arrow(pa.RecordBatch.from_arrays(arrays, schema=arrow_schema(kind)))
+    made = _COLUMN_MAKERS[kind](np, ids, cfg, extra=columns is None or "extra" in columns)
+    schema = arrow_schema(kind)
+    names = [n for n in made if columns is None or n in columns]
+    arrays = [made[n] for n in names]
+    arrays = [pa.array(c) if isinstance(c, np.ndarray) else c.to_arrow() for c in arrays]
+    if not names:
+        return pl.DataFrame({"__n__": np.zeros(len(ids), np.int8)}).drop("__n__")  # rows, no columns
+    return pl.from_arrow(pa.RecordBatch.from_arrays(arrays, schema=pa.schema([schema.field(n) for n in names])))
 
 
 _SHARE = {"person": PERSON_PROPORTION, "auction": AUCTION_PROPORTION,

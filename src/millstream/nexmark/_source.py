@@ -185,6 +185,18 @@ class _NexmarkReader(SourceReader):
             self.credit -= (self.k - start) * 1000
         return out
 
+    #: set by :meth:`push_down`: the columns the flow reads (None: all) and the kinds it keeps
+    _columns: frozenset[str] | None = None
+    _kinds: frozenset[str] | None = None
+
+    def push_down(self, columns: frozenset[str] | None, equals: dict[str, frozenset[Any]]) -> None:
+        """The flow reads only ``columns`` and keeps only rows whose ``type`` is in ``equals["type"]``:
+        :meth:`poll_frame` makes no more (the flow's own filter stays, so this only saves work)."""
+        self._columns = columns
+        kinds = equals.get("type")
+        if kinds is not None and self.only is None:
+            self._kinds = frozenset(k for k in KINDS if k in kinds)
+
     @property
     def can_poll_frame(self) -> bool:
         """Whether :meth:`poll_frame` works: unpaced, with numpy, pyarrow and polars."""
@@ -214,18 +226,30 @@ class _NexmarkReader(SourceReader):
         ids = cfg.first_event_id + (n // g) * g + (n * 953) % g
         codes = kind_codes(np, ids)
         self.k = stop
+        cols = self._columns
         if self.only is not None:
             at = np.flatnonzero(codes == KINDS.index(self.only))
             self.emitted = (at + start).tolist()
-            return frame_of(self.only, ids[at], cfg) if len(at) else pl.DataFrame()
+            return frame_of(self.only, ids[at], cfg, cols) if len(at) else pl.DataFrame()
         parts = []
+        kept = []
         for c, kind in enumerate(KINDS):
+            if self._kinds is not None and kind not in self._kinds:
+                continue
             at = np.flatnonzero(codes == c)
             if len(at):
-                parts.append(frame_of(kind, ids[at], cfg).with_columns(
+                kept.append(at)
+                parts.append(frame_of(kind, ids[at], cfg, cols).with_columns(
                     pl.lit(kind).alias("type"), pl.Series("__pos__", at)))
-        self.emitted = list(range(start, stop))
-        df = pl.concat(parts, how="diagonal").sort("__pos__").drop("__pos__")
+        if not parts:
+            self.emitted = []
+            return pl.DataFrame()
+        df = pl.concat(parts, how="diagonal")
+        if len(parts) > 1:
+            df = df.sort("__pos__")
+        self.emitted = (np.sort(np.concatenate(kept)) + start).tolist() if self._kinds is not None else \
+            list(range(start, stop))
+        df = df.drop("__pos__")
         return df.select("type", *[c for c in df.columns if c != "type"])
 
     def position_of(self, index: int) -> str | None:
