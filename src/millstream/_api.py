@@ -13,6 +13,7 @@ from millstream._location import callable_name, user_location
 from millstream._time import Duration, to_ms
 from millstream.agg import Aggregation
 from millstream.connectors._base import Sink, Source
+from millstream.connectors._lookup import LookupTable
 from millstream.errors import ConfigError, FlowDefinitionError
 from millstream.state import StateSpec
 from millstream.windows import CountWindow, WindowAssigner
@@ -433,6 +434,31 @@ class Stream:
             )
         self._then(P.SinkOp(connector), name or connector.default_name(), loc)
 
+    # -- enrichment: lookup join ---------------------------------------------------------
+    def lookup(self, table: LookupTable, key: KeyLike, *, cache_ttl: Duration | None = None,
+               cache_size: int = 100_000, batch_size: int = 1_000, max_in_flight: int = 4, how: str = "inner",
+               combine: Callable[[Any, Any], Any] | None = None, name: str | None = None) -> Stream:
+        """Join each record with the row of an external table under its ``key`` (a field, an
+        expression or a function of the record), e.g. ``ms.connectors.sqlite.table(path, "users", key="id")``.
+
+        Keys the cache does not hold are fetched in batches of up to ``batch_size`` records,
+        one ``table.fetch(keys)`` per batch, ``max_in_flight`` batches at once on a thread
+        pool; the output keeps the input's order and event times. Found rows and misses are
+        cached for ``cache_ttl`` of processing time (None: for the whole run), at most
+        ``cache_size`` keys (0: no cache). The output is ``combine(record, row)``, by
+        default the two dicts merged (a row field whose name the record has too is renamed
+        ``<name>_right``, except the key itself when it has the same name on both sides).
+        ``how="left"`` keeps a record without a row: ``combine(record, None)``, by default
+        the record unchanged. The cache is not checkpointed: a restored job refills it.
+        """
+        loc = user_location()
+        step = name or "lookup"
+        op = _lookup_op(self, table, key, step, loc, cache_ttl=cache_ttl, cache_size=cache_size,
+                        batch_size=batch_size, max_in_flight=max_in_flight, how=how, combine=combine)
+        return Stream(self._flow, self._then(op, step, loc))
+
+    # -- end of enrichment ----------------------------------------------------------------
+
 
 class KeyedStream(Stream):
     """A stream partitioned by key: running aggregates, windows and process functions per key."""
@@ -573,6 +599,37 @@ class KeyedStream(Stream):
         op = P.JoinOp(self._key, other._key, "interval", lower_ms=lo, upper_ms=hi, combine=combine)
         return _join_node(self, other, op, step, loc)
 
+    # -- enrichment: table (temporal) join ------------------------------------------------
+    def join_table(self, table: KeyedStream, *, deletes: Callable[[Any], Any] | Expr | str | None = None,
+                   how: str = "inner", combine: Callable[[Any, Any], Any] | None = None,
+                   name: str | None = None) -> Stream:
+        """Join each event with its key's row of a table kept from a changelog, as of the event's time.
+
+        ``table``'s records are versions of a row per key: each replaces its key's row from
+        its event time on, or deletes it when ``deletes`` says so (a function of the record,
+        an expression, or the name of a field whose value is truthy). An event joins the
+        latest version with time <= its own (of versions at the same time, the last to
+        come) and is emitted at its own event time once the watermark passes it, so input
+        out of order within the watermark bounds gives the same answer. Records at or
+        behind the watermark when they come are late: they join nothing and are counted in
+        the step's ``late`` figure. The output is ``combine(event, row)``, by default the
+        two dicts merged (a row field whose name the event has too is renamed
+        ``<name>_right``; shared key fields keep the event's value). ``how="left"`` keeps an
+        event without a row: ``combine(event, None)``, by default the event unchanged
+        (the table's fields are absent).
+        """
+        loc = user_location()
+        step = name or "join_table"
+        _check_join(self, table, "join_table", step, loc, combine)
+        _check_how(how, "join_table", step, loc)
+        if deletes is not None and not (isinstance(deletes, Expr) or (isinstance(deletes, str) and deletes)):
+            _check_fn(deletes, "join_table(deletes=...)", step, loc)
+        op = P.TableJoinOp(self._key, table._key, how=how, deletes=deletes, combine=combine)
+        node = self._flow._add(op, (self._id, table._id), step, loc, timestamped=True)
+        return Stream(self._flow, node)
+
+    # -- end of enrichment (table join) ----------------------------------------------------
+
 
 def _join_ms(value: Any, what: str, step: str, loc: str | None, *, signed: bool = False) -> int:
     try:
@@ -624,6 +681,57 @@ def _join_node(left: KeyedStream, right: KeyedStream, op: P.JoinOp, step: str, l
     return Stream(left._flow, node)
 
 # -- end of joins -----------------------------------------------------------------------
+
+
+# -- enrichment helpers: table and lookup joins ------------------------------------------
+
+
+def _check_how(how: Any, what: str, step: str, loc: str | None) -> None:
+    if how not in ("inner", "left"):
+        raise FlowDefinitionError(
+            f"{what}(how={how!r}): an enrichment join is 'inner' (records without a row are dropped) "
+            "or 'left' (they are kept)",
+            step=step, location=loc, fix="pass how='inner' (the default) or how='left'",
+        )
+
+
+def _positive(value: Any, what: str, step: str, loc: str | None, *, zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if zero else 1):
+        raise FlowDefinitionError(
+            f"lookup({what}={value!r}): {what} must be an int >= {0 if zero else 1}",
+            step=step, location=loc, fix=f"pass e.g. {what}={1_000 if 'size' in what else 4}",
+        )
+    return value
+
+
+def _lookup_op(stream: Stream, table: Any, key: Any, step: str, loc: str | None, *, cache_ttl: Any,
+               cache_size: Any, batch_size: Any, max_in_flight: Any, how: Any, combine: Any) -> P.LookupOp:
+    if not isinstance(table, LookupTable):
+        raise FlowDefinitionError(
+            f"lookup() takes a lookup table (an object with fetch(keys) -> {{key: row}}), not {table!r}",
+            step=step, location=loc,
+            fix="pass e.g. millstream.connectors.sqlite.table('users.db', 'users', key='id')",
+        )
+    if key is None:
+        raise FlowDefinitionError("lookup() needs key=: what to look up in the table", step=step, location=loc,
+                                  fix="pass the field holding the table's key, e.g. key='user_id'")
+    spec = _key_spec(key, step, loc, None)
+    _check_how(how, "lookup", step, loc)
+    ttl_ms = None if cache_ttl is None else _join_ms(cache_ttl, "cache_ttl", step, loc)
+    if combine is not None:
+        if isinstance(combine, Expr) or not callable(combine):
+            raise FlowDefinitionError(
+                f"lookup(combine=...) takes a function of (record, row), not {combine!r}",
+                step=step, location=loc, fix="e.g. combine=lambda event, user: {**event, 'name': user['name']}",
+            )
+        _check_fn(combine, "combine", step, loc, nargs=2)
+    return P.LookupOp(table, spec, how=how, cache_ttl_ms=ttl_ms,
+                      cache_size=_positive(cache_size, "cache_size", step, loc, zero=True),
+                      batch_size=_positive(batch_size, "batch_size", step, loc),
+                      max_in_flight=_positive(max_in_flight, "max_in_flight", step, loc), combine=combine)
+
+
+# -- end of enrichment helpers -----------------------------------------------------------
 
 
 def _windowed(stream: Stream, key: P.KeySpec | None, assigner: Any, allowed_lateness: Duration,

@@ -278,6 +278,80 @@ class JoinOp(Op):
 # -- end of joins -----------------------------------------------------------------------
 
 
+# -- enrichment: table (temporal) joins and lookup joins ---------------------------------
+
+
+def _describe_condition(cond: Callable[[Any], Any] | Expr | str | None) -> str:
+    if cond is None:
+        return "never"
+    if isinstance(cond, str):
+        return f"field {cond!r} set"
+    return repr(cond) if isinstance(cond, Expr) else callable_name(cond)
+
+
+@dataclass(frozen=True)
+class TableJoinOp(Op):
+    """Each event joined with the version of its key's table row valid at the event's time.
+
+    The node's inputs are ``(events, table)``. The table input is a changelog: each record
+    is the new version of its key's row (an upsert) from its event time on, or a delete
+    when ``deletes`` says so (a function of the record, an expression, or a field name
+    whose value is truthy). ``how`` is ``"inner"`` or ``"left"`` (an event without a row
+    is kept: ``combine(event, None)``, by default the event unchanged).
+    """
+
+    left_key: KeySpec
+    table_key: KeySpec
+    how: str = "inner"
+    deletes: Callable[[Any], Any] | Expr | str | None = None
+    combine: Callable[[Any, Any], Any] | None = None
+    kind = "table_join"
+
+    @property
+    def shared_fields(self) -> tuple[str, ...]:
+        """Key fields read under the same name on both sides: the output keeps the event's value."""
+        if self.left_key.fn or self.left_key.expr or self.table_key.fn or self.table_key.expr:
+            return ()
+        return tuple(f for f, g in zip(self.left_key.fields, self.table_key.fields, strict=False) if f == g)
+
+    def describe(self) -> str:
+        text = f"{self.how} on {self.left_key.describe()} = {self.table_key.describe()} as of event time"
+        if self.deletes is not None:
+            text += f", deletes: {_describe_condition(self.deletes)}"
+        return text + (f": {callable_name(self.combine)}" if self.combine is not None else "")
+
+
+@dataclass(frozen=True)
+class LookupOp(Op):
+    """Each record joined with the row of an external table (a ``LookupTable``) under its key.
+
+    Keys missing from the cache are fetched in batches of up to ``batch_size`` records,
+    ``max_in_flight`` batches at once; found rows and misses are cached for ``cache_ttl_ms``
+    of processing time (None: for the whole run), at most ``cache_size`` keys (least recently
+    used go first). The cache is not state: a restored job refills it.
+    """
+
+    table: Any
+    key: KeySpec
+    how: str = "inner"
+    cache_ttl_ms: int | None = None
+    cache_size: int = 100_000
+    batch_size: int = 1_000
+    max_in_flight: int = 4
+    combine: Callable[[Any, Any], Any] | None = None
+    kind = "lookup"
+
+    def describe(self) -> str:
+        # cache settings are left out: the describe text is part of the checkpoint fingerprint,
+        # and tuning the cache must not stop a job from resuming
+        table = self.table.describe() if hasattr(self.table, "describe") else repr(self.table)
+        text = f"{self.how} {table} on {self.key.describe()}"
+        return text + (f": {callable_name(self.combine)}" if self.combine is not None else "")
+
+
+# -- end of enrichment ------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class SinkOp(Op):
     connector: Sink

@@ -12,6 +12,7 @@ from millstream.connectors._base import DeadLetter, SinkWriter
 
 from ._base import Operator, PassThrough, Runtime
 from ._chain import ChainOperator
+from ._enrich import LookupOperator, TableJoinOperator
 from ._joins import make_join_operator
 from ._keyed import AggregateOperator, ProcessOperator, ReduceOperator
 from ._sources import DeadLetterWriter, SinkOperator, SourceOperator
@@ -135,6 +136,10 @@ class NativeJob:
             return make_window_operator(node, self.rt, ts)
         if isinstance(op, P.JoinOp):
             return make_join_operator(node, self.rt)
+        if isinstance(op, P.TableJoinOp):  # enrichment
+            return TableJoinOperator(node, self.rt)
+        if isinstance(op, P.LookupOp):  # enrichment
+            return LookupOperator(node, self.rt)
         raise AssertionError(f"no native operator for {op.kind}")
 
     def _timed(self, node: P.Node) -> bool:

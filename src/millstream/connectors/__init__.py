@@ -7,7 +7,13 @@ following), ``stdio``, ``memory``, ``generator``. Connector authors subclass
 
 from __future__ import annotations
 
-from millstream.connectors import files, generator, memory, stdio
+from millstream.connectors import (
+    files,
+    generator,
+    memory,
+    sqlite,  # lookup tables
+    stdio,
+)
 from millstream.connectors._base import (
     DeadLetter,
     ErrorPolicy,
@@ -18,10 +24,13 @@ from millstream.connectors._base import (
     SourceReader,
     dead_letter,
 )
+from millstream.connectors._lookup import LookupTable, LookupTableError
 
 __all__ = [
     "DeadLetter",
     "ErrorPolicy",
+    "LookupTable",
+    "LookupTableError",
     "Sink",
     "SinkWriter",
     "Source",
@@ -31,5 +40,6 @@ __all__ = [
     "files",
     "generator",
     "memory",
+    "sqlite",
     "stdio",
 ]
