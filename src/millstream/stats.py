@@ -15,7 +15,7 @@ aggregation                       result                                      me
 ``ewm_var(f, alpha)``             exponentially weighted variance             no
 ``ewm_std(f, alpha)``             its square root                             no
 ``zscore(f, alpha)``              z-score of the value against the EWMA       no
-                                  mean and deviation *before* it              
+                                  mean and deviation *before* it
 ``anomaly(f, alpha, threshold)``  ``abs(zscore) > threshold``                 no
 ``quantile(f, q)``                approximate q-quantile (relative error)     yes
 ``median(f)``                     ``quantile(f, 0.5)``                        yes
@@ -99,7 +99,8 @@ class _Ewma(_Sequential):
         return "None"
 
     def add_src(self, env: dict[str, Any], p: str, slot: str, v: str, t: str) -> list[str]:
-        return [f"if {v} is not None: {slot} = {v} + 0.0 if {slot} is None else {slot} + {self.alpha!r} * ({v} - {slot})"]
+        step = f"{slot} + {self.alpha!r} * ({v} - {slot})"
+        return [f"if {v} is not None: {slot} = {v} + 0.0 if {slot} is None else {step}"]
 
     def describe(self) -> str:
         return f"{self.kind}({self.field}, alpha={self.alpha!r})"
