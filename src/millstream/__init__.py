@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging as _logging
 
-from millstream import agg, connectors, errors, nexmark, state, testing, windows
+from millstream import agg, connectors, errors, nexmark, state, stats, testing, windows
 from millstream._api import Flow, KeyedStream, Stream, WindowedStream, WindowResult
 from millstream._eventtime import WatermarkStrategy
 from millstream._expr import Expr, col, lit, when
@@ -67,6 +67,7 @@ __all__ = [
     "lit",
     "nexmark",
     "state",
+    "stats",
     "testing",
     "when",
     "windows",

@@ -459,6 +459,21 @@ class Stream:
 
     # -- end of enrichment ----------------------------------------------------------------
 
+    # -- predict: online models (millstream._predict) -----------------------------------
+    def predict(self, model: Any, *, features: list[str] | tuple[str, ...] | Callable[[Any], Any],
+                target: str | Callable[[Any], Any] | None = None, learn: bool = True,
+                output: str = "prediction", name: str | None = None) -> Stream:
+        """One online model for the whole stream, test-then-train: see :meth:`KeyedStream.predict`."""
+        from millstream._predict import global_key, predict_op
+
+        loc = user_location()
+        step = name or f"predict:{output}"
+        key = P.KeySpec(fn=global_key, name="key")
+        op = predict_op(key, model, features=features, target=target, learn=learn, output=output, step=step, loc=loc)
+        return Stream(self._flow, self._then(op, step, loc))
+
+    # -- end of predict -------------------------------------------------------------------
+
 
 class KeyedStream(Stream):
     """A stream partitioned by key: running aggregates, windows and process functions per key."""
@@ -525,6 +540,34 @@ class KeyedStream(Stream):
             specs.append((sname, spec))
         op = P.ProcessOp(self._key, fn, on_timer, tuple(specs))
         return Stream(self._flow, self._then(op, step, loc))
+
+    # -- predict: online models per key (millstream._predict) ---------------------------
+    def predict(self, model: Any, *, features: list[str] | tuple[str, ...] | Callable[[Any], Any],
+                target: str | Callable[[Any], Any] | None = None, learn: bool = True,
+                output: str = "prediction", name: str | None = None) -> Stream:
+        """An online model per key, test-then-train: each record comes out with the model's answer.
+
+        ``model`` is a river estimator (each key gets its own ``model.clone()``) or a
+        factory of no arguments (a class, or ``lambda: MyModel(...)``, called once per key).
+        ``features`` are field names, or a function record -> dict of features. For each
+        dict record the step emits ``{**record, output: answer}`` where the answer comes
+        from ``predict_one`` (``output="prediction"``), ``predict_proba_one`` (``"proba"``)
+        or ``score_one`` (``"score"``, anomaly detectors); *then*, with ``learn=True``, the
+        model learns the record: ``learn_one(x, y)`` with ``y`` the ``target`` field (or
+        ``target(record)``; records whose target is None are only predicted), or
+        ``learn_one(x)`` without a target. Models live in keyed state: they are part of
+        every checkpoint (they must pickle). The factory is called once while the flow is
+        built, to check the model has the methods asked for.
+        """
+        from millstream._predict import predict_op
+
+        loc = user_location()
+        step = name or f"predict:{output}"
+        op = predict_op(self._key, model, features=features, target=target, learn=learn, output=output,
+                        step=step, loc=loc)
+        return Stream(self._flow, self._then(op, step, loc))
+
+    # -- end of predict -------------------------------------------------------------------
 
     # -- joins -----------------------------------------------------------------------
     def join(self, other: KeyedStream, *, how: str = "inner", ttl: Duration | None = None,
