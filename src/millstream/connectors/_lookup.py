@@ -7,7 +7,8 @@ an implementation opens one connection per thread or guards a shared one.
 
 Two optional hooks: ``open()`` is called when the job starts (check the table exists and
 raise :class:`LookupTableError` if not) and ``close()`` when it ends; ``describe()`` gives
-the text shown in the plan.
+the text shown in the plan. An optional attribute ``key`` names the rows' key field: a record
+looked up by a field of the same name keeps one copy of it in the default output.
 """
 
 from __future__ import annotations
