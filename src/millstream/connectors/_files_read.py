@@ -408,10 +408,13 @@ class _LineCursor:
         return len(block)
 
     def _append(self, parts: list[bytes]) -> None:
-        if self.li < len(self.lines):
-            self.lines = self.lines[self.li:] + parts
-        else:
+        # extend in place: gathering a large chunk block by block must not copy what is gathered
+        if self.li >= len(self.lines):
             self.lines = parts
+        else:
+            if self.li:
+                self.lines = self.lines[self.li:]
+            self.lines.extend(parts)
         self.li = 0
 
     def ensure(self, n: int) -> int:
@@ -462,6 +465,19 @@ class _CsvFeed:
         cur.offset = min(cur.offset + len(raw) + 1, cur.read_pos)
         self.taken.append(raw)
         return raw.decode(self.encoding) + "\n"
+
+
+def _columns_frame(recs: list[Any], columns: tuple[str, ...]) -> Any:
+    """Parsed records as a polars DataFrame of just ``columns`` (a record without a field gives
+    null); None when a field mixes types polars cannot hold in one column (then rows go on)."""
+    import polars as pl
+
+    if not recs or not all(type(r) is dict for r in recs[:1]):
+        return None
+    try:
+        return pl.DataFrame([pl.Series(c, [r.get(c) for r in recs], strict=True) for c in columns])
+    except Exception:  # noqa: BLE001 - mixed types: the records go on as rows
+        return None
 
 
 def _ndjson_frame(lines: list[bytes]) -> Any:
@@ -690,6 +706,12 @@ class _FileReader(SourceReader):
 
     _frames = False
     _frame_lines: tuple[list[bytes], int, str] | None = None
+    _columns: tuple[str, ...] | None = None
+
+    def push_down(self, columns: frozenset[str] | None, equals: dict[str, frozenset[Any]]) -> None:
+        """The flow reads only ``columns`` (None: any): JSON lines are then parsed with orjson and
+        only those fields become columns, which is faster than polars' reader for wide records."""
+        self._columns = tuple(sorted(columns)) if columns is not None else None
 
     def rows_of_frame(self, frame: Any) -> list[Any]:
         """The records of the last batch as :meth:`poll` would have made them (polars reads a field
@@ -832,6 +854,15 @@ class _FileReader(SourceReader):
             if not cur.ensure(n):
                 return []
             lines, first = cur.take(n)
+            if self.o.format == "jsonl" and self._frames and lines and self._columns is not None:
+                # the flow reads only these fields: orjson, then one column per field
+                recs, nums = parse_json_lines(lines, first, cur.path, self.ctx)
+                self._chunk(cur.path, first, nums)
+                frame = _columns_frame(recs, self._columns)
+                if frame is None:
+                    return recs
+                self._frame_lines = None
+                return cast(list[Any], frame)
             if self.o.format == "jsonl" and self._frames and lines:
                 frame = _ndjson_frame(lines)
                 if frame is not None:
