@@ -147,6 +147,8 @@ class SourceOperator(Operator):
             return self._push_rows(reader, df)
         gen = self.gen
         n: int = df.height
+        # a source that left out rows the flow drops anyway (push-down) still read them
+        self.records_in += getattr(reader, "skipped", 0)
         if n == 0:
             return self._pump_frame_empty(reader)
         self.records_in += n

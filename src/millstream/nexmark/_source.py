@@ -188,6 +188,8 @@ class _NexmarkReader(SourceReader):
     #: set by :meth:`push_down`: the columns the flow reads (None: all) and the kinds it keeps
     _columns: frozenset[str] | None = None
     _kinds: frozenset[str] | None = None
+    #: events of the last :meth:`poll_frame` left out by the push-down (counted as read)
+    skipped = 0
 
     def push_down(self, columns: frozenset[str] | None, equals: dict[str, frozenset[Any]]) -> None:
         """The flow reads only ``columns`` and keeps only rows whose ``type`` is in ``equals["type"]``:
@@ -227,6 +229,7 @@ class _NexmarkReader(SourceReader):
         codes = kind_codes(np, ids)
         self.k = stop
         cols = self._columns
+        self.skipped = 0
         if self.only is not None:
             at = np.flatnonzero(codes == KINDS.index(self.only))
             self.emitted = (at + start).tolist()
@@ -243,7 +246,9 @@ class _NexmarkReader(SourceReader):
                     pl.lit(kind).alias("type"), pl.Series("__pos__", at)))
         if not parts:
             self.emitted = []
+            self.skipped = stop - start
             return pl.DataFrame()
+        self.skipped = (stop - start) - sum(len(at) for at in kept)
         df = pl.concat(parts, how="diagonal")
         if len(parts) > 1:
             df = df.sort("__pos__")
