@@ -1,0 +1,148 @@
+"""A pattern as a keyed process function: events are buffered per key in state, and run
+through the engine in event-time order once the watermark passes them (an event-time timer
+per buffered time, one per ``within`` deadline).
+
+The step emits tagged tuples ``(tag, key, payload)``: matches, timed-out partial matches and
+late events; thin process steps after it (:func:`unwrapper`) split them into streams.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from typing import Any
+
+from millstream.cep import Match, Pattern
+from millstream.errors import FlowDefinitionError
+
+from ._nfa import Engine, KeyState
+
+MATCH, TIMEOUT, LATE = 0, 1, 2
+_TAGS = {"match": MATCH, "timeout": TIMEOUT}
+
+
+def _time(item: tuple[int, int, Any]) -> int:
+    return item[0]
+
+
+def _order(item: tuple[int, int, Any]) -> tuple[int, int]:
+    return item[0], item[1]
+
+
+class Runner:
+    """``on_record`` and ``on_timer`` of the pattern's process step."""
+
+    def __init__(self, engine: Engine, select: Callable[[Match], Any] | None) -> None:
+        self.engine = engine
+        self.select = select
+        self.__name__ = self.__qualname__ = f"match[{engine.pattern.describe()}]"
+
+    def on_record(self, ctx: Any, record: Any) -> None:
+        ts = ctx.timestamp
+        if ts <= ctx.watermark:  # its turn in event-time order has passed
+            ctx.emit((LATE, ctx.key, record))
+            return
+        st = ctx.state["cep"]
+        ks = st.value()
+        if ks is None:
+            ks = KeyState()
+        item = (ts, ks.seq, record)
+        ks.seq += 1
+        buf = ks.buffer
+        if not buf or buf[-1][0] <= ts:
+            buf.append(item)
+        else:
+            bisect.insort(buf, item, key=_order)
+        st.update(ks)
+        ctx.timers.register_event_time(ts)
+
+    def on_timer(self, ctx: Any, ts: int) -> None:
+        st = ctx.state["cep"]
+        ks: KeyState | None = st.value()
+        if ks is None:
+            return
+        wm = ctx.watermark
+        key = ctx.key
+        engine = self.engine
+        select = self.select
+
+        def emit(kind: str, match: Match, at: int) -> None:
+            if kind == "match":
+                ctx.emit((MATCH, key, match.to_dict() if select is None else select(match)), timestamp=at)
+            else:
+                ctx.emit((TIMEOUT, key, match.to_dict()), timestamp=at)
+
+        buf = ks.buffer
+        n = bisect.bisect_right(buf, wm, key=_time)
+        if n:
+            for t, _, event in buf[:n]:
+                engine.on_event(ks, key, event, t, emit)
+            del buf[:n]
+        engine.expire(ks, key, wm + 1, emit)  # deadlines d with d - 1 <= wm
+        if not ks.buffer and not ks.partials:
+            st.clear()
+            return
+        st.update(ks)
+        deadline = engine.next_deadline(ks)
+        if deadline is not None and deadline - 1 > wm:
+            ctx.timers.register_event_time(deadline - 1)
+
+
+def build_runner(pattern: Any, *, select: Any, timeouts: bool, step: str, loc: str | None) -> Runner:
+    """Check a pattern as a whole and compile it; errors name the match step."""
+    if not isinstance(pattern, Pattern):
+        raise FlowDefinitionError(
+            f"match() takes a pattern, not {pattern!r}", step=step, location=loc,
+            fix="build one with millstream.cep: cep.begin('a').where(...).followed_by('b').where(...)",
+        )
+    positive = [s for s in pattern.stages if not s.negated]
+    if pattern.stages[-1].negated and pattern.within_ms is None:
+        raise FlowDefinitionError(
+            f"the pattern ends with the negation {pattern.stages[-1].name!r}, so a match is only known when "
+            "its time is up, but the pattern has no within()",
+            step=step, location=loc, fix="add .within(timedelta(...)) to the pattern",
+        )
+    if positive[-1].greedy:
+        raise FlowDefinitionError(
+            f"greedy() on {positive[-1].name!r}, the last stage: with nothing after it, greedy means nothing",
+            step=step, location=loc, fix="drop .greedy(), or add the stage that should follow it",
+        )
+    skip = pattern.skip
+    if skip.name is not None and skip.name not in pattern.names:
+        raise FlowDefinitionError(
+            f"the skip strategy {skip.describe()} names no stage that takes events "
+            f"(stages: {', '.join(pattern.names)})",
+            step=step, location=loc, fix=f"use one of: {', '.join(repr(n) for n in pattern.names)}",
+        )
+    if timeouts and pattern.within_ms is None:
+        raise FlowDefinitionError(
+            "match(timeouts=True): a partial match times out at its within() deadline, but the pattern has none",
+            step=step, location=loc, fix="add .within(timedelta(...)) to the pattern, or drop timeouts=True",
+        )
+    if select is not None and not callable(select):
+        raise FlowDefinitionError(
+            f"match(select=...) takes a function of the match, not {select!r}", step=step, location=loc,
+            fix="e.g. select=lambda m: {'card': m.key, 'small': m['small'][0]['amount']}",
+        )
+    return Runner(Engine(pattern, timeouts=timeouts), select)
+
+
+class Unwrap:
+    """The process function of a split step: passes on the payloads of one tag."""
+
+    def __init__(self, tag: int, what: str) -> None:
+        self.tag = tag
+        self.__name__ = self.__qualname__ = what
+
+    def __call__(self, ctx: Any, item: Any) -> None:
+        if item[0] == self.tag:
+            ctx.emit(item[2])
+
+
+def tagged_key(item: Any) -> Any:
+    """The key of a tagged output of the pattern step."""
+    return item[1]
+
+
+def unwrapper(tag: int) -> Unwrap:
+    return Unwrap(tag, {MATCH: "matches", TIMEOUT: "timeouts", LATE: "late"}[tag])
