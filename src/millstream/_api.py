@@ -21,7 +21,7 @@ from millstream.windows import CountWindow, WindowAssigner
 if TYPE_CHECKING:
     from millstream._run import RunConfig, RunResult
 
-__all__ = ["Flow", "KeyedStream", "Stream", "WindowResult", "WindowedStream"]
+__all__ = ["Flow", "KeyedStream", "MatchStream", "Stream", "WindowResult", "WindowedStream"]
 
 KeyLike = str | Expr | tuple[str | Expr, ...] | list[str | Expr] | Callable[[Any], Any]
 
@@ -569,6 +569,39 @@ class KeyedStream(Stream):
 
     # -- end of predict -------------------------------------------------------------------
 
+    # -- pattern detection (cep) ------------------------------------------------------
+    def match(self, pattern: Any, *, select: Callable[[Any], Any] | None = None, timeouts: bool = False,
+              name: str | None = None) -> MatchStream:
+        """The matches of a :mod:`millstream.cep` pattern in each key's events, in event-time order.
+
+        Events are buffered per key and matched in event-time order once the watermark
+        passes them (events at the same time: in arrival order), so any arrival order within
+        the watermark's bound gives the same matches; an event at or behind the watermark
+        when it comes is late and goes to :meth:`MatchStream.late`. A match is emitted at the
+        event time it is recognised (its last event's, or its ``within`` deadline - 1 for a
+        pattern ending in a negation) as ``select(match)`` (a :class:`millstream.cep.Match`),
+        by default ``{stage name: [events], ..., "key", "start", "end"}``. With
+        ``timeouts=True``, partial matches whose ``within`` deadline passes go to
+        :meth:`MatchStream.timeouts`.
+        """
+        from millstream._cep import MATCH, build_runner, unwrapper
+        from millstream.state import value as _value_state
+
+        loc = user_location()
+        step = name or "match"
+        if not self.has_event_time:
+            raise FlowDefinitionError(
+                "match() needs event time: patterns are matched in event-time order", step=step, location=loc,
+                fix="give the source a watermark, e.g. flow.source(..., "
+                "watermark=ms.WatermarkStrategy.bounded(timedelta(seconds=5), timestamp='ts'))",
+            )
+        runner = build_runner(pattern, select=select, timeouts=bool(timeouts), step=step, loc=loc)
+        op = P.ProcessOp(self._key, runner.on_record, runner.on_timer, (("cep", _value_state()),))
+        nfa = self._then(op, f"{step}.nfa", loc)
+        key = P.KeySpec(fn=_cep_key, name=self._key.name)
+        out = self._flow._add(P.ProcessOp(key, unwrapper(MATCH), None, ()), (nfa,), step, loc, timestamped=True)
+        return MatchStream(self._flow, out, nfa, key, bool(timeouts))
+
     # -- joins -----------------------------------------------------------------------
     def join(self, other: KeyedStream, *, how: str = "inner", ttl: Duration | None = None,
              combine: Callable[[Any, Any], Any] | None = None, name: str | None = None) -> Stream:
@@ -775,6 +808,51 @@ def _lookup_op(stream: Stream, table: Any, key: Any, step: str, loc: str | None,
 
 
 # -- end of enrichment helpers -----------------------------------------------------------
+
+
+# -- pattern detection (cep) --------------------------------------------------------------
+
+
+def _cep_key(item: Any) -> Any:
+    return item[1]
+
+
+class MatchStream(Stream):
+    """The matches of a pattern; :meth:`timeouts` and :meth:`late` give its side outputs."""
+
+    def __init__(self, flow: Flow, node_id: int, nfa: int, key: P.KeySpec, timeouts: bool) -> None:
+        super().__init__(flow, node_id)
+        self._nfa = nfa
+        self._tkey = key
+        self._timeouts = timeouts
+
+    def _side(self, tag: int, what: str, name: str | None, loc: str | None) -> Stream:
+        from millstream._cep import unwrapper
+
+        op = P.ProcessOp(self._tkey, unwrapper(tag), None, ())
+        node = self._flow._add(op, (self._nfa,), name or f"{self.name}.{what}", loc, timestamped=True)
+        return Stream(self._flow, node)
+
+    def timeouts(self, *, name: str | None = None) -> Stream:
+        """Partial matches whose ``within`` deadline passed, as ``{stage: [events], ..., "key",
+        "start", "end", "deadline"}``, at event time ``deadline - 1`` (needs ``match(timeouts=True)``)."""
+        from millstream._cep import TIMEOUT
+
+        loc = user_location()
+        if not self._timeouts:
+            raise FlowDefinitionError(
+                "timeouts() of a match step built without timeouts=True", step=self.name, location=loc,
+                fix="pass timeouts=True to match(...)",
+            )
+        return self._side(TIMEOUT, "timeouts", name, loc)
+
+    def late(self, *, name: str | None = None) -> Stream:
+        """Events that came at or behind the watermark, too late for their turn: as they came."""
+        from millstream._cep import LATE
+
+        return self._side(LATE, "late", name, user_location())
+
+# -- end of pattern detection (cep) --------------------------------------------------------
 
 
 def _windowed(stream: Stream, key: P.KeySpec | None, assigner: Any, allowed_lateness: Duration,
