@@ -73,6 +73,14 @@ def compile_condition(cond: Callable[[Any], Any] | Expr | str | None) -> Callabl
 # -- table (temporal) join ---------------------------------------------------------------------------
 
 
+def _due(ts: list[int], rows: list[Any]) -> int | None:
+    """The watermark from which a key's versions can be pruned: its oldest version's time if that
+    is a delete, else the second oldest version's time; None if there is nothing to prune."""
+    if rows[0] is None:
+        return ts[0]
+    return ts[1] if len(ts) > 1 else None
+
+
 class TableJoinOperator(Operator):
     """Events (port 0) joined with the version of their key's row (port 1) valid at their time."""
 
@@ -88,8 +96,9 @@ class TableJoinOperator(Operator):
         self.out = pair if op.combine is not None else _merge_or_keep(pair)
         #: key -> (version times ascending, rows; None for a delete)
         self.versions: dict[Any, tuple[list[int], list[Any]]] = {}
-        #: keys with more than one version, or a delete: pruned when the watermark moves
-        self.dirty: set[Any] = set()
+        #: key -> the watermark at which its versions can be pruned (see _due), and a heap of them
+        self.due: dict[Any, int] = {}
+        self.due_heap: list[tuple[int, int, Any]] = []
         #: events waiting for the watermark: (t, seq, key, record)
         self.pending: list[tuple[int, int, Any, Any]] = []
         self._seq = itertools.count()
@@ -110,7 +119,7 @@ class TableJoinOperator(Operator):
                         continue
                     heapq.heappush(pending, (t, next(seq), keyf(r), r))
                 return
-            versions, dirty, is_delete = self.versions, self.dirty, self.is_delete
+            versions, is_delete, schedule = self.versions, self.is_delete, self._schedule
             for r, t in zip(records, times, strict=True):
                 if t <= wm:
                     self.late += 1
@@ -121,7 +130,7 @@ class TableJoinOperator(Operator):
                 if v is None:
                     versions[k] = ([t], [row])
                     if row is None:
-                        dirty.add(k)
+                        schedule(k, t)
                     continue
                 ts, rows = v
                 if t >= ts[-1]:
@@ -131,7 +140,9 @@ class TableJoinOperator(Operator):
                     i = bisect.bisect_right(ts, t)
                     ts.insert(i, t)
                     rows.insert(i, row)
-                dirty.add(k)
+                due = _due(ts, rows)
+                if due is not None:
+                    schedule(k, due)
         except Exception as exc:
             raise self.rt.step_error(self.node, exc, record=r, has_key=False, event_time=t) from exc
 
@@ -160,15 +171,23 @@ class TableJoinOperator(Operator):
             self.emit(out, tout)
         self._prune(wm)
 
+    def _schedule(self, k: Any, due: int) -> None:
+        """Prune ``k`` when the watermark reaches ``due`` (unless it is due sooner already)."""
+        current = self.due.get(k)
+        if current is None or due < current:
+            self.due[k] = due
+            heapq.heappush(self.due_heap, (due, next(self._seq), k))
+
     def _prune(self, wm: int) -> None:
         """Keep, per key, the newest version at or below ``wm`` and those after it."""
-        versions = self.versions
-        done = []
-        for k in self.dirty:
+        heap, due_of, versions = self.due_heap, self.due, self.versions
+        while heap and heap[0][0] <= wm:
+            due, _, k = heapq.heappop(heap)
+            if due_of.get(k) != due:
+                continue  # superseded by an earlier due time
+            del due_of[k]
             ts, rows = versions[k]
             i = bisect.bisect_right(ts, wm) - 1
-            if i < 0:
-                continue
             if rows[i] is None:  # deleted as of the watermark: like never having had a row
                 i += 1
             if i:
@@ -176,24 +195,27 @@ class TableJoinOperator(Operator):
                 del rows[:i]
             if not ts:
                 del versions[k]
-                done.append(k)
-            elif len(ts) == 1 and rows[0] is not None:
-                done.append(k)
-        self.dirty.difference_update(done)
+                continue
+            nxt = _due(ts, rows)
+            if nxt is not None:  # always after wm: what is left is the newest version <= wm and later ones
+                due_of[k] = nxt
+                heapq.heappush(heap, (nxt, next(self._seq), k))
 
     def state_size(self) -> int:
         """Versions and pending events held."""
         return sum(len(v[0]) for v in self.versions.values()) + len(self.pending)
 
     def snapshot(self) -> Any:
-        return {"versions": self.versions, "dirty": self.dirty, "pending": self.pending, "late": self.late}
+        return {"versions": self.versions, "due": self.due, "pending": self.pending, "late": self.late}
 
     def restore(self, state: Any) -> None:
         self.versions = state["versions"]
-        self.dirty = state["dirty"]
+        self.due = state["due"]
         self.pending = state["pending"]
         heapq.heapify(self.pending)
         self._seq = itertools.count(max((p[1] for p in self.pending), default=-1) + 1)
+        self.due_heap = [(due, next(self._seq), k) for k, due in self.due.items()]
+        heapq.heapify(self.due_heap)
         self.late = state["late"]
 
     def metrics(self) -> dict[str, int]:
