@@ -8,7 +8,7 @@ import pytest
 
 import millstream as ms
 from conftest import collect, finish, stamped, start
-from millstream.testing import TestSource
+from millstream.testing import CollectSink, TestSource
 
 # every test runs in every execution mode (native, microbatch, batch): see conftest.exec_mode
 pytestmark = pytest.mark.usefixtures("exec_mode")
@@ -141,3 +141,23 @@ def test_keyed_stream_keeps_stateless_methods() -> None:
     out = collect(flow.source(TestSource(RECORDS[:4])).key_by("k").map(lambda r: r["v"]))
     flow.run()
     assert out.values == [0, 1, 2, 3]
+
+
+def test_select_then_with_columns_fuse_only_where_the_values_are_the_same() -> None:
+    """A select and the with_columns after it become one dict literal only when the latter read
+    fields the select passes through; a renamed or computed field keeps its own step."""
+    rows = [{"a": 1, "b": 2, "c": 3}, {"a": 4, "b": 0, "c": 6}]
+    flow = ms.Flow("fuse")
+    out = CollectSink()
+    (flow.source(TestSource(rows)).select("a", "b", x=ms.col("c") + 1)
+         .with_columns(b=ms.col("b") * 10, y=ms.col("a") + ms.col("b"))  # fused: reads a, b (passed through)
+         .with_columns(z=ms.col("x") * 2, a=ms.col("b"))  # reads x (computed) and b (rewritten): not fused
+         .sink(out))
+    flow.run()
+    assert out.values == [{"a": 20, "b": 20, "x": 4, "y": 3, "z": 8}, {"a": 0, "b": 0, "x": 7, "y": 4, "z": 14}]
+    flow = ms.Flow("fuse-error")
+    (flow.source(TestSource(rows)).select("a", "b", name="pick")
+         .with_columns(r=ms.col("a") // ms.col("b"), name="ratio").sink(CollectSink()))
+    with pytest.raises(ms.StepError) as err:
+        flow.run(mode="native")
+    assert err.value.step == "ratio"

@@ -35,13 +35,24 @@ class ChainOperator(Operator):
             g.add(1, "for r0 in recs:")
         g.add(2, "r = r0")
         depth = 2
+        fused: set[int] = set()
         for i, node in enumerate(nodes):
             op = node.op
-            if isinstance(op, KeyByOp):
+            if isinstance(op, KeyByOp) or node.id in fused:
                 continue  # one worker: keying happens in the keyed step itself
-            if isinstance(op, WithColumnsOp | SelectOp):
+            if isinstance(op, SelectOp):
+                columns, owners = _fuse_select(op.columns, nodes, i)
+                fused.update(n.id for n in owners if n is not node)
+                # one dict literal, one line per field, each line owned by the step that wrote the field,
+                # so that an error still names the right step
+                g.add(depth, "r = {", node)
+                for (n, e), owner in zip(columns, owners, strict=True):
+                    g.add(depth + 1, f"{n!r}: {e.to_python(env)},", owner)
+                g.add(depth, "}", node)
+                continue
+            if isinstance(op, WithColumnsOp):
                 items = ", ".join(f"{n!r}: {e.to_python(env)}" for n, e in op.columns)
-                g.add(depth, f"r = {{**r, {items}}}" if isinstance(op, WithColumnsOp) else f"r = {{{items}}}", node)
+                g.add(depth, f"r = {{**r, {items}}}", node)
                 continue
             if isinstance(op, MapOp | FilterOp) and isinstance(op.fn, Expr):
                 if isinstance(op, MapOp):
@@ -84,3 +95,36 @@ class ChainOperator(Operator):
 
     def describe(self) -> str:
         return " -> ".join(n.name for n in self.steps)
+
+
+def _fuse_select(columns: tuple[tuple[str, Expr], ...], nodes: list[Node], i: int
+                 ) -> tuple[tuple[tuple[str, Expr], ...], list[Node]]:
+    """A select and the ``with_columns`` steps right after it as one dict literal, when each of
+    those reads only fields the select passes through unchanged (then reading them from the
+    incoming record gives the same values). Returns the columns and the step that wrote each."""
+    from millstream._expr import _Col, _unalias, columns_of
+
+    out = list(columns)
+    owners = [nodes[i]] * len(out)
+    passthrough = set()
+    for n, e in columns:
+        inner = _unalias(e)
+        if isinstance(inner, _Col) and inner.name == n:
+            passthrough.add(n)
+    for node in nodes[i + 1:]:
+        op = node.op
+        if not isinstance(op, WithColumnsOp):
+            break
+        if not all(columns_of(e) <= passthrough for _, e in op.columns):
+            break
+        names = [n for n, _ in out]
+        for name, e in op.columns:
+            if name in names:
+                out[names.index(name)] = (name, e)
+                owners[names.index(name)] = node
+            else:
+                out.append((name, e))
+                owners.append(node)
+                names.append(name)
+            passthrough.discard(name)
+    return tuple(out), owners
