@@ -200,7 +200,7 @@ class QuantileSketch:
     >>> for x in range(1, 101):
     ...     s.add(x)
     >>> round(s.quantile(0.5), 1), s.count
-    (49.8, 100)
+    (49.9, 100)
     """
 
     __slots__ = ("count", "gamma", "inv_log_gamma", "neg", "pos", "zeros")
