@@ -383,8 +383,10 @@ def _num_tree(bools: Any) -> Any:
             st.tuples(ch, ch).map(lambda t: t[0] - t[1]),
             st.tuples(ch, ch).map(lambda t: t[0] * t[1]),
             st.tuples(ch, ch).map(lambda t: t[0] / (t[1].abs() + 1)),
-            st.tuples(ch, ch).map(lambda t: t[0] // (t[1].abs() + 1)),
-            st.tuples(ch, ch).map(lambda t: t[0] % (t[1].abs() + 1)),
+            # integer divisors: by a float, Polars floors the rounded quotient (-4.0 // (4 / 3) is -3.0,
+            # Python's exact floor -4.0): a documented difference, see millstream._expr
+            st.tuples(ch, ch).map(lambda t: t[0] // (t[1].abs() + 1).cast(int)),
+            st.tuples(ch, ch).map(lambda t: t[0] % (t[1].abs() + 1).cast(int)),
             ch.map(lambda e: -e), ch.map(abs), ch.map(lambda e: e.fill_null(1)),
             st.tuples(bools, ch, ch).map(lambda t: when(t[0]).then(t[1]).otherwise(t[2])),
             st.sampled_from(["hour", "weekday", "day"]).map(lambda p: getattr(col("ts").dt, p)()),

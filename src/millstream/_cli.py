@@ -38,8 +38,29 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
     return params
 
 
+#: run options a job file gives as a module-level ``RUN = ms.RunConfig(...)``, by id of its flow
+_JOB_DEFAULTS: dict[int, RunConfig] = {}
+
+
 def load_flow(path: str, params: dict[str, Any], flow_name: str | None = None) -> Flow:
-    """Import a job file and get its flow: ``build(params)`` if defined, else the module's Flow."""
+    """Import a job file and get its flow: ``build(params)`` if defined, else the module's Flow.
+
+    A module-level ``RUN = ms.RunConfig(...)`` gives the job's run options (mode, guarantee,
+    checkpoint directory...); options on the command line override them.
+    """
+    flow = _load_flow(path, params, flow_name)
+    defaults = _JOB_DEFAULTS_PENDING.pop("RUN", None)
+    if defaults is not None:
+        if not isinstance(defaults, RunConfig):
+            raise ConfigError(f"{path}: RUN must be a millstream.RunConfig, not {type(defaults).__name__}")
+        _JOB_DEFAULTS[id(flow)] = defaults
+    return flow
+
+
+_JOB_DEFAULTS_PENDING: dict[str, Any] = {}
+
+
+def _load_flow(path: str, params: dict[str, Any], flow_name: str | None = None) -> Flow:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"job file {path!r} does not exist")
@@ -52,6 +73,8 @@ def load_flow(path: str, params: dict[str, Any], flow_name: str | None = None) -
         spec.loader.exec_module(module)
     finally:
         sys.path.pop(0)
+    if hasattr(module, "RUN"):
+        _JOB_DEFAULTS_PENDING["RUN"] = module.RUN
     build = getattr(module, "build", None)
     if callable(build):
         takes = len(inspect.signature(build).parameters)
@@ -86,10 +109,12 @@ def _run_flow(flow: Flow, args: argparse.Namespace, console: Console) -> RunResu
     show = args.progress == "on" or (args.progress == "auto" and console.is_terminal and not args.quiet)
     if show:
         progress = LiveProgress(console)
-    cfg = RunConfig(mode=args.mode or default_mode(), max_chunk=args.max_chunk,
-                    on_progress=progress, guarantee=args.guarantee,
-                    checkpoint_dir=args.checkpoint_dir, checkpoint_interval=args.checkpoint_interval,
-                    restarts=args.restarts, state=args.state)
+    # the job file's own defaults (a module-level ``RUN = ms.RunConfig(...)``), then the options given
+    base = _JOB_DEFAULTS.get(id(flow)) or RunConfig(mode=default_mode())
+    given = {"mode": args.mode, "max_chunk": args.max_chunk, "guarantee": args.guarantee,
+             "checkpoint_dir": args.checkpoint_dir, "checkpoint_interval": args.checkpoint_interval,
+             "restarts": args.restarts, "state": args.state}
+    cfg = base.replace(on_progress=progress, **{k: v for k, v in given.items() if v is not None})
     try:
         return flow.run(config=cfg)
     finally:
@@ -191,11 +216,11 @@ def _parser() -> argparse.ArgumentParser:
                         "at-least-once)")
         sp.add_argument("--checkpoint-dir", default=None,
                         help="take checkpoints here; running again with the same directory resumes")
-        sp.add_argument("--checkpoint-interval", type=int, default=1000, metavar="MS",
+        sp.add_argument("--checkpoint-interval", type=int, default=None, metavar="MS",
                         help="milliseconds between checkpoints (default 1000)")
-        sp.add_argument("--restarts", type=int, default=0,
+        sp.add_argument("--restarts", type=int, default=None,
                         help="restart a failed job from its latest checkpoint up to this many times")
-        sp.add_argument("--state", default="memory", metavar="URL",
+        sp.add_argument("--state", default=None, metavar="URL",
                         help="keyed-state backend: memory (default) or lmdb:///path (on disk)")
 
     run = sub.add_parser("run", help="run the flow defined in a job file")

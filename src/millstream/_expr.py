@@ -26,7 +26,11 @@ Python semantics rule the native executor: ``/`` by zero raises, ``//`` and ``%`
 floor, ``round`` rounds half to even. The Polars translation agrees on these
 except that Polars gives ``inf``/``NaN``/null where Python raises, casts a bool
 to ``"true"`` rather than ``"True"``, and may round a float that is not exactly
-representable (``2.675``) the other way.
+representable (``2.675``) the other way. ``//`` and ``%`` by a float floor the rounded
+quotient in Polars, where Python floors the exact one (``-4.0 // (4 / 3)`` is ``-3.0`` in
+Polars, ``-4.0`` in Python). Dividing by a constant is exact in both (the Polars
+translation divides by a column, as Polars' own division by a scalar is not correctly
+rounded).
 """
 
 from __future__ import annotations
@@ -703,6 +707,11 @@ class _Binary(Expr):
             case "*":
                 return a * b
             case "/":
+                if isinstance(self.right, _Lit) and isinstance(self.right.value, int | float) \
+                        and not isinstance(self.right.value, bool) and self.right.value != 0:
+                    # Polars divides by a constant as a multiplication by its reciprocal, which is not
+                    # correctly rounded (160200 / 1000 == 160.20000000000002); a column divides exactly
+                    b = pl.int_range(pl.len()) * 0 + b
                 return a / b
             case "//":
                 return a // b
