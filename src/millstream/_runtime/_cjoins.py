@@ -17,7 +17,7 @@ from millstream._time import MIN_WATERMARK
 from millstream.windows import SlidingWindow, TumblingWindow
 
 from ._base import Operator, Runtime
-from ._columnar import TIME, as_frame, polars
+from ._columnar import TIME, as_frame, delegated_restore, delegated_snapshot, polars
 
 if TYPE_CHECKING:
     import polars as pl
@@ -167,14 +167,11 @@ class ColumnarWindowJoin(Operator):
         self.emit(out, None)
 
     def snapshot(self) -> Any:
-        if self.delegate is not None:
-            return {"native": self.delegate.snapshot()}
-        return {"sides": self.sides, "fired": self.fired, "late": self.late}
+        return delegated_snapshot(self.delegate, {"sides": self.sides, "fired": self.fired, "late": self.late})
 
     def restore(self, state: Any) -> None:
-        if "native" in state:
-            self.delegate = self._native()
-            self.delegate.restore(state["native"])
+        self.delegate = delegated_restore(state, self._native)
+        if self.delegate is not None:
             return
         self.sides = state["sides"]
         self.fired = state["fired"]

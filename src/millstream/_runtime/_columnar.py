@@ -226,3 +226,32 @@ class RowsOut(ColumnarChainOperator):
         if is_frame(records):
             records, times = to_rows(records)
         super().emit(records, times)
+
+
+def native_error(op: Operator, twin: Operator, exc: Exception, rows: list[Any], times: list[int] | None,
+                 *, has_key: bool) -> BaseException:
+    """The error to raise when a vectorised operator fails on a batch: the native operator's own
+    error for the same rows (it names the record, key and time) when it fails too, else the
+    Polars error under the step's name."""
+    twin.muted = True
+    try:
+        twin.push(0, rows, times)
+    except MillstreamError as native:
+        return native
+    except Exception:  # noqa: BLE001, S110 - the native operator failed otherwise: report the Polars error
+        pass
+    return StepError(step=op.name, location=op.node.location, error=exc, has_key=has_key)
+
+
+def delegated_snapshot(delegate: Operator | None, own: dict[str, Any]) -> dict[str, Any]:
+    """A vectorised operator's snapshot, or its native stand-in's once that took over."""
+    return {"native": delegate.snapshot()} if delegate is not None else own
+
+
+def delegated_restore(state: dict[str, Any], make_native: Any) -> Operator | None:
+    """The native stand-in restored from a snapshot that holds one, else None."""
+    if "native" not in state:
+        return None
+    twin: Operator = make_native()
+    twin.restore(state["native"])
+    return twin

@@ -20,11 +20,19 @@ from typing import TYPE_CHECKING, Any
 
 from millstream._plan import KeySpec, Node, WindowOp
 from millstream.agg import Aggregation
-from millstream.errors import MillstreamError, StepError
 from millstream.windows import SessionWindow, SlidingWindow, TumblingWindow
 
 from ._base import Operator, Port, Runtime
-from ._columnar import TIME, as_frame, is_frame, polars
+from ._columnar import (
+    TIME,
+    as_frame,
+    delegated_restore,
+    delegated_snapshot,
+    is_frame,
+    native_error,
+    polars,
+    to_rows,
+)
 
 if TYPE_CHECKING:
     import polars as pl
@@ -156,18 +164,8 @@ class _ColumnarWindow(Operator, ABC):
 
     def _error(self, exc: Exception, df: pl.DataFrame) -> BaseException:
         """The error of a failing batch: the native operator's, which names the record, when it fails too."""
-        from ._columnar import to_rows
-
         rows, times = (self._rows, to_rows(df)[1]) if self._rows is not None else to_rows(df)
-        twin = self._native()
-        twin.muted = True
-        try:
-            twin.push(0, rows, times)
-        except MillstreamError as native:
-            return native
-        except Exception:  # noqa: BLE001, S110 - the native operator failed otherwise: report the Polars error
-            pass
-        return StepError(step=self.name, location=self.node.location, error=exc, has_key=self.op.key is not None)
+        return native_error(self, self._native(), exc, rows, times, has_key=self.op.key is not None)
 
     def _late(self, late: pl.DataFrame, mask: pl.Series | None = None) -> None:
         if late.height == 0:
@@ -297,15 +295,14 @@ class ColumnarSlicedWindow(_ColumnarWindow):
     _fired_to = -(2**63)
 
     def snapshot(self) -> Any:
-        if self.delegate is not None:
-            return {"native": self.delegate.snapshot()}
-        self._merge()
-        return {"parts": self.parts, "fired": self._fired_to, "late": self.late_count}
+        if self.delegate is None:
+            self._merge()
+        return delegated_snapshot(self.delegate, {"parts": self.parts, "fired": self._fired_to,
+                                                  "late": self.late_count})
 
     def restore(self, state: Any) -> None:
-        if "native" in state:
-            self.delegate = self._native()
-            self.delegate.restore(state["native"])
+        self.delegate = delegated_restore(state, self._native)
+        if self.delegate is not None:
             return
         self.parts = state["parts"]
         self._fired_to = state["fired"]
@@ -428,14 +425,11 @@ class ColumnarSessionWindow(_ColumnarWindow):
         self._emit_results(fired, pl.col(_START), pl.col(_E))
 
     def snapshot(self) -> Any:
-        if self.delegate is not None:
-            return {"native": self.delegate.snapshot()}
-        return {"open": self.open_, "late": self.late_count}
+        return delegated_snapshot(self.delegate, {"open": self.open_, "late": self.late_count})
 
     def restore(self, state: Any) -> None:
-        if "native" in state:
-            self.delegate = self._native()
-            self.delegate.restore(state["native"])
+        self.delegate = delegated_restore(state, self._native)
+        if self.delegate is not None:
             return
         self.open_ = state["open"]
         self.late_count = state["late"]
