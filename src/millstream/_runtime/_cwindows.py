@@ -144,6 +144,16 @@ class _ColumnarWindow(Operator, ABC):
     def _empty(self) -> bool:
         """Whether the operator holds no window state (it may still hand over to the native one)."""
 
+    def _batch(self, port: int, records: Any, times: list[int] | None) -> pl.DataFrame | None:
+        """The batch to work on, counted; None when the native stand-in has it (and took it)."""
+        if self.delegate is not None:
+            self.delegate.push(port, records, times)
+            return None
+        df = self._input(records, times)
+        if df is not None:
+            self.records_in += df.height
+        return df
+
     def _input(self, records: Any, times: list[int] | None) -> pl.DataFrame | None:
         """The batch as columns; None when the native operator took it (records that are not dicts)."""
         self._rows = None if is_frame(records) else records
@@ -222,14 +232,10 @@ class ColumnarSlicedWindow(_ColumnarWindow):
         return self.parts is None and not self.pending
 
     def push(self, port: int, records: Any, times: list[int] | None) -> None:
-        if self.delegate is not None:
-            self.delegate.push(port, records, times)
-            return
-        pl = self.pl
-        df = self._input(records, times)
+        df = self._batch(port, records, times)
         if df is None:
             return
-        self.records_in += df.height
+        pl = self.pl
         t = pl.col(TIME)
         s = t - (t - self.offset) % self.slice
         df = df.with_columns(s.alias(_S))
@@ -323,16 +329,10 @@ class ColumnarSessionWindow(_ColumnarWindow):
         return self.open_ is None or self.open_.height == 0
 
     def push(self, port: int, records: Any, times: list[int] | None) -> None:
-        if self.delegate is not None:
-            self.delegate.push(port, records, times)
+        df = self._batch(port, records, times)
+        if df is None or df.height == 0:
             return
         pl = self.pl
-        df = self._input(records, times)
-        if df is None:
-            return
-        self.records_in += df.height
-        if df.height == 0:
-            return
         wm = self.wm
         t = pl.col(TIME)
         # rows whose own session ends at or behind the watermark are late unless they merge with a

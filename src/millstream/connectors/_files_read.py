@@ -514,15 +514,21 @@ class _ParquetCursor:
         self.ri = 0
         self.final = False
 
+    def _next_batch(self) -> Any:
+        """The next Arrow record batch, or None (then ``final``) at the end of the file."""
+        try:
+            batch = next(self.batches, None)
+        except Exception as exc:
+            self.final = True
+            raise _BadFile(f"cannot read row {self.row} on: {type(exc).__name__}: {exc}") from exc
+        if batch is None:
+            self.final = True
+        return batch
+
     def take(self, n: int) -> tuple[list[Any], int]:
         while self.ri >= len(self.rows):
-            try:
-                batch = next(self.batches, None)
-            except Exception as exc:
-                self.final = True
-                raise _BadFile(f"cannot read row {self.row} on: {type(exc).__name__}: {exc}") from exc
+            batch = self._next_batch()
             if batch is None:
-                self.final = True
                 return [], self.row
             rows = batch.to_pylist()
             if self.skip:
@@ -540,14 +546,9 @@ class _ParquetCursor:
 
         if self.ri < len(self.rows):  # rows taken by take() before: finish them as rows
             return self.take(n)
-        if not hasattr(self, "_frame") or self._frame is None or self._fi >= self._frame.height:
-            try:
-                batch = next(self.batches, None)
-            except Exception as exc:
-                self.final = True
-                raise _BadFile(f"cannot read row {self.row} on: {type(exc).__name__}: {exc}") from exc
+        if self._frame is None or self._fi >= self._frame.height:
+            batch = self._next_batch()
             if batch is None:
-                self.final = True
                 return [], self.row
             self._frame = pl.from_arrow(batch)
             self._fi = min(self.skip, self._frame.height)
