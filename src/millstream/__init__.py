@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging as _logging
 
-from millstream import agg, cep, connectors, errors, nexmark, state, stats, testing, windows
+from millstream import agg, cep, changelog, connectors, errors, nexmark, state, stats, testing, windows
 from millstream._api import Flow, KeyedStream, Stream, WindowedStream, WindowResult
 from millstream._eventtime import WatermarkStrategy
 from millstream._expr import Expr, col, lit, when
@@ -62,6 +62,7 @@ __all__ = [
     "__version__",
     "agg",
     "cep",
+    "changelog",
     "col",
     "connectors",
     "errors",

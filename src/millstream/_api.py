@@ -493,11 +493,24 @@ class KeyedStream(Stream):
         _check_fn(fn, "reduce", step, loc, nargs=2)
         return Stream(self._flow, self._then(P.ReduceOp(self._key, fn), step, loc))
 
-    def aggregate(self, *, name: str | None = None, **aggs: Aggregation) -> Stream:
-        """Running aggregates per key; each record emits its key's updated row."""
+    def aggregate(self, *, name: str | None = None, changelog: bool = False, **aggs: Aggregation) -> Stream:
+        """Running aggregates per key; each record emits its key's updated row.
+
+        With ``changelog=True`` the output is a changelog (see :mod:`millstream.changelog`):
+        a key's first row is an insert (``"_change": "+I"``), and every later record emits
+        the key's previous row (``"-U"``) then its new one (``"+U"``), so applying the
+        output in order leaves one row per key, the same as a group-by over all the input.
+        """
         loc = user_location()
         step = name or "aggregate"
-        return Stream(self._flow, self._then(P.AggregateOp(self._key, _check_aggs(aggs, step, loc)), step, loc))
+        if not isinstance(changelog, bool):
+            raise FlowDefinitionError(
+                f"aggregate(changelog={changelog!r}): changelog is True or False",
+                step=step, location=loc,
+                fix="pass changelog=True for -U/+U updates, or leave it out for the plain updated rows",
+            )
+        op = P.AggregateOp(self._key, _check_aggs(aggs, step, loc), changelog=changelog)
+        return Stream(self._flow, self._then(op, step, loc))
 
     def window(self, assigner: WindowAssigner, *, allowed_lateness: Duration = 0, name: str | None = None
                ) -> WindowedStream:
@@ -613,17 +626,29 @@ class KeyedStream(Stream):
         figure). The output's event time is the later of the two records'. The output
         record is ``combine(left, right)``, by default the two dicts merged, a right
         field whose name the left record has too renamed ``<name>_right`` (shared key
-        fields keep the left's value). Only ``how="inner"`` for now.
+        fields keep the left's value).
+
+        ``how="inner"`` (the default) is append-only. ``how="left"``, ``"right"`` or
+        ``"full"`` also keep the records of the left, the right or both sides that have
+        no partner, and the output is a changelog (see :mod:`millstream.changelog`): every
+        record carries ``"_change"``. A record of an outer side with no partner yet is
+        inserted padded (``"+I"``): ``combine(left, None)`` / ``combine(None, right)``, by
+        default the record alone (the other side's fields are absent, not None). When its
+        first partner comes, the padded row is deleted (``"-D"``, the same row) and the
+        pairs are inserted (``"+I"``). A padded row whose record expires by ``ttl``
+        stays: expiry retracts nothing. Late records join nothing and are not padded
+        either. ``combine`` must return dict records for an outer join.
         """
         loc = user_location()
         step = name or "join"
         _check_join(self, other, "join", step, loc, combine)
-        if how != "inner":
+        if how not in _JOIN_HOWS:
             raise FlowDefinitionError(
-                f"join(how={how!r}) is not supported yet: left and outer joins need retractions, "
-                "which millstream streams do not carry yet",
+                f"join(how={how!r}): a regular join is 'inner', 'left', 'right' or 'full'",
                 step=step, location=loc,
-                fix="use how='inner' (the default)",
+                fix="pass how='inner' (the default; append-only), or how='left', 'right' or 'full' "
+                "for an outer join whose output is a changelog (see millstream.changelog)"
+                + (" (how='full' is the full outer join)" if how in ("outer", "full_outer", "full outer") else ""),
             )
         ttl_ms = None
         if ttl is not None:
@@ -705,6 +730,9 @@ class KeyedStream(Stream):
         return Stream(self._flow, node)
 
     # -- end of enrichment (table join) ----------------------------------------------------
+
+
+_JOIN_HOWS = ("inner", "left", "right", "full")
 
 
 def _join_ms(value: Any, what: str, step: str, loc: str | None, *, signed: bool = False) -> int:

@@ -167,14 +167,20 @@ def _describe_aggs(aggs: tuple[tuple[str, Aggregation], ...]) -> str:
 
 @dataclass(frozen=True)
 class AggregateOp(Op):
-    """Running aggregate per key: emits the updated row for every record."""
+    """Running aggregate per key: emits the updated row for every record.
+
+    With ``changelog`` the output is a changelog (see :mod:`millstream.changelog`): a key's
+    first row ``+I``, then for each update its previous row ``-U`` and its new row ``+U``.
+    """
 
     key: KeySpec
     aggs: tuple[tuple[str, Aggregation], ...]
+    changelog: bool = False
     kind = "aggregate"
 
     def describe(self) -> str:
-        return f"by {self.key.describe()}: {_describe_aggs(self.aggs)}"
+        text = f"by {self.key.describe()}: {_describe_aggs(self.aggs)}"
+        return text + (" (changelog)" if self.changelog else "")
 
 
 @dataclass(frozen=True)
@@ -243,6 +249,12 @@ class JoinOp(Op):
     ``"interval"`` pairs with ``left.t + lower_ms <= right.t <= left.t + upper_ms``.
     ``combine(left, right)`` makes the output record; None merges the two dicts, renaming a
     right field that collides with a left one (other than a shared key field) to ``<name>_right``.
+
+    ``how`` is ``"inner"`` for every mode; a regular join may also be ``"left"``, ``"right"``
+    or ``"full"``: the output is then a changelog (:mod:`millstream.changelog`) in which a
+    record of an outer side without a partner is inserted padded (``combine(left, None)`` or
+    ``combine(None, right)``, by default the record alone) and deleted when its first
+    partner comes. Inner joins stay append-only (their records carry no change kind).
     """
 
     left_key: KeySpec
@@ -255,6 +267,11 @@ class JoinOp(Op):
     upper_ms: int = 0
     combine: Callable[[Any, Any], Any] | None = None
     kind = "join"
+
+    @property
+    def outer(self) -> tuple[bool, bool]:
+        """Whether the left and the right side keep their records without a partner."""
+        return (self.how in ("left", "full"), self.how in ("right", "full"))
 
     @property
     def shared_fields(self) -> tuple[str, ...]:

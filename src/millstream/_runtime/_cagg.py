@@ -24,7 +24,8 @@ _KEY = "__key__"
 
 
 def vectorisable_aggregate(op: AggregateOp) -> bool:
-    return op.key.fn is None and all(
+    """Plain running aggregates of built-in kinds; a changelog aggregate runs per record."""
+    return not op.changelog and op.key.fn is None and all(
         type(agg).__module__ == "millstream.agg" and agg.kind in _RUNNING for _, agg in op.aggs)
 
 

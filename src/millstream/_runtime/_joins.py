@@ -16,6 +16,15 @@ Three kinds, all on event time:
   operators; sessions are formed from both sides' records of a key. A record whose windows
   have all fired when it comes is *late*.
 
+A regular join may be **outer** (``how`` "left", "right" or "full"): its output is then a
+changelog (:mod:`millstream.changelog`). A record of an outer side that finds no living
+partner is emitted padded (``+I``) and remembered per key as *unmatched* (with the padded
+row, so that its retraction is the very same row); when a partner of its key comes while it
+is still alive, the padded row is retracted (``-D``, at the later of the two times) before
+the pairs are inserted (``+I``). An unmatched record that expires by the TTL is forgotten
+without a retraction. Whether a record ever pairs is decided exactly as for the inner join,
+so the final table is exact whenever the inner join's pairs are.
+
 Late records join nothing; they are counted in ``metrics()["late"]`` (the run's ``late``
 figure). Which records are late depends on how far the watermark had moved when they came,
 so the results of joins are exact (the same for every arrival order and chunking) whenever
@@ -34,6 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from millstream._plan import JoinOp, Node
+from millstream.changelog import CHANGE, DELETE, INSERT
 from millstream.windows import SessionWindow, SlidingWindow, TumblingWindow
 
 from ._aggcode import compile_key, key_expr
@@ -72,6 +82,28 @@ def default_pair(shared: tuple[str, ...]) -> Callable[[Any, Any], dict[str, Any]
         return out
 
     return pair
+
+
+def _padder(combine: Callable[[Any, Any], Any] | None, side: int) -> Callable[[Any], Any]:
+    """The output row of a record of ``side`` without a partner: ``combine`` with None for the
+    other side, by default (a copy of) the record alone."""
+    if combine is not None:
+        return (lambda r: combine(r, None)) if side == 0 else (lambda r: combine(None, r))
+
+    def alone(r: Any) -> Any:
+        if not isinstance(r, dict):
+            raise TypeError(f"an outer join without combine= pads dict records, got {type(r).__name__}; "
+                            "pass combine=lambda left, right: ... (one of them None when unmatched)")
+        return r
+
+    return alone
+
+
+def _marked(row: Any, kind: str) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise TypeError(f"an outer join emits a changelog of dict records, but the output was "
+                        f"{type(row).__name__} {row!r:.100}; make combine return a dict")
+    return {**row, CHANGE: kind}  # a copy: combine may hand back a record that is in state
 
 
 class _JoinBase(Operator):
@@ -122,6 +154,10 @@ class PairJoinOperator(_JoinBase):
         #: per side: time bucket -> keys with records in it, and a heap of the buckets
         self.buckets: list[dict[int, set[Any]]] = [{}, {}]
         self.heaps: list[list[int]] = [[], []]
+        self.outer = op.outer if op.mode == "regular" else (False, False)
+        #: per outer side: key -> [(t, record, padded row)] of records emitted padded, no partner yet
+        self.unmatched: list[dict[Any, list[tuple[int, Any, Any]]]] = [{}, {}]
+        self._pads = [_padder(op.combine, side) for side in (0, 1)]
         self._push = [self._compile(side) for side in (0, 1)]
 
     def _dead(self, side: int, wm: int) -> int:
@@ -185,6 +221,10 @@ class PairJoinOperator(_JoinBase):
         other = 1 - port
         wm = self.wm
         dead_mine, dead_other = (self._dead(port, wm), self._dead(other, wm)) if self.checked else (0, 0)
+        if self.outer[0] or self.outer[1]:
+            self._push_outer(port, records, times, dead_mine, dead_other)
+            self._flush()
+            return
         try:
             self.late += fn(records, times, wm, self.sides[port], self.sides[other], dead_mine, dead_other,
                             self.buckets[port], self.heaps[port], self._out, self._tout)
@@ -193,6 +233,53 @@ class PairJoinOperator(_JoinBase):
             raise self._fail(exc, filename) from exc
         self._flush()
 
+    def _push_outer(self, side: int, records: list[Any], times: list[int], dead_mine: int,
+                    dead_other: int) -> None:
+        """An outer regular join, record by record: pairs, padded rows and their retractions."""
+        other = 1 - side
+        keyf, pair, pad = self.keyfs[side], self.pair, self._pads[side]
+        mine, theirs = self.sides[side], self.sides[other]
+        unmatched_mine, unmatched_theirs = self.unmatched[side], self.unmatched[other]
+        outer_mine, outer_theirs = self.outer[side], self.outer[other]
+        checked, bucket_ms = self.checked, self.bucket_ms
+        buckets, heap = self.buckets[side], self.heaps[side]
+        out, tout = self._out, self._tout
+        k: Any = None
+        for r, t in zip(records, times, strict=True):
+            try:
+                if checked and t <= dead_mine:
+                    self.late += 1
+                    continue
+                k = keyf(r)
+                mine.setdefault(k, []).append((t, r))
+                if checked:
+                    b = t // bucket_ms
+                    bset = buckets.get(b)
+                    if bset is None:
+                        bset = buckets[b] = set()
+                        heapq.heappush(heap, b)
+                    bset.add(k)
+                partners = [(t2, r2) for t2, r2 in theirs.get(k, ()) if not checked or t2 > dead_other]
+                if not partners:
+                    if outer_mine:
+                        row = _marked(pad(r), INSERT)
+                        unmatched_mine.setdefault(k, []).append((t, r, row))
+                        out.append(row)
+                        tout.append(t)
+                    continue
+                if outer_theirs:
+                    for t2, _, row in unmatched_theirs.pop(k, ()):
+                        if not checked or t2 > dead_other:  # an expired one stays: nothing retracted
+                            out.append({**row, CHANGE: DELETE})
+                            tout.append(t if t > t2 else t2)
+                for t2, r2 in partners:
+                    out.append(_marked(pair(r, r2) if side == 0 else pair(r2, r), INSERT))
+                    tout.append(t if t > t2 else t2)
+            except Exception as exc:
+                self._out, self._tout = [], []
+                raise self.rt.step_error(self.node, exc, record=r, key=k, has_key=k is not None,
+                                         event_time=t) from exc
+
     def on_watermark(self, wm: int) -> None:
         if not self.checked:
             return
@@ -200,6 +287,7 @@ class PairJoinOperator(_JoinBase):
         for side in (0, 1):
             dead = self._dead(side, wm)
             heap, buckets, store = self.heaps[side], self.buckets[side], self.sides[side]
+            unmatched = self.unmatched[side]
             while heap and (heap[0] + 1) * bw - 1 <= dead:  # every time in the bucket is dead
                 for k in buckets.pop(heapq.heappop(heap), ()):
                     lst = store.get(k)
@@ -210,19 +298,30 @@ class PairJoinOperator(_JoinBase):
                         del store[k]
                     elif len(keep) != len(lst):
                         store[k] = keep
+                    pads = unmatched.get(k)
+                    if pads is not None:  # expired without a partner: the padded row stays
+                        alive = [x for x in pads if x[0] > dead]
+                        if not alive:
+                            del unmatched[k]
+                        elif len(alive) != len(pads):
+                            unmatched[k] = alive
 
     def state_size(self) -> int:
         """Records held in state, both sides."""
         return sum(len(v) for side in self.sides for v in side.values())
 
     def snapshot(self) -> Any:
-        return {"sides": self.sides, "buckets": self.buckets, "late": self.late}
+        snap = {"sides": self.sides, "buckets": self.buckets, "late": self.late}
+        if self.outer[0] or self.outer[1]:
+            snap["unmatched"] = self.unmatched
+        return snap
 
     def restore(self, state: Any) -> None:
         self.sides = state["sides"]
         self.buckets = state["buckets"]
         self.heaps = [sorted(b) for b in self.buckets]
         self.late = state["late"]
+        self.unmatched = state.get("unmatched", [{}, {}])
 
 
 # -- window joins --------------------------------------------------------------------------------

@@ -39,34 +39,56 @@ class _GeneratedKeyed(Operator):
 
 
 class AggregateOperator(_GeneratedKeyed):
-    """Running aggregates per key: every record emits its key's updated row."""
+    """Running aggregates per key: every record emits its key's updated row.
+
+    With ``op.changelog`` a key's first record emits its row as an insert (``+I``), every
+    later one the row before the update (``-U``, computed from the accumulator before the
+    record is folded in) and the row after (``+U``), both at the record's event time.
+    """
 
     def __init__(self, node: Node, rt: Runtime, timed: bool) -> None:
         super().__init__(node, rt, 1)
         op = node.op
         assert isinstance(op, AggregateOp)
         self.state: dict[Any, list[Any]] = {}
+        self.changelog = op.changelog
         code = AggCode(op.aggs, timed)
         env = code.env
+        items = key_items(op.key) + code.result_items()
         g = Generated()
-        g.add(0, "def _push(recs, times, st):")
+        g.add(0, "def _push(recs, times, st, tout):")
         g.add(1, "out = []; oa = out.append")
+        if op.changelog and timed:
+            g.add(1, "ta = tout.append")
         g.add(1, "for r, t in zip(recs, times):" if timed else "for r in recs:")
         g.add(2, f"k = {key_expr(op.key, env)}")
         g.add(2, "a = st.get(k)")
-        g.add(2, f"if a is None: a = st[k] = {code.init}")
+        if op.changelog:
+            g.add(2, f"if a is None: a = st[k] = {code.init}; ch = '+I'")
+            g.add(2, "else:")
+            g.add(3, "oa({" + ", ".join([*items, "'_change': '-U'"]) + "}); ch = '+U'")
+            if timed:
+                g.add(3, "ta(t)")
+        else:
+            g.add(2, f"if a is None: a = st[k] = {code.init}")
         code.add_lines(g, 2)
-        g.add(2, "oa({" + ", ".join(key_items(op.key) + code.result_items()) + "})")
+        if op.changelog:
+            g.add(2, "oa({" + ", ".join([*items, "'_change': ch"]) + "})")
+            if timed:
+                g.add(2, "ta(t)")
+        else:
+            g.add(2, "oa({" + ", ".join(items) + "})")
         g.add(1, "return out")
         self._fn, self._filename = g.compile(f"aggregate:{node.name}", env, "_push")
 
     def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
         self.records_in += len(records)
+        tout: list[int] | None = [] if self.changelog and times is not None else None
         try:
-            out = self._fn(records, times, self.state)
+            out = self._fn(records, times, self.state, tout)
         except Exception as exc:
             raise self._fail(exc) from exc
-        self.emit(out, times)
+        self.emit(out, tout if self.changelog else times)
 
     def snapshot(self) -> Any:
         return {"state": self.state}

@@ -18,6 +18,18 @@ model of an idempotent sink:
 >>> _ = flow.run()
 >>> table.table
 {'a': {'k': 'a', 'n': 3}, 'b': {'k': 'b', 'n': 2}}
+
+It also applies a changelog (see :mod:`millstream.changelog`): a ``-D`` record deletes its
+key, a ``-U`` is skipped (the ``+U`` that follows replaces the row), ``+I`` and ``+U``
+store the row without its ``"_change"`` field:
+
+>>> table = ms.connectors.memory.upsert(key="k")
+>>> flow = ms.Flow("counts")
+>>> words = flow.source(ms.connectors.memory.read([{"k": "a"}, {"k": "b"}, {"k": "a"}]))
+>>> words.key_by("k").aggregate(n=ms.agg.count(), changelog=True).sink(table)
+>>> _ = flow.run()
+>>> table.table
+{'a': {'k': 'a', 'n': 2}, 'b': {'k': 'b', 'n': 1}}
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from millstream._location import callable_name
+from millstream.changelog import CHANGE, DELETE, UPDATE_BEFORE, change_of, strip
 from millstream.connectors._base import (
     ErrorPolicy,
     Sink,
@@ -149,7 +162,13 @@ def write(name: str = "collect") -> CollectSink:
 class UpsertSink(Sink):
     """An in-memory table: ``table`` maps each key to the last record written with it.
 
-    Idempotent: writing a record again (a replay after a restart) leaves the same table.
+    A changelog is applied (see :mod:`millstream.changelog`): ``-D`` deletes the key,
+    ``-U`` is skipped (its ``+U`` follows), ``+I``/``+U`` store the row without the
+    ``"_change"`` field; records without it are stored as they are.
+
+    Idempotent: writing a record again (a replay after a restart) leaves the same table;
+    for a changelog, as long as the upsert key identifies the changelog's rows (each
+    change then sets or deletes one key, and the last change of a key decides).
     """
 
     delivery = "idempotent"
@@ -194,7 +213,17 @@ class _UpsertWriter(SinkWriter):
     def write(self, records: list[Any], times: list[int] | None) -> None:
         table, key_of = self.sink.table, self.sink.key_of
         for r in records:
-            table[key_of(r)] = r
+            if isinstance(r, dict) and CHANGE in r:
+                kind = change_of(r)
+                if kind == UPDATE_BEFORE:
+                    continue
+                row = strip(r)
+                if kind == DELETE:
+                    table.pop(key_of(row), None)
+                else:
+                    table[key_of(row)] = row
+            else:
+                table[key_of(r)] = r
         self.sink.writes += len(records)
 
 

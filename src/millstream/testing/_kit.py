@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from millstream._time import MAX_WATERMARK, MIN_WATERMARK, Duration, to_ms
+from millstream.changelog import final_table
 from millstream.connectors._base import ErrorPolicy, Sink, SinkWriter, Source, SourceContext, SourceReader, check_policy
 from millstream.errors import ConfigError, JobError
 
@@ -172,6 +173,23 @@ class CollectSink(Sink):
     def clear(self) -> None:
         self.values.clear()
         self.times.clear()
+
+    def table(self, key: str | tuple[str, ...] | Callable[[Any], Any] | None = None) -> list[Any]:
+        """The final table of the collected changelog (see :func:`millstream.changelog.final_table`):
+        the changes applied in order, as a multiset of rows, or one row per ``key`` when given.
+
+        >>> import millstream as ms
+        >>> out = ms.testing.CollectSink()
+        >>> flow = ms.Flow("counts")
+        >>> words = flow.source(ms.testing.TestSource([{"w": "a"}, {"w": "b"}, {"w": "a"}]))
+        >>> words.key_by("w").aggregate(n=ms.agg.count(), changelog=True).sink(out)
+        >>> _ = flow.run()
+        >>> len(out.values)
+        4
+        >>> out.table(key="w")
+        [{'w': 'a', 'n': 2}, {'w': 'b', 'n': 1}]
+        """
+        return final_table(self.values, key)
 
     def open(self, step: str) -> SinkWriter:
         return _CollectWriter(self)
