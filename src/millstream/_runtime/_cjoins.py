@@ -24,18 +24,61 @@ if TYPE_CHECKING:
 
 _S = "__slice__"
 _E = "__end__"
+_T2 = "__other_time__"
 
 
 def vectorisable_join(op: JoinOp, timed: bool) -> bool:
-    """Window joins of tumbling or sliding windows on fields or expressions, with the default output."""
-    return (timed and op.mode == "window" and op.how == "inner" and op.combine is None
-            and isinstance(op.assigner, TumblingWindow | SlidingWindow)
-            and op.left_key.fn is None and op.right_key.fn is None
-            and _width(op.left_key) == _width(op.right_key))
+    """Inner regular joins and tumbling or sliding window joins on fields or expressions, with the
+    default output."""
+    if not (timed and op.how == "inner" and op.combine is None and op.left_key.fn is None
+            and op.right_key.fn is None and _width(op.left_key) == _width(op.right_key)):
+        return False
+    return op.mode == "regular" or (op.mode == "window" and isinstance(op.assigner, TumblingWindow | SlidingWindow))
+
+
+def make_columnar_join(node: Node, rt: Runtime) -> Operator:
+    op = node.op
+    assert isinstance(op, JoinOp)
+    return ColumnarRegularJoin(node, rt) if op.mode == "regular" else ColumnarWindowJoin(node, rt)
 
 
 def _width(key: KeySpec) -> int:
     return len(key.fields) if key.fn is None and key.expr is None else 1
+
+
+def _key_columns(op: JoinOp) -> tuple[list[list[str]], list[list[pl.Expr]]]:
+    """Per side: the columns holding the key, and the expressions that make them (expression keys)."""
+    cols: list[list[str]] = []
+    exprs: list[list[pl.Expr]] = []
+    for side, key in enumerate((op.left_key, op.right_key)):
+        if key.expr is not None:
+            cols.append([f"__k{side}_0"])
+            exprs.append([key.expr.to_polars().alias(f"__k{side}_0")])
+        else:
+            cols.append(list(key.fields))
+            exprs.append([])
+    return cols, exprs
+
+
+def pair_frames(left: pl.DataFrame, right: pl.DataFrame, key_cols: list[list[str]], shared: set[str],
+                on: list[str]) -> pl.DataFrame:
+    """Every pair of a left and a right row with equal keys (and equal ``on`` columns), as the native
+    join makes them: the left's fields, then the right's; a right field the left has too is renamed
+    ``<name>_right``, except a key field read under the same name on both sides (kept once)."""
+    lk, rk = key_cols
+    tmp = [f"__rk{i}" for i in range(len(rk))]
+    right = right.rename(dict(zip(rk, tmp, strict=True)))
+    out = left.join(right, left_on=[*lk, *on], right_on=[*tmp, *on], how="inner", nulls_equal=True,
+                    coalesce=False, suffix="_right")
+    renames: dict[str, str] = {}
+    drop = [f"{c}_right" for c in on if f"{c}_right" in out.columns]
+    for name, t in zip(rk, tmp, strict=True):
+        if name.startswith("__k") or (name in lk and name in shared):
+            drop.append(t)
+        else:
+            renames[t] = f"{name}_right" if name in left.columns else name
+    drop += [c for c in lk if c.startswith("__k")]
+    return out.drop(drop).rename(renames)
 
 
 class ColumnarWindowJoin(Operator):
@@ -50,15 +93,7 @@ class ColumnarWindowJoin(Operator):
         a = op.assigner
         self.size, self.slide, self.offset, self.slice = a.size_ms, a.slide_ms, a.offset_ms, a.slice_ms
         self.shared = set(op.shared_fields)
-        self.key_cols: list[list[str]] = []
-        self.key_exprs: list[list[pl.Expr]] = []
-        for side, key in enumerate((op.left_key, op.right_key)):
-            if key.expr is not None:
-                self.key_cols.append([f"__k{side}_0"])
-                self.key_exprs.append([key.expr.to_polars().alias(f"__k{side}_0")])
-            else:
-                self.key_cols.append(list(key.fields))
-                self.key_exprs.append([])
+        self.key_cols, self.key_exprs = _key_columns(op)
         self.sides: list[list[pl.DataFrame]] = [[], []]
         self.fired = MIN_WATERMARK
         self.late = 0
@@ -145,24 +180,10 @@ class ColumnarWindowJoin(Operator):
         if left.height == 0 or right.height == 0:
             return
         pl = self.pl
-        lk, rk = self.key_cols
-        tmp = [f"__rk{i}" for i in range(len(rk))]
-        right = right.rename(dict(zip(rk, tmp, strict=True)))
-        out = left.join(right, left_on=[*lk, _E], right_on=[*tmp, _E], how="inner", nulls_equal=True,
-                        coalesce=False, suffix="_right")
+        out = pair_frames(left, right, self.key_cols, self.shared, on=[_E])
         if out.height == 0:
             return
-        renames: dict[str, str] = {}
-        drop = [f"{_E}_right"] if f"{_E}_right" in out.columns else []
-        for name, t in zip(rk, tmp, strict=True):
-            if name.startswith("__k") or (name in lk and name in self.shared):
-                drop.append(t)
-            else:
-                renames[t] = f"{name}_right" if name in left.columns else name
-        drop += [c for c in lk if c.startswith("__k")]
-        out = out.drop(drop).rename(renames)
-        size = self.size
-        out = out.with_columns((pl.col(_E) - size).alias("window_start"), pl.col(_E).alias("window_end"),
+        out = out.with_columns((pl.col(_E) - self.size).alias("window_start"), pl.col(_E).alias("window_end"),
                                (pl.col(_E) - 1).alias(TIME)).drop(_E)
         self.emit(out, None)
 
@@ -179,3 +200,78 @@ class ColumnarWindowJoin(Operator):
 
     def metrics(self) -> dict[str, int]:
         return self.delegate.metrics() if self.delegate is not None else {"late": self.late}
+
+
+class ColumnarRegularJoin(ColumnarWindowJoin):
+    """The regular (unbounded) inner join, vectorised: a batch of one side joins everything the other
+    side kept, then is kept itself. With a TTL, records at or before ``watermark - ttl - 1`` are late
+    (counted, joined with nothing) and dropped from state, as natively."""
+
+    def __init__(self, node: Node, rt: Runtime) -> None:
+        Operator.__init__(self, node, rt, 2)
+        op = node.op
+        assert isinstance(op, JoinOp)
+        self.op = op
+        self.pl = polars()
+        self.shared = set(op.shared_fields)
+        self.key_cols, self.key_exprs = _key_columns(op)
+        self.sides = [[], []]
+        self.fired = MIN_WATERMARK
+        self.late = 0
+        self.delegate = None
+
+    def _dead(self) -> int | None:
+        ttl = self.op.ttl_ms
+        return None if ttl is None or self.wm <= MIN_WATERMARK else self.wm - ttl - 1
+
+    def push(self, port: int, records: Any, times: list[int] | None) -> None:
+        if self.delegate is not None:
+            self.delegate.push(port, records, times)
+            return
+        pl = self.pl
+        try:
+            df = as_frame(records, times)
+        except Exception:
+            if any(self.sides):
+                raise
+            self.delegate = self._native()
+            self.delegate.push(port, records, times)
+            return
+        self.records_in += df.height
+        if self.key_exprs[port]:
+            df = df.with_columns(self.key_exprs[port])
+        dead = self._dead()
+        if dead is not None:
+            n = df.height
+            df = df.filter(pl.col(TIME) > dead)
+            self.late += n - df.height
+        if df.height == 0:
+            return
+        other = self.sides[1 - port]
+        if other:
+            kept = other[0] if len(other) == 1 else pl.concat(other, how="diagonal_relaxed")
+            self.sides[1 - port] = [kept]
+            if dead is not None:
+                kept = kept.filter(pl.col(TIME) > dead)
+            if kept.height:
+                kept = kept.rename({TIME: _T2})
+                left, right = (df, kept) if port == 0 else (kept, df)
+                out = pair_frames(left, right, self.key_cols, self.shared, on=[])
+                if out.height:  # a pair is at the later of its two times
+                    self.emit(out.with_columns(pl.max_horizontal(TIME, _T2).alias(TIME)).drop(_T2), None)
+        self.sides[port].append(df)
+        if len(self.sides[port]) >= 32:
+            self.sides[port] = [pl.concat(self.sides[port], how="diagonal_relaxed")]
+
+    def on_watermark(self, wm: int) -> None:
+        if self.delegate is not None:
+            self.delegate.wm = wm
+            self.delegate.on_watermark(wm)
+            return
+        dead = self._dead()
+        if dead is None:
+            return
+        pl = self.pl
+        for i, frames in enumerate(self.sides):
+            kept = [f.filter(pl.col(TIME) > dead) for f in frames]
+            self.sides[i] = [f for f in kept if f.height]

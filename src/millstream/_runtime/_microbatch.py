@@ -8,7 +8,7 @@ operators where the plan allows them:
 - windowed aggregations with built-in aggregations run as ``group_by`` over slices
   and sessions (see :mod:`._cwindows`), window joins as Polars joins (:mod:`._cjoins`);
 - every other step (Python functions, process functions, reduce, custom
-  aggregations, count windows, allowed lateness, regular and interval joins) runs the native operator
+  aggregations, count windows, allowed lateness, interval, outer and table joins) runs the native operator
   over the rows of the batch, so its answers are the native ones by construction.
 
 Each round over the sources reads up to ``max_chunk`` records per source: that is
@@ -27,7 +27,7 @@ from millstream._expr import Expr, columns_of, conjuncts, equality_of
 from ._base import Operator, Runtime
 from ._cagg import ColumnarAggregate, vectorisable_aggregate
 from ._chain import ChainOperator
-from ._cjoins import ColumnarWindowJoin, vectorisable_join
+from ._cjoins import make_columnar_join, vectorisable_join
 from ._columnar import ColumnarChainOperator, RowPort, columnar_step, warn_row_functions
 from ._cwindows import make_columnar_window, vectorisable_window
 from ._native import NativeJob
@@ -58,7 +58,7 @@ class MicroBatchJob(NativeJob):
         if isinstance(op, P.AggregateOp) and vectorisable_aggregate(op):
             return ColumnarAggregate(node, self.rt, self._timed(node))
         if isinstance(op, P.JoinOp) and vectorisable_join(op, self._timed(node)):
-            return ColumnarWindowJoin(node, self.rt)
+            return make_columnar_join(node, self.rt)
         return super()._make(node)
 
     def open(self) -> None:
