@@ -28,18 +28,23 @@ _T2 = "__other_time__"
 
 
 def vectorisable_join(op: JoinOp, timed: bool) -> bool:
-    """Inner regular joins and tumbling or sliding window joins on fields or expressions, with the
-    default output."""
+    """Inner regular and interval joins, and tumbling or sliding window joins, on fields or
+    expressions, with the default output."""
     if not (timed and op.how == "inner" and op.combine is None and op.left_key.fn is None
             and op.right_key.fn is None and _width(op.left_key) == _width(op.right_key)):
         return False
-    return op.mode == "regular" or (op.mode == "window" and isinstance(op.assigner, TumblingWindow | SlidingWindow))
+    return op.mode in ("regular", "interval") or (op.mode == "window"
+                                                  and isinstance(op.assigner, TumblingWindow | SlidingWindow))
 
 
 def make_columnar_join(node: Node, rt: Runtime) -> Operator:
     op = node.op
     assert isinstance(op, JoinOp)
-    return ColumnarRegularJoin(node, rt) if op.mode == "regular" else ColumnarWindowJoin(node, rt)
+    if op.mode == "regular":
+        return ColumnarRegularJoin(node, rt)
+    if op.mode == "interval":
+        return ColumnarIntervalJoin(node, rt)
+    return ColumnarWindowJoin(node, rt)
 
 
 def _width(key: KeySpec) -> int:
@@ -220,9 +225,19 @@ class ColumnarRegularJoin(ColumnarWindowJoin):
         self.late = 0
         self.delegate = None
 
-    def _dead(self) -> int | None:
+    # -- the rules of the join kind: times at or before a cut (None: no cut) ------------------------
+    def _late_cut(self, side: int) -> int | None:
+        """A record of ``side`` at or before this time when it comes is late."""
+        return self._dead(side)
+
+    def _dead(self, side: int) -> int | None:
+        """Kept records of ``side`` at or before this time can pair with nothing to come."""
         ttl = self.op.ttl_ms
         return None if ttl is None or self.wm <= MIN_WATERMARK else self.wm - ttl - 1
+
+    def _pairs_kept(self, out: pl.DataFrame, port: int) -> pl.DataFrame:
+        """The pairs that are the join's (all of them, for a regular join)."""
+        return out
 
     def push(self, port: int, records: Any, times: list[int] | None) -> None:
         if self.delegate is not None:
@@ -240,10 +255,10 @@ class ColumnarRegularJoin(ColumnarWindowJoin):
         self.records_in += df.height
         if self.key_exprs[port]:
             df = df.with_columns(self.key_exprs[port])
-        dead = self._dead()
-        if dead is not None:
+        cut = self._late_cut(port)
+        if cut is not None:
             n = df.height
-            df = df.filter(pl.col(TIME) > dead)
+            df = df.filter(pl.col(TIME) > cut)
             self.late += n - df.height
         if df.height == 0:
             return
@@ -251,27 +266,50 @@ class ColumnarRegularJoin(ColumnarWindowJoin):
         if other:
             kept = other[0] if len(other) == 1 else pl.concat(other, how="diagonal_relaxed")
             self.sides[1 - port] = [kept]
+            dead = self._dead(1 - port)
             if dead is not None:
                 kept = kept.filter(pl.col(TIME) > dead)
             if kept.height:
                 kept = kept.rename({TIME: _T2})
                 left, right = (df, kept) if port == 0 else (kept, df)
-                out = pair_frames(left, right, self.key_cols, self.shared, on=[])
+                out = self._pairs_kept(pair_frames(left, right, self.key_cols, self.shared, on=[]), port)
                 if out.height:  # a pair is at the later of its two times
                     self.emit(out.with_columns(pl.max_horizontal(TIME, _T2).alias(TIME)).drop(_T2), None)
-        self.sides[port].append(df)
-        if len(self.sides[port]) >= 32:
-            self.sides[port] = [pl.concat(self.sides[port], how="diagonal_relaxed")]
+        dead = self._dead(port)
+        if dead is not None:
+            df = df.filter(pl.col(TIME) > dead)
+        if df.height:
+            self.sides[port].append(df)
+            if len(self.sides[port]) >= 32:
+                self.sides[port] = [pl.concat(self.sides[port], how="diagonal_relaxed")]
 
     def on_watermark(self, wm: int) -> None:
         if self.delegate is not None:
             self.delegate.wm = wm
             self.delegate.on_watermark(wm)
             return
-        dead = self._dead()
-        if dead is None:
-            return
         pl = self.pl
         for i, frames in enumerate(self.sides):
-            kept = [f.filter(pl.col(TIME) > dead) for f in frames]
-            self.sides[i] = [f for f in kept if f.height]
+            dead = self._dead(i)
+            if dead is not None:
+                kept = [f.filter(pl.col(TIME) > dead) for f in frames]
+                self.sides[i] = [f for f in kept if f.height]
+
+
+class ColumnarIntervalJoin(ColumnarRegularJoin):
+    """The interval join, vectorised: pairs with ``left.t + lower <= right.t <= left.t + upper``; a record
+    at or behind the watermark when it comes is late; a kept record goes once nothing to come can pair
+    with it (left: ``t <= watermark - upper``; right: ``t <= watermark + lower``)."""
+
+    def _late_cut(self, side: int) -> int | None:
+        return self.wm if self.wm > MIN_WATERMARK else None
+
+    def _dead(self, side: int) -> int | None:
+        if self.wm <= MIN_WATERMARK:
+            return None
+        return self.wm - self.op.upper_ms if side == 0 else self.wm + self.op.lower_ms
+
+    def _pairs_kept(self, out: pl.DataFrame, port: int) -> pl.DataFrame:
+        pl = self.pl
+        tl, tr = (pl.col(TIME), pl.col(_T2)) if port == 0 else (pl.col(_T2), pl.col(TIME))
+        return out.filter((tr >= tl + self.op.lower_ms) & (tr <= tl + self.op.upper_ms))
