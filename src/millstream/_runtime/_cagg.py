@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from millstream._plan import AggregateOp, Node
-from millstream.errors import MillstreamError, StepError
+from millstream.errors import MillstreamError
 
 from ._base import Operator, Runtime
-from ._columnar import TIME, as_frame, polars
+from ._columnar import TIME, as_frame, delegated_restore, delegated_snapshot, native_error, polars, to_rows
 
 if TYPE_CHECKING:
     import polars as pl
@@ -145,28 +145,14 @@ class ColumnarAggregate(Operator):
         self.emit(out, None)
 
     def _error(self, exc: Exception, rows: Any, records: Any, times: list[int] | None) -> BaseException:
-        from ._columnar import to_rows
-
         if rows is None:
             rows, times = to_rows(records)
-        twin = self._native()
-        twin.muted = True
-        try:
-            twin.push(0, rows, times)
-        except MillstreamError as native:
-            return native
-        except Exception:  # noqa: BLE001, S110 - report the Polars error
-            pass
-        return StepError(step=self.name, location=self.node.location, error=exc, has_key=True)
+        return native_error(self, self._native(), exc, rows, times, has_key=True)
 
     def snapshot(self) -> Any:
-        if self.delegate is not None:
-            return {"native": self.delegate.snapshot()}
-        return {"totals": self.state}
+        return delegated_snapshot(self.delegate, {"totals": self.state})
 
     def restore(self, state: Any) -> None:
-        if "native" in state:
-            self.delegate = self._native()
-            self.delegate.restore(state["native"])
-            return
-        self.state = state["totals"]
+        self.delegate = delegated_restore(state, self._native)
+        if self.delegate is None:
+            self.state = state["totals"]
