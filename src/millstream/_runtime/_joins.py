@@ -244,8 +244,9 @@ class PairJoinOperator(_JoinBase):
         checked, bucket_ms = self.checked, self.bucket_ms
         buckets, heap = self.buckets[side], self.heaps[side]
         out, tout = self._out, self._tout
-        k: Any = None
+        k: Any
         for r, t in zip(records, times, strict=True):
+            k = None
             try:
                 if checked and t <= dead_mine:
                     self.late += 1
