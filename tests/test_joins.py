@@ -397,7 +397,7 @@ def _two(flow: ms.Flow, timed: bool = True) -> tuple[ms.KeyedStream, ms.KeyedStr
 
 
 ERRORS: dict[str, tuple[Callable[[ms.KeyedStream, ms.KeyedStream], Any], str]] = {
-    "left-join": (lambda a, b: a.join(b, how="left"), r"join\(how='left'\) is not supported yet"),
+    "cross-join": (lambda a, b: a.join(b, how="cross"), r"a regular join is 'inner', 'left', 'right' or 'full'"),
     "not-keyed": (lambda a, b: a.join(b.map(lambda r: r)), r"joins two keyed streams"),
     "count-window": (lambda a, b: a.window_join(b, ms.windows.count(3)), r"event-time window assigner"),
     "lower-above-upper": (lambda a, b: a.interval_join(b, lower=10, upper=5), r"lower is above upper"),
