@@ -529,3 +529,12 @@ def test_a_session_that_keeps_its_extent_fires_once() -> None:
                   .window(ms.windows.session(1), allowed_lateness=1).aggregate(n=agg.count()))
     flow.run()
     assert out.values == [{"k": "a", "window_start": 0, "window_end": 1, "n": 2}]
+
+
+def test_an_order_dependent_statistic_in_a_merging_window_fails_with_the_right_fix() -> None:
+    flow = ms.Flow("z")
+    w = flow.source(TestSource([{"k": 1, "v": 1.0, "ts": 0}]),
+                    watermark=ms.WatermarkStrategy.bounded(0, timestamp="ts")).key_by("k")
+    with pytest.raises(ms.FlowDefinitionError) as err:
+        w.window(ms.windows.sliding(10, every=5)).aggregate(z=ms.stats.zscore("v"))
+    assert "depends on the order" in str(err.value) and "tumbling" in (err.value.fix or "")

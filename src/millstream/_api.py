@@ -935,11 +935,15 @@ class WindowedStream:
         if self._assigner.merges:
             for name, agg in checked:
                 if not agg.mergeable:
+                    custom = agg.kind == "custom"
                     raise FlowDefinitionError(
-                        f"aggregation {name}={agg.describe()} has no merge function, but "
-                        f"{self._assigner.describe()} windows merge partial results",
+                        f"aggregation {name}={agg.describe()} cannot merge partial results"
+                        + ("" if custom else " (it depends on the order of the values)")
+                        + f", but {self._assigner.describe()} windows merge them",
                         step=step, location=loc,
-                        fix="pass merge=lambda a, b: ... (combining two accumulators) to ms.agg.custom(...)",
+                        fix="pass merge=lambda a, b: ... (combining two accumulators) to ms.agg.custom(...)"
+                        if custom else "use it in a tumbling or count window, or as a running "
+                        "aggregate (key_by(...).aggregate(...))",
                     )
         op = P.WindowOp(self._key, self._assigner, self._lateness, aggs=checked)
         return self._finish(op, "window")
