@@ -113,22 +113,27 @@ class ColumnarWindowJoin(Operator):
         twin.in_wms = self.in_wms
         return twin
 
-    def push(self, port: int, records: Any, times: list[int] | None) -> None:
+    def _batch(self, port: int, records: Any, times: list[int] | None) -> pl.DataFrame | None:
+        """The batch with its key columns, counted; None when the native stand-in has it (records
+        that are not dicts hand the whole join over to it while it holds nothing yet)."""
+        if self.delegate is None:
+            try:
+                df = as_frame(records, times)
+            except Exception:
+                if any(self.sides):
+                    raise
+                self.delegate = self._native()
         if self.delegate is not None:
             self.delegate.push(port, records, times)
+            return None
+        self.records_in += df.height
+        return df.with_columns(self.key_exprs[port]) if self.key_exprs[port] else df
+
+    def push(self, port: int, records: Any, times: list[int] | None) -> None:
+        df = self._batch(port, records, times)
+        if df is None:
             return
         pl = self.pl
-        try:
-            df = as_frame(records, times)
-        except Exception:
-            if any(self.sides):
-                raise
-            self.delegate = self._native()
-            self.delegate.push(port, records, times)
-            return
-        self.records_in += df.height
-        if self.key_exprs[port]:
-            df = df.with_columns(self.key_exprs[port])
         t = pl.col(TIME)
         df = df.with_columns((t - (t - self.offset) % self.slice).alias(_S))
         if self.wm > MIN_WATERMARK:
@@ -240,21 +245,10 @@ class ColumnarRegularJoin(ColumnarWindowJoin):
         return out
 
     def push(self, port: int, records: Any, times: list[int] | None) -> None:
-        if self.delegate is not None:
-            self.delegate.push(port, records, times)
+        df = self._batch(port, records, times)
+        if df is None:
             return
         pl = self.pl
-        try:
-            df = as_frame(records, times)
-        except Exception:
-            if any(self.sides):
-                raise
-            self.delegate = self._native()
-            self.delegate.push(port, records, times)
-            return
-        self.records_in += df.height
-        if self.key_exprs[port]:
-            df = df.with_columns(self.key_exprs[port])
         cut = self._late_cut(port)
         if cut is not None:
             n = df.height
