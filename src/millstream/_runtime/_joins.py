@@ -49,6 +49,7 @@ from millstream.windows import SessionWindow, SlidingWindow, TumblingWindow
 from ._aggcode import compile_key, key_expr
 from ._base import Operator, Runtime
 from ._codegen import Generated, frame_local
+from ._windows import SliceTimers
 
 __all__ = ["default_pair", "make_join_operator"]
 
@@ -371,9 +372,7 @@ class SlicedWindowJoinOperator(_WindowJoinBase):
         #: slice start -> (left key -> records, right key -> records): a side's keys are looked up
         #: in the other side's only when a window fires, from the side with fewer keys
         self.slices: dict[int, tuple[dict[Any, list[Any]], dict[Any, list[Any]]]] = {}
-        self.fire_heap: list[int] = []
-        self.fire_set: set[int] = set()
-        self.cleanup_heap: list[tuple[int, int]] = []
+        self.timers = SliceTimers(self.size, self.slide, self.offset)
         self._push = [self._compile(side) for side in (0, 1)]
 
     def _compile(self, side: int) -> tuple[Callable[..., Any], str]:
@@ -399,23 +398,8 @@ class SlicedWindowJoinOperator(_WindowJoinBase):
         g.add(1, "return slow")
         return g.compile(f"window_join:{self.name}:{'right' if side else 'left'}", env, "_push")
 
-    def _last_start(self, s: int) -> int:
-        return s - (s - self.offset) % self.slide
-
-    def _ends(self, s: int) -> list[int]:
-        ws, ends = self._last_start(s), []
-        while ws + self.size > s:
-            ends.append(ws + self.size)
-            ws -= self.slide
-        return ends
-
     def _new_slice(self, s: int) -> None:
-        wm = self.wm
-        for e in self._ends(s):
-            if e - 1 > wm and e not in self.fire_set:
-                self.fire_set.add(e)
-                heapq.heappush(self.fire_heap, e)
-        heapq.heappush(self.cleanup_heap, (self._last_start(s) + self.size - 1, s))
+        self.timers.add_slice(s, self.wm)
 
     def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
         self.records_in += len(records)
@@ -434,7 +418,7 @@ class SlicedWindowJoinOperator(_WindowJoinBase):
         wm = self.wm
         for r, t in items:
             s = t - (t - self.offset) % self.slice
-            if self._last_start(s) + self.size - 1 <= wm:
+            if self.timers.expiry(s) <= wm:
                 self.late += 1
                 continue
             try:
@@ -452,14 +436,10 @@ class SlicedWindowJoinOperator(_WindowJoinBase):
                 e.append(r)
 
     def on_watermark(self, wm: int) -> None:
-        heap = self.fire_heap
-        while heap and heap[0] - 1 <= wm:
-            e = heapq.heappop(heap)
-            self.fire_set.discard(e)
+        for e in self.timers.due(wm):
             self._fire(e)
-        cleanup = self.cleanup_heap
-        while cleanup and cleanup[0][0] <= wm:
-            self.slices.pop(heapq.heappop(cleanup)[1], None)
+        for s in self.timers.expired(wm):
+            self.slices.pop(s, None)
         self._flush()
 
     def _fire(self, e: int) -> None:
@@ -496,14 +476,11 @@ class SlicedWindowJoinOperator(_WindowJoinBase):
                     self._emit_pairs(k, found, rs, ws, e)
 
     def snapshot(self) -> Any:
-        return {"slices": self.slices, "fire": sorted(self.fire_set), "cleanup": list(self.cleanup_heap),
-                "late": self.late}
+        return {"slices": self.slices, **self.timers.snapshot(), "late": self.late}
 
     def restore(self, state: Any) -> None:
         self.slices = state["slices"]
-        self.fire_set = set(state["fire"])
-        self.fire_heap = sorted(self.fire_set)
-        self.cleanup_heap = sorted(state["cleanup"])
+        self.timers.restore(state)
         self.late = state["late"]
 
 

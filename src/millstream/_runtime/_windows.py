@@ -199,6 +199,68 @@ class _WindowBase(Operator):
         return {"late": self.late_count, "refired": self.refired}
 
 
+class SliceTimers:
+    """When windows over slices fire and when slices can go: shared by the sliced windows and the
+    window joins. Windows are ``[start, start + size)`` every ``slide`` from ``offset``; a window
+    fires once the watermark reaches ``end - 1``, a slice goes once its last window is
+    ``lateness`` past that."""
+
+    def __init__(self, size: int, slide: int, offset: int, lateness: int = 0) -> None:
+        self.size, self.slide, self.offset, self.lateness = size, slide, offset, lateness
+        self.fire_heap: list[int] = []
+        self.fire_set: set[int] = set()
+        self.cleanup_heap: list[tuple[int, int]] = []
+
+    def last_start(self, s: int) -> int:
+        """The start of the last window that holds slice ``s``."""
+        return s - (s - self.offset) % self.slide
+
+    def ends(self, s: int) -> list[int]:
+        """The ends of the windows that hold slice ``s``."""
+        ws = self.last_start(s)
+        ends = []
+        while ws + self.size > s:
+            ends.append(ws + self.size)
+            ws -= self.slide
+        return ends
+
+    def expiry(self, s: int) -> int:
+        """The watermark at which slice ``s`` is of no more use."""
+        return self.last_start(s) + self.size - 1 + self.lateness
+
+    def add_slice(self, s: int, wm: int) -> None:
+        """A new slice: arm the windows holding it that have not fired, and its cleanup."""
+        for e in self.ends(s):
+            if e - 1 > wm and e not in self.fire_set:
+                self.fire_set.add(e)
+                heapq.heappush(self.fire_heap, e)
+        heapq.heappush(self.cleanup_heap, (self.expiry(s), s))
+
+    def due(self, wm: int) -> list[int]:
+        """The ends of the windows the watermark ``wm`` fires, in order (taken off the timers)."""
+        heap, out = self.fire_heap, []
+        while heap and heap[0] - 1 <= wm:
+            e = heapq.heappop(heap)
+            self.fire_set.discard(e)
+            out.append(e)
+        return out
+
+    def expired(self, wm: int) -> list[int]:
+        """The slices that can go at watermark ``wm`` (taken off the timers)."""
+        cleanup, out = self.cleanup_heap, []
+        while cleanup and cleanup[0][0] <= wm:
+            out.append(heapq.heappop(cleanup)[1])
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"fire": sorted(self.fire_set), "cleanup": list(self.cleanup_heap)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.fire_set = set(state["fire"])
+        self.fire_heap = sorted(self.fire_set)
+        self.cleanup_heap = sorted(state["cleanup"])
+
+
 class SlicedWindowOperator(_WindowBase):
     """Tumbling and sliding event-time windows over slices."""
 
@@ -211,9 +273,7 @@ class SlicedWindowOperator(_WindowBase):
         self.offset = a.offset_ms
         self.slice = a.slice_ms
         self.slices: dict[int, dict[Any, list[Any]]] = {}
-        self.fire_heap: list[int] = []
-        self.fire_set: set[int] = set()
-        self.cleanup_heap: list[tuple[int, int]] = []
+        self.timers = SliceTimers(self.size, self.slide, self.offset, self.lateness)
         code = self.code
         env = code.env
         env["_new_slice"] = self._new_slice
@@ -236,25 +296,8 @@ class SlicedWindowOperator(_WindowBase):
         g.add(1, "return slow")
         self._push, self._filename = g.compile(f"window:{node.name}", env, "_push")
 
-    # windows containing slice s: starts ws = last_ws(s) - j*slide while ws + size > s
-    def _last_start(self, s: int) -> int:
-        return s - (s - self.offset) % self.slide
-
-    def _ends(self, s: int) -> list[int]:
-        ws = self._last_start(s)
-        ends = []
-        while ws + self.size > s:
-            ends.append(ws + self.size)
-            ws -= self.slide
-        return ends
-
     def _new_slice(self, s: int) -> None:
-        wm = self.wm
-        for e in self._ends(s):
-            if e - 1 > wm and e not in self.fire_set:
-                self.fire_set.add(e)
-                heapq.heappush(self.fire_heap, e)
-        heapq.heappush(self.cleanup_heap, (self._last_start(s) + self.size - 1 + self.lateness, s))
+        self.timers.add_slice(s, self.wm)
 
     def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
         self.records_in += len(records)
@@ -272,7 +315,7 @@ class SlicedWindowOperator(_WindowBase):
         wm = self.wm
         for r, t in items:
             s = t - (t - self.offset) % self.slice
-            if self._last_start(s) + self.size - 1 + self.lateness <= wm:
+            if self.timers.expiry(s) <= wm:
                 self._to_late(r, t)
                 continue
             k = None
@@ -289,7 +332,7 @@ class SlicedWindowOperator(_WindowBase):
             except Exception as exc:
                 raise self.rt.step_error(self.node, exc, record=r, key=k, has_key=self.op.key is not None,
                                          event_time=t) from exc
-            for e in self._ends(s):
+            for e in self.timers.ends(s):
                 if e - 1 <= wm < e - 1 + self.lateness:
                     self.refired += 1
                     self._emit_window(k, e - self.size, e, self._merged_for_key(k, e))
@@ -304,14 +347,9 @@ class SlicedWindowOperator(_WindowBase):
         return acc
 
     def on_watermark(self, wm: int) -> None:
-        heap = self.fire_heap
-        while heap and heap[0] - 1 <= wm:
-            e = heapq.heappop(heap)
-            self.fire_set.discard(e)
+        for e in self.timers.due(wm):
             self._fire(e)
-        cleanup = self.cleanup_heap
-        while cleanup and cleanup[0][0] <= wm:
-            _, s = heapq.heappop(cleanup)
+        for s in self.timers.expired(wm):
             self.slices.pop(s, None)
         self._flush()
 
@@ -338,15 +376,11 @@ class SlicedWindowOperator(_WindowBase):
             self._emit_windows(merged.items(), ws, e)
 
     def snapshot(self) -> Any:
-        return {"slices": self.slices, "fire": sorted(self.fire_set), "cleanup": list(self.cleanup_heap),
-                "late": self.late_count}
+        return {"slices": self.slices, **self.timers.snapshot(), "late": self.late_count}
 
     def restore(self, state: Any) -> None:
         self.slices = state["slices"]
-        self.fire_set = set(state["fire"])
-        self.fire_heap = sorted(self.fire_set)
-        self.cleanup_heap = list(state["cleanup"])
-        heapq.heapify(self.cleanup_heap)
+        self.timers.restore(state)
         self.late_count = state["late"]
 
 
@@ -541,4 +575,4 @@ def make_window_operator(node: Node, rt: Runtime, timed: bool) -> _WindowBase:
     return CountWindowOperator(node, rt, timed)
 
 
-__all__ = ["KeySpec", "make_window_operator"]
+__all__ = ["KeySpec", "SliceTimers", "make_window_operator"]
