@@ -14,7 +14,16 @@ from millstream._plan import AggregateOp, Node
 from millstream.errors import MillstreamError
 
 from ._base import Operator, Runtime
-from ._columnar import TIME, as_frame, delegated_restore, delegated_snapshot, native_error, polars, to_rows
+from ._columnar import (
+    TIME,
+    as_frame,
+    delegated_restore,
+    delegated_snapshot,
+    native_error,
+    polars,
+    to_rows,
+    unify,
+)
 
 if TYPE_CHECKING:
     import polars as pl
@@ -55,6 +64,7 @@ class ColumnarAggregate(Operator):
         self.cum: list[pl.Expr] = []  # per row: totals of the key's rows so far in the batch
         self.totals: list[str] = []
         self.results: list[pl.Expr] = []
+        self.fields = sorted({agg.field for _, agg in op.aggs if agg.field is not None})
         for i, (name, agg) in enumerate(op.aggs):
             p = f"__r{i}"
             v = P.col(agg.field) if agg.field is not None else None
@@ -126,16 +136,22 @@ class ColumnarAggregate(Operator):
         try:
             if self.key_expr is not None:
                 df = df.with_columns(self.key_expr)
+            # a value column with no values at all (dtype Null) has no cumulative min or max
+            nulls = [P.col(f).cast(P.Int64) for f in self.fields if f in df.columns and df.schema[f] == P.Null]
+            if nulls:
+                df = df.with_columns(nulls)
+            if self.state is not None:
+                df, state = unify([df, self.state], self.keys)
             df = df.with_columns(self.cum)
             if self.state is not None:
-                prev = self.state.rename({c: c + "_prev" for c in self.totals})
+                prev = state.rename({c: c + "_prev" for c in self.totals})
                 df = df.join(prev, on=self.keys, how="left", nulls_equal=True, maintain_order="left")
                 df = df.with_columns([self._combine(c) for c in self.totals])
             last = df.select(*self.keys, *self.totals).unique(subset=self.keys, keep="last", maintain_order=True)
             if self.state is None:
                 self.state = last
             else:
-                self.state = P.concat([self.state, last], how="vertical_relaxed").unique(
+                self.state = P.concat(unify([state, last], self.keys), how="diagonal_relaxed").unique(
                     subset=self.keys, keep="last", maintain_order=True)
             out = df.select(*self.out_keys, *self.results, *([P.col(TIME)] if TIME in df.columns else []))
         except MillstreamError:

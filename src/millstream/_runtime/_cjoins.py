@@ -17,7 +17,7 @@ from millstream._time import MIN_WATERMARK
 from millstream.windows import SlidingWindow, TumblingWindow
 
 from ._base import Operator, Runtime
-from ._columnar import TIME, as_frame, delegated_restore, delegated_snapshot, polars
+from ._columnar import TIME, as_frame, delegated_restore, delegated_snapshot, polars, unify
 
 if TYPE_CHECKING:
     import polars as pl
@@ -73,6 +73,12 @@ def pair_frames(left: pl.DataFrame, right: pl.DataFrame, key_cols: list[list[str
     lk, rk = key_cols
     tmp = [f"__rk{i}" for i in range(len(rk))]
     right = right.rename(dict(zip(rk, tmp, strict=True)))
+    # one type per key on both sides (a side whose keys are all null has none of its own)
+    for a, b in zip(lk, tmp, strict=True):
+        la, rb = left.schema[a], right.schema[b]
+        if la != rb:
+            left, right = (left.with_columns(left[a].cast(rb)), right) if la == polars().Null else \
+                (left, right.with_columns(right[b].cast(la))) if rb == polars().Null else (left, right)
     out = left.join(right, left_on=[*lk, *on], right_on=[*tmp, *on], how="inner", nulls_equal=True,
                     coalesce=False, suffix="_right")
     renames: dict[str, str] = {}
@@ -155,7 +161,8 @@ class ColumnarWindowJoin(Operator):
         sides = []
         for i in (0, 1):
             frames = self.sides[i]
-            whole = (frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")) if frames else None
+            whole = (frames[0] if len(frames) == 1 else pl.concat(unify(frames, self.key_cols[i]),
+                                                                   how="diagonal_relaxed")) if frames else None
             sides.append(whole)
         if sides[0] is None or sides[1] is None:
             self._keep(sides, wm)
@@ -258,7 +265,8 @@ class ColumnarRegularJoin(ColumnarWindowJoin):
             return
         other = self.sides[1 - port]
         if other:
-            kept = other[0] if len(other) == 1 else pl.concat(other, how="diagonal_relaxed")
+            kept = other[0] if len(other) == 1 else pl.concat(unify(other, self.key_cols[1 - port]),
+                                                               how="diagonal_relaxed")
             self.sides[1 - port] = [kept]
             dead = self._dead(1 - port)
             if dead is not None:
@@ -275,7 +283,7 @@ class ColumnarRegularJoin(ColumnarWindowJoin):
         if df.height:
             self.sides[port].append(df)
             if len(self.sides[port]) >= 32:
-                self.sides[port] = [pl.concat(self.sides[port], how="diagonal_relaxed")]
+                self.sides[port] = [pl.concat(unify(self.sides[port], self.key_cols[port]), how="diagonal_relaxed")]
 
     def on_watermark(self, wm: int) -> None:
         if self.delegate is not None:

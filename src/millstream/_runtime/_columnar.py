@@ -255,3 +255,27 @@ def delegated_restore(state: dict[str, Any], make_native: Any) -> Operator | Non
     twin: Operator = make_native()
     twin.restore(state["native"])
     return twin
+
+
+def unify(frames: list[pl.DataFrame], keys: list[str]) -> list[pl.DataFrame]:
+    """Frames to concatenate or join, with one type per column: a column that is all null (dtype
+    Null) takes the type the others have. A key field whose records hold different types (ints
+    in one batch, strings in another) is an error: natively ``1`` and ``"1"`` are two keys, which
+    columns cannot keep apart."""
+    pl = polars()
+    target: dict[str, Any] = {}
+    for f in frames:
+        for name, dtype in f.schema.items():
+            if dtype == pl.Null:
+                continue
+            seen = target.setdefault(name, dtype)
+            if name in keys and seen != dtype and not (seen.is_numeric() and dtype.is_numeric()):
+                raise TypeError(
+                    f"key field {name!r} holds {seen} values and {dtype} values; in the columnar modes a "
+                    f"field has one type: cast it with an expression (e.g. key_by(col({name!r}).cast(str))) "
+                    f"or run in native mode")
+    out = []
+    for f in frames:
+        casts = [pl.col(n).cast(target[n]) for n, d in f.schema.items() if d == pl.Null and n in target]
+        out.append(f.with_columns(casts) if casts else f)
+    return out

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from millstream._plan import KeySpec, Node, WindowOp
 from millstream.agg import Aggregation
+from millstream.errors import StepError
 from millstream.windows import SessionWindow, SlidingWindow, TumblingWindow
 
 from ._base import Operator, Port, Runtime
@@ -32,6 +33,7 @@ from ._columnar import (
     native_error,
     polars,
     to_rows,
+    unify,
 )
 
 if TYPE_CHECKING:
@@ -73,11 +75,11 @@ class _Aggs:
                 self.result.append(P.col(p).alias(name))
             elif kind == "sum":
                 assert v is not None
-                self._add(p, v.sum(), P.col(p).sum())
+                self._add(p, v.fill_null(0).sum(), P.col(p).sum())  # no values: 0, as natively
                 self.result.append(P.col(p).alias(name))
             elif kind == "mean":
                 assert v is not None
-                self._add(p + "s", v.sum(), P.col(p + "s").sum())
+                self._add(p + "s", v.fill_null(0).sum(), P.col(p + "s").sum())
                 self._add(p + "n", v.count(), P.col(p + "n").sum())
                 self.result.append(
                     P.when(P.col(p + "n") > 0).then(P.col(p + "s") / P.col(p + "n")).otherwise(None).alias(name))
@@ -261,6 +263,10 @@ class ColumnarSlicedWindow(_ColumnarWindow):
         frames = ([self.parts] if self.parts is not None else []) + self.pending
         self.pending = []
         pl = self.pl
+        try:
+            frames = unify(frames, self.keys)
+        except TypeError as exc:
+            raise StepError(step=self.name, location=self.node.location, error=exc, has_key=True) from exc
         both = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
         if len(frames) > 1:
             both = both.group_by(self.group, maintain_order=True).agg(self.aggs.merge)
@@ -375,7 +381,11 @@ class ColumnarSessionWindow(_ColumnarWindow):
     def _merge_sessions(self, new: pl.DataFrame) -> pl.DataFrame:
         pl = self.pl
         frames = [self.open_, new] if self.open_ is not None else [new]
-        allv = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else new
+        try:
+            frames = unify(frames, self.keys)
+        except TypeError as exc:
+            raise StepError(step=self.name, location=self.node.location, error=exc, has_key=True) from exc
+        allv = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
         keys = self.keys
         # stable sort by key and start, keeping arrival order among equal starts
         allv = allv.with_row_index("__arr__").sort([*keys, _START, "__arr__"])

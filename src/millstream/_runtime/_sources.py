@@ -147,9 +147,16 @@ class SourceOperator(Operator):
             return self._push_rows(reader, df)
         gen = self.gen
         n: int = df.height
-        # a source that left out rows the flow drops anyway (push-down) still read them
-        self.records_in += getattr(reader, "skipped", 0)
+        # a source that left out rows the flow drops anyway (push-down) still read them, and
+        # their event times still move the watermark (else lateness would differ from native)
+        skipped: int = getattr(reader, "skipped", 0)
+        self.records_in += skipped
+        if skipped and gen is not None:
+            gen.observe(reader.max_time, self.rt.clock.now_ms())
         if n == 0:
+            if skipped:
+                self._after_chunk(reader)
+                return skipped  # not idle: the source read this much
             return self._pump_frame_empty(reader)
         self.records_in += n
         if self.strategy is not None:
@@ -158,7 +165,12 @@ class SourceOperator(Operator):
 
             expr = pl.col(ts) if isinstance(ts, str) else ts.to_polars()  # type: ignore[union-attr]
             try:
-                t = df.select(expr.cast(pl.Int64, strict=True).alias(TIME)).to_series()
+                t = df.select(expr.alias(TIME)).to_series()
+                # integer milliseconds only: a datetime column (or anything else) takes the row
+                # path, which converts or reports each value as natively
+                t = t if t.dtype.is_integer() else None
+                if t is not None:
+                    t = t.cast(pl.Int64)
             except Exception:  # noqa: BLE001 - not an integer column: the row path reports each bad record
                 t = None
             if t is None or t.null_count():

@@ -11,6 +11,7 @@ from millstream.errors import ConfigError
 from millstream.nexmark._config import NexmarkConfig
 from millstream.nexmark._generator import (
     ROW_MAKERS,
+    _times,
     frame_of,
     have_numpy,
     kind_codes,
@@ -188,8 +189,10 @@ class _NexmarkReader(SourceReader):
     #: set by :meth:`push_down`: the columns the flow reads (None: all) and the kinds it keeps
     _columns: frozenset[str] | None = None
     _kinds: frozenset[str] | None = None
-    #: events of the last :meth:`poll_frame` left out by the push-down (counted as read)
+    #: events of the last :meth:`poll_frame` left out by the push-down (counted as read), and the
+    #: latest event time of that poll's events, left out or not (it moves the watermark)
     skipped = 0
+    max_time = 0
 
     def push_down(self, columns: frozenset[str] | None, equals: dict[str, frozenset[Any]]) -> None:
         """The flow reads only ``columns`` and keeps only rows whose ``type`` is in ``equals["type"]``:
@@ -247,8 +250,11 @@ class _NexmarkReader(SourceReader):
         if not parts:
             self.emitted = []
             self.skipped = stop - start
+            self.max_time = int(_times(cfg, ids).max())
             return pl.DataFrame()
         self.skipped = (stop - start) - sum(len(at) for at in kept)
+        if self.skipped:  # the latest event time of the whole chunk, kept rows or not
+            self.max_time = int(_times(cfg, ids).max())
         df = pl.concat(parts, how="diagonal")
         if len(parts) > 1:
             df = df.sort("__pos__")
