@@ -11,7 +11,7 @@ import pytest
 
 import millstream as ms
 from millstream.errors import CheckpointError, ConfigError, GuaranteeError, JobError
-from millstream.testing import ManualClock, TransactionalCollectSink
+from millstream.testing import CollectSink, ManualClock, TestSource, TransactionalCollectSink
 
 # every test runs in every execution mode (native, microbatch, batch): see conftest.exec_mode
 pytestmark = pytest.mark.usefixtures("exec_mode")
@@ -252,3 +252,20 @@ def test_a_changed_stateful_step_cannot_resume_from_old_checkpoints(tmp_path: Pa
 
     assert windowed(sink, fail=renamed_but_same).run(guarantee="exactly-once", **run_cfg(tmp_path)).already_finished
     assert as_counter(sink.values) == reference()
+
+
+@pytest.mark.native_only("takes its checkpoint in one mode and resumes it in another")
+def test_a_checkpoint_resumes_only_in_its_family_of_modes(tmp_path: Any) -> None:
+    from millstream.errors import CheckpointError
+
+    def flow() -> ms.Flow:
+        f = ms.Flow("modes")
+        (f.source(TestSource([{"k": i % 3, "ts": i} for i in range(60)], chunk=5),
+                  watermark=ms.WatermarkStrategy.bounded(0, timestamp="ts"))
+         .key_by("k").window(ms.windows.tumbling(10)).aggregate(n=ms.agg.count()).sink(CollectSink()))
+        return f
+    ck = str(tmp_path / "ck")
+    flow().run(mode="native", guarantee="at-least-once", checkpoint_dir=ck, checkpoint_interval=1)
+    with pytest.raises(CheckpointError, match="another execution mode"):
+        flow().run(mode="microbatch", guarantee="at-least-once", checkpoint_dir=ck, checkpoint_interval=1)
+    flow().run(mode="native", guarantee="at-least-once", checkpoint_dir=ck, checkpoint_interval=1)  # still fine

@@ -252,7 +252,8 @@ def run_plan(plan: Plan, cfg: RunConfig) -> RunResult:
     coordinator = None
     if cfg.checkpoint_dir is not None:
         coordinator = Coordinator(plan, os.fspath(cfg.checkpoint_dir), guarantee=guarantee,
-                                  interval_ms=cfg.checkpoint_interval_ms, retain=cfg.checkpoints_retained, clock=clock)
+                                  interval_ms=cfg.checkpoint_interval_ms, retain=cfg.checkpoints_retained, clock=clock,
+                                  mode=cfg.mode)
     started = time.monotonic()
     interrupted = finished_before = False
     restarts = 0

@@ -44,17 +44,20 @@ log = logging.getLogger("millstream.checkpoint")
 AT_MOST_ONCE_KEEP = {"keep": True}
 
 
-def fingerprint(plan: Plan) -> str:
+def fingerprint(plan: Plan, mode: str = "native") -> str:
     """Identity of a flow's shape: steps, kinds, wiring, and the details of steps that hold state.
 
     A stateless step's function may change between runs (a fix, a rename) without
-    touching any checkpointed state; a stateful step's definition may not.
+    touching any checkpointed state; a stateful step's definition may not. The columnar
+    modes (micro-batch and batch) keep state in another form than the native executor,
+    so a checkpoint resumes only in its family of modes.
     """
+    family = "" if mode == "native" else "|columnar"
     text = "\n".join(
         f"{n.id}|{n.name}|{n.kind}|{'' if isinstance(n.op, STATELESS) else n.op.describe()}|{n.inputs}"
         for n in plan.nodes
     )
-    return hashlib.sha256(f"{plan.flow}\n{text}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{plan.flow}{family}\n{text}".encode()).hexdigest()[:32]
 
 
 @dataclass
@@ -77,8 +80,8 @@ class Coordinator:
     """Takes checkpoints of a :class:`NativeJob` and restores it after a crash."""
 
     def __init__(self, plan: Plan, directory: str, *, guarantee: str, interval_ms: int, retain: int,
-                 clock: Clock) -> None:
-        self.store = CheckpointStore(directory, job=fingerprint(plan), retain=retain)
+                 clock: Clock, mode: str = "native") -> None:
+        self.store = CheckpointStore(directory, job=fingerprint(plan, mode), retain=retain)
         self.guarantee = guarantee
         self.interval_ms = interval_ms
         self.clock = clock

@@ -197,8 +197,9 @@ class CheckpointStore:
             raise CheckpointError(f"{where}: manifest says it is checkpoint {manifest.get('id')!r}")
         if manifest.get("job") != self.job:
             raise CheckpointError(
-                f"{where} belongs to another flow (or another version of this one): the steps differ. "
-                "Use a new checkpoint directory for a changed flow."
+                f"{where} belongs to another flow (or another version of this one, or was taken in "
+                "another execution mode: native and micro-batch/batch keep state differently). "
+                "Resume in the mode that took it, or use a new checkpoint directory."
             )
         info = manifest["files"]["state.pkl"]
         try:
