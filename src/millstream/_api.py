@@ -937,9 +937,10 @@ class WindowedStream:
                 if not agg.mergeable:
                     custom = agg.kind == "custom"
                     raise FlowDefinitionError(
-                        f"aggregation {name}={agg.describe()} cannot merge partial results"
-                        + ("" if custom else " (it depends on the order of the values)")
-                        + f", but {self._assigner.describe()} windows merge them",
+                        f"aggregation {name}={agg.describe()} "
+                        + ("has no merge function" if custom
+                           else "cannot merge partial results (it depends on the order of the values)")
+                        + f", but {self._assigner.describe()} windows merge partial results",
                         step=step, location=loc,
                         fix="pass merge=lambda a, b: ... (combining two accumulators) to ms.agg.custom(...)"
                         if custom else "use it in a tumbling or count window, or as a running "
