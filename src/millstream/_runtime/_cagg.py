@@ -16,9 +16,8 @@ from millstream.errors import MillstreamError
 from ._base import Operator, Runtime
 from ._columnar import (
     TIME,
+    StandInOperator,
     as_frame,
-    delegated_restore,
-    delegated_snapshot,
     native_error,
     polars,
     to_rows,
@@ -38,7 +37,7 @@ def vectorisable_aggregate(op: AggregateOp) -> bool:
         type(agg).__module__ == "millstream.agg" and agg.kind in _RUNNING for _, agg in op.aggs)
 
 
-class ColumnarAggregate(Operator):
+class ColumnarAggregate(StandInOperator):
     columnar = True
 
     def __init__(self, node: Node, rt: Runtime, timed: bool) -> None:
@@ -59,7 +58,6 @@ class ColumnarAggregate(Operator):
             self.keys = list(key.fields)
             self.out_keys = [P.col(f) for f in key.fields]
         self.state: pl.DataFrame | None = None  # keys + totals, one row per key
-        self.delegate: Operator | None = None
         over = self.keys
         self.cum: list[pl.Expr] = []  # per row: totals of the key's rows so far in the batch
         self.totals: list[str] = []
@@ -165,10 +163,8 @@ class ColumnarAggregate(Operator):
             rows, times = to_rows(records)
         return native_error(self, self._native(), exc, rows, times, has_key=True)
 
-    def snapshot(self) -> Any:
-        return delegated_snapshot(self.delegate, {"totals": self.state})
+    def _state(self) -> dict[str, Any]:
+        return {"totals": self.state}
 
-    def restore(self, state: Any) -> None:
-        self.delegate = delegated_restore(state, self._native)
-        if self.delegate is None:
-            self.state = state["totals"]
+    def _load(self, state: dict[str, Any]) -> None:
+        self.state = state["totals"]

@@ -17,7 +17,7 @@ from millstream._time import MIN_WATERMARK
 from millstream.windows import SlidingWindow, TumblingWindow
 
 from ._base import Operator, Runtime
-from ._columnar import TIME, as_frame, delegated_restore, delegated_snapshot, polars, unify
+from ._columnar import TIME, StandInOperator, as_frame, polars, unify
 
 if TYPE_CHECKING:
     import polars as pl
@@ -92,7 +92,7 @@ def pair_frames(left: pl.DataFrame, right: pl.DataFrame, key_cols: list[list[str
     return out.drop(drop).rename(renames)
 
 
-class ColumnarWindowJoin(Operator):
+class ColumnarWindowJoin(StandInOperator):
     columnar = True
 
     def __init__(self, node: Node, rt: Runtime) -> None:
@@ -108,7 +108,6 @@ class ColumnarWindowJoin(Operator):
         self.sides: list[list[pl.DataFrame]] = [[], []]
         self.fired = MIN_WATERMARK
         self.late = 0
-        self.delegate: Operator | None = None
 
     def _native(self) -> Operator:
         from ._joins import make_join_operator
@@ -151,11 +150,7 @@ class ColumnarWindowJoin(Operator):
         if df.height:
             self.sides[port].append(df)
 
-    def on_watermark(self, wm: int) -> None:
-        if self.delegate is not None:
-            self.delegate.wm = wm
-            self.delegate.on_watermark(wm)
-            return
+    def _on_watermark(self, wm: int) -> None:
         pl = self.pl
         prev, self.fired = self.fired, wm
         sides = []
@@ -204,19 +199,16 @@ class ColumnarWindowJoin(Operator):
                                (pl.col(_E) - 1).alias(TIME)).drop(_E)
         self.emit(out, None)
 
-    def snapshot(self) -> Any:
-        return delegated_snapshot(self.delegate, {"sides": self.sides, "fired": self.fired, "late": self.late})
+    def _state(self) -> dict[str, Any]:
+        return {"sides": self.sides, "fired": self.fired, "late": self.late}
 
-    def restore(self, state: Any) -> None:
-        self.delegate = delegated_restore(state, self._native)
-        if self.delegate is not None:
-            return
+    def _load(self, state: dict[str, Any]) -> None:
         self.sides = state["sides"]
         self.fired = state["fired"]
         self.late = state["late"]
 
-    def metrics(self) -> dict[str, int]:
-        return self.delegate.metrics() if self.delegate is not None else {"late": self.late}
+    def _metrics(self) -> dict[str, int]:
+        return {"late": self.late}
 
 
 class ColumnarRegularJoin(ColumnarWindowJoin):
@@ -235,7 +227,6 @@ class ColumnarRegularJoin(ColumnarWindowJoin):
         self.sides = [[], []]
         self.fired = MIN_WATERMARK
         self.late = 0
-        self.delegate = None
 
     # -- the rules of the join kind: times at or before a cut (None: no cut) ------------------------
     def _late_cut(self, side: int) -> int | None:
@@ -285,11 +276,7 @@ class ColumnarRegularJoin(ColumnarWindowJoin):
             if len(self.sides[port]) >= 32:
                 self.sides[port] = [pl.concat(unify(self.sides[port], self.key_cols[port]), how="diagonal_relaxed")]
 
-    def on_watermark(self, wm: int) -> None:
-        if self.delegate is not None:
-            self.delegate.wm = wm
-            self.delegate.on_watermark(wm)
-            return
+    def _on_watermark(self, wm: int) -> None:
         pl = self.pl
         for i, frames in enumerate(self.sides):
             dead = self._dead(i)

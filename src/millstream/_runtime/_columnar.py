@@ -11,6 +11,7 @@ at the first columnar operator after one (its input is turned into a batch).
 from __future__ import annotations
 
 import warnings
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 from millstream._expr import Expr, conjuncts
@@ -243,18 +244,52 @@ def native_error(op: Operator, twin: Operator, exc: Exception, rows: list[Any], 
     return StepError(step=op.name, location=op.node.location, error=exc, has_key=has_key)
 
 
-def delegated_snapshot(delegate: Operator | None, own: dict[str, Any]) -> dict[str, Any]:
-    """A vectorised operator's snapshot, or its native stand-in's once that took over."""
-    return {"native": delegate.snapshot()} if delegate is not None else own
+class StandInOperator(Operator, ABC):
+    """A vectorised operator that can hand over to its native twin (``_native()``): for a stream of
+    records that are not dicts, taken over before any state exists. Once the twin has taken over,
+    watermarks, snapshots and figures are the twin's; a snapshot holding a twin restores one."""
 
+    columnar = True
+    delegate: Operator | None = None
 
-def delegated_restore(state: dict[str, Any], make_native: Any) -> Operator | None:
-    """The native stand-in restored from a snapshot that holds one, else None."""
-    if "native" not in state:
-        return None
-    twin: Operator = make_native()
-    twin.restore(state["native"])
-    return twin
+    @abstractmethod
+    def _native(self) -> Operator:
+        """A fresh native operator of the same step, emitting to the same outputs."""
+
+    @abstractmethod
+    def _state(self) -> dict[str, Any]:
+        """The vectorised state, for a snapshot."""
+
+    @abstractmethod
+    def _load(self, state: dict[str, Any]) -> None:
+        """Load what :meth:`_state` gave."""
+
+    def _on_watermark(self, wm: int) -> None:
+        """Fire what the watermark makes due (vectorised)."""
+
+    def _metrics(self) -> dict[str, int]:
+        return {}
+
+    def on_watermark(self, wm: int) -> None:
+        if self.delegate is not None:
+            self.delegate.wm = wm
+            self.delegate.on_watermark(wm)
+        else:
+            self._on_watermark(wm)
+
+    def snapshot(self) -> Any:
+        return {"native": self.delegate.snapshot()} if self.delegate is not None else self._state()
+
+    def restore(self, state: Any) -> None:
+        if "native" in state:
+            self.delegate = self._native()
+            self.delegate.restore(state["native"])
+        else:
+            self.delegate = None
+            self._load(state)
+
+    def metrics(self) -> dict[str, int]:
+        return self.delegate.metrics() if self.delegate is not None else self._metrics()
 
 
 def unify(frames: list[pl.DataFrame], keys: list[str]) -> list[pl.DataFrame]:

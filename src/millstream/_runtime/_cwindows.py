@@ -15,7 +15,7 @@ allowed lateness. Everything else runs on the native operators over rows.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from typing import TYPE_CHECKING, Any
 
 from millstream._plan import KeySpec, Node, WindowOp
@@ -26,9 +26,8 @@ from millstream.windows import SessionWindow, SlidingWindow, TumblingWindow
 from ._base import Operator, Port, Runtime
 from ._columnar import (
     TIME,
+    StandInOperator,
     as_frame,
-    delegated_restore,
-    delegated_snapshot,
     is_frame,
     native_error,
     polars,
@@ -103,7 +102,7 @@ class _Aggs:
         self.columns.append(col)
 
 
-class _ColumnarWindow(Operator, ABC):
+class _ColumnarWindow(StandInOperator):
     """What both vectorised window kinds share: keys, late output, the output batch."""
 
     columnar = True
@@ -130,7 +129,6 @@ class _ColumnarWindow(Operator, ABC):
         self.late_outs: list[Port] = []
         self.late_count = 0
         #: the native operator, once it has taken over (a stream of records that are not dicts)
-        self.delegate: Operator | None = None
         self._rows: Any = None  # the rows of the batch in hand, when it came as rows
 
     def _native(self) -> Operator:
@@ -209,9 +207,7 @@ class _ColumnarWindow(Operator, ABC):
             for op, port in self.late_outs:
                 op.watermark(port, self.wm)
 
-    def metrics(self) -> dict[str, int]:
-        if self.delegate is not None:
-            return self.delegate.metrics()
+    def _metrics(self) -> dict[str, int]:
         return {"late": self.late_count, "refired": 0}
 
 
@@ -272,11 +268,7 @@ class ColumnarSlicedWindow(_ColumnarWindow):
             both = both.group_by(self.group, maintain_order=True).agg(self.aggs.merge)
         self.parts = both
 
-    def on_watermark(self, wm: int) -> None:
-        if self.delegate is not None:
-            self.delegate.wm = wm
-            self.delegate.on_watermark(wm)
-            return
+    def _on_watermark(self, wm: int) -> None:
         prev = self._fired_to
         self._fired_to = wm
         self._merge()
@@ -306,16 +298,11 @@ class ColumnarSlicedWindow(_ColumnarWindow):
 
     _fired_to = -(2**63)
 
-    def snapshot(self) -> Any:
-        if self.delegate is None:
-            self._merge()
-        return delegated_snapshot(self.delegate, {"parts": self.parts, "fired": self._fired_to,
-                                                  "late": self.late_count})
+    def _state(self) -> dict[str, Any]:
+        self._merge()
+        return {"parts": self.parts, "fired": self._fired_to, "late": self.late_count}
 
-    def restore(self, state: Any) -> None:
-        self.delegate = delegated_restore(state, self._native)
-        if self.delegate is not None:
-            return
+    def _load(self, state: dict[str, Any]) -> None:
         self.parts = state["parts"]
         self._fired_to = state["fired"]
         self.late_count = state["late"]
@@ -420,11 +407,7 @@ class ColumnarSessionWindow(_ColumnarWindow):
             return
         self._add(row)
 
-    def on_watermark(self, wm: int) -> None:
-        if self.delegate is not None:
-            self.delegate.wm = wm
-            self.delegate.on_watermark(wm)
-            return
+    def _on_watermark(self, wm: int) -> None:
         s = self.open_
         if s is None or s.height == 0:
             return
@@ -434,13 +417,10 @@ class ColumnarSessionWindow(_ColumnarWindow):
         self.open_ = s.filter(~due)
         self._emit_results(fired, pl.col(_START), pl.col(_E))
 
-    def snapshot(self) -> Any:
-        return delegated_snapshot(self.delegate, {"open": self.open_, "late": self.late_count})
+    def _state(self) -> dict[str, Any]:
+        return {"open": self.open_, "late": self.late_count}
 
-    def restore(self, state: Any) -> None:
-        self.delegate = delegated_restore(state, self._native)
-        if self.delegate is not None:
-            return
+    def _load(self, state: dict[str, Any]) -> None:
         self.open_ = state["open"]
         self.late_count = state["late"]
 
