@@ -106,7 +106,7 @@ class PacedReader(SourceReader):
         return [{"i": i, "price": i % 1000, "due": t0 + int(i * period), "made": now} for i in range(first, stop)]
 
     @property
-    def can_poll_frame(self) -> bool:
+    def columnar(self) -> bool:
         return True
 
     def poll_frame(self, max_records: int) -> Any:

@@ -118,3 +118,82 @@ class WatermarkGenerator:
             self.idle = True
             return True
         return False
+
+
+class SourceWatermarks:
+    """The watermark of one source: a generator per split, the minimum over the active ones.
+
+    A reader that is one split (``split()`` is None) uses one generator. A reader of several
+    splits gets one per split; an assigned split with no records yet holds the watermark back
+    until it has records or goes idle; idle and ended splits are left out; when every split is
+    idle, the source is idle (downstream operators leave it out) and its watermark stays.
+    """
+
+    __slots__ = ("gens", "idle", "single", "strategy")
+
+    def __init__(self, strategy: WatermarkStrategy, now_ms: int) -> None:
+        self.strategy = strategy
+        self.single = WatermarkGenerator(strategy, now_ms)
+        self.gens: dict[str, WatermarkGenerator] = {}
+        self.idle = False
+
+    def of(self, split: str | None, now_ms: int) -> WatermarkGenerator:
+        """The generator of ``split`` (created when the split is new)."""
+        if split is None:
+            return self.single
+        gen = self.gens.get(split)
+        if gen is None:
+            gen = self.gens[split] = WatermarkGenerator(self.strategy, now_ms)
+        return gen
+
+    def observe(self, split: str | None, max_ts: int, now_ms: int) -> None:
+        self.of(split, now_ms).observe(max_ts, now_ms)
+        self.idle = False
+
+    def _active(self, active: Any, now_ms: int) -> list[WatermarkGenerator]:
+        if active is None:
+            return list(self.gens.values()) if self.gens else [self.single]
+        return [self.of(s, now_ms) for s in active]
+
+    def current(self, active: Any = None, now_ms: int = 0) -> int:
+        """The source's watermark; ``active`` the reader's ``splits()`` (None: every split seen)."""
+        if active is None and not self.gens:
+            return self.single.current()
+        gens = self._active(active, now_ms)
+        busy = [g.current() for g in gens if not g.idle]
+        if busy:
+            return min(busy)
+        # every split idle: the source is idle (downstream leaves it out) and its own time stays
+        return min((g.current() for g in gens), default=self.single.current())
+
+    def check_idle(self, now_ms: int, active: Any = None) -> bool:
+        """Mark splits idle after the strategy's timeout; True when the whole source has just become idle."""
+        if active is None and not self.gens:
+            return self.single.check_idle(now_ms)
+        gens = self._active(active, now_ms)
+        for g in gens:
+            g.check_idle(now_ms)
+        if gens and all(g.idle for g in gens) and not self.idle:
+            self.idle = True
+            return True
+        return False
+
+    @property
+    def max_ts(self) -> int:
+        """The highest event time seen over all splits."""
+        return max([self.single.max_ts, *(g.max_ts for g in self.gens.values())])
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the highest event time per split."""
+        return {"max_ts": self.single.max_ts, "splits": {s: g.max_ts for s, g in self.gens.items()}}
+
+    def restore(self, state: Any, now_ms: int, *, merge: bool = False) -> None:
+        """Take back :meth:`state` (an int: the state of a checkpoint before splits existed).
+        With ``merge``, keep the later of each split's time and the restored one."""
+        if not isinstance(state, dict):
+            state = {"max_ts": state, "splits": {}}
+        pairs = [(self.single, state["max_ts"])] + [(self.of(s, now_ms), t) for s, t in state["splits"].items()]
+        for gen, t in pairs:
+            if t is None:
+                continue
+            gen.max_ts = max(gen.max_ts, t) if merge else t

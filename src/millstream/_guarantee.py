@@ -92,7 +92,7 @@ def weak_links(plan: Plan, guarantee: str) -> list[WeakLink]:
                 f"exactly-once needs sinks that commit with checkpoints or overwrite by key, and "
                 f"{sink.describe()} (delivery {sink.delivery!r}) would repeat records after a restart",
                 step, location, f"{_EXACT_SINK}; or ask for guarantee={weaker}"))
-        elif not getattr(sink, "resumable", True):
+        elif not sink.resumable:
             links.append(WeakLink(
                 f"{guarantee} needs sinks that can go on after a restart, and {sink.describe()} cannot "
                 f"(a Parquet file is whole only once it is closed)",

@@ -12,7 +12,9 @@ ValueError`` keeps working for code that does not know millstream::
     ├── RecordError (ValueError)             a malformed input record (source + position)
     └── JobError (RuntimeError)              a running job failed
         ├── StepError                        a user function raised inside a step
-        └── CheckpointError                  a checkpoint is corrupt, partial or from another flow
+        ├── CheckpointError                  a checkpoint is corrupt, partial or from another flow
+        └── ConnectorError                   a connector cannot use its system (fatal: auth, missing topic)
+            └── ConnectorUnavailable (ConnectionError)  the system may come back (down, timeout): retried
 
 Warnings: :class:`PerformanceWarning` (a UserWarning, in the tree too) says that a step will run
 much slower than it could, and how to write it faster.
@@ -28,7 +30,10 @@ from typing import Any
 
 __all__ = [
     "CheckpointError",
+    "CheckpointOwnershipError",
     "ConfigError",
+    "ConnectorError",
+    "ConnectorUnavailable",
     "FlowDefinitionError",
     "GuaranteeError",
     "JobError",
@@ -151,6 +156,37 @@ class StepError(JobError):
 
 class CheckpointError(JobError):
     """A checkpoint cannot be used: corrupt, partial, or written by another flow."""
+
+
+class CheckpointOwnershipError(CheckpointError):
+    """A checkpoint directory has one owner: another live run holds it, or took it over (this run is fenced)."""
+
+
+class ConnectorError(JobError):
+    """A connector cannot use its system: authentication failed, a topic or table is missing, the
+    broker refused a request. ``connector`` names it (``"kafka source 'orders'"``), ``address`` says
+    where (secrets removed), ``fix`` how to mend it. Raised as is, it is fatal: the job fails (or
+    restarts from its checkpoint when ``restarts`` allow)."""
+
+    retryable = False
+
+    def __init__(self, problem: str, *, connector: str, address: str | None = None, fix: str | None = None) -> None:
+        self.problem = problem
+        self.connector = connector
+        self.address = address
+        self.fix = fix
+        where = f" at {address}" if address else ""
+        msg = f"{connector}{where}: {problem}"
+        if fix:
+            msg += f"\n  fix: {fix}"
+        super().__init__(msg)
+
+
+class ConnectorUnavailable(ConnectorError, ConnectionError):
+    """The system may come back: the broker is down, a request timed out, the connection dropped.
+    Connectors retry it with backoff (:func:`millstream.connectors.retry`) and say so in the log."""
+
+    retryable = True
 
 
 class PerformanceWarning(MillstreamError, UserWarning):

@@ -159,8 +159,7 @@ class Coordinator:
                 src.reader.restore(p["position"])
                 self.stats.lost += p["read"] - read_at_checkpoint
                 self._read_base[src.name] = p["read"]
-                if src.gen is not None and p["max_ts"] is not None:
-                    src.gen.max_ts = max(src.gen.max_ts, p["max_ts"])
+                src.restore_time_state(p["max_ts"], merge=True)
             # windows and timers up to the watermark reached before the crash fired then (or were lost
             # with their input): move time there without emitting them again, even if nothing new was read
             src.advance_muted(p["wm"], job.ops)
@@ -168,11 +167,21 @@ class Coordinator:
 
     def _record_positions(self) -> None:
         """At-most-once: called after a source read a chunk and before the chunk is processed."""
-        self.store.write_positions({
+        positions = {
             s.name: {"position": s.reader.snapshot(), "read": self._read_base.get(s.name, 0) + s.records_in,
-                     "wm": s.next_watermark(), "max_ts": s.gen.max_ts if s.gen is not None else None}
+                     "wm": s.next_watermark(), "max_ts": s.time_state()}
             for s in self._job.sources if s.reader is not None
-        })
+        }
+        self.store.write_positions(positions)
+        self._acknowledge(self._job, {name: p["position"] for name, p in positions.items()})
+
+    @staticmethod
+    def _acknowledge(job: NativeJob, positions: dict[str, Any]) -> None:
+        """Tell each source that everything up to its position is safe (commit offsets, XACK, ack)."""
+        failpoint("source.acknowledge")
+        for src in job.sources:
+            if src.reader is not None and src.name in positions:
+                src.reader.acknowledge(positions[src.name])
 
     # -- checkpoints ------------------------------------------------------------------
     def due(self, now_ms: int) -> bool:
@@ -201,6 +210,8 @@ class Coordinator:
             failpoint("sink.commit")
             writer.commit(txns[name])
         failpoint("ckpt.after_commit")
+        if self.guarantee != "at-most-once":  # at-most-once acknowledged each chunk as it was read
+            self._acknowledge(job, {s.name: snap[s.name]["state"]["position"] for s in job.sources})
         self.store.gc()
         ms = (time.perf_counter() - t0) * 1000
         st = self.stats

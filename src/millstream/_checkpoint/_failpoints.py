@@ -29,6 +29,7 @@ POINTS = (
     "ckpt.before_commit",     # P8  checkpoint complete, before the sinks commit
     "sink.commit",            # P9  during the sinks' commit (between sinks / inside one)
     "ckpt.after_commit",      # P10 after the commit
+    "source.acknowledge",     # P10b sinks committed, sources not yet told (a redelivery source replays)
     "recovery.restore",       # P11 while restoring
     "ckpt.gc",                # P12 while removing old checkpoints
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from millstream._eventtime import WatermarkGenerator, WatermarkStrategy
+from millstream._eventtime import SourceWatermarks, WatermarkStrategy
 from millstream._expr import Expr
 from millstream._plan import Node, SinkOp, SourceOp
 from millstream._time import MAX_WATERMARK, MIN_WATERMARK, timestamp_to_ms
@@ -42,7 +42,8 @@ def compile_extractor(strategy: WatermarkStrategy) -> Any:
 
 
 class SourceOperator(Operator):
-    """Polls a source reader, assigns event time, and advances the source's watermark."""
+    """Polls a source reader, assigns event time, and advances the source's watermark (the minimum
+    over the reader's splits, each with its own generator: :class:`SourceWatermarks`)."""
 
     def __init__(self, node: Node, rt: Runtime, dead_letter_write: Any = None) -> None:
         super().__init__(node, rt, 0)
@@ -54,7 +55,7 @@ class SourceOperator(Operator):
         self.ctx = SourceContext(step=node.name, clock=rt.clock, policy=self.source.on_error,
                                  dead_letter_write=dead_letter_write)
         self.reader: SourceReader | None = None
-        self.gen: WatermarkGenerator | None = None
+        self.gen: SourceWatermarks | None = None
         self.ended = False
         self.bad_timestamps = 0
         #: called after a chunk is read and before it is processed (at-most-once records positions)
@@ -66,7 +67,7 @@ class SourceOperator(Operator):
         """Switch to columnar batches when the reader makes them and event time is a plain column or an
         expression in ms; returns whether it did."""
         reader, strategy = self.reader, self.strategy
-        if reader is None or not getattr(reader, "can_poll_frame", False):
+        if reader is None or not reader.columnar:
             return False
         if strategy is not None and (strategy.unit != "ms" or (callable(strategy.timestamp)
                                      and not isinstance(strategy.timestamp, Expr))):
@@ -77,7 +78,7 @@ class SourceOperator(Operator):
     def open(self) -> None:
         self.reader = self.source.open(self.ctx)
         if self.strategy is not None:
-            self.gen = WatermarkGenerator(self.strategy, self.rt.clock.now_ms())
+            self.gen = SourceWatermarks(self.strategy, self.rt.clock.now_ms())
 
     def close(self) -> None:
         if self.reader is not None:
@@ -98,11 +99,7 @@ class SourceOperator(Operator):
             return -1
         gen = self.gen
         if not recs:
-            if gen is not None and gen.check_idle(self.rt.clock.now_ms()):
-                for op, port in self.outs:
-                    op.idle(port)
-            self._scripted_watermark(reader)
-            return 0
+            return self._pump_empty(reader)
         n = len(recs)
         self.records_in += n
         self.rt.current_source = self
@@ -114,16 +111,13 @@ class SourceOperator(Operator):
             except Exception:  # noqa: BLE001 - a bad timestamp: the source's error policy decides
                 recs, times, mx = self._extract_slow(recs)
             assert gen is not None
-            gen.observe(mx, self.rt.clock.now_ms())
+            gen.observe(reader.split(), mx, self.rt.clock.now_ms())
         if self.on_read is not None:
             self.on_read()  # read, not yet processed
         self.emit(recs, times)
         # what the watermark fires derives from many chunks, not from this one
         self.rt.current_chunk = None
-        scripted = reader.watermark()
-        wm = scripted if scripted is not None else (gen.current() if gen is not None else None)
-        if wm is not None and wm > self.wm:
-            self._send_watermark(wm)
+        self._after_chunk(reader)
         return n
 
     def _pump_frame(self, reader: Any, max_records: int) -> int:
@@ -135,7 +129,7 @@ class SourceOperator(Operator):
             return -1
         if isinstance(df, list):  # a chunk the reader could only make as rows
             if not df:
-                return self._pump_frame_empty(reader)
+                return self._pump_empty(reader)
             if self.strategy is None:
                 self.records_in += len(df)
                 self.rt.current_source, self.rt.current_chunk = self, df
@@ -152,12 +146,12 @@ class SourceOperator(Operator):
         skipped: int = getattr(reader, "skipped", 0)
         self.records_in += skipped
         if skipped and gen is not None:
-            gen.observe(reader.max_time, self.rt.clock.now_ms())
+            gen.observe(reader.split(), reader.max_time, self.rt.clock.now_ms())
         if n == 0:
             if skipped:
                 self._after_chunk(reader)
                 return skipped  # not idle: the source read this much
-            return self._pump_frame_empty(reader)
+            return self._pump_empty(reader)
         self.records_in += n
         if self.strategy is not None:
             ts = self.strategy.timestamp
@@ -179,7 +173,7 @@ class SourceOperator(Operator):
                 self.records_in -= n
                 return self._push_rows(reader, list(rows))
             assert gen is not None
-            gen.observe(int(t.max()), self.rt.clock.now_ms())
+            gen.observe(reader.split(), int(t.max()), self.rt.clock.now_ms())
             df = df.with_columns(t)
         if self.on_read is not None:
             self.on_read()
@@ -187,11 +181,17 @@ class SourceOperator(Operator):
         self._after_chunk(reader)
         return n
 
-    def _pump_frame_empty(self, reader: Any) -> int:
+    def _pump_empty(self, reader: SourceReader) -> int:
+        """Nothing to read now: splits (or the whole source) may go idle, which may move the watermark."""
         gen = self.gen
-        if gen is not None and gen.check_idle(self.rt.clock.now_ms()):
-            for op, port in self.outs:
-                op.idle(port)
+        if gen is not None:
+            splits = reader.splits()
+            if gen.check_idle(self.rt.clock.now_ms(), splits):
+                for op, port in self.outs:
+                    op.idle(port)
+            elif splits is not None or gen.gens:
+                self._after_chunk(reader)  # a split that went idle no longer holds the others back
+                return 0
         self._scripted_watermark(reader)
         return 0
 
@@ -206,7 +206,7 @@ class SourceOperator(Operator):
             times, mx = self.extract(recs)
         except Exception:  # noqa: BLE001
             recs, times, mx = self._extract_slow(recs)
-        self.gen.observe(mx, self.rt.clock.now_ms())
+        self.gen.observe(reader.split(), mx, self.rt.clock.now_ms())
         if self.on_read is not None:
             self.on_read()
         self.emit(recs, times)
@@ -214,12 +214,17 @@ class SourceOperator(Operator):
         self._after_chunk(reader)
         return n
 
-    def _after_chunk(self, reader: Any) -> None:
-        gen = self.gen
+    def _after_chunk(self, reader: SourceReader) -> None:
         scripted = reader.watermark()
-        wm = scripted if scripted is not None else (gen.current() if gen is not None else None)
+        wm = scripted if scripted is not None else self._strategy_watermark(reader)
         if wm is not None and wm > self.wm:
             self._send_watermark(wm)
+
+    def _strategy_watermark(self, reader: SourceReader) -> int | None:
+        gen = self.gen
+        if gen is None:
+            return None
+        return gen.current(reader.splits(), self.rt.clock.now_ms())
 
     def _scripted_watermark(self, reader: SourceReader) -> None:
         wm = reader.watermark()
@@ -264,7 +269,7 @@ class SourceOperator(Operator):
         if self.ended:
             return MAX_WATERMARK
         if self.gen is not None and self.reader is not None and self.reader.watermark() is None:
-            return max(self.wm, self.gen.current())
+            return max(self.wm, self._strategy_watermark(self.reader) or self.wm)
         return self.wm
 
     def advance_muted(self, wm: int, ops: list[Operator]) -> None:
@@ -281,17 +286,27 @@ class SourceOperator(Operator):
 
     def snapshot(self) -> Any:
         assert self.reader is not None
-        return {"position": self.reader.snapshot(), "max_ts": self.gen.max_ts if self.gen else None, "wm": self.wm}
+        return {"position": self.reader.snapshot(), "max_ts": self.time_state(), "wm": self.wm}
 
     def restore(self, state: Any) -> None:
         assert self.reader is not None
         self.reader.restore(state["position"])
-        if self.gen is not None and state["max_ts"] is not None:
-            self.gen.max_ts = state["max_ts"]
+        self.restore_time_state(state["max_ts"])
         self.wm = state["wm"]
 
+    def time_state(self) -> Any:
+        """The event time seen so far, per split (None without a watermark strategy)."""
+        return self.gen.state() if self.gen is not None else None
+
+    def restore_time_state(self, state: Any, *, merge: bool = False) -> None:
+        if self.gen is not None and state is not None:
+            self.gen.restore(state, self.rt.clock.now_ms(), merge=merge)
+
     def metrics(self) -> dict[str, int]:
-        return {"skipped": self.ctx.skipped, "dead_lettered": self.ctx.dead_lettered}
+        figures = {"skipped": self.ctx.skipped, "dead_lettered": self.ctx.dead_lettered}
+        if self.reader is not None:
+            figures.update(self.reader.metrics())
+        return figures
 
 
 class SinkOperator(Operator):
@@ -317,8 +332,8 @@ class SinkOperator(Operator):
         if not isinstance(records, list):
             from ._columnar import TIME, to_rows
 
-            write_frame = getattr(self.writer, "write_frame", None)
-            if write_frame is None:
+            write_frame = self.writer.write_frame
+            if not self.writer.columnar:
                 records, times = to_rows(records)
             else:
                 t = records.get_column(TIME) if TIME in records.columns else None

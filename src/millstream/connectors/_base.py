@@ -1,19 +1,74 @@
-"""What a connector is: sources that read, sinks that write, and the bad-record policy."""
+"""What a connector is: sources that read, sinks that write, and the bad-record policy.
+
+The source model
+================
+
+A source is a set of **splits**: a Kafka partition, a Redis stream under a
+consumer group, a JetStream consumer, a file. A reader hands out records one
+split at a time (:meth:`SourceReader.poll` returns records of the split that
+:meth:`SourceReader.split` names), and keeps one position per split in what
+:meth:`SourceReader.snapshot` returns. The runtime runs one watermark generator
+per split; the source's watermark is the minimum over its active splits
+(:meth:`SourceReader.splits`), so records in order within each partition are
+never late because another partition lags. Splits may come and go while the
+job runs (partitions added to a topic, files appearing in a directory).
+
+What a connector can do is **declared** on its class, never probed:
+
+- :attr:`Source.replay`: how the source gets records back after a crash:
+  ``"position"`` (it restarts from a position taken by ``snapshot``: files,
+  Kafka offsets, the generator), ``"redelivery"`` (the system redelivers what was
+  not acknowledged: Redis Streams, JetStream, MQTT, RabbitMQ, a replication slot)
+  or ``"none"`` (stdin, a webhook).
+- :attr:`SourceReader.columnar`: the reader makes columnar batches (``poll_frame``).
+- :attr:`Sink.delivery`: ``"transactional"`` (two-phase commit with checkpoints),
+  ``"idempotent"`` (a rewrite replaces: an upsert by key) or ``"none"``;
+  :attr:`Sink.resumable`: the output can go on after a restart.
+- :attr:`SinkWriter.columnar`: the writer takes columnar batches (``write_frame``).
+
+**Acknowledgement.** :meth:`SourceReader.acknowledge` is called with a position
+that ``snapshot`` returned once everything up to it is safe: under at-least-once
+and exactly-once when the checkpoint holding that position is complete (commit
+Kafka offsets to the group, XACK, JetStream ack, MQTT PUBACK, replication flush);
+under at-most-once right after the records were read, before they are processed.
+A redelivery source that resumes from a restored position drops the redelivered
+records that position already covers, so exactly-once holds.
+
+**Errors.** A connector raises :class:`~millstream.errors.ConnectorError` for
+what cannot work (authentication, a missing topic: naming the connector, the
+address and the fix), and :class:`~millstream.errors.ConnectorUnavailable` for
+what may pass (broker down, timeout); :func:`retry` retries the latter with
+backoff, logs each retry, and gives up after the budget. No secret (password,
+token, SASL credentials) may appear in ``describe()``, an error, a log line or
+a snapshot: :func:`redact_url` strips them from addresses.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+import urllib.parse
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from millstream.errors import ConfigError, RecordError
+from millstream.errors import ConfigError, ConnectorError, ConnectorUnavailable, RecordError
 
 if TYPE_CHECKING:
     from millstream._clock import Clock
 
-__all__ = ["DeadLetter", "ErrorPolicy", "Sink", "SinkWriter", "Source", "SourceContext", "SourceReader",
-           "dead_letter"]
+__all__ = ["Backoff", "DeadLetter", "Delivery", "ErrorPolicy", "Replay", "Sink", "SinkWriter", "Source",
+           "SourceContext", "SourceReader", "dead_letter", "redact_url", "retry"]
+
+log = logging.getLogger("millstream.connectors")
+T = TypeVar("T")
+
+Replay = Literal["position", "redelivery", "none"]
+"""How a source gets records back after a crash (see the module docstring)."""
+
+Delivery = Literal["transactional", "idempotent", "none"]
+"""What a sink promises when records are written again after a crash."""
 
 
 @dataclass(frozen=True)
@@ -83,14 +138,36 @@ def _printable(raw: Any) -> Any:
 
 
 class SourceReader(ABC):
-    """A running source: the executor polls it for records."""
+    """A running source: the executor polls it for records, one split at a time."""
+
+    @property
+    def columnar(self) -> bool:
+        """Whether :meth:`poll_frame` makes columnar batches (polars DataFrames)."""
+        return False
 
     @abstractmethod
     def poll(self, max_records: int) -> list[Any] | None:
-        """Up to ``max_records`` records; ``[]`` when none are ready now; ``None`` once the input has ended."""
+        """Up to ``max_records`` records, all of one split (:meth:`split` names it); ``[]`` when none
+        are ready now; ``None`` once the input has ended."""
+
+    def poll_frame(self, max_records: int) -> Any:
+        """Like :meth:`poll`, as a polars DataFrame when :attr:`columnar` (a reader may still return a
+        list of rows for a chunk it can only make as rows). The default returns :meth:`poll`'s rows."""
+        return self.poll(max_records)
+
+    def split(self) -> str | None:
+        """The split the records of the last poll came from; None when the source is one split."""
+        return None
+
+    def splits(self) -> Collection[str] | None:
+        """The splits this reader is assigned now and that have not ended; None when the source is
+        one split. An assigned split holds the source's watermark back until it has records or goes
+        idle (the strategy's idle timeout); an ended split no longer counts."""
+        return None
 
     def position_of(self, index: int) -> str | None:
-        """Where record ``index`` of the last poll came from (e.g. ``events.jsonl:42``)."""
+        """Where record ``index`` of the last poll came from (e.g. ``events.jsonl:42``,
+        ``orders[2]@1041``)."""
         return None
 
     def wait_hint(self) -> float | None:
@@ -102,11 +179,21 @@ class SourceReader(ABC):
         return None
 
     def snapshot(self) -> Any:
-        """The reader's position, for checkpoints."""
+        """The reader's position (one per split), for checkpoints. Picklable, without secrets."""
         return None
 
     def restore(self, position: Any) -> None:
-        """Continue from a position taken by :meth:`snapshot`."""
+        """Continue from a position taken by :meth:`snapshot`. A redelivery source drops the
+        redelivered records that ``position`` already covers."""
+
+    def acknowledge(self, position: Any) -> None:
+        """Everything up to ``position`` (a value :meth:`snapshot` returned) is safe: acknowledge it to
+        the system (commit offsets, XACK, ack). Called once the checkpoint holding ``position`` is
+        complete, or under at-most-once right after the records were read. Must be idempotent."""
+
+    def metrics(self) -> dict[str, int]:
+        """Figures the reader counts itself (e.g. ``retries``, ``lag``), shown with the step's."""
+        return {}
 
     def close(self) -> None:
         """Release files and connections."""
@@ -117,9 +204,14 @@ class Source(ABC):
 
     #: Whether the input ends by itself.
     bounded: bool = True
-    #: Whether the source can restart from a position taken by ``snapshot``.
-    replayable: bool = False
+    #: How the source gets records back after a crash: ``"position"``, ``"redelivery"`` or ``"none"``.
+    replay: Replay = "none"
     on_error: ErrorPolicy = "fail"
+
+    @property
+    def replayable(self) -> bool:
+        """Whether records can come back after a crash (by position or by redelivery)."""
+        return self.replay != "none"
 
     @abstractmethod
     def open(self, ctx: SourceContext) -> SourceReader:
@@ -127,7 +219,7 @@ class Source(ABC):
 
     @abstractmethod
     def describe(self) -> str:
-        """A short text for plans and progress, e.g. ``jsonl events.jsonl``."""
+        """A short text for plans and progress, e.g. ``jsonl events.jsonl``. Never a secret."""
 
     def default_name(self) -> str:
         return "source"
@@ -145,9 +237,19 @@ class SinkWriter(ABC):
     other pending output, so nothing written after that checkpoint stays visible.
     """
 
+    @property
+    def columnar(self) -> bool:
+        """Whether the writer takes columnar batches: :meth:`write_frame` gets polars DataFrames."""
+        return False
+
     @abstractmethod
     def write(self, records: list[Any], times: list[int] | None) -> None:
         """Write a chunk of records (``times`` their event times, when the stream has them)."""
+
+    def write_frame(self, frame: Any, times: Any) -> None:
+        """Write a polars DataFrame (``times`` a Series of event times, or None). Called only when
+        :attr:`columnar`; the default writes the frame's rows."""
+        self.write(frame.to_dicts(), None if times is None else times.to_list())
 
     def flush(self) -> None:
         """Make written records durable/visible."""
@@ -187,7 +289,12 @@ class Sink(ABC):
     ``"none"`` (a replay writes duplicates: at-least-once at best).
     """
 
-    delivery: str = "none"
+    delivery: Delivery = "none"
+    @property
+    def resumable(self) -> bool:
+        """Whether the output can go on after a restart (a single Parquet file cannot: it is whole
+        only once closed)."""
+        return True
 
     @abstractmethod
     def open(self, step: str) -> SinkWriter:
@@ -199,3 +306,84 @@ class Sink(ABC):
 
     def default_name(self) -> str:
         return "sink"
+
+
+# -- errors, retries and secrets ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How a connector retries what may pass (:class:`~millstream.errors.ConnectorUnavailable`):
+    waits start at ``initial_s``, double up to ``max_s``, and the connector gives up once
+    ``budget_s`` have passed since the first failure (then the job fails, or restarts
+    from its checkpoint when ``restarts`` allow)."""
+
+    initial_s: float = 0.1
+    max_s: float = 5.0
+    budget_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not (0 < self.initial_s <= self.max_s) or self.budget_s < 0:
+            raise ConfigError(f"Backoff needs 0 < initial_s <= max_s and budget_s >= 0, got {self}")
+
+
+def retry(fn: Callable[[], T], *, what: str, backoff: Backoff, sleep: Callable[[float], None] = time.sleep,
+          on_retry: Callable[[int, BaseException], None] | None = None) -> T:
+    """Call ``fn`` until it returns, retrying :class:`ConnectorUnavailable` with ``backoff``.
+
+    ``what`` names the connector and the operation for the log (``"kafka source 'orders'
+    reading 127.0.0.1:9092"``). Each retry logs a warning and calls ``on_retry(attempt, error)``;
+    once the budget is spent the last error is raised as a :class:`ConnectorError` that says so.
+    """
+    attempt = 0
+    started = time.monotonic()
+    wait = backoff.initial_s
+    while True:
+        try:
+            return fn()
+        except ConnectorUnavailable as exc:
+            attempt += 1
+            spent = time.monotonic() - started
+            if spent + wait > backoff.budget_s:
+                raise ConnectorError(
+                    f"{what}: still failing after {attempt} tries over {spent:.1f}s: {exc.problem}",
+                    connector=exc.connector, address=exc.address,
+                    fix=exc.fix or "check that the system is up and reachable, or raise the retry budget "
+                                   "(backoff=Backoff(budget_s=...))") from exc
+            log.warning("%s: %s; retry %d in %.2fs", what, exc.problem, attempt, wait)
+            if on_retry is not None:
+                on_retry(attempt, exc)
+            sleep(wait)
+            wait = min(wait * 2, backoff.max_s)
+
+
+_SECRET_KEYS = ("password", "passwd", "pass", "token", "secret", "sasl.password", "sasl_password", "api_key",
+                "apikey", "access_key", "secret_key", "ssl.key.password", "credentials")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password and secret query options: safe to print.
+
+    >>> redact_url("postgresql://me:hunter2@db:5432/app?sslmode=require&password=x")
+    'postgresql://me:***@db:5432/app?sslmode=require&password=***'
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<address not shown>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        creds, host = netloc.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in creds else f"{user}@{host}"
+    query = "&".join(
+        f"{k}=***" if k.lower() in _SECRET_KEYS else (f"{k}={v}" if v or "=" in pair else k)
+        for pair in parts.query.split("&") if pair
+        for k, _, v in (pair.partition("="),)
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a client's options with every secret replaced by ``***`` (for plans and errors)."""
+    return {k: ("***" if any(s in k.lower() for s in _SECRET_KEYS) else v) for k, v in options.items()}

@@ -120,7 +120,7 @@ class FileSource(Source):
     ``stop()`` ends a following source once it has read what its files hold now.
     """
 
-    replayable = True
+    replay = "position"
 
     def __init__(self, options: ReadOptions, *, on_error: ErrorPolicy = "fail", name: str | None = None) -> None:
         self.options = options
@@ -691,7 +691,7 @@ class _FileReader(SourceReader):
         return recs
 
     @property
-    def can_poll_frame(self) -> bool:
+    def columnar(self) -> bool:
         """Whether :meth:`poll_frame` makes columnar batches: JSON lines and Parquet, with polars."""
         return self.o.format in ("jsonl", "parquet") and importlib.util.find_spec("polars") is not None
 

@@ -344,6 +344,10 @@ class _FileWriter(SinkWriter):
         f = self._file()
         f.write(self.encoder.encode(records, at_start=f.empty))
 
+    @property
+    def columnar(self) -> bool:
+        return True
+
     def write_frame(self, frame: Any, times: Any) -> None:
         """A columnar batch (micro-batch mode): JSON lines written by polars, other formats as rows."""
         if isinstance(self.encoder, _JsonlEncoder):

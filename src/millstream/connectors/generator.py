@@ -32,7 +32,7 @@ __all__ = ["GeneratorSource", "SequenceRecords", "read", "sequence"]
 class GeneratorSource(Source):
     """``fn(i)`` for ``i`` in ``0 .. count-1`` (forever when ``count`` is None), at most ``rate`` per second."""
 
-    replayable = True
+    replay = "position"
 
     def __init__(self, fn: Callable[[int], Any], *, count: int | None = None, rate: float | None = None,
                  burst: int | None = None, batch: int | None = None, name: str = "generator") -> None:

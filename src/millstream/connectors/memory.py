@@ -57,7 +57,7 @@ __all__ = ["MemorySource", "UpsertSink", "read", "upsert", "write"]
 class MemorySource(Source):
     """A bounded, replayable source over a sequence of records (read in slices, no copy per record)."""
 
-    replayable = True
+    replay = "position"
 
     def __init__(self, records: Iterable[Any], *, name: str = "memory", on_error: ErrorPolicy = "fail") -> None:
         self.frame: Any = None
@@ -105,7 +105,7 @@ class _MemoryReader(SourceReader):
         self.chunk_start = 0
 
     @property
-    def can_poll_frame(self) -> bool:
+    def columnar(self) -> bool:
         return self.frame is not None
 
     def poll_frame(self, max_records: int) -> Any:

@@ -222,6 +222,8 @@ class _DiscardWriter(SinkWriter):
     def write(self, records: list[Any], times: list[int] | None) -> None:
         self.sink.count += len(records)
 
+    columnar = True
+
     def write_frame(self, frame: Any, times: Any) -> None:
         self.sink.count += frame.height
 
@@ -311,7 +313,7 @@ def _events_frame(config: NexmarkConfig, chunk: int = 100_000) -> Any:
 
     reader: Any = read(config, name="events").open(_context())  # a _NexmarkReader: it has poll_frame
     try:
-        if not reader.can_poll_frame:
+        if not reader.columnar:
             raise ConfigError("the memory and parquet bench inputs need numpy, pyarrow and polars")
         parts = []
         while (frame := reader.poll_frame(chunk)) is not None:
@@ -342,7 +344,7 @@ def _bare(config: NexmarkConfig, mode: str) -> BenchRow:
     reader: Any = read(config, name="events").open(_context())
     n = 0
     try:
-        if mode == "native" or not reader.can_poll_frame:
+        if mode == "native" or not reader.columnar:
             while (rows := reader.poll(chunk)) is not None:
                 n += len(rows)
         else:

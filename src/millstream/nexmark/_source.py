@@ -34,7 +34,7 @@ class NexmarkSource(Source):
     restore regenerates exactly the events that followed it.
     """
 
-    replayable = True
+    replay = "position"
 
     def __init__(self, config: NexmarkConfig | None = None, *, kind: str = "all", rate: float | None = None,
                  burst: int | None = None, name: str | None = None) -> None:
@@ -83,7 +83,7 @@ class _NexmarkReader(SourceReader):
         self.cfg = src.config
         self.clock = ctx.clock
         self.only = src.only
-        self.columnar = have_numpy()
+        self._numpy = have_numpy()
         self.block = _BLOCK if src.rate is None else max(256, min(_BLOCK, int(src.rate) // 20))
         self.k = 0  # events (of all kinds) emitted so far: the position
         self.emitted: list[int] = []  # positions of the last poll's records
@@ -105,7 +105,7 @@ class _NexmarkReader(SourceReader):
         stop = start + self.block
         if self.cfg.events is not None:
             stop = min(stop, self.cfg.events)
-        if self.columnar:
+        if self._numpy:
             self.rows, self.positions = self._make_columnar(start, stop)
         else:
             self.rows, self.positions = self._make_rows(start, stop)
@@ -203,9 +203,9 @@ class _NexmarkReader(SourceReader):
             self._kinds = frozenset(k for k in KINDS if k in kinds)
 
     @property
-    def can_poll_frame(self) -> bool:
+    def columnar(self) -> bool:
         """Whether :meth:`poll_frame` works: unpaced, with numpy, pyarrow and polars."""
-        if not self.columnar or self.src.rate is not None:
+        if not self._numpy or self.src.rate is not None:
             return False
         import importlib.util
 

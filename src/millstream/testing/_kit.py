@@ -76,7 +76,7 @@ class TestSource(Source):
     """
 
     __test__ = False  # not a pytest test class
-    replayable = True
+    replay = "position"
 
     def __init__(self, script: Iterable[Any], *, chunk: int | None = None, name: str = "test-source",
                  on_error: ErrorPolicy = "fail") -> None:
