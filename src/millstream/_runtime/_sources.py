@@ -53,7 +53,7 @@ class SourceOperator(Operator):
         self.strategy = op.watermark
         self.extract = compile_extractor(op.watermark) if op.watermark else None
         self.ctx = SourceContext(step=node.name, clock=rt.clock, policy=self.source.on_error,
-                                 dead_letter_write=dead_letter_write)
+                                 dead_letter_write=dead_letter_write, checkpointed=rt.checkpointed)
         self.reader: SourceReader | None = None
         self.gen: SourceWatermarks | None = None
         self.ended = False

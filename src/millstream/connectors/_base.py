@@ -99,7 +99,9 @@ def check_policy(policy: Any) -> ErrorPolicy:
 
 
 class SourceContext:
-    """Handed to a source reader when it opens: the clock and the bad-record policy."""
+    """Handed to a source reader when it opens: the clock, the bad-record policy, and whether the job
+    takes checkpoints (``checkpointed``: without them nothing calls ``acknowledge``, so a redelivery
+    source acknowledges what it handed out by itself once the next poll shows it was processed)."""
 
     def __init__(
         self,
@@ -108,10 +110,12 @@ class SourceContext:
         clock: Clock,
         policy: ErrorPolicy,
         dead_letter_write: Callable[[dict[str, Any]], None] | None = None,
+        checkpointed: bool = False,
     ) -> None:
         self.step = step
         self.clock = clock
         self.policy = policy
+        self.checkpointed = checkpointed
         self.skipped = 0
         self.dead_lettered = 0
         self._dead_letter_write = dead_letter_write
