@@ -22,6 +22,7 @@ from __future__ import annotations
 from millstream.testing._kit import (
     CollectSink,
     ManualClock,
+    PartitionedTestSource,
     ProcessingTime,
     TestSource,
     TransactionalCollectSink,
@@ -34,6 +35,7 @@ from millstream.testing._kit import (
 __all__ = [
     "CollectSink",
     "ManualClock",
+    "PartitionedTestSource",
     "ProcessingTime",
     "TestSource",
     "TransactionalCollectSink",
