@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import inspect
 import json
+import logging
 import os
 import sys
 import traceback
@@ -113,13 +114,35 @@ def _run_flow(flow: Flow, args: argparse.Namespace, console: Console) -> RunResu
     base = _JOB_DEFAULTS.get(id(flow)) or RunConfig(mode=default_mode())
     given = {"mode": args.mode, "max_chunk": args.max_chunk, "guarantee": args.guarantee,
              "checkpoint_dir": args.checkpoint_dir, "checkpoint_interval": args.checkpoint_interval,
-             "restarts": args.restarts, "state": args.state}
+             "restarts": args.restarts, "state": args.state, "checkpoint_key": _checkpoint_key()}
     cfg = base.replace(on_progress=progress, **{k: v for k, v in given.items() if v is not None})
     try:
         return flow.run(config=cfg)
     finally:
         if progress is not None:
             progress.stop()
+
+
+def _checkpoint_key() -> str | None:
+    """``$MILLSTREAM_CHECKPOINT_KEY``: checkpoints are signed and verified with it (never printed)."""
+    return os.environ.get(CHECKPOINT_KEY_ENV) or None
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+CHECKPOINT_KEY_ENV = "MILLSTREAM_CHECKPOINT_KEY"
+
+
+def _show_logs(level: str) -> logging.Handler:
+    """Show millstream's log records (warnings by default: e.g. a fallback to an older checkpoint) on stderr.
+
+    Only the CLI does this; the library itself logs to a NullHandler.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("millstream %(levelname)s: %(message)s"))
+    logger = logging.getLogger("millstream")
+    logger.addHandler(handler)
+    logger.setLevel(getattr(logging, level.upper()))
+    return handler
 
 
 def _report_error(console: Console, exc: BaseException) -> int:
@@ -222,6 +245,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="restart a failed job from its latest checkpoint up to this many times")
         sp.add_argument("--state", default=None, metavar="URL",
                         help="keyed-state backend: memory (default) or lmdb:///path (on disk)")
+        log_level(sp)
+
+    def log_level(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
+                        help="show millstream's messages of this level and above on stderr (default: warning)")
 
     run = sub.add_parser("run", help="run the flow defined in a job file")
     run.add_argument("job", help="a Python file defining a Flow (or build(params) returning one)")
@@ -286,6 +314,8 @@ def _nexmark_parser(sub: Any) -> None:
     run.add_argument("--state", default="memory", metavar="URL",
                      help="keyed-state backend: memory (default) or lmdb:///path")
     run.add_argument("-q", "--quiet", action="store_true", help="print no summary")
+    run.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
+                     help="show millstream's messages of this level and above on stderr (default: warning)")
 
     bench = nsub.add_parser("bench", help="events per second of each query in each mode")
     bench.add_argument("--events", type=int, default=1_000_000, help="number of events (default 1,000,000)")
@@ -325,7 +355,8 @@ def _cmd_nexmark(args: argparse.Namespace, console: Console) -> int:
         cfg = NexmarkConfig(events=args.events, rate=args.event_rate, out_of_order_group_size=args.out_of_order)
         summary = nx.run(args.query, mode=args.mode, config=cfg, input=args.input, rate=args.rate, out=args.out,
                          guarantee=args.guarantee, checkpoint_dir=args.checkpoint_dir,
-                         checkpoint_interval=args.checkpoint_interval, max_chunk=args.max_chunk, state=args.state)
+                         checkpoint_interval=args.checkpoint_interval, max_chunk=args.max_chunk, state=args.state,
+                         checkpoint_key=_checkpoint_key())
         if not args.quiet:
             console.print(summary.describe(), highlight=False)
         return 0
@@ -386,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    level = logging.getLogger("millstream").level
+    handler = _show_logs(getattr(args, "log_level", "warning"))
     try:
         if args.command == "run":
             return _cmd_run(args, console)
@@ -398,3 +431,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except MillstreamError as exc:
         return _report_error(console, exc)
+    finally:
+        logging.getLogger("millstream").removeHandler(handler)
+        logging.getLogger("millstream").setLevel(level)

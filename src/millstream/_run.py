@@ -9,13 +9,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from millstream._checkpoint import CheckpointStats
 from millstream._clock import Clock, SystemClock
 from millstream._plan import Plan
 from millstream._time import MIN_WATERMARK, format_ms, to_ms
 from millstream.errors import CheckpointError, ConfigError, JobError, MillstreamError
+
+if TYPE_CHECKING:
+    from millstream._checkpoint import Coordinator
 
 log = logging.getLogger("millstream.run")
 
@@ -134,6 +137,9 @@ class RunConfig:
     - ``state``: where process functions keep keyed state: ``"memory"`` (default) or
       ``"lmdb:///path/to/dir"`` (on disk, for state larger than memory; incremental
       checkpoints). Options as a query: ``?cache=100000&key_groups=128``.
+    - ``checkpoint_key``: a secret (str or bytes); checkpoints are signed with HMAC-SHA256 and
+      one without a valid signature is refused before anything in it is unpickled. Never
+      written, logged or shown (the CLI reads ``$MILLSTREAM_CHECKPOINT_KEY``).
     """
 
     mode: str = dataclasses.field(default_factory=default_mode)
@@ -150,6 +156,7 @@ class RunConfig:
     restarts: int = 0
     restart_delay_s: float = 1.0
     state: str = "memory"
+    checkpoint_key: str | bytes | None = dataclasses.field(default=None, repr=False)
 
     @property
     def effective_guarantee(self) -> str:
@@ -241,10 +248,6 @@ def _close(job: Any, *, quiet: bool) -> None:
 def run_plan(plan: Plan, cfg: RunConfig) -> RunResult:
     from millstream._checkpoint import Coordinator
     from millstream._guarantee import check_guarantee
-    from millstream._runtime._base import Runtime
-    from millstream._runtime._microbatch import MicroBatchJob
-    from millstream._runtime._native import NativeJob, run_native
-    from millstream._state import open_backend
 
     guarantee = cfg.effective_guarantee
     check_guarantee(plan, guarantee)
@@ -253,7 +256,21 @@ def run_plan(plan: Plan, cfg: RunConfig) -> RunResult:
     if cfg.checkpoint_dir is not None:
         coordinator = Coordinator(plan, os.fspath(cfg.checkpoint_dir), guarantee=guarantee,
                                   interval_ms=cfg.checkpoint_interval_ms, retain=cfg.checkpoints_retained, clock=clock,
-                                  mode=cfg.mode)
+                                  mode=cfg.mode, key=cfg.checkpoint_key)
+    try:
+        return _run_loop(plan, cfg, coordinator, guarantee, clock)
+    finally:
+        if coordinator is not None:
+            coordinator.close()  # the checkpoint directory's lock goes with the run
+
+
+def _run_loop(plan: Plan, cfg: RunConfig, coordinator: Coordinator | None, guarantee: str,
+              clock: Clock) -> RunResult:
+    from millstream._runtime._base import Runtime
+    from millstream._runtime._microbatch import MicroBatchJob
+    from millstream._runtime._native import NativeJob, run_native
+    from millstream._state import open_backend
+
     started = time.monotonic()
     interrupted = finished_before = False
     restarts = 0

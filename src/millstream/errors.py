@@ -13,6 +13,7 @@ ValueError`` keeps working for code that does not know millstream::
     └── JobError (RuntimeError)              a running job failed
         ├── StepError                        a user function raised inside a step
         ├── CheckpointError                  a checkpoint is corrupt, partial or from another flow
+        │   └── CheckpointOwnershipError     another run owns the checkpoint directory, or took it over
         └── ConnectorError                   a connector cannot use its system (fatal: auth, missing topic)
             └── ConnectorUnavailable (ConnectionError)  the system may come back (down, timeout): retried
 

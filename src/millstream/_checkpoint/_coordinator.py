@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from millstream._checkpoint._failpoints import failpoint
-from millstream._checkpoint._store import CheckpointStore, LoadedCheckpoint
+from millstream._checkpoint._owner import DirectoryOwner, FencedWriter
+from millstream._checkpoint._store import COMMITTED, POSITIONS, CheckpointStore, LoadedCheckpoint
 from millstream._clock import Clock
 from millstream._plan import STATELESS, Plan
 from millstream._state import KEYED_STATE
@@ -39,6 +41,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("millstream.checkpoint")
 
+
+_START_OVER = ("start over with a new (empty) checkpoint directory AND a new or emptied output (removing "
+               "only some checkpoint files makes the job resume from an older point and repeat output)")
+_NO_POSITIONS = ("At-most-once cannot tell how far the sources had read, so a resume could process records "
+                 "again; the job does not resume.")
 
 #: The transaction an at-most-once resume hands to non-transactional sinks: continue, keep everything.
 AT_MOST_ONCE_KEEP = {"keep": True}
@@ -80,8 +87,9 @@ class Coordinator:
     """Takes checkpoints of a :class:`NativeJob` and restores it after a crash."""
 
     def __init__(self, plan: Plan, directory: str, *, guarantee: str, interval_ms: int, retain: int,
-                 clock: Clock, mode: str = "native") -> None:
-        self.store = CheckpointStore(directory, job=fingerprint(plan, mode), retain=retain)
+                 clock: Clock, mode: str = "native", key: str | bytes | None = None) -> None:
+        self.store = CheckpointStore(directory, job=fingerprint(plan, mode), retain=retain, key=key,
+                                     owner=DirectoryOwner(os.path.abspath(directory)))
         self.guarantee = guarantee
         self.interval_ms = interval_ms
         self.clock = clock
@@ -89,6 +97,13 @@ class Coordinator:
         self.next_due = clock.now_ms() + interval_ms
         self.stats = CheckpointStats()
         self._read_base: dict[str, int] = {}
+        assert self.store.owner is not None
+        self.store.owner.acquire()  # refused if another live run holds the directory; held until close()
+
+    def close(self) -> None:
+        """Give up the checkpoint directory (the end of the run)."""
+        if self.store.owner is not None:
+            self.store.owner.release()
 
     # -- recovery ---------------------------------------------------------------------
     def _latest(self) -> LoadedCheckpoint | None:
@@ -101,8 +116,7 @@ class Coordinator:
             if self.guarantee != "at-least-once":
                 raise CheckpointError(
                     f"{exc}\n  the job cannot resume safely: an older checkpoint would replay output its sinks "
-                    f"may already have committed, which {self.guarantee} forbids. Inspect or remove the checkpoint "
-                    "directory to start over."
+                    f"may already have committed, which {self.guarantee} forbids.\n  fix: {_START_OVER}"
                 ) from None
             for older in reversed(ids[:-1]):
                 try:
@@ -117,7 +131,9 @@ class Coordinator:
         """Restore ``job`` (opened, not yet run) from the latest complete checkpoint, if any."""
         t0 = time.perf_counter()
         self._job = job
+        self.store.check_owner()
         loaded = self._latest()
+        self._check_history(loaded)
         failpoint("recovery.restore")
         txns: dict[str, list[Any]] = {}
         if loaded is not None:
@@ -128,7 +144,12 @@ class Coordinator:
             self.next_id = max(self.next_id, loaded.id + 1)
         resumed = loaded is not None
         if self.guarantee == "at-most-once":
-            resumed = self._skip_ahead(job) or resumed
+            resumed = self._skip_ahead(job, expected=loaded is not None
+                                       and loaded.manifest.get("guarantee") == "at-most-once") or resumed
+        owner = self.store.owner
+        for _, writer, _ in job.writers():
+            if owner is not None and isinstance(writer, FencedWriter):
+                writer.set_fence(owner.epoch, self.store.check_owner)
         for name, writer, delivery in job.writers():
             if self.guarantee == "at-most-once" and resumed and delivery == "none":
                 # nothing is replayed: keep every record already written (no cut back to the checkpoint)
@@ -136,19 +157,55 @@ class Coordinator:
             else:
                 writer.recover(txns.get(name, []))
         if self.guarantee == "at-most-once":
+            # recorded from the start, so a checkpoint never exists without positions beside it
+            self.store.write_positions(self._positions())
             for src in job.sources:
                 src.on_read = self._record_positions
         self.stats.restore_ms = (time.perf_counter() - t0) * 1000
         self.next_due = self.clock.now_ms() + self.interval_ms
         return loaded
 
-    def _skip_ahead(self, job: NativeJob) -> bool:
+    def _check_history(self, loaded: LoadedCheckpoint | None) -> None:
+        """Refuse (exactly-once) or warn when committed output goes beyond the checkpoint being restored."""
+        try:
+            committed = self.store.read_committed()
+        except CheckpointError as exc:
+            if self.guarantee != "at-least-once":
+                raise CheckpointError(f"{exc}\n  the job cannot tell which output is already committed, so "
+                                      f"{self.guarantee} cannot resume safely.\n  fix: {_START_OVER}") from None
+            log.warning("%s; going on (at-least-once allows output to repeat)", exc)
+            committed = 0
+        restored = loaded.id if loaded is not None else 0
+        self.next_id = max(self.next_id, committed + 1)  # ids (and part-file names) are never reused
+        if committed <= restored:
+            return
+        what = (f"the newest checkpoint left is {restored}" if loaded is not None
+                else "no checkpoint is left")
+        problem = (f"checkpoint directory {self.store.root!r}: the output of checkpoint {committed} may already "
+                   f"be committed (recorded in {COMMITTED}), but {what}: were checkpoint folders deleted, or "
+                   "the directory restored from an older copy?")
+        if self.guarantee == "exactly-once":
+            raise CheckpointError(
+                f"{problem}\n  Resuming would produce the output after checkpoint {restored} again (duplicates), "
+                f"which exactly-once forbids.\n  fix: put the missing checkpoint folder(s) back; or {_START_OVER}")
+        log.warning("%s Resuming from %s: output after it is produced again (%s allows that).", problem,
+                    f"checkpoint {restored}" if loaded is not None else "the start", self.guarantee)
+
+    def _skip_ahead(self, job: NativeJob, *, expected: bool = False) -> bool:
         """At-most-once: resume every source after the last chunk it read, counting what is lost.
 
-        Returns whether the job had read anything before (a resume, not a fresh start).
+        Returns whether the job had read anything before (a resume, not a fresh start). ``expected``:
+        the restored checkpoint was taken under at-most-once, so read positions must be there.
         """
-        positions = self.store.read_positions()
+        try:
+            positions = self.store.read_positions()
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}\n  {_NO_POSITIONS}\n  fix: {_START_OVER}") from None
         if not positions:
+            if expected:
+                raise CheckpointError(
+                    f"checkpoint directory {self.store.root!r} has at-most-once checkpoints but no {POSITIONS} "
+                    f"(deleted?).\n  {_NO_POSITIONS}\n  fix: put {POSITIONS} back; or {_START_OVER}")
             return False
         for src in job.sources:
             p = positions.get(src.name)
@@ -165,13 +222,16 @@ class Coordinator:
             src.advance_muted(p["wm"], job.ops)
         return True
 
-    def _record_positions(self) -> None:
-        """At-most-once: called after a source read a chunk and before the chunk is processed."""
-        positions = {
+    def _positions(self) -> dict[str, Any]:
+        return {
             s.name: {"position": s.reader.snapshot(), "read": self._read_base.get(s.name, 0) + s.records_in,
                      "wm": s.next_watermark(), "max_ts": s.time_state()}
             for s in self._job.sources if s.reader is not None
         }
+
+    def _record_positions(self) -> None:
+        """At-most-once: called after a source read a chunk and before the chunk is processed."""
+        positions = self._positions()
         self.store.write_positions(positions)
         self._acknowledge(self._job, {name: p["position"] for name, p in positions.items()})
 
@@ -205,9 +265,11 @@ class Coordinator:
                                 shared=keyed["files"])
         size += sum(keyed["files"][name]["size"] for name in keyed.get("written", ()))
         self.next_id += 1
+        self.store.write_committed(ckpt_id)  # before any output of it is visible: a rewind is detected
         failpoint("ckpt.before_commit")
         for name, writer, _ in writers:
             failpoint("sink.commit")
+            self.store.check_owner()  # a run another took over commits nothing
             writer.commit(txns[name])
         failpoint("ckpt.after_commit")
         if self.guarantee != "at-most-once":  # at-most-once acknowledged each chunk as it was read

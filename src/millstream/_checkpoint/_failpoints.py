@@ -1,7 +1,8 @@
 """Named failpoints in the checkpoint and commit path, armed by ``MILLSTREAM_FAILPOINTS``.
 
 ``MILLSTREAM_FAILPOINTS="ckpt.after_rename=kill,sink.commit=raise:0.5,ckpt.begin=kill#3"``:
-``kill`` sends SIGKILL to this process, ``raise`` raises :class:`FailpointError`;
+``kill`` sends SIGKILL to this process, ``raise`` raises :class:`FailpointError`, ``stop``
+sends SIGSTOP (the process pauses there until SIGCONT, then goes on: a "zombie" for fencing tests);
 ``:p`` fires with probability p, ``#n`` fires on the n-th time the point is reached.
 Unarmed, a failpoint costs one dict lookup.
 """
@@ -60,8 +61,8 @@ def _parse(spec: str) -> dict[str, _Arm]:
         if ":" in how:
             how, _, p = how.partition(":")
             prob = float(p)
-        if how not in ("kill", "raise"):
-            raise ValueError(f"{ENV}: unknown action {how!r} for {name!r} (use kill or raise)")
+        if how not in ("kill", "raise", "stop"):
+            raise ValueError(f"{ENV}: unknown action {how!r} for {name!r} (use kill, raise or stop)")
         arms[name.strip()] = _Arm(how, prob, nth)
     return arms
 
@@ -89,4 +90,7 @@ def failpoint(name: str) -> None:
         return
     if a.action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if a.action == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return
     raise FailpointError(f"failpoint {name} fired")

@@ -6,7 +6,11 @@ Layout::
       chk-00000007/          a complete checkpoint: MANIFEST.json + state.pkl
       chk-00000008/
       .tmp-chk-00000009/     one being written (never loaded; removed on the next start)
-      positions.pkl          at-most-once only: how far the sources have read
+      positions.pkl          at-most-once only: how far the sources have read (a checksummed
+                             JSON header line, then the pickle)
+      COMMITTED              the newest checkpoint whose output the sinks may have committed
+                             (checksummed JSON): a resume from an older one is detected
+      LOCK, OWNER            the run that owns the directory (see ``_owner.py``)
       shared/                files of the keyed-state backend that several checkpoints may refer to
                              (incremental snapshots); each manifest lists those it needs
 
@@ -17,11 +21,17 @@ of itself; a checkpoint whose manifest or files do not check out is never loaded
 Files in ``shared/`` a checkpoint refers to are listed in its manifest (``"shared"``,
 with size and SHA-256) and verified the same way; garbage collection removes the
 shared files no retained checkpoint refers to.
+
+With a key (``RunConfig.checkpoint_key``), the manifest, the positions file and the
+COMMITTED record also carry an HMAC-SHA256 signature, verified before anything is
+unpickled; without a valid one they are refused. The key itself is never written.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import hmac
 import json
 import os
 import pickle
@@ -31,12 +41,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from millstream._checkpoint._failpoints import failpoint
+from millstream._checkpoint._owner import DirectoryOwner, write_atomically
 from millstream.errors import CheckpointError
 
 FORMAT = 1
 _PREFIX = "chk-"
 _TMP = ".tmp-"
 SHARED = "shared"
+POSITIONS = "positions.pkl"
+COMMITTED = "COMMITTED"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True)
@@ -60,18 +74,66 @@ def _fsync_dir(path: str) -> None:
 
 
 def _manifest_checksum(manifest: dict[str, Any]) -> str:
-    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    body = {k: v for k, v in manifest.items() if k not in ("checksum", "signature")}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _sign(key: bytes, checksum: str) -> str:
+    return hmac.new(key, checksum.encode(), hashlib.sha256).hexdigest()
+
+
+def _signature_problem(key: bytes | None, doc: dict[str, Any], checksum: str) -> str | None:
+    """Why ``doc`` (whose body has ``checksum``) fails the key's signature check, or None."""
+    if key is None:
+        return None
+    sig = doc.get("signature")
+    if not isinstance(sig, str):
+        return ("is not signed, but a checkpoint key is set (written without the key, or altered); "
+                "it is not loaded")
+    if not hmac.compare_digest(sig, _sign(key, checksum)):
+        return ("fails its signature check with the checkpoint key (written with another key, or altered); "
+                "it is not loaded")
+    return None
+
+
+def _key_bytes(key: str | bytes | None) -> bytes | None:
+    if key is None:
+        return None
+    out = key.encode() if isinstance(key, str) else bytes(key)
+    if not out:
+        raise CheckpointError("the checkpoint key is empty")
+    return out
 
 
 class CheckpointStore:
     """Checkpoints of one job in a local directory."""
 
-    def __init__(self, root: str, *, job: str, retain: int = 3) -> None:
+    def __init__(self, root: str, *, job: str, retain: int = 3, key: str | bytes | None = None,
+                 owner: DirectoryOwner | None = None) -> None:
         self.root = os.path.abspath(root)
         self.job = job
         self.retain = max(1, retain)
+        self._key = _key_bytes(key)
+        self.owner = owner
         os.makedirs(self.root, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"CheckpointStore({self.root!r}, job={self.job!r}, signed={self._key is not None})"
+
+    def check_owner(self) -> None:
+        """Raise :class:`~millstream.errors.CheckpointOwnershipError` if another run took the directory over."""
+        if self.owner is not None:
+            self.owner.check()
+
+    def _no_space(self, exc: OSError, what: str) -> CheckpointError:
+        newest = max(self.ids(), default=None)
+        kept = (f"the previous checkpoint ({newest}) is intact and a restart resumes from it"
+                if newest is not None else "no earlier checkpoint exists")
+        return CheckpointError(
+            f"no space left on the device ({exc.strerror}) while writing {what} under {self.root!r}; {kept}.\n"
+            "  fix: free space on that filesystem (or raise its quota): the checkpoint needs about the size of "
+            "the job's state plus its pending output; then run the job again."
+        )
 
     @property
     def shared_dir(self) -> str:
@@ -100,8 +162,19 @@ class CheckpointStore:
         ``shared``: files in :attr:`shared_dir` the checkpoint needs (name -> size and sha256),
         already written and fsynced by their writer.
         """
+        epoch = self.owner.epoch if self.owner is not None else 0
+        tmp = os.path.join(self.root, f"{_TMP}{_PREFIX}{ckpt_id:08d}-e{epoch}")
+        try:
+            return self._write(ckpt_id, tmp, state, finished=finished, meta=meta, shared=shared)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if exc.errno in _NO_SPACE:
+                raise self._no_space(exc, f"checkpoint {ckpt_id} ({tmp})") from None
+            raise
+
+    def _write(self, ckpt_id: int, tmp: str, state: dict[str, Any], *, finished: bool, meta: dict[str, Any],
+               shared: dict[str, dict[str, Any]] | None) -> int:
         final = self._dir(ckpt_id)
-        tmp = os.path.join(self.root, f"{_TMP}{_PREFIX}{ckpt_id:08d}")
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
         os.makedirs(tmp)
@@ -129,6 +202,8 @@ class CheckpointStore:
             _fsync_dir(self.shared_dir)
             manifest["shared"] = {name: {"size": f["size"], "sha256": f["sha256"]} for name, f in shared.items()}
         manifest["checksum"] = _manifest_checksum(manifest)
+        if self._key is not None:
+            manifest["signature"] = _sign(self._key, manifest["checksum"])
         text = json.dumps(manifest, sort_keys=True, indent=1).encode()
         with open(os.path.join(tmp, "MANIFEST.json"), "wb") as f:
             f.write(text[: len(text) // 2])
@@ -138,6 +213,10 @@ class CheckpointStore:
             os.fsync(f.fileno())
         _fsync_dir(tmp)
         failpoint("ckpt.before_rename")
+        self.check_owner()  # a run that another took over must not make its checkpoint visible
+        if os.path.exists(final):
+            raise CheckpointError(f"checkpoint {ckpt_id} already exists in {self.root!r}: checkpoint ids must "
+                                  "never be reused (was the directory changed by another run or by hand?)")
         os.rename(tmp, final)
         failpoint("ckpt.after_rename")
         _fsync_dir(self.root)
@@ -145,6 +224,7 @@ class CheckpointStore:
 
     def gc(self) -> None:
         """Keep the newest ``retain`` complete checkpoints; remove older ones and leftovers."""
+        self.check_owner()
         ids = self.ids()
         for old in ids[: -self.retain]:
             failpoint("ckpt.gc")
@@ -191,6 +271,9 @@ class CheckpointStore:
             raise CheckpointError(f"{where}: MANIFEST.json is not valid JSON ({exc})") from None
         if not isinstance(manifest, dict) or manifest.get("checksum") != _manifest_checksum(manifest):
             raise CheckpointError(f"{where}: MANIFEST.json fails its checksum (torn or altered)")
+        problem = _signature_problem(self._key, manifest, manifest["checksum"])
+        if problem is not None:
+            raise CheckpointError(f"{where}: MANIFEST.json {problem}")
         if manifest.get("format") != FORMAT:
             raise CheckpointError(f"{where}: unknown checkpoint format {manifest.get('format')!r}")
         if manifest.get("id") != ckpt_id:
@@ -235,20 +318,79 @@ class CheckpointStore:
             raise CheckpointError(f"checkpoint {ckpt_id}: state cannot be read back ({exc})") from exc
         return LoadedCheckpoint(ckpt_id, self._dir(ckpt_id), manifest, state)
 
-    # -- at-most-once read positions --------------------------------------------------
-    def write_positions(self, positions: dict[str, Any]) -> None:
-        path = os.path.join(self.root, "positions.pkl")
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(pickle.dumps(positions, protocol=pickle.HIGHEST_PROTOCOL))
-        os.replace(tmp, path)
+    # -- small checksummed records: at-most-once read positions, the committed mark ------------
+    def _header(self, kind: str, payload: bytes, extra: dict[str, Any]) -> dict[str, Any]:
+        head: dict[str, Any] = {"format": FORMAT, "kind": kind, "job": self.job, "size": len(payload),
+                                "sha256": hashlib.sha256(payload).hexdigest(), **extra}
+        head["checksum"] = _manifest_checksum(head)
+        if self._key is not None:
+            head["signature"] = _sign(self._key, head["checksum"])
+        return head
 
-    def read_positions(self) -> dict[str, Any] | None:
-        path = os.path.join(self.root, "positions.pkl")
+    def _read_record(self, name: str, kind: str) -> tuple[dict[str, Any], bytes] | None:
+        """Header and payload of a record file, verified (None if missing); CheckpointError if damaged."""
+        path = os.path.join(self.root, name)
         try:
             with open(path, "rb") as f:
-                return pickle.loads(f.read())  # type: ignore[no-any-return]  # noqa: S301
+                data = f.read()
         except FileNotFoundError:
             return None
-        except Exception:  # noqa: BLE001 - a torn positions file: fall back to the checkpoint's
+        where = f"{name} in {self.root!r}"
+        line, sep, payload = data.partition(b"\n")
+        try:
+            head = json.loads(line) if sep else None
+        except (ValueError, UnicodeDecodeError):
+            head = None
+        if not isinstance(head, dict) or head.get("checksum") != _manifest_checksum(head) \
+                or head.get("kind") != kind or head.get("format") != FORMAT:
+            raise CheckpointError(f"{where} is damaged (its header fails its checksum: torn or altered)")
+        problem = _signature_problem(self._key, head, head["checksum"])
+        if problem is not None:
+            raise CheckpointError(f"{where} {problem}")
+        if len(payload) != head.get("size") or hashlib.sha256(payload).hexdigest() != head.get("sha256"):
+            raise CheckpointError(f"{where} is damaged (fails its checksum: torn or altered)")
+        if head.get("job") != self.job:
+            raise CheckpointError(f"{where} belongs to another flow (or another version of this one)")
+        return head, payload
+
+    def _write_record(self, name: str, kind: str, payload: bytes, extra: dict[str, Any]) -> None:
+        head = self._header(kind, payload, extra)
+        try:
+            write_atomically(os.path.join(self.root, name), json.dumps(head, sort_keys=True).encode() + b"\n"
+                             + payload)
+        except OSError as exc:
+            if exc.errno in _NO_SPACE:
+                raise self._no_space(exc, name) from None
+            raise
+
+    def write_positions(self, positions: dict[str, Any]) -> None:
+        """At-most-once: record how far the sources have read (checksummed, fsynced, fenced)."""
+        self.check_owner()
+        self._write_record(POSITIONS, "positions", pickle.dumps(positions, protocol=pickle.HIGHEST_PROTOCOL), {})
+
+    def read_positions(self) -> dict[str, Any] | None:
+        """The recorded read positions, None if there are none; :class:`CheckpointError` if damaged."""
+        rec = self._read_record(POSITIONS, "positions")
+        if rec is None:
             return None
+        try:
+            positions = pickle.loads(rec[1])  # noqa: S301 - checksummed (and signed with a key) above
+        except Exception as exc:
+            raise CheckpointError(f"{POSITIONS} in {self.root!r} cannot be read back ({exc})") from exc
+        if not isinstance(positions, dict):
+            raise CheckpointError(f"{POSITIONS} in {self.root!r} does not hold read positions")
+        return positions
+
+    def write_committed(self, ckpt_id: int) -> None:
+        """Record that the sinks may commit the output of checkpoints up to ``ckpt_id`` (before they do)."""
+        self._write_record(COMMITTED, "committed", b"", {"checkpoint": ckpt_id})
+
+    def read_committed(self) -> int:
+        """The newest checkpoint whose output the sinks may have committed (0: none recorded)."""
+        rec = self._read_record(COMMITTED, "committed")
+        if rec is None:
+            return 0
+        n = rec[0].get("checkpoint")
+        if not isinstance(n, int):
+            raise CheckpointError(f"{COMMITTED} in {self.root!r} is damaged (no checkpoint id)")
+        return n

@@ -8,6 +8,7 @@ part files is in :mod:`._transactional`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -498,7 +499,8 @@ class _EncodedPart:
 
     def discard(self) -> None:
         self.file.close()
-        os.unlink(self.path)
+        with contextlib.suppress(FileNotFoundError):  # removed by a run that took the directory over
+            os.unlink(self.path)
 
 
 class _ParquetPart:
@@ -520,4 +522,5 @@ class _ParquetPart:
         try:
             self.out.close()
         finally:
-            os.unlink(self.out.path)
+            with contextlib.suppress(FileNotFoundError):  # removed by a run that took the directory over
+                os.unlink(self.out.path)

@@ -5,7 +5,7 @@ The directory of a transactional file sink (writer ``0``) looks like this::
 
     part-00000003-0.jsonl            committed by checkpoint 3: visible
     part-00000007-0.jsonl            committed by checkpoint 7 (4 to 6 wrote nothing)
-    .part-0.5f1c2a9e0b7d.jsonl.pending   written since checkpoint 7: invisible
+    .part-0.e2-5f1c2a9e0b7d.jsonl.pending   written since checkpoint 7 by owner epoch 2: invisible
 
 A downstream reader takes the files whose names start with neither ``.`` nor
 ``_``, in name order (:func:`read_committed` does; so does
@@ -77,6 +77,10 @@ class TwoPhaseFileWriter(SinkWriter):
 
     One transactional sink per directory: two writers with the same writer id in
     one directory would delete each other's staged files.
+
+    Fencing (:meth:`set_fence`, called by the checkpoint coordinator): staged names carry the
+    owner epoch of the checkpoint directory, and ``commit`` checks that this run still owns
+    it right before the rename, so a paused run that another took over makes nothing visible.
     """
 
     def __init__(self, directory: str, *, ext: str, new_part: Callable[[str], PartFile], step: str,
@@ -95,6 +99,13 @@ class TwoPhaseFileWriter(SinkWriter):
         self._broken: BaseException | None = None
         self._final_re = re.compile(rf"part-\d{{8,}}-{re.escape(writer_id)}\.{re.escape(ext)}")
         self._staged_prefix = f".part-{writer_id}."
+        self._epoch = 0
+        self._fence: Callable[[], None] | None = None
+
+    def set_fence(self, epoch: int, check: Callable[[], None]) -> None:
+        """Put ``epoch`` in staged names; call ``check`` (it raises when fenced) before every commit."""
+        self._epoch = epoch
+        self._fence = check
 
     # -- names ---------------------------------------------------------------------------
     def final_name(self, checkpoint_id: int) -> str:
@@ -114,7 +125,7 @@ class TwoPhaseFileWriter(SinkWriter):
             return
         self._start()
         if self._part is None:
-            self._staged = f"{self._staged_prefix}{uuid.uuid4().hex[:12]}.{self.ext}.pending"
+            self._staged = f"{self._staged_prefix}e{self._epoch}-{uuid.uuid4().hex[:12]}.{self.ext}.pending"
             self._part = self.new_part(os.path.join(self.dir, self._staged))
             self._pending_records = 0
         self._part.write(records)
@@ -136,17 +147,32 @@ class TwoPhaseFileWriter(SinkWriter):
             self._broken = exc
             raise
         self._part = self._staged = None
-        return {"checkpoint": checkpoint_id, "staged": staged, "final": self.final_name(checkpoint_id)}
+        size = os.path.getsize(os.path.join(self.dir, staged))
+        return {"checkpoint": checkpoint_id, "staged": staged, "final": self.final_name(checkpoint_id),
+                "bytes": size}
 
     def commit(self, transaction: Any) -> None:
         if transaction is None or transaction.get("staged") is None:
             return
         staged, final = transaction["staged"], transaction["final"]
+        if self._fence is not None:
+            self._fence()  # raises if another run took the directory over
         try:
             os.replace(os.path.join(self.dir, staged), os.path.join(self.dir, final))
         except FileNotFoundError:
-            if os.path.exists(os.path.join(self.dir, final)):
+            try:
+                size = os.path.getsize(os.path.join(self.dir, final))
+            except FileNotFoundError:
+                size = None
+            expected = transaction.get("bytes")
+            if size is not None and (expected is None or size == expected):
                 return  # committed before: commit is idempotent
+            if size is not None:
+                raise JobError(
+                    f"sink {self.step!r} cannot commit checkpoint {transaction.get('checkpoint')}: its staged file "
+                    f"{staged} is gone and {final} in {self.dir!r} is not its output ({size} bytes, expected "
+                    f"{expected}): did another run write to this directory?"
+                ) from None
             raise JobError(
                 f"sink {self.step!r} cannot commit checkpoint {transaction.get('checkpoint')}: neither its "
                 f"staged file {staged} nor {final} is in {self.dir!r} (was the directory changed by hand?)"

@@ -132,18 +132,19 @@ def _write_atomically(path: Path, rows: list[dict[str, Any]]) -> None:
 def run(query: str, *, mode: str = "native", config: NexmarkConfig | None = None, input: str | None = None,
         rate: float | None = None, out: str | None = None, guarantee: str | None = None,
         checkpoint_dir: str | None = None, checkpoint_interval: int = 1_000, max_chunk: int = 2048,
-        state: str = "memory", stdout: IO[Any] | None = None) -> RunSummary:
+        state: str = "memory", stdout: IO[Any] | None = None, checkpoint_key: str | bytes | None = None) -> RunSummary:
     """Run ``query`` once, from the generator (``config``, paced at ``rate``) or the JSON-lines file ``input``.
 
     Output rows go to ``out`` as JSON lines (stdout when None). With exactly-once,
-    ``out`` is a directory of committed part files. An updating query's output is
+    ``out`` is a directory of committed part files. ``checkpoint_key`` signs the checkpoints
+    (see ``RunConfig.checkpoint_key``). An updating query's output is
     its final table: the changelog goes to ``<out>.changelog`` and is collapsed
     into ``out`` when the run ends.
     """
     if query not in QUERIES:
         raise ConfigError(f"unknown Nexmark query {query!r}; choose one of {', '.join(QUERIES)}")
     cfg = RunConfig(mode=mode, max_chunk=max_chunk, guarantee=guarantee, checkpoint_dir=checkpoint_dir,
-                    checkpoint_interval=checkpoint_interval, state=state)
+                    checkpoint_interval=checkpoint_interval, state=state, checkpoint_key=checkpoint_key)
     transactional = cfg.effective_guarantee == "exactly-once"
     key = UPDATING.get(query)
     source = source_for(config=config, input=input, rate=rate)

@@ -1,0 +1,490 @@
+"""Issue 13, sections 1-3: a checkpoint directory has one owner (lock + fenced epoch), history cannot be
+rewound silently, and every file a resume reads is verified (positions, signatures, disk full)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import pickle
+import random
+import signal
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import millstream as ms
+from millstream._checkpoint import CheckpointStore
+from millstream._checkpoint import _store as store_mod
+from millstream._checkpoint._owner import LOCK, DirectoryOwner
+from millstream.connectors import files
+from millstream.connectors._transactional import TwoPhaseFileWriter
+from millstream.errors import CheckpointError, CheckpointOwnershipError, JobError
+from millstream.testing import ManualClock
+
+STATE = {"job": {"x": 1}, "txns": {}, "read": {"src": 10}}
+N = 3_000
+
+
+class TickingClock(ManualClock):
+    """Processing time that moves 5 ms each time it is read: periodic checkpoints, deterministically."""
+
+    def now_ms(self) -> int:
+        self.advance(5)
+        return super().now_ms()
+
+
+def events(n: int) -> list[dict[str, Any]]:
+    return [{"id": i, "k": i % 5, "ts": i * 10} for i in range(n)]
+
+
+def identity(e: dict[str, Any]) -> dict[str, Any]:
+    return e
+
+
+def windowed(sink: ms.connectors.Sink, fail: Any = identity) -> ms.Flow:
+    flow = ms.Flow("ownership")
+    src = flow.source(ms.connectors.memory.read(events(N)), watermark=ms.WatermarkStrategy.bounded(0, timestamp="ts"))
+    (src.map(fail, name="maybe-fail").key_by("k").window(ms.windows.tumbling(1_000))
+        .aggregate(n=ms.agg.count(), ids=ms.agg.sum("id")).sink(sink))
+    return flow
+
+
+def cfg(tmp_path: Path, **kw: Any) -> dict[str, Any]:
+    return {"checkpoint_dir": tmp_path / "ck", "checkpoint_interval": 100, "clock": TickingClock(), "max_chunk": 64,
+            "mode": "native", "checkpoints_retained": 5, **kw}
+
+
+def sink_for(tmp_path: Path, guarantee: str) -> ms.connectors.Sink:
+    if guarantee == "exactly-once":
+        return files.write(str(tmp_path / "out") + "/", transactional=True)
+    return files.write(str(tmp_path / "out.jsonl"))
+
+
+def output(tmp_path: Path, guarantee: str) -> Counter[str]:
+    rows = (files.read_committed(tmp_path / "out") if guarantee == "exactly-once"
+            else [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines() if x.strip()])
+    return Counter(json.dumps(r, sort_keys=True) for r in rows)
+
+
+def reference(tmp_path: Path) -> Counter[str]:
+    ref = tmp_path / "ref.jsonl"
+    windowed(files.write(str(ref))).run(mode="native")
+    return Counter(json.dumps(json.loads(x), sort_keys=True) for x in ref.read_text().splitlines() if x.strip())
+
+
+def crash_midway(tmp_path: Path, guarantee: str, **kw: Any) -> None:
+    """Run until the input is two thirds read, then stop as a crash would (no final checkpoint)."""
+    def crash(e: dict[str, Any]) -> dict[str, Any]:
+        if e["id"] == 2_000:
+            raise KeyboardInterrupt
+        return e
+
+    result = windowed(sink_for(tmp_path, guarantee), fail=crash).run(guarantee=guarantee, **cfg(tmp_path, **kw))
+    assert result.interrupted and len(checkpoints(tmp_path)) >= 3
+
+
+def resume(tmp_path: Path, guarantee: str, **kw: Any) -> ms.RunResult:
+    return windowed(sink_for(tmp_path, guarantee)).run(guarantee=guarantee, **cfg(tmp_path, **kw))
+
+
+def checkpoints(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "ck").glob("chk-*"))
+
+
+# -- 1. one owner per checkpoint directory ----------------------------------------------------------------
+
+
+def test_a_second_live_run_is_refused_naming_the_owner(tmp_path: Path) -> None:
+    other = DirectoryOwner(str(tmp_path / "ck"))
+    os.makedirs(other.root)
+    other.acquire()
+    try:
+        with pytest.raises(CheckpointOwnershipError) as info:
+            resume(tmp_path, "exactly-once")
+        text = str(info.value)
+        assert "in use by another run" in text and f"PID {os.getpid()}" in text
+        assert socket.gethostname() in text and "since 20" in text and "owner epoch 1" in text
+        assert not (tmp_path / "out").exists() or not files.read_committed(tmp_path / "out")
+    finally:
+        other.release()
+    assert resume(tmp_path, "exactly-once").ok  # released: the directory is free again
+
+
+def test_the_lock_is_held_for_the_whole_run_across_restarts_and_released_after(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def probe(e: dict[str, Any]) -> dict[str, Any]:
+        if e["id"] in (1_000, 2_500):
+            try:
+                DirectoryOwner(str(tmp_path / "ck")).acquire()
+                seen.append("acquired")
+            except CheckpointOwnershipError:
+                seen.append("refused")
+            if e["id"] == 1_000 and len(seen) == 1:
+                raise ConnectionError("a transient failure: the run restarts in process")
+        return e
+
+    result = windowed(sink_for(tmp_path, "exactly-once"), fail=probe).run(
+        guarantee="exactly-once", restarts=1, restart_delay_s=0, **cfg(tmp_path))
+    assert result.restarts == 1 and seen == ["refused", "refused", "refused"]
+    owner = DirectoryOwner(str(tmp_path / "ck"))
+    owner.acquire()  # released at the end of the run
+    owner.release()
+
+
+def test_a_crashed_owner_never_blocks_a_restart(tmp_path: Path) -> None:
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    code = ("import os, signal, sys; from millstream._checkpoint._owner import DirectoryOwner; "
+            "DirectoryOwner(sys.argv[1]).acquire(); os.kill(os.getpid(), signal.SIGKILL)")
+    r = subprocess.run([sys.executable, "-c", code, str(ck)], timeout=60)
+    assert r.returncode == -signal.SIGKILL
+    owner = DirectoryOwner(str(ck))
+    owner.acquire()
+    assert owner.epoch == 2  # the dead owner's epoch counts on
+    owner.release()
+
+
+def test_a_zombie_is_fenced_by_its_epoch_when_the_lock_cannot_be_relied_on(tmp_path: Path) -> None:
+    root = str(tmp_path / "ck")
+    zombie = DirectoryOwner(root)
+    os.makedirs(root)
+    zombie.acquire()
+    store = CheckpointStore(root, job="j", owner=zombie)
+    store.write(1, STATE, finished=False, meta={})
+    out = tmp_path / "out"
+    writer = TwoPhaseFileWriter(str(out), ext="jsonl", new_part=lambda p: _Part(p), step="out")
+    writer.set_fence(zombie.epoch, zombie.check)
+    writer.recover([])
+    writer.write([{"a": 1}], None)
+    txn = writer.pre_commit(2)
+    assert f".e{zombie.epoch}-" in txn["staged"]  # the owner epoch is in the staged name
+
+    os.remove(os.path.join(root, LOCK))  # the lock file removed by hand: a new run locks a new file
+    new = DirectoryOwner(root)
+    new.acquire()
+    assert new.epoch == zombie.epoch + 1
+    try:
+        with pytest.raises(CheckpointOwnershipError, match="no longer owns .* took it over"):
+            store.write(2, STATE, finished=False, meta={})
+        assert store.ids() == [1]
+        with pytest.raises(CheckpointOwnershipError):
+            writer.commit(txn)
+        assert not (out / txn["final"]).exists()
+        with pytest.raises(CheckpointOwnershipError):
+            store.write_positions({"src": {}})
+        with pytest.raises(CheckpointOwnershipError):
+            store.gc()
+        CheckpointStore(root, job="j", owner=new).write(2, STATE, finished=False, meta={})  # the owner goes on
+    finally:
+        new.release()
+        zombie.release()
+
+
+class _Part:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.f = open(path, "w")  # noqa: SIM115
+
+    def write(self, records: list[Any]) -> None:
+        self.f.write("".join(json.dumps(r) + "\n" for r in records))
+
+    def seal(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+
+    def discard(self) -> None:
+        self.f.close()
+        os.unlink(self.path)
+
+
+def test_filesystems_without_locks_rely_on_the_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    import fcntl
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    root = str(tmp_path / "ck")
+    os.makedirs(root)
+    with caplog.at_level(logging.WARNING, logger="millstream"):
+        a = DirectoryOwner(root)
+        a.acquire()
+    assert "file locks do not work here" in caplog.text
+    b = DirectoryOwner(root)
+    b.acquire()  # not refused (no lock), but a is fenced
+    with pytest.raises(CheckpointOwnershipError):
+        a.check()
+    b.check()
+
+
+def test_a_commit_never_takes_another_runs_file_for_its_own(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    writer = TwoPhaseFileWriter(str(out), ext="jsonl", new_part=lambda p: _Part(p), step="out")
+    writer.recover([])
+    writer.write([{"a": 1}], None)
+    txn = writer.pre_commit(3)
+    os.replace(out / txn["staged"], out / txn["final"])
+    writer.commit(txn)  # committed before (same size): idempotent
+    (out / txn["final"]).write_text('{"someone": "else", "wrote": "this"}\n')
+    with pytest.raises(JobError, match="is not its output"):
+        writer.commit(txn)
+
+
+# -- 2. history cannot be rewound silently ----------------------------------------------------------------
+
+
+def test_deleting_the_newest_checkpoint_is_refused_under_exactly_once(tmp_path: Path) -> None:
+    crash_midway(tmp_path, "exactly-once")
+    before = output(tmp_path, "exactly-once")
+    newest = checkpoints(tmp_path)[-1]
+    assert sum(1 for _ in (tmp_path / "out").glob(f"part-{newest.name[4:]}-*"))  # its output was committed
+    for f in newest.iterdir():
+        f.unlink()
+    newest.rmdir()
+    with pytest.raises(CheckpointError) as info:
+        resume(tmp_path, "exactly-once")
+    text = str(info.value)
+    assert f"checkpoint {int(newest.name[4:])} may already be committed" in text
+    assert "put the missing checkpoint folder(s) back" in text and "new (empty) checkpoint directory AND" in text
+    assert output(tmp_path, "exactly-once") == before  # nothing changed
+    # the advice works: a new checkpoint directory and a new output give the right answer
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    windowed(sink_for(fresh, "exactly-once")).run(guarantee="exactly-once", **cfg(fresh))
+    assert output(fresh, "exactly-once") == reference(tmp_path)
+
+
+def test_all_checkpoints_deleted_is_refused_under_exactly_once(tmp_path: Path) -> None:
+    crash_midway(tmp_path, "exactly-once")
+    for c in checkpoints(tmp_path):
+        for f in c.iterdir():
+            f.unlink()
+        c.rmdir()
+    with pytest.raises(CheckpointError, match="no checkpoint is left"):
+        resume(tmp_path, "exactly-once")
+
+
+def test_a_rewound_history_warns_under_at_least_once_and_never_reuses_an_id(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    crash_midway(tmp_path, "at-least-once")
+    newest = checkpoints(tmp_path)[-1]
+    deleted = int(newest.name[4:])
+    for f in newest.iterdir():
+        f.unlink()
+    newest.rmdir()
+    with caplog.at_level(logging.WARNING, logger="millstream"):
+        result = resume(tmp_path, "at-least-once")
+    assert f"output of checkpoint {deleted} may already be committed" in caplog.text
+    assert result.checkpoints is not None and result.checkpoints.restored_from == deleted - 1
+    assert [h["id"] for h in result.checkpoints.history][0] > deleted
+    assert set(output(tmp_path, "at-least-once")) == set(reference(tmp_path))
+
+
+def test_every_refusal_gives_safe_advice(tmp_path: Path) -> None:
+    crash_midway(tmp_path, "exactly-once")
+    state = checkpoints(tmp_path)[-1] / "state.pkl"
+    state.write_bytes(state.read_bytes()[:-5])
+    with pytest.raises(CheckpointError) as info:
+        resume(tmp_path, "exactly-once")
+    text = str(info.value)
+    assert "remove the checkpoint directory" not in text
+    assert "new (empty) checkpoint directory AND a new or emptied output" in text
+
+
+# -- 3. every file a resume reads is verified ---------------------------------------------------------------
+
+
+def test_at_most_once_refuses_to_resume_without_its_positions(tmp_path: Path) -> None:
+    crash_midway(tmp_path, "at-most-once")
+    before = output(tmp_path, "at-most-once")
+    os.remove(tmp_path / "ck" / "positions.pkl")
+    with pytest.raises(CheckpointError, match="no positions.pkl") as info:
+        resume(tmp_path, "at-most-once")
+    assert "put positions.pkl back" in str(info.value)
+    assert output(tmp_path, "at-most-once") == before
+
+
+def test_at_most_once_detects_every_damaged_positions_file(tmp_path: Path) -> None:
+    crash_midway(tmp_path, "at-most-once")
+    path = tmp_path / "ck" / "positions.pkl"
+    good = path.read_bytes()
+    rnd = random.Random(5)
+    store = CheckpointStore(str(tmp_path / "ck"), job=json.loads(good.split(b"\n")[0])["job"])
+    assert store.read_positions()
+    for _ in range(300):  # bit flips and truncations anywhere: always a CheckpointError, never a KeyError
+        data = bytearray(good)
+        if rnd.random() < 0.8:
+            i = rnd.randrange(len(data))
+            data[i] ^= 1 << rnd.randrange(8)
+        else:
+            del data[rnd.randrange(len(data)):]
+        path.write_bytes(bytes(data))
+        with pytest.raises(CheckpointError, match="positions.pkl"):
+            store.read_positions()
+    data = bytearray(good)
+    data[-3] ^= 4
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="damaged") as info:
+        resume(tmp_path, "at-most-once")
+    assert "does not resume" in str(info.value)
+
+
+def test_at_most_once_records_positions_from_the_start(tmp_path: Path) -> None:
+    resume(tmp_path, "at-most-once")
+    assert (tmp_path / "ck" / "positions.pkl").exists()
+    assert output(tmp_path, "at-most-once") == reference(tmp_path)
+
+
+def _no_space_on(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open = open
+
+    class Full:
+        def __init__(self, f: Any) -> None:
+            self.f = f
+
+        def __enter__(self) -> Full:
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.f.close()
+
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(self.f, attr)
+
+    def fake_open(path: Any, mode: str = "r", *args: Any, **kw: Any) -> Any:
+        f = real_open(path, mode, *args, **kw)
+        return Full(f) if "w" in mode and os.path.basename(str(path)) == name else f
+
+    monkeypatch.setattr(store_mod, "open", fake_open, raising=False)
+
+
+def test_disk_full_while_writing_a_checkpoint_is_a_clear_error(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    store = CheckpointStore(str(tmp_path / "ck"), job="j")
+    store.write(1, STATE, finished=False, meta={})
+    _no_space_on("state.pkl", monkeypatch)
+    with pytest.raises(CheckpointError) as info:
+        store.write(2, STATE, finished=False, meta={})
+    text = str(info.value)
+    assert "no space left on the device" in text and "checkpoint 2" in text and store.root in text
+    assert "previous checkpoint (1) is intact" in text and "free space" in text
+    monkeypatch.undo()
+    assert store.ids() == [1] and store.load(1).state == STATE
+    assert not [n for n in os.listdir(store.root) if n.startswith(".tmp-")]
+
+
+def test_disk_full_during_a_run_fails_cleanly_and_the_run_resumes_after(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = store_mod.CheckpointStore._write
+
+    def fill_up(self: CheckpointStore, ckpt_id: int, *a: Any, **kw: Any) -> int:
+        calls.append(ckpt_id)
+        if len(calls) == 4:
+            _no_space_on("MANIFEST.json", monkeypatch)
+        return real(self, ckpt_id, *a, **kw)
+
+    monkeypatch.setattr(store_mod.CheckpointStore, "_write", fill_up)
+    with pytest.raises(CheckpointError, match="no space left") as info:
+        resume(tmp_path, "exactly-once")
+    assert f"checkpoint {calls[-1]}" in str(info.value)
+    monkeypatch.undo()  # space freed
+    result = resume(tmp_path, "exactly-once")
+    assert result.checkpoints is not None and result.checkpoints.restored_from == calls[-2]
+    assert output(tmp_path, "exactly-once") == reference(tmp_path)
+
+
+KEY = "s3cret-checkpoint-key-do-not-leak"
+
+
+def test_signed_checkpoints_are_verified_before_anything_is_unpickled(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    root = str(tmp_path / "ck")
+    signed = CheckpointStore(root, job="j", key=KEY)
+    signed.write(1, STATE, finished=False, meta={})
+    signed.write_positions({"src": {"read": 3}})
+    assert signed.load(1).state == STATE and signed.read_positions() == {"src": {"read": 3}}
+    for f in Path(root).rglob("*"):
+        if f.is_file():
+            assert KEY.encode() not in f.read_bytes()
+    assert KEY not in repr(signed) and KEY not in repr(ms.RunConfig(checkpoint_dir=root, checkpoint_key=KEY))
+
+    # an unsigned checkpoint (or positions file) is refused when a key is set
+    CheckpointStore(root, job="j").write(2, STATE, finished=False, meta={})
+    CheckpointStore(root, job="j").write_positions({"src": {"read": 4}})
+
+    def never(*a: Any, **kw: Any) -> Any:
+        raise AssertionError("unpickled before verification")
+
+    monkeypatch.setattr(store_mod.pickle, "loads", never)
+    for store in (signed, CheckpointStore(root, job="j", key="another key")):
+        with pytest.raises(CheckpointError) as info:
+            store.load(2)
+        assert "not signed" in str(info.value) and KEY not in str(info.value)
+        with pytest.raises(CheckpointError, match="not signed"):
+            store.read_positions()
+    with pytest.raises(CheckpointError, match="signature check") as info:
+        CheckpointStore(root, job="j", key="another key").load(1)
+    assert KEY not in str(info.value)
+
+    # tampering that keeps the checksums consistent is caught by the signature
+    manifest_path = Path(root) / "chk-00000001" / "MANIFEST.json"
+    manifest = json.loads(manifest_path.read_text())
+    evil = pickle.dumps({"job": {"x": "evil"}, "txns": {}, "read": {}})
+    (Path(root) / "chk-00000001" / "state.pkl").write_bytes(evil)
+    manifest["files"]["state.pkl"] = {"size": len(evil), "sha256": __import__("hashlib").sha256(evil).hexdigest()}
+    manifest["checksum"] = store_mod._manifest_checksum(manifest)
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="signature check"):
+        signed.load(1)
+
+
+def test_a_run_with_a_key_refuses_checkpoints_taken_without_it(tmp_path: Path) -> None:
+    crash_midway(tmp_path, "exactly-once")
+    with pytest.raises(CheckpointError, match="not signed") as info:
+        resume(tmp_path, "exactly-once", checkpoint_key=KEY)
+    assert KEY not in str(info.value)
+
+
+# -- the CLI shows millstream's warnings, and reads the key from the environment --------------------------
+
+
+JOB = str(Path(__file__).parent / "chaos" / "job.py")
+
+
+def cli(tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    args = [sys.executable, "-m", "millstream.cli", "run", JOB, "-q", "--progress", "off",
+            "--set", "events=6000", "--set", "rate=30000", "--set", f"out={tmp_path / 'out.jsonl'}",
+            "--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-interval", "40", *extra]
+    full = {**os.environ, **(env or {})}
+    full.pop("MILLSTREAM_FAILPOINTS", None)
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, env=full)
+
+
+def test_the_cli_shows_the_fallback_warning_and_uses_the_key(tmp_path: Path) -> None:
+    env = {"MILLSTREAM_CHECKPOINT_KEY": KEY, "MILLSTREAM_FAILPOINTS": ""}
+    first = cli(tmp_path, "--guarantee", "at-least-once", env=env)
+    assert first.returncode == 0, first.stderr
+    newest = sorted((tmp_path / "ck").glob("chk-*"))[-1]
+    (newest / "MANIFEST.json").write_text("{}")
+    again = cli(tmp_path, "--guarantee", "at-least-once", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "millstream WARNING:" in again.stderr and "resuming from the older checkpoint" in again.stderr
+    quiet = cli(tmp_path, "--guarantee", "at-least-once", "--log-level", "error", env=env)
+    assert quiet.returncode == 0 and "WARNING" not in quiet.stderr
+    wrong = cli(tmp_path, "--guarantee", "at-least-once", env={"MILLSTREAM_CHECKPOINT_KEY": "wrong"})
+    assert wrong.returncode == 1 and "signature check" in wrong.stderr
+    assert KEY not in wrong.stderr + again.stderr + first.stderr
