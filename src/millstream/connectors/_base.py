@@ -283,6 +283,10 @@ class SinkWriter(ABC):
         """Flush and release resources."""
         self.flush()
 
+    def abandon(self) -> None:
+        """Release connections without flushing or committing anything, as a crash would (the
+        conformance kit uses it to simulate one in process). Default: nothing to release."""
+
 
 class Sink(ABC):
     """A declared output.

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+from millstream.testing._conformance import ConformanceError, SinkReport, SourceReport, check_sink, check_source
 from millstream.testing._kit import (
     CollectSink,
     ManualClock,
@@ -34,13 +35,18 @@ from millstream.testing._kit import (
 
 __all__ = [
     "CollectSink",
+    "ConformanceError",
     "ManualClock",
     "PartitionedTestSource",
     "ProcessingTime",
+    "SinkReport",
+    "SourceReport",
     "TestSource",
     "TransactionalCollectSink",
     "Watermark",
     "advance_processing_time",
+    "check_sink",
+    "check_source",
     "run_collect",
     "watermark",
 ]
