@@ -1,0 +1,561 @@
+"""NATS JetStream: a durable pull consumer as a source, JetStream publish with message ids as a sink.
+
+The public facade is :mod:`millstream.connectors.nats`. nats-py is asyncio: each reader and
+writer runs its own event loop in a background thread (started when it opens, stopped and
+joined when it closes) and the job's thread hands it coroutines.
+
+The source's position is the stream sequence of the last message the job consumed. The
+consumer acknowledges with ``AckPolicy.ALL``: one ack of the checkpoint's last message
+acknowledges everything before it. JetStream only redelivers a message once its
+``ack_wait`` has passed, so after a crash the messages the dead run had pulled would come
+back late, behind newer ones; to read them again in order, a restart that finds unacked
+messages recreates the durable consumer at the sequence after the restored position
+(or after its ack floor without a checkpoint). Messages at or below the position are
+dropped, so exactly-once holds with a transactional sink downstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+
+from millstream.connectors._base import (
+    Backoff,
+    Delivery,
+    ErrorPolicy,
+    Sink,
+    SinkWriter,
+    Source,
+    SourceContext,
+    SourceReader,
+    check_policy,
+    redact_url,
+    retry,
+)
+from millstream.errors import ConnectorError, ConnectorUnavailable
+
+__all__ = ["NatsSink", "NatsSource", "ReadOptions", "WriteOptions"]
+
+log = logging.getLogger("millstream.connectors.nats")
+T = TypeVar("T")
+
+FORMATS = ("json", "text", "bytes")
+METADATA = ("subject", "sequence", "timestamp", "headers")
+
+
+def make_decoder(fmt: str, deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    if deserializer is not None:
+        return deserializer
+    if fmt == "json":
+        return orjson.loads
+    if fmt == "text":
+        return lambda b: b.decode("utf-8")
+    return bytes
+
+
+def hosts(servers: tuple[str, ...]) -> str:
+    return ",".join(redact_url(s).split("://", 1)[-1].split("@")[-1] for s in servers)
+
+
+class _Loop:
+    """An asyncio loop in a thread of its own; ``run`` waits for a coroutine from another thread."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        if not self.thread.is_alive():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+class _Conn:
+    """A NATS connection on its own loop, with errors sorted into retryable and fatal."""
+
+    def __init__(self, servers: tuple[str, ...], connector: str, backoff: Backoff,
+                 on_retry: Callable[[int, BaseException], None]) -> None:
+        self.servers = servers
+        self.connector = connector
+        self.address = hosts(servers)
+        self.backoff = backoff
+        self.on_retry = on_retry
+        self.secrets = [s for s in (_password(u) for u in servers) if s]
+        self.loop = _Loop(f"millstream-nats {connector}")
+        self.nc: Any = None
+        self.js: Any = None
+        try:
+            self.call(self._connect, "connecting to")
+        except BaseException:
+            self.loop.stop()
+            raise
+
+    async def _connect(self) -> None:
+        import nats
+
+        async def quiet(exc: Exception) -> None:  # nats-py logs errors with their text by default
+            log.debug("%s: %s", self.connector, self.scrub(f"{type(exc).__name__}: {exc}"))
+
+        self.nc = await nats.connect(servers=list(self.servers), connect_timeout=5, allow_reconnect=True,
+                                     max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=quiet,
+                                     disconnected_cb=_nothing, reconnected_cb=_nothing, closed_cb=_nothing)
+        self.js = self.nc.jetstream()
+
+    def scrub(self, text: str) -> str:
+        for s in self.secrets:
+            text = text.replace(s, "***")
+        return text
+
+    def error(self, exc: BaseException) -> ConnectorError:
+        import nats.errors as ne
+        import nats.js.errors as jse
+
+        text = self.scrub(f"{type(exc).__name__}: {exc}".rstrip(": "))
+        if isinstance(exc, ne.AuthorizationError) or "authorization" in text.lower():
+            return ConnectorError(f"authentication failed ({text})", connector=self.connector, address=self.address,
+                                  fix="check the user and password (nats://user:password@host:port) or token")
+        if isinstance(exc, jse.ServiceUnavailableError | ne.NoServersError | ne.ConnectionClosedError |
+                      ne.TimeoutError | ne.NoRespondersError | asyncio.TimeoutError | OSError):
+            return ConnectorUnavailable(text, connector=self.connector, address=self.address)
+        return ConnectorError(text, connector=self.connector, address=self.address)
+
+    def call(self, make: Callable[[], Coroutine[Any, Any, T]], what: str, timeout: float = 30) -> T:
+        """Run ``make()`` on the loop, retrying what may pass with the backoff."""
+
+        def attempt() -> T:
+            try:
+                return self.loop.run(make(), timeout)
+            except ConnectorError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - sorted into retryable and fatal
+                raise self.error(exc) from None
+
+        return retry(attempt, what=f"{self.connector} {what} {self.address}", backoff=self.backoff,
+                     on_retry=self.on_retry)
+
+    def close(self) -> None:
+        nc, self.nc = self.nc, None
+        try:
+            if nc is not None and not nc.is_closed:
+                self.loop.run(nc.close(), 10)
+        except Exception as exc:  # noqa: BLE001 - closing: nothing left to save
+            log.debug("%s: closing: %s", self.connector, self.scrub(str(exc)))
+        finally:
+            self.loop.stop()
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _password(url: str) -> str | None:
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return None
+    if parts.password:
+        return parts.password
+    if parts.username and not parts.password:  # nats://TOKEN@host
+        return parts.username
+    return None
+
+
+def _seq_and_ts(reply: str) -> tuple[int, int]:
+    """Stream sequence and timestamp (ms) from a JetStream ack subject."""
+    t = reply.split(".")
+    if len(t) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>
+        return int(t[5]), int(t[7]) // 1_000_000
+    # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>[.<token>]
+    return int(t[7]), int(t[9]) // 1_000_000
+
+
+# -- the source -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    stream: str
+    servers: tuple[str, ...]
+    durable: str
+    subject: str | None
+    start: str | int
+    bounded: bool
+    batch: int
+    fetch_timeout_s: float
+    ack_wait_s: float
+    format: str
+    deserializer: Callable[[bytes], Any] | None
+    metadata: tuple[str, ...]
+    backoff: Backoff = dataclasses.field(default_factory=Backoff)
+
+
+class NatsSource(Source):
+    """Reads a JetStream stream through a durable pull consumer."""
+
+    replay = "redelivery"
+
+    def __init__(self, options: ReadOptions, *, on_error: ErrorPolicy = "fail", name: str | None = None) -> None:
+        self.options = options
+        self.on_error = check_policy(on_error)
+        self.name = name
+        self.bounded = options.bounded
+
+    def open(self, ctx: SourceContext) -> SourceReader:
+        return _NatsReader(self.options, ctx)
+
+    def describe(self) -> str:
+        o = self.options
+        what = o.stream + (f" ({o.subject})" if o.subject else "")
+        return f"nats {what}@{hosts(o.servers)} (durable {o.durable})" + (", bounded" if o.bounded else "")
+
+    def default_name(self) -> str:
+        return self.name or self.options.stream
+
+
+class _NatsReader(SourceReader):
+    def __init__(self, options: ReadOptions, ctx: SourceContext) -> None:
+        self.o = options
+        self.ctx = ctx
+        self.connector = f"nats source '{ctx.step}'"
+        self.decode = make_decoder(options.format, options.deserializer)
+        self.retries = 0
+        self.dropped = 0
+        self.recreated = 0
+        self.last: int | None = None        # stream sequence of the last message consumed (the position)
+        self.covered: int | None = None     # restored: messages up to here are done
+        self.end: int | None = None         # bounded: the stream's last sequence at start
+        self.ended = False
+        self.sub: Any = None
+        self.acks: deque[tuple[int, str]] = deque()  # (sequence, ack subject) of each chunk's last message
+        self.chunk_seqs: list[int] = []
+        self.conn = _Conn(options.servers, self.connector, options.backoff, self._on_retry)
+        try:
+            info = self.conn.call(self._stream_info, "looking up the stream at")
+            if options.bounded:
+                self.end = int(info.state.last_seq)
+                if info.state.messages == 0:
+                    self.ended = True
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _on_retry(self, attempt: int, exc: BaseException) -> None:
+        self.retries += 1
+
+    async def _stream_info(self) -> Any:
+        import nats.js.errors as jse
+
+        try:
+            return await self.conn.js.stream_info(self.o.stream)
+        except jse.NotFoundError:
+            raise ConnectorError(f"JetStream has no stream {self.o.stream!r}", connector=self.connector,
+                                 address=self.conn.address,
+                                 fix="create the stream first (nats stream add, or JetStreamManager.add_stream)"
+                                 ) from None
+
+    # -- the consumer
+    async def _bind(self) -> None:
+        """Bind to the durable consumer, (re)creating it where the restart needs (see the module docstring)."""
+        import nats.js.api as api
+        import nats.js.errors as jse
+
+        js, o = self.conn.js, self.o
+        try:
+            ci = await js.consumer_info(o.stream, o.durable)
+        except jse.NotFoundError:
+            ci = None
+        start: int | None = None
+        if ci is not None:
+            cfg = ci.config
+            floor = int(ci.ack_floor.stream_seq)
+            mismatch = cfg.ack_policy != api.AckPolicy.ALL or (cfg.filter_subject or None) != o.subject \
+                or cfg.ack_wait != o.ack_wait_s
+            if ci.num_ack_pending or mismatch:
+                start = (self.covered if self.covered is not None else floor) + 1
+                log.info("%s: recreating durable consumer %r at stream sequence %d (%s)", self.connector,
+                         o.durable, start, "its configuration changed" if mismatch
+                         else f"{ci.num_ack_pending} messages a previous run pulled are unacknowledged")
+                await js.delete_consumer(o.stream, o.durable)
+                self.recreated += 1
+                ci = None
+        elif self.covered is not None:
+            start = self.covered + 1
+        if ci is None:
+            if start is not None:
+                policy: dict[str, Any] = {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": start}
+            elif o.start == "new":
+                policy = {"deliver_policy": api.DeliverPolicy.NEW}
+            elif isinstance(o.start, int):
+                policy = {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": o.start}
+            else:
+                policy = {"deliver_policy": api.DeliverPolicy.ALL}
+            await js.add_consumer(o.stream, api.ConsumerConfig(
+                durable_name=o.durable, ack_policy=api.AckPolicy.ALL, ack_wait=o.ack_wait_s,
+                filter_subject=o.subject, max_ack_pending=-1, max_deliver=-1, **policy))
+        self.sub = await js.pull_subscribe_bind(durable=o.durable, stream=o.stream)
+
+    async def _fetch(self, n: int) -> list[Any]:
+        import nats.errors as ne
+
+        try:
+            return list(await self.sub.fetch(n, timeout=self.o.fetch_timeout_s))
+        except (TimeoutError, ne.TimeoutError):
+            return []
+
+    async def _num_pending(self) -> int:
+        ci = await self.conn.js.consumer_info(self.o.stream, self.o.durable)
+        return int(ci.num_pending)
+
+    # -- the source model
+    def snapshot(self) -> Any:
+        return {"stream": self.o.stream, "durable": self.o.durable, "sequence": self.last}
+
+    def restore(self, position: Any) -> None:
+        if position and position.get("sequence") is not None:
+            self.last = self.covered = int(position["sequence"])
+            if self.end is not None and self.covered >= self.end:
+                self.ended = True
+
+    def position_of(self, index: int) -> str | None:
+        if index >= len(self.chunk_seqs):
+            return None
+        return f"{self.o.stream}@{self.chunk_seqs[index]}"
+
+    def acknowledge(self, position: Any) -> None:
+        if not position or position.get("sequence") is None:
+            return
+        upto = int(position["sequence"])
+        reply = None
+        while self.acks and self.acks[0][0] <= upto:
+            reply = self.acks.popleft()[1]
+        if reply is None:
+            return
+        nc = self.conn.nc
+
+        async def ack() -> None:  # AckPolicy.ALL: this acknowledges every message up to it
+            await nc.request(reply, b"+ACK", timeout=10)
+
+        self.conn.call(ack, "acknowledging at")
+
+    def metrics(self) -> dict[str, int]:
+        return {"retries": self.retries, "redelivered_dropped": self.dropped, "consumer_recreated": self.recreated}
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def poll(self, max_records: int) -> list[Any] | None:
+        if self.ended:
+            return None
+        if self.sub is None:
+            self.conn.call(self._bind, "binding the durable consumer at")
+        n = max(1, min(max_records, self.o.batch))
+        msgs = self.conn.call(lambda: self._fetch(n), "fetching from")
+        if not msgs:
+            if self.end is not None and self.conn.call(self._num_pending, "asking the consumer at") == 0:
+                self.ended = True
+                return None
+            return []
+        return self._records(msgs)
+
+    def _records(self, msgs: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        seqs = self.chunk_seqs = []
+        meta = self.o.metadata
+        decode = self.decode
+        end, covered = self.end, self.covered
+        last_reply = None
+        for m in msgs:
+            seq, ts = _seq_and_ts(m.reply)
+            if end is not None and seq > end:  # bounded: past the end seen at start (left unacked)
+                self.ended = True
+                break
+            last_reply = m.reply
+            self.last = seq
+            if covered is not None and seq <= covered:  # redelivered, and the checkpoint has it
+                self.dropped += 1
+                continue
+            where = f"{self.o.stream}@{seq}"
+            try:
+                rec = decode(m.data)
+            except Exception as exc:  # noqa: BLE001 - a bad payload: the error policy decides
+                what = "the deserializer's type" if self.o.deserializer is not None else self.o.format
+                self.ctx.bad_record(f"cannot decode the payload as {what}: {type(exc).__name__}: {exc}",
+                                    position=where, raw=m.data)
+                continue
+            if meta:
+                if not isinstance(rec, dict):
+                    self.ctx.bad_record(f"metadata was asked for, and the payload is a {type(rec).__name__}, "
+                                        "not an object", position=where, raw=m.data)
+                    continue
+                if "subject" in meta:
+                    rec["_subject"] = m.subject
+                if "sequence" in meta:
+                    rec["_sequence"] = seq
+                if "timestamp" in meta:
+                    rec["_timestamp"] = ts
+                if "headers" in meta:
+                    rec["_headers"] = dict(m.headers) if m.headers else {}
+            seqs.append(seq)
+            out.append(rec)
+        if last_reply is not None:
+            assert self.last is not None
+            self.acks.append((self.last, last_reply))
+            if end is not None and self.last >= end:
+                self.ended = True
+        return out
+
+
+# -- the sink ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    subject: str
+    servers: tuple[str, ...]
+    msg_id: str | Callable[[Any], Any] | None
+    serializer: Callable[[Any], bytes | str] | None
+    max_pending: int
+    backoff: Backoff = dataclasses.field(default_factory=Backoff)
+
+
+class NatsSink(Sink):
+    """Publishes records to a JetStream subject, with a ``Nats-Msg-Id`` header when ``msg_id`` is given."""
+
+    def __init__(self, options: WriteOptions, *, name: str | None = None) -> None:
+        self.options = options
+        self.name = name
+        # the stream deduplicates a message id it saw within its duplicate window: see docs/connectors/nats.md
+        self.delivery: Delivery = "idempotent" if options.msg_id is not None else "none"
+
+    def open(self, step: str) -> SinkWriter:
+        return _NatsWriter(self.options, step)
+
+    def describe(self) -> str:
+        return f"nats {self.options.subject}@{hosts(self.options.servers)}"
+
+    def default_name(self) -> str:
+        return self.name or self.options.subject
+
+
+class _NatsWriter(SinkWriter):
+    def __init__(self, options: WriteOptions, step: str) -> None:
+        self.o = options
+        self.connector = f"nats sink '{step}'"
+        self.retries = 0
+        self.duplicates = 0
+        self.written = 0
+        ser = options.serializer
+        self.serialize: Callable[[Any], Any] = ser if ser is not None else orjson.dumps
+        mid = options.msg_id
+        self.msg_id: Callable[[Any], Any] | None = (lambda r: r[mid]) if isinstance(mid, str) else mid
+        self.futures: list[Any] = []
+        self.batch: list[tuple[bytes, str | None]] = []
+        self.conn = _Conn(options.servers, self.connector, options.backoff, self._on_retry)
+        try:
+            self.window_s = self.conn.call(self._check_stream, "looking up the stream at")
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _on_retry(self, attempt: int, exc: BaseException) -> None:
+        self.retries += 1
+
+    async def _check_stream(self) -> float | None:
+        import nats.js.errors as jse
+
+        js = self.conn.js
+        try:
+            name = await js.find_stream_name_by_subject(self.o.subject)
+        except jse.NotFoundError:
+            raise ConnectorError(f"no JetStream stream takes subject {self.o.subject!r}", connector=self.connector,
+                                 address=self.conn.address,
+                                 fix="create a stream whose subjects include it (nats stream add)") from None
+        info = await js.stream_info(name)
+        window = info.config.duplicate_window
+        if self.o.msg_id is not None:
+            log.info("%s: stream %r deduplicates message ids for %ss", self.connector, name, window)
+        return float(window) if window is not None else None
+
+    def write(self, records: list[Any], times: list[int] | None) -> None:
+        ser, mid = self.serialize, self.msg_id
+        batch = self.batch
+        for r in records:
+            payload = ser(r)
+            if isinstance(payload, str):
+                payload = payload.encode()
+            if mid is None:
+                batch.append((payload, None))
+                continue
+            try:
+                ident = mid(r)
+            except Exception as exc:  # noqa: BLE001
+                raise ConnectorError(f"cannot take the message id of a record: {type(exc).__name__}: {exc}",
+                                     connector=self.connector, address=self.conn.address,
+                                     fix="give every record the msg_id field, or pass msg_id=callable") from None
+            batch.append((payload, str(ident)))
+        if len(batch) >= 1000:
+            self._send()
+
+    def _send(self) -> None:
+        batch, self.batch = self.batch, []
+        if not batch:
+            return
+        subject = self.o.subject
+
+        async def publish() -> None:
+            js = self.conn.js
+            for payload, ident in batch:
+                headers = {"Nats-Msg-Id": ident} if ident is not None else None
+                self.futures.append(await js.publish_async(subject, payload, headers=headers))
+
+        self.conn.loop.run(publish(), 120)
+        if len(self.futures) >= self.o.max_pending:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Wait for the stream's acks of everything published; a failed publish is sent again (same id)."""
+        futures, self.futures = self.futures, []
+        if not futures:
+            return
+
+        async def settle() -> list[Any]:
+            return list(await asyncio.gather(*futures, return_exceptions=True))
+
+        results = self.conn.loop.run(settle(), 120)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        self.written += len(results) - len(failed)
+        self.duplicates += sum(1 for r in results if not isinstance(r, BaseException) and r.duplicate)
+        if failed:
+            raise self.conn.error(failed[0])
+
+    def flush(self) -> None:
+        if self.conn.nc is None:
+            return
+        self._send()
+        self._settle()
+
+    def metrics(self) -> dict[str, int]:
+        return {"retries": self.retries, "duplicates": self.duplicates}
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self.conn.close()

@@ -1,0 +1,538 @@
+"""Redis Streams: a consumer-group source (XREADGROUP, XACK after checkpoints) and an XADD sink.
+
+The public facade is :mod:`millstream.connectors.redis`.
+
+How the source keeps exactly-once with a redelivery system: each stream is a split;
+the position of a split is the id of the last entry handed to the job. Entry ids grow
+within a stream, so on a restart the entries this consumer left pending (read, never
+XACKed) are read first (``XREADGROUP ... 0``) and those the restored position already
+covers are dropped; the rest are processed again. ``acknowledge(position)`` XACKs every
+entry read up to the position's id, never past it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import orjson
+
+from millstream.connectors._base import (
+    Backoff,
+    Delivery,
+    ErrorPolicy,
+    Sink,
+    SinkWriter,
+    Source,
+    SourceContext,
+    SourceReader,
+    check_policy,
+    redact_url,
+    retry,
+)
+from millstream.errors import ConfigError, ConnectorError, ConnectorUnavailable
+
+__all__ = ["ReadOptions", "RedisSink", "RedisSource", "WriteOptions"]
+
+log = logging.getLogger("millstream.connectors.redis")
+
+FORMATS = ("json", "text", "bytes")
+METADATA = ("stream", "id", "timestamp")
+_ACK_BATCH = 10_000
+
+
+def entry_key(entry_id: str) -> tuple[int, int]:
+    """An entry id ``"<ms>-<seq>"`` as a tuple that orders like Redis does."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+# -- decoding ---------------------------------------------------------------------------------------
+
+
+def make_decoder(fmt: str, deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    if deserializer is not None:
+        return deserializer
+    if fmt == "json":
+        return orjson.loads
+    if fmt == "text":
+        return lambda b: b.decode("utf-8")
+    return bytes
+
+
+def check_format(fmt: str, deserializer: Any) -> None:
+    if fmt not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(map(repr, FORMATS))}, not {fmt!r}")
+    if deserializer is not None and not callable(deserializer):
+        raise ConfigError(f"deserializer must be a function of the payload bytes, not {deserializer!r}")
+
+
+def check_metadata(metadata: Sequence[str], allowed: tuple[str, ...], system: str) -> tuple[str, ...]:
+    if isinstance(metadata, str):
+        metadata = (metadata,)
+    bad = [m for m in metadata if m not in allowed]
+    if bad:
+        raise ConfigError(f"{system} metadata can be {', '.join(map(repr, allowed))}; {bad[0]!r} is not one of them")
+    return tuple(metadata)
+
+
+# -- errors -----------------------------------------------------------------------------------------
+
+
+def translate(exc: Exception, connector: str, address: str) -> ConnectorError:
+    """A redis-py error as a retryable :class:`ConnectorUnavailable` or a fatal :class:`ConnectorError`.
+
+    redis-py puts the server's reply in the message, never the password, but the text is
+    still passed through :func:`redact_url`'s address only, never the URL itself."""
+    import redis.exceptions as rex
+
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError) or "NOAUTH" in str(exc) \
+            or "WRONGPASS" in str(exc):
+        return ConnectorError(f"authentication failed ({text})", connector=connector, address=address,
+                              fix="check the user and password in the URL (redis://user:password@host:port/db)")
+    if isinstance(exc, rex.ConnectionError | rex.TimeoutError | rex.BusyLoadingError | OSError):
+        return ConnectorUnavailable(text, connector=connector, address=address)
+    return ConnectorError(text, connector=connector, address=address)
+
+
+def connect(url: str, connector: str, backoff: Backoff, on_retry: Callable[[int, BaseException], None]) -> Any:
+    import redis
+
+    address = redact_url(url)
+
+    def attempt() -> Any:
+        try:
+            client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+            client.ping()
+            return client
+        except Exception as exc:  # noqa: BLE001 - sorted into retryable and fatal
+            raise translate(exc, connector, address) from None
+
+    return retry(attempt, what=f"{connector} connecting to {address}", backoff=backoff, on_retry=on_retry)
+
+
+# -- the source -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    streams: tuple[str, ...]
+    url: str
+    group: str
+    consumer: str | None
+    start: str
+    bounded: bool
+    count: int
+    block_ms: int
+    field: str | None
+    format: str
+    deserializer: Callable[[bytes], Any] | None
+    metadata: tuple[str, ...]
+    backoff: Backoff = dataclasses.field(default_factory=Backoff)
+
+
+class RedisSource(Source):
+    """Reads Redis streams as a consumer group; one split per stream."""
+
+    replay = "redelivery"
+
+    def __init__(self, options: ReadOptions, *, on_error: ErrorPolicy = "fail", name: str | None = None) -> None:
+        self.options = options
+        self.on_error = check_policy(on_error)
+        self.name = name
+        self.bounded = options.bounded
+
+    def open(self, ctx: SourceContext) -> SourceReader:
+        return _RedisReader(self.options, ctx)
+
+    def describe(self) -> str:
+        o = self.options
+        host = redact_url(o.url).split("://", 1)[-1].split("@")[-1]
+        text = f"redis {','.join(o.streams)}@{host} (group {o.group})"
+        return text + (", bounded" if o.bounded else "")
+
+    def default_name(self) -> str:
+        return self.name or self.options.streams[0]
+
+
+class _Split:
+    """One stream: reading the pending list first, then new entries."""
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+        self.key = stream.encode()
+        self.pending_cursor: bytes | None = b"0"   # None once the pending list is read
+        self.last: str | None = None                 # last entry handed to the job (the position)
+        self.covered: tuple[int, int] | None = None  # restored: entries up to here are done
+        self.end: tuple[int, int] | None = None      # bounded: the last entry at start
+        self.ended = False
+        self.unacked: deque[tuple[tuple[int, int], bytes]] = deque()  # read, not yet XACKed
+
+
+class _RedisReader(SourceReader):
+    def __init__(self, options: ReadOptions, ctx: SourceContext) -> None:
+        self.o = options
+        self.ctx = ctx
+        self.connector = f"redis source '{ctx.step}'"
+        self.address = redact_url(options.url)
+        self.consumer = (options.consumer or f"millstream-{ctx.step}").encode()
+        self.group = options.group.encode()
+        self.decode = make_decoder(options.format, options.deserializer)
+        self.splits_ = {s: _Split(s) for s in options.streams}
+        self.buffer: dict[str, list[tuple[bytes, dict[bytes, bytes] | None]]] = {}
+        self.current: str | None = None
+        self.chunk_ids: list[str] = []
+        self.retries = 0
+        self.dropped = 0
+        self.claim_from: bytes | None = None
+        self.client: Any = connect(options.url, self.connector, options.backoff, self._on_retry)
+        for sp in self.splits_.values():
+            self._create_group(sp)
+            if options.bounded:
+                last = self._call(partial(self.client.xrevrange, sp.key, count=1))
+                if last:
+                    sp.end = entry_key(last[0][0].decode())
+                else:
+                    sp.ended = True
+
+    # -- plumbing
+    def _on_retry(self, attempt: int, exc: BaseException) -> None:
+        self.retries += 1
+
+    def _call(self, fn: Callable[[], Any], what: str = "reading") -> Any:
+        def attempt() -> Any:
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001
+                raise translate(exc, self.connector, self.address) from None
+
+        return retry(attempt, what=f"{self.connector} {what} {self.address}", backoff=self.o.backoff,
+                     on_retry=self._on_retry)
+
+    def _create_group(self, sp: _Split) -> None:
+        import redis.exceptions as rex
+
+        def create() -> None:
+            try:
+                self.client.xgroup_create(sp.key, self.group, id=self.o.start, mkstream=True)
+            except rex.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+        self._call(create, "creating the consumer group at")
+
+    # -- the source model
+    def split(self) -> str | None:
+        return self.current
+
+    def splits(self) -> list[str]:
+        return [s for s, sp in self.splits_.items() if not sp.ended]
+
+    def position_of(self, index: int) -> str | None:
+        if self.current is None or index >= len(self.chunk_ids):
+            return None
+        return f"{self.current}@{self.chunk_ids[index]}"
+
+    def snapshot(self) -> Any:
+        return {"consumer": self.consumer.decode(), "group": self.o.group,
+                "last": {s: sp.last for s, sp in self.splits_.items() if sp.last is not None}}
+
+    def restore(self, position: Any) -> None:
+        if not position:
+            return
+        for stream, last in position.get("last", {}).items():
+            sp = self.splits_.get(stream)
+            if sp is not None and last is not None:
+                sp.last = last
+                sp.covered = entry_key(last)
+                if sp.end is not None and sp.covered >= sp.end:
+                    sp.ended = sp.pending_cursor is None
+        old = position.get("consumer")
+        if old and old.encode() != self.consumer:
+            self.claim_from = old.encode()
+
+    def acknowledge(self, position: Any) -> None:
+        if not position:
+            return
+        for stream, last in position.get("last", {}).items():
+            sp = self.splits_.get(stream)
+            if sp is None or last is None:
+                continue
+            upto = entry_key(last)
+            ids: list[bytes] = []
+            while sp.unacked and sp.unacked[0][0] <= upto:
+                ids.append(sp.unacked.popleft()[1])
+            for i in range(0, len(ids), _ACK_BATCH):
+                batch = ids[i:i + _ACK_BATCH]
+                self._call(partial(self.client.xack, sp.key, self.group, *batch), "acknowledging at")
+
+    def metrics(self) -> dict[str, int]:
+        return {"retries": self.retries, "redelivered_dropped": self.dropped,
+                "unacked": sum(len(sp.unacked) for sp in self.splits_.values())}
+
+    def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            client.close()
+
+    # -- reading
+    def _claim(self) -> None:
+        """The consumer name changed since the checkpoint: take over the old consumer's pending entries."""
+        old, self.claim_from = self.claim_from, None
+        assert old is not None
+        for sp in self.splits_.values():
+            while True:
+                rows = self._call(partial(
+                    self.client.xpending_range, sp.key, self.group, min="-", max="+", count=1000, consumername=old))
+                if not rows:
+                    break
+                ids = [r["message_id"] for r in rows]
+                self._call(partial(self.client.xclaim, sp.key, self.group, self.consumer, 0, ids, justid=True),
+                           "claiming pending entries at")
+            log.info("%s: took over the pending entries of consumer %r", self.connector, old.decode())
+
+    def _fetch(self, max_records: int) -> None:
+        if self.claim_from is not None:
+            self._claim()
+        count = max(1, min(max_records, self.o.count))
+        for sp in self.splits_.values():  # the pending lists first, one stream at a time
+            if sp.pending_cursor is None or sp.ended:
+                continue
+            got = self._call(partial(
+                self.client.xreadgroup, self.group, self.consumer, {sp.key: sp.pending_cursor}, count=count))
+            entries = got[0][1] if got else []
+            if not entries:
+                sp.pending_cursor = None
+                if sp.end is not None and sp.covered is not None and sp.covered >= sp.end:
+                    sp.ended = True
+                continue
+            sp.pending_cursor = entries[-1][0]
+            self.buffer[sp.stream] = entries
+            return
+        active = {sp.key: b">" for sp in self.splits_.values() if not sp.ended}
+        if not active:
+            return
+        block = None if self.o.bounded else self.o.block_ms
+        got = self._call(lambda: self.client.xreadgroup(self.group, self.consumer, active, count=count, block=block))
+        seen = set()
+        for key, entries in got or ():
+            stream = key.decode()
+            seen.add(stream)
+            if entries:
+                self.buffer[stream] = entries
+        if self.o.bounded:  # a stream with nothing left to deliver has ended
+            for sp in self.splits_.values():
+                if sp.key in active and sp.stream not in seen:
+                    sp.ended = True
+
+    def poll(self, max_records: int) -> list[Any] | None:
+        if not self.buffer:
+            if self.o.bounded and not self.splits():
+                return None
+            self._fetch(max_records)
+            if not self.buffer:
+                if self.o.bounded and not self.splits():
+                    return None
+                return []
+        stream = next(iter(self.buffer))
+        entries = self.buffer[stream]
+        take, rest = entries[:max_records], entries[max_records:]
+        if rest:
+            self.buffer[stream] = rest
+        else:
+            del self.buffer[stream]
+        return self._records(self.splits_[stream], take)
+
+    def _records(self, sp: _Split, entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> list[Any]:
+        self.current = sp.stream
+        ids = self.chunk_ids = []
+        out: list[Any] = []
+        meta = self.o.metadata
+        fld = self.o.field.encode() if self.o.field is not None else None
+        decode = self.decode
+        for raw_id, fields in entries:
+            k = entry_key(eid := raw_id.decode())
+            if sp.end is not None and k > sp.end:  # bounded: past the end seen at start (stays pending)
+                sp.ended = True
+                break
+            sp.unacked.append((k, raw_id))
+            if sp.covered is not None and k <= sp.covered:  # redelivered, and the checkpoint has it
+                self.dropped += 1
+                continue
+            sp.last = eid
+            if sp.end is not None and k >= sp.end and sp.pending_cursor is None:
+                sp.ended = True
+            where = f"{sp.stream}@{eid}"
+            if fields is None:  # deleted from the stream (XDEL/MAXLEN) while pending
+                self.ctx.bad_record("the entry was deleted from the stream while pending", position=where)
+                continue
+            if fld is None:
+                rec: Any = {k2.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k2, v in fields.items()}
+            else:
+                payload = fields.get(fld)
+                if payload is None:
+                    self.ctx.bad_record(f"the entry has no field {self.o.field!r} (fields: "
+                                        f"{', '.join(f.decode('utf-8', 'replace') for f in fields)})",
+                                        position=where, raw=fields)
+                    continue
+                try:
+                    rec = decode(payload)
+                except Exception as exc:  # noqa: BLE001 - a bad payload: the error policy decides
+                    self.ctx.bad_record(f"cannot decode the payload as {self._what()}: {type(exc).__name__}: {exc}",
+                                        position=where, raw=payload)
+                    continue
+            if meta:
+                if not isinstance(rec, dict):
+                    self.ctx.bad_record(f"metadata was asked for, and the payload is a {type(rec).__name__}, "
+                                        "not an object", position=where, raw=fields.get(fld) if fld else fields)
+                    continue
+                if "stream" in meta:
+                    rec["_stream"] = sp.stream
+                if "id" in meta:
+                    rec["_id"] = eid
+                if "timestamp" in meta:
+                    rec["_timestamp"] = k[0]
+            ids.append(eid)
+            out.append(rec)
+        return out
+
+    def _what(self) -> str:
+        return "the deserializer's type" if self.o.deserializer is not None else self.o.format
+
+
+# -- the sink ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    stream: str
+    url: str
+    maxlen: int | None
+    approximate: bool
+    id_field: str | None
+    field: str
+    serializer: Callable[[Any], bytes | str] | None
+    batch: int
+    backoff: Backoff = dataclasses.field(default_factory=Backoff)
+
+
+class RedisSink(Sink):
+    """Appends records to a Redis stream with XADD, pipelined."""
+
+    def __init__(self, options: WriteOptions, *, name: str | None = None) -> None:
+        self.options = options
+        self.name = name
+        # an explicit, increasing entry id makes a rewrite detectable: Redis refuses an id at or below
+        # the stream's top, and the writer skips it when that very entry is there (see the docs)
+        self.delivery: Delivery = "idempotent" if options.id_field is not None else "none"
+
+    def open(self, step: str) -> SinkWriter:
+        return _RedisWriter(self.options, step)
+
+    def describe(self) -> str:
+        host = redact_url(self.options.url).split("://", 1)[-1].split("@")[-1]
+        return f"redis {self.options.stream}@{host}" + (f" (maxlen {self.options.maxlen})" if self.options.maxlen
+                                                         else "")
+
+    def default_name(self) -> str:
+        return self.name or self.options.stream
+
+
+class _RedisWriter(SinkWriter):
+    def __init__(self, options: WriteOptions, step: str) -> None:
+        self.o = options
+        self.connector = f"redis sink '{step}'"
+        self.address = redact_url(options.url)
+        self.retries = 0
+        self.skipped = 0
+        self.key = options.stream.encode()
+        self.fld = options.field.encode()
+        ser = options.serializer
+        self.serialize: Callable[[Any], Any] = ser if ser is not None else orjson.dumps
+        self.pending: list[tuple[bytes | str, Any]] = []
+        self.client: Any = connect(options.url, self.connector, options.backoff, self._on_retry)
+
+    def _on_retry(self, attempt: int, exc: BaseException) -> None:
+        self.retries += 1
+
+    def write(self, records: list[Any], times: list[int] | None) -> None:
+        ser = self.serialize
+        idf = self.o.id_field
+        for r in records:
+            if idf is None:
+                self.pending.append(("*", ser(r)))
+            else:
+                try:
+                    eid = r[idf]
+                except (KeyError, TypeError, IndexError):
+                    raise ConnectorError(f"the record has no id field {idf!r}: {str(r)[:200]}",
+                                         connector=self.connector, address=self.address,
+                                         fix="give every record the id field, or drop id_field") from None
+                self.pending.append((str(eid), ser(r)))
+        if len(self.pending) >= self.o.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending or self.client is None:
+            return
+        entries, self.pending = self.pending, []
+        self._send(entries)
+
+    def _send(self, entries: list[tuple[bytes | str, Any]]) -> None:
+        import redis.exceptions as rex
+
+        o = self.o
+
+        def attempt() -> list[Any]:
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                for eid, payload in entries:
+                    pipe.xadd(self.key, {self.fld: payload}, id=eid, maxlen=o.maxlen, approximate=o.approximate)
+                return list(pipe.execute(raise_on_error=False))
+            except Exception as exc:  # noqa: BLE001
+                raise translate(exc, self.connector, self.address) from None
+
+        results = retry(attempt, what=f"{self.connector} writing to {self.address}", backoff=o.backoff,
+                        on_retry=self._on_retry)
+        refused = []
+        for (eid, _), res in zip(entries, results, strict=True):
+            if isinstance(res, rex.ResponseError):
+                if "equal or smaller" in str(res) and o.id_field is not None:
+                    refused.append(eid)
+                    continue
+                raise translate(res, self.connector, self.address)
+            if isinstance(res, Exception):
+                raise translate(res, self.connector, self.address)
+        if refused:
+            self._check_rewrites(refused)
+
+    def _check_rewrites(self, ids: list[bytes | str]) -> None:
+        """Ids at or below the stream's top: written before (a replay) when that entry exists, else an error."""
+        pipe = self.client.pipeline(transaction=False)
+        for eid in ids:
+            pipe.xrange(self.key, min=eid, max=eid, count=1)
+        for eid, found in zip(ids, pipe.execute(), strict=True):
+            if not found:
+                raise ConnectorError(
+                    f"entry id {eid!r} is not above the stream's last id, and no entry has it: ids must grow",
+                    connector=self.connector, address=self.address,
+                    fix=f"make {self.o.id_field!r} increase in output order, or drop id_field to let Redis "
+                        "choose the ids")
+            self.skipped += 1
+
+    def metrics(self) -> dict[str, int]:
+        return {"retries": self.retries, "rewrites_skipped": self.skipped}
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            client, self.client = self.client, None
+            if client is not None:
+                client.close()
