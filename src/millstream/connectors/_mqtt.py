@@ -1,0 +1,485 @@
+"""The MQTT source and sink (paho-mqtt 2.x), behind :mod:`millstream.connectors.mqtt`.
+
+Also the small payload codec the message connectors share (MQTT, RabbitMQ, HTTP):
+:func:`make_decoder`, :func:`make_encoder`, :func:`with_metadata`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from millstream.connectors._base import (
+    ErrorPolicy,
+    Sink,
+    SinkWriter,
+    Source,
+    SourceContext,
+    SourceReader,
+    check_policy,
+)
+from millstream.errors import ConfigError, ConnectorError, ConnectorUnavailable, MissingDependencyError
+
+log = logging.getLogger("millstream.connectors.mqtt")
+
+FORMATS = ("json", "text", "bytes")
+
+# -- the payload codec shared by the message connectors -----------------------------------------
+
+
+def check_format(format: str, deserializer: Any, what: str = "deserializer") -> None:
+    if format not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(map(repr, FORMATS))}, not {format!r}")
+    if deserializer is not None and not callable(deserializer):
+        raise ConfigError(f"{what} must be a function taking bytes, not {deserializer!r}")
+
+
+def make_decoder(format: str, deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    """bytes -> record; raises ValueError (or whatever a user deserializer raises) on a bad payload."""
+    if deserializer is not None:
+        return deserializer
+    if format == "bytes":
+        return bytes
+    if format == "text":
+        return lambda b: b.decode("utf-8")
+    import orjson
+
+    return orjson.loads
+
+
+def make_encoder(format: str, serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:
+    """record -> bytes for a sink."""
+    if serializer is not None:
+        return serializer
+    if format == "bytes":
+        return lambda r: bytes(r)
+    if format == "text":
+        return lambda r: str(r).encode("utf-8")
+    import orjson
+
+    return lambda r: orjson.dumps(r, option=orjson.OPT_NON_STR_KEYS)
+
+
+def check_metadata(metadata: Sequence[str] | None, allowed: Sequence[str]) -> tuple[str, ...]:
+    if metadata is None:
+        return ()
+    if isinstance(metadata, str):
+        metadata = (metadata,)
+    bad = [m for m in metadata if m not in allowed]
+    if bad:
+        raise ConfigError(f"metadata {bad!r} unknown; choose from {', '.join(map(repr, allowed))}")
+    return tuple(metadata)
+
+
+def duration_s(value: float | timedelta | None, what: str) -> float | None:
+    if value is None:
+        return None
+    s = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if s <= 0:
+        raise ConfigError(f"{what} must be > 0 seconds, got {value!r}")
+    return s
+
+
+def check_stop(max_records: int | None, idle_stop: float | timedelta | None) -> tuple[int | None, float | None]:
+    if max_records is not None and (not isinstance(max_records, int) or max_records <= 0):
+        raise ConfigError(f"max_records must be a positive int, got {max_records!r}")
+    return max_records, duration_s(idle_stop, "idle_stop")
+
+
+class StopCondition:
+    """When a streaming source ends by itself: ``max_records`` read, or nothing for ``idle_stop`` s."""
+
+    def __init__(self, max_records: int | None, idle_stop: float | None) -> None:
+        self.max_records = max_records
+        self.idle_stop = idle_stop
+        self.count = 0
+        self.last = time.monotonic()
+
+    @property
+    def active(self) -> bool:
+        return self.max_records is not None or self.idle_stop is not None
+
+    def room(self, n: int) -> int:
+        return n if self.max_records is None else max(0, min(n, self.max_records - self.count))
+
+    def took(self, n: int) -> None:
+        self.count += n
+        if n:
+            self.last = time.monotonic()
+
+    def ended(self) -> bool:
+        if self.max_records is not None and self.count >= self.max_records:
+            return True
+        return self.idle_stop is not None and time.monotonic() - self.last >= self.idle_stop
+
+
+def decode_into(out: list[Any], ctx: SourceContext, decode: Callable[[bytes], Any], payload: bytes,
+                position: str, meta: dict[str, Any] | None) -> bool:
+    """Decode ``payload`` and append the record to ``out``; a bad payload goes to the error policy."""
+    try:
+        value = decode(payload)
+    except Exception as exc:  # noqa: BLE001 - any deserializer failure is a bad record
+        ctx.bad_record(f"cannot decode payload: {type(exc).__name__}: {exc}", position=position, raw=payload)
+        return False
+    if meta:
+        if not isinstance(value, dict):
+            ctx.bad_record(f"metadata needs a JSON object payload, got {type(value).__name__}",
+                           position=position, raw=payload)
+            return False
+        value.update(meta)
+    out.append(value)
+    return True
+
+
+def _paho() -> Any:
+    try:
+        import paho.mqtt.client as mqtt
+    except ImportError:
+        raise MissingDependencyError("paho-mqtt", "mqtt", "the MQTT connector") from None
+    return mqtt
+
+
+# -- source --------------------------------------------------------------------------------------
+
+METADATA = ("topic", "qos", "retain", "dup", "mid")
+
+
+class MqttSource(Source):
+    """Subscribe to MQTT topics (see :func:`millstream.connectors.mqtt.read`)."""
+
+    def __init__(self, topics: Sequence[str], *, host: str, port: int, qos: int, client_id: str,
+                 clean_start: bool, username: str | None, password: str | None, keepalive: int,
+                 session_expiry: int, format: str, deserializer: Callable[[bytes], Any] | None,
+                 metadata: tuple[str, ...], on_error: ErrorPolicy, max_records: int | None,
+                 idle_stop: float | None, name: str, connect_timeout: float) -> None:
+        self.topics = tuple(topics)
+        self.host, self.port, self.qos = host, port, qos
+        self.client_id = client_id
+        self.clean_start = clean_start
+        self.username = username
+        self._password = password
+        self.keepalive = keepalive
+        self.session_expiry = session_expiry
+        self.format, self.deserializer, self.metadata = format, deserializer, metadata
+        self.on_error = check_policy(on_error)
+        self.max_records, self.idle_stop = max_records, idle_stop
+        self.bounded = max_records is not None or idle_stop is not None
+        self.replay = "redelivery" if qos == 1 and not clean_start else "none"
+        self.name = name
+        self.connect_timeout = connect_timeout
+
+    def open(self, ctx: SourceContext) -> SourceReader:
+        return MqttReader(self, ctx)
+
+    def describe(self) -> str:
+        session = "clean session" if self.clean_start else f"session {self.client_id}"
+        return f"mqtt {','.join(self.topics)}@{self.host}:{self.port} (qos {self.qos}, {session})"
+
+    def default_name(self) -> str:
+        return self.name
+
+
+def _fingerprint(topic: str, payload: bytes) -> str:
+    return hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=8).hexdigest()
+
+
+class MqttReader(SourceReader):
+    """Messages arrive on paho's network thread into a bounded queue; ``poll`` decodes them.
+
+    QoS 1 with manual acknowledgement: each handed-out message waits in ``pending`` (its sequence
+    number, packet id and a fingerprint of topic + payload) until :meth:`acknowledge` sends its
+    PUBACK, in the order the messages came. A redelivered message (DUP flag) whose packet id and
+    fingerprint match one still pending or covered by the restored checkpoint is dropped: it was
+    handed out already.
+    """
+
+    def __init__(self, src: MqttSource, ctx: SourceContext) -> None:
+        self.src = src
+        self.ctx = ctx
+        self.decode = make_decoder(src.format, src.deserializer)
+        self.manual = src.qos == 1
+        self.inbox: queue.Queue[Any] = queue.Queue(maxsize=100_000)
+        self.pending: deque[tuple[int, int, str]] = deque()  # (seq, mid, fingerprint), in arrival order
+        self.covered: set[tuple[int, str]] = set()           # from a restored checkpoint
+        self.seq = 0              # messages handed out (and covered redeliveries dropped)
+        self.acked_seq = 0
+        self.prev_poll_seq = 0    # unchecked runs: what the previous poll handed out
+        self.positions: list[str] = []
+        self.figures = {"retries": 0, "redelivered_dropped": 0, "reconnects": 0, "session_lost": 0}
+        self.stop = StopCondition(src.max_records, src.idle_stop)
+        self.error: BaseException | None = None
+        self._connected = threading.Event()
+        self._first = True
+        self._lock = threading.Lock()
+        self.client = self._connect()
+
+    # -- connection ---------------------------------------------------------------------------
+    def _what(self) -> str:
+        return f"mqtt source '{self.ctx.step}'"
+
+    def _connect(self) -> Any:
+        mqtt = _paho()
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        src = self.src
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=src.client_id, protocol=mqtt.MQTTv5,
+                             manual_ack=self.manual)
+        if src.username is not None:
+            client.username_pw_set(src.username, src._password)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
+        client.reconnect_delay_set(0.1, 5)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 0 if src.clean_start else src.session_expiry
+        try:
+            client.connect(src.host, src.port, keepalive=src.keepalive, clean_start=src.clean_start,
+                           properties=props)
+        except OSError as exc:
+            raise ConnectorError(f"cannot connect: {exc}", connector=self._what(),
+                                 address=f"{src.host}:{src.port}",
+                                 fix="check that the MQTT broker runs and listens there") from None
+        client.loop_start()
+        if not self._connected.wait(src.connect_timeout):
+            client.loop_stop()
+            if self.error is not None:
+                raise self.error
+            raise ConnectorUnavailable(f"no CONNACK within {src.connect_timeout}s", connector=self._what(),
+                                       address=f"{src.host}:{src.port}")
+        return client
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            fix = ("check username and password" if reason.value in (0x86, 0x87)
+                   else "check the broker's configuration")
+            self.error = ConnectorError(f"the broker refused the connection: {reason}", connector=self._what(),
+                                        address=f"{self.src.host}:{self.src.port}", fix=fix)
+            client.disconnect()
+            self._connected.set()
+            return
+        with self._lock:
+            if not flags.session_present and (self.pending or self.covered):
+                # the broker forgot the session: packet ids of the old one mean nothing now, and what was
+                # handed out can no longer come back
+                if not self._first or self.covered:
+                    log.warning("%s: the broker did not keep the session of %r; %d unacknowledged messages "
+                                "will not be redelivered", self._what(), self.src.client_id, len(self.pending))
+                    self.figures["session_lost"] += 1
+                self.pending.clear()
+                self.covered.clear()
+            if not self._first:
+                self.figures["reconnects"] += 1
+            self._first = False
+        client.subscribe([(t, self.src.qos) for t in self.src.topics])
+        self._connected.set()
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self.figures["retries"] += 1
+            log.warning("%s: disconnected (%s); paho reconnects", self._what(), reason)
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        self.inbox.put(msg)  # blocks paho's network thread when full: TCP backpressure
+
+    # -- reading ------------------------------------------------------------------------------
+    def poll(self, max_records: int) -> list[Any] | None:
+        if self.error is not None:
+            raise self.error
+        if not self.ctx.checkpointed and self.manual and self.prev_poll_seq > self.acked_seq:
+            self._ack_upto(self.prev_poll_seq)  # no checkpoints: the previous poll's records are processed
+        n = self.stop.room(max_records)
+        out: list[Any] = []
+        self.positions = []
+        meta_fields = self.src.metadata
+        inbox = self.inbox
+        while len(out) < n:
+            try:
+                msg = inbox.get_nowait()
+            except queue.Empty:
+                break
+            mid, topic, payload = msg.mid, msg.topic, msg.payload
+            if self.manual and msg.qos == 1:
+                fp = _fingerprint(topic, payload)
+                with self._lock:
+                    if msg.dup and ((mid, fp) in self.covered or any(
+                            m == mid and f == fp for _, m, f in self.pending)):
+                        self.covered.discard((mid, fp))
+                        self.figures["redelivered_dropped"] += 1
+                        self.seq += 1
+                        self.pending.append((self.seq, mid, fp))  # acknowledged with the next checkpoint
+                        continue
+                    self.seq += 1
+                    self.pending.append((self.seq, mid, fp))
+            position = f"{topic}#{mid}" if mid else topic
+            meta = None
+            if meta_fields:
+                meta = {}
+                for m in meta_fields:
+                    meta[f"_{m}"] = (topic if m == "topic" else msg.qos if m == "qos" else bool(msg.retain)
+                                     if m == "retain" else bool(msg.dup) if m == "dup" else mid)
+            if decode_into(out, self.ctx, self.decode, payload, position, meta):
+                self.positions.append(position)
+        self.prev_poll_seq = self.seq
+        self.stop.took(len(out))
+        if not out and self.stop.active and self.stop.ended():
+            return None
+        if not out and n == 0:
+            return None
+        return out
+
+    def position_of(self, index: int) -> str | None:
+        return self.positions[index] if 0 <= index < len(self.positions) else None
+
+    def snapshot(self) -> Any:
+        with self._lock:
+            unacked = [(m, f) for s, m, f in self.pending]
+        return {"seq": self.seq, "unacked": unacked + sorted(self.covered)}
+
+    def restore(self, position: Any) -> None:
+        # packet ids handed out before the checkpoint and maybe not acknowledged: if they come back
+        # (DUP) they are dropped; the broker redelivers only what it did not get a PUBACK for
+        with self._lock:
+            self.covered = {(int(m), str(f)) for m, f in position.get("unacked", ())}
+
+    def acknowledge(self, position: Any) -> None:
+        if self.manual and isinstance(position, dict):
+            self._ack_upto(int(position["seq"]))
+
+    def _ack_upto(self, seq: int) -> None:
+        with self._lock:
+            pending = self.pending
+            while pending and pending[0][0] <= seq:
+                _, mid, _ = pending.popleft()
+                self.client.ack(mid, 1)
+            self.acked_seq = max(self.acked_seq, seq)
+
+    def metrics(self) -> dict[str, int]:
+        return {**self.figures, "unacknowledged": len(self.pending), "buffered": self.inbox.qsize()}
+
+    def close(self) -> None:
+        if not self.ctx.checkpointed and self.manual:
+            self._ack_upto(self.prev_poll_seq)
+        client = self.client
+        try:
+            client.disconnect()  # keeps the session (and what was not acknowledged) on the broker
+        finally:
+            client.loop_stop()
+
+
+# -- sink ----------------------------------------------------------------------------------------
+
+
+class MqttSink(Sink):
+    """Publish records at QoS 0/1 (see :func:`millstream.connectors.mqtt.write`)."""
+
+    delivery = "none"
+
+    def __init__(self, topic: str | Callable[[Any], str], *, host: str, port: int, qos: int, retain: bool,
+                 client_id: str | None, username: str | None, password: str | None, format: str,
+                 serializer: Callable[[Any], bytes] | None, keepalive: int, timeout_s: float,
+                 name: str) -> None:
+        self.topic = topic
+        self.host, self.port, self.qos, self.retain = host, port, qos, retain
+        self.client_id = client_id
+        self.username = username
+        self._password = password
+        self.format, self.serializer = format, serializer
+        self.keepalive = keepalive
+        self.timeout_s = timeout_s
+        self.name = name
+
+    def open(self, step: str) -> SinkWriter:
+        return MqttWriter(self, step)
+
+    def describe(self) -> str:
+        topic = self.topic if isinstance(self.topic, str) else "<topic per record>"
+        return f"mqtt {topic}@{self.host}:{self.port} (qos {self.qos})"
+
+    def default_name(self) -> str:
+        return self.name
+
+
+#: Wait for PUBACKs before this many QoS 1 messages are in flight (packet ids are 16-bit).
+MAX_IN_FLIGHT = 50_000
+
+
+class MqttWriter(SinkWriter):
+    def __init__(self, sink: MqttSink, step: str) -> None:
+        mqtt = _paho()
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.sink = sink
+        self.what = f"mqtt sink '{step}'"
+        self.encode = make_encoder(sink.format, sink.serializer)
+        self.infos: list[Any] = []
+        self._refused: str | None = None
+        self._ready = threading.Event()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=sink.client_id or "", protocol=mqtt.MQTTv5)
+        if sink.username is not None:
+            client.username_pw_set(sink.username, sink._password)
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        try:
+            client.connect(sink.host, sink.port, keepalive=sink.keepalive)
+        except OSError as exc:
+            raise ConnectorError(f"cannot connect: {exc}", connector=self.what, address=f"{sink.host}:{sink.port}",
+                                 fix="check that the MQTT broker runs and listens there") from None
+        client.loop_start()
+        if not self._ready.wait(sink.timeout_s) or self._refused:
+            client.loop_stop()
+            raise ConnectorError(self._refused or f"no CONNACK within {sink.timeout_s}s", connector=self.what,
+                                 address=f"{sink.host}:{sink.port}", fix="check the broker and the credentials")
+        self.client = client
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self._refused = f"the broker refused the connection: {reason}"
+        self._ready.set()
+
+    def write(self, records: list[Any], times: list[int] | None) -> None:
+        sink, encode, publish = self.sink, self.encode, self.client.publish
+        topic = sink.topic
+        qos, retain = sink.qos, sink.retain
+        infos = self.infos
+        for r in records:
+            t = topic if isinstance(topic, str) else topic(r)
+            info = publish(t, encode(r), qos=qos, retain=retain)
+            if info.rc != 0 and info.rc != 4:  # 4: queued while reconnecting (paho publishes it later)
+                raise ConnectorUnavailable(f"publish failed (paho rc {info.rc})", connector=self.what,
+                                           address=f"{sink.host}:{sink.port}")
+            if qos:
+                infos.append(info)
+        if len(infos) >= MAX_IN_FLIGHT:
+            self.flush()
+
+    def flush(self) -> None:
+        """Wait until the broker acknowledged (PUBACK) every QoS 1 message published so far."""
+        deadline = time.monotonic() + self.sink.timeout_s
+        for info in self.infos:
+            while not info.is_published():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = sum(1 for i in self.infos if not i.is_published())
+                    raise ConnectorError(
+                        f"{missing} messages not acknowledged by the broker within {self.sink.timeout_s}s",
+                        connector=self.what, address=f"{self.sink.host}:{self.sink.port}",
+                        fix="check the broker; under at-least-once the job replays from its last checkpoint")
+                info.wait_for_publish(min(left, 0.5))
+        self.infos.clear()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self.client.disconnect()
+            self.client.loop_stop()
