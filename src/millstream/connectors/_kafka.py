@@ -1,0 +1,650 @@
+"""The Kafka source: partitions as splits, offsets in checkpoints, committed to the group after them.
+
+The public facade is :mod:`millstream.connectors.kafka`.
+
+How it reads
+============
+
+- The consumer is **assigned** its partitions (``assign()`` with explicit offsets), never
+  subscribed: no group join (a join takes seconds, and about half of ``session.timeout.ms`` on
+  tansu), no rebalance that could move a partition away mid-checkpoint. The consumer group, when
+  given, is used for what Flink's Kafka source uses it for: offsets are committed to it once the
+  checkpoint that covers them is complete (:meth:`KafkaReader.acknowledge`), so lag monitoring works
+  and ``start="committed"`` resumes from them. Offsets are never auto-committed.
+- Each partition is a **split** ``topic[p]``; a poll returns records of one partition only.
+  librdkafka hands out messages of several partitions in one fetch: the others are buffered per
+  partition and handed out by later polls, round robin.
+- New partitions of a topic appear as new splits while running (metadata is looked at every
+  ``discovery_interval`` seconds), read from their beginning.
+- **Bounded** reads stop each partition at its end offset at the start. That end is the high
+  watermark of the partition's first fetch, or the offset where librdkafka reports the end of the
+  partition (``enable.partition.eof``) if that comes first. ListOffsets(latest) is not used: tansu
+  answers it wrongly (the last batch's base offset + 1).
+- The position of a partition is the offset of the next record to hand out: records fetched
+  but still buffered are not covered by it, so a restore reads them again.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+import orjson
+
+from millstream.connectors._base import Backoff, ErrorPolicy, Source, SourceContext, SourceReader, check_policy
+from millstream.connectors._kafka_common import (
+    RESERVED_READ,
+    address_of,
+    base_config,
+    client,
+    kafka_error,
+    log,
+    topic_partitions,
+    with_retry,
+)
+from millstream.errors import ConfigError, ConnectorError, ConnectorUnavailable
+
+DEFAULT_BACKOFF = Backoff()
+
+__all__ = ["METADATA", "KafkaReader", "KafkaSource", "ReadOptions", "split_name"]
+
+#: The metadata fields a record can carry, and the field each becomes.
+METADATA = {"key": "_key", "timestamp": "_timestamp", "partition": "_partition", "offset": "_offset",
+            "topic": "_topic", "headers": "_headers"}
+FORMATS = ("json", "text", "bytes")
+_OFFSET_BEGINNING = -2
+_OFFSET_END = -1
+
+TP = tuple[str, int]
+
+
+def split_name(tp: TP) -> str:
+    return f"{tp[0]}[{tp[1]}]"
+
+
+def _parse_split(name: str) -> TP:
+    topic, _, rest = name.rpartition("[")
+    if not topic or not rest.endswith("]"):
+        raise ConfigError(f"not a Kafka split name: {name!r} (expected 'topic[partition]')")
+    return topic, int(rest[:-1])
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """What :func:`millstream.connectors.kafka.read` was asked to do, validated."""
+
+    topics: tuple[str, ...]
+    bootstrap: str
+    group: str | None = None
+    start: str | int = "earliest"
+    bounded: bool = False
+    format: str = "json"
+    deserializer: Callable[[bytes], Any] | None = None
+    metadata: tuple[str, ...] = ()
+    config: dict[str, Any] = field(default_factory=dict, hash=False, repr=False)
+    backoff: Backoff = DEFAULT_BACKOFF
+    discovery_interval_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.topics or not all(isinstance(t, str) and t for t in self.topics):
+            raise ConfigError(f"topics must be a topic name or a list of them, not {self.topics!r}")
+        if self.group is not None and (not isinstance(self.group, str) or not self.group):
+            raise ConfigError(f"group must be a consumer group name or None, not {self.group!r}")
+        if self.start == "committed" and self.group is None:
+            raise ConfigError("start='committed' needs group=: the offsets committed to a consumer group")
+        if not (self.start in ("earliest", "latest", "committed")
+                or (isinstance(self.start, int) and not isinstance(self.start, bool) and self.start >= 0)):
+            raise ConfigError("start must be 'earliest', 'latest', 'committed', a timestamp in ms or an aware "
+                              f"datetime, not {self.start!r}")
+        if not isinstance(self.bounded, bool):
+            raise ConfigError(f"bounded must be True or False, not {self.bounded!r}")
+        if self.format not in FORMATS:
+            raise ConfigError(f"format must be one of {', '.join(map(repr, FORMATS))}, not {self.format!r}")
+        if self.deserializer is not None and not callable(self.deserializer):
+            raise ConfigError(f"deserializer must be a function bytes -> record, not {self.deserializer!r}")
+        bad = [m for m in self.metadata if m not in METADATA]
+        if bad:
+            raise ConfigError(f"metadata can hold {', '.join(map(repr, METADATA))}; not {', '.join(map(repr, bad))}")
+        if not isinstance(self.backoff, Backoff):
+            raise ConfigError(f"backoff must be a millstream.connectors.Backoff, not {self.backoff!r}")
+        if self.discovery_interval_s <= 0:
+            raise ConfigError(f"discovery_interval must be > 0 seconds, not {self.discovery_interval_s}")
+
+
+def start_of(start: Any) -> str | int:
+    if isinstance(start, datetime):
+        if start.tzinfo is None:
+            raise ConfigError(f"start={start!r} is a naive datetime; attach a timezone (e.g. tzinfo=UTC)")
+        return int(start.timestamp() * 1000)
+    return cast(str | int, start)
+
+
+class KafkaSource(Source):
+    """Reads Kafka topics; one split per partition (see the module docstring)."""
+
+    replay = "position"
+
+    def __init__(self, options: ReadOptions, *, on_error: ErrorPolicy = "fail", name: str | None = None) -> None:
+        self.options = options
+        self.on_error = check_policy(on_error)
+        self.name = name
+        self.bounded = options.bounded
+
+    def open(self, ctx: SourceContext) -> SourceReader:
+        return KafkaReader(self.options, ctx)
+
+    def describe(self) -> str:
+        o = self.options
+        text = f"kafka {','.join(o.topics)}@{address_of(o.bootstrap)}"
+        extra = [f"group {o.group}"] if o.group else []
+        if o.bounded:
+            extra.append("bounded")
+        return text + (f" ({', '.join(extra)})" if extra else "")
+
+    def default_name(self) -> str:
+        return self.name or self.options.topics[0]
+
+
+class KafkaReader(SourceReader):
+    """A running Kafka source (one consumer, assigned every partition of its topics)."""
+
+    def __init__(self, options: ReadOptions, ctx: SourceContext) -> None:
+        self.o = options
+        self.ctx = ctx
+        self.kafka = client("The Kafka source")
+        self.connector = f"kafka source '{ctx.step}'"
+        self.address = address_of(options.bootstrap)
+        conf = base_config(options.bootstrap, {
+            "group.id": options.group or f"millstream-{ctx.step}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+            "error_cb": self._on_error,
+            **{k: v for k, v in options.config.items() if k not in RESERVED_READ},
+        })
+        self.consumer = self.kafka.Consumer(conf)
+        self.buf: dict[TP, collections.deque[Any]] = {}
+        self.ready: collections.deque[TP] = collections.deque()  # partitions with buffered records, in turn
+        self.next: dict[TP, int] = {}      # offset after the last record handed out (or skipped)
+        self.end: dict[TP, int] = {}       # bounded: the end offset at the start
+        self.ended: set[TP] = set()
+        self.eof_at: dict[TP, int] = {}    # where librdkafka last reported the end of a partition
+        self.assigned: list[TP] = []
+        self.acked: dict[TP, int] = {}
+        self.start_ts: int | None = options.start if isinstance(options.start, int) else None
+        self.started = False
+        self.restored: dict[str, Any] | None = None
+        self.down_since: float | None = None
+        self.retries = [0]
+        self.next_discovery = 0.0
+        self.idle_polls = 0
+        self.cur_split: str | None = None
+        self.cur_offsets: list[int] = []
+        self.frame_msgs: list[Any] | None = None
+        self.fast_json = options.format == "json" and options.deserializer is None and not options.metadata
+
+    # -- starting ---------------------------------------------------------------------------
+    def _on_error(self, err: Any) -> None:
+        name = err.name()
+        if name in ("_ALL_BROKERS_DOWN", "_TRANSPORT", "_RESOLVE"):
+            if name == "_ALL_BROKERS_DOWN" and self.down_since is None:
+                self.down_since = time.monotonic()
+            log.debug("%s: %s", self.connector, err.str())
+        else:
+            log.warning("%s: %s", self.connector, err.str())
+
+    def _what(self, doing: str) -> str:
+        return f"{self.connector} {doing} {self.address}"
+
+    def _start(self) -> None:
+        parts = with_retry(lambda: topic_partitions(self.consumer, self.o.topics, connector=self.connector,
+                                                    address=self.address),
+                           what=self._what("reading metadata from"), backoff=self.o.backoff, counter=self.retries)
+        tps = [(t, p) for t in self.o.topics for p in parts[t]]
+        restored = self.restored
+        offsets: dict[TP, int] = {}
+        if restored is not None:
+            for name, off in restored["offsets"].items():
+                if off is not None:
+                    offsets[_parse_split(name)] = int(off)
+            self.end = {_parse_split(n): int(e) for n, e in restored.get("end", {}).items()}
+            self.ended = {_parse_split(n) for n in restored.get("ended", ())}
+            # a partition the checkpoint does not know appeared since: read it from its beginning
+            fresh = [tp for tp in tps if tp not in offsets and split_name(tp) not in restored["offsets"]]
+            known = [tp for tp in tps if tp not in fresh]
+            unset = [tp for tp in known if tp not in offsets]
+            offsets.update(self._start_offsets(unset))
+            offsets.update({tp: _OFFSET_BEGINNING for tp in fresh})
+            if self.o.bounded:  # a bounded read ends at the partitions it had at its start
+                tps = known
+        else:
+            offsets = self._start_offsets(tps)
+        if restored is not None:
+            self.next.update({_parse_split(n): int(o) for n, o in restored["offsets"].items() if o is not None})
+        self._assign([(tp, offsets[tp]) for tp in tps if tp not in self.ended])
+        self.assigned = tps
+        self.started = True
+        self.next_discovery = time.monotonic() + self.o.discovery_interval_s
+
+    def _assign(self, pairs: list[tuple[TP, int]]) -> None:
+        if not pairs:
+            return
+        tps = [self.kafka.TopicPartition(t, p, off) for (t, p), off in pairs]
+        try:
+            if self.assigned:
+                self.consumer.incremental_assign(tps)
+            else:
+                self.consumer.assign(tps)
+        except self.kafka.KafkaException as exc:
+            raise kafka_error(exc, connector=self.connector, address=self.address,
+                              doing="assigning partitions") from None
+
+    def _start_offsets(self, tps: list[TP]) -> dict[TP, int]:
+        if not tps:
+            return {}
+        start = self.o.start
+        if start == "earliest":
+            return dict.fromkeys(tps, _OFFSET_BEGINNING)
+        if start == "latest":
+            return dict.fromkeys(tps, _OFFSET_END)
+        kafka = self.kafka
+        if start == "committed":
+            def committed() -> Any:
+                try:
+                    return self.consumer.committed([kafka.TopicPartition(t, p) for t, p in tps], timeout=10)
+                except kafka.KafkaException as exc:
+                    raise kafka_error(exc, connector=self.connector, address=self.address,
+                                      doing=f"reading the offsets committed to group {self.o.group!r}") from None
+            got = with_retry(committed, what=self._what("reading committed offsets from"), backoff=self.o.backoff,
+                             counter=self.retries)
+            return {(x.topic, x.partition): (x.offset if x.offset >= 0 else _OFFSET_BEGINNING) for x in got}
+
+        def for_times() -> Any:
+            try:
+                return self.consumer.offsets_for_times(
+                    [kafka.TopicPartition(t, p, int(start)) for t, p in tps], timeout=10)
+            except kafka.KafkaException as exc:
+                raise kafka_error(exc, connector=self.connector, address=self.address,
+                                  doing="looking up offsets by timestamp") from None
+        got = with_retry(for_times, what=self._what("looking up offsets at"), backoff=self.o.backoff,
+                         counter=self.retries)
+        return {(x.topic, x.partition): (x.offset if x.offset >= 0 else _OFFSET_END) for x in got}
+
+    # -- reading ------------------------------------------------------------------------------
+    def poll(self, max_records: int) -> list[Any] | None:
+        msgs = self._next_chunk(max_records)
+        if msgs is None:
+            return None
+        return self._decode(msgs) if msgs else []
+
+    def _next_chunk(self, max_records: int) -> list[Any] | None:
+        if not self.started:
+            self._start()
+        if self.down_since is not None:
+            self._wait_for_broker()
+        if not self.o.bounded and time.monotonic() >= self.next_discovery:
+            self._discover()
+        tp = self._pick()
+        if tp is None:
+            self._fetch(max_records)
+            tp = self._pick()
+        if tp is None:
+            self.cur_split = None
+            if self.o.bounded and all(t in self.ended for t in self.assigned):
+                return None
+            return []
+        q = self.buf[tp]
+        n = min(max_records, len(q))
+        msgs = [q.popleft() for _ in range(n)]
+        if q:
+            self.ready.append(tp)
+        self.cur_split = split_name(tp)
+        self.next[tp] = msgs[-1].offset() + 1
+        self._check_end(tp)
+        return msgs
+
+    def _pick(self) -> TP | None:
+        while self.ready:
+            tp = self.ready.popleft()
+            if self.buf.get(tp):
+                return tp
+        return None
+
+    def _fetch(self, max_records: int) -> None:
+        kafka = self.kafka
+        timeout = 0.0 if self.idle_polls < 3 else 0.01
+        try:
+            msgs = self.consumer.consume(max(max_records, 1), timeout)
+        except kafka.KafkaException as exc:
+            raise kafka_error(exc, connector=self.connector, address=self.address, doing="fetching") from None
+        self.idle_polls = 0 if msgs else self.idle_polls + 1
+        bounded, start_ts, buf, ready = self.o.bounded, self.start_ts, self.buf, self.ready
+        eof_code = kafka.KafkaError._PARTITION_EOF
+        for m in msgs:
+            err = m.error()
+            tp = (m.topic(), m.partition())
+            if err is not None:
+                if err.code() == eof_code:
+                    self.eof_at[tp] = m.offset()
+                    if bounded and tp not in self.end:
+                        self.end[tp] = m.offset()
+                    self._check_end(tp)
+                    continue
+                self._fetch_error(err)
+                continue
+            self.down_since = None
+            if bounded:
+                end = self.end.get(tp)
+                if end is None:
+                    _, high = self.consumer.get_watermark_offsets(kafka.TopicPartition(*tp), cached=True)
+                    end = self.end[tp] = high if high >= 0 else m.offset() + 1
+                if m.offset() >= end:
+                    continue
+            if start_ts is not None and tp not in self.next:
+                # offsets_for_times may point before the first record at the timestamp (tansu answers with
+                # the batch's base offset): records before it in the partition are passed over
+                ts = m.timestamp()[1]
+                if ts < start_ts:
+                    continue
+            q = buf.get(tp)
+            if q is None:
+                q = buf[tp] = collections.deque()
+            if not q:
+                ready.append(tp)
+            q.append(m)
+
+    def _fetch_error(self, err: Any) -> None:
+        exc = kafka_error(self.kafka.KafkaException(err), connector=self.connector, address=self.address,
+                          doing="fetching")
+        if isinstance(exc, ConnectorUnavailable):
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+            return
+        if err.code() == self.kafka.KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise ConnectorError(exc.problem, connector=self.connector, address=self.address,
+                                 fix="the topic was deleted while the job read it; create it again or "
+                                     "restore the job from a checkpoint of the new topic")
+        raise exc
+
+    def _check_end(self, tp: TP) -> None:
+        """A bounded partition ends once everything before its end offset was handed out (or passed over)."""
+        if not self.o.bounded or tp in self.ended or self.buf.get(tp):
+            return
+        end = self.end.get(tp)
+        if end is not None and max(self.next.get(tp, -1), self.eof_at.get(tp, -1)) >= end:
+            self.ended.add(tp)
+
+    def _wait_for_broker(self) -> None:
+        """All brokers are down: probe (a metadata request) with backoff until one answers."""
+        def probe() -> None:
+            try:
+                self.consumer.list_topics(self.o.topics[0], timeout=min(2.0, self.o.backoff.max_s))
+            except self.kafka.KafkaException as exc:
+                raise kafka_error(exc, connector=self.connector, address=self.address,
+                                  doing="reaching the broker") from None
+            self.down_since = None
+
+        with_retry(probe, what=self._what("reading"), backoff=self.o.backoff, counter=self.retries)
+
+    def _discover(self) -> None:
+        """Assign partitions added to the topics since the start (from their beginning)."""
+        self.next_discovery = time.monotonic() + self.o.discovery_interval_s
+        try:
+            parts = topic_partitions(self.consumer, self.o.topics, connector=self.connector, address=self.address,
+                                     timeout_s=1.0)
+        except ConnectorUnavailable:
+            return  # looked at again next time
+        known = set(self.assigned)
+        new = [(t, p) for t in self.o.topics for p in parts[t] if (t, p) not in known]
+        if new:
+            log.info("%s: new partitions %s", self.connector, ", ".join(map(split_name, new)))
+            self._assign([(tp, _OFFSET_BEGINNING) for tp in new])
+            self.assigned.extend(new)
+
+    # -- decoding -----------------------------------------------------------------------------
+    def _decode(self, msgs: list[Any]) -> list[Any]:
+        if self.fast_json:
+            loads = orjson.loads
+            try:
+                recs = [loads(m.value()) for m in msgs]
+            except (orjson.JSONDecodeError, TypeError):
+                pass
+            else:
+                self.cur_offsets = [m.offset() for m in msgs]
+                return recs
+        out: list[Any] = []
+        offsets: list[int] = []
+        for m in msgs:
+            rec = self._record(m)
+            if rec is not _BAD:
+                out.append(rec)
+                offsets.append(m.offset())
+        self.cur_offsets = offsets
+        return out
+
+    def _record(self, m: Any) -> Any:
+        o = self.o
+        raw = m.value()
+        pos = f"{self.cur_split}@{m.offset()}"
+        if raw is None:
+            self.ctx.bad_record("the message has no value (a tombstone?)", position=pos, raw=None)
+            return _BAD
+        value: Any
+        try:
+            if o.deserializer is not None:
+                value = o.deserializer(raw)
+            elif o.format == "json":
+                value = orjson.loads(raw)
+            elif o.format == "text":
+                value = raw.decode("utf-8")
+            else:
+                value = raw
+        except orjson.JSONDecodeError as exc:
+            self.ctx.bad_record(f"not valid JSON: {exc}", position=pos, raw=raw)
+            return _BAD
+        except UnicodeDecodeError as exc:
+            self.ctx.bad_record(f"not UTF-8 text: {exc}", position=pos, raw=raw)
+            return _BAD
+        except Exception as exc:  # noqa: BLE001 - the user's deserializer: the error policy decides
+            self.ctx.bad_record(f"the deserializer raised {type(exc).__name__}: {exc}", position=pos, raw=raw)
+            return _BAD
+        if not o.metadata:
+            return value
+        if type(value) is not dict:
+            if o.format == "json" or o.deserializer is not None:
+                self.ctx.bad_record(f"expected a JSON object (metadata={o.metadata!r} adds fields to it), got "
+                                    f"{type(value).__name__}", position=pos, raw=raw)
+                return _BAD
+            value = {"value": value}
+        for what in o.metadata:
+            value[METADATA[what]] = _meta(m, what)
+        return value
+
+    # -- columnar batches ------------------------------------------------------------------------
+    @property
+    def columnar(self) -> bool:
+        """JSON values without a deserializer decode straight into polars DataFrames."""
+        return (self.o.format == "json" and self.o.deserializer is None and "headers" not in self.o.metadata
+                and importlib.util.find_spec("polars") is not None)
+
+    def poll_frame(self, max_records: int) -> Any:
+        """Like :meth:`poll`, as one polars DataFrame decoded by polars from the fetched values in one
+        call. A chunk polars cannot take as it is (a bad value, a value that is not an object, a value
+        holding a newline, a key that is not UTF-8) comes as a list of rows, decoded and reported one
+        record at a time as :meth:`poll` does."""
+        msgs = self._next_chunk(max_records)
+        if msgs is None:
+            return None
+        if not msgs:
+            return []
+        frame = self._frame(msgs)
+        if frame is None:
+            self.frame_msgs = None
+            return self._decode(msgs)
+        self.frame_msgs = msgs
+        self.cur_offsets = [m.offset() for m in msgs]
+        return frame
+
+    def _frame(self, msgs: list[Any]) -> Any:
+        from millstream.connectors._files_read import _ndjson_frame
+
+        values = [m.value() for m in msgs]
+        if None in values:
+            return None
+        if b"\n".join(values).count(b"\n") != len(values) - 1:
+            return None  # a value spans lines: the line reader would split it
+        df = _ndjson_frame(values)
+        if df is None:
+            return None
+        if not self.o.metadata:
+            return df
+        import polars as pl
+
+        cols = []
+        for what in self.o.metadata:
+            name = METADATA[what]
+            try:
+                vals = [_meta(m, what, strict=True) for m in msgs]
+            except UnicodeDecodeError:
+                return None
+            dtype = pl.String if what in ("key", "topic") else pl.Int64
+            cols.append(pl.Series(name, vals, dtype=dtype))
+        return df.with_columns(cols)
+
+    def rows_of_frame(self, frame: Any) -> list[Any]:
+        """The records of the last batch as :meth:`poll` would have made them."""
+        if self.frame_msgs is None:
+            return cast(list[Any], frame.to_dicts())
+        return self._decode(self.frame_msgs)
+
+    # -- the reader contract -----------------------------------------------------------------------
+    def split(self) -> str | None:
+        return self.cur_split
+
+    def splits(self) -> list[str]:
+        return [split_name(tp) for tp in self.assigned if tp not in self.ended]
+
+    def position_of(self, index: int) -> str | None:
+        if self.cur_split is None or not 0 <= index < len(self.cur_offsets):
+            return None
+        return f"{self.cur_split}@{self.cur_offsets[index]}"
+
+    def wait_hint(self) -> float | None:
+        return 0.005 if self.idle_polls >= 3 else None
+
+    def _position(self, tp: TP) -> int | None:
+        if tp in self.next:
+            return self.next[tp]
+        q = self.buf.get(tp)
+        if q:
+            return int(q[0].offset())
+        return None
+
+    def snapshot(self) -> Any:
+        if not self.started:
+            return self.restored
+        return {
+            "topics": list(self.o.topics),
+            "offsets": {split_name(tp): self._position(tp) for tp in self.assigned},
+            "end": {split_name(tp): e for tp, e in self.end.items()},
+            "ended": sorted(split_name(tp) for tp in self.ended),
+        }
+
+    def restore(self, position: Any) -> None:
+        if position is None:
+            return
+        if not isinstance(position, dict) or "offsets" not in position:
+            raise ConfigError(f"not a position of a Kafka source: {position!r}")
+        if self.started:
+            raise ConfigError("restore() must come before the first poll of a Kafka source")
+        self.restored = position
+
+    def acknowledge(self, position: Any) -> None:
+        """Commit the offsets of ``position`` to the consumer group (none without ``group=``)."""
+        if self.o.group is None or not position:
+            return
+        kafka = self.kafka
+        todo = []
+        for name, off in position["offsets"].items():
+            tp = _parse_split(name)
+            if off is not None and off > self.acked.get(tp, -1):
+                todo.append(kafka.TopicPartition(tp[0], tp[1], int(off)))
+        if not todo:
+            return
+
+        def commit() -> None:
+            try:
+                self.consumer.commit(offsets=todo, asynchronous=False)
+            except kafka.KafkaException as exc:
+                raise kafka_error(exc, connector=self.connector, address=self.address,
+                                  doing=f"committing offsets to group {self.o.group!r}") from None
+
+        with_retry(commit, what=self._what("committing offsets to"), backoff=self.o.backoff, counter=self.retries)
+        for x in todo:
+            self.acked[(x.topic, x.partition)] = x.offset
+
+    def metrics(self) -> dict[str, int]:
+        lag = 0
+        for tp in self.assigned:
+            try:
+                _, high = self.consumer.get_watermark_offsets(self.kafka.TopicPartition(*tp), cached=True)
+            except Exception:  # noqa: BLE001 - a figure, not worth failing for
+                high = -1
+            pos = self._position(tp)
+            if high >= 0 and pos is not None:
+                lag += max(0, high - pos)
+        return {"retries": self.retries[0], "lag": lag, "partitions": len(self.assigned)}
+
+    def close(self) -> None:
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None:
+            consumer.close()
+
+
+_BAD = object()
+
+
+def _meta(m: Any, what: str, *, strict: bool = False) -> Any:
+    if what == "key":
+        k = m.key()
+        if k is None:
+            return None
+        try:
+            return k.decode("utf-8")
+        except UnicodeDecodeError:
+            if strict:
+                raise
+            return k
+    if what == "timestamp":
+        kind, ts = m.timestamp()
+        return ts if kind else None
+    if what == "partition":
+        return m.partition()
+    if what == "offset":
+        return m.offset()
+    if what == "topic":
+        return m.topic()
+    headers = m.headers() or ()
+    out: dict[str, Any] = {}
+    for k, v in headers:
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        out[k] = v
+    return out
+
+
+def chunks(it: Any, n: int) -> Any:
+    """``it`` in lists of ``n`` (helper for tests and benchmarks)."""
+    it = iter(it)
+    while batch := list(itertools.islice(it, n)):
+        yield batch
