@@ -317,6 +317,10 @@ class MqttReader(SourceReader):
                         self.seq += 1
                         self.pending.append((self.seq, mid, fp))  # acknowledged with the next checkpoint
                         continue
+                    if not msg.dup and self.covered:
+                        # the broker resends what was in flight before anything new: the rest of the
+                        # covered ids were acknowledged before the crash and will not come back
+                        self.covered.clear()
                     self.seq += 1
                     self.pending.append((self.seq, mid, fp))
             position = f"{topic}#{mid}" if mid else topic
@@ -342,13 +346,14 @@ class MqttReader(SourceReader):
     def snapshot(self) -> Any:
         with self._lock:
             unacked = [(m, f) for s, m, f in self.pending]
-        return {"seq": self.seq, "unacked": unacked + sorted(self.covered)}
+        return {"seq": self.seq, "unacked": unacked + sorted(self.covered), "count": self.stop.count}
 
     def restore(self, position: Any) -> None:
         # packet ids handed out before the checkpoint and maybe not acknowledged: if they come back
         # (DUP) they are dropped; the broker redelivers only what it did not get a PUBACK for
         with self._lock:
             self.covered = {(int(m), str(f)) for m, f in position.get("unacked", ())}
+        self.stop.count = int(position.get("count", 0))  # max_records counts over restarts
 
     def acknowledge(self, position: Any) -> None:
         if self.manual and isinstance(position, dict):

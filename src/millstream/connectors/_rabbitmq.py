@@ -212,6 +212,10 @@ class RabbitMQReader(SourceReader):
         while inbox and len(out) < n:
             method, props, body = inbox.popleft()
             tag = method.delivery_tag
+            if self.covered and not method.redelivered:
+                # requeued deliveries come back ahead of newer messages: the covered ids still missing
+                # were acknowledged before the crash
+                self.covered.clear()
             self.last_tag = tag
             position = f"{queue}#{tag}" + (" (redelivered)" if method.redelivered else "")
             meta = None
@@ -256,6 +260,7 @@ class RabbitMQReader(SourceReader):
         pos: dict[str, Any] = {"channel": self.generation, "tag": self.last_tag}
         if self.src.dedup_by is not None:
             pos["ids"] = [i for _, i in self.pending_ids if i is not None] + list(self.covered)
+        pos["count"] = self.stop.count
         return pos
 
     def restore(self, position: Any) -> None:
@@ -263,6 +268,7 @@ class RabbitMQReader(SourceReader):
         # back as redelivered; with ids, those are dropped (the checkpoint covers them)
         if isinstance(position, dict):
             self.covered = set(position.get("ids", ()))
+            self.stop.count = int(position.get("count", 0))  # max_records counts over restarts
 
     def acknowledge(self, position: Any) -> None:
         if isinstance(position, dict) and position.get("channel") == self.generation:
