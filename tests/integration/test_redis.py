@@ -1,0 +1,516 @@
+"""Redis Streams connector against the shared Redis (127.0.0.1:6379): round trips, positions,
+acknowledgement after checkpoints (the group's pending entries list), bad records, secrets, a kill test.
+
+Each test uses streams and groups named for this run and deletes its keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.integration import services
+
+import millstream as ms
+from millstream.errors import ConnectorError, MissingDependencyError, RecordError
+
+REPO = str(Path(__file__).resolve().parents[2])
+
+
+@pytest.fixture
+def r() -> Iterator[Any]:
+    services.require("redis")
+    services.need_module("redis", "redis")
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    keys: list[str] = []
+    client.made = keys  # type: ignore[attr-defined]
+    yield client
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def new_stream(r: Any, prefix: str = "ms_redis") -> str:
+    name = services.unique(prefix)
+    r.made.append(name)
+    return name
+
+
+def fill(r: Any, stream: str, records: list[Any], field: str = "data") -> list[str]:
+    pipe = r.pipeline(transaction=False)
+    for rec in records:
+        pipe.xadd(stream, {field: rec if isinstance(rec, bytes) else json.dumps(rec)})
+    return [i.decode() for i in pipe.execute()]
+
+
+def pending(r: Any, stream: str, group: str) -> int:
+    return int(r.xpending(stream, group)["pending"])
+
+
+def rows(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for f in sorted(out.glob("*")) if f.is_file() and f.name[0] not in "._"
+            for line in f.read_text().splitlines() if line.strip()]
+
+
+class Crash:
+    """A map that fails the job once it has seen ``at`` records (a crash after some checkpoints)."""
+
+    def __init__(self, at: int | None) -> None:
+        self.at = at
+        self.seen = 0
+
+    def __call__(self, rec: Any) -> Any:
+        self.seen += 1
+        if self.at is not None and self.seen > self.at:
+            raise RuntimeError("crash")
+        return rec
+
+
+# -- round trips ------------------------------------------------------------------------------------
+
+
+def test_round_trip(r: Any, exec_mode: str) -> None:
+    stream = new_stream(r)
+    records = [{"i": i, "k": f"k{i % 3}"} for i in range(500)]
+    flow = ms.Flow("redis-write")
+    flow.source(ms.connectors.memory.read(records)).sink(ms.connectors.redis.write(stream, maxlen=10_000))
+    assert flow.run().ok
+    assert r.xlen(stream) == 500
+
+    out = ms.connectors.memory.write()
+    src = ms.connectors.redis.read(stream, group="g", start="0", bounded=True, metadata=("stream", "id", "timestamp"))
+    flow = ms.Flow("redis-read")
+    flow.source(src, watermark=ms.WatermarkStrategy.bounded(0, timestamp="_timestamp")).sink(out)
+    assert flow.run().ok
+    got = sorted(out.values, key=lambda v: v["i"])
+    assert [{"i": v["i"], "k": v["k"]} for v in got] == records
+    assert {v["_stream"] for v in got} == {stream}
+    assert all(v["_timestamp"] == int(v["_id"].split("-")[0]) for v in got)
+    assert src.describe() == f"redis {stream}@127.0.0.1:6379/0 (group g), bounded"
+
+
+def test_several_streams_are_splits(r: Any) -> None:
+    a, b = new_stream(r), new_stream(r)
+    fill(r, a, [{"s": "a", "i": i} for i in range(300)])
+    fill(r, b, [{"s": "b", "i": i} for i in range(5)])
+    out = ms.connectors.memory.write()
+    flow = ms.Flow("two")
+    flow.source(ms.connectors.redis.read([a, b], group="g", start="0", bounded=True, count=50)).sink(out)
+    assert flow.run(mode="native").ok
+    assert Counter(v["s"] for v in out.values) == {"a": 300, "b": 5}
+    assert pending(r, a, "g") == 300  # no checkpoints: nothing acknowledged
+
+
+def test_text_bytes_and_field_maps(r: Any) -> None:
+    stream = new_stream(r)
+    r.xadd(stream, {"data": b"hello", "user": b"7"})
+    for fmt, want in (("text", "hello"), ("bytes", b"hello")):
+        out = ms.connectors.memory.write()
+        flow = ms.Flow(fmt)
+        flow.source(ms.connectors.redis.read(stream, group=fmt, start="0", bounded=True, format=fmt)).sink(out)
+        flow.run(mode="native")
+        assert out.values == [want]
+    out = ms.connectors.memory.write()
+    flow = ms.Flow("fields")
+    flow.source(ms.connectors.redis.read(stream, group="f", start="0", bounded=True, field=None)).sink(out)
+    flow.run(mode="native")
+    assert out.values == [{"data": "hello", "user": "7"}]
+
+
+# -- positions and acknowledgement --------------------------------------------------------------------
+
+
+def _pipeline(src: Any, out: Path, crash: Crash) -> ms.Flow:
+    flow = ms.Flow("redis-eo")
+    flow.source(src).map(crash).sink(ms.connectors.files.write(str(out), transactional=True))
+    return flow
+
+
+def test_pending_entries_read_again_and_xack_only_after_checkpoint(r: Any, tmp_path: Path) -> None:
+    stream = new_stream(r)
+    n = 3000
+    fill(r, stream, [{"i": i} for i in range(n)])
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+
+    def source() -> Any:
+        return ms.connectors.redis.read(stream, group="g", start="0", bounded=True, count=100)
+
+    crash = Crash(1800)
+    with pytest.raises(Exception, match="crash"):
+        _pipeline(source(), out, crash).run(mode="native", guarantee="exactly-once", checkpoint_dir=str(ckpt),
+                                            checkpoint_interval=1, max_chunk=100)
+    committed = len(rows(out))
+    assert 0 < committed <= 1800
+    # read in chunks of 100 up to the one holding record 1801; acknowledged: what the checkpoints hold
+    assert pending(r, stream, "g") == 1900 - committed
+
+    result = _pipeline(source(), out, Crash(None)).run(mode="native", guarantee="exactly-once",
+                                                      checkpoint_dir=str(ckpt), checkpoint_interval=1, max_chunk=100)
+    assert result.ok
+    got = [v["i"] for v in rows(out)]
+    assert sorted(got) == list(range(n))  # exactly once
+    assert pending(r, stream, "g") == 0    # all acknowledged by the final checkpoint
+
+
+def test_crash_between_commit_and_acknowledge_drops_covered_entries(r: Any, tmp_path: Path) -> None:
+    from millstream._checkpoint._failpoints import arm
+
+    stream = new_stream(r)
+    n = 1000
+    fill(r, stream, [{"i": i} for i in range(n)])
+    out, ckpt = tmp_path / "out", str(tmp_path / "ckpt")
+
+    def run() -> Any:
+        src = ms.connectors.redis.read(stream, group="g", start="0", bounded=True, count=100)
+        return _pipeline(src, out, Crash(None)).run(mode="native", guarantee="exactly-once", checkpoint_dir=ckpt,
+                                                    checkpoint_interval=1, max_chunk=100)
+
+    arm("source.acknowledge=raise#3")  # the output of checkpoint 3 is committed, its entries not XACKed
+    try:
+        with pytest.raises(Exception, match="failpoint"):
+            run()
+    finally:
+        arm("")
+    assert pending(r, stream, "g") > 0
+    result = run()
+    assert result.steps[0].extra["redelivered_dropped"] > 0  # read again, and the checkpoint had them
+    assert sorted(v["i"] for v in rows(out)) == list(range(n))
+    assert pending(r, stream, "g") == 0
+
+
+def test_nothing_acknowledged_before_a_checkpoint(r: Any, tmp_path: Path) -> None:
+    stream = new_stream(r)
+    fill(r, stream, [{"i": i} for i in range(1000)])
+    src = ms.connectors.redis.read(stream, group="g", start="0", bounded=True, count=100)
+    with pytest.raises(Exception, match="crash"):
+        _pipeline(src, tmp_path / "out", Crash(500)).run(
+            mode="native", guarantee="at-least-once", checkpoint_dir=str(tmp_path / "c1"),
+            checkpoint_interval=600_000, max_chunk=100)
+    assert pending(r, stream, "g") >= 500  # read, no checkpoint completed: nothing XACKed
+
+    # at-most-once acknowledges each chunk as it is read, before it is processed
+    stream2 = new_stream(r)
+    fill(r, stream2, [{"i": i} for i in range(1000)])
+    src = ms.connectors.redis.read(stream2, group="g", start="0", bounded=True, count=100)
+    flow = ms.Flow("amo")
+    flow.source(src).map(Crash(500)).sink(ms.connectors.files.write(str(tmp_path / "amo.jsonl")))
+    with pytest.raises(Exception, match="crash"):
+        flow.run(mode="native", guarantee="at-most-once", checkpoint_dir=str(tmp_path / "c2"),
+                 checkpoint_interval=600_000, max_chunk=100)
+    assert pending(r, stream2, "g") == 0
+
+
+def test_renamed_consumer_takes_over_the_pending_entries(r: Any, tmp_path: Path) -> None:
+    stream = new_stream(r)
+    n = 1500
+    fill(r, stream, [{"i": i} for i in range(n)])
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    src = ms.connectors.redis.read(stream, group="g", consumer="a", start="0", bounded=True, count=100)
+    with pytest.raises(Exception, match="crash"):
+        _pipeline(src, out, Crash(900)).run(mode="native", guarantee="exactly-once", checkpoint_dir=str(ckpt),
+                                            checkpoint_interval=1, max_chunk=100)
+    assert pending(r, stream, "g") > 0
+    src = ms.connectors.redis.read(stream, group="g", consumer="b", start="0", bounded=True, count=100)
+    assert _pipeline(src, out, Crash(None)).run(mode="native", guarantee="exactly-once", checkpoint_dir=str(ckpt),
+                                                checkpoint_interval=1, max_chunk=100).ok
+    assert sorted(v["i"] for v in rows(out)) == list(range(n))
+    assert pending(r, stream, "g") == 0
+
+
+@pytest.mark.parametrize("mode", ["native", "microbatch"])
+def test_unbounded_read_follows_new_entries(r: Any, tmp_path: Path, mode: str) -> None:
+    stream = new_stream(r)
+    src = ms.connectors.redis.read(stream, group="g", start="0", block=20)
+    seen: list[int] = []
+
+    def note(rec: Any) -> Any:
+        seen.append(rec["i"])
+        return rec
+
+    def stopper(rec: Any) -> Any:  # the job ends by failing at the last entry
+        if rec["i"] == -1:
+            raise RuntimeError("enough")
+        return rec
+
+    flow = ms.Flow("follow")
+    flow.source(src).map(note).map(stopper).sink(ms.connectors.memory.write())
+    job = threading.Thread(target=lambda: _quiet(flow.run, mode), daemon=True)
+    job.start()
+    fill(r, stream, [{"i": i} for i in range(200)] + [{"i": -1}])
+    job.join(20)
+    assert not job.is_alive()
+    assert sorted(seen) == [-1, *range(200)]
+
+
+def _quiet(fn: Any, mode: str) -> None:
+    try:
+        fn(mode=mode)
+    except Exception:  # noqa: BLE001, S110 - the test ends the job by failing it
+        pass
+
+
+# -- bad records --------------------------------------------------------------------------------------
+
+
+def _bad_stream(r: Any) -> tuple[str, list[str]]:
+    stream = new_stream(r)
+    ids = fill(r, stream, [{"i": 0}, b"{not json", {"i": 2}])
+    ids.append(r.xadd(stream, {"other": b"x"}).decode())
+    ids += fill(r, stream, [{"i": 4}])
+    return stream, ids
+
+
+def test_bad_records_fail_names_the_position(r: Any) -> None:
+    stream, ids = _bad_stream(r)
+    flow = ms.Flow("bad")
+    flow.source(ms.connectors.redis.read(stream, group="g", start="0", bounded=True)).sink(ms.connectors.memory.write())
+    with pytest.raises(RecordError) as err:
+        flow.run(mode="native")
+    assert f"{stream}@{ids[1]}" in str(err.value)
+    assert "not JSON" in str(err.value) or "JSON" in str(err.value)
+
+
+def test_bad_records_skip_and_dead_letter(r: Any) -> None:
+    stream, ids = _bad_stream(r)
+    out = ms.connectors.memory.write()
+    flow = ms.Flow("skip")
+    flow.source(ms.connectors.redis.read(stream, group="s", start="0", bounded=True, on_error="skip")).sink(out)
+    result = flow.run(mode="native")
+    assert [v["i"] for v in out.values] == [0, 2, 4]
+    assert result.steps[0].extra["skipped"] == 2
+
+    dead = ms.connectors.memory.write()
+    out = ms.connectors.memory.write()
+    flow = ms.Flow("dlq")
+    flow.source(ms.connectors.redis.read(stream, group="d", start="0", bounded=True,
+                                         on_error=ms.connectors.dead_letter(dead))).sink(out)
+    flow.run(mode="native")
+    assert [v["i"] for v in out.values] == [0, 2, 4]
+    assert [d["position"] for d in dead.values] == [f"{stream}@{ids[1]}", f"{stream}@{ids[3]}"]
+    assert dead.values[0]["raw"] == "{not json"
+    assert "no field 'data'" in dead.values[1]["error"]
+
+    # with metadata, a payload that is not an object is a bad record too
+    s2 = new_stream(r)
+    fill(r, s2, [[1, 2], {"i": 1}])
+    out = ms.connectors.memory.write()
+    flow = ms.Flow("meta")
+    flow.source(ms.connectors.redis.read(s2, group="m", start="0", bounded=True, metadata=("id",),
+                                         on_error="skip")).sink(out)
+    assert flow.run(mode="native").steps[0].extra["skipped"] == 1
+    assert [v["i"] for v in out.values] == [1]
+
+
+# -- the sink -----------------------------------------------------------------------------------------
+
+
+def test_sink_with_id_field_skips_rewrites(r: Any) -> None:
+    stream = new_stream(r)
+    records = [{"eid": f"{1000 + i}-0", "i": i} for i in range(100)]
+    sink = ms.connectors.redis.write(stream, id_field="eid")
+    assert sink.delivery == "idempotent"
+    assert ms.connectors.redis.write(stream).delivery == "none"
+    for _ in range(2):  # the second run is a replay: every entry is there already
+        flow = ms.Flow("ids")
+        flow.source(ms.connectors.memory.read(records)).sink(sink)
+        assert flow.run(mode="native").ok
+    assert r.xlen(stream) == 100
+    # an id below the top that was never written is an error, not a silent drop
+    flow = ms.Flow("bad-ids")
+    flow.source(ms.connectors.memory.read([{"eid": "999-0", "i": -1}])).sink(sink)
+    with pytest.raises(ConnectorError, match="ids must grow"):
+        flow.run(mode="native")
+
+
+def test_sink_maxlen(r: Any) -> None:
+    stream = new_stream(r)
+    flow = ms.Flow("capped")
+    flow.source(ms.connectors.memory.read([{"i": i} for i in range(300)])).sink(
+        ms.connectors.redis.write(stream, maxlen=50, approximate=False, batch=64))
+    flow.run(mode="native")
+    assert r.xlen(stream) == 50
+
+
+# -- options, errors and secrets ------------------------------------------------------------------------
+
+
+def test_options_are_checked_when_declared() -> None:
+    services.need_module("redis", "redis")
+    with pytest.raises(ms.errors.ConfigError, match="start"):
+        ms.connectors.redis.read("s", group="g", start="latest")
+    with pytest.raises(ms.errors.ConfigError, match="url"):
+        ms.connectors.redis.read("s", group="g", url="http://x")
+    with pytest.raises(ms.errors.ConfigError, match="metadata"):
+        ms.connectors.redis.read("s", group="g", metadata=("offset",))
+    with pytest.raises(ms.errors.ConfigError, match="maxlen"):
+        ms.connectors.redis.write("s", maxlen=0)
+
+
+def test_missing_client_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with pytest.raises(MissingDependencyError, match=r"millstream\[redis\]"):
+        ms.connectors.redis.read("s", group="g")
+    with pytest.raises(MissingDependencyError, match=r"millstream\[redis\]"):
+        ms.connectors.redis.write("s")
+
+
+def test_password_never_appears(r: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    secret = "hunter2-" + os.urandom(4).hex()
+    user = services.unique("ms_user")
+    r.execute_command("ACL", "SETUSER", user, "on", f">{secret}", "~*", "&*", "+@all")
+    try:
+        stream = new_stream(r)
+        fill(r, stream, [{"i": i} for i in range(10)])
+        url = f"redis://{user}:{secret}@127.0.0.1:6379/0"
+        caplog.set_level(logging.DEBUG)
+        src = ms.connectors.redis.read(stream, group="g", start="0", bounded=True, url=url)
+        sink = ms.connectors.redis.write(stream + "_out", url=url)
+        r.made.append(stream + "_out")
+        flow = ms.Flow("secret")
+        flow.source(src).sink(sink)
+        result = flow.run(mode="native", guarantee="at-least-once", checkpoint_dir=str(tmp_path / "ckpt"))
+        assert result.ok and r.xlen(stream + "_out") == 10
+        texts = [src.describe(), sink.describe(), flow.explain() if hasattr(flow, "explain") else "", str(result),
+                 caplog.text]
+        texts += [p.read_bytes().decode("latin-1") for p in (tmp_path / "ckpt").rglob("*") if p.is_file()]
+        # a wrong password: a fatal error naming the connector and the address, never the password
+        bad = ms.connectors.redis.read(stream, group="g", url=f"redis://{user}:{secret}x@127.0.0.1:6379/0",
+                                       bounded=True)
+        flow = ms.Flow("wrong")
+        flow.source(bad).sink(ms.connectors.memory.write())
+        with pytest.raises(ConnectorError) as err:
+            flow.run(mode="native")
+        texts.append(str(err.value))
+        assert "authentication failed" in str(err.value) and "127.0.0.1:6379" in str(err.value)
+        for text in texts:
+            assert secret not in text
+    finally:
+        r.execute_command("ACL", "DELUSER", user)
+
+
+def test_unreachable_redis_is_retried_then_fails() -> None:
+    services.need_module("redis", "redis")
+    port = services.free_port()
+    src = ms.connectors.redis.read("s", group="g", url=f"redis://127.0.0.1:{port}/0",
+                                   backoff=ms.connectors.Backoff(initial_s=0.05, max_s=0.1, budget_s=0.3))
+    flow = ms.Flow("down")
+    flow.source(src).sink(ms.connectors.memory.write())
+    with pytest.raises(ConnectorError, match="still failing after"):
+        flow.run(mode="native")
+
+
+# -- the docs' example ------------------------------------------------------------------------------------
+
+
+def test_docs_example(r: Any, tmp_path: Path) -> None:
+    stream = new_stream(r, "orders")
+    r.made.append(stream + "_totals")
+    fill(r, stream, [{"user": f"u{i % 4}", "amount": i, "ts": 1_000 * i} for i in range(40)])
+    # -- as in docs/connectors/redis.md, with this test's stream names
+    import millstream as ms
+
+    flow = ms.Flow("order-totals")
+    orders = flow.source(
+        ms.connectors.redis.read(stream, group="totals", start="0", bounded=True, metadata=("id",)),
+        watermark=ms.WatermarkStrategy.bounded(5_000, timestamp="ts"),
+    )
+    (orders.key_by("user")
+           .window(ms.windows.tumbling(10_000))
+           .aggregate(total=ms.agg.sum("amount"), n=ms.agg.count())
+           .sink(ms.connectors.redis.write(stream + "_totals", maxlen=100_000)))
+    flow.run(guarantee="at-least-once", checkpoint_dir=str(tmp_path / "ckpt"))
+    # --
+    assert r.xlen(stream + "_totals") == 16
+    assert pending(r, stream, "totals") == 0
+
+
+# -- a kill test: Redis Streams -> keyed window -> transactional files, SIGKILL at random -----------------
+
+JOB = textwrap.dedent('''
+    import time
+    import millstream as ms
+
+    def slow(rec):
+        if rec["id"] % 500 == 0:
+            time.sleep(0.02)
+        return rec
+
+    def build(params):
+        flow = ms.Flow("redis-kill")
+        src = flow.source(ms.connectors.redis.read(params["stream"], group=params["group"], start="0",
+                                                   bounded=True, count=200),
+                          watermark=ms.WatermarkStrategy.bounded(50, timestamp="ts"))
+        (src.map(slow).key_by("key").window(ms.windows.tumbling(1_000))
+            .aggregate(n=ms.agg.count(), ids=ms.agg.sum("id"))
+            .sink(ms.connectors.files.write(params["out"], format="jsonl",
+                                          transactional=params.get("transactional") in (True, "true"))))
+        return flow
+''')
+
+
+def _job(tmp_path: Path, stream: str, group: str, out: str, ckpt: str | None) -> list[str]:
+    args = [sys.executable, "-m", "millstream.cli", "run", str(tmp_path / "job.py"), "-q", "--progress", "off",
+            "--mode", "native", "--set", f"stream={stream}", "--set", f"group={group}", "--set", f"out={out}"]
+    if ckpt is not None:
+        args += ["--set", "transactional=true", "--guarantee", "exactly-once", "--checkpoint-dir", ckpt,
+                 "--checkpoint-interval", "50"]
+    return args
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("MILLSTREAM_FAILPOINTS", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(REPO, "src"), env.get("PYTHONPATH")]))
+    return env
+
+
+def test_kill_exactly_once(r: Any, tmp_path: Path) -> None:
+    stream = new_stream(r, "ms_kill")
+    n = 20_000
+    fill(r, stream, [{"id": i, "key": (i * 7919) % 17, "ts": i * 10 + (i * 2654435761) % 41} for i in range(n)])
+    (tmp_path / "job.py").write_text(JOB)
+    ref = tmp_path / "ref.jsonl"
+    done = subprocess.run(_job(tmp_path, stream, "ref", str(ref), None), env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    expected = Counter(json.dumps(json.loads(line), sort_keys=True) for line in ref.read_text().splitlines())
+    assert sum(expected.values()) > 0
+
+    out, ckpt = tmp_path / "out", str(tmp_path / "ckpt")
+    rnd = random.Random(os.getpid())
+    kills = 0
+    for _ in range(12):
+        proc = subprocess.Popen(_job(tmp_path, stream, "eo", str(out), ckpt), env=_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        if kills < 2:
+            try:
+                proc.wait(timeout=rnd.uniform(0.8, 2.0))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                kills += 1
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, err
+        seen = Counter(json.dumps(v, sort_keys=True) for v in rows(out))
+        assert not (seen - expected), "output not in the reference (a duplicate or a wrong window)"
+    else:
+        pytest.fail("the job did not finish after 12 starts")
+    got = Counter(json.dumps(v, sort_keys=True) for v in rows(out))
+    assert kills >= 1, "the job ended before any kill: make it slower"
+    assert got == expected, f"after {kills} kills: {sum(got.values())} rows, expected {sum(expected.values())}"
+    assert pending(r, stream, "eo") == 0
