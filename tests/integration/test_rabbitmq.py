@@ -1,0 +1,297 @@
+"""RabbitMQ connector against the shared broker (127.0.0.1:5672, guest/guest); one queue per test."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.integration import services
+
+import millstream as ms
+from millstream.connectors._base import SourceContext
+from millstream.errors import ConfigError, ConnectorError, MissingDependencyError, RecordError
+from millstream.testing import ManualClock
+
+REPO = str(Path(__file__).resolve().parents[2])
+URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+@pytest.fixture
+def channel() -> Iterator[Any]:
+    services.need_module("pika", "rabbitmq")
+    services.require("rabbitmq")
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(URL))
+    ch = conn.channel()
+    yield ch
+    conn.close()
+
+
+@pytest.fixture
+def queue(channel: Any) -> Iterator[str]:
+    name = services.unique("ms_q")
+    channel.queue_declare(name, durable=False)
+    yield name
+    channel.queue_delete(name)
+
+
+def ready(channel: Any, queue: str) -> int:
+    """Messages ready in the queue (not delivered, or delivered and put back)."""
+    return int(channel.queue_declare(queue, passive=True).method.message_count)
+
+
+def publish(channel: Any, queue: str, payloads: list[bytes], ids: bool = True) -> None:
+    import pika
+
+    for i, p in enumerate(payloads):
+        channel.basic_publish("", queue, p, pika.BasicProperties(message_id=str(i) if ids else None))
+
+
+@pytest.mark.parametrize("mode", ["native", "microbatch", "batch"])
+def test_round_trip_through_flows(channel: Any, queue: str, mode: str) -> None:
+    n = 3_000
+    out_flow = ms.Flow("rmq-out")
+    out_flow.source(ms.connectors.memory.read([{"i": i} for i in range(n)])).sink(
+        ms.connectors.rabbitmq.write(routing_key=queue, message_id="i"))
+    out_flow.run(mode=mode)  # returns once the broker confirmed every message
+    assert ready(channel, queue) == n
+    got = ms.connectors.memory.write()
+    flow = ms.Flow("rmq-in")
+    flow.source(ms.connectors.rabbitmq.read(queue, max_records=n, idle_stop=10,
+                                            metadata=("routing_key", "message_id", "redelivered"))).sink(got)
+    flow.run(mode=mode)
+    assert sorted(r["i"] for r in got.values) == list(range(n))
+    assert all(r["_message_id"] == str(r["i"]) and r["_routing_key"] == queue and not r["_redelivered"]
+               for r in got.values)
+    assert ready(channel, queue) == 0
+
+
+def test_docs_example(channel: Any, queue: str, tmp_path: Path) -> None:
+    """The example of docs/connectors/rabbitmq.md (with this test's queue names)."""
+    alerts = services.unique("alerts")
+    channel.queue_declare(alerts, durable=False)
+    try:
+        publish(channel, queue, [json.dumps({"id": i, "amount": i * 100}).encode() for i in range(10)])
+        orders = queue
+
+        import millstream as ms
+        from millstream.connectors import rabbitmq
+
+        flow = ms.Flow("big-orders")
+        src = flow.source(rabbitmq.read(orders, dedup_by="message_id", idle_stop=1.0))
+        src.filter(ms.col("amount") >= 700).sink(rabbitmq.write(routing_key=alerts, message_id="id"))
+        flow.run(guarantee="at-least-once", checkpoint_dir=tmp_path / "ck")
+
+        assert ready(channel, alerts) == 3 and ready(channel, orders) == 0
+    finally:
+        channel.queue_delete(alerts)
+
+
+def test_ack_only_after_checkpoint(channel: Any, queue: str, tmp_path: Path) -> None:
+    """A job that read everything but completed no checkpoint acknowledged nothing: killed, its
+    deliveries go back to the queue; the rerun processes each once."""
+    n = 500
+    publish(channel, queue, [json.dumps({"i": i}).encode() for i in range(n)])
+    marker = tmp_path / "read-all"
+    script = _job_script(tmp_path, queue, n, interval_ms=600_000, marker=marker)
+    ck, out = tmp_path / "ck", tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, script, str(ck), str(out)], env=_env())
+    try:
+        deadline = time.monotonic() + 20
+        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert marker.exists(), "the job did not read the messages"
+        assert ready(channel, queue) == 0  # all delivered, none acknowledged (the broker holds them)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    deadline = time.monotonic() + 5
+    while ready(channel, queue) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready(channel, queue) == n  # the broker put every unacknowledged delivery back
+    subprocess.run([sys.executable, script, str(ck), str(out)], env=_env(), check=True, timeout=60)
+    assert sorted(r["i"] for r in ms.connectors.files.read_committed(out)) == list(range(n))
+    assert ready(channel, queue) == 0
+
+
+def test_kill_between_commit_and_acknowledge(channel: Any, queue: str, tmp_path: Path) -> None:
+    """Killed after a checkpoint committed its output, before the ack: the redelivered messages of
+    that checkpoint are dropped by message id (dedup_by), so nothing is doubled."""
+    n = 1_000
+    publish(channel, queue, [json.dumps({"i": i}).encode() for i in range(n)])
+    script = _job_script(tmp_path, queue, n, interval_ms=30, slow_s=0.001)
+    ck, out = tmp_path / "ck", tmp_path / "out"
+    env = _env()
+    env["MILLSTREAM_FAILPOINTS"] = "source.acknowledge=kill#3"
+    first = subprocess.run([sys.executable, script, str(ck), str(out)], env=env, timeout=60)
+    assert first.returncode == -signal.SIGKILL
+    committed = len(ms.connectors.files.read_committed(out))
+    assert 0 < committed < n
+    subprocess.run([sys.executable, script, str(ck), str(out)], env=_env(), check=True, timeout=60)
+    ids = sorted(r["i"] for r in ms.connectors.files.read_committed(out))
+    assert ids == list(range(n)), (committed, len(ids), len(set(ids)))
+
+
+def test_sigkill_exactly_once(channel: Any, queue: str, tmp_path: Path) -> None:
+    """SIGKILL at random moments, restart until done: exactly once with dedup_by + a transactional sink."""
+    n = 3_000
+    publish(channel, queue, [json.dumps({"i": i}).encode() for i in range(n)])
+    script = _job_script(tmp_path, queue, n, interval_ms=40, slow_s=0.0005)
+    ck, out = tmp_path / "ck", tmp_path / "out"
+    rnd = random.Random(os.getpid())
+    kills = 0
+    for _ in range(12):
+        proc = subprocess.Popen([sys.executable, script, str(ck), str(out)], env=_env())
+        try:
+            rc = proc.wait(rnd.uniform(1.0, 2.0) if kills < 3 else 60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            kills += 1
+            continue
+        assert rc == 0
+        break
+    else:
+        pytest.fail("the job never finished")
+    assert kills >= 1
+    ids = sorted(r["i"] for r in ms.connectors.files.read_committed(out))
+    assert ids == list(range(n)), (kills, len(ids), len(set(ids)))
+    assert ready(channel, queue) == 0
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("MILLSTREAM_FAILPOINTS", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(REPO, "src"), env.get("PYTHONPATH")]))
+    return env
+
+
+def _job_script(tmp: Path, queue: str, n: int, *, interval_ms: int, marker: Path | None = None,
+                slow_s: float = 0.0) -> str:
+    path = tmp / "job.py"
+    path.write_text(textwrap.dedent(f"""
+        import sys, time
+        import millstream as ms
+        ck, out = sys.argv[1], sys.argv[2]
+        seen = [0]
+        def step(r):
+            seen[0] += 1
+            if {slow_s!r}:
+                time.sleep({slow_s!r})
+            if {str(marker)!r} != "None" and seen[0] >= {n}:
+                open({str(marker)!r}, "w").close()
+            return r
+        flow = ms.Flow("rmq-kill")
+        flow.source(ms.connectors.rabbitmq.read({queue!r}, max_records={n}, dedup_by="message_id")) \\
+            .map(step).sink(ms.connectors.files.write(out, transactional=True))
+        flow.run(guarantee="exactly-once", checkpoint_dir=ck, checkpoint_interval={interval_ms}, max_chunk=100)
+    """))
+    return str(path)
+
+
+# -- policies, errors, secrets ------------------------------------------------------------------------
+
+
+def test_bad_records_under_each_policy(channel: Any, queue: str) -> None:
+    def run(on_error: Any) -> list[Any]:
+        publish(channel, queue, [b'{"i": 1}', b"{not json", b'{"i": 3}'])
+        got = ms.connectors.memory.write()
+        flow = ms.Flow("bad")
+        flow.source(ms.connectors.rabbitmq.read(queue, on_error=on_error, max_records=2, idle_stop=3)).sink(got)
+        flow.run()
+        return got.values
+
+    with pytest.raises(RecordError) as info:
+        run("fail")
+    assert info.value.position.startswith(f"{queue}#2")
+    channel.queue_purge(queue)
+    assert run("skip") == [{"i": 1}, {"i": 3}]
+    dead = ms.connectors.memory.write()
+    assert run(ms.connectors.dead_letter(dead)) == [{"i": 1}, {"i": 3}]
+    assert [d["raw"] for d in dead.values] == ["{not json"]
+    assert ready(channel, queue) == 0  # a bad message is acknowledged with the rest
+
+
+def test_missing_queue_and_unroutable_fail_clearly(channel: Any) -> None:
+    missing = services.unique("missing")
+    flow = ms.Flow("missing")
+    flow.source(ms.connectors.rabbitmq.read(missing, idle_stop=1)).sink(ms.connectors.memory.write())
+    with pytest.raises(ConnectorError, match=f"declare the queue '{missing}'"):
+        flow.run()
+    flow = ms.Flow("unroutable")
+    flow.source(ms.connectors.memory.read([{"a": 1}])).sink(ms.connectors.rabbitmq.write(routing_key=missing))
+    with pytest.raises(ConnectorError, match="could not be routed"):
+        flow.run()
+
+
+def test_secrets_never_leak(channel: Any, queue: str, caplog: pytest.LogCaptureFixture) -> None:
+    secret = "hunter2-Rabbit-secret"
+    caplog.set_level(logging.DEBUG)
+    bad_url = f"amqp://guest:{secret}@127.0.0.1:5672/%2F"
+    src = ms.connectors.rabbitmq.read(queue, url=bad_url, backoff=ms.connectors.Backoff(budget_s=0.5))
+    sink = ms.connectors.rabbitmq.write(routing_key=queue, url=bad_url)
+    assert secret not in src.describe() and secret not in sink.describe()
+    with pytest.raises(ConnectorError) as info:  # wrong password: refused, not retried
+        src.open(SourceContext(step="s", clock=ManualClock(), policy="fail"))
+    assert "refused the login" in str(info.value) and secret not in str(info.value)
+    down = ms.connectors.rabbitmq.read(queue, url=f"amqp://guest:{secret}@127.0.0.1:{services.free_port()}/%2F",
+                                       backoff=ms.connectors.Backoff(initial_s=0.05, budget_s=0.3))
+    with pytest.raises(ConnectorError) as info:  # nothing listens: retried, then fails
+        down.open(SourceContext(step="s", clock=ManualClock(), policy="fail"))
+    assert "tries" in str(info.value) and secret not in str(info.value)
+    publish(channel, queue, [b'{"a": 1}'])
+    reader = ms.connectors.rabbitmq.read(queue, dedup_by="message_id").open(
+        SourceContext(step="s", clock=ManualClock(), policy="fail", checkpointed=True))
+    try:
+        deadline = time.monotonic() + 5
+        while not reader.poll(10) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        snap = reader.snapshot()
+        assert b"guest" not in pickle.dumps(snap)
+        reader.acknowledge(snap)
+        reader.acknowledge(snap)  # idempotent: a second multiple-ack of the same tag would close the channel
+        assert reader.poll(10) == []
+    finally:
+        reader.close()
+    assert secret not in caplog.text
+
+
+def test_options_checked_when_declared() -> None:
+    with pytest.raises(ConfigError, match="routing_key"):
+        ms.connectors.rabbitmq.write()
+    with pytest.raises(ConfigError, match="prefetch"):
+        ms.connectors.rabbitmq.read("q", prefetch=0)
+    with pytest.raises(ConfigError, match="amqp://"):
+        ms.connectors.rabbitmq.read("q", url="http://x")
+
+
+def test_import_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pika", None)
+    with pytest.raises(MissingDependencyError, match=r"millstream\[rabbitmq\]"):
+        ms.connectors.rabbitmq.read("q")
+    with pytest.raises(MissingDependencyError, match=r"millstream\[rabbitmq\]"):
+        ms.connectors.rabbitmq.write(routing_key="q")
+
+
+def test_unchecked_run_acknowledges_as_it_goes(channel: Any, queue: str) -> None:
+    """Without checkpoints the reader acknowledges what the job processed (prefetch would stall it
+    otherwise): 3 x prefetch messages go through and the queue ends empty."""
+    publish(channel, queue, [json.dumps({"i": i}).encode() for i in range(300)])
+    got = ms.connectors.memory.write()
+    flow = ms.Flow("plain")
+    flow.source(ms.connectors.rabbitmq.read(queue, prefetch=100, idle_stop=1.0)).sink(got)
+    flow.run()
+    assert len(got.values) == 300 and ready(channel, queue) == 0
