@@ -183,3 +183,94 @@ def _check_visible(guarantee: str, seen: Counter[str], expected: Counter[str], a
         lost = [r for r in expected if seen[r] == 0]
         if lost:
             anomalies.append(f"{len(lost)} rows lost under {guarantee}, e.g. {lost[0]}")
+
+
+def pause_trial(trial: Trial, workdir: Path, expected: Counter[str], *, stop_at: str,
+                drop_lock: bool) -> dict[str, Any]:
+    """F9, a paused "zombie": the first run pauses itself (SIGSTOP at the failpoint ``stop_at``, e.g.
+    ``ckpt.before_commit#3``), a second run of the same command starts, then the first is resumed.
+
+    ``drop_lock``: the LOCK file is removed while the first is paused, as on a filesystem whose locks
+    cannot be relied on. Allowed outcomes: the second run is refused clearly (exit 1, naming the owner)
+    and the first finishes; or the second finishes and the first, fenced by the owner epoch, stops
+    (exit 1) without committing anything. Never: both exit 0, or any wrong committed output.
+    """
+    out = str(workdir / ("out" if trial.guarantee == "exactly-once" else "out.jsonl"))
+    ckpt = str(workdir / "ckpt")
+    cmd = _cmd(trial, out, ckpt, trial.guarantee)
+    anomalies: list[str] = []
+    first = subprocess.Popen(cmd, env=_env(f"{stop_at.replace('#', '=stop#', 1)}" if "#" in stop_at
+                                           else f"{stop_at}=stop"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    outcome: dict[str, Any] = {"guarantee": trial.guarantee, "stop_at": stop_at, "drop_lock": drop_lock}
+    try:
+        _, status = os.waitpid(first.pid, os.WUNTRACED)  # returns once it stopped itself (or ended)
+        if not os.WIFSTOPPED(status):
+            first.returncode = os.waitstatus_to_exitcode(status)
+            return {**outcome, "anomalies": [f"the first run never reached {stop_at} (exit {first.returncode})"]}
+        if drop_lock:
+            os.remove(os.path.join(ckpt, "LOCK"))
+        second = subprocess.run(cmd, env=_env(None), capture_output=True, text=True, timeout=300)
+        during = Counter(read_rows(out))
+        os.killpg(first.pid, signal.SIGCONT)
+        _, err1 = first.communicate(timeout=300)
+    finally:
+        if first.returncode is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            os.killpg(first.pid, signal.SIGCONT)
+            first.communicate()
+    outcome.update(first_exit=first.returncode, second_exit=second.returncode)
+    err1, err2 = " ".join(err1.split()), " ".join(second.stderr.split())  # the console wraps long lines
+    if second.returncode == 1 and "in use by another run" in err2 and not drop_lock:
+        outcome["result"] = "second refused"
+        if first.returncode != 0:
+            anomalies.append(f"the first run failed after the second was refused: {err1.strip()[-1000:]}")
+    elif second.returncode == 0:
+        outcome["result"] = "first fenced"
+        if first.returncode == 0:
+            anomalies.append("both runs exited 0 on one checkpoint directory")
+        elif first.returncode != 1 or "no longer owns" not in err1:
+            anomalies.append(f"the paused run was not fenced clearly (exit {first.returncode}): {err1[-1000:]}")
+        _check_visible(trial.guarantee, during, expected, anomalies, during=True)
+    else:
+        anomalies.append(f"unexpected: second run exit {second.returncode}: {err2[-1000:]}")
+    if not anomalies:
+        if outcome["result"] == "first fenced":  # what the zombie left is cleaned by the next start
+            again = subprocess.run(cmd, env=_env(None), capture_output=True, text=True, timeout=300)
+            if again.returncode != 0:
+                anomalies.append(f"the run after the zombie failed: {again.stderr.strip()[-1000:]}")
+        _check_visible(trial.guarantee, Counter(read_rows(out)), expected, anomalies, during=False)
+    return {**outcome, "anomalies": anomalies}
+
+
+def rewind_trial(trial: Trial, workdir: Path, expected: Counter[str], *, seed: int) -> dict[str, Any]:
+    """Kill a run right after its k-th checkpoint committed (k random in 2..5), delete its newest
+    checkpoint folder, restart.
+
+    Exactly-once must refuse (exit 1, saying the committed output goes beyond the checkpoint left);
+    the others warn and finish within their guarantee.
+    """
+    rnd = random.Random(seed)
+    out = str(workdir / ("out" if trial.guarantee == "exactly-once" else "out.jsonl"))
+    ckpt = Path(workdir / "ckpt")
+    cmd = _cmd(trial, out, str(ckpt), trial.guarantee)
+    proc = subprocess.run(cmd, env=_env(f"ckpt.after_commit=kill#{rnd.randint(2, 5)}"), capture_output=True,
+                          text=True, timeout=300)
+    ckpts = sorted(ckpt.glob("chk-*"))
+    if proc.returncode != -signal.SIGKILL or not ckpts:
+        return {"seed": seed, "skipped": f"exit {proc.returncode}, {len(ckpts)} checkpoints", "anomalies": []}
+    for f in ckpts[-1].iterdir():
+        f.unlink()
+    ckpts[-1].rmdir()
+    r = subprocess.run(cmd, env=_env(None), capture_output=True, text=True, timeout=300)
+    err = " ".join(r.stderr.split())  # the console wraps long lines
+    anomalies: list[str] = []
+    if trial.guarantee == "exactly-once":
+        if r.returncode != 1 or "may already be committed" not in err:
+            anomalies.append(f"a rewound history was not refused: exit {r.returncode}: {err[-1000:]}")
+        _check_visible(trial.guarantee, Counter(read_rows(out)), expected, anomalies, during=True)
+    else:
+        if r.returncode != 0 or "may already be committed" not in err:
+            anomalies.append(f"no warning, or a failure: exit {r.returncode}: {err[-1000:]}")
+        _check_visible(trial.guarantee, Counter(read_rows(out)), expected, anomalies, during=False)
+    return {"seed": seed, "guarantee": trial.guarantee, "deleted": ckpts[-1].name, "anomalies": anomalies}

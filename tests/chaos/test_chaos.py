@@ -67,3 +67,31 @@ def test_random_kills_in_micro_batch_mode(tmp_path: Path, guarantee: str, seed: 
                                                                         events=20_000), tmp_path))
     assert result["anomalies"] == [], result
     assert result["kills"] >= 1, f"the job ended before the random kill: {result}"
+
+
+PAUSES = [("exactly-once", "ckpt.before_rename#3", False), ("exactly-once", "ckpt.before_rename#3", True),
+          ("exactly-once", "ckpt.before_commit#3", False), ("exactly-once", "ckpt.before_commit#3", True),
+          ("exactly-once", "sink.commit#3", True), ("at-least-once", "ckpt.before_commit#3", False),
+          ("at-most-once", "ckpt.before_commit#3", False)]
+
+
+@pytest.mark.parametrize(("guarantee", "stop_at", "drop_lock"), PAUSES)
+def test_a_paused_run_and_a_second_run_on_one_directory(tmp_path: Path, guarantee: str, stop_at: str,
+                                                        drop_lock: bool) -> None:
+    """F9: SIGSTOP inside the checkpoint path, a second run of the same command, SIGCONT. The second is
+    refused while the first holds the lock; with the LOCK file gone, the first is fenced by its epoch."""
+    trial = harness.Trial(guarantee, pipeline="window", events=12_000, rate=30_000)
+    result = harness.pause_trial(trial, tmp_path, _expected(trial, tmp_path), stop_at=stop_at, drop_lock=drop_lock)
+    assert result["anomalies"] == [], result
+    assert result["result"] == ("first fenced" if drop_lock else "second refused"), result
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+@pytest.mark.parametrize("seed", range(2))
+def test_deleting_the_newest_checkpoint_after_a_kill(tmp_path: Path, guarantee: str, seed: int) -> None:
+    """History cannot be rewound silently: exactly-once refuses, the others warn and keep their guarantee."""
+    pipeline = "window" if guarantee != "at-least-once" else "running"
+    trial = harness.Trial(guarantee, pipeline=pipeline, events=12_000, rate=30_000)
+    result = harness.rewind_trial(trial, tmp_path, _expected(trial, tmp_path), seed=seed)
+    assert result["anomalies"] == [], result
+    assert "skipped" not in result, result
