@@ -41,7 +41,7 @@ from millstream.errors import ConnectorError, ConnectorUnavailable, JobError
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["PostgresSink", "PostgresTable", "connect", "describe_dsn", "scrub"]
+__all__ = ["PostgresSink", "PostgresTable", "connect", "describe_dsn", "pg_message", "scrub"]
 
 log = logging.getLogger("millstream.connectors.postgres")
 
@@ -84,6 +84,16 @@ def scrub(text: str, dsn: str) -> str:
     if password:
         text = text.replace(str(password), "***")
     return text
+
+
+def pg_message(exc: BaseException) -> str:
+    """The server's one-line message of a psycopg error (without the LINE/caret context)."""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    if primary:
+        return str(primary)
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _sqlstate(exc: BaseException) -> str:
@@ -440,11 +450,11 @@ class PostgresWriter(SinkWriter):
                 fn()
             except psycopg.OperationalError as exc:
                 if self._conn is not None and not self._conn.closed:
-                    raise self._error(f"{doing}: {exc}") from None
-                raise ConnectorUnavailable(scrub(f"{doing}: {exc}", self.sink.dsn), connector=self.what,
+                    raise self._error(f"{doing}: {pg_message(exc)}") from None
+                raise ConnectorUnavailable(scrub(f"{doing}: {pg_message(exc)}", self.sink.dsn), connector=self.what,
                                            address=self.address) from None
             except psycopg.Error as exc:
-                raise self._error(f"{doing}: {exc}") from None
+                raise self._error(f"{doing}: {pg_message(exc)}") from None
 
         retry(attempt, what=f"{self.what} {doing}", backoff=self.sink.backoff, on_retry=self._on_retry)
 
@@ -469,7 +479,8 @@ class PostgresWriter(SinkWriter):
         except psycopg.Error as exc:
             # the open transaction is gone with its rows: only a restart from the last checkpoint replays them
             self._in_txn = False
-            raise self._error(f"writing {len(rows)} rows to {self.sink.table} in the checkpoint's transaction: {exc}",
+            raise self._error(f"writing {len(rows)} rows to {self.sink.table} in the checkpoint's transaction: "
+                              f"{pg_message(exc)}",
                               fix="the job restarts from its last checkpoint (restarts=...) and writes them again"
                               ) from None
         self._txn_rows += len(rows)
@@ -496,7 +507,7 @@ class PostgresWriter(SinkWriter):
             self.conn.execute("PREPARE TRANSACTION %s" % _literal(gid))  # noqa: UP031 - utility statement: no parameters
         except psycopg.Error as exc:
             self._in_txn = False
-            raise self._error(f"preparing the transaction of checkpoint {checkpoint_id}: {exc}") from None
+            raise self._error(f"preparing the transaction of checkpoint {checkpoint_id}: {pg_message(exc)}") from None
         self._in_txn = False
         rows, self._txn_rows = self._txn_rows, 0
         return {"checkpoint": checkpoint_id, "gid": gid, "rows": rows}
@@ -519,12 +530,12 @@ class PostgresWriter(SinkWriter):
                 self.conn.execute(f"{how} PREPARED {_literal(gid)}")
             except psycopg.OperationalError as exc:
                 if self._conn is not None and not self._conn.closed:
-                    raise self._error(f"{how} PREPARED {gid}: {exc}") from None
-                raise ConnectorUnavailable(scrub(f"{how} PREPARED {gid}: {exc}", self.sink.dsn),
+                    raise self._error(f"{how} PREPARED {gid}: {pg_message(exc)}") from None
+                raise ConnectorUnavailable(scrub(f"{how} PREPARED {gid}: {pg_message(exc)}", self.sink.dsn),
                                            connector=self.what, address=self.address) from None
             except psycopg.Error as exc:
                 if _sqlstate(exc) != _UNDEFINED_OBJECT:
-                    raise self._error(f"{how} PREPARED {gid}: {exc}") from None
+                    raise self._error(f"{how} PREPARED {gid}: {pg_message(exc)}") from None
                 if how == "ROLLBACK":
                     return
                 found = self.conn.execute(f"SELECT 1 FROM {COMMITS_TABLE} WHERE gid = %s", (gid,)).fetchone()  # noqa: S608
@@ -677,7 +688,7 @@ class PostgresTable:
             what = "query" if self.is_query else "table"
             raise LookupTableError(
                 f"postgres {describe_dsn(self.dsn)}: cannot read {what} {self._what()!r}: "
-                f"{scrub(str(exc).strip(), self.dsn)}",
+                f"{scrub(pg_message(exc), self.dsn)}",
                 fix="pass an existing table (schema.table) or a SELECT query to postgres.table(...)") from None
         existing = [d.name for d in cur.description or ()]
         wanted = (self.key, *(self.columns or ()))

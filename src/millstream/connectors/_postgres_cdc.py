@@ -40,7 +40,7 @@ from millstream.connectors._base import (
     SourceReader,
     retry,
 )
-from millstream.connectors._postgres import connect, describe_dsn, scrub
+from millstream.connectors._postgres import connect, describe_dsn, pg_message, scrub
 from millstream.errors import ConnectorError, ConnectorUnavailable
 
 if TYPE_CHECKING:
@@ -95,13 +95,15 @@ class ChangesSource(Source):
 
 
 class _Relation:
-    __slots__ = ("columns", "keys", "loaders", "name")
+    __slots__ = ("columns", "keys", "loaders", "name", "primary")
 
-    def __init__(self, name: str, columns: list[str], keys: list[bool], loaders: list[Any]) -> None:
+    def __init__(self, name: str, columns: list[str], keys: list[bool], loaders: list[Any],
+                 primary: tuple[str, ...]) -> None:
         self.name = name
         self.columns = columns
-        self.keys = keys
+        self.keys = keys          # the replica identity's columns (all of them under REPLICA IDENTITY FULL)
         self.loaders = loaders
+        self.primary = primary    # the primary key (else the identity): a change of it is a delete + insert
 
 
 class ChangesReader(SourceReader):
@@ -115,6 +117,7 @@ class ChangesReader(SourceReader):
         self._tmp: str | None = None
         self._pending: deque[tuple[dict[str, Any], int, int]] = deque()  # (record, txn end LSN, index in txn)
         self._relations: dict[int, _Relation] = {}
+        self._primary: dict[int, tuple[str, ...]] = {}
         self._chunk: list[tuple[int, int]] = []
         self._ended = False
         self._idle = False
@@ -186,7 +189,7 @@ class ChangesReader(SourceReader):
         except Exception as exc:
             if getattr(exc, "sqlstate", None) is None:
                 raise
-            raise self._error(f"cannot copy replication slot {self.src.slot!r}: {exc}",
+            raise self._error(f"cannot copy replication slot {self.src.slot!r}: {pg_message(exc)}",
                               fix="check that the slot exists and max_replication_slots leaves room for one "
                                   "temporary slot per reader") from None
         start = lsn_int(conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
@@ -237,11 +240,11 @@ class ChangesReader(SourceReader):
                 "%s, %s, %s, %s)", (tmp, upto, self.src.batch_size, *self._opts)).fetchall()
         except psycopg.OperationalError as exc:
             if self._conn is not None and not self._conn.closed:
-                raise self._error(f"reading slot {self.src.slot}: {exc}") from None
-            raise ConnectorUnavailable(scrub(f"reading slot {self.src.slot}: {exc}", self.src.dsn),
+                raise self._error(f"reading slot {self.src.slot}: {pg_message(exc)}") from None
+            raise ConnectorUnavailable(scrub(f"reading slot {self.src.slot}: {pg_message(exc)}", self.src.dsn),
                                        connector=self.what, address=self.address) from None
         except psycopg.Error as exc:
-            raise self._error(f"reading slot {self.src.slot}: {exc}") from None
+            raise self._error(f"reading slot {self.src.slot}: {pg_message(exc)}") from None
         self._decode(rows)
         return len(rows)
 
@@ -312,7 +315,15 @@ class ChangesReader(SourceReader):
             columns.append(col)
             keys.append(bool(flags & 1))
             loaders.append(tx.get_loader(oid, Format.TEXT))
-        self._relations[relid] = _Relation(name if ns == "public" else f"{ns}.{name}", columns, keys, loaders)
+        primary = self._primary.get(relid)
+        if primary is None:
+            row = self.conn.execute(
+                "SELECT array_agg(a.attname::text) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s AND i.indisprimary", (relid,)).fetchone()
+            primary = self._primary[relid] = tuple(row[0]) if row and row[0] else tuple(
+                c for c, k in zip(columns, keys, strict=True) if k)
+        self._relations[relid] = _Relation(name if ns == "public" else f"{ns}.{name}", columns, keys, loaders,
+                                           primary)
 
     def _tuple(self, rel: _Relation, data: bytes, pos: int, *, keys_only: bool = False,
                old: dict[str, Any] | None = None) -> tuple[dict[str, Any], int]:
@@ -357,6 +368,9 @@ class ChangesReader(SourceReader):
         new, pos = self._tuple(rel, data, pos, old=old)
         if tag == b"I":
             return [{**new, **table, CHANGE: INSERT}]
+        if old is not None and any(k in old and old[k] != new.get(k) for k in rel.primary):
+            # the key changed: for a consumer that applies changes by key, the old key's row is gone
+            return [{**old, **table, CHANGE: DELETE}, {**new, **table, CHANGE: INSERT}]
         before = old if old is not None else {c: new[c] for c, k in zip(rel.columns, rel.keys, strict=True)
                                                if k and c in new}
         out.append({**before, **table, CHANGE: UPDATE_BEFORE})
@@ -409,7 +423,7 @@ class ChangesReader(SourceReader):
                     self.conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)",
                                       (self.src.slot, lsn_text(lsn)))
             except psycopg.OperationalError as exc:
-                raise ConnectorUnavailable(scrub(f"advancing slot {self.src.slot}: {exc}", self.src.dsn),
+                raise ConnectorUnavailable(scrub(f"advancing slot {self.src.slot}: {pg_message(exc)}", self.src.dsn),
                                            connector=self.what, address=self.address) from None
 
         retry(attempt, what=f"{self.what} acknowledging {lsn_text(lsn)}", backoff=self.src.backoff,
