@@ -335,3 +335,19 @@ def test_deeply_nested_chunks_are_decoded_by_rows_not_polars(tmp_path: Path) -> 
     p.write_bytes(b"".join(nested(MAX_JSON_DEPTH) + b"\n" for _ in range(20)))
     values, result = run_source(files.read(p))
     assert len(values) == 20 and values[0] == orjson.loads(nested(MAX_JSON_DEPTH))
+
+
+def test_stdin_takes_hostile_lines_by_the_same_rules() -> None:
+    import io
+
+    from millstream.connectors import stdio
+
+    data = b"\n".join([good(1), b"", nested(MAX_JSON_DEPTH + 1), b'{"s": "\\ud800"}', nested(MAX_JSON_DEPTH),
+                       good(2)]) + b"\n"
+    dlq = CollectSink()
+    flow = ms.Flow("stdin")
+    out = CollectSink()
+    flow.source(stdio.read(stream=io.BytesIO(data), on_error=dead_letter(dlq))).sink(out)
+    result = flow.run()
+    assert len(out.values) == 3 and result.total("dead_lettered") == 2
+    assert sorted(d["position"] for d in dlq.values) == ["stdin:3", "stdin:4"]

@@ -198,8 +198,10 @@ def read(*, format: str = "jsonl", on_error: ErrorPolicy = "fail", name: str = "
          stream: IO[bytes] | None = None) -> StdinSource:
     """A source of the lines of standard input: JSON objects (``format="jsonl"``) or ``str`` (``"lines"``).
 
-    The input ends at end of file. Bad JSON lines go to ``on_error`` with their
-    position (``stdin:7``); blank lines are ignored in ``jsonl``. ``stream``
+    The input ends at end of file. Bad JSON lines (as for files: not JSON, a lone
+    surrogate escape included, not an object, or nested deeper than 254 levels) go
+    to ``on_error`` with their position (``stdin:7``); blank lines are not records
+    in ``jsonl`` (passed over, uncounted). ``stream``
     reads another binary stream instead (e.g. a pipe). Not replayable.
     """
     return StdinSource(format=format, on_error=on_error, name=name, stream=stream)
