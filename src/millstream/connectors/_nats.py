@@ -111,9 +111,13 @@ class _Conn:
         async def quiet(exc: Exception) -> None:  # nats-py logs errors with their text by default
             log.debug("%s: %s", self.connector, self.scrub(f"{type(exc).__name__}: {exc}"))
 
+        # a first connection that fails is retried by ``call`` with the backoff (logged, counted);
+        # once connected, nats-py reconnects by itself for as long as it takes
         self.nc = await nats.connect(servers=list(self.servers), connect_timeout=5, allow_reconnect=True,
-                                     max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=quiet,
+                                     max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=quiet,
                                      disconnected_cb=_nothing, reconnected_cb=_nothing, closed_cb=_nothing)
+        self.nc.options["max_reconnect_attempts"] = -1
+        self.nc.options["reconnect_time_wait"] = 0.5
         self.js = self.nc.jetstream()
 
     def scrub(self, text: str) -> str:
