@@ -94,9 +94,24 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class _RedactUrls(logging.Filter):
+    """httpx logs every request's full URL at INFO: strip passwords and secret query options."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(redact_url(str(a)) if type(a).__name__ == "URL" else a for a in record.args)
+        return True
+
+
+_REDACT = _RedactUrls()
+
+
 class HttpWriter(SinkWriter):
     def __init__(self, sink: HttpSink, step: str) -> None:
         httpx = _httpx()
+        httpx_log = logging.getLogger("httpx")
+        if _REDACT not in httpx_log.filters:
+            httpx_log.addFilter(_REDACT)
         self.httpx = httpx
         self.sink = sink
         self.what = f"http sink '{step}'"
@@ -150,6 +165,9 @@ class HttpWriter(SinkWriter):
                     self.figures["records"] += len(chunk)
                     return
                 snippet = resp.content[:300].decode("utf-8", "replace")
+                for name, value in sink._headers.items():  # a server may echo credentials back
+                    if is_secret_header(name) and value:
+                        snippet = snippet.replace(value, "***").replace(value.split(" ")[-1], "***")
                 if status == 429 or status >= 500:
                     problem = f"HTTP {status}: {snippet[:120]}"
                     hint = _retry_after(resp.headers.get("retry-after"))
