@@ -437,10 +437,15 @@ class KafkaReader(SourceReader):
             self.ctx.bad_record("the message has no value (a tombstone?)", position=pos, raw=None)
             return _BAD
         value: Any
-        try:
-            if o.deserializer is not None:
+        if o.deserializer is not None:
+            try:
                 value = o.deserializer(raw)
-            elif o.format == "json":
+            except Exception as exc:  # noqa: BLE001 - the user's deserializer: the error policy decides
+                self.ctx.bad_record(f"the deserializer raised {type(exc).__name__}: {exc}", position=pos, raw=raw)
+                return _BAD
+            return self._with_metadata(m, value, pos, raw)
+        try:
+            if o.format == "json":
                 value = orjson.loads(raw)
             elif o.format == "text":
                 value = raw.decode("utf-8")
@@ -452,9 +457,10 @@ class KafkaReader(SourceReader):
         except UnicodeDecodeError as exc:
             self.ctx.bad_record(f"not UTF-8 text: {exc}", position=pos, raw=raw)
             return _BAD
-        except Exception as exc:  # noqa: BLE001 - the user's deserializer: the error policy decides
-            self.ctx.bad_record(f"the deserializer raised {type(exc).__name__}: {exc}", position=pos, raw=raw)
-            return _BAD
+        return self._with_metadata(m, value, pos, raw)
+
+    def _with_metadata(self, m: Any, value: Any, pos: str, raw: bytes) -> Any:
+        o = self.o
         if not o.metadata:
             return value
         if type(value) is not dict:

@@ -312,7 +312,7 @@ class KafkaWriter(SinkWriter):
             return {"checkpoint": checkpoint_id, "tag": None}
         self.flush()
         handle = {"checkpoint": checkpoint_id, "tag": self.open_tag, "prev": self.prev_tag,
-                  "topic": self.o.topic, "records": self.pending}
+                  "topic": self.o.topic, "records": list(self.pending)}
         self.precommitted = handle
         return handle
 
@@ -364,6 +364,8 @@ class KafkaWriter(SinkWriter):
 
     def close(self) -> None:
         producer = self.producer
+        if producer is None:
+            return
         try:
             if self.txid is not None and self.open_tag is not None:
                 if self.coordinated or self.checkpointed:
@@ -379,9 +381,22 @@ class KafkaWriter(SinkWriter):
             else:
                 self.flush()
         finally:
+            self.producer = None
+            producer.close()
             if self.marker is not None:
                 self.marker.close()
                 self.marker = None
+
+    def abandon(self) -> None:
+        """Drop the producer without flushing or committing (as a crash would: what it queued is purged;
+        the open transaction is aborted, as the next run's ``init_transactions`` would)."""
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            producer.purge()
+            producer.close()
+        if self.marker is not None:
+            self.marker.close()
+            self.marker = None
 
     def metrics(self) -> dict[str, int]:
         return {"retries": self.retries[0], "written": self.written}
