@@ -128,25 +128,35 @@ def test_surrogate_pairs_and_escaped_backslashes_read_as_natively(tmp_path: Path
     assert sorted(values, key=lambda r: r["id"]) == [{"id": i, "s": t} for i, t in enumerate(texts)]
 
 
-# -- 3. blank lines: not records, in every mode --------------------------------------------------
+# -- 3. blank lines: not records, counted, in every mode -------------------------------------------
 
 
-def test_blank_lines_are_not_records_and_do_not_shift_positions(tmp_path: Path) -> None:
+def test_blank_lines_are_counted_not_records_and_do_not_shift_positions(tmp_path: Path) -> None:
     p = tmp_path / "in.jsonl"
     p.write_text('\n{"id": 1}\n   \n\r\n{"id": 2}\nnot json\n\n{"id": 3}\n\t\n')
     dlq = CollectSink()
     values, result = run_source(files.read(p, on_error=dead_letter(dlq)))
     assert sorted(r["id"] for r in values) == [1, 2, 3]
     assert result.total("skipped") == 0 and result.total("dead_lettered") == 1
+    assert result.total("blank_lines") == 5
+    assert "blank_lines 5" in result.summary()
     assert [d["position"] for d in dlq.values] == [f"{p}:6"]
 
 
-def test_blank_csv_lines_are_not_records(tmp_path: Path) -> None:
+def test_blank_lines_are_counted_whatever_the_chunks(tmp_path: Path) -> None:
+    p = tmp_path / "in.jsonl"
+    p.write_bytes(b"".join(good(i) + (b"\n\n" if i % 10 == 0 else b"\n") for i in range(100)))
+    for chunk in (7, 1000):
+        values, result = run_source(files.read(p), max_chunk=chunk)
+        assert len(values) == 100 and result.total("blank_lines") == 10, chunk
+
+
+def test_blank_csv_lines_are_counted_not_records(tmp_path: Path) -> None:
     p = tmp_path / "in.csv"
     p.write_text("a,b\n\n1,2\n  \n3,4\n\n")
     values, result = run_source(files.read(p, on_error="skip"))
     assert values == [{"a": "1", "b": "2"}, {"a": "3", "b": "4"}]
-    assert result.total("skipped") == 0
+    assert result.total("skipped") == 0 and result.total("blank_lines") == 3
 
 
 # -- 4. CSV: a stray quote costs one row, not the rest of the file ------------------------------
@@ -267,8 +277,9 @@ def _norm(rows: list[Any]) -> list[Any]:
     return canon([{k: v for k, v in r.items() if v is not None} for r in rows])
 
 
-def _check_modes(path: Path, fmt: str, records: int, chunk: int, **kw: Any) -> None:
-    """Both modes: every non-blank line is good, skipped or dead-lettered, and the outcomes agree."""
+def _check_modes(path: Path, fmt: str, records: int, chunk: int, blank: int, **kw: Any) -> None:
+    """Both modes: every non-blank line is good, skipped or dead-lettered, every blank line is
+    counted, and the outcomes agree."""
     seen = []
     for mode in ("native", "microbatch"):
         dlq = CollectSink()
@@ -276,6 +287,7 @@ def _check_modes(path: Path, fmt: str, records: int, chunk: int, **kw: Any) -> N
                                     mode=mode, max_chunk=chunk)
         assert len(values) + result.total("skipped") + result.total("dead_lettered") == records, mode
         assert result.total("dead_lettered") == len(dlq.values)
+        assert result.total("blank_lines") == blank, mode
         seen.append((_norm(values), sorted((d["position"], d["raw"]) for d in dlq.values)))
     assert seen[0] == seen[1]
 
@@ -292,7 +304,7 @@ def test_fuzz_json_lines(tmp_path: Path, exec_mode: str, lines: list[bytes], chu
     p = tmp_path / "fuzz.jsonl"
     p.write_bytes(b"\n".join(lines) + b"\n")
     records = sum(1 for x in lines if x.strip())
-    _check_modes(p, "jsonl", records, chunk)
+    _check_modes(p, "jsonl", records, chunk, len(lines) - records)
 
 
 _cell = st.text(st.characters(whitelist_categories=("L", "N"), max_codepoint=0x3ff), max_size=4)
@@ -320,7 +332,7 @@ def test_fuzz_csv(tmp_path: Path, exec_mode: str, lines: list[bytes], chunk: int
     p = tmp_path / "fuzz.csv"
     p.write_bytes(b"n,c\n" + b"\n".join(lines) + b"\n")
     records = sum(1 for x in lines if x.strip())
-    _check_modes(p, "csv", records, chunk, csv_types={"n": int})
+    _check_modes(p, "csv", records, chunk, len(lines) - records, csv_types={"n": int})
 
 
 def test_deeply_nested_chunks_are_decoded_by_rows_not_polars(tmp_path: Path) -> None:
@@ -349,5 +361,5 @@ def test_stdin_takes_hostile_lines_by_the_same_rules() -> None:
     out = CollectSink()
     flow.source(stdio.read(stream=io.BytesIO(data), on_error=dead_letter(dlq))).sink(out)
     result = flow.run()
-    assert len(out.values) == 3 and result.total("dead_lettered") == 2
+    assert len(out.values) == 3 and result.total("dead_lettered") == 2 and result.total("blank_lines") == 1
     assert sorted(d["position"] for d in dlq.values) == ["stdin:3", "stdin:4"]

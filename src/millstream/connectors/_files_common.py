@@ -10,12 +10,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, Literal, cast
 
 from millstream.errors import ConfigError, MissingDependencyError
 
-__all__ = ["EXTENSIONS", "FORMATS", "MAX_CSV_RECORD_LINES", "MAX_JSON_DEPTH", "Format", "check_format",
+__all__ = ["EXTENSIONS", "FORMATS", "MAX_CSV_RECORD_LINES", "MAX_JSON_DEPTH", "Format", "Tally", "check_format",
            "check_path", "format_of", "import_parquet", "json_depth", "need_pyarrow", "step_name",
            "suspect_json_lines", "too_deep"]
 
@@ -79,6 +80,19 @@ def import_parquet(feature: str) -> Any:
 
 
 # -- hostile input: limits every mode applies the same way ----------------------------------
+
+
+@dataclass
+class Tally:
+    """What a line reader passed over without it being a record or a bad record (a figure of
+    the source step, the same in every mode)."""
+
+    #: empty or whitespace-only lines of JSON lines and CSV: not records
+    blank_lines: int = 0
+
+    def metrics(self) -> dict[str, int]:
+        return {"blank_lines": self.blank_lines}
+
 
 #: The deepest a JSON record may nest (the record's own object is level 1). A deeper record is a
 #: bad record under the source's ``on_error`` policy, in every mode: orjson, which every JSON sink

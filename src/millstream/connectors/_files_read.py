@@ -31,6 +31,7 @@ from millstream.connectors._files_common import (
     FORMATS,
     MAX_CSV_RECORD_LINES,
     MAX_JSON_DEPTH,
+    Tally,
     check_format,
     check_path,
     format_of,
@@ -211,7 +212,7 @@ def read(
       A CSV record may span at most ``MAX_CSV_RECORD_LINES`` (1,000) lines; when one
       that spans lines cannot be parsed (an unterminated quote), its first line is the
       bad record and reading goes on at the next line. Blank lines of JSON lines and
-      CSV are not records: passed over, uncounted, in every mode.
+      CSV are not records: passed over in every mode, and counted (``blank_lines``).
     - ``csv_types``: column -> function applied to its text, e.g. ``{"amount": float}``;
       an empty field becomes None, and ``bool`` accepts true/false, yes/no, 1/0.
 
@@ -269,14 +270,14 @@ def _infer_read_format(path: str) -> str:
 
 
 def parse_json_lines(
-    lines: list[bytes], first_line: int, where: str, ctx: SourceContext
+    lines: list[bytes], first_line: int, where: str, ctx: SourceContext, tally: Tally | None = None
 ) -> tuple[list[Any], list[int] | None]:
     """Parse JSON lines into dicts: ``(records, line numbers)``.
 
     The line numbers are None when record ``i`` is line ``first_line + i`` (no
     blank or bad line in the chunk). Bad lines go to ``ctx.bad_record``: not JSON (a lone
     surrogate escape included), not an object, or nested deeper than :data:`MAX_JSON_DEPTH`.
-    Blank lines are not records: they are passed over, uncounted, in every mode.
+    Blank lines are not records: they are passed over, and counted in ``tally``.
     """
     loads = orjson.loads
     try:
@@ -297,6 +298,8 @@ def parse_json_lines(
         except orjson.JSONDecodeError as exc:
             if raw.strip():
                 ctx.bad_record(f"not valid JSON: {exc}", position=f"{where}:{n}", raw=raw)
+            elif tally is not None:
+                tally.blank_lines += 1
             continue
         if type(value) is not dict:
             ctx.bad_record(f"expected a JSON object, got {_json_kind(value)}", position=f"{where}:{n}", raw=raw)
@@ -656,6 +659,7 @@ class _FileReader(SourceReader):
         self.chunk_rows = False
         self.csv_feed: _CsvFeed | None = None
         self.csv_reader: Any = None
+        self.tally = Tally()
 
     # -- files -------------------------------------------------------------------------
     def _resolve(self) -> None:
@@ -770,7 +774,7 @@ class _FileReader(SourceReader):
         if self._frame_lines is None or self.o.format != "jsonl":
             return cast(list[Any], frame.to_dicts())
         lines, first, path = self._frame_lines
-        recs, nums = parse_json_lines(lines, first, path, self.ctx)
+        recs, nums = parse_json_lines(lines, first, path, self.ctx, self.tally)
         self._chunk(path, first, nums)
         return recs
 
@@ -907,7 +911,7 @@ class _FileReader(SourceReader):
             lines, first = cur.take(n)
             if self.o.format == "jsonl" and self._frames and lines and self._columns is not None:
                 # the flow reads only these fields: orjson, then one column per field
-                recs, nums = parse_json_lines(lines, first, cur.path, self.ctx)
+                recs, nums = parse_json_lines(lines, first, cur.path, self.ctx, self.tally)
                 self._chunk(cur.path, first, nums)
                 frame = _columns_frame(recs, self._columns)
                 if frame is None:
@@ -921,7 +925,7 @@ class _FileReader(SourceReader):
                     self._frame_lines = (lines, first, cur.path)
                     return cast(list[Any], frame)  # a DataFrame: poll_frame's caller knows
             if self.o.format == "jsonl":
-                recs, nums = parse_json_lines(lines, first, cur.path, self.ctx)
+                recs, nums = parse_json_lines(lines, first, cur.path, self.ctx, self.tally)
             else:
                 recs, nums = parse_text_lines(lines, first, cur.path, self.ctx, self.o.encoding)
             self._chunk(cur.path, first, nums)
@@ -967,7 +971,8 @@ class _FileReader(SourceReader):
                 self._bad_csv(cur, mark, exc)
                 continue
             if not row or (len(row) == 1 and not row[0].strip()):
-                continue  # a blank line
+                self.tally.blank_lines += 1  # a blank line: not a record
+                continue
             line_no = mark[1] + 1
             header = cur.header
             if header is None:
@@ -1046,6 +1051,9 @@ class _FileReader(SourceReader):
 
     def wait_hint(self) -> float | None:
         return self.o.poll_interval_s if self.idle else None
+
+    def metrics(self) -> dict[str, int]:
+        return self.tally.metrics()
 
     def snapshot(self) -> Any:
         files: dict[str, dict[str, Any]] = {}

@@ -21,6 +21,7 @@ from typing import IO, Any
 import orjson
 
 from millstream.connectors._base import ErrorPolicy, Sink, SinkWriter, Source, SourceContext, SourceReader, check_policy
+from millstream.connectors._files_common import Tally
 from millstream.connectors._files_read import parse_json_lines, parse_text_lines
 from millstream.errors import ConfigError, JobError
 
@@ -74,6 +75,7 @@ class _StdinReader(SourceReader):
         self.closing = threading.Event()
         self.first_line = 1
         self.nums: list[int] | None = None
+        self.tally = Tally()
         self.thread = threading.Thread(target=self._pump, args=(stream,), name="millstream-stdin", daemon=True)
         self.thread.start()
 
@@ -125,11 +127,14 @@ class _StdinReader(SourceReader):
         first = self.line + 1
         self.line += len(chunk)
         if self.src.format == "jsonl":
-            recs, self.nums = parse_json_lines(chunk, first, self.where, self.ctx)
+            recs, self.nums = parse_json_lines(chunk, first, self.where, self.ctx, self.tally)
         else:
             recs, self.nums = parse_text_lines(chunk, first, self.where, self.ctx)
         self.first_line = first
         return recs
+
+    def metrics(self) -> dict[str, int]:
+        return self.tally.metrics()
 
     def position_of(self, index: int) -> str | None:
         if self.nums is None:
@@ -201,7 +206,7 @@ def read(*, format: str = "jsonl", on_error: ErrorPolicy = "fail", name: str = "
     The input ends at end of file. Bad JSON lines (as for files: not JSON, a lone
     surrogate escape included, not an object, or nested deeper than 254 levels) go
     to ``on_error`` with their position (``stdin:7``); blank lines are not records
-    in ``jsonl`` (passed over, uncounted). ``stream``
+    in ``jsonl`` (passed over, counted as ``blank_lines``). ``stream``
     reads another binary stream instead (e.g. a pipe). Not replayable.
     """
     return StdinSource(format=format, on_error=on_error, name=name, stream=stream)
