@@ -287,7 +287,7 @@ def test_transactional_recovery_commits_the_restored_and_rolls_back_the_rest(pdb
     w.write([{"id": 3}], None)
     t2 = w.pre_commit(2)
     w.write([{"id": 4}], None)  # open, never prepared
-    w._conn.close()  # type: ignore[attr-defined]  # a crash: the prepared transactions stay on the server
+    w.abandon()  # a crash: the prepared transactions stay on the server
     assert sorted(pdb.prepared(w.gid_prefix)) == sorted([t1["gid"], t2["gid"]])
     assert pdb.rows(f"SELECT count(*) FROM {name}") == [(0,)]
 
@@ -416,7 +416,9 @@ def _cdc_setup(db: Db, prefix: str, *, full: bool = False) -> tuple[str, str]:
 def test_change_capture_final_table_equals_the_source(pdb: Db, exec_mode: str) -> None:
     table, slot = _cdc_setup(pdb, "ms_src")
     copy = pdb.table("ms_copy", "id int PRIMARY KEY, name text, n bigint")
+    start = _slot_lsn(pdb, slot)
     _source_changes(pdb, table)
+    end = pdb.rows("SELECT pg_current_wal_lsn()::text")[0][0]
     flow = ms.Flow("pg-cdc")
     changes = flow.source(ms.connectors.postgres.read_changes(dsn=pdb.dsn, slot=slot, bounded=True, batch_size=50))
     out = ms.connectors.memory.write()
@@ -430,6 +432,9 @@ def test_change_capture_final_table_equals_the_source(pdb: Db, exec_mode: str) -
     assert kinds == {"+I": 302, "-U": 100, "+U": 100, "-D": 61}
     assert {"id": 1, "_change": "-D"} in out.values  # the default identity: the old key only
     assert {"id": 3, "_change": "-U"} in out.values
+    # no checkpoints, so nothing acknowledges: the reader advanced the slot itself past what it handed out
+    assert pdb.rows("SELECT confirmed_flush_lsn > %s::pg_lsn AND confirmed_flush_lsn <= %s::pg_lsn "
+                    "FROM pg_replication_slots WHERE slot_name = %s", start, end, slot)[0][0]
 
 
 def test_change_capture_full_identity_gives_whole_old_rows(pdb: Db) -> None:
@@ -460,7 +465,7 @@ def test_change_capture_acknowledges_only_after_the_checkpoint(pdb: Db) -> None:
     before = _slot_lsn(pdb, slot)
     pdb.conn.execute(f"INSERT INTO {table} SELECT i, 'x', i FROM generate_series(1, 250) i")
     src = ms.connectors.postgres.read_changes(dsn=pdb.dsn, slot=slot, batch_size=10)
-    reader = src.open(SourceContext(step="cdc", clock=SystemClock(), policy="fail"))
+    reader = src.open(SourceContext(step="cdc", clock=SystemClock(), policy="fail", checkpointed=True))
     got: list[Any] = []
     while len(got) < 250:
         got += reader.poll(100) or []
@@ -511,7 +516,7 @@ def test_change_capture_positions_inside_a_large_transaction(pdb: Db) -> None:
     """A transaction bigger than a poll: the position says how much of it was handed out."""
     table, slot = _cdc_setup(pdb, "ms_big")
     pdb.conn.execute(f"INSERT INTO {table} SELECT i, 'x', i FROM generate_series(1, 100) i")
-    ctx = SourceContext(step="cdc", clock=SystemClock(), policy="fail")
+    ctx = SourceContext(step="cdc", clock=SystemClock(), policy="fail", checkpointed=True)
     src = ms.connectors.postgres.read_changes(dsn=pdb.dsn, slot=slot, bounded=True)
     reader = src.open(ctx)
     first = reader.poll(30) or []
@@ -616,6 +621,28 @@ def test_missing_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
                     lambda: ms.connectors.postgres.read_changes(slot="s")):
         with pytest.raises(MissingDependencyError, match=r"millstream\[postgres\]"):
             declare()
+
+
+# -- the conformance kit ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["append", "upsert", "transactional"])
+def test_sink_conformance(shared: str, private_pg: str, mode: str) -> None:
+    d = Db(private_pg if mode == "transactional" else shared)
+    try:
+        def make() -> Any:
+            name = d.table("ms_conf", "k text" + (" PRIMARY KEY" if mode == "upsert" else "") + ", i bigint")
+            kw: dict[str, Any] = {"key": "k"} if mode == "upsert" else {}
+            return ms.connectors.postgres.write(name, dsn=d.dsn, mode=mode, **kw)
+
+        def read_back(sink: Any) -> list[Any]:
+            return d.dicts(sink.table, "k, i")
+
+        records = [{"k": f"k{i}", "i": i} for i in range(30)]
+        report = ms.testing.check_sink(make, read_back, records, key=lambda r: r["k"])
+        assert "resources released" in report.checks
+    finally:
+        d.close()
 
 
 # -- the example of docs/connectors/postgres.md ----------------------------------------------------

@@ -595,6 +595,14 @@ class PostgresWriter(SinkWriter):
             self._conn = None
             conn.close()
 
+    def abandon(self) -> None:
+        """Drop the connection as a crash would: the open transaction dies with it, prepared ones stay."""
+        conn, self._conn = self._conn, None
+        self.buffer = []
+        self._in_txn = False
+        if conn is not None:
+            conn.close()
+
     def metrics(self) -> dict[str, int]:
         return {"retries": self.retries, "rows_written": self.rows_written}
 

@@ -15,6 +15,9 @@ which the first ``n`` changes were handed out (a transaction larger than a poll)
 restored or reconnected reader drops the changes a position covers, so none is
 handed out twice.
 
+In a job without checkpoints nothing calls ``acknowledge``: the reader then advances
+the slot itself, at each poll, past what the previous poll handed out (it was processed).
+
 Changes become :mod:`millstream.changelog` records: an insert ``+I`` (the new row), an
 update ``-U`` (the old row) then ``+U`` (the new row), a delete ``-D`` (the old row). The
 old row is complete only with ``REPLICA IDENTITY FULL``; with the default identity
@@ -196,12 +199,21 @@ class ChangesReader(SourceReader):
                                      "WHERE slot_name = %s", (tmp,)).fetchone()[0])  # type: ignore[index]
         if self.done > start:
             conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (tmp, lsn_text(self.done)))
+        elif self.done < start:
+            # restored from an older checkpoint than the one last acknowledged (at-least-once falls back to
+            # one when the newest is unreadable): the slot no longer holds the changes in between
+            log.warning("%s: resuming at %s, but slot %s was acknowledged up to %s: the changes in between are "
+                        "not read again", self.what, lsn_text(self.done), self.src.slot, lsn_text(start))
+            self.done, self.partial = start, None
         self._tmp = tmp
         self._pending.clear()
         return tmp
 
     # -- reading -----------------------------------------------------------------------------------
     def poll(self, max_records: int) -> list[Any] | None:
+        if not self.ctx.checkpointed and self.done > self.acked:
+            # no checkpoint will acknowledge: what the last poll handed out was processed, so it is safe
+            self.acknowledge(self.snapshot())
         if self._ended:
             return None
         self._idle = False
