@@ -1,8 +1,8 @@
 """MQTT connector against a private Mosquitto (started by PID on a free loopback port).
 
 The shared broker (127.0.0.1:1883) keeps at most 1,000 queued QoS 1 messages per client and
-drops the rest (see /work/shared/SERVICES.md), and lets only 20 be in flight unacknowledged:
-delivery tests use a private broker with ``max_queued_messages 0`` and ``max_inflight_messages 0``.
+drops the rest (see /work/shared/SERVICES.md): delivery tests use a private broker with
+``max_queued_messages 0`` and ``max_inflight_messages 0``.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.integration import services
 
 import millstream as ms
 from millstream.connectors._base import SourceContext
 from millstream.errors import ConfigError, ConnectorError, GuaranteeError, MissingDependencyError, RecordError
 from millstream.testing import ManualClock
-from tests.integration import services
 
 REPO = str(Path(__file__).resolve().parents[2])
 
@@ -199,14 +199,15 @@ def test_sigkill_exactly_once(session: tuple[int, str, str], tmp_path: Path) -> 
     assert ids == list(range(n)), (kills, len(ids), len(set(ids)))
 
 
-def test_kill_between_commit_and_acknowledge(session: tuple[int, str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["native", "microbatch"])
+def test_kill_between_commit_and_acknowledge(mode: str, session: tuple[int, str, str], tmp_path: Path) -> None:
     """Killed after a checkpoint committed its output but before the PUBACKs went out: the broker
     redelivers that checkpoint's messages, and the reader drops them (their packet ids and
     fingerprints are in the restored position), so nothing is doubled."""
     port, topic, cid = session
     n = 1_000
     publish(port, topic, [json.dumps({"i": i}).encode() for i in range(n)])
-    script = _job_script(tmp_path, port, topic, cid, n, interval_ms=30, slow_s=0.001)
+    script = _job_script(tmp_path, port, topic, cid, n, interval_ms=30, slow_s=0.001, mode=mode)
     ck, out = tmp_path / "ck", tmp_path / "out"
     env = _env()
     env["MILLSTREAM_FAILPOINTS"] = "source.acknowledge=kill#3"
@@ -226,7 +227,7 @@ def _env() -> dict[str, str]:
 
 
 def _job_script(tmp: Path, port: int, topic: str, cid: str, n: int, *, interval_ms: int,
-                marker: Path | None = None, slow_s: float = 0.0) -> str:
+                marker: Path | None = None, slow_s: float = 0.0, mode: str = "native") -> str:
     path = tmp / "job.py"
     path.write_text(textwrap.dedent(f"""
         import os, sys, time
@@ -243,7 +244,8 @@ def _job_script(tmp: Path, port: int, topic: str, cid: str, n: int, *, interval_
         flow = ms.Flow("mqtt-kill")
         flow.source(ms.connectors.mqtt.read({topic!r}, port={port}, client_id={cid!r}, max_records={n})) \\
             .map(step).sink(ms.connectors.files.write(out, transactional=True))
-        flow.run(guarantee="exactly-once", checkpoint_dir=ck, checkpoint_interval={interval_ms}, max_chunk=100)
+        flow.run(guarantee="exactly-once", checkpoint_dir=ck, checkpoint_interval={interval_ms}, max_chunk=100,
+                 mode={mode!r})
     """))
     return str(path)
 

@@ -127,12 +127,13 @@ def test_ack_only_after_checkpoint(channel: Any, queue: str, tmp_path: Path) -> 
     assert ready(channel, queue) == 0
 
 
-def test_kill_between_commit_and_acknowledge(channel: Any, queue: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["native", "microbatch"])
+def test_kill_between_commit_and_acknowledge(mode: str, channel: Any, queue: str, tmp_path: Path) -> None:
     """Killed after a checkpoint committed its output, before the ack: the redelivered messages of
     that checkpoint are dropped by message id (dedup_by), so nothing is doubled."""
     n = 1_000
     publish(channel, queue, [json.dumps({"i": i}).encode() for i in range(n)])
-    script = _job_script(tmp_path, queue, n, interval_ms=30, slow_s=0.001)
+    script = _job_script(tmp_path, queue, n, interval_ms=30, slow_s=0.001, mode=mode)
     ck, out = tmp_path / "ck", tmp_path / "out"
     env = _env()
     env["MILLSTREAM_FAILPOINTS"] = "source.acknowledge=kill#3"
@@ -180,7 +181,7 @@ def _env() -> dict[str, str]:
 
 
 def _job_script(tmp: Path, queue: str, n: int, *, interval_ms: int, marker: Path | None = None,
-                slow_s: float = 0.0) -> str:
+                slow_s: float = 0.0, mode: str = "native") -> str:
     path = tmp / "job.py"
     path.write_text(textwrap.dedent(f"""
         import sys, time
@@ -197,7 +198,8 @@ def _job_script(tmp: Path, queue: str, n: int, *, interval_ms: int, marker: Path
         flow = ms.Flow("rmq-kill")
         flow.source(ms.connectors.rabbitmq.read({queue!r}, max_records={n}, dedup_by="message_id")) \\
             .map(step).sink(ms.connectors.files.write(out, transactional=True))
-        flow.run(guarantee="exactly-once", checkpoint_dir=ck, checkpoint_interval={interval_ms}, max_chunk=100)
+        flow.run(guarantee="exactly-once", checkpoint_dir=ck, checkpoint_interval={interval_ms}, max_chunk=100,
+                 mode={mode!r})
     """))
     return str(path)
 

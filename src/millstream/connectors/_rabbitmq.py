@@ -131,7 +131,7 @@ class RabbitMQReader(SourceReader):
         self.what = f"rabbitmq source '{ctx.step}'"
         self.decode = make_decoder(src.format, src.deserializer)
         self.inbox: deque[tuple[Any, Any, bytes]] = deque()
-        self.figures = {"retries": 0, "reconnects": 0, "redelivered_dropped": 0}
+        self.figures = {"retries": 0, "reconnects": 0, "redelivered_dropped": 0, "stalled_on_prefetch": 0}
         self.generation = 0       # which channel the tags belong to
         self.last_tag = 0         # last delivery tag handed out (or dropped) on this channel
         self.acked_tag = 0        # last tag acknowledged on this channel
@@ -248,6 +248,8 @@ class RabbitMQReader(SourceReader):
                 self.positions.append(position)
             self.pending_ids.append((tag, mid))
         self.prev_poll_tag = self.last_tag
+        if not out and self.last_tag - self.acked_tag >= self.src.prefetch:
+            self.figures["stalled_on_prefetch"] += 1  # the broker waits for acks: the next checkpoint
         self.stop.took(len(out))
         if not out and (n == 0 or (self.stop.active and not inbox and self.stop.ended())):
             return None

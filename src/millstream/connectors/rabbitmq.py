@@ -39,7 +39,7 @@ def read(
     queue: str,
     *,
     url: str = DEFAULT_URL,
-    prefetch: int = 1000,
+    prefetch: int = 10_000,
     format: str = "json",
     deserializer: Callable[[bytes], Any] | None = None,
     metadata: Sequence[str] | None = None,
@@ -54,9 +54,10 @@ def read(
 
     - ``url``: ``amqp://user:password@host:port/vhost`` (``%2F`` is the default vhost ``/``);
       the password never appears in plans, errors or logs.
-    - ``prefetch``: most unacknowledged deliveries the broker sends ahead. Nothing is
-      acknowledged before a checkpoint completes, so the checkpoint interval must be short
-      enough for ``prefetch`` messages (or the source waits for the next checkpoint).
+    - ``prefetch``: most unacknowledged deliveries the broker sends ahead (default 10,000, at most
+      65,535). Nothing is acknowledged before a checkpoint completes, so a checkpointed job reads
+      at most ``prefetch`` messages per checkpoint interval (1,000 with 1 s checkpoints would cap
+      it at 1 k/s); the step's ``stalled_on_prefetch`` figure counts polls that waited for it.
     - ``format``/``deserializer``: ``"json"`` (default), ``"text"``, ``"bytes"`` or ``fn(bytes)``.
     - ``metadata``: any of ``("routing_key", "exchange", "delivery_tag", "redelivered", "headers",
       "message_id", "timestamp")``, added as ``_routing_key`` etc. (payloads must be JSON objects).
