@@ -532,6 +532,32 @@ def test_change_capture_positions_inside_a_large_transaction(pdb: Db) -> None:
     assert [r["id"] for r in first + rest] == list(range(1, 101))
 
 
+def test_change_capture_bad_records_follow_the_policy(pdb: Db) -> None:
+    """A value Python cannot hold (a date of 'infinity') is a bad record at the slot's LSN."""
+    table, slot = _cdc_setup(pdb, "ms_bad")
+    other = services.unique("ms_slot")  # a second slot on the same publication, for the skip policy
+    pdb.slots.append(other)
+    pdb.conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (other,))
+    pdb.conn.execute(f"ALTER TABLE {table} ADD COLUMN d date")
+    pdb.conn.execute(f"INSERT INTO {table} VALUES (1, 'a', 1, '2024-01-01'), (2, 'b', 2, 'infinity'), "
+                     "(3, 'c', 3, NULL)")
+
+    def run(policy: Any, slot_name: str) -> list[Any]:
+        flow = ms.Flow("pg-cdc-bad")
+        out = ms.connectors.memory.write()
+        flow.source(ms.connectors.postgres.read_changes(dsn=pdb.dsn, slot=slot_name, publication=f"{slot}_pub",
+                                                        bounded=True, on_error=policy)).sink(out)
+        flow.run(guarantee="at-least-once", checkpoint_dir=tempfile.mkdtemp())
+        return list(out.values)
+
+    with pytest.raises(ms.errors.RecordError, match=rf"{slot}@\d+/[0-9A-F]+: .*cannot be converted"):
+        run("fail", slot)
+    letters = ms.connectors.memory.write()
+    assert [r["id"] for r in run(ms.connectors.dead_letter(letters), slot)] == [1, 3]
+    assert len(letters.values) == 1 and "infinity" in letters.values[0]["raw"]
+    assert [r["id"] for r in run("skip", other)] == [1, 3]
+
+
 def test_change_capture_needs_logical_decoding(db: Db) -> None:
     if db.rows("SHOW wal_level")[0][0] == "logical":
         pytest.skip("the shared server has wal_level=logical")

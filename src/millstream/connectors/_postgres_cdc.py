@@ -261,6 +261,8 @@ class ChangesReader(SourceReader):
         return len(rows)
 
     def _decode(self, rows: list[tuple[str, bytes]]) -> None:
+        import psycopg
+
         txn: list[dict[str, Any]] = []
         meta = self.src.metadata
         xid = 0
@@ -281,7 +283,12 @@ class ChangesReader(SourceReader):
             elif tag == b"R":
                 self._relation(data)
             elif tag in (b"I", b"U", b"D"):
-                txn.extend(self._change(tag, data, lsn))
+                try:
+                    txn.extend(self._change(tag, data, lsn))
+                except (ValueError, ArithmeticError, psycopg.DataError) as exc:  # a value Python cannot hold
+                    rel = self._relations.get(struct.unpack_from(">I", data, 1)[0])
+                    self.ctx.bad_record(f"a change of {rel.name if rel else 'a table'} has a value that cannot be "
+                                        f"converted: {pg_message(exc)}", position=f"{self.src.slot}@{lsn}", raw=data)
             elif tag == b"T":
                 self.ctx.bad_record("a TRUNCATE cannot be expressed as a changelog (its rows are not in the WAL)",
                                     position=f"{self.src.slot}@{lsn}", raw=None)
