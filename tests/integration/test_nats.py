@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -223,6 +224,23 @@ def test_crash_between_commit_and_acknowledge_drops_covered_messages(js: Js, tmp
     assert sorted(v["i"] for v in rows(out)) == list(range(n))
     ci = js.consumer(stream, "d")
     assert ci.ack_floor.stream_seq == n and ci.num_ack_pending == 0
+
+
+def test_ack_wait_shorter_than_the_checkpoint_interval_redelivers_without_duplicates(js: Js, tmp_path: Path) -> None:
+    stream = js.stream()
+    js.publish(f"{stream}.x", [{"i": i} for i in range(300)])
+    src = ms.connectors.nats.read(stream, durable="d", bounded=True, batch=20, ack_wait=0.3)
+
+    def slow(rec: Any) -> Any:
+        time.sleep(0.004)
+        return rec
+
+    flow = ms.Flow("slow")
+    flow.source(src).map(slow).sink(ms.connectors.files.write(str(tmp_path / "out"), transactional=True))
+    result = flow.run(mode="native", guarantee="exactly-once", checkpoint_dir=str(tmp_path / "ckpt"),
+                      checkpoint_interval=600_000, max_chunk=20)
+    assert result.steps[0].extra["redelivered_dropped"] > 0  # JetStream sent them again while the job ran
+    assert sorted(v["i"] for v in rows(tmp_path / "out")) == list(range(300))
 
 
 def test_nothing_acknowledged_before_a_checkpoint(js: Js, tmp_path: Path) -> None:
@@ -450,7 +468,7 @@ JOB = textwrap.dedent('''
     import millstream as ms
 
     def slow(rec):
-        if rec["id"] % 500 == 0:
+        if rec["id"] % 250 == 0:
             time.sleep(0.02)
         return rec
 
@@ -485,7 +503,7 @@ def _env() -> dict[str, str]:
 
 def test_kill_exactly_once(js: Js, tmp_path: Path) -> None:
     stream = js.stream("ms_kill")
-    n = 20_000
+    n = 10_000
     js.publish(f"{stream}.e", [{"id": i, "key": (i * 7919) % 17, "ts": i * 10 + (i * 2654435761) % 41}
                                for i in range(n)])
     (tmp_path / "job.py").write_text(JOB)

@@ -252,6 +252,7 @@ class _NatsReader(SourceReader):
         self.conn = _Conn(options.servers, self.connector, options.backoff, self._on_retry)
         try:
             info = self.conn.call(self._stream_info, "looking up the stream at")
+            self.retention = str(getattr(info.config.retention, "value", info.config.retention) or "limits")
             if options.bounded:
                 self.end = int(info.state.last_seq)
                 if info.state.messages == 0:
@@ -291,6 +292,13 @@ class _NatsReader(SourceReader):
             floor = int(ci.ack_floor.stream_seq)
             mismatch = cfg.ack_policy != api.AckPolicy.ALL or (cfg.filter_subject or None) != o.subject \
                 or cfg.ack_wait != o.ack_wait_s
+            if (ci.num_ack_pending or mismatch) and self.retention == "interest":
+                raise ConnectorError(
+                    f"durable consumer {o.durable!r} has {ci.num_ack_pending} messages a previous run pulled and "
+                    "never acknowledged; reading them again at once means recreating the consumer, which an "
+                    "interest-retention stream answers by deleting the messages", connector=self.connector,
+                    address=self.conn.address,
+                    fix=f"use limits (the default) or work-queue retention for stream {o.stream!r}")
             if ci.num_ack_pending or mismatch:
                 start = (self.covered if self.covered is not None else floor) + 1
                 log.info("%s: recreating durable consumer %r at stream sequence %d (%s)", self.connector,
@@ -383,18 +391,22 @@ class _NatsReader(SourceReader):
         seqs = self.chunk_seqs = []
         meta = self.o.metadata
         decode = self.decode
-        end, covered = self.end, self.covered
+        end = self.end
+        last = self.last
         last_reply = None
         for m in msgs:
             seq, ts = _seq_and_ts(m.reply)
             if end is not None and seq > end:  # bounded: past the end seen at start (left unacked)
                 self.ended = True
                 break
-            last_reply = m.reply
-            self.last = seq
-            if covered is not None and seq <= covered:  # redelivered, and the checkpoint has it
+            if last is not None and seq <= last:
+                # redelivered: the restored checkpoint holds it, or this run read it and its ack_wait passed
+                # before a checkpoint acknowledged it (messages come in order apart from redeliveries, since
+                # a restart recreates a consumer that has unacknowledged messages)
                 self.dropped += 1
                 continue
+            last = self.last = seq
+            last_reply = m.reply
             where = f"{self.o.stream}@{seq}"
             try:
                 rec = decode(m.data)

@@ -44,6 +44,7 @@ log = logging.getLogger("millstream.connectors.redis")
 FORMATS = ("json", "text", "bytes")
 METADATA = ("stream", "id", "timestamp")
 _ACK_BATCH = 10_000
+_BAD = object()
 
 
 def entry_key(entry_id: str) -> tuple[int, int]:
@@ -172,7 +173,9 @@ class _Split:
         self.covered: tuple[int, int] | None = None  # restored: entries up to here are done
         self.end: tuple[int, int] | None = None      # bounded: the last entry at start
         self.ended = False
-        self.unacked: deque[tuple[tuple[int, int], bytes]] = deque()  # read, not yet XACKed
+        # read, not yet XACKed: the ids of each chunk with the key of its last entry (positions fall
+        # between chunks, so an acknowledgement takes whole chunks)
+        self.unacked: deque[tuple[tuple[int, int], list[bytes]]] = deque()
 
 
 class _RedisReader(SourceReader):
@@ -187,7 +190,8 @@ class _RedisReader(SourceReader):
         self.splits_ = {s: _Split(s) for s in options.streams}
         self.buffer: dict[str, list[tuple[bytes, dict[bytes, bytes] | None]]] = {}
         self.current: str | None = None
-        self.chunk_ids: list[str] = []
+        self.chunk_ids: list[bytes] = []
+        self.fld = options.field.encode() if options.field is not None else None
         self.retries = 0
         self.dropped = 0
         self.claim_from: bytes | None = None
@@ -237,7 +241,7 @@ class _RedisReader(SourceReader):
     def position_of(self, index: int) -> str | None:
         if self.current is None or index >= len(self.chunk_ids):
             return None
-        return f"{self.current}@{self.chunk_ids[index]}"
+        return f"{self.current}@{self.chunk_ids[index].decode()}"
 
     def snapshot(self) -> Any:
         return {"consumer": self.consumer.decode(), "group": self.o.group,
@@ -267,14 +271,14 @@ class _RedisReader(SourceReader):
             upto = entry_key(last)
             ids: list[bytes] = []
             while sp.unacked and sp.unacked[0][0] <= upto:
-                ids.append(sp.unacked.popleft()[1])
+                ids += sp.unacked.popleft()[1]
             for i in range(0, len(ids), _ACK_BATCH):
                 batch = ids[i:i + _ACK_BATCH]
                 self._call(partial(self.client.xack, sp.key, self.group, *batch), "acknowledging at")
 
     def metrics(self) -> dict[str, int]:
         return {"retries": self.retries, "redelivered_dropped": self.dropped,
-                "unacked": sum(len(sp.unacked) for sp in self.splits_.values())}
+                "unacked": sum(len(c[1]) for sp in self.splits_.values() for c in sp.unacked)}
 
     def close(self) -> None:
         client, self.client = self.client, None
@@ -351,56 +355,92 @@ class _RedisReader(SourceReader):
 
     def _records(self, sp: _Split, entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> list[Any]:
         self.current = sp.stream
-        ids = self.chunk_ids = []
+        if sp.end is not None and entry_key(entries[-1][0].decode()) > sp.end:
+            # bounded: entries past the end seen at start stay pending for a later run
+            entries = [e for e in entries if entry_key(e[0].decode()) <= sp.end]
+            sp.ended = True
+            if not entries:
+                self.chunk_ids = []
+                return []
+        last_id = entries[-1][0]
+        last_key = entry_key(last_id.decode())
+        sp.unacked.append((last_key, [e[0] for e in entries]))
+        if sp.covered is not None and entry_key(entries[0][0].decode()) <= sp.covered:
+            kept = [e for e in entries if entry_key(e[0].decode()) > sp.covered]  # the checkpoint has the rest
+            self.dropped += len(entries) - len(kept)
+            entries = kept
+        sp.last = last_id.decode()
+        if sp.end is not None and last_key >= sp.end and sp.pending_cursor is None:
+            sp.ended = True
+        self.chunk_ids = ids = [e[0] for e in entries]
+        fld, meta = self.fld, self.o.metadata
+        if fld is not None:
+            try:  # the common case in one tight loop; a chunk with a bad entry is read again one by one
+                decode = self.decode
+                recs = [decode(f[fld]) for _, f in entries]  # type: ignore[index]
+                if not meta:
+                    return recs
+                if all(type(r) is dict for r in recs):
+                    self._add_metadata(sp, recs, ids)
+                    return recs
+            except Exception:  # noqa: BLE001, S110
+                pass
         out: list[Any] = []
-        meta = self.o.metadata
-        fld = self.o.field.encode() if self.o.field is not None else None
-        decode = self.decode
+        ids.clear()
         for raw_id, fields in entries:
-            k = entry_key(eid := raw_id.decode())
-            if sp.end is not None and k > sp.end:  # bounded: past the end seen at start (stays pending)
-                sp.ended = True
-                break
-            sp.unacked.append((k, raw_id))
-            if sp.covered is not None and k <= sp.covered:  # redelivered, and the checkpoint has it
-                self.dropped += 1
-                continue
-            sp.last = eid
-            if sp.end is not None and k >= sp.end and sp.pending_cursor is None:
-                sp.ended = True
-            where = f"{sp.stream}@{eid}"
-            if fields is None:  # deleted from the stream (XDEL/MAXLEN) while pending
-                self.ctx.bad_record("the entry was deleted from the stream while pending", position=where)
-                continue
-            if fld is None:
-                rec: Any = {k2.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k2, v in fields.items()}
-            else:
-                payload = fields.get(fld)
-                if payload is None:
-                    self.ctx.bad_record(f"the entry has no field {self.o.field!r} (fields: "
-                                        f"{', '.join(f.decode('utf-8', 'replace') for f in fields)})",
-                                        position=where, raw=fields)
-                    continue
-                try:
-                    rec = decode(payload)
-                except Exception as exc:  # noqa: BLE001 - a bad payload: the error policy decides
-                    self.ctx.bad_record(f"cannot decode the payload as {self._what()}: {type(exc).__name__}: {exc}",
-                                        position=where, raw=payload)
-                    continue
-            if meta:
-                if not isinstance(rec, dict):
-                    self.ctx.bad_record(f"metadata was asked for, and the payload is a {type(rec).__name__}, "
-                                        "not an object", position=where, raw=fields.get(fld) if fld else fields)
-                    continue
-                if "stream" in meta:
-                    rec["_stream"] = sp.stream
-                if "id" in meta:
-                    rec["_id"] = eid
-                if "timestamp" in meta:
-                    rec["_timestamp"] = k[0]
-            ids.append(eid)
-            out.append(rec)
+            rec = self._record(sp, raw_id, fields)
+            if rec is not _BAD:
+                ids.append(raw_id)
+                out.append(rec)
         return out
+
+    def _add_metadata(self, sp: _Split, recs: list[dict[str, Any]], ids: list[bytes]) -> None:
+        meta = self.o.metadata
+        stream, want_id, want_ts = sp.stream if "stream" in meta else None, "id" in meta, "timestamp" in meta
+        for rec, raw_id in zip(recs, ids, strict=True):
+            if stream is not None:
+                rec["_stream"] = stream
+            if want_id or want_ts:
+                eid = raw_id.decode()
+                if want_id:
+                    rec["_id"] = eid
+                if want_ts:
+                    rec["_timestamp"] = int(eid.partition("-")[0])
+
+    def _record(self, sp: _Split, raw_id: bytes, fields: dict[bytes, bytes] | None) -> Any:
+        eid = raw_id.decode()
+        where = f"{sp.stream}@{eid}"
+        fld, meta = self.fld, self.o.metadata
+        if fields is None:  # deleted from the stream (XDEL, MAXLEN) while pending
+            self.ctx.bad_record("the entry was deleted from the stream while pending", position=where)
+            return _BAD
+        if fld is None:
+            rec: Any = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()}
+        else:
+            payload = fields.get(fld)
+            if payload is None:
+                self.ctx.bad_record(f"the entry has no field {self.o.field!r} (fields: "
+                                    f"{', '.join(f.decode('utf-8', 'replace') for f in fields)})",
+                                    position=where, raw=fields)
+                return _BAD
+            try:
+                rec = self.decode(payload)
+            except Exception as exc:  # noqa: BLE001 - a bad payload: the error policy decides
+                self.ctx.bad_record(f"cannot decode the payload as {self._what()}: {type(exc).__name__}: {exc}",
+                                    position=where, raw=payload)
+                return _BAD
+        if meta:
+            if not isinstance(rec, dict):
+                self.ctx.bad_record(f"metadata was asked for, and the payload is a {type(rec).__name__}, "
+                                    "not an object", position=where, raw=fields.get(fld) if fld else fields)
+                return _BAD
+            if "stream" in meta:
+                rec["_stream"] = sp.stream
+            if "id" in meta:
+                rec["_id"] = eid
+            if "timestamp" in meta:
+                rec["_timestamp"] = int(eid.partition("-")[0])
+        return rec
 
     def _what(self) -> str:
         return "the deserializer's type" if self.o.deserializer is not None else self.o.format
@@ -492,8 +532,14 @@ class _RedisWriter(SinkWriter):
         def attempt() -> list[Any]:
             try:
                 pipe = self.client.pipeline(transaction=False)
-                for eid, payload in entries:
-                    pipe.xadd(self.key, {self.fld: payload}, id=eid, maxlen=o.maxlen, approximate=o.approximate)
+                command, key, fld = pipe.execute_command, self.key, self.fld
+                if o.maxlen is None:
+                    for eid, payload in entries:
+                        command("XADD", key, eid, fld, payload)
+                else:
+                    cap = ("MAXLEN", "~" if o.approximate else "=", o.maxlen)
+                    for eid, payload in entries:
+                        command("XADD", key, *cap, eid, fld, payload)
                 return list(pipe.execute(raise_on_error=False))
             except Exception as exc:  # noqa: BLE001
                 raise translate(exc, self.connector, self.address) from None
