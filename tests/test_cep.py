@@ -46,25 +46,43 @@ def _cond(stage: Stage) -> Callable[[Event, dict[str, list[Event]]], bool]:
 
 
 class Brute:
-    """All the matches (and timed-out partial matches) of ``pattern`` in one key's events."""
+    """All the matches (and timed-out partial matches) of ``pattern`` in one key's events.
+
+    The rules, on whole gaps (``p`` is the last event a partial match took, ``q`` the next):
+
+    - iterations of a stage follow its inner contiguity, a stage's first event its own;
+    - ``not_followed_by`` right after stage ``a``: no event from ``a``'s first event
+      (exclusive) to the next stage's first event (inclusive) satisfies it, so a forbidden
+      event during a loop ends the partial match; at the end of a pattern, none before
+      the deadline either (the match is known at the deadline);
+    - ``not_next`` right after stage ``a``: the event right after any event of ``a`` at
+      which ``a`` could end (count >= lo) does not satisfy it (the partial match ends there
+      otherwise); at the end of a pattern, the match is known at that next event;
+    - greedy stage ``g``: the event right after ``g``'s last event (or after the stage
+      before, if ``g`` took none) does not satisfy ``g`` when the match leaves ``g`` there;
+      if the stage after ``g`` is mandatory and takes the match's next event, no event up to
+      that one satisfies ``g`` either; and a match cannot end right at an event ``g`` takes;
+    - ``within``: from the first event, and (``since="previous"``) between consecutive events;
+    - skip strategies other than ``no_skip`` hold a complete match back while a partial
+      match that started before it is open, and release matches in order of their start.
+    """
 
     def __init__(self, pattern: Pattern, events: list[Event]) -> None:
         self.p = pattern
         self.ev = events
         self.pos: list[Stage] = []
-        self.negs: list[list[tuple[str, Any]]] = []
-        pending: list[tuple[str, Any]] = []
+        self.after_neg: list[list[tuple[str, Any]]] = []  # negations right after each positive stage
         for s in pattern.stages:
             if s.negated:
-                pending.append((s.kind, _cond(s)))
+                self.after_neg[-1].append((s.kind, _cond(s)))
             else:
                 self.pos.append(s)
-                self.negs.append(pending)
-                pending = []
-        self.end_negs = pending
+                self.after_neg.append([])
+        self.end_negs = self.after_neg[-1]
         self.conds = [_cond(s) for s in self.pos]
         self.names = [s.name for s in self.pos]
         self.W = pattern.within_ms
+        self.WP = pattern.within_previous_ms
 
     def view(self, seq: list[tuple[int, int]]) -> dict[str, list[Event]]:
         m: dict[str, list[Event]] = {n: [] for n in self.names}
@@ -82,24 +100,53 @@ class Brute:
             return not any(cond(self.ev[g], m) for g in gap)
         return True
 
-    def extends(self, seq: list[tuple[int, int]], a: int, g: int, m: Any) -> bool:
-        """Could event ``g`` be the next iteration of stage ``a`` (the last one of ``seq``)?"""
-        st_ = self.pos[a]
-        c = self.count(seq, a)
-        if st_.hi is not None and c >= st_.hi:
-            return False
-        p = seq[-1][1]
-        return self.conds[a](self.ev[g], m) and self.gap_ok(st_.inner, self.conds[a], list(range(p + 1, g)), m)
+    def deadline(self, seq: list[tuple[int, int]]) -> int | None:
+        d = None if self.W is None else self.ev[seq[0][1]]["ts"] + self.W
+        if self.WP is not None:
+            e = self.ev[seq[-1][1]]["ts"] + self.WP
+            d = e if d is None else min(d, e)
+        return d
+
+    def nots_ok(self, seq: list[tuple[int, int]], upto: int, m: Any) -> bool:
+        """The negations after ``seq``'s last stage hold for the events up to ``upto`` (inclusive)."""
+        a, p = seq[-1]
+        first = next(q for s, q in seq if s == a)
+        for kind, neg in self.after_neg[a]:
+            if kind == "not_followed_by" and any(neg(self.ev[g], m) for g in range(first + 1, upto + 1)):
+                return False
+            if kind == "not_next":
+                lo = self.pos[a].lo
+                for i, (s, q) in enumerate(seq):
+                    c = self.count(seq[:i + 1], a) if s == a else 0
+                    if s == a and c >= lo and q + 1 <= upto and neg(self.ev[q + 1], self.view(seq[:i + 1])):
+                        return False
+        return True
+
+    def greedy_ok(self, seq: list[tuple[int, int]], b: int, q: int, m: Any) -> bool:
+        """Leaving stage ``seq[-1][0]`` (and the optional ones after it) for stage ``b`` at ``q``."""
+        a, p = seq[-1]
+        x = p + 1
+        for g in range(a, b):
+            if not self.pos[g].greedy:
+                continue
+            d = g + 1
+            upto = q if (b == d and not self.pos[d].optional) else x
+            if any(self.conds[g](self.ev[e], m) for e in range(x, upto + 1)):
+                return False
+        return True
 
     def step_ok(self, seq: list[tuple[int, int]], b: int, q: int) -> bool:
         """Whether ``seq`` may take event ``q`` for stage ``b`` next."""
         m = self.view(seq)
         if not seq:
             return all(self.pos[k].optional for k in range(b)) and self.conds[b](self.ev[q], m)
-        if self.W is not None and self.ev[q]["ts"] - self.ev[seq[0][1]]["ts"] >= self.W:
+        d = self.deadline(seq)
+        if d is not None and self.ev[q]["ts"] >= d:
             return False
         a, p = seq[-1]
         gap = list(range(p + 1, q))
+        if not self.nots_ok(seq, q, m):
+            return False
         if b == a:
             hi = self.pos[a].hi
             return ((hi is None or self.count(seq, a) < hi) and self.conds[b](self.ev[q], m)
@@ -110,12 +157,7 @@ class Brute:
             return False
         if not self.gap_ok(self.pos[b].contiguity, self.conds[b], gap, m):
             return False
-        for kind, neg in self.negs[b]:
-            if kind == "not_next" and neg(self.ev[p + 1], m):
-                return False
-            if kind == "not_followed_by" and any(neg(self.ev[g], m) for g in gap):
-                return False
-        return not (self.pos[a].greedy and any(self.extends(seq, a, g, m) for g in [*gap, q]))
+        return self.greedy_ok(seq, b, q, m)
 
     def prefixes(self) -> list[list[tuple[int, int]]]:
         out: list[list[tuple[int, int]]] = []
@@ -132,66 +174,75 @@ class Brute:
         return out[1:]
 
     def complete(self, seq: list[tuple[int, int]]) -> bool:
-        a = seq[-1][0]
-        return self.count(seq, a) >= self.pos[a].lo and all(self.pos[k].optional for k in range(a + 1, len(self.pos)))
+        a, q = seq[-1]
+        if self.count(seq, a) < self.pos[a].lo or not all(self.pos[k].optional for k in range(a + 1, len(self.pos))):
+            return False
+        before = self.view(seq[:-1])  # a greedy stage blocks ending at an event it could take
+        return not any(self.pos[g].greedy and self.conds[g](self.ev[q], before) for g in range(a, len(self.pos)))
 
     def after(self, seq: list[tuple[int, int]]) -> list[int]:
         """The events after ``seq``'s last one and before its deadline."""
-        assert self.W is not None
-        deadline = self.ev[seq[0][1]]["ts"] + self.W
+        deadline = self.deadline(seq)
+        assert deadline is not None
         return [g for g in range(seq[-1][1] + 1, len(self.ev)) if self.ev[g]["ts"] < deadline]
 
+    def moment(self, g: int) -> tuple[int, int, int]:
+        return self.ev[g]["ts"], 1, g
+
     def results(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """(matches, timeouts): (order, emit time, seq) with the skip strategy applied to matches."""
-        found = []
+        """(matches, timeouts): (emit time, seq) with the skip strategy applied to matches."""
+        found = []  # (moment it is complete, seq)
         timeouts = []
+        self.open: list[tuple[list[tuple[int, int]], Any]] = []  # partial matches: (seq, until which moment)
+        pend = self.end_negs and all(k == "not_followed_by" for k, _ in self.end_negs)
         for seq in self.prefixes():
             m = self.view(seq)
-            positions = tuple(q for _, q in seq)
-            deadline = None if self.W is None else self.ev[seq[0][1]]["ts"] + self.W
+            deadline = self.deadline(seq)
+            end: Any = (deadline, 0, -1) if deadline is not None else (float("inf"), 0, 0)
             if self.complete(seq) and not self.end_negs:
-                q = seq[-1][1]
-                found.append(((self.ev[q]["ts"], 1, q, positions), self.ev[q]["ts"], seq))
-                continue
-            gap = self.after(seq) if deadline is not None else []
-            if self.complete(seq):
-                final = True
-                for kind, neg in self.end_negs:
-                    if kind == "not_next" and gap and neg(self.ev[gap[0]], m):
-                        final = False
-                    if kind == "not_followed_by" and any(neg(self.ev[g], m) for g in gap):
-                        final = False
-                only_next = all(k == "not_next" for k, _ in self.end_negs)
-                if final and only_next and gap:
-                    g = gap[0]
-                    found.append(((self.ev[g]["ts"], 1, g, positions), self.ev[g]["ts"], seq))
-                    continue
-                if final:
-                    assert deadline is not None
-                    found.append(((deadline, 0, 0, positions), deadline - 1, seq))
-                    continue
-            if deadline is not None and self.alive(seq, gap, m):
+                found.append((self.moment(seq[-1][1]), seq))
+            gap = self.after(seq) if deadline is not None else list(range(seq[-1][1] + 1, len(self.ev)))
+            if self.complete(seq) and self.end_negs:
+                if pend:
+                    if deadline is not None and self.nots_ok(seq, gap[-1] if gap else seq[-1][1], m):
+                        found.append(((deadline, 0, -1), seq))
+                        self.open.append((seq, (deadline, 0, -1)))
+                        continue
+                elif gap and self.nots_ok(seq, gap[0], m):
+                    found.append((self.moment(gap[0]), seq))
+            dies = self.dies(seq, gap, m)
+            if dies is not None:
+                end = self.moment(dies)
+            if not self.alive(seq, [], m):
+                end = self.moment(seq[-1][1])
+            self.open.append((seq, end))
+            if deadline is not None and dies is None and self.alive(seq, gap, m):
                 timeouts.append((deadline - 1, seq))
-        found.sort(key=lambda f: f[0])
         return self.skip(found), timeouts
 
+    def dies(self, seq: list[tuple[int, int]], gap: list[int], m: Any) -> int | None:
+        """The first event of ``gap`` after which ``seq`` cannot go on (None: it can go on after all of them)."""
+        for i in range(len(gap)):
+            if not self.alive(seq, gap[:i + 1], m):
+                return gap[i]
+        return None
+
     def alive(self, seq: list[tuple[int, int]], gap: list[int], m: Any) -> bool:
-        """Whether a partial match could still go on after the events of ``gap`` (a timeout)."""
+        """Whether a partial match could still go on after the events of ``gap``."""
         a = seq[-1][0]
         st_ = self.pos[a]
         c = self.count(seq, a)
+        if gap and not self.nots_ok(seq, gap[-1], m):
+            return False
         if (st_.hi is None or c < st_.hi) and self.gap_ok(st_.inner, self.conds[a], gap, m):
             return True
         if c < st_.lo:
             return False
+        if self.end_negs and all(self.pos[k].optional for k in range(a + 1, len(self.pos))) and not gap:
+            return True  # waiting for the event that tells whether the negation holds
         for b in range(a + 1, len(self.pos)):
             ok = self.gap_ok(self.pos[b].contiguity, self.conds[b], gap, m)
-            for kind, neg in self.negs[b]:
-                if kind == "not_next" and gap and neg(self.ev[gap[0]], m):
-                    ok = False
-                if kind == "not_followed_by" and any(neg(self.ev[g], m) for g in gap):
-                    ok = False
-            if st_.greedy and any(self.extends(seq, a, g, m) for g in gap):
+            if gap and not self.greedy_ok(seq, b, gap[-1], m):
                 ok = False
             if ok:
                 return True
@@ -201,22 +252,41 @@ class Brute:
 
     def skip(self, found: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         kind, name = self.p.skip.kind, self.p.skip.name
-        cuts: list[tuple[int, int]] = []
+        order = sorted(found, key=lambda f: (f[0], [q for _, q in f[1]]))
+        if kind == "no_skip":
+            return [(self.at(mo), seq) for mo, seq in order]
+        moments = sorted({mo for mo, _ in found} | {end for _, end in self.open if end[0] != float("inf")}
+                         | {self.moment(g) for g in range(len(self.ev))})
+        held: list[list[tuple[int, int]]] = []
+        dropped = -1  # partial and held matches that started at or before this position are gone
         out = []
-        for order, at, seq in found:
-            start = seq[0][1]
-            if any(lo <= start < hi for lo, hi in cuts):
-                continue
-            out.append((at, seq))
-            if kind == "skip_to_next":
-                cuts.append((start, start + 1))
-            elif kind == "skip_past_last_event":
-                cuts.append((start, seq[-1][1] + 1))
-            elif kind in ("skip_to_first", "skip_to_last"):
-                marks = [q for s, q in seq if self.names[s] == name]
-                if marks:
-                    cuts.append((start, marks[0] if kind == "skip_to_first" else marks[-1]))
+        for mo in moments:
+            held.extend(seq for when, seq in order if when == mo and seq[0][1] > dropped)
+            last = mo[2] if mo[1] == 1 else max((g for g in range(len(self.ev)) if self.ev[g]["ts"] < mo[0]),
+                                                default=-1)
+            opened = [seq[0][1] for seq, end in self.open
+                      if seq[-1][1] <= last and end > mo and seq[0][1] > dropped]
+            while held:
+                first = min(held, key=lambda seq: [q for _, q in seq])
+                if opened and min(opened) < first[0][1]:
+                    break
+                held.remove(first)
+                out.append((self.at(mo), first))
+                positions = [q for _, q in first]
+                if kind == "skip_to_next":
+                    dropped = max(dropped, positions[0])
+                elif kind == "skip_past_last_event":
+                    dropped = max(dropped, positions[-1])
+                else:
+                    marks = [q for s, q in first if self.names[s] == name]
+                    if marks:
+                        dropped = max(dropped, (marks[0] if kind == "skip_to_first" else marks[-1]) - 1)
+                held = [seq for seq in held if seq[0][1] > dropped]
+                opened = [o for o in opened if o > dropped]
         return out
+
+    def at(self, mo: tuple[int, int, int]) -> int:
+        return mo[0] if mo[1] == 1 else mo[0] - 1
 
 
 def ids(m: Any) -> tuple[Any, ...]:
@@ -304,6 +374,24 @@ PATTERNS: dict[str, Pattern] = {
     "loop_within": cep.begin("a").where(v_in(0)).followed_by("b").where(v_in(1)).times(2, None)
                       .followed_by("c").where(v_in(2)).within(20),
     "not_next_last": cep.begin("a").where(v_in(0)).not_next("n").where(v_in(1)).within(6),
+    # Flink's greedy: the stage after a greedy one can neither take nor skip an event the greedy stage could take
+    "greedy_optional": cep.begin("a").where(v_in(0)).followed_by("b").where(v_in(1)).one_or_more().optional()
+                          .greedy().followed_by("c").where(v_in(2)),
+    "greedy_overlap": cep.begin("a").where(v_in(0)).followed_by("b").where(v_in(1, 2)).one_or_more().optional()
+                         .greedy().followed_by("c").where(v_in(2, 3)),
+    "greedy_times": cep.begin("a").where(v_in(0)).followed_by("b").where(v_in(1)).times(1, 3).greedy()
+                       .followed_by("c").where(v_in(1, 2)),
+    # a negation after a looping stage holds during the loop
+    "loop_not_followed_by": cep.begin("a").where(v_in(0)).followed_by("b").where(v_in(1)).one_or_more()
+                               .not_followed_by("n").where(v_in(3)).followed_by("c").where(v_in(2)),
+    "loop_not_next": cep.begin("a").where(v_in(0)).followed_by_any("b").where(v_in(1)).one_or_more()
+                        .not_next("n").where(v_in(3)).followed_by("c").where(v_in(2)),
+    "times_not_followed_by": cep.begin("a").where(v_in(0)).followed_by_any("b").where(v_in(1, 2)).times(2)
+                                .not_followed_by("n").where(v_in(3)).followed_by("c").where(v_in(2)),
+    "negation_before_optional": cep.begin("a").where(v_in(0)).not_followed_by("n").where(v_in(3))
+                                   .followed_by_any("b").where(v_in(1)).optional().followed_by("c").where(v_in(2)),
+    "within_previous": cep.begin("a").where(v_in(0)).followed_by("b").where(v_in(1)).one_or_more()
+                          .followed_by("c").where(v_in(2)).within(5, since="previous"),
 }
 
 
@@ -362,12 +450,12 @@ def test_skip_strategies_match_the_brute_force(skip: str) -> None:
 
 
 def test_skip_strategies_on_the_textbook_example() -> None:
-    """Greedy ``b+ c`` over b1 b2 b3 c: which matches each strategy keeps."""
+    """Greedy consecutive ``b+`` then ``next c`` over b1 b2 b3 c: which matches each strategy keeps."""
     events = [{"id": i, "k": 0, "v": v, "ts": i} for i, v in enumerate([1, 1, 1, 2])]
 
     def found(skip: cep.SkipStrategy) -> list[tuple[int, ...]]:
-        pattern = (cep.begin("b", skip=skip).where(v_in(1)).one_or_more().greedy()
-                   .followed_by("c").where(v_in(2)))
+        pattern = (cep.begin("b", skip=skip).where(v_in(1)).one_or_more().consecutive().greedy()
+                   .next("c").where(v_in(2)))
         got, _ = run(pattern, events)
         return sorted(dict(m[1])["b"] for m, _ in got.elements())
 
@@ -376,6 +464,23 @@ def test_skip_strategies_on_the_textbook_example() -> None:
     assert found(cep.skip_past_last_event()) == [(0, 1, 2)]
     assert found(cep.skip_to_first("b")) == [(0, 1, 2), (1, 2), (2,)]
     assert found(cep.skip_to_last("b")) == [(0, 1, 2), (2,)]
+
+
+def test_a_match_waits_for_the_partial_matches_that_started_before_it() -> None:
+    """With a skip strategy, matches come out in order of their first events: a1 b1 is
+    complete first but waits for a0's partial match, and a0's match then discards it."""
+    w = [1, 2, 0, 2, 1]
+    events = [{"id": i, "k": 0, "v": v, "w": w[i], "ts": i} for i, v in enumerate([0, 0, 3, 1, 1])]
+
+    def pattern(skip: cep.SkipStrategy) -> Pattern:
+        return (cep.begin("a", skip=skip).where(v_in(0)).followed_by("b")
+                .where(lambda e, m: e["v"] == 1 and e["w"] == m["a"][0]["w"]))
+
+    for skip, want in [(cep.no_skip(), [((0,), 4), ((1,), 3)]), (cep.skip_to_next(), [((0,), 4), ((1,), 4)]),
+                       (cep.skip_past_last_event(), [((0,), 4)])]:
+        got, _ = run(pattern(skip), events)
+        assert sorted((dict(m[1])["a"], at) for m, at in got.elements()) == want, skip
+        assert got == expected(pattern(skip), events)[0]
 
 
 # -- timeouts --------------------------------------------------------------------------------
@@ -424,7 +529,7 @@ def test_any_arrival_order_within_the_bound_gives_the_same_matches(seed: int, na
     # arrival order: sorted by time plus a jitter of at most the bound, so nothing comes late
     shuffled = sorted(events, key=lambda e: e["ts"] + rng.randint(0, BOUND))
     pattern = PATTERNS[name]
-    timeouts = pattern.within_ms is not None
+    timeouts = pattern.within_ms is not None or pattern.within_previous_ms is not None
     want = expected(pattern, events)
     assert run(pattern, shuffled, bound=BOUND, chunk=rng.choice([None, 1, 4]), timeouts=timeouts) == (
         want if timeouts else (want[0], Counter()))
@@ -528,7 +633,7 @@ def test_bad_patterns_fail_when_built_naming_the_step_the_line_and_the_fix() -> 
     a = cep.begin("a")
     _raises(lambda: cep.begin(""), "stage name", "e.g.")
     _raises(lambda: a.followed_by("a"), "already has a stage named 'a'", "own name")
-    _raises(lambda: a.next("key"), "reserved", "something else")
+    _raises(lambda: a.followed_by(cep.begin("b").followed_by("a")), "already has a stage named 'a'", "own name")
     _raises(lambda: a.where(42), "takes a function", "lambda tx")
     _raises(lambda: a.where(ms.col("v") > 1), "takes a function", "lambda tx")
     _raises(lambda: a.where(lambda x, y, z: True), "cannot take that", "one parameter")
@@ -537,7 +642,13 @@ def test_bad_patterns_fail_when_built_naming_the_step_the_line_and_the_fix() -> 
     _raises(lambda: a.times(3, 2), "1 <= lo <= hi", "times(2, 4)")
     _raises(lambda: a.greedy(), "takes one event", "one_or_more()")
     _raises(lambda: a.not_next("n").one_or_more(), "a negation takes no events", "begin/next")
-    _raises(lambda: a.not_next("n").next("b").optional(), "cannot be optional", "mandatory")
+    _raises(lambda: a.next("b").optional().not_next("n"), "follows the optional stage", "two patterns")
+    _raises(lambda: a.followed_by("b").until(lambda e: True), "not looping", "one_or_more().until")
+    _raises(lambda: a.one_or_more().until(lambda e: True).until(lambda e: True), "already has", "combine")
+    _raises(lambda: a.followed_by(cep.begin("b")).where(lambda e: True), "a group has no conditions", "inside")
+    _raises(lambda: a.followed_by(cep.begin("b").within(5)), "its own within()", "outer pattern")
+    _raises(lambda: a.not_next(cep.begin("b")), "cannot be a group", "not_next('cancel')")  # type: ignore[arg-type]
+    _raises(lambda: a.within(5, since="last"), "since", "previous")
     _raises(lambda: a.within(0), "must be > 0", "timedelta")
     _raises(lambda: a.within("soon"), "within", "timedelta")
     _raises(lambda: cep.begin("a", skip="past"), "skip strategy", "skip_past_last_event")  # type: ignore[arg-type]
@@ -551,6 +662,7 @@ def test_bad_match_steps_fail_when_built() -> None:
     _raises(lambda: _stream().match(cep.begin("a", skip=cep.skip_to_last("zz"))), "names no stage", "'a'")
     _raises(lambda: _stream().match(cep.begin("a"), timeouts=True), "has none", "within(")
     _raises(lambda: _stream().match(cep.begin("a"), select=3), "select", "lambda m")
+    _raises(lambda: _stream().match(cep.begin("a"), order_by=3), "order_by", "lambda e")
     err = _raises(lambda: _stream().match(cep.begin("a"), name="fraud").timeouts(), "timeouts=True", "timeouts=True")
     assert err.step == "fraud"
     flow = ms.Flow("untimed")

@@ -584,11 +584,12 @@ class KeyedStream(Stream):
 
     # -- pattern detection (cep) ------------------------------------------------------
     def match(self, pattern: Any, *, select: Callable[[Any], Any] | None = None, timeouts: bool = False,
-              name: str | None = None) -> MatchStream:
+              order_by: Callable[[Any], Any] | None = None, name: str | None = None) -> MatchStream:
         """The matches of a :mod:`millstream.cep` pattern in each key's events, in event-time order.
 
         Events are buffered per key and matched in event-time order once the watermark
-        passes them (events at the same time: in arrival order), so any arrival order within
+        passes them (events at the same time: by ``order_by(event)`` if given, then in arrival
+        order), so any arrival order within
         the watermark's bound gives the same matches; an event at or behind the watermark
         when it comes is late and goes to :meth:`MatchStream.late`. A match is emitted at the
         event time it is recognised (its last event's, or its ``within`` deadline - 1 for a
@@ -608,7 +609,8 @@ class KeyedStream(Stream):
                 fix="give the source a watermark, e.g. flow.source(..., "
                 "watermark=ms.WatermarkStrategy.bounded(timedelta(seconds=5), timestamp='ts'))",
             )
-        runner = build_runner(pattern, select=select, timeouts=bool(timeouts), step=step, loc=loc)
+        runner = build_runner(pattern, select=select, timeouts=bool(timeouts), step=step, loc=loc,
+                              order_by=order_by)
         op = P.ProcessOp(self._key, runner.on_record, runner.on_timer, (("cep", _value_state()),))
         nfa = self._then(op, f"{step}.nfa", loc)
         key = P.KeySpec(fn=_cep_key, name=self._key.name)

@@ -49,9 +49,6 @@ __all__ = [
     "skip_to_next",
 ]
 
-#: names a stage cannot take: the default match record uses them
-RESERVED = frozenset({"key", "start", "end", "deadline"})
-
 Condition = Callable[..., Any]
 
 # how a stage follows the previous one (and, for looping stages, how iterations follow each other)
@@ -116,7 +113,11 @@ def skip_to_last(name: str) -> SkipStrategy:
 
 @dataclass(frozen=True)
 class Stage:
-    """One named stage of a pattern (a frozen value; build it with the :class:`Pattern` methods)."""
+    """One stage of a pattern (a frozen value; build it with the :class:`Pattern` methods).
+
+    A stage takes events that satisfy its conditions, or, when ``group`` is set, whole
+    matches of that sub-pattern (its quantifiers then apply to the group as a whole).
+    """
 
     name: str
     kind: str  # begin | next | followed_by | followed_by_any | not_next | not_followed_by
@@ -126,6 +127,8 @@ class Stage:
     optional: bool = False
     greedy: bool = False
     inner: str = RELAXED  # contiguity between the iterations of a looping stage
+    until: tuple[tuple[str, Condition, int], ...] = ()  # stop condition of a looping stage
+    group: Pattern | None = None  # a sub-pattern quantified as a whole
 
     @property
     def negated(self) -> bool:
@@ -139,6 +142,13 @@ class Stage:
     def looping(self) -> bool:
         return self.hi is None or self.hi > 1
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names of the stages that take events here (a group's inner stages)."""
+        if self.group is not None:
+            return self.group.names
+        return () if self.negated else (self.name,)
+
     def describe(self) -> str:
         q = ""
         if (self.lo, self.hi) != (1, 1):
@@ -147,7 +157,10 @@ class Stage:
             q += "?"
         if self.greedy:
             q += "(greedy)"
-        return f"{self.kind}({self.name!r}){q}"
+        if self.until:
+            q += "(until)"
+        what = f"[{self.group.describe()}]" if self.group is not None else repr(self.name)
+        return f"{self.kind}({what}){q}"
 
 
 def _check_name(name: Any, what: str, loc: str | None) -> None:
@@ -186,16 +199,17 @@ def _nparams(fn: Any, what: str, loc: str | None) -> int:
 class Pattern:
     """An immutable sequence of stages: every method returns a new pattern.
 
-    Conditions and quantifiers apply to the stage added last.
+    Conditions and quantifiers apply to the stage added last (a group stage counts as one).
     """
 
-    __slots__ = ("_skip", "_stages", "_within")
+    __slots__ = ("_skip", "_stages", "_within", "_within_prev")
 
     def __init__(self, stages: tuple[Stage, ...], within_ms: int | None = None,
-                 skip: SkipStrategy = SkipStrategy()) -> None:
+                 skip: SkipStrategy = SkipStrategy(), within_previous_ms: int | None = None) -> None:
         self._stages = stages
         self._within = within_ms
         self._skip = skip
+        self._within_prev = within_previous_ms
 
     # -- reading ---------------------------------------------------------------------
     @property
@@ -204,7 +218,13 @@ class Pattern:
 
     @property
     def within_ms(self) -> int | None:
+        """The bound from a match's first event to its last one (``within(..., since="first")``)."""
         return self._within
+
+    @property
+    def within_previous_ms(self) -> int | None:
+        """The bound between consecutive events of a match (``within(..., since="previous")``)."""
+        return self._within_prev
 
     @property
     def skip(self) -> SkipStrategy:
@@ -212,13 +232,21 @@ class Pattern:
 
     @property
     def names(self) -> tuple[str, ...]:
-        """The names of the stages that take events, in order."""
-        return tuple(s.name for s in self._stages if not s.negated)
+        """The names of the stages that take events, in order (a group's stages in its place)."""
+        return tuple(n for s in self._stages for n in s.names)
+
+    def _all_names(self) -> tuple[str, ...]:
+        out: list[str] = []
+        for s in self._stages:
+            out.extend(s.group._all_names() if s.group is not None else (s.name,))
+        return tuple(out)
 
     def describe(self) -> str:
         text = " ".join(s.describe() for s in self._stages)
         if self._within is not None:
             text += f" within {self._within}ms"
+        if self._within_prev is not None:
+            text += f" within {self._within_prev}ms of the previous event"
         if self._skip.kind != "no_skip":
             text += f" skip {self._skip.describe()}"
         return text
@@ -226,29 +254,59 @@ class Pattern:
     def __repr__(self) -> str:
         return f"Pattern({self.describe()})"
 
+    def _copy(self, stages: tuple[Stage, ...]) -> Pattern:
+        return Pattern(stages, self._within, self._skip, self._within_prev)
+
     # -- stages ----------------------------------------------------------------------
     def _add(self, kind: str, name: Any, loc: str | None) -> Pattern:
+        if isinstance(name, Pattern):
+            return self._add_group(kind, name, loc)
         _check_name(name, kind, loc)
-        if name in RESERVED:
-            raise FlowDefinitionError(
-                f"stage name {name!r} is reserved: the match record has a field of that name",
-                step="pattern", location=loc, fix=f"call the stage something else, e.g. {name + '_event'!r}",
-            )
-        if any(s.name == name for s in self._stages):
+        if name in self._all_names():
             raise FlowDefinitionError(f"the pattern already has a stage named {name!r}", step="pattern",
                                       location=loc, fix="give every stage its own name")
-        return Pattern((*self._stages, Stage(name, kind)), self._within, self._skip)
+        if kind.startswith("not_") and self._stages and self._stages[-1].optional:
+            raise FlowDefinitionError(
+                f"the negation {name!r} follows the optional stage {self._stages[-1].name!r}: a path that "
+                "skips it would put the negation right after the stage before",
+                step="pattern", location=loc,
+                fix="write two patterns, one with and one without the optional stage",
+            )
+        return self._copy((*self._stages, Stage(name, kind)))
 
-    def next(self, name: str) -> Pattern:
-        """A stage that takes the very next event of the key (strict contiguity)."""
+    def _add_group(self, kind: str, group: Pattern, loc: str | None) -> Pattern:
+        if kind.startswith("not_"):
+            raise FlowDefinitionError(f"{kind}() takes a stage name, not a pattern: a negation cannot be a group",
+                                      step="pattern", location=loc, fix=f"e.g. .{kind}('cancel')")
+        if group.within_ms is not None or group.within_previous_ms is not None or group.skip.kind != "no_skip":
+            raise FlowDefinitionError(
+                "a group's sub-pattern has its own within() or skip strategy, which only the whole pattern can have",
+                step="pattern", location=loc, fix="put within()/skip= on the outer pattern",
+            )
+        if group.stages[-1].negated:
+            raise FlowDefinitionError(
+                f"the group ends with the negation {group.stages[-1].name!r}, which nothing in the group follows",
+                step="pattern", location=loc, fix="end the group with a stage that takes events",
+            )
+        clash = set(group._all_names()) & set(self._all_names())
+        if clash:
+            raise FlowDefinitionError(f"the pattern already has a stage named {sorted(clash)[0]!r}",
+                                      step="pattern", location=loc, fix="give every stage its own name")
+        name = "(" + " ".join(group.names) + ")"
+        return self._copy((*self._stages, Stage(name, kind, group=group)))
+
+    def next(self, name: str | Pattern) -> Pattern:
+        """A stage that takes the very next event of the key (strict contiguity).
+
+        ``name`` may be a pattern: a group, whose quantifiers apply to the sub-pattern as a whole."""
         return self._add("next", name, user_location())
 
-    def followed_by(self, name: str) -> Pattern:
-        """A stage that takes the first later event satisfying it (relaxed contiguity)."""
+    def followed_by(self, name: str | Pattern) -> Pattern:
+        """A stage (or group) that takes the first later event satisfying it (relaxed contiguity)."""
         return self._add("followed_by", name, user_location())
 
-    def followed_by_any(self, name: str) -> Pattern:
-        """A stage that takes any later event satisfying it (non-deterministic relaxed contiguity)."""
+    def followed_by_any(self, name: str | Pattern) -> Pattern:
+        """A stage (or group) that takes any later event satisfying it (non-deterministic relaxed contiguity)."""
         return self._add("followed_by_any", name, user_location())
 
     def not_next(self, name: str) -> Pattern:
@@ -257,29 +315,54 @@ class Pattern:
 
     def not_followed_by(self, name: str) -> Pattern:
         """No event between the previous stage and the next one (or, last, before the
-        ``within`` deadline) may satisfy this stage's conditions."""
+        ``within`` deadline) may satisfy this stage's conditions; after a looping stage this
+        holds from the loop's first event on."""
         return self._add("not_followed_by", name, user_location())
 
     # -- conditions ------------------------------------------------------------------
     def _with_last(self, stage: Stage) -> Pattern:
-        return Pattern((*self._stages[:-1], stage), self._within, self._skip)
+        return self._copy((*self._stages[:-1], stage))
+
+    def _no_group(self, what: str, loc: str | None) -> Stage:
+        last = self._stages[-1]
+        if last.group is not None:
+            raise FlowDefinitionError(f"{what}() on the group {last.name}: a group has no conditions of its own",
+                                      step="pattern", location=loc,
+                                      fix="put the condition on a stage inside the group")
+        return last
 
     def where(self, condition: Condition) -> Pattern:
         """Events of the last stage must also satisfy ``condition(event)`` or ``condition(event, match)``."""
         loc = user_location()
         n = _nparams(condition, "where", loc)
-        last = self._stages[-1]
+        last = self._no_group("where", loc)
         return self._with_last(replace(last, conditions=(*last.conditions, ("and", condition, n))))
 
     def or_where(self, condition: Condition) -> Pattern:
         """Events of the last stage satisfy its conditions so far *or* ``condition``."""
         loc = user_location()
         n = _nparams(condition, "or_where", loc)
-        last = self._stages[-1]
+        last = self._no_group("or_where", loc)
         if not last.conditions:
             raise FlowDefinitionError(f"or_where() on stage {last.name!r}, which has no condition yet",
                                       step="pattern", location=loc, fix="start with .where(...)")
         return self._with_last(replace(last, conditions=(*last.conditions, ("or", condition, n))))
+
+    def until(self, condition: Condition) -> Pattern:
+        """Stop the last (looping) stage at the first event satisfying ``condition``: no event is
+        taken into the loop from then on (that event may still start the next stage)."""
+        loc = user_location()
+        n = _nparams(condition, "until", loc)
+        last = self._stages[-1]
+        if last.negated or last.hi is not None:
+            raise FlowDefinitionError(
+                f"until() on stage {last.name!r}, which is not looping: it applies to one_or_more()/times_or_more()",
+                step="pattern", location=loc, fix="quantify the stage first, e.g. .one_or_more().until(...)",
+            )
+        if last.until:
+            raise FlowDefinitionError(f"stage {last.name!r} already has an until() condition", step="pattern",
+                                      location=loc, fix="combine both in one condition")
+        return self._with_last(replace(last, until=(("and", condition, n),)))
 
     # -- quantifiers -----------------------------------------------------------------
     def _quantify(self, what: str, loc: str | None, **changes: Any) -> Pattern:
@@ -290,12 +373,6 @@ class Pattern:
                 step="pattern", location=loc, fix=f"put .{what}() on a stage added with begin/next/followed_by",
             )
         new = replace(last, **changes)
-        if new.optional and len(self._stages) >= 2 and self._stages[-2].negated:
-            raise FlowDefinitionError(
-                f"stage {last.name!r} follows the negation {self._stages[-2].name!r}, so it cannot be optional",
-                step="pattern", location=loc,
-                fix="make the stage after a negation mandatory, or move the negation",
-            )
         if what in ("greedy", "consecutive", "allow_combinations") and not last.looping:
             raise FlowDefinitionError(
                 f"{what}() on stage {last.name!r}, which takes one event: it applies to looping stages",
@@ -304,17 +381,22 @@ class Pattern:
         return self._with_last(new)
 
     def times(self, lo: int, hi: int | None = -1) -> Pattern:
-        """The last stage takes exactly ``lo`` events, or from ``lo`` to ``hi`` (``hi=None``: no limit)."""
+        """The last stage takes exactly ``lo`` events, or from ``lo`` to ``hi`` (``hi=None``: no limit).
+
+        ``times(0, hi)`` is ``times(1, hi).optional()``."""
         loc = user_location()
         upper = lo if hi == -1 else hi
-        bad = (not isinstance(lo, int) or isinstance(lo, bool) or lo < 1
-               or (upper is not None and (not isinstance(upper, int) or isinstance(upper, bool) or upper < lo)))
+        bad = (not isinstance(lo, int) or isinstance(lo, bool) or lo < (0 if hi != -1 else 1)
+               or (upper is not None and (not isinstance(upper, int) or isinstance(upper, bool)
+                                          or upper < max(lo, 1))))
         if bad:
             raise FlowDefinitionError(
                 f"times({lo!r}{'' if hi == -1 else f', {hi!r}'}): counts must be ints with 1 <= lo <= hi",
                 step="pattern", location=loc,
                 fix="e.g. .times(3), .times(2, 4), .times(2, None) (two or more); for zero use .optional()",
             )
+        if lo == 0:
+            return self._quantify("times", loc, lo=1, hi=upper, optional=True)
         return self._quantify("times", loc, lo=lo, hi=upper)
 
     def one_or_more(self) -> Pattern:
@@ -334,7 +416,8 @@ class Pattern:
         return self._quantify("optional", user_location(), optional=True)
 
     def greedy(self) -> Pattern:
-        """The last (looping) stage takes every event it can before the next stage may start."""
+        """The last (looping) stage takes every event it can: while an event satisfies it, the
+        stage after it can neither take nor skip that event (Flink's greedy)."""
         return self._quantify("greedy", user_location(), greedy=True)
 
     def consecutive(self) -> Pattern:
@@ -346,9 +429,17 @@ class Pattern:
         return self._quantify("allow_combinations", user_location(), inner=ANY)
 
     # -- time ------------------------------------------------------------------------
-    def within(self, duration: Duration) -> Pattern:
-        """A match's last event must come less than ``duration`` after its first one."""
+    def within(self, duration: Duration, since: str = "first") -> Pattern:
+        """Bound a match in time.
+
+        ``since="first"`` (the default): a match's last event comes less than ``duration``
+        after its first one. ``since="previous"``: every event of a match comes less than
+        ``duration`` after the match's previous event. Both bounds may be set.
+        """
         loc = user_location()
+        if since not in ("first", "previous"):
+            raise FlowDefinitionError(f"within(since={since!r}): since is 'first' or 'previous'", step="pattern",
+                                      location=loc, fix="e.g. .within(timedelta(minutes=5), since='previous')")
         try:
             ms = to_ms(duration, "within")
         except ConfigError as exc:
@@ -357,13 +448,17 @@ class Pattern:
         if ms <= 0:
             raise FlowDefinitionError(f"within() must be > 0, got {ms} ms", step="pattern", location=loc,
                                       fix="e.g. .within(timedelta(minutes=5))")
-        return Pattern(self._stages, ms, self._skip)
+        if since == "first":
+            return Pattern(self._stages, ms, self._skip, self._within_prev)
+        return Pattern(self._stages, self._within, self._skip, ms)
 
 
-def begin(name: str, *, skip: SkipStrategy | None = None) -> Pattern:
-    """Start a pattern with a stage called ``name``; ``skip`` is the after-match skip strategy."""
+def begin(name: str | Pattern, *, skip: SkipStrategy | None = None) -> Pattern:
+    """Start a pattern with a stage called ``name`` (or a group: a sub-pattern quantified as a
+    whole); ``skip`` is the after-match skip strategy."""
     loc = user_location()
-    _check_name(name, "begin", loc)
+    if not isinstance(name, Pattern):
+        _check_name(name, "begin", loc)
     if skip is not None and not isinstance(skip, SkipStrategy):
         raise FlowDefinitionError(f"begin(skip=...) takes a skip strategy, not {skip!r}", step="pattern",
                                   location=loc, fix="e.g. skip=cep.skip_past_last_event()")
@@ -418,16 +513,21 @@ class Match(Mapping[str, list[Any]]):
         return len(self._names)
 
     def to_dict(self) -> dict[str, Any]:
-        """``{stage name: [events], ..., "key", "start", "end"}`` (and ``"deadline"`` if timed out)."""
+        """``{stage name: [events], ..., "key", "start", "end"}`` (and ``"deadline"`` if timed out).
+
+        Stage names come first: a field ``key``, ``start``, ``end`` or ``deadline`` is left
+        out when a stage has that name (read it from the :class:`Match` with ``select=``).
+        """
         out: dict[str, Any] = {n: [] for n in self._names}
         names = self._names
         for s in self._events:
             out[names[s[0]]].append(s[3])
-        out["key"] = self.key
-        out["start"] = self.start
-        out["end"] = self.end
+        meta = {"key": self.key, "start": self.start, "end": self.end}
         if self.deadline is not None:
-            out["deadline"] = self.deadline
+            meta["deadline"] = self.deadline
+        for field, value in meta.items():
+            if field not in out:
+                out[field] = value
         return out
 
     def __repr__(self) -> str:

@@ -1,17 +1,42 @@
-"""The pattern-matching engine: partial-match lists per key, advanced one event at a time.
+"""The pattern-matching engine: a pattern compiled to an automaton, run over partial matches.
 
-A partial match holds the events it took (``steps``: ``(stage, position, time, event)``),
-its current stage and count there, and the *targets* it may still reach with a later
-event: another iteration of its stage (``CONT``), the first event of a later stage ``j``
-(skipping optional stages in between), or completion once a trailing negation has held
-(``FINAL``). Every event a partial match does not take is in its *gap*, and may rule
-targets out: strict contiguity forbids any gap, relaxed contiguity a gap event that
-satisfies the target stage, a negation a gap event that satisfies it, a greedy stage an
-exit while a gap event could still extend it. A partial match with no target left is
-dropped. Positions number a key's events in processing order (event time, then arrival).
+**The automaton.** A pattern compiles (back to front, the last stage first) into states
+with three kinds of edges, each guarded by a condition on the event and on the events the
+partial match took so far:
 
-The engine is plain Python over picklable state (:class:`KeyState`), driven by
-:mod:`._runner` from a process function's event-time timers.
+- *take*: the partial match takes the event (for the stage the edge leaves) and moves on;
+- *ignore*: the event passes the partial match by, which stays (or moves to a twin state
+  that has lost its way out);
+- *proceed*: move on without consuming the event, which the target state then sees.
+
+A stage becomes one state per iteration it must or may take (``times(2, 4)``: two
+mandatory, two optional ones) and, if it loops, a looping state with a twin for ignored
+events. Contiguity decides the ignore edges: none for strict, "does not satisfy the stage"
+for relaxed, always for non-deterministic relaxed. An optional stage adds a proceed edge
+past itself. ``until`` takes the loop's events away once the condition holds. A greedy stage
+blocks every edge of the state after it for events the stage itself could take. A group is
+its sub-pattern compiled in place, once per iteration, a looping group wired back to its
+own start. Negations become *stop* states: a partial match that reaches one on an event is
+dropped with everything else it would have become on that event. ``not_next`` is a state
+between two stages; ``not_followed_by`` a stop edge on the states that wait for the next
+stage (on the looping states before it too: the forbidden event may not come during the
+loop), and, at the end of a pattern, a *pending* state that becomes a match when its
+``within`` deadline passes.
+
+**The run.** Per key: a list of partial matches (state, events taken, first and previous
+event time), plus the start state, which is always there. Every event is offered to every
+partial match; the reachable edges (following proceed edges) say what it becomes. Partial
+matches whose ``within`` deadline has passed are dropped first (timed out, or matches if
+pending). Positions number a key's events in processing order (event time, then the
+user's order, then arrival).
+
+**Emitting matches.** With ``no_skip`` every match is emitted as soon as it is complete.
+With any other skip strategy, a match is held back while a partial match that started
+before it is still open: matches come out in order of their first events, and each one,
+when it comes out, discards the held matches and the partial matches its strategy skips.
+
+The engine is plain Python over picklable state (:class:`KeyState`: indices, tuples and
+the user's events), driven by :mod:`._runner` from a process function's event-time timers.
 """
 
 from __future__ import annotations
@@ -19,12 +44,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from millstream.cep import ANY, RELAXED, STRICT, Match, Pattern, Stage
+from millstream.cep import RELAXED, STRICT, Match, Pattern, Stage
 
-CONT = -1
-FINAL = -2
+Steps = tuple[tuple[int, int, int, Any], ...]  # (stage index, position, event time, event)
+Cond = Callable[[Any, Any], bool] | None  # None: always true
 
-Steps = tuple[tuple[int, int, int, Any], ...]
+TAKE, IGNORE, PROCEED = 0, 1, 2
+NORMAL, FINAL, STOP, PENDING = 0, 1, 2, 3
 
 
 class View(Mapping[str, list[Any]]):
@@ -49,50 +75,37 @@ class View(Mapping[str, list[Any]]):
         return len(self._index)
 
 
-class Partial:
-    """One partial match (mutable: its gap and targets change as events pass it by)."""
-
-    __slots__ = ("count", "done", "gap", "stage", "start_pos", "start_ts", "steps", "targets")
-
-    def __init__(self, stage: int, count: int, steps: Steps, targets: tuple[int, ...], done: bool) -> None:
-        self.stage = stage
-        self.count = count
-        self.steps = steps
-        self.start_ts = steps[0][2]
-        self.start_pos = steps[0][1]
-        self.gap = 0
-        self.targets = targets
-        self.done = done  # emitted as a match already: not a timeout when it expires
+# -- conditions ---------------------------------------------------------------------------
 
 
-class KeyState:
-    """Everything the engine keeps for one key: buffered events and partial matches."""
-
-    __slots__ = ("buffer", "partials", "pos", "seq")
-
-    def __init__(self) -> None:
-        self.buffer: list[tuple[int, int, Any]] = []  # (time, arrival, event), sorted
-        self.partials: list[Partial] = []
-        self.seq = 0  # arrivals
-        self.pos = 0  # events processed
-
-    def size(self) -> int:
-        """Events held (buffered, or in partial matches, counted once per partial match)."""
-        return len(self.buffer) + sum(len(p.steps) for p in self.partials)
+def _never(e: Any, v: Any) -> bool:
+    return False
 
 
-def _compile_condition(conditions: tuple[tuple[str, Callable[..., Any], int], ...]
-                       ) -> tuple[Callable[[Any, Any], bool] | None, bool]:
-    """One test ``fn(event, view)`` (None: always true) and whether it reads the view."""
+def _both(a: Cond, b: Cond) -> Cond:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return lambda e, v: a(e, v) and b(e, v)
+
+
+def _negate(a: Cond) -> Cond:
+    if a is None:
+        return _never
+    return lambda e, v: not a(e, v)
+
+
+def _compile_condition(conditions: tuple[tuple[str, Callable[..., Any], int], ...]) -> Cond:
+    """One test ``fn(event, view)`` (None: always true)."""
     if not conditions:
-        return None, False
-    needs = any(n == 2 for _, _, n in conditions)
+        return None
     fns: list[tuple[str, Callable[[Any, Any], Any]]] = []
     for how, fn, n in conditions:
         fns.append((how, fn if n == 2 else _one_arg(fn)))
     if len(fns) == 1:
         only = fns[0][1]
-        return (lambda e, v: bool(only(e, v))), needs
+        return lambda e, v: bool(only(e, v))
 
     def test(e: Any, v: Any) -> bool:
         ok = False
@@ -104,229 +117,522 @@ def _compile_condition(conditions: tuple[tuple[str, Callable[..., Any], int], ..
             else:
                 ok = ok or bool(f(e, v))
         return ok
-    return test, needs
+    return test
 
 
 def _one_arg(fn: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
     return lambda e, v: fn(e)
 
 
-class CStage:
-    """A compiled positive stage."""
+# -- the automaton ------------------------------------------------------------------------
 
-    __slots__ = ("contiguity", "greedy", "hi", "inner", "lo", "name", "negs", "optional", "test")
 
-    def __init__(self, stage: Stage, negs: list[tuple[str, Callable[[Any, Any], bool]]]) -> None:
-        self.name = stage.name
-        test, _ = _compile_condition(stage.conditions)
-        self.test: Callable[[Any, Any], bool] = test or (lambda e, v: True)
-        self.lo = stage.lo
-        self.hi = stage.hi
-        self.optional = stage.optional
-        self.greedy = stage.greedy
-        self.inner = stage.inner
-        self.contiguity = stage.contiguity
-        self.negs = negs  # negations before this stage: ("not_next" | "not_followed_by", test)
+class NState:
+    """A state: its edges ``(action, target, condition)`` and the stage its take edges record."""
+
+    __slots__ = ("edges", "kind", "sid", "stage")
+
+    def __init__(self, sid: int, kind: int, stage: int) -> None:
+        self.sid = sid
+        self.kind = kind
+        self.stage = stage
+        self.edges: list[tuple[int, NState, Cond]] = []
+
+    def add(self, action: int, target: NState, cond: Cond) -> None:
+        self.edges.append((action, target, cond))
+
+
+class _Compiler:
+    """Builds the automaton of a pattern, from its last stage back to its first.
+
+    ``seq``/``i`` is the stage being compiled within the current (sub-)pattern, ``following``
+    the stage after it, ``group`` the group stage whose sub-pattern is being compiled.
+    """
+
+    def __init__(self, pattern: Pattern, index: dict[str, int]) -> None:
+        self.index = index
+        self.states: list[NState] = []
+        self.stops: dict[str, NState] = {}
+        self.originals: dict[int, NState] = {}  # greedy + until: the unblocked copy of a sink
+        self.first_of_loop: dict[int, bool] = {}
+        self.seq: tuple[Stage, ...] = pattern.stages
+        self.i = len(self.seq) - 1
+        self.following: Stage | None = None
+        self.group: Stage | None = None
+        self.windowed = pattern.within_ms is not None or pattern.within_previous_ms is not None
+        self.final = self.new(FINAL)
+        self.start = self.convert(self.middle(self.final))
+
+    # -- helpers ----------------------------------------------------------------------
+    @property
+    def cur(self) -> Stage:
+        return self.seq[self.i]
+
+    def new(self, kind: int = NORMAL, stage: Stage | None = None) -> NState:
+        idx = self.index.get(stage.name, -1) if stage is not None and stage.group is None else -1
+        st = NState(len(self.states), kind, idx)
+        self.states.append(st)
+        return st
+
+    def head_of_group(self) -> bool:
+        return self.group is not None and self.i == 0
+
+    def set_first_of_loop(self, value: bool) -> None:
+        if self.cur.group is not None:
+            self.first_of_loop[id(self.cur)] = value
+
+    def group_first_of_loop(self) -> bool:
+        return self.group is None or self.first_of_loop.get(id(self.group), True)
+
+    def group_until(self) -> Cond:
+        return _compile_condition(self.group.until) if self.group is not None and self.group.until else None
+
+    def with_until(self, cond: Cond, until: Cond, take: bool = True) -> Cond:
+        """``cond`` and not ``until`` (an ignore edge that does not exist stays absent)."""
+        if until is None or (not take and cond is _never):
+            return cond
+        return _both(_negate(until), cond)
+
+    def true(self) -> Cond:
+        return self.with_until(None, self.group_until(), True)
+
+    def take_cond(self, stage: Stage) -> Cond:
+        return self.with_until(_compile_condition(stage.conditions), self.group_until(), True)
+
+    def _ignore(self, stage: Stage, how: str) -> Cond:
+        if how == STRICT:
+            cond: Cond = None
+            present = False
+        elif how == RELAXED:
+            cond, present = _negate(_compile_condition(stage.conditions)), True
+        else:
+            cond, present = None, True
+        if not present:
+            return _never
+        until = self.group_until()
+        return _both(_negate(until), cond) if until is not None else cond
+
+    def ignore_cond(self, stage: Stage) -> Cond:
+        """The condition of the ignore edge before a stage's first event (``_never``: no edge)."""
+        how = stage.contiguity
+        if self.head_of_group() and self.group is not None:
+            how = self.group.contiguity if self.group_first_of_loop() else self.group.inner
+        return self._ignore(stage, how)
+
+    def inner_ignore_cond(self, stage: Stage) -> Cond:
+        how = self.group.inner if self.head_of_group() and self.group is not None else stage.inner
+        return self._ignore(stage, how)
+
+    def is_optional(self, stage: Stage) -> bool:
+        if self.head_of_group() and self.group is not None:
+            return self.group_first_of_loop() and self.group.optional
+        return stage.optional
+
+    def stop(self, stage: Stage) -> NState:
+        st = self.stops.get(stage.name)
+        if st is None:
+            st = self.new(STOP)
+            st.add(TAKE, st, self.take_cond(stage))
+            self.stops[stage.name] = st
+        return st
+
+    def current_nots(self) -> list[Stage]:
+        """The ``not_followed_by`` stages before the current one (looking past optional stages)."""
+        out = []
+        j = self.i
+        while j > 0 and (self.seq[j - 1].optional or self.seq[j - 1].kind == "not_followed_by"):
+            j -= 1
+            if self.seq[j].kind == "not_followed_by":
+                out.append(self.seq[j])
+        return out
+
+    def add_stops(self, state: NState) -> None:
+        for neg in self.current_nots():
+            state.add(PROCEED, self.stop(neg), self.take_cond(neg))
+
+    def add_stop_to_loop(self, state: NState) -> None:
+        f = self.following
+        if f is not None and f.kind == "not_followed_by":
+            state.add(PROCEED, self.stop(f), self.take_cond(f))
+
+    def copy(self, state: NState) -> NState:
+        twin = self.new(state.kind)
+        twin.stage = state.stage
+        for action, target, cond in state.edges:
+            twin.add(action, twin if target is state else target, cond)
+        return twin
+
+    def copy_without_nots(self, sink: NState) -> NState:
+        """Taking an event in an optional stage ends the negations before it: a copy of
+        ``sink`` without the stop edges of those negations."""
+        nots = self.current_nots()
+        if not nots or not self.cur.optional:
+            return sink
+        names = {id(self.stop(n)) for n in nots}
+        twin = self.new(sink.kind)
+        twin.stage = sink.stage
+        for action, target, cond in sink.edges:
+            if action == PROCEED:
+                if target.kind == STOP:
+                    if id(target) in names:
+                        continue
+                else:
+                    target = self.copy_without_nots(target)
+                twin.add(action, target, cond)
+            else:
+                twin.add(action, twin if target is sink else target, cond)
+        return twin
+
+    @staticmethod
+    def block_greedy(state: NState, take: Cond) -> None:
+        """A greedy stage before ``state``: none of its edges fire for an event the stage could take."""
+        state.edges = [(a, t, _both(c, _negate(take))) for a, t, c in state.edges]
+
+    # -- stages ------------------------------------------------------------------------
+    def middle(self, sink: NState) -> NState:
+        while self.i > 0:
+            cur = self.cur
+            if cur.kind == "not_followed_by":
+                if self.windowed and sink.kind == FINAL:
+                    pending = self.new(PENDING)
+                    cond = self.take_cond(cur)
+                    pending.add(PROCEED, self.stop(cur), cond)
+                    pending.add(IGNORE, pending, _negate(cond))
+                    sink = pending
+            elif cur.kind == "not_next":
+                nn = self.new()
+                cond = self.take_cond(cur)
+                if sink.kind == FINAL:
+                    nn.add(IGNORE, sink, _negate(cond))
+                else:
+                    nn.add(PROCEED, sink, _negate(cond))
+                nn.add(PROCEED, self.stop(cur), cond)
+                sink = nn
+            else:
+                sink = self.convert(sink)
+            self.following = cur
+            self.i -= 1
+        return sink
+
+    def convert(self, sink: NState) -> NState:
+        cur = self.cur
+        if cur.hi is None:  # looping
+            self.set_first_of_loop(False)
+            loop = self.looping(self.copy_without_nots(sink))
+            self.set_first_of_loop(True)
+            last = self.times(loop, sink, cur.lo, cur.lo)
+        elif cur.hi != 1 or cur.lo != 1:
+            last = self.times(sink, sink, cur.lo, cur.hi)
+        else:
+            last = self.singleton(sink, sink, self.take_cond(cur), self.ignore_cond(cur), self.is_optional(cur))
+        self.add_stops(last)
+        return last
+
+    def times(self, sink: NState, proceed: NState, lo: int, hi: int) -> NState:
+        cur = self.cur
+        self.set_first_of_loop(False)
+        until = _compile_condition(cur.until) if cur.until else None
+        inner = self.inner_ignore_cond(cur)
+        inner = _both(_negate(until), inner) if until is not None and inner is not _never else inner
+        take = self.with_until(self.take_cond(cur), until, True)
+        if cur.greedy and lo != hi:
+            if until is not None:
+                self.originals[sink.sid] = self.copy(sink)
+            self.block_greedy(sink, take)
+        last = sink
+        for _ in range(lo, hi):
+            last = self.singleton(last, proceed, take, inner, True)
+            self.add_stop_to_loop(last)
+        for _ in range(lo - 1):
+            last = self.singleton(last, None, take, inner, False)
+            self.add_stop_to_loop(last)
+        self.set_first_of_loop(True)
+        return self.singleton(last, proceed, take, self.ignore_cond(cur), self.is_optional(cur))
+
+    def singleton(self, sink: NState, proceed: NState | None, take: Cond, ignore: Cond,
+                  optional: bool) -> NState:
+        cur = self.cur
+        if cur.group is not None:
+            return self.group_states(cur, sink, proceed, optional)
+        st = self.new(NORMAL, cur)
+        target = self.copy_without_nots(sink)
+        st.add(TAKE, target, take)
+        go = self.true()
+        if optional and not self.head_of_group() and proceed is not None:
+            until = _compile_condition(cur.until) if cur.until else None
+            if cur.greedy and until is not None:
+                original = self.originals.get(proceed.sid)
+                if original is not None:
+                    st.add(PROCEED, original, _both(go, until))
+                st.add(PROCEED, proceed, _both(go, _negate(until)))
+            else:
+                st.add(PROCEED, proceed, go)
+        if ignore is not _never:
+            if optional:
+                twin = self.new(NORMAL, cur)
+                twin.add(TAKE, target, take)
+                twin.add(IGNORE, twin, ignore)
+                self.add_stops(twin)
+            else:
+                twin = st
+            st.add(IGNORE, twin, ignore)
+        return st
+
+    def _enter(self, group: Stage) -> tuple[Any, ...]:
+        saved = (self.seq, self.i, self.following, self.group)
+        self.group = group
+        assert group.group is not None
+        self.seq = group.group.stages
+        self.i = len(self.seq) - 1
+        self.following = None
+        return saved
+
+    def _leave(self, saved: tuple[Any, ...]) -> None:
+        self.seq, self.i, self.following, self.group = saved
+
+    def group_states(self, group: Stage, sink: NState, proceed: NState | None, optional: bool) -> NState:
+        go = self.true()
+        saved = self._enter(group)
+        last = self.convert(self.middle(sink))
+        if optional and proceed is not None:
+            last.add(PROCEED, proceed, go)
+        self._leave(saved)
+        return last
+
+    def looping(self, sink: NState) -> NState:
+        cur = self.cur
+        if cur.group is not None:
+            go = self.true()
+            dummy = self.new()
+            saved = self._enter(cur)
+            last = self.convert(self.middle(dummy))
+            last.add(PROCEED, sink, go)
+            dummy.add(PROCEED, last, go)
+            self._leave(saved)
+            return last
+        until = _compile_condition(cur.until) if cur.until else None
+        ignore = self.inner_ignore_cond(cur)
+        if until is not None and ignore is not _never:
+            ignore = _both(_negate(until), ignore)
+        take = self.with_until(self.take_cond(cur), until, True)
+        go = self.true()
+        loop = self.new(NORMAL, cur)
+        if cur.greedy:
+            if until is not None:
+                twin = self.copy(sink)
+                loop.add(PROCEED, twin, _both(go, until))
+                self.originals[sink.sid] = twin
+            loop.add(PROCEED, sink, _both(go, _negate(until)) if until is not None else go)
+            self.block_greedy(sink, self.take_cond(cur))
+        else:
+            loop.add(PROCEED, sink, go)
+        loop.add(TAKE, loop, take)
+        self.add_stop_to_loop(loop)
+        if ignore is not _never:
+            twin = self.new(NORMAL, cur)
+            twin.add(TAKE, loop, take)
+            twin.add(IGNORE, twin, ignore)
+            loop.add(IGNORE, twin, ignore)
+            self.add_stop_to_loop(twin)
+        return loop
+
+
+# -- partial matches ----------------------------------------------------------------------
+
+
+class Partial:
+    """One partial match: its state, the events it took, its first and previous event time."""
+
+    __slots__ = ("prev_ts", "start_pos", "start_ts", "state", "steps")
+
+    def __init__(self, state: int, steps: Steps, start_ts: int, start_pos: int, prev_ts: int) -> None:
+        self.state = state
+        self.steps = steps
+        self.start_ts = start_ts
+        self.start_pos = start_pos
+        self.prev_ts = prev_ts
+
+    def order(self) -> tuple[int, tuple[int, ...]]:
+        return self.start_pos, tuple(s[1] for s in self.steps)
+
+
+class KeyState:
+    """Everything the engine keeps for one key: buffered events, partial matches, held matches."""
+
+    __slots__ = ("buffer", "held", "partials", "pos", "seq")
+
+    def __init__(self) -> None:
+        self.buffer: list[tuple[Any, ...]] = []  # (time, order, arrival, event), sorted
+        self.partials: list[Partial] = []
+        self.held: list[Partial] = []  # complete matches waiting for earlier partial matches
+        self.seq = 0  # arrivals
+        self.pos = 0  # events processed
+
+    def size(self) -> int:
+        """Events held (buffered, or in partial matches, counted once per partial match)."""
+        return len(self.buffer) + sum(len(p.steps) for p in self.partials) + sum(len(p.steps) for p in self.held)
+
+    def empty(self) -> bool:
+        return not self.buffer and not self.partials and not self.held
+
+
+Emit = Callable[[str, Match, int], None]
 
 
 class Engine:
-    """A compiled pattern. ``out`` callbacks get ``(kind, Match, emit time)``, kind "match" or "timeout"."""
+    """A compiled pattern. ``emit`` callbacks get ``(kind, Match, emit time)``, kind "match" or "timeout"."""
 
     def __init__(self, pattern: Pattern, *, timeouts: bool) -> None:
         self.pattern = pattern
         self.names = pattern.names
         self.index = {n: i for i, n in enumerate(self.names)}
-        stages: list[CStage] = []
-        negs: list[tuple[str, Callable[[Any, Any], bool]]] = []
-        for s in pattern.stages:
-            if s.negated:
-                test, _ = _compile_condition(s.conditions)
-                negs.append((s.kind, test or (lambda e, v: True)))
-            else:
-                stages.append(CStage(s, negs))
-                negs = []
-        self.stages = stages
-        self.end_negs = negs
-        self.end_next_only = bool(negs) and all(k == "not_next" for k, _ in negs)
-        n = len(stages)
-        # exits[i]: later stages an event may enter from stage i (the ones between are optional)
-        self.exits: list[tuple[int, ...]] = []
-        self.final_ok: list[bool] = []
-        for i in range(n):
-            ex = []
-            for j in range(i + 1, n):
-                ex.append(j)
-                if not stages[j].optional:
-                    break
-            self.exits.append(tuple(ex))
-            self.final_ok.append(all(stages[j].optional for j in range(i + 1, n)))
-        self.starts = tuple(j for j in range(n) if all(stages[k].optional for k in range(j)))
+        compiled = _Compiler(pattern, self.index)
+        self.states = compiled.states
+        self.start = compiled.start
         self.within = pattern.within_ms
+        self.within_prev = pattern.within_previous_ms
         self.timeouts = timeouts
         skip = pattern.skip
         self.skip_kind = skip.kind
         self.skip_stage = self.index.get(skip.name) if skip.name is not None else None
 
-    # -- partial matches ---------------------------------------------------------------
-    def _targets(self, stage: int, count: int) -> tuple[int, ...]:
-        st = self.stages[stage]
-        t: list[int] = []
-        if st.hi is None or count < st.hi:
-            t.append(CONT)
-        if count >= st.lo:
-            t.extend(self.exits[stage])
-            if self.end_negs and self.final_ok[stage]:
-                t.append(FINAL)
-        return tuple(t)
+    # -- one event -----------------------------------------------------------------------
+    def _edges(self, state: NState, event: Any, view: View) -> list[tuple[int, NState, NState]]:
+        out: list[tuple[int, NState, NState]] = []
+        todo = [state]
+        while todo:
+            s = todo.pop()
+            for action, target, cond in s.edges:
+                if cond is None or cond(event, view):
+                    if action == PROCEED:
+                        todo.append(target)
+                    else:
+                        out.append((action, s, target))
+        return out
 
-    def _take(self, p: Partial | None, stage: int, event: Any, ts: int, pos: int,
-              new: list[Partial], done: list[Partial]) -> None:
-        step = (stage, pos, ts, event)
-        if p is None:
-            steps: Steps = (step,)
-            count = 1
-        else:
-            steps = (*p.steps, step)
-            count = p.count + 1 if p.stage == stage else 1
-        complete = count >= self.stages[stage].lo and self.final_ok[stage] and not self.end_negs
-        q = Partial(stage, count, steps, self._targets(stage, count), complete)
-        if complete:
-            done.append(q)
-        if q.targets:
-            new.append(q)
+    def _final_after(self, state: NState, event: Any, view: View) -> bool:
+        todo = [state]
+        while todo:
+            s = todo.pop()
+            for action, target, cond in s.edges:
+                if action == PROCEED and (cond is None or cond(event, view)):
+                    if target.kind == FINAL:
+                        return True
+                    todo.append(target)
+        return False
 
-    def _advance(self, p: Partial, event: Any, ts: int, pos: int, new: list[Partial],
-                 done: list[Partial]) -> None:
-        i = p.stage
-        st = self.stages[i]
-        view = View(self.index, p.steps)
-        targets = p.targets
-        cont_take = False
-        if CONT in targets and st.test(event, view):
-            cont_take = True
-            self._take(p, i, event, ts, pos, new, done)
-        block = cont_take and st.greedy  # greedy: no exit while this event can extend the stage
-        first = p.gap == 0
-        keep: list[int] = []
-        for t in targets:
-            if t == CONT:
-                if st.inner == ANY or (st.inner == RELAXED and not cont_take):
-                    keep.append(t)
+    def _step(self, p: Partial | None, event: Any, ts: int, pos: int) -> list[Partial]:
+        state = self.start if p is None else self.states[p.state]
+        view = View(self.index, () if p is None else p.steps)
+        out: list[Partial] = []
+        for action, src, target in self._edges(state, event, view):
+            if action == IGNORE:
+                if p is not None:
+                    out.append(Partial(target.sid, p.steps, p.start_ts, p.start_pos, p.prev_ts))
                 continue
-            if t == FINAL:
-                failed = False
-                for kind, neg in self.end_negs:
-                    if (first or kind != "not_next") and neg(event, view):
-                        failed = True
-                        break
-                if failed:
-                    continue
-                if first and self.end_next_only:
-                    # the event right after the match does not match the negation: complete now
-                    p.done = True
-                    done.append(p)
-                    continue
-                keep.append(t)
-                continue
-            sj = self.stages[t]
-            negfail = nextfail = False
-            for kind, neg in sj.negs:
-                if kind == "not_next":
-                    if first and neg(event, view):
-                        negfail = nextfail = True
-                elif neg(event, view):
-                    negfail = True
-            hit = sj.test(event, view)
-            if hit and not block and not nextfail:
-                self._take(p, t, event, ts, pos, new, done)
-            if block or negfail or sj.contiguity == STRICT or (sj.contiguity == RELAXED and hit):
-                continue
-            keep.append(t)
-        if keep:
-            p.targets = tuple(keep)
-            p.gap += 1
-            new.append(p)
+            step = (src.stage, pos, ts, event)
+            if p is None:
+                q = Partial(target.sid, (step,), ts, pos, ts)
+            else:
+                q = Partial(target.sid, (*p.steps, step), p.start_ts, p.start_pos, ts)
+            out.append(q)
+            if self._final_after(target, event, view):
+                out.append(Partial(FINAL_SID, q.steps, q.start_ts, q.start_pos, ts))
+        return out
 
-    # -- driving -------------------------------------------------------------------------
-    def on_event(self, ks: KeyState, key: Any, event: Any, ts: int,
-                 emit: Callable[[str, Match, int], None]) -> None:
-        """Process the key's next event in time order (expire first what it is too late for)."""
-        if self.within is not None and ks.partials:
+    def on_event(self, ks: KeyState, key: Any, event: Any, ts: int, emit: Emit) -> None:
+        """Process the key's next event in order (what it is too late for expires first)."""
+        if ks.partials and (self.within is not None or self.within_prev is not None):
             self.expire(ks, key, ts, emit)
         pos = ks.pos
         ks.pos += 1
         new: list[Partial] = []
-        done: list[Partial] = []
-        for p in ks.partials:
-            self._advance(p, event, ts, pos, new, done)
-        empty = View(self.index, ())
-        for j in self.starts:
-            if self.stages[j].test(event, empty):
-                self._take(None, j, event, ts, pos, new, done)
+        found: list[Partial] = []
+        states = self.states
+        for p in [*ks.partials, None]:
+            keep: list[Partial] = []
+            stopped = False
+            for q in self._step(p, event, ts, pos):
+                kind = states[q.state].kind
+                if kind == FINAL:
+                    found.append(q)
+                elif kind == STOP:
+                    stopped = True
+                else:
+                    keep.append(q)
+            if not stopped:
+                new.extend(keep)
         ks.partials = new
-        if done:
-            self._complete(ks, key, done, ts, emit)
+        if found or ks.held:
+            self._emit_matches(ks, key, found, ts, emit)
 
-    def expire(self, ks: KeyState, key: Any, limit: int, emit: Callable[[str, Match, int], None]) -> None:
-        """Expire the partial matches whose deadline (first event + within) is at or before ``limit``."""
-        within = self.within
-        if within is None:
+    # -- time ----------------------------------------------------------------------------
+    def _deadline(self, p: Partial) -> int:
+        d = p.start_ts + self.within if self.within is not None else None
+        if self.within_prev is not None:
+            e = p.prev_ts + self.within_prev
+            d = e if d is None else min(d, e)
+        assert d is not None
+        return d
+
+    def expire(self, ks: KeyState, key: Any, limit: int, emit: Emit) -> None:
+        """Time out the partial matches whose deadline is at or before ``limit``, deadline by
+        deadline (pending ones become matches), so the result does not depend on how far
+        the watermark jumps."""
+        if self.within is None and self.within_prev is None:
             return
-        expired = [p for p in ks.partials if p.start_ts + within <= limit]
-        if not expired:
-            return
-        gone = {id(p) for p in expired}
-        ks.partials = [p for p in ks.partials if id(p) not in gone]
-        expired.sort(key=lambda p: p.start_ts)
-        cuts: list[tuple[int, int]] = []
-        i = 0
-        while i < len(expired):  # deadline by deadline
-            deadline = expired[i].start_ts + within
-            group = []
-            while i < len(expired) and expired[i].start_ts + within == deadline:
-                if not _cut(cuts, expired[i].start_pos):
-                    group.append(expired[i])
-                i += 1
-            complete = [p for p in group if FINAL in p.targets]
-            if complete:
-                cuts.extend(self._complete(ks, key, complete, deadline - 1, emit))
+        while ks.partials:
+            deadline = min(self._deadline(p) for p in ks.partials)
+            if deadline > limit:
+                return
+            gone = [p for p in ks.partials if self._deadline(p) == deadline]
+            ks.partials = [p for p in ks.partials if self._deadline(p) != deadline]
+            found = [p for p in gone if self.states[p.state].kind == PENDING]
             if self.timeouts:
-                for p in group:
-                    if FINAL in p.targets or p.done or _cut(cuts, p.start_pos):
-                        continue
-                    emit("timeout", Match(self.names, p.steps, key, deadline), deadline - 1)
-
-    def _complete(self, ks: KeyState, key: Any, done: list[Partial], at: int,
-                  emit: Callable[[str, Match, int], None]) -> list[tuple[int, int]]:
-        """Emit completed matches in order (start, positions), applying the skip strategy."""
-        done.sort(key=lambda p: tuple(s[1] for s in p.steps))
-        cuts: list[tuple[int, int]] = []
-        skip = self.skip_kind
-        for p in done:
-            if cuts and _cut(cuts, p.start_pos):
-                continue
-            emit("match", Match(self.names, p.steps, key), at)
-            if skip == "no_skip":
-                continue
-            lo = p.start_pos
-            if skip == "skip_to_next":
-                hi = lo + 1
-            elif skip == "skip_past_last_event":
-                hi = p.steps[-1][1] + 1
-            else:
-                at_stage = [s[1] for s in p.steps if s[0] == self.skip_stage]
-                hi = lo if not at_stage else at_stage[0] if skip == "skip_to_first" else at_stage[-1]
-            if hi > lo:
-                cuts.append((lo, hi))
-        if cuts:
-            ks.partials = [p for p in ks.partials if not _cut(cuts, p.start_pos)]
-        return cuts
+                seen: set[tuple[int, ...]] = set()
+                for p in sorted(gone, key=Partial.order):
+                    positions = tuple(s[1] for s in p.steps)
+                    if self.states[p.state].kind != PENDING and positions not in seen:
+                        seen.add(positions)  # one timeout per partial match, whatever states it was in
+                        emit("timeout", Match(self.names, p.steps, key, deadline), deadline - 1)
+            if found or ks.held:
+                self._emit_matches(ks, key, found, deadline - 1, emit)
 
     def next_deadline(self, ks: KeyState) -> int | None:
-        if self.within is None or not ks.partials:
+        if (self.within is None and self.within_prev is None) or not ks.partials:
             return None
-        return min(p.start_ts for p in ks.partials) + self.within
+        return min(self._deadline(p) for p in ks.partials)
+
+    # -- matches -------------------------------------------------------------------------
+    def _emit_matches(self, ks: KeyState, key: Any, found: list[Partial], at: int, emit: Emit) -> None:
+        if self.skip_kind == "no_skip":
+            for p in sorted(found, key=Partial.order):
+                emit("match", Match(self.names, p.steps, key), at)
+            return
+        ks.held.extend(found)
+        while ks.held:
+            first = min(ks.held, key=Partial.order)
+            if ks.partials and min(p.start_pos for p in ks.partials) < first.start_pos:
+                return  # an earlier partial match is still open: its matches come first
+            ks.held.remove(first)
+            self._prune(ks, first)
+            emit("match", Match(self.names, first.steps, key), at)
+
+    def _prune(self, ks: KeyState, m: Partial) -> None:
+        """Drop the partial and held matches that ``m``'s skip strategy skips."""
+        skip = self.skip_kind
+        positions = [s[1] for s in m.steps]
+        if skip == "skip_to_next":
+            last_dropped = positions[0]
+        elif skip == "skip_past_last_event":
+            last_dropped = positions[-1]
+        else:
+            marks = [s[1] for s in m.steps if s[0] == self.skip_stage]
+            if not marks:
+                return
+            last_dropped = (marks[0] if skip == "skip_to_first" else marks[-1]) - 1
+        ks.partials = [p for p in ks.partials if p.start_pos > last_dropped]
+        ks.held = [p for p in ks.held if p.start_pos > last_dropped]
 
 
-def _cut(cuts: list[tuple[int, int]], pos: int) -> bool:
-    return any(lo <= pos < hi for lo, hi in cuts)
+FINAL_SID = 0  # the compiler creates the final state first

@@ -21,20 +21,22 @@ MATCH, TIMEOUT, LATE = 0, 1, 2
 _TAGS = {"match": MATCH, "timeout": TIMEOUT}
 
 
-def _time(item: tuple[int, int, Any]) -> int:
-    return item[0]
+def _time(item: tuple[Any, ...]) -> int:
+    return int(item[0])
 
 
-def _order(item: tuple[int, int, Any]) -> tuple[int, int]:
-    return item[0], item[1]
+def _order(item: tuple[Any, ...]) -> tuple[Any, ...]:
+    return item[:3]
 
 
 class Runner:
     """``on_record`` and ``on_timer`` of the pattern's process step."""
 
-    def __init__(self, engine: Engine, select: Callable[[Match], Any] | None) -> None:
+    def __init__(self, engine: Engine, select: Callable[[Match], Any] | None,
+                 order_by: Callable[[Any], Any] | None = None) -> None:
         self.engine = engine
         self.select = select
+        self.order_by = order_by
         self.__name__ = self.__qualname__ = f"match[{engine.pattern.describe()}]"
 
     def on_record(self, ctx: Any, record: Any) -> None:
@@ -46,7 +48,7 @@ class Runner:
         ks = st.value()
         if ks is None:
             ks = KeyState()
-        item = (ts, ks.seq, record)
+        item = (ts, 0 if self.order_by is None else self.order_by(record), ks.seq, record)
         ks.seq += 1
         buf = ks.buffer
         if not buf or buf[-1][0] <= ts:
@@ -75,11 +77,11 @@ class Runner:
         buf = ks.buffer
         n = bisect.bisect_right(buf, wm, key=_time)
         if n:
-            for t, _, event in buf[:n]:
+            for t, _, _, event in buf[:n]:
                 engine.on_event(ks, key, event, t, emit)
             del buf[:n]
         engine.expire(ks, key, wm + 1, emit)  # deadlines d with d - 1 <= wm
-        if not ks.buffer and not ks.partials:
+        if ks.empty():
             st.clear()
             return
         st.update(ks)
@@ -88,7 +90,8 @@ class Runner:
             ctx.timers.register_event_time(deadline - 1)
 
 
-def build_runner(pattern: Any, *, select: Any, timeouts: bool, step: str, loc: str | None) -> Runner:
+def build_runner(pattern: Any, *, select: Any, timeouts: bool, step: str, loc: str | None,
+                 order_by: Any = None) -> Runner:
     """Check a pattern as a whole and compile it; errors name the match step."""
     if not isinstance(pattern, Pattern):
         raise FlowDefinitionError(
@@ -96,7 +99,8 @@ def build_runner(pattern: Any, *, select: Any, timeouts: bool, step: str, loc: s
             fix="build one with millstream.cep: cep.begin('a').where(...).followed_by('b').where(...)",
         )
     positive = [s for s in pattern.stages if not s.negated]
-    if pattern.stages[-1].negated and pattern.within_ms is None:
+    windowed = pattern.within_ms is not None or pattern.within_previous_ms is not None
+    if pattern.stages[-1].kind == "not_followed_by" and not windowed:
         raise FlowDefinitionError(
             f"the pattern ends with the negation {pattern.stages[-1].name!r}, so a match is only known when "
             "its time is up, but the pattern has no within()",
@@ -114,7 +118,7 @@ def build_runner(pattern: Any, *, select: Any, timeouts: bool, step: str, loc: s
             f"(stages: {', '.join(pattern.names)})",
             step=step, location=loc, fix=f"use one of: {', '.join(repr(n) for n in pattern.names)}",
         )
-    if timeouts and pattern.within_ms is None:
+    if timeouts and not windowed:
         raise FlowDefinitionError(
             "match(timeouts=True): a partial match times out at its within() deadline, but the pattern has none",
             step=step, location=loc, fix="add .within(timedelta(...)) to the pattern, or drop timeouts=True",
@@ -124,7 +128,12 @@ def build_runner(pattern: Any, *, select: Any, timeouts: bool, step: str, loc: s
             f"match(select=...) takes a function of the match, not {select!r}", step=step, location=loc,
             fix="e.g. select=lambda m: {'card': m.key, 'small': m['small'][0]['amount']}",
         )
-    return Runner(Engine(pattern, timeouts=timeouts), select)
+    if order_by is not None and not callable(order_by):
+        raise FlowDefinitionError(
+            f"match(order_by=...) takes a function of the event, not {order_by!r}", step=step, location=loc,
+            fix="e.g. order_by=lambda e: e['seq'] (orders events with equal times)",
+        )
+    return Runner(Engine(pattern, timeouts=timeouts), select, order_by)
 
 
 class Unwrap:
