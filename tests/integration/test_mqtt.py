@@ -122,25 +122,42 @@ def test_round_trip_through_flows(session: tuple[int, str, str], mode: str) -> N
     assert {(r["_topic"], r["_qos"]) for r in got.values} == {(topic, 1)}
 
 
-def test_docs_example(broker: tuple[str, int], tmp_path: Path) -> None:
-    """The example of docs/connectors/mqtt.md (with the private broker's port)."""
+def test_docs_example(broker: tuple[str, int]) -> None:
+    """The example of docs/connectors/mqtt.md, on the private broker (its port, a unique topic and id)."""
     port = broker[1]
-    topic, cid = services.unique("sensors"), services.unique("temps")
-    make_session(port, cid, f"{topic}/+")
-    publish(port, f"{topic}/kitchen", [json.dumps({"t": 20 + i, "ts": i}).encode() for i in range(5)])
+    prefix, cid = services.unique("sensors"), services.unique("hot-rooms")
     try:
+        import tempfile
+
         import millstream as ms
         from millstream.connectors import mqtt
 
-        flow = ms.Flow("temps")
-        readings = flow.source(mqtt.read(f"{topic}/+", port=port, client_id=cid, metadata=("topic",),
-                                         idle_stop=2.0))
-        readings.filter(ms.col("t") > 22).sink(ms.connectors.files.write(tmp_path / "hot", transactional=True))
-        flow.run(guarantee="exactly-once", checkpoint_dir=tmp_path / "ck")
-        rows = ms.connectors.files.read_committed(tmp_path / "hot")
+        out, ck = tempfile.mkdtemp(), tempfile.mkdtemp()
+
+        def job() -> ms.Flow:
+            flow = ms.Flow("hot-rooms")
+            readings = flow.source(mqtt.read(f"{prefix}/+/temp", client_id=cid, metadata=("topic",),
+                                             idle_stop=2.0, port=port))
+            readings.filter(ms.col("t") > 22).sink(ms.connectors.files.write(out, transactional=True))
+            return flow
+
+        job().run()  # nothing published yet: this run only subscribes, and the session stays on the broker
+
+        publisher = ms.Flow("publish")
+        publisher.source(ms.connectors.memory.read([{"room": "kitchen", "t": 20 + i} for i in range(5)])).sink(
+            mqtt.write(lambda r: f"{prefix}/{r['room']}/temp", port=port))
+        publisher.run()  # returns once the broker acknowledged every message (QoS 1)
+
+        job().run(guarantee="exactly-once", checkpoint_dir=ck)
+        rows = ms.connectors.files.read_committed(out)
         assert sorted(r["t"] for r in rows) == [23, 24]
+        assert {r["_topic"] for r in rows} == {f"{prefix}/kitchen/temp"}
     finally:
-        drop_session(port, cid)
+        # what the docs say removes the session: one run with clean_start=True
+        gone = ms.Flow("forget")
+        gone.source(ms.connectors.mqtt.read(f"{prefix}/+/temp", client_id=cid, clean_start=True, idle_stop=0.2,
+                                            port=port)).sink(ms.connectors.memory.write())
+        gone.run()
 
 
 def test_no_puback_before_checkpoint_then_resume(session: tuple[int, str, str], tmp_path: Path) -> None:

@@ -79,25 +79,41 @@ def test_round_trip_through_flows(channel: Any, queue: str, mode: str) -> None:
     assert ready(channel, queue) == 0
 
 
-def test_docs_example(channel: Any, queue: str, tmp_path: Path) -> None:
-    """The example of docs/connectors/rabbitmq.md (with this test's queue names)."""
-    alerts = services.unique("alerts")
-    channel.queue_declare(alerts, durable=False)
+def test_docs_example(channel: Any, tmp_path: Path) -> None:
+    """The example of docs/connectors/rabbitmq.md (with queue names unique to this run)."""
+    orders_q, alerts_q = services.unique("orders"), services.unique("big_orders")
     try:
-        publish(channel, queue, [json.dumps({"id": i, "amount": i * 100}).encode() for i in range(10)])
-        orders = queue
+        import tempfile
+
+        import pika
 
         import millstream as ms
         from millstream.connectors import rabbitmq
 
-        flow = ms.Flow("big-orders")
-        src = flow.source(rabbitmq.read(orders, dedup_by="message_id", idle_stop=1.0))
-        src.filter(ms.col("amount") >= 700).sink(rabbitmq.write(routing_key=alerts, message_id="id"))
-        flow.run(guarantee="at-least-once", checkpoint_dir=tmp_path / "ck")
+        URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+        admin = pika.BlockingConnection(pika.URLParameters(URL)).channel()
+        for q in (orders_q, alerts_q):
+            admin.queue_declare(q, durable=True)
 
-        assert ready(channel, alerts) == 3 and ready(channel, orders) == 0
+        # some orders, each with an AMQP message_id (the record's "id")
+        shop = ms.Flow("shop")
+        shop.source(ms.connectors.memory.read([{"id": i, "amount": i * 100} for i in range(10)])).sink(
+            rabbitmq.write(routing_key=orders_q, message_id="id"))
+        shop.run()  # returns once the broker confirmed every message
+
+        # big orders to another queue; acknowledged after each checkpoint, redeliveries dropped by id
+        flow = ms.Flow("big-orders")
+        orders = flow.source(rabbitmq.read(orders_q, dedup_by="message_id", idle_stop=1.0))
+        orders.filter(ms.col("amount") >= 700).sink(rabbitmq.write(routing_key=alerts_q, message_id="id"))
+        flow.run(guarantee="at-least-once", checkpoint_dir=tempfile.mkdtemp())
+
+        print(admin.queue_declare(alerts_q, passive=True).method.message_count)  # 3
+        assert admin.queue_declare(alerts_q, passive=True).method.message_count == 3
+        assert admin.queue_declare(orders_q, passive=True).method.message_count == 0
     finally:
-        channel.queue_delete(alerts)
+        channel.queue_delete(orders_q)
+        channel.queue_delete(alerts_q)
+        admin.connection.close()
 
 
 def test_ack_only_after_checkpoint(channel: Any, queue: str, tmp_path: Path) -> None:
