@@ -650,8 +650,16 @@ def build(params):
         if slow and r["id"] % 100 == 0:
             import time; time.sleep(slow)
         return r
+    armed = []
+    def arm(row):
+        # a failpoint armed once the first result is written: the checkpoint it fires at has output
+        if params.get("arm") and not armed:
+            from millstream._checkpoint._failpoints import arm as arm_failpoint
+            arm_failpoint(params["arm"])
+            armed.append(True)
+        return row
     (src.map(pace).key_by("key").window(ms.windows.tumbling(1_000))
-        .aggregate(n=ms.agg.count(), ids=ms.agg.sum("id"))
+        .aggregate(n=ms.agg.count(), ids=ms.agg.sum("id")).map(arm)
         .sink(kafka.write(params["output"], bootstrap=params["bootstrap"], key="key",
                           transactional_id=params["txid"])))
     return flow
@@ -679,7 +687,7 @@ def _run_job(tmp: Path, params: dict[str, Any], ckpt: Path, failpoints: str | No
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(REPO, "src"), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "millstream.cli", "run", str(tmp / "job.py"), "-q", "--progress", "off",
            "--mode", params.get("mode", "native"), "--guarantee", "exactly-once", "--checkpoint-dir", str(ckpt),
-           "--checkpoint-interval", "40"]
+           "--checkpoint-interval", "40", "--max-chunk", "100"]
     for k, v in params.items():
         if k != "mode":
             cmd += ["--set", f"{k}={v}"]
@@ -699,10 +707,10 @@ def _run_job(tmp: Path, params: dict[str, Any], ckpt: Path, failpoints: str | No
     return proc.returncode
 
 
-@pytest.mark.parametrize("fault", ["ckpt.before_commit=kill#3", "sink.commit=kill#2", "random"])
+@pytest.mark.parametrize("fault", ["ckpt.before_commit=kill", "sink.commit=kill", "random"])
 def test_kill_exactly_once(fault: str, bs: str, kafka: Any, topics: Any, tmp_path: Path) -> None:
     """Kafka (4 partitions) -> keyed windows -> Kafka transactional sink, killed at a failpoint (the
-    checkpoint durable, the Kafka transaction not committed) or at a random moment, then restarted
+    first checkpoint with output durable, its Kafka transaction not committed) or at a random moment, then restarted
     until it finishes: the committed output equals the windows computed here, each once."""
     n, keys = 6_000, 7
     src = topics(4, "eoin")
@@ -719,7 +727,7 @@ def test_kill_exactly_once(fault: str, bs: str, kafka: Any, topics: Any, tmp_pat
         if fault == "random":
             code = _run_job(tmp_path, params, ckpt, kill_after=rnd.uniform(1.2, 2.2) if start < 2 else None)
         else:
-            code = _run_job(tmp_path, params, ckpt, failpoints=fault if start == 0 else None)
+            code = _run_job(tmp_path, {**params, "arm": fault if start == 0 else ""}, ckpt)
         codes.append(code)
         if code == 0:
             break
@@ -727,5 +735,15 @@ def test_kill_exactly_once(fault: str, bs: str, kafka: Any, topics: Any, tmp_pat
     msgs = kafka.committed_records(bs, dst, f"{txid}-{dst}")
     got = Counter(json.dumps(json.loads(m.value()), sort_keys=True) for m in msgs)
     assert got == _expected_windows(n, keys)
+    if fault != "random":
+        # the crash came after a checkpoint with output was durable and its transaction flushed, before the Kafka
+        # commit: that attempt stays in the log (aborted, and shown by tansu), and recovery produced
+        # its records again and committed them; the verifier counted the second copy only
+        every = CollectSink()
+        flow = ms.Flow("all")
+        flow.source(kafka.read(dst, bootstrap=bs, bounded=True, config={"isolation.level": "read_uncommitted"})
+                    ).sink(every)
+        flow.run(mode="native")
+        assert len(every.values) > len(msgs), (codes, len(every.values))
     # the group's offsets were committed by the last checkpoint: the whole input
     assert sum(committed(bs, params["group"], src, 4)) == n

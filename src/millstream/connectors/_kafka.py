@@ -59,6 +59,8 @@ METADATA = {"key": "_key", "timestamp": "_timestamp", "partition": "_partition",
             "topic": "_topic", "headers": "_headers"}
 FORMATS = ("json", "text", "bytes")
 _OFFSET_BEGINNING = -2
+#: most records fetched ahead of the partitions' turns
+_BUFFER_CAP = 50_000
 _OFFSET_END = -1
 
 TP = tuple[str, int]
@@ -185,6 +187,7 @@ class KafkaReader(SourceReader):
         self.retries = [0]
         self.next_discovery = 0.0
         self.idle_polls = 0
+        self.buffered = 0
         self.cur_split: str | None = None
         self.cur_offsets: list[int] = []
         self.frame_msgs: list[Any] | None = None
@@ -291,6 +294,11 @@ class KafkaReader(SourceReader):
             self._wait_for_broker()
         if not self.o.bounded and time.monotonic() >= self.next_discovery:
             self._discover()
+        if (len(self.ready) < len(self.assigned) - len(self.ended) and self.buffered < _BUFFER_CAP
+                and self.idle_polls < 3):
+            # records of some partitions only are at hand: fetch what is queued for the others too, so
+            # that partitions take turns (a backlog of one does not hold the others' watermarks back)
+            self._fetch(max_records, wait=False)
         tp = self._pick()
         if tp is None:
             self._fetch(max_records)
@@ -303,6 +311,7 @@ class KafkaReader(SourceReader):
         q = self.buf[tp]
         n = min(max_records, len(q))
         msgs = [q.popleft() for _ in range(n)]
+        self.buffered -= n
         if q:
             self.ready.append(tp)
         self.cur_split = split_name(tp)
@@ -317,14 +326,15 @@ class KafkaReader(SourceReader):
                 return tp
         return None
 
-    def _fetch(self, max_records: int) -> None:
+    def _fetch(self, max_records: int, *, wait: bool = True) -> None:
         kafka = self.kafka
-        timeout = 0.0 if self.idle_polls < 3 else 0.01
+        timeout = 0.01 if wait and self.idle_polls >= 3 else 0.0
         try:
             msgs = self.consumer.consume(max(max_records, 1), timeout)
         except kafka.KafkaException as exc:
             raise kafka_error(exc, connector=self.connector, address=self.address, doing="fetching") from None
-        self.idle_polls = 0 if msgs else self.idle_polls + 1
+        if wait:
+            self.idle_polls = 0 if msgs else self.idle_polls + 1
         bounded, start_ts, buf, ready = self.o.bounded, self.start_ts, self.buf, self.ready
         eof_code = kafka.KafkaError._PARTITION_EOF
         for m in msgs:
@@ -359,6 +369,7 @@ class KafkaReader(SourceReader):
             if not q:
                 ready.append(tp)
             q.append(m)
+            self.buffered += 1
 
     def _fetch_error(self, err: Any) -> None:
         exc = kafka_error(self.kafka.KafkaException(err), connector=self.connector, address=self.address,
