@@ -401,8 +401,7 @@ class PostgresWriter(SinkWriter):
         self.rows_written += len(rows)
 
     def _append(self, rows: list[Any]) -> None:
-        if self.columns is not None and CHANGE not in self.columns and any(
-                isinstance(r, dict) and r.get(CHANGE) in (UPDATE_BEFORE, DELETE) for r in rows):
+        if self.columns is not None and CHANGE not in self.columns and _retracts(rows):
             raise self._error("mode='append' got a changelog retraction (a '-U' or '-D' record), which it would "
                               "append as a row", fix="write a changelog with mode='upsert' and key=(...)")
         tuples = self._tuples(rows)
@@ -413,20 +412,24 @@ class PostgresWriter(SinkWriter):
         """Dedupe by key (the last change of a key wins, ``-U`` skipped), then one transaction:
         COPY into the stages, merge, delete."""
         key_of = self._key
-        latest: dict[Any, Any] = {}
         try:
-            for r in rows:
-                kind = r.get(CHANGE)
-                if kind == UPDATE_BEFORE:
-                    continue
-                latest[key_of(r)] = (kind == DELETE, r)
+            if not _retracts(rows):  # inserts only: deduplicated in one pass in C
+                upserts = list(dict(zip(map(key_of, rows), rows, strict=True)).values())
+                deletes: list[Any] = []
+            else:
+                latest: dict[Any, Any] = {}
+                for r in rows:
+                    kind = r.get(CHANGE)
+                    if kind == UPDATE_BEFORE:
+                        continue
+                    latest[key_of(r)] = (kind == DELETE, r)
+                upserts = [r for gone, r in latest.values() if not gone]
+                deletes = [key_of(r) for gone, r in latest.values() if gone]
         except (KeyError, TypeError, AttributeError):
             bad = next((r for r in rows if not isinstance(r, Mapping) or any(k not in r for k in self.sink.key or ())),
                        rows[0])
             raise self._error(f"a row has no value for the upsert key ({', '.join(self.sink.key or ())}): {bad!r:.200}",
                               fix="every record needs the key fields") from None
-        upserts = [r for gone, r in latest.values() if not gone]
-        deletes = [key_of(r) for gone, r in latest.values() if gone]
         tuples = self._tuples(upserts)
         with self.conn.transaction():
             if tuples:
@@ -605,6 +608,18 @@ class PostgresWriter(SinkWriter):
 
     def metrics(self) -> dict[str, int]:
         return {"retries": self.retries, "rows_written": self.rows_written}
+
+
+_change_of = operator.methodcaller("get", CHANGE)
+
+
+def _retracts(rows: list[Any]) -> bool:
+    """Whether a ``-U`` or ``-D`` is among ``rows`` (one pass in C: appends must stay as fast as COPY)."""
+    try:
+        kinds = set(map(_change_of, rows))
+    except (AttributeError, TypeError):  # not dicts: reported when the rows are made tuples
+        return False
+    return UPDATE_BEFORE in kinds or DELETE in kinds
 
 
 def _literal(text: str) -> str:
