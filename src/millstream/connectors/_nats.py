@@ -321,15 +321,59 @@ class _NatsReader(SourceReader):
             await js.add_consumer(o.stream, api.ConsumerConfig(
                 durable_name=o.durable, ack_policy=api.AckPolicy.ALL, ack_wait=o.ack_wait_s,
                 filter_subject=o.subject, max_ack_pending=-1, max_deliver=-1, **policy))
-        self.sub = await js.pull_subscribe_bind(durable=o.durable, stream=o.stream)
+        await self._subscribe()
 
-    async def _fetch(self, n: int) -> list[Any]:
-        import nats.errors as ne
+    # -- pulling: pull requests answered into an inbox of our own, gathered by a callback (nats-py's
+    #    fetch() awaits each message with a timeout, which costs several times more)
+    async def _subscribe(self) -> None:
+        self.inbox = self.conn.nc.new_inbox()
+        self.box: deque[Any] = deque()
+        self.arrived = asyncio.Event()
+        self.outstanding = 0          # messages the open pull request may still bring
+        self.request_until = 0.0      # when it expires (a lost request is forgotten then)
+        self.drained = False          # the last request ended with "no messages" / "timeout"
+        self.sub = await self.conn.nc.subscribe(self.inbox, cb=self._arrive, pending_msgs_limit=-1,
+                                                pending_bytes_limit=-1)
+        self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.o.stream}.{self.o.durable}"
 
-        try:
-            return list(await self.sub.fetch(n, timeout=self.o.fetch_timeout_s))
-        except (TimeoutError, ne.TimeoutError):
-            return []
+    async def _arrive(self, msg: Any) -> None:
+        headers = msg.headers
+        if headers and not msg.data and "Status" in headers:
+            if headers["Status"] == "100":  # idle heartbeat
+                return
+            self.outstanding = 0  # 404 no messages, 408 request expired, 409 a limit or the consumer went
+            self.drained = headers["Status"] in ("404", "408")
+            self.arrived.set()
+            return
+        self.box.append(msg)
+        self.outstanding -= 1
+        self.arrived.set()
+
+    async def _pull(self, n: int) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        box = self.box
+        if not box:
+            if self.outstanding <= 0 or loop.time() > self.request_until:
+                batch = self.o.batch
+                wait = self.o.fetch_timeout_s
+                if self.drained and self.end is None:  # caught up: a long poll that answers as messages come
+                    expires = max(wait * 10, 1.0)
+                    request = {"batch": batch, "expires": int(expires * 1e9)}
+                else:
+                    expires = 5.0
+                    request = {"batch": batch, "no_wait": True}
+                self.outstanding, self.drained = batch, False
+                self.request_until = loop.time() + expires + 1.0
+                self.arrived.clear()
+                await self.conn.nc.publish(self.next_subject, orjson.dumps(request), reply=self.inbox)
+            self.arrived.clear()
+            if not box and (self.outstanding > 0 or not self.drained):
+                try:
+                    await asyncio.wait_for(self.arrived.wait(), self.o.fetch_timeout_s)
+                except TimeoutError:
+                    pass
+        take = min(n, len(box))
+        return [box.popleft() for _ in range(take)]
 
     async def _num_pending(self) -> int:
         ci = await self.conn.js.consumer_info(self.o.stream, self.o.durable)
@@ -378,9 +422,10 @@ class _NatsReader(SourceReader):
         if self.sub is None:
             self.conn.call(self._bind, "binding the durable consumer at")
         n = max(1, min(max_records, self.o.batch))
-        msgs = self.conn.call(lambda: self._fetch(n), "fetching from")
+        msgs = self.conn.call(lambda: self._pull(n), "pulling from")
         if not msgs:
-            if self.end is not None and self.conn.call(self._num_pending, "asking the consumer at") == 0:
+            if self.end is not None and self.drained and self.outstanding <= 0 \
+                    and self.conn.call(self._num_pending, "asking the consumer at") == 0:
                 self.ended = True
                 return None
             return []
