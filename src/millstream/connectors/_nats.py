@@ -516,21 +516,29 @@ class NatsSink(Sink):
 
 
 class _NatsWriter(SinkWriter):
+    """Publishes with a reply subject per message under one inbox of its own; a callback counts the
+    stream's acks (nats-py's publish_async makes a future per message, which costs three times more).
+    Messages not acknowledged in time are published again, with the same message id."""
+
     def __init__(self, options: WriteOptions, step: str) -> None:
         self.o = options
         self.connector = f"nats sink '{step}'"
         self.retries = 0
         self.duplicates = 0
         self.written = 0
+        self.republished = 0
         ser = options.serializer
         self.serialize: Callable[[Any], Any] = ser if ser is not None else orjson.dumps
         mid = options.msg_id
         self.msg_id: Callable[[Any], Any] | None = (lambda r: r[mid]) if isinstance(mid, str) else mid
-        self.futures: list[Any] = []
         self.batch: list[tuple[bytes, str | None]] = []
+        self.unacked: dict[str, tuple[bytes, str | None]] = {}  # reply subject -> message, until the stream acks
+        self.failure: str | None = None
+        self.counter = 0
         self.conn = _Conn(options.servers, self.connector, options.backoff, self._on_retry)
         try:
             self.window_s = self.conn.call(self._check_stream, "looking up the stream at")
+            self.conn.loop.run(self._subscribe(), 30)
         except BaseException:
             self.conn.close()
             raise
@@ -554,6 +562,34 @@ class _NatsWriter(SinkWriter):
             log.info("%s: stream %r deduplicates message ids for %ss", self.connector, name, window)
         return float(window) if window is not None else None
 
+    async def _subscribe(self) -> None:
+        self.prefix = self.conn.nc.new_inbox()
+        self.settled = asyncio.Event()
+        self.room = asyncio.Event()
+        await self.conn.nc.subscribe(self.prefix + ".*", cb=self._ack, pending_msgs_limit=-1, pending_bytes_limit=-1)
+
+    async def _ack(self, msg: Any) -> None:
+        if self.unacked.pop(msg.subject, None) is None:
+            return  # an ack of a message published again: counted once
+        headers = msg.headers
+        if headers and "Status" in headers and not msg.data:  # 503: no stream takes the subject
+            self.failure = f"status {headers['Status']} {headers.get('Description', '')}".strip()
+        else:
+            try:
+                ack = orjson.loads(msg.data)
+            except orjson.JSONDecodeError:
+                ack = {"error": {"description": msg.data[:200].decode("utf-8", "replace")}}
+            if "error" in ack:
+                self.failure = str(ack["error"].get("description", ack["error"]))
+            else:
+                self.written += 1
+                if ack.get("duplicate"):
+                    self.duplicates += 1
+        if len(self.unacked) < self.o.max_pending:
+            self.room.set()
+        if not self.unacked:
+            self.settled.set()
+
     def write(self, records: list[Any], times: list[int] | None) -> None:
         ser, mid = self.serialize, self.msg_id
         batch = self.batch
@@ -574,37 +610,57 @@ class _NatsWriter(SinkWriter):
         if len(batch) >= 1000:
             self._send()
 
+    async def _publish(self, messages: list[tuple[bytes, str | None]]) -> None:
+        nc, subject, prefix, unacked = self.conn.nc, self.o.subject, self.prefix, self.unacked
+        for payload, ident in messages:
+            while len(unacked) >= self.o.max_pending:
+                self.room.clear()
+                await asyncio.wait_for(self.room.wait(), 30)
+            self.counter += 1
+            reply = f"{prefix}.{self.counter}"
+            unacked[reply] = (payload, ident)
+            self.settled.clear()
+            await nc.publish(subject, payload, reply=reply,
+                             headers={"Nats-Msg-Id": ident} if ident is not None else None)
+
     def _send(self) -> None:
         batch, self.batch = self.batch, []
-        if not batch:
-            return
-        subject = self.o.subject
+        if batch:
+            self.conn.call(lambda: self._publish(batch), "publishing to", timeout=120)
+        self._check()
 
-        async def publish() -> None:
-            js = self.conn.js
-            for payload, ident in batch:
-                headers = {"Nats-Msg-Id": ident} if ident is not None else None
-                self.futures.append(await js.publish_async(subject, payload, headers=headers))
+    def _check(self) -> None:
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            raise ConnectorError(f"JetStream refused a message: {self.conn.scrub(failure)}",
+                                 connector=self.connector, address=self.conn.address)
 
-        self.conn.loop.run(publish(), 120)
-        if len(self.futures) >= self.o.max_pending:
-            self._settle()
+    async def _wait_settled(self, timeout: float) -> bool:
+        if not self.unacked:
+            return True
+        try:
+            await asyncio.wait_for(self.settled.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def _settle(self) -> None:
-        """Wait for the stream's acks of everything published; a failed publish is sent again (same id)."""
-        futures, self.futures = self.futures, []
-        if not futures:
-            return
+        """Wait for the stream's acks of everything published; what is not acknowledged in time (a lost
+        connection) is published again with the same message id, within the backoff budget."""
 
-        async def settle() -> list[Any]:
-            return list(await asyncio.gather(*futures, return_exceptions=True))
+        def attempt() -> None:
+            if self.conn.loop.run(self._wait_settled(10.0), 30):
+                return
+            again = list(self.unacked.values())
+            self.unacked.clear()
+            self.republished += len(again)
+            self.conn.loop.run(self._publish(again), 120)
+            raise ConnectorUnavailable(f"{len(again)} messages not acknowledged by the stream in time, sent again",
+                                       connector=self.connector, address=self.conn.address)
 
-        results = self.conn.loop.run(settle(), 120)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        self.written += len(results) - len(failed)
-        self.duplicates += sum(1 for r in results if not isinstance(r, BaseException) and r.duplicate)
-        if failed:
-            raise self.conn.error(failed[0])
+        retry(attempt, what=f"{self.connector} waiting for acks from {self.conn.address}", backoff=self.o.backoff,
+              on_retry=self._on_retry)
+        self._check()
 
     def flush(self) -> None:
         if self.conn.nc is None:
@@ -613,7 +669,7 @@ class _NatsWriter(SinkWriter):
         self._settle()
 
     def metrics(self) -> dict[str, int]:
-        return {"retries": self.retries, "duplicates": self.duplicates}
+        return {"retries": self.retries, "duplicates": self.duplicates, "republished": self.republished}
 
     def close(self) -> None:
         try:
