@@ -178,7 +178,7 @@ class Brute:
         if self.count(seq, a) < self.pos[a].lo or not all(self.pos[k].optional for k in range(a + 1, len(self.pos))):
             return False
         before = self.view(seq[:-1])  # a greedy stage blocks ending at an event it could take
-        return not any(self.pos[g].greedy and self.conds[g](self.ev[q], before) for g in range(a, len(self.pos)))
+        return not any(self.pos[g].greedy and self.conds[g](self.ev[q], before) for g in range(a, len(self.pos) - 1))
 
     def after(self, seq: list[tuple[int, int]]) -> list[int]:
         """The events after ``seq``'s last one and before its deadline."""
@@ -658,7 +658,6 @@ def test_bad_match_steps_fail_when_built() -> None:
     err = _raises(lambda: _stream().match("a then b"), "takes a pattern", "cep.begin")
     assert err.step == "match"
     _raises(lambda: _stream().match(cep.begin("a").not_followed_by("n")), "has no within()", ".within(")
-    _raises(lambda: _stream().match(cep.begin("a").one_or_more().greedy()), "the last stage", "drop .greedy()")
     _raises(lambda: _stream().match(cep.begin("a", skip=cep.skip_to_last("zz"))), "names no stage", "'a'")
     _raises(lambda: _stream().match(cep.begin("a"), timeouts=True), "has none", "within(")
     _raises(lambda: _stream().match(cep.begin("a"), select=3), "select", "lambda m")

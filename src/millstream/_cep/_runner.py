@@ -98,18 +98,12 @@ def build_runner(pattern: Any, *, select: Any, timeouts: bool, step: str, loc: s
             f"match() takes a pattern, not {pattern!r}", step=step, location=loc,
             fix="build one with millstream.cep: cep.begin('a').where(...).followed_by('b').where(...)",
         )
-    positive = [s for s in pattern.stages if not s.negated]
     windowed = pattern.within_ms is not None or pattern.within_previous_ms is not None
     if pattern.stages[-1].kind == "not_followed_by" and not windowed:
         raise FlowDefinitionError(
             f"the pattern ends with the negation {pattern.stages[-1].name!r}, so a match is only known when "
             "its time is up, but the pattern has no within()",
             step=step, location=loc, fix="add .within(timedelta(...)) to the pattern",
-        )
-    if positive[-1].greedy:
-        raise FlowDefinitionError(
-            f"greedy() on {positive[-1].name!r}, the last stage: with nothing after it, greedy means nothing",
-            step=step, location=loc, fix="drop .greedy(), or add the stage that should follow it",
         )
     skip = pattern.skip
     if skip.name is not None and skip.name not in pattern.names:

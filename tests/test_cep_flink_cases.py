@@ -1,0 +1,711 @@
+"""Flink CEP's published test cases (pattern, input, expected matches), in millstream's API.
+
+Each case names the Flink test it comes from (``flink-libraries/flink-cep``,
+``org.apache.flink.cep.nfa.*ITCase``). Flink's tests feed an NFA directly, one event after
+another; here every case runs as a flow (a test source with a watermark, ``key_by``,
+``match``) in every execution mode, each event at its own event time in input order, or
+at the time the Flink test gives it where ``within`` makes time matter. Matches are compared
+as multisets of event sequences, as Flink's ``comparePatterns`` does.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import millstream as ms
+from millstream import cep
+from millstream.testing import CollectSink, TestSource
+
+pytestmark = pytest.mark.usefixtures("exec_mode")
+
+Event = dict[str, Any]
+
+
+def ev(label: str, price: float = 0.0, name: str | None = None) -> Event:
+    """A Flink test ``Event``: its name is the label without the trailing digits (``a1`` is an ``a``)."""
+    return {"label": label, "name": name if name is not None else label.rstrip("0123456789"), "price": price}
+
+
+def named(n: str) -> Callable[[Event], bool]:
+    return lambda e: e["name"] == n
+
+
+def has(n: str) -> Callable[[Event], bool]:
+    return lambda e: n in e["name"]
+
+
+def run(pattern: cep.Pattern, events: list[Event], times: list[int] | None = None) -> Counter[tuple[str, ...]]:
+    stamped = [{**e, "k": 0, "ts": i if times is None else times[i]} for i, e in enumerate(events)]
+    flow = ms.Flow("flink-case")
+    out = CollectSink()
+    (flow.source(TestSource(stamped), watermark=ms.WatermarkStrategy.bounded(0, timestamp="ts"))
+         .key_by("k").match(pattern, select=lambda m: tuple(e["label"] for e in m.events())).sink(out))
+    flow.run()
+    return Counter(out.values)
+
+
+def want(*matches: str) -> Counter[tuple[str, ...]]:
+    return Counter(tuple(m.split()) for m in matches)
+
+
+Case = Callable[[], tuple[Counter[tuple[str, ...]], Counter[tuple[str, ...]]]]
+CASES: dict[str, Case] = {}
+
+
+def case(fn: Case) -> Case:
+    CASES[fn.__name__] = fn
+    return fn
+
+
+# -- NotPatternITCase ----------------------------------------------------------------------
+
+
+@case
+def not_next() -> Any:
+    p = (cep.begin("start").where(named("a")).not_next("notPattern").where(named("b"))
+         .followed_by_any("middle").where(named("c")).followed_by("end").where(named("d")))
+    return run(p, [ev("a1"), ev("c1"), ev("b1"), ev("c2"), ev("d")]), want("a1 c1 d", "a1 c2 d")
+
+
+@case
+def not_next_no_matches() -> Any:
+    p = (cep.begin("start").where(named("a")).not_next("notPattern").where(named("b"))
+         .followed_by("middle").where(named("c")).followed_by("end").where(named("d")))
+    return run(p, [ev("a1"), ev("b1"), ev("c1"), ev("c2"), ev("d")]), want()
+
+
+@case
+def not_next_no_matches_at_the_end() -> Any:
+    p = (cep.begin("start").where(named("a")).followed_by_any("middle").where(named("c"))
+         .followed_by_any("end").where(named("d")).not_next("notPattern").where(named("b")))
+    return run(p, [ev("a1"), ev("c1"), ev("c2"), ev("d"), ev("b1")]), want()
+
+
+@case
+def not_followed_by() -> Any:
+    p = (cep.begin("start").where(named("a")).not_followed_by("notPattern").where(named("b"))
+         .followed_by_any("middle").where(named("c")).followed_by("end").where(named("d")))
+    return run(p, [ev("a1"), ev("c1"), ev("b1"), ev("c2"), ev("d")]), want("a1 c1 d")
+
+
+@case
+def not_followed_by_before_optional() -> Any:
+    p = (cep.begin("start").where(named("a")).not_followed_by("notPattern").where(named("b"))
+         .followed_by_any("middle").where(named("c")).optional().followed_by("end").where(named("d")))
+    return run(p, [ev("a1"), ev("c1"), ev("b1"), ev("c2"), ev("d")]), want("a1 c1 d")
+
+
+@case
+def times_with_not_followed_by() -> Any:
+    p = (cep.begin("start").where(named("a")).followed_by_any("middle").where(named("b")).times(2)
+         .not_followed_by("notPattern").where(named("c")).followed_by("end").where(named("d")))
+    return run(p, [ev("a1"), ev("b1"), ev("c"), ev("b2"), ev("d")]), want()
+
+
+@case
+def ignore_state_of_times_with_not_followed_by() -> Any:
+    p = (cep.begin("start").where(named("a")).not_followed_by("notPattern").where(named("b"))
+         .followed_by_any("middle").where(named("c")).times(2).optional().followed_by("end").where(named("d")))
+    return run(p, [ev("a1"), ev("d1"), ev("e"), ev("b1"), ev("c1"), ev("c2"), ev("d2")]), want("a1 d1")
+
+
+@case
+def times_with_not_followed_by_after() -> Any:
+    p = (cep.begin("start").where(named("a")).followed_by_any("middle").where(named("b")).times(2)
+         .not_followed_by("notPattern").where(named("c")).followed_by("end").where(named("d")))
+    return run(p, [ev("a1"), ev("d1"), ev("e"), ev("b1"), ev("b2"), ev("c1"), ev("d2")]), want()
+
+
+@case
+def not_followed_by_before_optional_at_the_end() -> Any:
+    p = (cep.begin("start").where(named("a")).not_followed_by("notPattern").where(named("b"))
+         .followed_by_any("end").where(named("c")).optional())
+    return run(p, [ev("a1"), ev("c1"), ev("b1"), ev("c2")]), want("a1 c1", "a1")
+
+
+@case
+def not_followed_by_before_optional_times() -> Any:
+    p = (cep.begin("start").where(named("a")).not_followed_by("notPattern").where(named("b"))
+         .followed_by_any("middle").where(named("c")).times(2).optional().followed_by("end").where(named("d")))
+    return run(p, [ev("a1"), ev("c1"), ev("b1"), ev("c2"), ev("d")]), want("a1 c1 c2 d")
+
+
+@case
+def not_followed_by_with_branching_at_start() -> Any:
+    p = (cep.begin("start").where(named("a")).not_followed_by("notPattern").where(named("b"))
+         .followed_by("middle").where(named("c")).followed_by("end").where(named("d")))
+    return run(p, [ev("a1"), ev("b1"), ev("c1"), ev("a2"), ev("c2"), ev("d")]), want("a2 c2 d")
+
+
+NOT_DATA = {n: ev(n) for n in ["a1", "b1", "b2", "b3", "c1", "b4", "b5", "b6", "d1"]}
+
+
+def _not_next_after_one_or_more(any_: bool) -> Any:
+    p = cep.begin("a").where(named("a"))
+    p = p.followed_by_any("b*") if any_ else p.followed_by("b*")
+    p = (p.where(named("b")).one_or_more().not_next("not c").where(named("c")).followed_by("d").where(named("d")))
+    return run(p, [NOT_DATA[n] for n in ["a1", "b1", "c1", "b2", "d1"]])
+
+
+@case
+def not_next_after_one_or_more_skip_till_next() -> Any:
+    return _not_next_after_one_or_more(False), want()
+
+
+@case
+def not_next_after_one_or_more_skip_till_any() -> Any:
+    return _not_next_after_one_or_more(True), want("a1 b2 d1")
+
+
+def _not_followed_by_after_one_or_more(eager: bool, any_: bool) -> Any:
+    p = cep.begin("a").where(named("a"))
+    p = (p.followed_by_any("b*") if any_ else p.followed_by("b*")).where(named("b")).one_or_more()
+    p = p if eager else p.allow_combinations()
+    p = p.not_followed_by("not c").where(named("c")).followed_by("d").where(named("d"))
+    return run(p, [NOT_DATA[n] for n in ["a1", "b1", "b2", "b3", "c1", "b4", "b5", "b6", "d1"]])
+
+
+@case
+def not_followed_by_next_after_one_or_more_eager() -> Any:
+    return _not_followed_by_after_one_or_more(True, False), want()
+
+
+@case
+def not_followed_by_any_after_one_or_more_eager() -> Any:
+    return _not_followed_by_after_one_or_more(True, True), want(
+        "a1 b4 b5 b6 d1", "a1 b4 b5 d1", "a1 b4 d1", "a1 b5 b6 d1", "a1 b5 d1", "a1 b6 d1")
+
+
+@case
+def not_followed_by_next_after_one_or_more_combinations() -> Any:
+    return _not_followed_by_after_one_or_more(False, False), want()
+
+
+@case
+def not_followed_by_any_after_one_or_more_combinations() -> Any:
+    return _not_followed_by_after_one_or_more(False, True), want(
+        "a1 b4 b5 b6 d1", "a1 b4 b5 d1", "a1 b4 b6 d1", "a1 b4 d1", "a1 b5 b6 d1", "a1 b5 d1", "a1 b6 d1")
+
+
+def _not_followed_by_before(eager: bool, any_: bool, optional: bool) -> Any:
+    p = cep.begin("a").where(named("a")).not_followed_by("not c").where(named("c"))
+    p = (p.followed_by_any("b*") if any_ else p.followed_by("b*")).where(named("b")).one_or_more()
+    p = p.optional() if optional else p
+    p = (p if eager else p.allow_combinations()).followed_by("d").where(named("d"))
+    return run(p, [NOT_DATA[n] for n in ["a1", "b1", "c1", "b4", "b5", "b6", "d1"]])
+
+
+EAGER_BEFORE = ("a1 b1 b4 b5 b6 d1", "a1 b1 b4 b5 d1", "a1 b1 b4 d1", "a1 b1 d1")
+COMBINATIONS_BEFORE = ("a1 b1 b4 b5 b6 d1", "a1 b1 b4 b6 d1", "a1 b1 b4 b5 d1", "a1 b1 b4 d1",
+                       "a1 b1 b5 b6 d1", "a1 b1 b5 d1", "a1 b1 b6 d1", "a1 b1 d1")
+
+
+@case
+def not_followed_by_any_before_one_or_more_eager() -> Any:
+    return _not_followed_by_before(True, True, False), want(*EAGER_BEFORE)
+
+
+@case
+def not_followed_by_any_before_one_or_more_combinations() -> Any:
+    return _not_followed_by_before(False, True, False), want(*COMBINATIONS_BEFORE)
+
+
+@case
+def not_followed_by_before_one_or_more_eager() -> Any:
+    return _not_followed_by_before(True, False, False), want(*EAGER_BEFORE)
+
+
+@case
+def not_followed_by_before_one_or_more_combinations() -> Any:
+    return _not_followed_by_before(False, False, False), want(*COMBINATIONS_BEFORE)
+
+
+@case
+def not_followed_by_before_zero_or_more_eager_skip_till_next() -> Any:
+    return _not_followed_by_before(True, False, True), want(*EAGER_BEFORE)
+
+
+@case
+def not_followed_by_before_zero_or_more_combinations_skip_till_next() -> Any:
+    return _not_followed_by_before(False, False, True), want(*COMBINATIONS_BEFORE)
+
+
+@case
+def not_followed_by_before_zero_or_more_eager_skip_till_any() -> Any:
+    return _not_followed_by_before(True, True, True), want(*EAGER_BEFORE)
+
+
+@case
+def not_followed_by_before_zero_or_more_combinations_skip_till_any() -> Any:
+    return _not_followed_by_before(False, True, True), want(*COMBINATIONS_BEFORE)
+
+
+def _not_followed_by_within_at_end(since: str) -> Any:
+    p = cep.begin("a").where(named("a")).not_followed_by("b").where(named("b")).within(3, since=since)
+    events = [ev("a1"), ev("b1"), ev("a2"), ev("c"), ev("b2"), ev("a3"), ev("b3")]
+    return run(p, events, times=[1, 2, 4, 5, 10, 11, 13])
+
+
+@case
+def not_followed_by_within_first_and_last_at_end() -> Any:
+    return _not_followed_by_within_at_end("first"), want("a2")
+
+
+@case
+def not_followed_by_within_previous_and_current_at_end() -> Any:
+    return _not_followed_by_within_at_end("previous"), want("a2")
+
+
+@case
+def not_follow_by_before_times_within() -> Any:
+    p = (cep.begin("a").where(named("a")).not_followed_by("b").where(named("b"))
+         .followed_by("c").where(named("c")).times(0, 2).within(3))
+    events = [ev("a1"), ev("b1"), ev("a2"), ev("c1"), ev("c2"), ev("a3"), ev("c3"), ev("c4")]
+    return run(p, events, times=[1, 2, 10, 11, 12, 20, 21, 24]), want("a1", "a2", "a2 c1", "a2 c1 c2", "a3", "a3 c3")
+
+
+@case
+def not_followed_by_within_at_end_after_match() -> Any:
+    p = (cep.begin("a", skip=cep.skip_past_last_event()).where(named("a")).one_or_more().allow_combinations()
+         .followed_by("c").where(named("c")).not_followed_by("b").where(named("b")).within(5))
+    events = [ev("a1"), ev("a2"), ev("a3"), ev("c1"), ev("c2")]
+    return run(p, events, times=[1, 2, 3, 4, 10]), want("a1 a2 a3 c1")
+
+
+# -- GreedyITCase --------------------------------------------------------------------------
+
+
+def _c_a_d(quantify: Callable[[cep.Pattern], cep.Pattern], events: list[Event]) -> Any:
+    p = quantify(cep.begin("start").where(named("c")).followed_by("middle").where(named("a")))
+    return run(p.followed_by("end").where(named("d")), events)
+
+
+C_AAA_D = [ev("c"), ev("a1"), ev("a2"), ev("a3"), ev("d")]
+C_DUMMIES = [ev("c"), ev("x1", name="dummy"), ev("a1"), ev("x2", name="dummy"), ev("a2"), ev("x3", name="dummy"),
+             ev("a3"), ev("d")]
+
+
+@case
+def greedy_zero_or_more() -> Any:
+    return _c_a_d(lambda p: p.one_or_more().optional().greedy(), C_AAA_D), want("c a1 a2 a3 d")
+
+
+@case
+def greedy_zero_or_more_in_between() -> Any:
+    return _c_a_d(lambda p: p.one_or_more().optional().greedy(), C_DUMMIES), want("c a1 a2 a3 d")
+
+
+@case
+def greedy_zero_or_more_with_dummy_events_after_quantifier() -> Any:
+    events = [ev("c"), ev("a1"), ev("a2"), ev("x", name="dummy"), ev("d")]
+    return _c_a_d(lambda p: p.one_or_more().optional().greedy(), events), want("c a1 a2 d")
+
+
+@case
+def greedy_zero_or_more_with_dummy_events_before_quantifier() -> Any:
+    events = [ev("c"), ev("x", name="dummy"), ev("d")]
+    return _c_a_d(lambda p: p.one_or_more().optional().greedy(), events), want("c d")
+
+
+def _price_above_3(e: Event) -> bool:
+    return bool(e["price"] > 3.0)
+
+
+@case
+def greedy_until_zero_or_more_with_dummy_events_after_quantifier() -> Any:
+    events = [ev("c", 1.0), ev("a1", 2.0), ev("a2", 3.0), ev("a3", 3.0), ev("a4", 4.0), ev("d", 3.0)]
+    return (_c_a_d(lambda p: p.one_or_more().optional().greedy().until(_price_above_3), events),
+            want("c a1 a2 a3 d"))
+
+
+@case
+def greedy_until_with_dummy_events_before_quantifier() -> Any:
+    events = [ev("c", 1.0), ev("a0", 4.0), ev("a1", 2.0), ev("a2", 3.0), ev("a3", 3.0), ev("d", 3.0)]
+    return _c_a_d(lambda p: p.one_or_more().optional().greedy().until(_price_above_3), events), want("c d")
+
+
+@case
+def greedy_one_or_more() -> Any:
+    return _c_a_d(lambda p: p.one_or_more().greedy(), C_AAA_D), want("c a1 a2 a3 d")
+
+
+@case
+def greedy_one_or_more_in_between() -> Any:
+    return _c_a_d(lambda p: p.one_or_more().greedy(), C_DUMMIES), want("c a1 a2 a3 d")
+
+
+@case
+def greedy_one_or_more_with_dummy_events_after_quantifier() -> Any:
+    events = [ev("c"), ev("a1"), ev("a2"), ev("x", name="dummy"), ev("d")]
+    return _c_a_d(lambda p: p.one_or_more().greedy(), events), want("c a1 a2 d")
+
+
+@case
+def greedy_one_or_more_with_dummy_events_before_quantifier() -> Any:
+    events = [ev("c"), ev("x", name="dummy"), ev("d")]
+    return _c_a_d(lambda p: p.one_or_more().greedy(), events), want()
+
+
+@case
+def greedy_until_one_or_more_with_dummy_events_after_quantifier() -> Any:
+    events = [ev("c", 1.0), ev("a1", 2.0), ev("a2", 3.0), ev("a3", 3.0), ev("a4", 4.0), ev("d", 3.0)]
+    return _c_a_d(lambda p: p.one_or_more().greedy().until(_price_above_3), events), want("c a1 a2 a3 d")
+
+
+@case
+def greedy_until_one_or_more_with_dummy_events_before_quantifier() -> Any:
+    events = [ev("c", 1.0), ev("a0", 4.0), ev("a1", 2.0), ev("a2", 3.0), ev("a3", 3.0), ev("d", 3.0)]
+    return _c_a_d(lambda p: p.one_or_more().greedy().until(_price_above_3), events), want()
+
+
+@case
+def greedy_zero_or_more_before_group_pattern() -> Any:
+    group = cep.begin("middle1").where(named("d")).followed_by("middle2").where(named("e"))
+    p = (cep.begin("start").where(named("c")).followed_by("middle").where(named("a")).one_or_more().optional()
+         .greedy().followed_by(group).times(2).followed_by("end").where(named("f")))
+    events = [ev("c"), ev("a1"), ev("a2"), ev("x", name="dummy"), ev("a3"), ev("d1"), ev("e1"), ev("d2"), ev("e2"),
+              ev("f")]
+    return run(p, events), want("c a1 a2 a3 d1 e1 d2 e2 f")
+
+
+@case
+def end_with_zero_or_more_greedy() -> Any:
+    p = cep.begin("start").where(named("c")).followed_by("end").where(named("a")).one_or_more().optional().greedy()
+    events = [ev("c"), ev("a1"), ev("a2"), ev("x", name="dummy"), ev("a3")]
+    return run(p, events), want("c", "c a1", "c a1 a2", "c a1 a2 a3")
+
+
+@case
+def end_with_zero_or_more_consecutive_greedy() -> Any:
+    p = (cep.begin("start").where(named("c")).followed_by("end").where(named("a")).one_or_more().optional()
+         .consecutive().greedy())
+    events = [ev("c"), ev("a1"), ev("a2"), ev("x", name="dummy"), ev("a3")]
+    return run(p, events), want("c", "c a1", "c a1 a2")
+
+
+@case
+def end_with_greedy_times_range() -> Any:
+    p = cep.begin("start").where(named("c")).followed_by("end").where(named("a")).times(2, 5).greedy()
+    events = [ev("c"), ev("a1"), ev("a2"), ev("a3"), ev("a4"), ev("x", name="dummy")]
+    return run(p, events), want("c a1 a2", "c a1 a2 a3", "c a1 a2 a3 a4")
+
+
+@case
+def greedy_times_range() -> Any:
+    events = [ev("c"), ev("a1"), ev("a2"), ev("a3"), ev("a4"), ev("d")]
+    return _c_a_d(lambda p: p.times(2, 5).greedy(), events), want("c a1 a2 a3 a4 d")
+
+
+# -- UntilConditionITCase ------------------------------------------------------------------
+
+
+def _price_is_5(e: Event) -> bool:
+    return bool(e["price"] == 5.0)
+
+
+def _until(quantify: Callable[[cep.Pattern], cep.Pattern], events: list[Event], any_: bool = False,
+           end: bool = True) -> Any:
+    p = cep.begin("start").where(named("c"))
+    p = quantify((p.followed_by_any("middle") if any_ else p.followed_by("middle")).where(named("a")))
+    return run(p.followed_by("end").where(_price_is_5) if end else p, events)
+
+
+UNTIL_EVENTS = [ev("c", 1.0), ev("a1", 2.0), ev("a2", 3.0), ev("brk", 5.0, "a"), ev("ign", 6.0, "a")]
+UNTIL_EVENTS_3 = [ev("c", 1.0), ev("a1", 2.0), ev("a2", 3.0), ev("a3", 4.0), ev("brk", 5.0, "a"), ev("ign", 6.0, "a")]
+
+
+@case
+def until_condition_followed_by_one_or_more() -> Any:
+    return _until(lambda p: p.one_or_more().until(_price_is_5), UNTIL_EVENTS), want("c a1 a2 brk", "c a1 brk")
+
+
+@case
+def until_condition_followed_by_one_or_more_combinations() -> Any:
+    return (_until(lambda p: p.one_or_more().allow_combinations().until(_price_is_5), UNTIL_EVENTS_3),
+            want("c a1 a2 a3 brk", "c a1 a2 brk", "c a1 a3 brk", "c a1 brk"))
+
+
+@case
+def until_condition_followed_by_one_or_more_consecutive() -> Any:
+    return (_until(lambda p: p.one_or_more().consecutive().until(_price_is_5), UNTIL_EVENTS),
+            want("c a1 a2 brk", "c a1 brk"))
+
+
+@case
+def until_condition_followed_by_zero_or_more() -> Any:
+    return (_until(lambda p: p.one_or_more().optional().until(_price_is_5), UNTIL_EVENTS),
+            want("c a1 a2 brk", "c a1 brk", "c brk"))
+
+
+@case
+def until_condition_followed_by_zero_or_more_combinations() -> Any:
+    return (_until(lambda p: p.one_or_more().optional().allow_combinations().until(_price_is_5), UNTIL_EVENTS_3),
+            want("c a1 a2 a3 brk", "c a1 a2 brk", "c a1 a3 brk", "c a1 brk", "c brk"))
+
+
+@case
+def until_condition_followed_by_zero_or_more_consecutive() -> Any:
+    return (_until(lambda p: p.one_or_more().optional().consecutive().until(_price_is_5), UNTIL_EVENTS),
+            want("c a1 a2 brk", "c a1 brk", "c brk"))
+
+
+UNTIL_ANY_EVENTS = [ev("c", 1.0), ev("a1", 2.0), ev("a2", 3.0), ev("brk", 5.0, "a"), ev("a3", 6.0)]
+
+
+@case
+def until_condition_followed_by_any_one_or_more() -> Any:
+    return (_until(lambda p: p.one_or_more().until(_price_is_5), UNTIL_ANY_EVENTS, any_=True, end=False),
+            want("c a1 a2", "c a1", "c a2", "c a3"))
+
+
+@case
+def until_condition_followed_by_any_zero_or_more() -> Any:
+    return (_until(lambda p: p.one_or_more().optional().until(_price_is_5), UNTIL_ANY_EVENTS, any_=True, end=False),
+            want("c a1 a2", "c a1", "c a2", "c a3", "c"))
+
+
+UNTIL_EMPTY_WHERE = [ev("c", 1.0), ev("a1", 2.0), ev("a2", 3.0), ev("d", 1.0), ev("brk", 5.0, "a"), ev("ign", 6.0, "a")]
+
+
+@case
+def until_condition_with_empty_where() -> Any:
+    p = cep.begin("start").where(named("c")).followed_by("middle").one_or_more().until(_price_is_5)
+    return run(p, UNTIL_EMPTY_WHERE), want("c a1 a2 d", "c a1 a2", "c a1")
+
+
+def _middle_sum_is_6(e: Event, m: Any) -> bool:
+    return sum(x["price"] for x in m["middle"]) == 6.0
+
+
+@case
+def iterative_until_condition_one_or_more() -> Any:
+    p = cep.begin("start").where(named("c")).followed_by("middle").one_or_more().until(_middle_sum_is_6)
+    return run(p, UNTIL_EMPTY_WHERE), want("c a1 a2 d", "c a1 a2", "c a1")
+
+
+@case
+def iterative_until_condition_zero_or_more() -> Any:
+    p = cep.begin("start").where(named("c")).followed_by("middle").one_or_more().optional().until(_middle_sum_is_6)
+    return run(p, UNTIL_EMPTY_WHERE), want("c a1 a2 d", "c a1 a2", "c a1", "c")
+
+
+# -- GroupITCase ---------------------------------------------------------------------------
+
+
+def _ab() -> cep.Pattern:
+    return cep.begin("middle1").where(named("a")).followed_by("middle2").where(named("b"))
+
+
+def _c_group_d(quantify: Callable[[cep.Pattern], cep.Pattern], events: list[Event]) -> Any:
+    p = quantify(cep.begin("start").where(named("c")).followed_by(_ab()))
+    return run(p.followed_by("end").where(named("d")), events)
+
+
+C_ABAB_D = [ev("c"), ev("a1"), ev("b1"), ev("a2"), ev("b2"), ev("d")]
+
+
+@case
+def group_followed_by_times() -> Any:
+    return _c_group_d(lambda p: p.times(2), C_ABAB_D), want("c a1 b1 a2 b2 d")
+
+
+@case
+def group_followed_by_optional() -> Any:
+    events = [ev("c"), ev("a1"), ev("a2"), ev("b"), ev("d")]
+    return _c_group_d(lambda p: p.optional(), events), want("c d", "c a1 b d")
+
+
+@case
+def followed_by_group_times_optional() -> Any:
+    return _c_group_d(lambda p: p.times(2).optional(), [ev("c"), ev("a"), ev("d")]), want("c d")
+
+
+@case
+def group_followed_by_one_or_more() -> Any:
+    return _c_group_d(lambda p: p.one_or_more(), C_ABAB_D), want("c a1 b1 d", "c a1 b1 a2 b2 d")
+
+
+# -- AfterMatchSkipITCase ------------------------------------------------------------------
+
+
+A6 = [ev(f"a{i}") for i in range(1, 7)]
+
+
+@case
+def no_skip() -> Any:
+    p = cep.begin("start", skip=cep.no_skip()).where(named("a")).times(3)
+    return run(p, A6), want("a1 a2 a3", "a2 a3 a4", "a3 a4 a5", "a4 a5 a6")
+
+
+@case
+def skip_past_last() -> Any:
+    p = cep.begin("start", skip=cep.skip_past_last_event()).where(named("a")).times(3)
+    return run(p, A6), want("a1 a2 a3", "a4 a5 a6")
+
+
+def _two_followed_by_any(skip: cep.SkipStrategy) -> Any:
+    p = cep.begin("start", skip=skip).where(named("a")).followed_by_any("end").where(named("b"))
+    return run(p, [ev("a1"), ev("b1"), ev("a2"), ev("b2")])
+
+
+@case
+def no_skip_with_followed_by_any() -> Any:
+    return _two_followed_by_any(cep.no_skip()), want("a1 b1", "a1 b2", "a2 b2")
+
+
+@case
+def skip_to_next_with_followed_by_any() -> Any:
+    return _two_followed_by_any(cep.skip_to_next()), want("a1 b1", "a2 b2")
+
+
+def _quantifier_at_end(skip: cep.SkipStrategy) -> Any:
+    p = cep.begin("start", skip=skip).where(named("a")).next("end").where(named("b")).one_or_more()
+    return run(p, [ev("a1"), ev("b1"), ev("b2"), ev("b3")])
+
+
+@case
+def no_skip_with_quantifier_at_the_end() -> Any:
+    return _quantifier_at_end(cep.no_skip()), want("a1 b1 b2 b3", "a1 b1 b2", "a1 b1")
+
+
+@case
+def skip_to_next_with_quantifier_at_the_end() -> Any:
+    return _quantifier_at_end(cep.skip_to_next()), want("a1 b1")
+
+
+def _ab_times(skip: cep.SkipStrategy, n: int) -> Any:
+    p = (cep.begin("start", skip=skip).where(has("a")).times(2).next("end").where(has("b")).times(2))
+    return run(p, [ev(f"ab{i}", name="ab") for i in range(1, n + 1)])
+
+
+@case
+def skip_to_first() -> Any:
+    return _ab_times(cep.skip_to_first("end"), 6), want("ab1 ab2 ab3 ab4", "ab3 ab4 ab5 ab6")
+
+
+@case
+def skip_to_last() -> Any:
+    return _ab_times(cep.skip_to_last("end"), 7), want("ab1 ab2 ab3 ab4", "ab4 ab5 ab6 ab7")
+
+
+@case
+def skip_past_last_2() -> Any:
+    p = (cep.begin("a", skip=cep.skip_past_last_event()).where(has("a")).followed_by_any("b").where(has("b"))
+         .followed_by_any("c").where(has("c")).followed_by("d").where(has("d")))
+    events = [ev(n, name=n) for n in ["a1", "a2", "b1", "b2", "c1", "c2", "d1", "d2"]]
+    return run(p, events), want("a1 b1 c1 d1")
+
+
+@case
+def skip_past_last_3() -> Any:
+    p = cep.begin("a", skip=cep.skip_past_last_event()).where(has("a")).next("b").where(has("b"))
+    return run(p, [ev(n, name=n) for n in ["a1", "c", "a2", "b2"]]), want("a2 b2")
+
+
+@case
+def skip_to_first_with_optional_match() -> Any:
+    p = (cep.begin("x", skip=cep.skip_to_first("b")).where(has("x")).one_or_more().optional()
+         .next("b").where(has("b")).next("c").where(has("c")))
+    return run(p, [ev(n, name=n) for n in ["ab1", "c1", "ab2", "c2"]]), want("ab1 c1", "ab2 c2")
+
+
+@case
+def skip_to_first_at_start_position() -> Any:
+    p = cep.begin("b", skip=cep.skip_to_first("b")).where(has("b")).next("c").where(has("c"))
+    return run(p, [ev(n, name=n) for n in ["ab1", "c1", "ab2", "c2"]]), want("ab1 c1", "ab2 c2")
+
+
+def _a_then_consecutive_bs(skip: cep.SkipStrategy) -> Any:
+    p = cep.begin("a", skip=skip).where(has("a")).next("b").where(has("b")).one_or_more().consecutive()
+    return run(p, [ev(n, name=n) for n in ["a1", "b1", "a2", "b2", "b3", "a3", "b4"]])
+
+
+@case
+def skip_to_first_with_one_or_more() -> Any:
+    return _a_then_consecutive_bs(cep.skip_to_first("b")), want("a1 b1", "a2 b2", "a3 b4")
+
+
+@case
+def skip_to_last_with_one_or_more() -> Any:
+    return _a_then_consecutive_bs(cep.skip_to_last("b")), want("a1 b1", "a2 b2", "a3 b4")
+
+
+def _missed_skip_to(skip: cep.SkipStrategy) -> Any:
+    p = (cep.begin("a", skip=skip).where(has("a")).next("b").where(has("b")).one_or_more().optional().consecutive()
+         .next("c").where(has("c")))
+    return run(p, [ev("a"), ev("c")])
+
+
+@case
+def skip_to_first_non_existent_position_without_exception() -> Any:
+    return _missed_skip_to(cep.skip_to_first("b")), want("a c")
+
+
+@case
+def skip_to_last_non_existent_position_without_exception() -> Any:
+    return _missed_skip_to(cep.skip_to_last("b")), want("a c")
+
+
+def _a_plus_then_b(skip: cep.SkipStrategy) -> Any:
+    p = (cep.begin("a", skip=skip).where(has("a")).one_or_more().consecutive().greedy()
+         .next("b").where(has("b")))
+    return run(p, [ev(n, name=n) for n in ["a1", "a2", "a3", "b1"]])
+
+
+@case
+def skip_past_last_with_one_or_more_at_beginning() -> Any:
+    return _a_plus_then_b(cep.skip_past_last_event()), want("a1 a2 a3 b1")
+
+
+@case
+def skip_to_last_with_one_or_more_at_beginning() -> Any:
+    return _a_plus_then_b(cep.skip_to_last("a")), want("a1 a2 a3 b1", "a3 b1")
+
+
+@case
+def skip_to_first_with_one_or_more_at_beginning() -> Any:
+    return _a_plus_then_b(cep.skip_to_first("a")), want("a1 a2 a3 b1", "a2 a3 b1", "a3 b1")
+
+
+@case
+def no_skip_with_one_or_more_at_beginning() -> Any:
+    return _a_plus_then_b(cep.no_skip()), want("a1 a2 a3 b1", "a2 a3 b1", "a3 b1")
+
+
+@case
+def skip_to_first_discarding() -> Any:
+    p = (cep.begin("a or c", skip=cep.skip_to_first("c*")).where(lambda e: "a" in e["name"] or "c" in e["name"])
+         .followed_by("b or c").where(lambda e: "b" in e["name"] or "c" in e["name"])
+         .followed_by("c*").where(has("c")).one_or_more().greedy()
+         .followed_by("d").where(has("d")))
+    events = [ev(n, name=n) for n in ["a", "b", "c1", "c2", "c3", "d"]]
+    return run(p, events), want("a b c1 c2 c3 d", "c1 c2 c3 d")
+
+
+@case
+def skip_before_other_already_completed() -> Any:
+    p = (cep.begin("a", skip=cep.skip_to_first("c")).where(has("a")).followed_by("c").where(has("c"))
+         .followed_by("b").where(lambda e, m: "b" in e["name"] and m["a"][0]["price"] == e["price"]))
+    events = [ev("a1", 0.0, "a1"), ev("c1", 0.0, "c1"), ev("a2", 1.0, "a2"), ev("c2", 0.0, "c2"),
+              ev("b1", 1.0, "b1"), ev("b2", 0.0, "b2")]
+    return run(p, events), want("a1 c1 b2", "a2 c2 b1")
+
+
+@case
+def shared_buffer_is_properly_cleared() -> Any:
+    p = cep.begin("start", skip=cep.skip_past_last_event()).where(lambda e: True).times(2)
+    return run(p, [ev(f"a{i}") for i in range(4)]), want("a0 a1", "a2 a3")
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_flink_case(name: str) -> None:
+    got, expected = CASES[name]()
+    assert got == expected, f"{name}: got {sorted(got.elements())}, want {sorted(expected.elements())}"
+
+
+def test_enough_cases_are_transcribed() -> None:
+    assert len(CASES) >= 40
