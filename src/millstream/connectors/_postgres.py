@@ -234,13 +234,17 @@ class PostgresWriter(SinkWriter):
 
     def _open(self) -> None:
         self._conn = self._connect()
-        if self.sink.mode == "transactional":
-            self._check_prepared_transactions()
-            self._create_commits_table()
-        self._load_table()
-        if not self._types and not self.sink.create:
-            raise self._error(f"table {self.sink.table!r} does not exist",
-                              fix="create it first, or pass create=True to make it from the first record's fields")
+        try:
+            if self.sink.mode == "transactional":
+                self._check_prepared_transactions()
+                self._create_commits_table()
+            self._load_table()
+            if not self._types and not self.sink.create:
+                raise self._error(f"table {self.sink.table!r} does not exist",
+                                  fix="create it first, or pass create=True to make it from the first record's fields")
+        except BaseException:
+            self.abandon()
+            raise
 
     @property
     def conn(self) -> psycopg.Connection[Any]:

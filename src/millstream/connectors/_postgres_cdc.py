@@ -126,7 +126,11 @@ class ChangesReader(SourceReader):
         self._idle = False
         self._opts = ("proto_version", "1", "publication_names", src.publication)
         self.end_lsn: int | None = None
-        self._setup()
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
 
     # -- connection, publication and slot ----------------------------------------------------------
     def _on_retry(self, attempt: int, exc: BaseException) -> None:
