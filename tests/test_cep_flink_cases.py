@@ -61,6 +61,128 @@ def case(fn: Case) -> Case:
     return fn
 
 
+# -- NFAITCase ----------------------------------------------------------------------------
+
+ABCDE = [ev("a"), ev("b"), ev("c"), ev("d"), ev("e")]
+
+
+@case
+def no_condition_nfa() -> Any:
+    return run(cep.begin("start").followed_by("end"), ABCDE), want("a b", "b c", "c d", "d e")
+
+
+@case
+def any_with_no_condition_nfa() -> Any:
+    return run(cep.begin("start").followed_by_any("end"), ABCDE), want(
+        "a b", "a c", "a d", "a e", "b c", "b d", "b e", "c d", "c e", "d e")
+
+
+@case
+def simple_pattern_nfa() -> Any:
+    p = (cep.begin("start").where(named("start")).followed_by("middle").where(lambda e: e.get("volume", 0) > 5.0)
+         .followed_by("end").where(named("end")))
+    events = [ev("s1", name="start"), ev("x1", name="foobar"), {**ev("x2", name="barfoo"), "volume": 5.0},
+              {**ev("m", name="foo"), "volume": 10.0}, ev("s2", name="start"), ev("e", name="end")]
+    return run(p, events), want("s1 m e")
+
+
+@case
+def strict_continuity_with_results() -> Any:
+    p = cep.begin("middle").where(named("a")).next("end").where(named("b"))
+    return run(p, [ev("a"), ev("b")]), want("a b")
+
+
+@case
+def strict_continuity_no_results() -> Any:
+    p = cep.begin("middle").where(named("a")).next("end").where(named("b"))
+    return run(p, [ev("a"), ev("c"), ev("b")]), want()
+
+
+@case
+def simple_pattern_with_time_window_nfa() -> Any:
+    p = (cep.begin("start").where(named("start")).followed_by("middle").where(named("middle"))
+         .followed_by("end").where(named("end")).within(10))
+    events = [ev("s1", name="start"), ev("s2", name="start"), ev("m", name="middle"), ev("x", name="foobar"),
+              ev("e1", name="end"), ev("e2", name="end")]
+    return run(p, events, times=[1, 2, 3, 4, 11, 13]), want("s2 m e1")
+
+
+@case
+def branching_pattern() -> Any:
+    p = (cep.begin("start").where(named("start")).followed_by_any("middle-first").where(lambda e: e["volume"] > 5.0)
+         .followed_by_any("middle-second").where(named("next-one")).followed_by_any("end").where(named("end")))
+    events = [{**ev("s", name="start"), "volume": 0.0}, {**ev("m1", name="foo1"), "volume": 10.0},
+              {**ev("m2", name="foo2"), "volume": 10.0}, {**ev("m3", name="foo3"), "volume": 10.0},
+              {**ev("n1", name="next-one"), "volume": 2.0}, {**ev("n2", name="next-one"), "volume": 2.0},
+              {**ev("e", name="end"), "volume": 0.0}]
+    return run(p, events), want("s m1 n1 e", "s m2 n1 e", "s m3 n1 e", "s m1 n2 e", "s m2 n2 e", "s m3 n2 e")
+
+
+@case
+def eager_zero_or_more_same_element() -> Any:
+    p = (cep.begin("start").where(named("c")).followed_by("middle").where(named("a")).one_or_more().optional()
+         .followed_by("end1").where(named("b")))
+    events = [ev("c"), ev("a1"), ev("a1'", name="a"), ev("a1\"", name="a"), ev("a2"), ev("d"), ev("a3"),
+              ev("a3'", name="a"), ev("b")]
+    return run(p, events), want(
+        "c a1 a1' a1\" a2 a3 a3' b", "c a1 a1' a1\" a2 a3 b", "c a1 a1' a1\" a2 b", "c a1 a1' a1\" b",
+        "c a1 a1' b", "c a1 b", "c b")
+
+
+@case
+def multiple_takes_version_collision() -> Any:
+    p = (cep.begin("start").where(named("c")).followed_by("middle1").where(named("a")).one_or_more()
+         .allow_combinations().followed_by("middle2").where(named("a")).one_or_more().allow_combinations()
+         .followed_by("end").where(named("b")))
+    events = [ev("c"), ev("m1", name="a"), ev("m2", name="a"), ev("m3", name="a"), ev("m4", name="a"),
+              ev("m5", name="a"), ev("b")]
+    return run(p, events), want(
+        *["c m1 m2 m3 m4 m5 b"] * 4,
+        "c m1 m2 m3 m4 b", "c m1 m2 m4 m5 b", "c m1 m2 m3 m4 b", "c m1 m2 m3 m5 b", "c m1 m3 m4 m5 b",
+        "c m1 m3 m4 m5 b", "c m1 m2 m3 m4 b", "c m1 m2 m3 m5 b", "c m1 m2 m4 m5 b",
+        "c m1 m2 m3 b", "c m1 m3 m4 b", "c m1 m4 m5 b", "c m1 m2 m3 b", "c m1 m2 m4 b", "c m1 m2 m5 b",
+        "c m1 m2 b")
+
+
+@case
+def zero_or_more_same_element() -> Any:
+    p = (cep.begin("start").where(named("c")).followed_by_any("middle").where(named("a")).one_or_more().optional()
+         .allow_combinations().followed_by_any("end1").where(named("b")))
+    events = [ev("c"), ev("a1"), ev("a1'", name="a"), ev("a2"), ev("d"), ev("a3"), ev("a3'", name="a"), ev("b")]
+    return run(p, events), want(
+        "c a1 a1' a2 a3 a3' b",
+        "c a1 a1' a2 a3 b", "c a1 a1' a2 a3' b", "c a1 a1' a3 a3' b", "c a1 a2 a3 a3' b", "c a1' a2 a3 a3' b",
+        "c a1 a1' a2 b", "c a1 a1' a3 b", "c a1 a1' a3' b", "c a1 a2 a3 b", "c a1 a2 a3' b", "c a1 a3 a3' b",
+        "c a2 a3 a3' b", "c a1' a2 a3 b", "c a1' a2 a3' b", "c a1' a3 a3' b",
+        "c a1 a1' b", "c a1 a2 b", "c a1 a3 b", "c a1 a3' b", "c a1' a2 b", "c a1' a3 b", "c a1' a3' b",
+        "c a2 a3 b", "c a2 a3' b", "c a3 a3' b",
+        "c a1 b", "c a1' b", "c a2 b", "c a3 b", "c a3' b", "c b")
+
+
+@case
+def simple_pattern_with_same_element() -> Any:
+    p = (cep.begin("start").where(named("c")).followed_by_any("middle").where(named("a"))
+         .followed_by("end1").where(named("b")))
+    return run(p, [ev("c"), ev("a1"), ev("a1'", name="a"), ev("b")]), want("c a1 b", "c a1' b")
+
+
+@case
+def end_with_looping_with_same_element() -> Any:
+    p = cep.begin("start").where(named("c")).followed_by_any("middle").where(named("a")).one_or_more().optional()
+    events = [ev("c"), ev("a1"), ev("a1'", name="a"), ev("a1\"", name="a"), ev("b")]
+    return run(p, events), want("c", "c a1", "c a1'", "c a1\"", "c a1 a1'", "c a1' a1\"", "c a1 a1' a1\"")
+
+
+@case
+def repeating_pattern_with_same_element() -> Any:
+    p = (cep.begin("start").where(named("c")).followed_by("middle1").where(named("a")).one_or_more().optional()
+         .followed_by("middle2").where(named("b")).optional().followed_by("end").where(named("a")))
+    events = [ev("c"), ev("a1"), ev("a1'", name="a"), ev("a2"), ev("d"), ev("b"), ev("a3")]
+    return run(p, events), want(
+        "c a1", "c a1 a1'", "c b a3", "c a1 a1' a2", "c a1 b a3", "c a1 a1' a2 a3", "c a1 a1' b a3",
+        "c a1 a1' a2 b a3")
+
+
 # -- NotPatternITCase ----------------------------------------------------------------------
 
 
@@ -699,6 +821,26 @@ def skip_before_other_already_completed() -> Any:
 def shared_buffer_is_properly_cleared() -> Any:
     p = cep.begin("start", skip=cep.skip_past_last_event()).where(lambda e: True).times(2)
     return run(p, [ev(f"a{i}") for i in range(4)]), want("a0 a1", "a2 a3")
+
+
+def test_simple_pattern_with_timeout_handling() -> None:
+    """NFAITCase.testSimplePatternWithTimeoutHandling: the timed-out partial matches, each with
+    its deadline (first event + within, as in Flink's current NFA)."""
+    p = (cep.begin("start").where(named("start")).followed_by_any("middle").where(named("middle"))
+         .followed_by_any("end").where(named("end")).within(10))
+    events = [ev("s1", name="start"), ev("s2", name="start"), ev("m", name="middle"), ev("x", name="foobar"),
+              ev("e1", name="end"), ev("e2", name="end")]
+    stamped = [{**e, "k": 0, "ts": t} for e, t in zip(events, [1, 2, 3, 4, 11, 13], strict=True)]
+    flow = ms.Flow("timeouts")
+    found = (flow.source(TestSource(stamped), watermark=ms.WatermarkStrategy.bounded(0, timestamp="ts"))
+                 .key_by("k").match(p, timeouts=True))
+    out, tos = CollectSink(), CollectSink()
+    found.sink(out)
+    found.timeouts().sink(tos)
+    flow.run()
+    assert [[e["label"] for e in m["start"] + m["middle"] + m["end"]] for m in out.values] == [["s2", "m", "e1"]]
+    got = sorted((tuple(e["label"] for e in m["start"] + m["middle"]), m["deadline"]) for m in tos.values)
+    assert got == [(("s1",), 11), (("s1", "m"), 11), (("s2",), 12), (("s2", "m"), 12)]
 
 
 @pytest.mark.parametrize("name", list(CASES))
