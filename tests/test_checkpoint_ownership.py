@@ -321,18 +321,20 @@ def test_at_most_once_detects_every_damaged_positions_file(tmp_path: Path) -> No
     rnd = random.Random(5)
     store = CheckpointStore(str(tmp_path / "ck"), job=json.loads(good.split(b"\n")[0])["job"])
     assert store.read_positions()
+    head = good.split(b"\n")[0]
+    record = len(head) + 1 + json.loads(head)["size"]  # rewritten in place: what follows is an older tail
     for _ in range(300):  # bit flips and truncations anywhere: always a CheckpointError, never a KeyError
         data = bytearray(good)
         if rnd.random() < 0.8:
-            i = rnd.randrange(len(data))
+            i = rnd.randrange(record)
             data[i] ^= 1 << rnd.randrange(8)
         else:
-            del data[rnd.randrange(len(data)):]
+            del data[rnd.randrange(record):]
         path.write_bytes(bytes(data))
         with pytest.raises(CheckpointError, match="positions.pkl"):
             store.read_positions()
     data = bytearray(good)
-    data[-3] ^= 4
+    data[record - 3] ^= 4
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="damaged") as info:
         resume(tmp_path, "at-most-once")
@@ -488,3 +490,12 @@ def test_the_cli_shows_the_fallback_warning_and_uses_the_key(tmp_path: Path) -> 
     wrong = cli(tmp_path, "--guarantee", "at-least-once", env={"MILLSTREAM_CHECKPOINT_KEY": "wrong"})
     assert wrong.returncode == 1 and "signature check" in wrong.stderr
     assert KEY not in wrong.stderr + again.stderr + first.stderr
+
+
+def test_positions_rewritten_in_place_read_back_whatever_their_size(tmp_path: Path) -> None:
+    store = CheckpointStore(str(tmp_path / "ck"), job="j")
+    for n in (50, 3, 0, 80, 1):
+        positions = {"src": {"position": list(range(n)), "read": n}}
+        store.write_positions(positions)
+        assert CheckpointStore(str(tmp_path / "ck"), job="j").read_positions() == positions
+    store.close()

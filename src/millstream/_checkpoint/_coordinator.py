@@ -102,6 +102,7 @@ class Coordinator:
 
     def close(self) -> None:
         """Give up the checkpoint directory (the end of the run)."""
+        self.store.close()
         if self.store.owner is not None:
             self.store.owner.release()
 
