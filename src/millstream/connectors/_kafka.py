@@ -172,12 +172,13 @@ class KafkaReader(SourceReader):
             **{k: v for k, v in options.config.items() if k not in RESERVED_READ},
         })
         self.consumer = self.kafka.Consumer(conf)
-        self.buf: dict[TP, collections.deque[Any]] = {}
+        self.buf: dict[TP, _Queue] = {}
         self.ready: collections.deque[TP] = collections.deque()  # partitions with buffered records, in turn
         self.next: dict[TP, int] = {}      # offset after the last record handed out (or skipped)
         self.end: dict[TP, int] = {}       # bounded: the end offset at the start
         self.ended: set[TP] = set()
         self.eof_at: dict[TP, int] = {}    # where librdkafka last reported the end of a partition
+        self.past_start: set[TP] = set()   # start=<timestamp>: partitions whose first record at it was seen
         self.assigned: list[TP] = []
         self.acked: dict[TP, int] = {}
         self.start_ts: int | None = options.start if isinstance(options.start, int) else None
@@ -189,7 +190,8 @@ class KafkaReader(SourceReader):
         self.idle_polls = 0
         self.buffered = 0
         self.cur_split: str | None = None
-        self.cur_offsets: list[int] = []
+        self.cur_offsets: list[int] | None = []
+        self.cur_msgs: list[Any] = []
         self.frame_msgs: list[Any] | None = None
         self.fast_json = options.format == "json" and options.deserializer is None and not options.metadata
 
@@ -230,6 +232,7 @@ class KafkaReader(SourceReader):
         else:
             offsets = self._start_offsets(tps)
         if restored is not None:
+            self.past_start.update(offsets)
             self.next.update({_parse_split(n): int(o) for n, o in restored["offsets"].items() if o is not None})
         self._assign([(tp, offsets[tp]) for tp in tps if tp not in self.ended])
         self.assigned = tps
@@ -309,9 +312,8 @@ class KafkaReader(SourceReader):
                 return None
             return []
         q = self.buf[tp]
-        n = min(max_records, len(q))
-        msgs = [q.popleft() for _ in range(n)]
-        self.buffered -= n
+        msgs = q.take(max_records)
+        self.buffered -= len(msgs)
         if q:
             self.ready.append(tp)
         self.cur_split = split_name(tp)
@@ -335,41 +337,60 @@ class KafkaReader(SourceReader):
             raise kafka_error(exc, connector=self.connector, address=self.address, doing="fetching") from None
         if wait:
             self.idle_polls = 0 if msgs else self.idle_polls + 1
-        bounded, start_ts, buf, ready = self.o.bounded, self.start_ts, self.buf, self.ready
-        eof_code = kafka.KafkaError._PARTITION_EOF
-        for m in msgs:
-            err = m.error()
-            tp = (m.topic(), m.partition())
-            if err is not None:
-                if err.code() == eof_code:
-                    self.eof_at[tp] = m.offset()
-                    if bounded and tp not in self.end:
-                        self.end[tp] = m.offset()
-                    self._check_end(tp)
-                    continue
-                self._fetch_error(err)
-                continue
-            self.down_since = None
-            if bounded:
-                end = self.end.get(tp)
-                if end is None:
-                    _, high = self.consumer.get_watermark_offsets(kafka.TopicPartition(*tp), cached=True)
-                    end = self.end[tp] = high if high >= 0 else m.offset() + 1
-                if m.offset() >= end:
-                    continue
-            if start_ts is not None and tp not in self.next:
-                # offsets_for_times may point before the first record at the timestamp (tansu answers with
-                # the batch's base offset): records before it in the partition are passed over
-                ts = m.timestamp()[1]
-                if ts < start_ts:
-                    continue
-            q = buf.get(tp)
-            if q is None:
-                q = buf[tp] = collections.deque()
-            if not q:
-                ready.append(tp)
-            q.append(m)
-            self.buffered += 1
+        Message = kafka.Message
+        error_of = Message.error
+        key = Message.partition if len(self.o.topics) == 1 else _topic_partition
+        for _, grp in itertools.groupby(msgs, key=key):
+            run = list(grp)
+            if any(map(error_of, run)):
+                for m in run:
+                    self._add_one(m)
+            else:
+                self._add_run(run)
+
+    def _add_run(self, run: list[Any]) -> None:
+        """Buffer a run of records of one partition (no error among them)."""
+        first = run[0]
+        tp = (first.topic(), first.partition())
+        self.down_since = None
+        if self.o.bounded:
+            end = self.end.get(tp)
+            if end is None:
+                _, high = self.consumer.get_watermark_offsets(self.kafka.TopicPartition(*tp), cached=True)
+                end = self.end[tp] = high if high >= 0 else first.offset() + 1
+            if run[-1].offset() >= end:
+                run = [m for m in run if m.offset() < end]
+        if self.start_ts is not None and tp not in self.past_start:
+            # offsets_for_times may point before the first record at the timestamp (tansu answers with
+            # the batch's base offset): records before it in the partition are passed over
+            start_ts = self.start_ts
+            i = next((i for i, m in enumerate(run) if m.timestamp()[1] >= start_ts), len(run))
+            run = run[i:]
+            if run:
+                self.past_start.add(tp)
+        if not run:
+            return
+        q = self.buf.get(tp)
+        if q is None:
+            q = self.buf[tp] = _Queue()
+        if not q:
+            self.ready.append(tp)
+        q.add(run)
+        self.buffered += len(run)
+
+    def _add_one(self, m: Any) -> None:
+        err = m.error()
+        if err is None:
+            self._add_run([m])
+            return
+        tp = (m.topic(), m.partition())
+        if err.code() == self.kafka.KafkaError._PARTITION_EOF:
+            self.eof_at[tp] = m.offset()
+            if self.o.bounded and tp not in self.end:
+                self.end[tp] = m.offset()
+            self._check_end(tp)
+            return
+        self._fetch_error(err)
 
     def _fetch_error(self, err: Any) -> None:
         exc = kafka_error(self.kafka.KafkaException(err), connector=self.connector, address=self.address,
@@ -421,14 +442,14 @@ class KafkaReader(SourceReader):
 
     # -- decoding -----------------------------------------------------------------------------
     def _decode(self, msgs: list[Any]) -> list[Any]:
+        self.cur_msgs = msgs
         if self.fast_json:
-            loads = orjson.loads
             try:
-                recs = [loads(m.value()) for m in msgs]
+                recs = list(map(orjson.loads, map(self.kafka.Message.value, msgs)))
             except (orjson.JSONDecodeError, TypeError):
                 pass
             else:
-                self.cur_offsets = [m.offset() for m in msgs]
+                self.cur_offsets = None  # record i is message i
                 return recs
         out: list[Any] = []
         offsets: list[int] = []
@@ -506,13 +527,13 @@ class KafkaReader(SourceReader):
             self.frame_msgs = None
             return self._decode(msgs)
         self.frame_msgs = msgs
-        self.cur_offsets = [m.offset() for m in msgs]
+        self.cur_msgs, self.cur_offsets = msgs, None
         return frame
 
     def _frame(self, msgs: list[Any]) -> Any:
         from millstream.connectors._files_read import _ndjson_frame
 
-        values = [m.value() for m in msgs]
+        values = list(map(self.kafka.Message.value, msgs))
         if None in values:
             return None
         if b"\n".join(values).count(b"\n") != len(values) - 1:
@@ -549,6 +570,8 @@ class KafkaReader(SourceReader):
         return [split_name(tp) for tp in self.assigned if tp not in self.ended]
 
     def position_of(self, index: int) -> str | None:
+        if self.cur_offsets is None:
+            self.cur_offsets = [m.offset() for m in self.cur_msgs]
         if self.cur_split is None or not 0 <= index < len(self.cur_offsets):
             return None
         return f"{self.cur_split}@{self.cur_offsets[index]}"
@@ -561,7 +584,7 @@ class KafkaReader(SourceReader):
             return self.next[tp]
         q = self.buf.get(tp)
         if q:
-            return int(q[0].offset())
+            return int(q.first().offset())
         return None
 
     def snapshot(self) -> Any:
@@ -626,6 +649,48 @@ class KafkaReader(SourceReader):
 
 
 _BAD = object()
+
+
+def _topic_partition(m: Any) -> tuple[str, int]:
+    return m.topic(), m.partition()
+
+
+class _Queue:
+    """The buffered records of one partition: runs (lists) of messages, taken from the front."""
+
+    __slots__ = ("n", "runs")
+
+    def __init__(self) -> None:
+        self.runs: collections.deque[list[Any]] = collections.deque()
+        self.n = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def add(self, run: list[Any]) -> None:
+        self.runs.append(run)
+        self.n += len(run)
+
+    def first(self) -> Any:
+        return self.runs[0][0]
+
+    def take(self, k: int) -> list[Any]:
+        runs = self.runs
+        out: list[Any] = []
+        while runs and len(out) < k:
+            run = runs[0]
+            need = k - len(out)
+            if len(run) <= need:
+                runs.popleft()
+                if out:
+                    out += run
+                else:
+                    out = run
+            else:
+                out += run[:need]
+                runs[0] = run[need:]
+        self.n -= len(out)
+        return out
 
 
 def _meta(m: Any, what: str, *, strict: bool = False) -> Any:
