@@ -651,6 +651,119 @@ def group_followed_by_one_or_more() -> Any:
     return _c_group_d(lambda p: p.one_or_more(), C_ABAB_D), want("c a1 b1 d", "c a1 b1 a2 b2 d")
 
 
+@case
+def group_followed_by_zero_or_more() -> Any:
+    return _c_group_d(lambda p: p.one_or_more().optional(), C_ABAB_D), want("c d", "c a1 b1 d", "c a1 b1 a2 b2 d")
+
+
+C_ABABAB_D = [ev("c"), ev("a1"), ev("b1"), ev("a2"), ev("b2"), ev("a3"), ev("b3"), ev("d")]
+
+
+def _c_any_group_d(quantify: Callable[[cep.Pattern], cep.Pattern]) -> Any:
+    p = quantify(cep.begin("start").where(named("c")).followed_by_any(_ab()))
+    return run(p.followed_by("end").where(named("d")), C_ABABAB_D)
+
+
+@case
+def group_followed_by_any_times_combinations() -> Any:
+    return (_c_any_group_d(lambda p: p.times(2).allow_combinations()),
+            want("c a1 b1 a2 b2 d", "c a1 b1 a3 b3 d", "c a2 b2 a3 b3 d"))
+
+
+@case
+def group_followed_by_any_times_optional() -> Any:
+    return _c_any_group_d(lambda p: p.times(2).optional()), want("c d", "c a1 b1 a2 b2 d", "c a2 b2 a3 b3 d")
+
+
+@case
+def group_followed_by_any_one_or_more() -> Any:
+    return _c_any_group_d(lambda p: p.one_or_more()), want(
+        "c a1 b1 d", "c a2 b2 d", "c a3 b3 d", "c a1 b1 a2 b2 d", "c a2 b2 a3 b3 d", "c a1 b1 a2 b2 a3 b3 d")
+
+
+@case
+def group_next_zero_or_more() -> Any:
+    p = (cep.begin("start").where(named("c")).next(_ab()).one_or_more().optional().consecutive()
+         .followed_by("end").where(named("d")))
+    return run(p, C_ABABAB_D), want("c d", "c a1 b1 d", "c a1 b1 a2 b2 d", "c a1 b1 a2 b2 a3 b3 d")
+
+
+GROUP_NEG_EVENTS = [ev("c"), ev("a1"), ev("b1"), ev("d"), ev("a2"), ev("b2"), ev("e")]
+
+
+@case
+def group_not_followed_by() -> Any:
+    p = (cep.begin("start").where(named("c")).followed_by_any(_ab()).not_followed_by("notPattern").where(named("d"))
+         .followed_by("end").where(named("e")))
+    return run(p, GROUP_NEG_EVENTS), want("c a2 b2 e")
+
+
+@case
+def group_not_next() -> Any:
+    p = (cep.begin("start").where(named("c")).followed_by_any(_ab()).not_next("notPattern").where(named("d"))
+         .followed_by("end").where(named("e")))
+    return run(p, GROUP_NEG_EVENTS), want("c a2 b2 e")
+
+
+def _bc() -> cep.Pattern:
+    return cep.begin("middle2").where(named("b")).followed_by("middle3").where(named("c"))
+
+
+@case
+def group_nest() -> Any:
+    inner = cep.begin("middle1").where(named("a")).followed_by(_bc()).one_or_more().optional()
+    p = cep.begin("start").where(named("d")).followed_by(inner).optional().followed_by("end").where(named("e"))
+    events = [ev("d"), ev("a1"), ev("b1"), ev("c1"), ev("b2"), ev("c2"), ev("e")]
+    return run(p, events), want("d e", "d a1 e", "d a1 b1 c1 e", "d a1 b1 c1 b2 c2 e")
+
+
+NEST_TIMES = ["d", "a1", "b1", "c1", "b2", "c2", "b3", "c3", "a2", "b4", "c4", "b5", "c5", "b6", "c6", "e"]
+
+
+@case
+def group_nest_times() -> Any:
+    inner = cep.begin("middle1").where(named("a")).followed_by(_bc()).times(3)
+    p = cep.begin("start").where(named("d")).followed_by_any(inner).times(0, 2).followed_by("end").where(named("e"))
+    return run(p, [ev(n) for n in NEST_TIMES]), want(
+        "d e", "d a1 b1 c1 b2 c2 b3 c3 e", "d a2 b4 c4 b5 c5 b6 c6 e",
+        "d a1 b1 c1 b2 c2 b3 c3 a2 b4 c4 b5 c5 b6 c6 e")
+
+
+@case
+def group_nest_times_consecutive() -> Any:
+    inner = cep.begin("middle1").where(named("a")).followed_by(_bc()).times(3).consecutive()
+    p = (cep.begin("start").where(named("d")).followed_by_any(inner).times(0, 2).consecutive()
+         .followed_by("end").where(named("e")))
+    names = [*NEST_TIMES[:11], "breaking", *NEST_TIMES[11:]]
+    return run(p, [ev(n) for n in names]), want("d e", "d a1 b1 c1 b2 c2 b3 c3 e")
+
+
+@case
+def group_begin() -> Any:
+    p = cep.begin(_ab()).times(1, 2).followed_by("end").where(named("d"))
+    events = [ev("a1"), ev("b1"), ev("a2"), ev("b2"), ev("d")]
+    return run(p, events), want("a1 b1 d", "a2 b2 d", "a1 b1 a2 b2 d")
+
+
+@case
+def group_followed_by_one_or_more_with_until_condition() -> Any:
+    return _c_group_d(lambda p: p.one_or_more().until(named("d")), C_ABAB_D), want("c a1 b1 d", "c a1 b1 a2 b2 d")
+
+
+@case
+def group_starts_with_optional_pattern() -> Any:
+    group = cep.begin("middle1").where(named("b")).optional().next("middle2").where(named("c"))
+    p = cep.begin("start").where(named("a")).next(group).next("d").where(named("d"))
+    return run(p, [ev("a"), ev("c"), ev("d")]), want("a c d")
+
+
+@case
+def followed_by_optional_group_pattern() -> Any:
+    group = cep.begin("middle1").where(named("b")).next("middle2").where(named("c"))
+    p = cep.begin("start").where(named("a")).followed_by(group).optional().next("d").where(named("d"))
+    return run(p, [ev("a"), ev("d1"), ev("d2")]), want("a d1")
+
+
 # -- AfterMatchSkipITCase ------------------------------------------------------------------
 
 

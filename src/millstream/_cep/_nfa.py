@@ -225,7 +225,7 @@ class _Compiler:
 
     def is_optional(self, stage: Stage) -> bool:
         if self.head_of_group() and self.group is not None:
-            return self.group_first_of_loop() and self.group.optional
+            return (self.group_first_of_loop() and self.group.optional) or stage.optional
         return stage.optional
 
     def stop(self, stage: Stage) -> NState:
@@ -358,7 +358,9 @@ class _Compiler:
         target = self.copy_without_nots(sink)
         st.add(TAKE, target, take)
         go = self.true()
-        if optional and not self.head_of_group() and proceed is not None:
+        # the head of a group skips itself only when it is optional itself; a group's own
+        # optional way round it is added when the group is done
+        if optional and (not self.head_of_group() or cur.optional) and proceed is not None:
             until = _compile_condition(cur.until) if cur.until else None
             if cur.greedy and until is not None:
                 original = self.originals.get(proceed.sid)
