@@ -747,3 +747,30 @@ def test_kill_exactly_once(fault: str, bs: str, kafka: Any, topics: Any, tmp_pat
         assert len(every.values) > len(msgs), (codes, len(every.values))
     # the group's offsets were committed by the last checkpoint: the whole input
     assert sum(committed(bs, params["group"], src, 4)) == n
+
+
+# -- the example of docs/connectors/kafka.md --------------------------------------------------------------------
+
+
+def test_docs_example(bs: str, kafka: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = (Path(REPO) / "docs" / "connectors" / "kafka.md").read_text()
+    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'BOOTSTRAP = "127.0.0.1:9092"' in code
+    code = code.replace('BOOTSTRAP = "127.0.0.1:9092"', f"BOOTSTRAP = {bs!r}")
+    monkeypatch.chdir(tmp_path)
+    kafka.create_topic(bs, "payments", partitions=4)
+    try:
+        payments = [{"card": f"c{i % 3}", "amount": i, "ts": i * 1_000} for i in range(300)]
+        produce(bs, "payments", payments, key=lambda r: r["card"].encode())
+        exec(compile(code, "docs/connectors/kafka.md", "exec"), {})  # noqa: S102 - our own docs
+        msgs = kafka.committed_records(bs, "card-totals", "card-totals-card-totals")
+        got = sorted((json.loads(m.value())["card"], json.loads(m.value())["window_start"],
+                      json.loads(m.value())["total"]) for m in msgs)
+        want: dict[tuple[str, int], int] = {}
+        for p in payments:
+            k = (p["card"], p["ts"] // 60_000 * 60_000)
+            want[k] = want.get(k, 0) + p["amount"]
+        assert got == sorted((c, w, t) for (c, w), t in want.items())
+    finally:
+        kafka.delete_topic(bs, "payments")
+        kafka.delete_topic(bs, "card-totals")
