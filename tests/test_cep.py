@@ -485,7 +485,7 @@ def test_a_match_waits_for_the_partial_matches_that_started_before_it() -> None:
 
 # -- timeouts --------------------------------------------------------------------------------
 
-TIMED = ["within", "not_followed_by_last", "loop_within"]
+TIMED = ["within", "not_followed_by_last", "loop_within", "within_previous"]
 
 
 @pytest.mark.parametrize("name", TIMED)
@@ -588,27 +588,105 @@ def test_a_run_resumed_from_a_checkpoint_mid_stream_gives_every_match_once(tmp_p
     assert Counter(sink.values) == Counter(m for m, _ in want.elements())
 
 
-def test_the_engine_state_survives_a_snapshot_and_restore() -> None:
+SNAPSHOT_PATTERNS = {
+    "greedy": PATTERNS["greedy"],
+    "held_back": cep.begin("a", skip=cep.skip_past_last_event()).where(v_in(0, 1)).followed_by_any("b")
+                    .where(v_in(1, 2)).one_or_more().followed_by("c").where(v_in(2, 3)).within(12),
+    "group_until": cep.begin("a").where(v_in(0)).followed_by(cep.begin("x").where(v_in(1)).followed_by("y")
+                                                              .where(v_in(2))).one_or_more().until(v_in(3)),
+    "within_previous": PATTERNS["within_previous"],
+}
+
+
+@pytest.mark.parametrize("name", list(SNAPSHOT_PATTERNS))
+def test_the_engine_state_survives_a_snapshot_and_restore(name: str) -> None:
     import pickle
 
     from millstream._cep._nfa import Engine, KeyState
 
-    pattern = PATTERNS["greedy"]
-    events = sorted(random_events(random.Random(3), 40, keys=1), key=lambda e: e["ts"])
-    engine = Engine(pattern, timeouts=False)
+    pattern = SNAPSHOT_PATTERNS[name]
+    events = sorted(random_events(random.Random(3), 60, keys=1), key=lambda e: e["ts"])
+    engine = Engine(pattern, timeouts=True)
 
     def feed(ks: KeyState, evs: list[Event], out: list[Any]) -> None:
         for e in evs:
-            engine.on_event(ks, 0, e, e["ts"], lambda kind, m, at: out.append((ids(m.to_dict()), at)))
+            engine.on_event(ks, 0, e, e["ts"], lambda kind, m, at: out.append((kind, ids(m.to_dict()), at)))
 
     whole: list[Any] = []
     feed(KeyState(), events, whole)
     half: list[Any] = []
     ks = KeyState()
-    feed(ks, events[:20], half)
+    feed(ks, events[:30], half)
     ks = pickle.loads(pickle.dumps(ks))
-    feed(ks, events[20:], half)
+    feed(ks, events[30:], half)
     assert half == whole and whole
+
+
+# -- new in the pattern API: until, groups, within since the previous event, order_by, names ---
+
+
+def test_until_stops_a_loop_and_the_stopping_event_may_start_the_next_stage() -> None:
+    events = [{"id": i, "k": 0, "v": v, "ts": i} for i, v in enumerate([0, 1, 1, 3, 1, 2])]
+    pattern = (cep.begin("a").where(v_in(0)).followed_by("b").where(v_in(1)).one_or_more().until(v_in(3))
+               .followed_by("c").where(v_in(2, 3)))
+    got, _ = run(pattern, events)
+    assert sorted(dict(m[1])["b"] + dict(m[1])["c"] for m, _ in got.elements()) == [(1, 2, 3), (1, 3)]
+
+
+def test_a_group_is_quantified_as_a_whole_and_its_stages_are_the_match_s() -> None:
+    events = [{"id": i, "k": 0, "v": v, "ts": i} for i, v in enumerate([0, 1, 2, 1, 2, 3])]
+    pair = cep.begin("x").where(v_in(1)).next("y").where(v_in(2))
+    pattern = cep.begin("a").where(v_in(0)).followed_by(pair).one_or_more().consecutive().followed_by("z") \
+        .where(v_in(3))
+    assert pattern.names == ("a", "x", "y", "z")
+    got, _ = run(pattern, events)
+    assert sorted(m for m, _ in got.elements()) == [
+        (0, (("a", (0,)), ("x", (1,)), ("y", (2,)), ("z", (5,)))),
+        (0, (("a", (0,)), ("x", (1, 3)), ("y", (2, 4)), ("z", (5,))))]
+
+
+def test_within_since_the_previous_event_bounds_every_gap() -> None:
+    events = [{"id": i, "k": 0, "v": v, "ts": t} for i, (v, t) in enumerate([(0, 0), (1, 3), (1, 6), (2, 9), (2, 20)])]
+    loose = (cep.begin("a").where(v_in(0)).followed_by("b").where(v_in(1)).one_or_more()
+             .followed_by("c").where(v_in(2)))
+    got, _ = run(loose.within(4, since="previous"), events)
+    assert sorted(m for m, _ in got.elements()) == [(0, (("a", (0,)), ("b", (1, 2)), ("c", (3,))))]
+    got, _ = run(loose.within(4, since="previous").within(8), events)
+    assert got == Counter()
+    got, tos = run(loose.within(4, since="previous"), events, timeouts=True)
+    assert ((0, (("a", (0,)), ("b", (1, 2)), ("c", ()))), 9) in tos  # deadline 6 + 4, at deadline - 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_order_by_orders_events_with_equal_times_whatever_their_arrival(seed: int) -> None:
+    rng = random.Random(seed)
+    # runs of events at equal times; "n" numbers the events of a key in the order the user means
+    events = [{"id": i, "k": i % 2, "n": i, "v": rng.randrange(3), "ts": i // 6} for i in range(36)]
+    pattern = cep.begin("a").where(v_in(0)).next("b").where(v_in(1)).followed_by("c").where(v_in(2))
+    want, _ = expected(pattern, events)  # the brute force takes equal times in list order, which is "n"
+    shuffled = events[:]
+    rng.shuffle(shuffled)
+    shuffled.sort(key=lambda e: e["ts"])  # in time order, but any order within a time
+    flow = ms.Flow("order-by")
+    out = collect(stamped(flow, shuffled, chunk=rng.choice([None, 1, 5])).key_by("k")
+                  .match(pattern, order_by=lambda e: e["n"]))
+    flow.run()
+    assert Counter((ids(m), t) for m, t in out.items) == want and want
+
+
+def test_stages_may_be_called_start_end_key_or_deadline() -> None:
+    pattern = (cep.begin("start").where(v_in(0)).followed_by("key").where(v_in(1)).followed_by("end")
+               .where(v_in(2)).followed_by("deadline").where(v_in(3)).within(50))
+    events = [{"id": i, "k": 7, "v": v, "ts": 10 + i} for i, v in enumerate([0, 1, 2, 3, 0, 1])]
+    flow = ms.Flow("names")
+    found = stamped(flow, events).key_by("k").match(pattern, timeouts=True)
+    out, meta, tos = collect(found), collect(stamped(flow, events, name="again").key_by("k").match(
+        pattern, select=lambda m: (m.key, m.start, m.end, [e["id"] for e in m["end"]]))), collect(found.timeouts())
+    flow.run()
+    assert [{n: [e["id"] for e in m[n]] for n in m} for m in out.values] == [
+        {"start": [0], "key": [1], "end": [2], "deadline": [3]}]
+    assert meta.values == [(7, 10, 13, [2])]
+    assert [{n: [e["id"] for e in m[n]] for n in ("start", "key")} for m in tos.values] == [{"start": [4], "key": [5]}]
 
 
 # -- build-time errors -------------------------------------------------------------------------

@@ -51,7 +51,7 @@ class Runner:
         item = (ts, 0 if self.order_by is None else self.order_by(record), ks.seq, record)
         ks.seq += 1
         buf = ks.buffer
-        if not buf or buf[-1][0] <= ts:
+        if not buf or _order(buf[-1]) <= _order(item):
             buf.append(item)
         else:
             bisect.insort(buf, item, key=_order)
