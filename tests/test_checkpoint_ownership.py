@@ -188,6 +188,26 @@ def test_a_zombie_is_fenced_by_its_epoch_when_the_lock_cannot_be_relied_on(tmp_p
         zombie.release()
 
 
+def test_a_zombie_whose_files_were_cleaned_up_is_told_why(tmp_path: Path) -> None:
+    root = str(tmp_path / "ck")
+    os.makedirs(root)
+    zombie = DirectoryOwner(root)
+    zombie.acquire()
+    out = tmp_path / "out"
+    writer = TwoPhaseFileWriter(str(out), ext="jsonl", new_part=lambda p: _Part(p), step="out")
+    writer.set_fence(zombie.epoch, zombie.check)
+    writer.recover([])
+    writer.write([{"a": 1}], None)
+    os.remove(os.path.join(root, LOCK))
+    new = DirectoryOwner(root)
+    new.acquire()
+    TwoPhaseFileWriter(str(out), ext="jsonl", new_part=lambda p: _Part(p), step="out").recover([])  # cleans up
+    with pytest.raises(CheckpointOwnershipError, match="no longer owns"):
+        writer.pre_commit(1)
+    new.release()
+    zombie.release()
+
+
 class _Part:
     def __init__(self, path: str) -> None:
         self.path = path

@@ -3,6 +3,8 @@
     python tests/chaos/campaign.py --guarantee exactly-once --trials 500 --kills 2 [--jobs 2]
     python tests/chaos/campaign.py --failpoints --rounds 5          # every failpoint x guarantee, 5 times
     python tests/chaos/campaign.py --corruptions --trials 300       # corrupt checkpoints: 100 % must be detected
+    python tests/chaos/campaign.py --pauses --rounds 10             # F9: SIGSTOP + a second run + SIGCONT
+    python tests/chaos/campaign.py --rewinds --trials 100           # newest checkpoint deleted after a kill
 
 Each trial prints one JSON line (seed, fault schedule, anomalies); the last line sums
 them up. A trial with an anomaly is a bug: replay it from its seed.
@@ -93,6 +95,9 @@ def main() -> None:
     ap.add_argument("--failpoints", action="store_true", help="every failpoint x guarantee instead of random kills")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--corruptions", action="store_true")
+    ap.add_argument("--pauses", action="store_true",
+                    help="F9: pause the job inside the checkpoint path, start a second run, resume the first")
+    ap.add_argument("--rewinds", action="store_true", help="delete the newest checkpoint after a kill")
     ap.add_argument("--mode", choices=["native", "microbatch", "batch"], default="native",
                     help="executor of the killed jobs (the reference runs natively)")
     args = ap.parse_args()
@@ -107,6 +112,9 @@ def main() -> None:
         return
 
     guarantees = args.guarantee or GUARANTEES
+    if args.pauses or args.rewinds:
+        _special(args, guarantees)
+        return
     trials = []
     rnd = random.Random(args.seed)
     for g in guarantees:
@@ -135,6 +143,44 @@ def main() -> None:
             totals[f"{key}:trials"] += 1
             totals[f"{key}:kills"] += int(res["kills"])  # type: ignore[call-overload]
             totals[f"{key}:anomalies"] += len(res["anomalies"])  # type: ignore[arg-type]
+    print(json.dumps(dict(totals)))
+
+
+def _special(args: argparse.Namespace, guarantees: list[str]) -> None:
+    """Pause (F9) or rewind trials; each prints a JSON line, the last line sums them up."""
+    rnd = random.Random(args.seed)
+    jobs = []
+    points = ["ckpt.begin", "ckpt.before_rename", "ckpt.after_rename", "ckpt.before_commit", "sink.commit",
+              "ckpt.after_commit"]
+    for i in range(args.rounds if args.pauses else args.trials):
+        for g in guarantees:
+            if args.pauses:
+                # without the lock, only transactional (exactly-once) output can be fenced
+                drop = g == "exactly-once" and rnd.random() < 0.5
+                jobs.append(("pause", g, f"{rnd.choice(points)}#{rnd.randint(1, 6)}", drop, rnd.randrange(10**9)))
+            else:
+                jobs.append(("rewind", g, "", False, args.seed + i))
+
+    def one(job: tuple[str, str, str, bool, int]) -> dict[str, object]:
+        kind, g, stop_at, drop, seed = job
+        work = Path(tempfile.mkdtemp(prefix="millstream-chaos-"))
+        try:
+            pipeline = "window" if g != "at-least-once" else rnd.choice(["window", "running"])
+            trial = harness.Trial(g, pipeline, args.events, 30_000, seed)
+            expected = harness.reference(harness.Trial(g, pipeline, args.events), work)
+            if kind == "pause":
+                return harness.pause_trial(trial, work, expected, stop_at=stop_at, drop_lock=drop)
+            return harness.rewind_trial(trial, work, expected, seed=seed)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    totals: Counter[str] = Counter()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for res in pool.map(one, jobs):
+            print(json.dumps(res), flush=True)
+            totals["trials"] += 1
+            totals["anomalies"] += len(res["anomalies"])  # type: ignore[arg-type]
+            totals[str(res.get("result", "skipped" if "skipped" in res else "ok"))] += 1
     print(json.dumps(dict(totals)))
 
 

@@ -177,6 +177,7 @@ class CheckpointStore:
             shutil.rmtree(tmp, ignore_errors=True)
             if exc.errno in _NO_SPACE:
                 raise self._no_space(exc, f"checkpoint {ckpt_id} ({tmp})") from None
+            self.check_owner()  # a run that took the directory over removed what this one was writing
             raise
 
     def _write(self, ckpt_id: int, tmp: str, state: dict[str, Any], *, finished: bool, meta: dict[str, Any],

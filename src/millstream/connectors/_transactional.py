@@ -147,7 +147,13 @@ class TwoPhaseFileWriter(SinkWriter):
             self._broken = exc
             raise
         self._part = self._staged = None
-        size = os.path.getsize(os.path.join(self.dir, staged))
+        try:
+            size = os.path.getsize(os.path.join(self.dir, staged))
+        except FileNotFoundError:
+            if self._fence is not None:
+                self._fence()  # removed by the run that took the directory over: say so
+            raise JobError(f"sink {self.step!r}: its staged file {staged} vanished from {self.dir!r} "
+                           "(was the directory changed by another run or by hand?)") from None
         return {"checkpoint": checkpoint_id, "staged": staged, "final": self.final_name(checkpoint_id),
                 "bytes": size}
 
