@@ -20,10 +20,17 @@ the events already taken for stage ``name``. How a stage follows the previous on
   (events that do not are skipped; a matching one cannot be skipped);
 - ``followed_by_any``: non-deterministic relaxed, any later event.
 
-Negations ``not_next`` / ``not_followed_by`` forbid an event between two stages
-(or, with ``within``, after the last one). ``within`` bounds a match from its first
-to its last event. The after-match skip strategy (``begin(name, skip=...)``) says
-which other partial matches survive an emitted match. See docs/cep.md.
+A stage may also be a *group*: pass a pattern instead of a name, and the quantifiers
+after it apply to the sub-pattern as a whole. ``until(condition)`` stops a looping
+stage; ``greedy()`` keeps the next stage from taking or skipping an event the looping
+stage could take.
+
+Negations ``not_next`` / ``not_followed_by`` forbid an event between two stages (during
+a loop before them too, or, with ``within``, after the last stage). ``within`` bounds a
+match from its first to its last event, or (``since="previous"``) between consecutive
+events. The after-match skip strategy (``begin(name, skip=...)``) says which other partial
+matches survive an emitted match; with one, matches come out in order of their first
+events. The semantics are Flink CEP's. See docs/cep.md.
 """
 
 from __future__ import annotations
