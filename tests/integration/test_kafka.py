@@ -774,3 +774,47 @@ def test_docs_example(bs: str, kafka: Any, tmp_path: Path, monkeypatch: pytest.M
     finally:
         kafka.delete_topic(bs, "payments")
         kafka.delete_topic(bs, "card-totals")
+
+
+def test_known_schema_frames_equal_inferred_ones() -> None:
+    """Micro-batch mode reads a split's batches with the columns of its previous batch when they fit
+    exactly; when it does, the frame equals the one schema inference makes (values, types, column
+    order), whatever the batch holds (no broker needed)."""
+    pytest.importorskip("polars")
+    from millstream.connectors._files_read import _ndjson_frame
+    from millstream.connectors._kafka import _CACHEABLE, _known_schema_frame
+
+    rnd = random.Random(7)
+    pool: list[Any] = [1, -5, 2**40, "x", "5", 'a":"b', "", True, False, None, 1.5, 2.0, [1, 2], {"n": 1}]
+    fast = 0
+    for _ in range(1_500):
+        fields = rnd.sample(["a", "b", "c", "d"], rnd.randint(1, 3))
+        kinds = {f: rnd.choice([1, "s", True]) for f in fields}
+
+        def value(f: str) -> Any:
+            if rnd.random() < 0.05:
+                return rnd.choice(pool)
+            k = kinds[f]
+            return rnd.randint(-9, 9) if k == 1 else (rnd.choice(["u", "v", "w x"]) if k == "s" else rnd.random() < .5)
+
+        def batch() -> list[bytes]:
+            out = []
+            for _ in range(rnd.randint(1, 6)):
+                rec = {f: value(f) for f in fields if rnd.random() > 0.1}
+                if rnd.random() < 0.05:
+                    rec["extra"] = 1
+                dumps = json.dumps if rnd.random() < 0.3 else (lambda r: json.dumps(r, separators=(",", ":")))
+                out.append(dumps(rec).encode())
+            return out
+
+        prev = _ndjson_frame(batch())
+        if prev is None or not prev.width or not all(str(t) in _CACHEABLE for t in prev.schema.dtypes()):
+            continue
+        values = batch()
+        got = _known_schema_frame(values, b"\n".join(values), prev.schema)
+        if got is None:
+            continue
+        fast += 1
+        want = _ndjson_frame(values)
+        assert want is not None and got.equals(want) and got.schema == want.schema, (values, got, want)
+    assert fast > 100  # the fast path was taken often enough to mean something

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import collections
 import importlib.util
+import io
 import itertools
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -193,6 +195,7 @@ class KafkaReader(SourceReader):
         self.cur_offsets: list[int] | None = []
         self.cur_msgs: list[Any] = []
         self.frame_msgs: list[Any] | None = None
+        self.schemas: dict[str | None, Any] = {}  # per split: the columns of its last batch (flat ones)
         self.fast_json = options.format == "json" and options.deserializer is None and not options.metadata
 
     # -- starting ---------------------------------------------------------------------------
@@ -536,11 +539,18 @@ class KafkaReader(SourceReader):
         values = list(map(self.kafka.Message.value, msgs))
         if None in values:
             return None
-        if b"\n".join(values).count(b"\n") != len(values) - 1:
+        block = b"\n".join(values)
+        if block.count(b"\n") != len(values) - 1:
             return None  # a value spans lines: the line reader would split it
-        df = _ndjson_frame(values)
+        split = self.cur_split
+        schema = self.schemas.get(split)
+        df = _known_schema_frame(values, block, schema) if schema is not None else None
         if df is None:
-            return None
+            df = _ndjson_frame(values)
+            if df is None:
+                return None
+            if df.width and all(str(t) in _CACHEABLE for t in df.schema.dtypes()):
+                self.schemas[split] = df.schema
         if not self.o.metadata:
             return df
         import polars as pl
@@ -649,6 +659,50 @@ class KafkaReader(SourceReader):
 
 
 _BAD = object()
+
+
+#: the column types a cached schema may hold: polars refuses a JSON value of another type for these
+#: (it would turn a number into a String or an int into a Float64 silently, so those are checked apart
+#: or not cached)
+_CACHEABLE = frozenset({"Int64", "Boolean", "String"})
+_SPACED_KEY = re.compile(rb'"[ \t\r\n]+:')
+
+
+def _known_schema_frame(values: list[bytes], block: bytes, schema: Any) -> Any:
+    """The values as a DataFrame of ``schema`` (the columns of the split's last batch), about four
+    times faster than inferring the schema again; None unless the values fit it exactly as inference
+    would have read them. With no escaped quote in the block, ``":`` ends a key and nothing else, so:
+    a field outside the schema (which polars would drop) or a null shows as more keys than non-null
+    cells; a String column's value that was not a JSON string (which polars would turn into text)
+    shows as fewer ``":"`` than String cells; Int64 and Boolean columns refuse other types. The first
+    value must have every column, in order, and every column a value, as inference would make them."""
+    import polars as pl
+
+    from millstream.connectors._files_common import suspect_json_lines
+
+    if b'\\"' in block or _SPACED_KEY.search(block) is not None or suspect_json_lines(values, block):
+        return None
+    try:
+        first = orjson.loads(values[0])
+    except orjson.JSONDecodeError:
+        return None
+    if type(first) is not dict or list(first) != schema.names():
+        return None  # inference takes the columns in the order they first appear
+    try:
+        df = pl.read_ndjson(io.BytesIO(block), schema=schema)
+    except Exception:  # noqa: BLE001 - another type, or not JSON: schema inference (or rows) decide
+        return None
+    if df.height != len(values):
+        return None
+    nulls = df.null_count().row(0)
+    if df.height in nulls:
+        return None  # a field no value has: inference would not make its column
+    if block.count(b'":') != df.height * df.width - sum(nulls):
+        return None
+    strings = sum(df.height - n for n, t in zip(nulls, df.schema.dtypes(), strict=True) if str(t) == "String")
+    if strings and block.count(b'":"') + block.count(b'": "') != strings:
+        return None
+    return df
 
 
 def _topic_partition(m: Any) -> tuple[str, int]:
