@@ -195,7 +195,7 @@ class KafkaReader(SourceReader):
         self.cur_offsets: list[int] | None = []
         self.cur_msgs: list[Any] = []
         self.frame_msgs: list[Any] | None = None
-        self.schemas: dict[str | None, Any] = {}  # per split: the columns of its last batch (flat ones)
+        self.schemas: dict[str, Any] = {}  # per topic: the columns of its last batch (flat ones)
         self.fast_json = options.format == "json" and options.deserializer is None and not options.metadata
 
     # -- starting ---------------------------------------------------------------------------
@@ -542,15 +542,15 @@ class KafkaReader(SourceReader):
         block = b"\n".join(values)
         if block.count(b"\n") != len(values) - 1:
             return None  # a value spans lines: the line reader would split it
-        split = self.cur_split
-        schema = self.schemas.get(split)
+        topic = msgs[0].topic()  # the partitions of a topic mostly share their columns
+        schema = self.schemas.get(topic)
         df = _known_schema_frame(values, block, schema) if schema is not None else None
         if df is None:
             df = _ndjson_frame(values)
             if df is None:
                 return None
             if df.width and all(str(t) in _CACHEABLE for t in df.schema.dtypes()):
-                self.schemas[split] = df.schema
+                self.schemas[topic] = df.schema
         if not self.o.metadata:
             return df
         import polars as pl
@@ -669,7 +669,7 @@ _SPACED_KEY = re.compile(rb'"[ \t\r\n]+:')
 
 
 def _known_schema_frame(values: list[bytes], block: bytes, schema: Any) -> Any:
-    """The values as a DataFrame of ``schema`` (the columns of the split's last batch), about four
+    """The values as a DataFrame of ``schema`` (the columns of the topic's last batch), about four
     times faster than inferring the schema again; None unless the values fit it exactly as inference
     would have read them. With no escaped quote in the block, ``":`` ends a key and nothing else, so:
     a field outside the schema (which polars would drop) or a null shows as more keys than non-null
