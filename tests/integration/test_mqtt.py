@@ -267,6 +267,101 @@ def _job_script(tmp: Path, port: int, topic: str, cid: str, n: int, *, interval_
     return str(path)
 
 
+class Proxy:
+    """A loopback TCP proxy to a broker that a test can cut: ``drop()`` closes every connection
+    through it (the broker sees the client vanish, the client sees the connection die); new
+    connections still go through."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import threading
+
+        self.target = port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.socks: list[Any] = []
+        self.lock = threading.Lock()
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self.closed:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            with self.lock:
+                self.socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: Any, b: Any) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def drop(self) -> None:
+        import socket
+
+        with self.lock:
+            socks, self.socks = self.socks, []
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.closed = True
+        self.server.close()
+        self.drop()
+
+
+def test_connection_lost_mid_run_exactly_once(session: tuple[int, str, str], tmp_path: Path) -> None:
+    """The connection dies twice while the job runs (a proxy cuts it): paho reconnects to the same
+    session, the broker resends what had no PUBACK, and the reader drops what it had handed out
+    already (pending, or acknowledged just before the cut), so each message counts once."""
+    port, topic, cid = session
+    n = 2_000
+    publish(port, topic, [json.dumps({"i": i}).encode() for i in range(n)])
+    proxy = Proxy(port)
+    seen = [0]
+
+    def cut(r: Any) -> Any:
+        seen[0] += 1
+        if seen[0] in (500, 1_300):
+            proxy.drop()
+        return r
+
+    out = ms.testing.TransactionalCollectSink()
+    flow = ms.Flow("cut")
+    flow.source(ms.connectors.mqtt.read(topic, port=proxy.port, client_id=cid, max_records=n)).map(cut).sink(out)
+    try:
+        result = flow.run(guarantee="exactly-once", checkpoint_dir=tmp_path / "ck", checkpoint_interval=20,
+                          max_chunk=100)
+    finally:
+        proxy.close()
+    extra = next(s.extra for s in result.steps if s.kind == "source")
+    got = sorted(r["i"] for r in out.values)
+    from collections import Counter
+    dups = sorted(k for k, c in Counter(got).items() if c > 1)
+    assert got == list(range(n)), (extra, len(got), dups[:20], sorted(set(range(n)) - set(got))[:20])
+    assert extra["reconnects"] >= 1 and extra["redelivered_dropped"] > 0 and extra["session_lost"] == 0
+
+
 # -- policies, guarantees, secrets -------------------------------------------------------------------
 
 

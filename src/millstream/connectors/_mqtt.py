@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -208,6 +208,13 @@ class MqttReader(SourceReader):
         self.inbox: queue.Queue[Any] = queue.Queue(maxsize=100_000)
         self.pending: deque[tuple[int, int, str]] = deque()  # (seq, mid, fingerprint), in arrival order
         self.covered: set[tuple[int, str]] = set()           # from a restored checkpoint
+        #: acknowledged lately: after a reconnect the broker resends those whose PUBACK it did not get
+        #: acknowledged lately, with the connection the PUBACK went out on: a resend (DUP) of one of
+        #: them was handed out already (acknowledge it again if the PUBACK went out on an older connection)
+        self.acked_at: OrderedDict[tuple[int, str], int] = OrderedDict()
+        self.conn_gen = 0         # which connection a message came on (counted in on_connect)
+        self.covered_gen = 0      # the connection after which covered messages are resent
+        self.session_gen = 0      # the first connection of the broker's current session
         self.seq = 0              # messages handed out (and covered redeliveries dropped)
         self.acked_seq = 0
         self.prev_poll_seq = 0    # unchecked runs: what the previous poll handed out
@@ -276,8 +283,17 @@ class MqttReader(SourceReader):
                     self.figures["session_lost"] += 1
                 self.pending.clear()
                 self.covered.clear()
+            self.conn_gen += 1
             if not self._first:
                 self.figures["reconnects"] += 1
+            if flags.session_present:
+                # a PUBACK sent on an older connection than the last one was received or resent already
+                old = [k for k, g in self.acked_at.items() if g < self.conn_gen - 1]
+                for k in old:
+                    del self.acked_at[k]
+            else:
+                self.acked_at.clear()
+                self.session_gen = self.conn_gen  # packet ids of earlier connections mean nothing now
             self._first = False
         client.subscribe([(t, self.src.qos) for t in self.src.topics])
         self._connected.set()
@@ -288,7 +304,7 @@ class MqttReader(SourceReader):
             log.warning("%s: disconnected (%s); paho reconnects", self._what(), reason)
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        self.inbox.put(msg)  # blocks paho's network thread when full: TCP backpressure
+        self.inbox.put((self.conn_gen, msg))  # blocks paho's network thread when full: TCP backpressure
 
     # -- reading ------------------------------------------------------------------------------
     def poll(self, max_records: int) -> list[Any] | None:
@@ -303,23 +319,38 @@ class MqttReader(SourceReader):
         inbox = self.inbox
         while len(out) < n:
             try:
-                msg = inbox.get_nowait()
+                gen, msg = inbox.get_nowait()
             except queue.Empty:
                 break
             mid, topic, payload = msg.mid, msg.topic, msg.payload
-            if self.manual and msg.qos == 1:
+            if self.manual and msg.qos == 1 and gen >= self.session_gen:
                 fp = _fingerprint(topic, payload)
                 with self._lock:
-                    if msg.dup and ((mid, fp) in self.covered or any(
-                            m == mid and f == fp for _, m, f in self.pending)):
+                    if msg.dup and (mid, fp) in self.covered:
+                        # handed out before a crash or a lost connection, and covered by a checkpoint
+                        # (or already acknowledged): drop it, and acknowledge it again on this session
                         self.covered.discard((mid, fp))
                         self.figures["redelivered_dropped"] += 1
                         self.seq += 1
-                        self.pending.append((self.seq, mid, fp))  # acknowledged with the next checkpoint
+                        self.pending.append((self.seq, mid, fp))
                         continue
-                    if not msg.dup and self.covered:
-                        # the broker resends what was in flight before anything new: the rest of the
-                        # covered ids were acknowledged before the crash and will not come back
+                    if msg.dup and any(m == mid and f == fp for _, m, f in self.pending):
+                        # resent after a reconnect while still waiting for its checkpoint: its pending
+                        # entry sends the one PUBACK (a second one could acknowledge a new message)
+                        self.figures["redelivered_dropped"] += 1
+                        continue
+                    acked_on = self.acked_at.get((mid, fp)) if msg.dup else None
+                    if acked_on is not None:
+                        # handed out and acknowledged already; resent because the connection died
+                        self.figures["redelivered_dropped"] += 1
+                        if acked_on < gen:  # that PUBACK was lost with the old connection
+                            del self.acked_at[(mid, fp)]
+                            self.seq += 1
+                            self.pending.append((self.seq, mid, fp))
+                        continue
+                    if not msg.dup and self.covered and gen >= self.covered_gen:
+                        # on a (re)connection the broker resends what was in flight before anything new:
+                        # the covered ids still missing were acknowledged and will not come back
                         self.covered.clear()
                     self.seq += 1
                     self.pending.append((self.seq, mid, fp))
@@ -353,6 +384,7 @@ class MqttReader(SourceReader):
         # (DUP) they are dropped; the broker redelivers only what it did not get a PUBACK for
         with self._lock:
             self.covered = {(int(m), str(f)) for m, f in position.get("unacked", ())}
+            self.covered_gen = self.conn_gen
         self.stop.count = int(position.get("count", 0))  # max_records counts over restarts
 
     def acknowledge(self, position: Any) -> None:
@@ -361,10 +393,14 @@ class MqttReader(SourceReader):
 
     def _ack_upto(self, seq: int) -> None:
         with self._lock:
-            pending = self.pending
+            pending, acked_at, gen = self.pending, self.acked_at, self.conn_gen
             while pending and pending[0][0] <= seq:
-                _, mid, _ = pending.popleft()
+                _, mid, fp = pending.popleft()
                 self.client.ack(mid, 1)
+                acked_at[(mid, fp)] = gen
+                acked_at.move_to_end((mid, fp))
+            while len(acked_at) > 2 * 65_535:
+                acked_at.popitem(last=False)
             self.acked_seq = max(self.acked_seq, seq)
 
     def metrics(self) -> dict[str, int]:
