@@ -212,8 +212,9 @@ class KafkaReader(SourceReader):
         return f"{self.connector} {doing} {self.address}"
 
     def _start(self) -> None:
+        timeout = min(5.0, max(0.5, self.o.backoff.budget_s))
         parts = with_retry(lambda: topic_partitions(self.consumer, self.o.topics, connector=self.connector,
-                                                    address=self.address),
+                                                    address=self.address, timeout_s=timeout),
                            what=self._what("reading metadata from"), backoff=self.o.backoff, counter=self.retries)
         tps = [(t, p) for t in self.o.topics for p in parts[t]]
         restored = self.restored
