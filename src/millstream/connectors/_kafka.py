@@ -180,6 +180,7 @@ class KafkaReader(SourceReader):
         self.end: dict[TP, int] = {}       # bounded: the end offset at the start
         self.ended: set[TP] = set()
         self.eof_at: dict[TP, int] = {}    # where librdkafka last reported the end of a partition
+        self.base: dict[TP, int] = {}      # start offsets resolved to numbers ("latest", "committed")
         self.past_start: set[TP] = set()   # start=<timestamp>: partitions whose first record at it was seen
         self.assigned: list[TP] = []
         self.acked: dict[TP, int] = {}
@@ -262,9 +263,21 @@ class KafkaReader(SourceReader):
         start = self.o.start
         if start == "earliest":
             return dict.fromkeys(tps, _OFFSET_BEGINNING)
-        if start == "latest":
-            return dict.fromkeys(tps, _OFFSET_END)
         kafka = self.kafka
+        if start == "latest":
+            # resolved now (not OFFSET_END), so that a checkpoint taken before a partition's first record
+            # keeps this offset: a restore must not skip what was produced in between
+            def ends() -> dict[TP, int]:
+                try:
+                    return {tp: self.consumer.get_watermark_offsets(kafka.TopicPartition(*tp), timeout=10)[1]
+                            for tp in tps}
+                except kafka.KafkaException as exc:
+                    raise kafka_error(exc, connector=self.connector, address=self.address,
+                                      doing="looking up the end offsets") from None
+            got_ends: dict[TP, int] = with_retry(ends, what=self._what("looking up end offsets at"),
+                                                 backoff=self.o.backoff, counter=self.retries)
+            self.base.update(got_ends)
+            return got_ends
         if start == "committed":
             def committed() -> Any:
                 try:
@@ -274,7 +287,9 @@ class KafkaReader(SourceReader):
                                       doing=f"reading the offsets committed to group {self.o.group!r}") from None
             got = with_retry(committed, what=self._what("reading committed offsets from"), backoff=self.o.backoff,
                              counter=self.retries)
-            return {(x.topic, x.partition): (x.offset if x.offset >= 0 else _OFFSET_BEGINNING) for x in got}
+            resolved = {(x.topic, x.partition): (x.offset if x.offset >= 0 else _OFFSET_BEGINNING) for x in got}
+            self.base.update({tp: o for tp, o in resolved.items() if o >= 0})
+            return resolved
 
         def for_times() -> Any:
             try:
@@ -596,7 +611,7 @@ class KafkaReader(SourceReader):
         q = self.buf.get(tp)
         if q:
             return int(q.first().offset())
-        return None
+        return self.base.get(tp)  # nothing handed out yet: where it started, if that is a number
 
     def snapshot(self) -> Any:
         if not self.started:
