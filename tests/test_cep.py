@@ -82,7 +82,6 @@ class Brute:
         self.conds = [_cond(s) for s in self.pos]
         self.names = [s.name for s in self.pos]
         self.W = pattern.within_ms
-        self.WP = pattern.within_previous_ms
 
     def view(self, seq: list[tuple[int, int]]) -> dict[str, list[Event]]:
         m: dict[str, list[Event]] = {n: [] for n in self.names}
@@ -100,10 +99,28 @@ class Brute:
             return not any(cond(self.ev[g], m) for g in gap)
         return True
 
+    def bounded(self, stage: int, k: int) -> int | None:
+        """The previous-event bound on the ``k``-th event of ``stage``. As in Flink it covers a
+        single stage's event, the first ``lo`` events of a looping stage and all but the last
+        one of ``times(lo, hi)``."""
+        if stage >= len(self.pos):
+            return None
+        st_ = self.pos[stage]
+        limit = 1 if (st_.lo, st_.hi) == (1, 1) else st_.lo if st_.hi is None else st_.hi - 1
+        return st_.within_prev if k <= limit else None
+
     def deadline(self, seq: list[tuple[int, int]]) -> int | None:
+        """The first-event bound, or the previous-event bound of the state the partial match
+        waits in: for its last stage's next event while that stage can take more, else for the
+        next stage's first event. (That is where it waits when a strict stage follows a stage
+        with a previous-event bound, the shapes tested here.)"""
         d = None if self.W is None else self.ev[seq[0][1]]["ts"] + self.W
-        if self.WP is not None:
-            e = self.ev[seq[-1][1]]["ts"] + self.WP
+        a = seq[-1][0]
+        hi = self.pos[a].hi
+        k = self.count(seq, a)
+        w = self.bounded(a, k + 1) if hi is None or k < hi else self.bounded(a + 1, 1)
+        if w is not None:
+            e = self.ev[seq[-1][1]]["ts"] + w
             d = e if d is None else min(d, e)
         return d
 
@@ -390,8 +407,8 @@ PATTERNS: dict[str, Pattern] = {
                                 .not_followed_by("n").where(v_in(3)).followed_by("c").where(v_in(2)),
     "negation_before_optional": cep.begin("a").where(v_in(0)).not_followed_by("n").where(v_in(3))
                                    .followed_by_any("b").where(v_in(1)).optional().followed_by("c").where(v_in(2)),
-    "within_previous": cep.begin("a").where(v_in(0)).followed_by("b").where(v_in(1)).one_or_more()
-                          .followed_by("c").where(v_in(2)).within(5, since="previous"),
+    "within_previous": cep.begin("a").where(v_in(0)).followed_by("b").where(v_in(1, 2)).times_or_more(2, within=4)
+                          .next("c").where(v_in(2, 3)).within(5, since="previous"),
 }
 
 
@@ -529,7 +546,7 @@ def test_any_arrival_order_within_the_bound_gives_the_same_matches(seed: int, na
     # arrival order: sorted by time plus a jitter of at most the bound, so nothing comes late
     shuffled = sorted(events, key=lambda e: e["ts"] + rng.randint(0, BOUND))
     pattern = PATTERNS[name]
-    timeouts = pattern.within_ms is not None or pattern.within_previous_ms is not None
+    timeouts = pattern.timed
     want = expected(pattern, events)
     assert run(pattern, shuffled, bound=BOUND, chunk=rng.choice([None, 1, 4]), timeouts=timeouts) == (
         want if timeouts else (want[0], Counter()))
@@ -645,16 +662,25 @@ def test_a_group_is_quantified_as_a_whole_and_its_stages_are_the_match_s() -> No
         (0, (("a", (0,)), ("x", (1, 3)), ("y", (2, 4)), ("z", (5,))))]
 
 
-def test_within_since_the_previous_event_bounds_every_gap() -> None:
-    events = [{"id": i, "k": 0, "v": v, "ts": t} for i, (v, t) in enumerate([(0, 0), (1, 3), (1, 6), (2, 9), (2, 20)])]
-    loose = (cep.begin("a").where(v_in(0)).followed_by("b").where(v_in(1)).one_or_more()
-             .followed_by("c").where(v_in(2)))
-    got, _ = run(loose.within(4, since="previous"), events)
-    assert sorted(m for m, _ in got.elements()) == [(0, (("a", (0,)), ("b", (1, 2)), ("c", (3,))))]
-    got, _ = run(loose.within(4, since="previous").within(8), events)
+def test_within_since_the_previous_event_bounds_the_gap_before_a_stage_s_event() -> None:
+    pattern = (cep.begin("a").where(v_in(0)).followed_by_any("b").where(v_in(1)).within(4, since="previous")
+               .followed_by("c").where(v_in(2)).within(4, since="previous"))
+
+    def events(c_at: int) -> list[Event]:
+        return [{"id": i, "k": 0, "v": v, "ts": t} for i, (v, t) in enumerate([(0, 0), (1, 3), (2, c_at), (1, 9)])]
+
+    got, tos = run(pattern, events(6), timeouts=True)
+    assert sorted(m for m, _ in got.elements()) == [(0, (("a", (0,)), ("b", (1,)), ("c", (2,))))]
+    assert ((0, (("a", (0,)), ("b", ()), ("c", ()))), 3) in tos  # no second b within 4 of a: deadline 4
+    got, tos = run(pattern, events(7), timeouts=True)
     assert got == Counter()
-    got, tos = run(loose.within(4, since="previous"), events, timeouts=True)
-    assert ((0, (("a", (0,)), ("b", (1, 2)), ("c", ()))), 9) in tos  # deadline 6 + 4, at deadline - 1
+    assert ((0, (("a", (0,)), ("b", (1,)), ("c", ()))), 6) in tos  # c came 4 after b: deadline 7
+    got, _ = run(pattern.within(7), events(6))
+    assert len(got) == 1
+    got, _ = run(pattern.within(7).within(9), events(6))  # the smaller first-event bound holds
+    assert len(got) == 1
+    got, _ = run(pattern.within(6), events(6))
+    assert got == Counter()
 
 
 @pytest.mark.parametrize("seed", range(4))

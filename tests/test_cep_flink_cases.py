@@ -522,6 +522,107 @@ def greedy_times_range() -> Any:
     return _c_a_d(lambda p: p.times(2, 5).greedy(), events), want("c a1 a2 a3 a4 d")
 
 
+# -- TimesOrMoreITCase (each case with no bound and with 3 ms between a loop's events) -------
+
+CONSECUTIVE = [ev("c"), ev("f1", name="f"), ev("m1", name="a"), ev("f2", name="f"), ev("m2", name="a"),
+               ev("m3", name="a"), ev("end", name="b")]
+CONSECUTIVE_TIMES = [1, 2, 3, 4, 5, 6, 7]
+
+
+def _c_a2_b(within: int | None, any_: bool, quantify: Callable[[cep.Pattern], cep.Pattern],
+            events: list[Event], times: list[int]) -> Any:
+    p = cep.begin("start").where(named("c"))
+    p = (p.followed_by_any("middle") if any_ else p.followed_by("middle")).where(named("a")).times_or_more(
+        2, within=within)
+    return run(quantify(p).followed_by("end1").where(named("b")), events, times=times)
+
+
+@case
+def times_or_more() -> Any:
+    events = [ev("c"), ev("m1", name="a"), ev("m2", name="a"), ev("m3", name="a"), ev("end", name="b")]
+    expected = want("c m1 m2 m3 end", "c m1 m2 end", "c m1 m3 end")
+    got = [_c_a2_b(w, False, lambda p: p.allow_combinations(), events, [1, 2, 3, 4, 6]) for w in (None, 3)]
+    return Counter(got[0]) + Counter(got[1]), expected + expected
+
+
+@case
+def times_or_more_non_strict() -> Any:
+    no_bound = _c_a2_b(None, True, lambda p: p.allow_combinations(), CONSECUTIVE, CONSECUTIVE_TIMES)
+    bound = _c_a2_b(3, True, lambda p: p.allow_combinations(), CONSECUTIVE, CONSECUTIVE_TIMES)
+    return (no_bound, bound), (want("c m1 m2 m3 end", "c m1 m2 end", "c m1 m3 end", "c m2 m3 end"),
+                               want("c m1 m2 m3 end", "c m1 m2 end"))
+
+
+@case
+def times_or_more_strict_optional() -> Any:
+    got = [_c_a2_b(w, True, lambda p: p.consecutive().optional(), CONSECUTIVE, CONSECUTIVE_TIMES) for w in (None, 3)]
+    return got, [want("c m2 m3 end", "c end")] * 2
+
+
+@case
+def times_or_more_non_strict_optional() -> Any:
+    events = [ev("c"), ev("f1", name="f"), ev("end", name="b")]
+    got = [_c_a2_b(w, False, lambda p: p.optional(), events, [1, 2, 7]) for w in (None, 3)]
+    return got, [want("c end")] * 2
+
+
+# -- TimesRangeITCase ---------------------------------------------------------------------
+
+
+def _c_range_b(how: str, quantify: Callable[[cep.Pattern], cep.Pattern], events: list[Event],
+               times: list[int]) -> Any:
+    p = cep.begin("start").where(named("c"))
+    p = {"next": p.next, "followed_by": p.followed_by, "followed_by_any": p.followed_by_any}[how]("middle")
+    return run(quantify(p.where(named("a"))).followed_by("end1").where(named("b")), events, times=times)
+
+
+C_AAA_B = [ev("c"), ev("m1", name="a"), ev("m2", name="a"), ev("m3", name="a"), ev("end", name="b")]
+
+
+@case
+def times_range() -> Any:
+    return (_c_range_b("next", lambda p: p.times(1, 3).allow_combinations(), C_AAA_B, [1, 2, 3, 4, 6]),
+            want("c m1 m2 m3 end", "c m1 m2 end", "c m1 m3 end", "c m1 end"))
+
+
+@case
+def times_range_from_zero() -> Any:
+    return (_c_range_b("next", lambda p: p.times(0, 2).allow_combinations(), C_AAA_B, [1, 2, 3, 4, 6]),
+            want("c m1 m2 end", "c m1 m3 end", "c m1 end", "c end"))
+
+
+@case
+def times_range_non_strict() -> Any:
+    return (_c_range_b("followed_by_any", lambda p: p.times(1, 3).allow_combinations(), CONSECUTIVE,
+                       CONSECUTIVE_TIMES),
+            want("c m1 m2 m3 end", "c m1 m2 end", "c m1 m3 end", "c m2 m3 end", "c m1 end", "c m2 end", "c m3 end"))
+
+
+@case
+def times_range_strict() -> Any:
+    return (_c_range_b("followed_by_any", lambda p: p.times(0, 3).consecutive(), CONSECUTIVE, CONSECUTIVE_TIMES),
+            want("c m2 m3 end", "c m1 end", "c m2 end", "c m3 end", "c end"))
+
+
+@case
+def times_range_strict_optional() -> Any:
+    return (_c_range_b("followed_by_any", lambda p: p.times(1, 3).consecutive().optional(), CONSECUTIVE,
+                       CONSECUTIVE_TIMES),
+            want("c m2 m3 end", "c m1 end", "c m2 end", "c m3 end", "c end"))
+
+
+@case
+def times_range_strict_optional_1() -> Any:
+    return (_c_range_b("next", lambda p: p.times(1, 3).consecutive().optional(), C_AAA_B, [1, 3, 5, 6, 7]),
+            want("c m1 m2 m3 end", "c m1 m2 end", "c m1 end", "c end"))
+
+
+@case
+def times_range_non_strict_optional_1() -> Any:
+    return (_c_range_b("followed_by", lambda p: p.times(1, 3).optional(), [ev("c"), ev("f", name="f"),
+                       ev("end", name="b")], [1, 2, 7]), want("c end"))
+
+
 # -- UntilConditionITCase ------------------------------------------------------------------
 
 
@@ -959,7 +1060,7 @@ def test_simple_pattern_with_timeout_handling() -> None:
 @pytest.mark.parametrize("name", list(CASES))
 def test_flink_case(name: str) -> None:
     got, expected = CASES[name]()
-    assert got == expected, f"{name}: got {sorted(got.elements())}, want {sorted(expected.elements())}"
+    assert got == expected, f"{name}: got {got}, want {expected}"
 
 
 def test_enough_cases_are_transcribed() -> None:

@@ -136,6 +136,7 @@ class Stage:
     inner: str = RELAXED  # contiguity between the iterations of a looping stage
     until: tuple[tuple[str, Condition, int], ...] = ()  # stop condition of a looping stage
     group: Pattern | None = None  # a sub-pattern quantified as a whole
+    within_prev: int | None = None  # ms: each event of the stage comes sooner than this after the one before
 
     @property
     def negated(self) -> bool:
@@ -166,6 +167,8 @@ class Stage:
             q += "(greedy)"
         if self.until:
             q += "(until)"
+        if self.within_prev is not None:
+            q += f"(within {self.within_prev}ms of the previous event)"
         what = f"[{self.group.describe()}]" if self.group is not None else repr(self.name)
         return f"{self.kind}({what}){q}"
 
@@ -209,14 +212,13 @@ class Pattern:
     Conditions and quantifiers apply to the stage added last (a group stage counts as one).
     """
 
-    __slots__ = ("_skip", "_stages", "_within", "_within_prev")
+    __slots__ = ("_skip", "_stages", "_within")
 
     def __init__(self, stages: tuple[Stage, ...], within_ms: int | None = None,
-                 skip: SkipStrategy = SkipStrategy(), within_previous_ms: int | None = None) -> None:
+                 skip: SkipStrategy = SkipStrategy()) -> None:
         self._stages = stages
         self._within = within_ms
         self._skip = skip
-        self._within_prev = within_previous_ms
 
     # -- reading ---------------------------------------------------------------------
     @property
@@ -229,9 +231,11 @@ class Pattern:
         return self._within
 
     @property
-    def within_previous_ms(self) -> int | None:
-        """The bound between consecutive events of a match (``within(..., since="previous")``)."""
-        return self._within_prev
+    def timed(self) -> bool:
+        """Whether partial matches have a deadline: a ``within`` bound, from the first event or
+        (on some stage) from the previous one."""
+        return self._within is not None or any(
+            s.within_prev is not None or (s.group is not None and s.group.timed) for s in self._stages)
 
     @property
     def skip(self) -> SkipStrategy:
@@ -252,8 +256,6 @@ class Pattern:
         text = " ".join(s.describe() for s in self._stages)
         if self._within is not None:
             text += f" within {self._within}ms"
-        if self._within_prev is not None:
-            text += f" within {self._within_prev}ms of the previous event"
         if self._skip.kind != "no_skip":
             text += f" skip {self._skip.describe()}"
         return text
@@ -262,7 +264,7 @@ class Pattern:
         return f"Pattern({self.describe()})"
 
     def _copy(self, stages: tuple[Stage, ...]) -> Pattern:
-        return Pattern(stages, self._within, self._skip, self._within_prev)
+        return Pattern(stages, self._within, self._skip)
 
     # -- stages ----------------------------------------------------------------------
     def _add(self, kind: str, name: Any, loc: str | None) -> Pattern:
@@ -285,7 +287,7 @@ class Pattern:
         if kind.startswith("not_"):
             raise FlowDefinitionError(f"{kind}() takes a stage name, not a pattern: a negation cannot be a group",
                                       step="pattern", location=loc, fix=f"e.g. .{kind}('cancel')")
-        if group.within_ms is not None or group.within_previous_ms is not None or group.skip.kind != "no_skip":
+        if group.within_ms is not None or group.skip.kind != "no_skip":
             raise FlowDefinitionError(
                 "a group's sub-pattern has its own within() or skip strategy, which only the whole pattern can have",
                 step="pattern", location=loc, fix="put within()/skip= on the outer pattern",
@@ -387,10 +389,11 @@ class Pattern:
             )
         return self._with_last(new)
 
-    def times(self, lo: int, hi: int | None = -1) -> Pattern:
+    def times(self, lo: int, hi: int | None = -1, *, within: Duration | None = None) -> Pattern:
         """The last stage takes exactly ``lo`` events, or from ``lo`` to ``hi`` (``hi=None``: no limit).
 
-        ``times(0, hi)`` is ``times(1, hi).optional()``."""
+        ``times(0, hi)`` is ``times(1, hi).optional()``; ``within=d`` is
+        ``.within(d, since="previous")`` on this stage."""
         loc = user_location()
         upper = lo if hi == -1 else hi
         bad = (not isinstance(lo, int) or isinstance(lo, bool) or lo < (0 if hi != -1 else 1)
@@ -403,20 +406,24 @@ class Pattern:
                 fix="e.g. .times(3), .times(2, 4), .times(2, None) (two or more); for zero use .optional()",
             )
         if lo == 0:
-            return self._quantify("times", loc, lo=1, hi=upper, optional=True)
-        return self._quantify("times", loc, lo=lo, hi=upper)
+            out = self._quantify("times", loc, lo=1, hi=upper, optional=True)
+        else:
+            out = self._quantify("times", loc, lo=lo, hi=upper)
+        return self._quantify_within(out, within, "times", loc)
 
-    def one_or_more(self) -> Pattern:
-        """The last stage takes one or more events."""
-        return self._quantify("one_or_more", user_location(), lo=1, hi=None)
+    def one_or_more(self, *, within: Duration | None = None) -> Pattern:
+        """The last stage takes one or more events (``within=d``: each less than ``d`` after the one before)."""
+        loc = user_location()
+        return self._quantify_within(self._quantify("one_or_more", loc, lo=1, hi=None), within, "one_or_more", loc)
 
-    def times_or_more(self, n: int) -> Pattern:
-        """The last stage takes ``n`` or more events."""
+    def times_or_more(self, n: int, *, within: Duration | None = None) -> Pattern:
+        """The last stage takes ``n`` or more events (``within=d``: each less than ``d`` after the one before)."""
         loc = user_location()
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise FlowDefinitionError(f"times_or_more({n!r}): n must be an int >= 1", step="pattern",
                                       location=loc, fix="e.g. .times_or_more(2)")
-        return self._quantify("times_or_more", loc, lo=n, hi=None)
+        return self._quantify_within(self._quantify("times_or_more", loc, lo=n, hi=None), within, "times_or_more",
+                                     loc)
 
     def optional(self) -> Pattern:
         """The last stage may also take no event at all."""
@@ -440,24 +447,42 @@ class Pattern:
         """Bound a match in time.
 
         ``since="first"`` (the default): a match's last event comes less than ``duration``
-        after its first one. ``since="previous"``: every event of a match comes less than
-        ``duration`` after the match's previous event. Both bounds may be set.
+        after its first one (set twice, the smaller bound holds). ``since="previous"``: each
+        event of the stage added last comes less than ``duration`` after the match's event
+        before it (Flink's ``PREVIOUS_AND_CURRENT``); set it on every stage it should bound.
         """
         loc = user_location()
         if since not in ("first", "previous"):
             raise FlowDefinitionError(f"within(since={since!r}): since is 'first' or 'previous'", step="pattern",
                                       location=loc, fix="e.g. .within(timedelta(minutes=5), since='previous')")
-        try:
-            ms = to_ms(duration, "within")
-        except ConfigError as exc:
-            raise FlowDefinitionError(str(exc), step="pattern", location=loc,
-                                      fix="pass within(timedelta(minutes=5)) or an int of milliseconds") from None
-        if ms <= 0:
-            raise FlowDefinitionError(f"within() must be > 0, got {ms} ms", step="pattern", location=loc,
-                                      fix="e.g. .within(timedelta(minutes=5))")
+        ms = _duration(duration, "within", loc)
         if since == "first":
-            return Pattern(self._stages, ms, self._skip, self._within_prev)
-        return Pattern(self._stages, self._within, self._skip, ms)
+            return Pattern(self._stages, ms if self._within is None else min(ms, self._within), self._skip)
+        return self._stage_window(ms, "within", loc)
+
+    def _stage_window(self, ms: int, what: str, loc: str | None) -> Pattern:
+        last = self._stages[-1]
+        if last.group is not None:
+            raise FlowDefinitionError(
+                f"{what}(...) from the previous event on the group {last.name}: it bounds one stage's events",
+                step="pattern", location=loc, fix="put it on the stages inside the group",
+            )
+        return self._with_last(replace(last, within_prev=ms))
+
+    def _quantify_within(self, p: Pattern, within: Duration | None, what: str, loc: str | None) -> Pattern:
+        return p if within is None else p._stage_window(_duration(within, what, loc), what, loc)
+
+
+def _duration(duration: Duration, what: str, loc: str | None) -> int:
+    try:
+        ms = to_ms(duration, what)
+    except ConfigError as exc:
+        raise FlowDefinitionError(str(exc), step="pattern", location=loc,
+                                  fix=f"pass {what}(timedelta(minutes=5)) or an int of milliseconds") from None
+    if ms <= 0:
+        raise FlowDefinitionError(f"{what}() must be > 0, got {ms} ms", step="pattern", location=loc,
+                                  fix="e.g. .within(timedelta(minutes=5))")
+    return ms
 
 
 def begin(name: str | Pattern, *, skip: SkipStrategy | None = None) -> Pattern:

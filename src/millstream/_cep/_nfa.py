@@ -130,12 +130,13 @@ def _one_arg(fn: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
 class NState:
     """A state: its edges ``(action, target, condition)`` and the stage its take edges record."""
 
-    __slots__ = ("edges", "kind", "sid", "stage")
+    __slots__ = ("edges", "kind", "sid", "stage", "window")
 
-    def __init__(self, sid: int, kind: int, stage: int) -> None:
+    def __init__(self, sid: int, kind: int, stage: int, window: int | None = None) -> None:
         self.sid = sid
         self.kind = kind
         self.stage = stage
+        self.window = window  # a partial match resting here times out this long after its previous event
         self.edges: list[tuple[int, NState, Cond]] = []
 
     def add(self, action: int, target: NState, cond: Cond) -> None:
@@ -155,11 +156,12 @@ class _Compiler:
         self.stops: dict[str, NState] = {}
         self.originals: dict[int, NState] = {}  # greedy + until: the unblocked copy of a sink
         self.first_of_loop: dict[int, bool] = {}
+        self.took: set[int] = set()  # stages that have a take state already
         self.seq: tuple[Stage, ...] = pattern.stages
         self.i = len(self.seq) - 1
         self.following: Stage | None = None
         self.group: Stage | None = None
-        self.windowed = pattern.within_ms is not None or pattern.within_previous_ms is not None
+        self.within = pattern.within_ms
         self.final = self.new(FINAL)
         self.start = self.convert(self.middle(self.final))
 
@@ -168,9 +170,19 @@ class _Compiler:
     def cur(self) -> Stage:
         return self.seq[self.i]
 
-    def new(self, kind: int = NORMAL, stage: Stage | None = None) -> NState:
+    def new(self, kind: int = NORMAL, stage: Stage | None = None, take: bool = False) -> NState:
+        """A state; ``take``: one that waits for an event of ``stage`` (not a twin that lost its
+        way out), which the stage's ``within(..., since="previous")`` bound applies to. As in
+        Flink, on a quantified stage the bound skips the state built first (the loop, or the
+        one waiting for the last event of ``times``)."""
         idx = self.index.get(stage.name, -1) if stage is not None and stage.group is None else -1
-        st = NState(len(self.states), kind, idx)
+        window = None
+        if take and stage is not None and stage.within_prev is not None:
+            quantified = stage.hi != 1 or stage.lo != 1
+            if not quantified or id(stage) in self.took:
+                window = stage.within_prev
+            self.took.add(id(stage))
+        st = NState(len(self.states), kind, idx, window)
         self.states.append(st)
         return st
 
@@ -257,7 +269,7 @@ class _Compiler:
 
     def copy(self, state: NState) -> NState:
         twin = self.new(state.kind)
-        twin.stage = state.stage
+        twin.stage, twin.window = state.stage, state.window
         for action, target, cond in state.edges:
             twin.add(action, twin if target is state else target, cond)
         return twin
@@ -270,7 +282,7 @@ class _Compiler:
             return sink
         names = {id(self.stop(n)) for n in nots}
         twin = self.new(sink.kind)
-        twin.stage = sink.stage
+        twin.stage, twin.window = sink.stage, sink.window
         for action, target, cond in sink.edges:
             if action == PROCEED:
                 if target.kind == STOP:
@@ -293,14 +305,16 @@ class _Compiler:
         while self.i > 0:
             cur = self.cur
             if cur.kind == "not_followed_by":
-                if self.windowed and sink.kind == FINAL:
+                if (self.within is not None or cur.within_prev is not None) and sink.kind == FINAL:
                     pending = self.new(PENDING)
+                    pending.window = cur.within_prev
                     cond = self.take_cond(cur)
                     pending.add(PROCEED, self.stop(cur), cond)
                     pending.add(IGNORE, pending, _negate(cond))
                     sink = pending
             elif cur.kind == "not_next":
                 nn = self.new()
+                nn.window = cur.within_prev
                 cond = self.take_cond(cur)
                 if sink.kind == FINAL:
                     nn.add(IGNORE, sink, _negate(cond))
@@ -354,7 +368,7 @@ class _Compiler:
         cur = self.cur
         if cur.group is not None:
             return self.group_states(cur, sink, proceed, optional)
-        st = self.new(NORMAL, cur)
+        st = self.new(NORMAL, cur, take=True)
         target = self.copy_without_nots(sink)
         st.add(TAKE, target, take)
         go = self.true()
@@ -418,7 +432,7 @@ class _Compiler:
             ignore = _both(_negate(until), ignore)
         take = self.with_until(self.take_cond(cur), until, True)
         go = self.true()
-        loop = self.new(NORMAL, cur)
+        loop = self.new(NORMAL, cur, take=True)
         if cur.greedy:
             if until is not None:
                 twin = self.copy(sink)
@@ -492,7 +506,7 @@ class Engine:
         self.states = compiled.states
         self.start = compiled.start
         self.within = pattern.within_ms
-        self.within_prev = pattern.within_previous_ms
+        self.timed = pattern.timed
         self.timeouts = timeouts
         skip = pattern.skip
         self.skip_kind = skip.kind
@@ -544,7 +558,7 @@ class Engine:
 
     def on_event(self, ks: KeyState, key: Any, event: Any, ts: int, emit: Emit) -> None:
         """Process the key's next event in order (what it is too late for expires first)."""
-        if ks.partials and (self.within is not None or self.within_prev is not None):
+        if ks.partials and self.timed:
             self.expire(ks, key, ts, emit)
         pos = ks.pos
         ks.pos += 1
@@ -569,24 +583,24 @@ class Engine:
             self._emit_matches(ks, key, found, ts, emit)
 
     # -- time ----------------------------------------------------------------------------
-    def _deadline(self, p: Partial) -> int:
-        d = p.start_ts + self.within if self.within is not None else None
-        if self.within_prev is not None:
-            e = p.prev_ts + self.within_prev
-            d = e if d is None else min(d, e)
-        assert d is not None
-        return d
+    def _deadline(self, p: Partial) -> float:
+        """When ``p`` times out (inf: never): ``within`` after its first event, or its state's
+        window after its previous event, whichever comes first."""
+        d = p.start_ts + self.within if self.within is not None else INF
+        w = self.states[p.state].window
+        return d if w is None else min(d, p.prev_ts + w)
 
     def expire(self, ks: KeyState, key: Any, limit: int, emit: Emit) -> None:
         """Time out the partial matches whose deadline is at or before ``limit``, deadline by
         deadline (pending ones become matches), so the result does not depend on how far
         the watermark jumps."""
-        if self.within is None and self.within_prev is None:
+        if not self.timed:
             return
         while ks.partials:
-            deadline = min(self._deadline(p) for p in ks.partials)
-            if deadline > limit:
+            first = min(self._deadline(p) for p in ks.partials)
+            if first > limit:
                 return
+            deadline = int(first)
             gone = [p for p in ks.partials if self._deadline(p) == deadline]
             ks.partials = [p for p in ks.partials if self._deadline(p) != deadline]
             found = [p for p in gone if self.states[p.state].kind == PENDING]
@@ -601,9 +615,10 @@ class Engine:
                 self._emit_matches(ks, key, found, deadline - 1, emit)
 
     def next_deadline(self, ks: KeyState) -> int | None:
-        if (self.within is None and self.within_prev is None) or not ks.partials:
+        if not self.timed or not ks.partials:
             return None
-        return min(self._deadline(p) for p in ks.partials)
+        first = min(self._deadline(p) for p in ks.partials)
+        return None if first == INF else int(first)
 
     # -- matches -------------------------------------------------------------------------
     def _emit_matches(self, ks: KeyState, key: Any, found: list[Partial], at: int, emit: Emit) -> None:
@@ -638,3 +653,4 @@ class Engine:
 
 
 FINAL_SID = 0  # the compiler creates the final state first
+INF = float("inf")

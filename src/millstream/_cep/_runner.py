@@ -98,8 +98,8 @@ def build_runner(pattern: Any, *, select: Any, timeouts: bool, step: str, loc: s
             f"match() takes a pattern, not {pattern!r}", step=step, location=loc,
             fix="build one with millstream.cep: cep.begin('a').where(...).followed_by('b').where(...)",
         )
-    windowed = pattern.within_ms is not None or pattern.within_previous_ms is not None
-    if pattern.stages[-1].kind == "not_followed_by" and not windowed:
+    last = pattern.stages[-1]
+    if last.kind == "not_followed_by" and pattern.within_ms is None and last.within_prev is None:
         raise FlowDefinitionError(
             f"the pattern ends with the negation {pattern.stages[-1].name!r}, so a match is only known when "
             "its time is up, but the pattern has no within()",
@@ -112,7 +112,7 @@ def build_runner(pattern: Any, *, select: Any, timeouts: bool, step: str, loc: s
             f"(stages: {', '.join(pattern.names)})",
             step=step, location=loc, fix=f"use one of: {', '.join(repr(n) for n in pattern.names)}",
         )
-    if timeouts and not windowed:
+    if timeouts and not pattern.timed:
         raise FlowDefinitionError(
             "match(timeouts=True): a partial match times out at its within() deadline, but the pattern has none",
             step=step, location=loc, fix="add .within(timedelta(...)) to the pattern, or drop timeouts=True",
