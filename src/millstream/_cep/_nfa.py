@@ -478,7 +478,7 @@ class KeyState:
     __slots__ = ("buffer", "held", "partials", "pos", "seq")
 
     def __init__(self) -> None:
-        self.buffer: list[tuple[Any, ...]] = []  # (time, order, arrival, event), sorted
+        self.buffer: list[tuple[int, int, Any]] = []  # (time, arrival, event), sorted
         self.partials: list[Partial] = []
         self.held: list[Partial] = []  # complete matches waiting for earlier partial matches
         self.seq = 0  # arrivals

@@ -9,6 +9,8 @@ late events; thin process steps after it (:func:`unwrapper`) split them into str
 from __future__ import annotations
 
 import bisect
+import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -25,8 +27,26 @@ def _time(item: tuple[Any, ...]) -> int:
     return int(item[0])
 
 
-def _order(item: tuple[Any, ...]) -> tuple[Any, ...]:
-    return item[:3]
+def _order(item: tuple[Any, ...]) -> tuple[int, int]:
+    return item[0], item[1]
+
+
+def _orderer(order_by: Callable[..., Any] | None) -> Callable[[list[Any]], list[Any]] | None:
+    """How to order the events of one time: by a key ``order_by(event)``, or with a comparator
+    ``order_by(a, b)`` (negative, zero, positive, as Flink's ``CEP.pattern(..., comparator)``);
+    ties keep their arrival order."""
+    if order_by is None:
+        return None
+    try:
+        two = len([p for p in inspect.signature(order_by).parameters.values()
+                   if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) == 2
+    except (TypeError, ValueError):
+        two = False
+    fn = order_by
+    if two:
+        key = functools.cmp_to_key(fn)
+        return lambda events: sorted(events, key=key)
+    return lambda events: sorted(events, key=fn)
 
 
 class Runner:
@@ -36,7 +56,7 @@ class Runner:
                  order_by: Callable[[Any], Any] | None = None) -> None:
         self.engine = engine
         self.select = select
-        self.order_by = order_by
+        self.order = _orderer(order_by)
         self.__name__ = self.__qualname__ = f"match[{engine.pattern.describe()}]"
 
     def on_record(self, ctx: Any, record: Any) -> None:
@@ -48,7 +68,7 @@ class Runner:
         ks = st.value()
         if ks is None:
             ks = KeyState()
-        item = (ts, 0 if self.order_by is None else self.order_by(record), ks.seq, record)
+        item = (ts, ks.seq, record)
         ks.seq += 1
         buf = ks.buffer
         if not buf or _order(buf[-1]) <= _order(item):
@@ -77,8 +97,18 @@ class Runner:
         buf = ks.buffer
         n = bisect.bisect_right(buf, wm, key=_time)
         if n:
-            for t, _, _, event in buf[:n]:
-                engine.on_event(ks, key, event, t, emit)
+            due = buf[:n]
+            i = 0
+            while i < n:  # one event time at a time, in the user's order if given
+                j = i
+                while j < n and due[j][0] == due[i][0]:
+                    j += 1
+                events = [e for _, _, e in due[i:j]]
+                if self.order is not None and j - i > 1:
+                    events = self.order(events)
+                for event in events:
+                    engine.on_event(ks, key, event, due[i][0], emit)
+                i = j
             del buf[:n]
         engine.expire(ks, key, wm + 1, emit)  # deadlines d with d - 1 <= wm
         if ks.empty():
@@ -125,7 +155,7 @@ def build_runner(pattern: Any, *, select: Any, timeouts: bool, step: str, loc: s
     if order_by is not None and not callable(order_by):
         raise FlowDefinitionError(
             f"match(order_by=...) takes a function of the event, not {order_by!r}", step=step, location=loc,
-            fix="e.g. order_by=lambda e: e['seq'] (orders events with equal times)",
+            fix="e.g. order_by=lambda e: e['seq'], a key for events with equal times (or a comparator of two)",
         )
     return Runner(Engine(pattern, timeouts=timeouts), select, order_by)
 
