@@ -754,7 +754,8 @@ def _run_job(tmp: Path, params: dict[str, Any], ckpt: Path, failpoints: str | No
 @pytest.mark.parametrize("fault", ["ckpt.before_commit=kill", "sink.commit=kill", "random"])
 def test_kill_exactly_once(fault: str, bs: str, kafka: Any, topics: Any, tmp_path: Path) -> None:
     """Kafka (4 partitions) -> keyed windows -> Kafka transactional sink, killed at a failpoint (the
-    first checkpoint with output durable, its Kafka transaction not committed) or at a random moment, then restarted
+    first checkpoint with output durable, its Kafka transaction not committed) or at a random moment
+    (in micro-batch mode), then restarted
     until it finishes: the committed output equals the windows computed here, each once."""
     n, keys = 6_000, 7
     src = topics(4, "eoin")
@@ -763,7 +764,8 @@ def test_kill_exactly_once(fault: str, bs: str, kafka: Any, topics: Any, tmp_pat
     (tmp_path / "job.py").write_text(JOB)
     txid = services.unique("eo")
     params = {"input": src, "output": dst, "bootstrap": bs, "group": services.unique("g"), "txid": txid,
-              "slow": "0.03" if fault == "random" else "0.004"}
+              "slow": "0.03" if fault == "random" else "0.004",
+              "mode": "microbatch" if fault == "random" else "native"}
     ckpt = tmp_path / "ck"
     rnd = random.Random(fault)
     codes = []

@@ -189,6 +189,7 @@ class KafkaReader(SourceReader):
         self.restored: dict[str, Any] | None = None
         self.down_since: float | None = None
         self.retries = [0]
+        self.last_metrics: dict[str, int] = {"retries": 0, "lag": 0, "partitions": 0}
         self.next_discovery = 0.0
         self.idle_polls = 0
         self.buffered = 0
@@ -657,6 +658,8 @@ class KafkaReader(SourceReader):
             self.acked[(x.topic, x.partition)] = x.offset
 
     def metrics(self) -> dict[str, int]:
+        if self.consumer is None:  # closed: the last figures
+            return self.last_metrics
         lag = 0
         for tp in self.assigned:
             try:
@@ -666,7 +669,8 @@ class KafkaReader(SourceReader):
             pos = self._position(tp)
             if high >= 0 and pos is not None:
                 lag += max(0, high - pos)
-        return {"retries": self.retries[0], "lag": lag, "partitions": len(self.assigned)}
+        self.last_metrics = {"retries": self.retries[0], "lag": lag, "partitions": len(self.assigned)}
+        return self.last_metrics
 
     def close(self) -> None:
         consumer, self.consumer = self.consumer, None
