@@ -326,6 +326,21 @@ def test_bad_records(mode: str, bs: str, kafka: Any, topics: Any) -> None:
     assert [1, 2] in out.values
 
 
+@pytest.mark.parametrize("mode", ["native", "microbatch"])
+def test_oversized_records(mode: str, bs: str, kafka: Any, topics: Any) -> None:
+    topic = topics(1, "big")
+    produce(bs, topic, [{"i": 0}, {"i": 1, "pad": "x" * 5_000}, {"i": 2}], partition=0)
+    dead = ms.connectors.memory.write()
+    out = CollectSink()
+    flow = ms.Flow("big")
+    flow.source(kafka.read(topic, bootstrap=bs, bounded=True, max_record_bytes=1_000,
+                           on_error=ms.connectors.dead_letter(dead))).sink(out)
+    flow.run(mode=mode)
+    assert [r["i"] for r in out.values] == [0, 2]
+    assert dead.values[0]["position"] == f"{topic}[0]@1" and "max_record_bytes" in dead.values[0]["error"]
+    assert len(dead.values[0]["raw"]) == 1_024
+
+
 def test_text_and_deserializer(bs: str, kafka: Any, topics: Any) -> None:
     topic = topics(1, "text")
     produce(bs, topic, [b"hello", b"\xff\xfe", b"world"], partition=0)

@@ -94,6 +94,7 @@ class ReadOptions:
     config: dict[str, Any] = field(default_factory=dict, hash=False, repr=False)
     backoff: Backoff = DEFAULT_BACKOFF
     discovery_interval_s: float = 5.0
+    max_record_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not self.topics or not all(isinstance(t, str) and t for t in self.topics):
@@ -117,6 +118,10 @@ class ReadOptions:
             raise ConfigError(f"metadata can hold {', '.join(map(repr, METADATA))}; not {', '.join(map(repr, bad))}")
         if not isinstance(self.backoff, Backoff):
             raise ConfigError(f"backoff must be a millstream.connectors.Backoff, not {self.backoff!r}")
+        if self.max_record_bytes is not None and (isinstance(self.max_record_bytes, bool)
+                                                  or not isinstance(self.max_record_bytes, int)
+                                                  or self.max_record_bytes < 1):
+            raise ConfigError(f"max_record_bytes must be a positive int or None, not {self.max_record_bytes!r}")
         if self.discovery_interval_s <= 0:
             raise ConfigError(f"discovery_interval must be > 0 seconds, not {self.discovery_interval_s}")
 
@@ -199,6 +204,7 @@ class KafkaReader(SourceReader):
         self.frame_msgs: list[Any] | None = None
         self.schemas: dict[str, Any] = {}  # per topic: the columns of its last batch (flat ones)
         self.fast_json = options.format == "json" and options.deserializer is None and not options.metadata
+        self.max_bytes = options.max_record_bytes
 
     # -- starting ---------------------------------------------------------------------------
     def _on_error(self, err: Any) -> None:
@@ -463,7 +469,7 @@ class KafkaReader(SourceReader):
     # -- decoding -----------------------------------------------------------------------------
     def _decode(self, msgs: list[Any]) -> list[Any]:
         self.cur_msgs = msgs
-        if self.fast_json:
+        if self.fast_json and (self.max_bytes is None or _longest(msgs) <= self.max_bytes):
             try:
                 recs = list(map(orjson.loads, map(self.kafka.Message.value, msgs)))
             except (orjson.JSONDecodeError, TypeError):
@@ -487,6 +493,10 @@ class KafkaReader(SourceReader):
         pos = f"{self.cur_split}@{m.offset()}"
         if raw is None:
             self.ctx.bad_record("the message has no value (a tombstone?)", position=pos, raw=None)
+            return _BAD
+        if self.max_bytes is not None and len(raw) > self.max_bytes:
+            self.ctx.bad_record(f"the value has {len(raw):,} bytes, more than max_record_bytes={self.max_bytes:,}",
+                                position=pos, raw=raw[:1024])
             return _BAD
         value: Any
         if o.deserializer is not None:
@@ -554,7 +564,7 @@ class KafkaReader(SourceReader):
         from millstream.connectors._files_read import _ndjson_frame
 
         values = list(map(self.kafka.Message.value, msgs))
-        if None in values:
+        if None in values or (self.max_bytes is not None and max(map(len, values)) > self.max_bytes):
             return None
         block = b"\n".join(values)
         if block.count(b"\n") != len(values) - 1:
@@ -723,6 +733,13 @@ def _known_schema_frame(values: list[bytes], block: bytes, schema: Any) -> Any:
     if strings and block.count(b'":"') + block.count(b'": "') != strings:
         return None
     return df
+
+
+def _longest(msgs: list[Any]) -> int:
+    try:
+        return max(map(len, map(msgs[0].__class__.value, msgs)))
+    except TypeError:  # a message without a value: the record path reports it
+        return 0
 
 
 def _topic_partition(m: Any) -> tuple[str, int]:

@@ -58,6 +58,7 @@ def read(
     on_error: ErrorPolicy = "fail",
     backoff: Backoff = DEFAULT_BACKOFF,
     discovery_interval: float = 5.0,
+    max_record_bytes: int | None = None,
     name: str | None = None,
 ) -> KafkaSource:
     """A source that reads one or more Kafka topics; each partition is a split ``topic[p]``.
@@ -86,6 +87,8 @@ def read(
       ``topic[p]@offset``.
     - ``backoff``: how long an unreachable broker is retried before the job fails.
     - ``discovery_interval``: seconds between looks for new partitions (unbounded reads).
+    - ``max_record_bytes``: a value longer than this is a bad record (its first KiB is what the
+      dead-letter sink gets); None: no limit beyond the broker's.
 
     A missing topic fails at the start with a :class:`~millstream.errors.ConnectorError` that says how
     to create it (:func:`create_topic`).
@@ -104,7 +107,8 @@ def read(
     options = ReadOptions(
         topics=tuple(names), bootstrap=check_bootstrap(bootstrap), group=group, start=start_of(start),
         bounded=bounded, format=format, deserializer=deserializer, metadata=tuple(meta),
-        config=check_config(config, RESERVED_READ), backoff=backoff, discovery_interval_s=float(discovery_interval))
+        config=check_config(config, RESERVED_READ), backoff=backoff, discovery_interval_s=float(discovery_interval),
+        max_record_bytes=max_record_bytes)
     return KafkaSource(options, on_error=on_error, name=name)
 
 
