@@ -183,6 +183,83 @@ def repeating_pattern_with_same_element() -> Any:
         "c a1 a1' a2 b a3")
 
 
+# -- IterativeConditionsITCase -------------------------------------------------------------
+
+S1, S2, S3, S4 = (ev(f"s{i}", float(i), "start") for i in range(1, 5))
+M1, M2, M3, M4 = ({**ev(n, p, f"foo{n[1]}"), "volume": 10.0} for n, p in [("m1", 1.0), ("m2", 2.0), ("m3", 3.0),
+                                                                             ("m4", 1.0)])
+NEXT_ONE, END = ev("n", 1.0, "next-one"), ev("e", 1.0, "end")
+
+
+def _foo_sum_below_5(e: Event, m: Any) -> bool:
+    return str(e["name"]).startswith("foo") and sum(x["price"] for x in m["middle"]) + e["price"] < 5.0
+
+
+def _iterative_branching(eager: bool) -> Any:
+    p = cep.begin("start").where(named("start")).followed_by("middle").where(_foo_sum_below_5).one_or_more()
+    p = (p if eager else p.allow_combinations()).followed_by("end").where(named("end"))
+    return run(p, [S1, M1, M2, S2, M3, M4, NEXT_ONE, END])
+
+
+@case
+def iterative_with_branching_pattern_eager() -> Any:
+    return _iterative_branching(True), want("s1 m1 m2 m4 e", "s1 m1 m2 e", "s1 m1 e", "s2 m3 m4 e", "s2 m3 e")
+
+
+@case
+def iterative_with_branching_pattern_combinations() -> Any:
+    return _iterative_branching(False), want("s1 m1 m2 m4 e", "s1 m1 m2 e", "s1 m1 m3 e", "s2 m3 m4 e",
+                                             "s1 m1 m4 e", "s1 m1 e", "s2 m3 e")
+
+
+def _start_sum_below_5(e: Event, m: Any) -> bool:
+    return e["name"] == "start" and sum(x["price"] for x in m["start"]) + e["price"] < 5.0
+
+
+def _iterative_looping_start(eager: bool) -> Any:
+    p = cep.begin("start").where(_start_sum_below_5).one_or_more()
+    p = (p.optional() if eager else p.allow_combinations().optional()).followed_by("end").where(named("end"))
+    return run(p, [S1, S2, S3, END])
+
+
+@case
+def iterative_with_looping_starting_eager() -> Any:
+    return _iterative_looping_start(True), want("s1 s2 e", "s1 e", "s2 e", "s3 e", "e")
+
+
+@case
+def iterative_with_looping_starting_combination() -> Any:
+    return _iterative_looping_start(False), want("s1 s2 e", "s1 s3 e", "s1 e", "s2 e", "s3 e", "e")
+
+
+def _end_after_starts_of_2(e: Event, m: Any) -> bool:
+    return e["name"] == "end" and sum(x["price"] for x in m["start"]) >= 2.0
+
+
+@case
+def iterative_with_prev_pattern_dependency() -> Any:
+    p = cep.begin("start").where(named("start")).one_or_more().followed_by("end").where(_end_after_starts_of_2)
+    return run(p, [S1, S2, END]), want("s1 s2 e", "s2 e")
+
+
+@case
+def iterative_with_abac_pattern() -> Any:
+    p = (cep.begin("start").where(named("start")).followed_by_any("middle1").where(lambda e: "volume" in e)
+         .followed_by("middle2").where(lambda e, m: e["name"] == "start"
+                                       and sum(x["price"] for x in m["middle2"]) + e["price"] <= 5.0)
+         .one_or_more().followed_by("end").where(named("end")))
+    return run(p, [S1, M1, S2, S3, M2, S4, M3, M4, END]), want(
+        "s1 m1 s2 s3 e", "s1 m1 s2 e", "s1 m2 s4 e", "s2 m2 s4 e", "s3 m2 s4 e")  # Flink lists them sorted
+
+
+@case
+def iterative_with_prev_pattern_dependency_after_branching() -> Any:
+    p = (cep.begin("start").where(named("start")).one_or_more().followed_by_any("middle1")
+         .where(lambda e: "volume" in e).followed_by_any("end").where(_end_after_starts_of_2))
+    return run(p, [S1, S2, M1, S3, M2, END]), want(
+        "s1 s2 m1 e", "s2 m1 e", "s1 s2 m2 e", "s1 s2 s3 m2 e", "s2 s3 m2 e", "s2 m2 e", "s3 m2 e")
+
+
 # -- NotPatternITCase ----------------------------------------------------------------------
 
 
