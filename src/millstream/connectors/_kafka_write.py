@@ -340,7 +340,8 @@ class KafkaWriter(SinkWriter):
         if self.txid is None:
             return
         self._init()  # fences the crashed run's producer and aborts what it left open
-        marker = self._read_marker()
+        marker = with_retry(self._read_marker, what=f"{self.connector} reading its transaction marker at "
+                            f"{self.address}", backoff=self.o.backoff, counter=self.retries)
         self.prev_tag = marker % _MARK
         if not transactions:
             # a fresh start: this job has committed nothing yet (the tag chain goes on)
