@@ -205,6 +205,20 @@ def test_upsert_deduplicates_a_batch_by_key(db: Db) -> None:
     assert db.dicts(name, "a") == [{"a": "x", "b": 1, "v": "last"}, {"a": "y", "b": 1, "v": "new"}]
 
 
+def test_upsert_takes_its_columns_from_a_record_that_is_not_a_retraction(db: Db) -> None:
+    """Regression (found by the change-capture kill test): a restart whose first batch starts with a
+    key-only -U/-D must not make the key the only column written."""
+    name = db.table("ms_cols_from", "id int PRIMARY KEY, name text, n bigint")
+    db.conn.execute(f"INSERT INTO {name} VALUES (1, 'a', 1), (2, 'b', 2)")
+    writer = ms.connectors.postgres.write(name, mode="upsert", key="id").open("s")
+    writer.write([{"id": 2, "_change": "-D"}], None)
+    writer.flush()  # deletes only: the columns are not known yet
+    writer.write([{"id": 1, "_change": "-U"}, {"id": 1, "name": "a", "n": 5, "_change": "+U"},
+                  {"id": 3, "name": "c", "n": 3, "_change": "+I"}], None)
+    writer.close()
+    assert db.dicts(name, "id") == [{"id": 1, "name": "a", "n": 5}, {"id": 3, "name": "c", "n": 3}]
+
+
 def test_append_refuses_a_changelog_retraction(db: Db) -> None:
     name = db.table("ms_cl", "k text, n bigint")
     flow = ms.Flow("pg-append-changelog")
@@ -564,6 +578,74 @@ def test_change_capture_needs_logical_decoding(db: Db) -> None:
     reader_src = ms.connectors.postgres.read_changes(dsn=db.dsn, slot=services.unique("s"), tables="x")
     with pytest.raises(ConnectorError, match="wal_level = logical"):
         reader_src.open(SourceContext(step="cdc", clock=SystemClock(), policy="fail"))
+
+
+CDC_JOB = textwrap.dedent('''
+    import millstream as ms
+
+    def build(params):
+        flow = ms.Flow("pg-cdc-chaos")
+        changes = flow.source(ms.connectors.postgres.read_changes(dsn=params["dsn"], slot=params["slot"],
+                                                                  bounded=True, batch_size=20,
+                                                                  metadata=("lsn",) if params["sink"] != "upsert"
+                                                                  else ()))
+        changes.sink(ms.connectors.postgres.write(params["table"], dsn=params["dsn"], mode=params["sink"],
+                                                  **({"key": "id"} if params["sink"] == "upsert"
+                                                     else {"columns": ("id", "name", "n", "_change", "_lsn")})))
+        return flow
+''')
+
+
+@pytest.mark.slow  # ~10 s each: pytest tests/integration/test_postgres.py -m slow
+@pytest.mark.parametrize("sink", ["upsert", "transactional"])
+def test_change_capture_kill_and_restart(pdb: Db, tmp_path: Path, sink: str) -> None:
+    """Source table → slot → job → copy, the job SIGKILLed between the sinks' commit and the slot's
+    acknowledgement and at random moments: the copy ends equal to the source table; with the
+    transactional sink the raw changelog is applied exactly once (checked with a multiset copy)."""
+    table, slot = _cdc_setup(pdb, "ms_chaos_src")
+    for i in range(1, 1201):  # many small transactions: the job takes many checkpoints
+        pdb.conn.execute(f"INSERT INTO {table} VALUES ({i}, 'n{i}', {i})")
+        if i % 4 == 0:
+            pdb.conn.execute(f"UPDATE {table} SET n = n + 1 WHERE id = {i - 2}")
+        if i % 9 == 0:
+            pdb.conn.execute(f"DELETE FROM {table} WHERE id = {i - 5}")
+    if sink == "upsert":
+        copy = pdb.table("ms_chaos_copy", "id int PRIMARY KEY, name text, n bigint")
+    else:  # every change as a row: exactly-once means each appears once
+        copy = pdb.table("ms_chaos_log", "id int, name text, n bigint, _change text, _lsn pg_lsn")
+    job = tmp_path / "cdc_job.py"
+    job.write_text(CDC_JOB)
+    cmd = [sys.executable, "-m", "millstream.cli", "run", str(job), "-q", "--progress", "off",
+           "--guarantee", "exactly-once", "--checkpoint-dir", str(tmp_path / "ckpt"), "--checkpoint-interval", "20",
+           "--set", f"dsn={pdb.dsn}", "--set", f"slot={slot}", "--set", f"table={copy}", "--set", f"sink={sink}"]
+    rnd = random.Random(11)
+    env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "src")}
+    for fault in ["source.acknowledge=kill#3", "random", "random", "ckpt.before_commit=kill#2", None, None]:
+        run_env = {k: v for k, v in env.items() if k != "MILLSTREAM_FAILPOINTS"}
+        if fault and fault != "random":
+            run_env["MILLSTREAM_FAILPOINTS"] = fault
+        proc = subprocess.Popen(cmd, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        if fault == "random":
+            try:
+                proc.wait(timeout=rnd.uniform(1.8, 2.6))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, f"{fault}: {err[-3000:]}"
+    else:
+        pytest.fail("the job never finished")
+    source = pdb.dicts(table, "id")
+    if sink == "upsert":
+        assert pdb.dicts(copy, "id") == source
+    else:
+        # the order of the changes of an id: by commit LSN, and -U before +U within a transaction
+        log = [{k: v for k, v in r.items() if k != "_lsn"} for r in pdb.dicts(copy, "id, _lsn, _change DESC")]
+        assert Counter(r["_change"] for r in log) == {"+I": 1200, "-U": 300, "+U": 300, "-D": 133}
+        assert sorted(changelog.final_table(log, key="id"), key=lambda r: r["id"]) == source
+        assert len(log) == len({(r["id"], r["_change"], r["n"]) for r in log}), "a change was applied twice"
 
 
 # -- lookup ---------------------------------------------------------------------------------------

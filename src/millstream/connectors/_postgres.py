@@ -207,6 +207,7 @@ class PostgresWriter(SinkWriter):
         self._prepared: dict[str, Any] = {}   # SQL by name, made once the columns are known
         self._json: tuple[int, ...] = ()      # positions of json/jsonb columns among self.columns
         self._row: Callable[[Any], Any] | None = None
+        self._key: Callable[[Any], Any] | None = None
         # transactional
         self._in_txn = False
         self._txn_rows = 0
@@ -309,12 +310,31 @@ class PostgresWriter(SinkWriter):
                 f"table {self.sink.table!r} has no column {', '.join(map(repr, missing))} "
                 f"(columns: {', '.join(self._types)})",
                 fix="add the columns, pass columns=(...) naming existing ones, or map records to the table's columns")
-        if self.sink.mode == "upsert":
-            self._check_unique(key)
+        if self.sink.mode == "upsert" and self._key is None:
+            self._resolve_key()
         self._json = tuple(i for i, c in enumerate(cols) if self._types[c] in _JSON_TYPES)
         getter = operator.itemgetter(*cols)
         self._row = (lambda r: (getter(r),)) if len(cols) == 1 else getter
         self._prepare_sql(cols, key)
+
+    def _resolve_key(self) -> None:
+        """Upsert: check the key's unique index and prepare the deletes (they need the key only)."""
+        from psycopg import sql
+
+        key = self.sink.key or ()
+        self._check_unique(key)
+        p = self._prepared
+        gone = sql.Identifier(f"ms_gone_{uuid.uuid4().hex[:8]}")
+        table = _ident(self.sink.table)
+        p["gone"] = sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA").format(
+            gone, _cols(key), table)
+        p["copy_gone"] = sql.SQL("COPY {} ({}) FROM STDIN").format(gone, _cols(key))
+        p["delete"] = sql.SQL("DELETE FROM {} t USING {} g WHERE {}").format(
+            table, gone, sql.SQL(" AND ").join(
+                sql.SQL("t.{} = g.{}").format(sql.Identifier(k), sql.Identifier(k)) for k in key))
+        self.conn.execute(p["gone"])
+        kg = operator.itemgetter(*key)
+        self._key = (lambda r: (kg(r),)) if len(key) == 1 else kg
 
     def _check_unique(self, key: tuple[str, ...]) -> None:
         rows = self.conn.execute(
@@ -337,27 +357,17 @@ class PostgresWriter(SinkWriter):
         p["copy"] = sql.SQL("COPY {} ({}) FROM STDIN").format(table, _cols(cols))
         if self.sink.mode != "upsert":
             return
-        tag = uuid.uuid4().hex[:8]
-        stage, gone = sql.Identifier(f"ms_stage_{tag}"), sql.Identifier(f"ms_gone_{tag}")
+        stage = sql.Identifier(f"ms_stage_{uuid.uuid4().hex[:8]}")
         p["stage"] = sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA").format(
             stage, _cols(cols), table)
-        p["gone"] = sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA").format(
-            gone, _cols(key), table)
         p["copy_stage"] = sql.SQL("COPY {} ({}) FROM STDIN").format(stage, _cols(cols))
-        p["copy_gone"] = sql.SQL("COPY {} ({}) FROM STDIN").format(gone, _cols(key))
         rest = [c for c in cols if c not in key]
         action = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(
             sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in rest)) \
             if rest else sql.SQL("DO NOTHING")
         p["merge"] = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
             table, _cols(cols), _cols(cols), stage, _cols(key), action)
-        p["delete"] = sql.SQL("DELETE FROM {} t USING {} g WHERE {}").format(
-            table, gone, sql.SQL(" AND ").join(
-                sql.SQL("t.{} = g.{}").format(sql.Identifier(k), sql.Identifier(k)) for k in key))
         self.conn.execute(p["stage"])
-        self.conn.execute(p["gone"])
-        kg = operator.itemgetter(*key)
-        self._key = (lambda r: (kg(r),)) if len(key) == 1 else kg
 
     # -- writing -------------------------------------------------------------------------------
     def write(self, records: list[Any], times: list[int] | None) -> None:
@@ -396,7 +406,14 @@ class PostgresWriter(SinkWriter):
             return
         rows, self.buffer = self.buffer, []
         if self._row is None:
-            self._resolve(rows[0])
+            # the columns come from a record that is not a retraction: a changelog's -U/-D may carry the key only
+            first = next((r for r in rows if not (isinstance(r, Mapping) and r.get(CHANGE) in _RETRACT)), None)
+            if first is not None or self.sink.mode != "upsert":
+                self._resolve(rows[0] if first is None else first)
+            elif not self._types:
+                return  # deletes only, into a table create=True has not made yet: nothing to delete
+            elif self._key is None:
+                self._resolve_key()
         if self.sink.mode == "transactional":
             self._write_in_txn(rows)
             return
@@ -405,17 +422,24 @@ class PostgresWriter(SinkWriter):
         self.rows_written += len(rows)
 
     def _append(self, rows: list[Any]) -> None:
-        if self.columns is not None and CHANGE not in self.columns and _retracts(rows):
-            raise self._error("mode='append' got a changelog retraction (a '-U' or '-D' record), which it would "
-                              "append as a row", fix="write a changelog with mode='upsert' and key=(...)")
+        self._refuse_retractions(rows)
         tuples = self._tuples(rows)
         with self.conn.transaction():
             self._copy(self._prepared["copy"], tuples)
+
+    def _refuse_retractions(self, rows: list[Any]) -> None:
+        """Append and transactional modes add rows: a changelog's -U/-D would be added as rows, unless the
+        table keeps the change kind (``columns`` names ``_change``)."""
+        if self.columns is not None and CHANGE not in self.columns and _retracts(rows):
+            raise self._error(f"mode={self.sink.mode!r} got a changelog retraction (a '-U' or '-D' record), which "
+                              "it would add as a row", fix="write a changelog with mode='upsert' and key=(...), or "
+                              "keep the change kind in a column: columns=(..., '_change')")
 
     def _upsert(self, rows: list[Any]) -> None:
         """Dedupe by key (the last change of a key wins, ``-U`` skipped), then one transaction:
         COPY into the stages, merge, delete."""
         key_of = self._key
+        assert key_of is not None
         try:
             if not _retracts(rows):  # inserts only: deduplicated in one pass in C
                 upserts = list(dict(zip(map(key_of, rows), rows, strict=True)).values())
@@ -434,7 +458,7 @@ class PostgresWriter(SinkWriter):
                        rows[0])
             raise self._error(f"a row has no value for the upsert key ({', '.join(self.sink.key or ())}): {bad!r:.200}",
                               fix="every record needs the key fields") from None
-        tuples = self._tuples(upserts)
+        tuples = self._tuples(upserts) if upserts else []
         with self.conn.transaction():
             if tuples:
                 self._copy(self._prepared["copy_stage"], tuples)
@@ -450,9 +474,9 @@ class PostgresWriter(SinkWriter):
         def attempt() -> None:
             if self._conn is None or self._conn.closed:
                 self._conn = self._connect()
-                if self.sink.mode == "upsert":
-                    self.conn.execute(self._prepared["stage"])
-                    self.conn.execute(self._prepared["gone"])
+                for temporary in ("stage", "gone"):  # temporary tables die with their session
+                    if temporary in self._prepared:
+                        self.conn.execute(self._prepared[temporary])
             try:
                 fn()
             except psycopg.OperationalError as exc:
@@ -477,6 +501,7 @@ class PostgresWriter(SinkWriter):
     def _write_in_txn(self, rows: list[Any]) -> None:
         import psycopg
 
+        self._refuse_retractions(rows)
         tuples = self._tuples(rows)
         try:
             if not self._in_txn:
@@ -615,6 +640,7 @@ class PostgresWriter(SinkWriter):
 
 
 _change_of = operator.methodcaller("get", CHANGE)
+_RETRACT = (UPDATE_BEFORE, DELETE)
 
 
 def _retracts(rows: list[Any]) -> bool:
