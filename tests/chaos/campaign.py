@@ -157,7 +157,7 @@ def _special(args: argparse.Namespace, guarantees: list[str]) -> None:
             if args.pauses:
                 # without the lock, only transactional (exactly-once) output can be fenced
                 drop = g == "exactly-once" and rnd.random() < 0.5
-                jobs.append(("pause", g, f"{rnd.choice(points)}#{rnd.randint(1, 6)}", drop, rnd.randrange(10**9)))
+                jobs.append(("pause", g, f"{rnd.choice(points)}#{rnd.randint(1, 4)}", drop, rnd.randrange(10**9)))
             else:
                 jobs.append(("rewind", g, "", False, args.seed + i))
 

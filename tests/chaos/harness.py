@@ -207,7 +207,8 @@ def pause_trial(trial: Trial, workdir: Path, expected: Counter[str], *, stop_at:
         _, status = os.waitpid(first.pid, os.WUNTRACED)  # returns once it stopped itself (or ended)
         if not os.WIFSTOPPED(status):
             first.returncode = os.waitstatus_to_exitcode(status)
-            return {**outcome, "anomalies": [f"the first run never reached {stop_at} (exit {first.returncode})"]}
+            return {**outcome, "skipped": f"the first run never reached {stop_at} (exit {first.returncode})",
+                    "anomalies": []}
         if drop_lock:
             os.remove(os.path.join(ckpt, "LOCK"))
         second = subprocess.run(cmd, env=_env(None), capture_output=True, text=True, timeout=300)
