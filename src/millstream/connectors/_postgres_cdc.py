@@ -249,6 +249,7 @@ class ChangesReader(SourceReader):
         import psycopg
 
         try:
+            self.conn  # noqa: B018 - reconnects (and forgets the temporary slot) if the session is gone
             tmp = self._temporary_slot()
             upto = lsn_text(self.end_lsn) if self.end_lsn is not None else None
             rows = self.conn.execute(
@@ -260,6 +261,12 @@ class ChangesReader(SourceReader):
             raise ConnectorUnavailable(scrub(f"reading slot {self.src.slot}: {pg_message(exc)}", self.src.dsn),
                                        connector=self.what, address=self.address) from None
         except psycopg.Error as exc:
+            if getattr(exc, "sqlstate", None) == "42704" and self._tmp is not None and self._tmp in str(exc):
+                # the temporary slot went with a session that ended under us: start a new one
+                self._tmp = None
+                self._pending.clear()
+                raise ConnectorUnavailable(f"reading slot {self.src.slot}: the session ended",
+                                           connector=self.what, address=self.address) from None
             raise self._error(f"reading slot {self.src.slot}: {pg_message(exc)}") from None
         self._decode(rows)
         return len(rows)
