@@ -244,8 +244,9 @@ class KafkaReader(SourceReader):
         else:
             offsets = self._start_offsets(tps)
         if restored is not None:
-            self.past_start.update(offsets)
-            self.next.update({_parse_split(n): int(o) for n, o in restored["offsets"].items() if o is not None})
+            done = {_parse_split(n): int(o) for n, o in restored["offsets"].items() if o is not None}
+            self.past_start.update(done)
+            self.next.update(done)
         self._assign([(tp, offsets[tp]) for tp in tps if tp not in self.ended])
         self.assigned = tps
         self.started = True
@@ -815,9 +816,3 @@ def _meta(m: Any, what: str, *, strict: bool = False) -> Any:
         out[k] = v
     return out
 
-
-def chunks(it: Any, n: int) -> Any:
-    """``it`` in lists of ``n`` (helper for tests and benchmarks)."""
-    it = iter(it)
-    while batch := list(itertools.islice(it, n)):
-        yield batch
