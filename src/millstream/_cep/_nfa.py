@@ -565,22 +565,29 @@ class Engine:
         new: list[Partial] = []
         found: list[Partial] = []
         states = self.states
-        for p in [*ks.partials, None]:
-            keep: list[Partial] = []
-            stopped = False
-            for q in self._step(p, event, ts, pos):
-                kind = states[q.state].kind
-                if kind == FINAL:
-                    found.append(q)
-                elif kind == STOP:
-                    stopped = True
-                else:
-                    keep.append(q)
-            if not stopped:
-                new.extend(keep)
+        for p in ks.partials:
+            self._advance(p, event, ts, pos, new, found, states)
+        self._advance(None, event, ts, pos, new, found, states)  # the start state, always there
         ks.partials = new
         if found or ks.held:
             self._emit_matches(ks, key, found, ts, emit)
+
+    def _advance(self, p: Partial | None, event: Any, ts: int, pos: int, new: list[Partial],
+                 found: list[Partial], states: list[NState]) -> None:
+        """What ``p`` becomes on ``event``: complete matches go to ``found``, the rest to ``new``,
+        unless a negation stopped it (then nothing it would have become survives)."""
+        keep: list[Partial] = []
+        stopped = False
+        for q in self._step(p, event, ts, pos):
+            kind = states[q.state].kind
+            if kind == FINAL:
+                found.append(q)  # a match it completed stands (as in Flink)
+            elif kind == STOP:
+                stopped = True
+            else:
+                keep.append(q)
+        if not stopped:
+            new.extend(keep)
 
     # -- time ----------------------------------------------------------------------------
     def _deadline(self, p: Partial) -> float:
@@ -597,7 +604,7 @@ class Engine:
         if not self.timed:
             return
         while ks.partials:
-            first = min(self._deadline(p) for p in ks.partials)
+            first = min(map(self._deadline, ks.partials))
             if first > limit:
                 return
             deadline = int(first)

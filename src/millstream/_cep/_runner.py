@@ -98,17 +98,19 @@ class Runner:
         n = bisect.bisect_right(buf, wm, key=_time)
         if n:
             due = buf[:n]
-            i = 0
-            while i < n:  # one event time at a time, in the user's order if given
-                j = i
-                while j < n and due[j][0] == due[i][0]:
-                    j += 1
-                events = [e for _, _, e in due[i:j]]
-                if self.order is not None and j - i > 1:
-                    events = self.order(events)
-                for event in events:
-                    engine.on_event(ks, key, event, due[i][0], emit)
-                i = j
+            if self.order is None:
+                for t, _, event in due:
+                    engine.on_event(ks, key, event, t, emit)
+            else:
+                i = 0
+                while i < n:  # one event time at a time, in the user's order
+                    j = i
+                    while j < n and due[j][0] == due[i][0]:
+                        j += 1
+                    events = [e for _, _, e in due[i:j]]
+                    for event in self.order(events) if j - i > 1 else events:
+                        engine.on_event(ks, key, event, due[i][0], emit)
+                    i = j
             del buf[:n]
         engine.expire(ks, key, wm + 1, emit)  # deadlines d with d - 1 <= wm
         if ks.empty():
