@@ -212,17 +212,12 @@ class _Compiler:
         return self.with_until(_compile_condition(stage.conditions), self.group_until(), True)
 
     def _ignore(self, stage: Stage, how: str) -> Cond:
+        """An ignore edge's condition for contiguity ``how`` (``_never``: strict, no edge)."""
         if how == STRICT:
-            cond: Cond = None
-            present = False
-        elif how == RELAXED:
-            cond, present = _negate(_compile_condition(stage.conditions)), True
-        else:
-            cond, present = None, True
-        if not present:
             return _never
+        cond = _negate(_compile_condition(stage.conditions)) if how == RELAXED else None
         until = self.group_until()
-        return _both(_negate(until), cond) if until is not None else cond
+        return cond if until is None else _both(_negate(until), cond)
 
     def ignore_cond(self, stage: Stage) -> Cond:
         """The condition of the ignore edge before a stage's first event (``_never``: no edge)."""
