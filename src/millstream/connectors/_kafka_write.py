@@ -137,6 +137,8 @@ def _to_bytes(v: Any) -> bytes | None:
         return v
     if isinstance(v, str):
         return v.encode()
+    if type(v) is int:
+        return str(v).encode()
     return orjson.dumps(v)
 
 
@@ -316,8 +318,13 @@ class KafkaWriter(SinkWriter):
         if len(values) != frame.height:
             super().write_frame(frame, times)
             return
-        keys = (list(map(_to_bytes, frame.get_column(self.o.key).to_list())) if isinstance(self.o.key, str)
-                else None)
+        keys = None
+        if isinstance(self.o.key, str):
+            import polars as pl
+
+            # polars' text of an integer, string or boolean is orjson's (true/false, digits, the string)
+            texts = frame.get_column(self.o.key).cast(pl.String).to_list()
+            keys = [None if t is None else t.encode() for t in texts]
         self._write_values(values, keys)
 
     def _write_values(self, values: list[bytes], keys: list[bytes | None] | None) -> None:
