@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from millstream._expr import Expr
-from millstream._time import MIN_WATERMARK, Duration, to_ms
+from millstream._time import MAX_WATERMARK, MIN_WATERMARK, Duration, to_ms
 from millstream.errors import ConfigError
 
 __all__ = ["TimestampSpec", "WatermarkStrategy"]
@@ -165,6 +165,15 @@ class SourceWatermarks:
             return min(busy)
         # every split idle: the source is idle (downstream leaves it out) and its own time stays
         return min((g.current() for g in gens), default=self.single.current())
+
+    def current_without(self, split: str | None, active: Any = None, now_ms: int = 0) -> int:
+        """The minimum watermark of the active splits other than ``split`` (the highest possible
+        watermark when there are none): what holds the source back besides ``split`` itself."""
+        if split is None or (active is None and not self.gens):
+            return MAX_WATERMARK
+        gens = [g for s, g in ((s, self.of(s, now_ms)) for s in (active if active is not None else self.gens))
+                if s != split and not g.idle]
+        return min((g.current() for g in gens), default=MAX_WATERMARK)
 
     def check_idle(self, now_ms: int, active: Any = None) -> bool:
         """Mark splits idle after the strategy's timeout; True when the whole source has just become idle."""

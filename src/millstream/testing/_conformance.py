@@ -127,7 +127,8 @@ class _Resources:
 
 
 def _context(src: Source, policy: Any = None) -> SourceContext:
-    return SourceContext(step="conformance", clock=SystemClock(), policy=policy or src.on_error)
+    # as in a checkpointed job: the runtime, not the source, decides when records are acknowledged
+    return SourceContext(step="conformance", clock=SystemClock(), policy=policy or src.on_error, checkpointed=True)
 
 
 @dataclass
@@ -146,7 +147,7 @@ def _read(reader: SourceReader, *, limit: int | None, timeout_s: float, max_reco
     n = 0
     last = time.monotonic()
     while limit is None or n < limit:
-        recs = reader.poll(max_records if limit is None else min(max_records, limit - n))
+        recs: Any = reader.poll(max_records if limit is None else min(max_records, limit - n))
         if recs is None:
             break
         if not isinstance(recs, list):
@@ -220,9 +221,11 @@ def _check_source(make: Callable[[], Source], report: SourceReport, *, expected:
                   resumes_from_acknowledged: bool | None) -> None:
     src = make()
     who = f"source {src.describe()!r}"
-    if src.replay not in _REPLAY:
-        _fail(f"{who}: replay must be one of {_REPLAY}, not {src.replay!r}")
-    if not isinstance(src.bounded, bool):
+    replay: Any = src.replay
+    if replay not in _REPLAY:
+        _fail(f"{who}: replay must be one of {_REPLAY}, not {replay!r}")
+    bounded: Any = src.bounded
+    if not isinstance(bounded, bool):
         _fail(f"{who}: bounded must be a bool")
     text = src.describe()
     if not isinstance(text, str) or not text.strip():
