@@ -6,8 +6,9 @@ A guarantee is only as strong as its weakest connector:
 - ``"at-most-once"``: nothing is replayed, so any source will do; the sinks must be
   able to continue their output after a restart.
 - ``"at-least-once"``: after a crash the sources replay from the last checkpoint,
-  so every source must be ``replayable``; sinks may repeat records, but must be
-  able to continue their output.
+  so every source must replay (``Source.replay`` is ``"position"`` or
+  ``"redelivery"``); sinks may repeat records, but must be able to continue their
+  output.
 - ``"exactly-once"``: replayable sources, and every sink (dead-letter sinks of
   the sources' ``on_error`` policies too) ``transactional`` (two-phase commit with
   checkpoints) or ``idempotent`` (a rewrite replaces).
@@ -31,9 +32,11 @@ __all__ = ["GUARANTEES", "check_guarantee", "weak_links"]
 GUARANTEES: tuple[str, ...] = ("none", "at-most-once", "at-least-once", "exactly-once")
 
 _EXACT_DELIVERY = ("transactional", "idempotent")
-_REPLAYABLE = "use a replayable source (files, memory, generator, nexmark, testing.TestSource)"
+_REPLAYABLE = ("use a replayable source (files, memory, generator, nexmark, testing.TestSource; or a broker that "
+               "replays by position or redelivery: kafka, redis, nats, rabbitmq, mqtt at QoS 1, postgres.read_changes)")
 _EXACT_SINK = ("use a sink that commits with checkpoints or overwrites by key: "
-               "files.write(dir, transactional=True), memory.upsert(key=...), testing.TransactionalCollectSink()")
+               "files.write(dir, transactional=True), memory.upsert(key=...), testing.TransactionalCollectSink(), "
+               "kafka.write(..., transactional_id=...), postgres.write(..., mode='upsert' or 'transactional')")
 
 
 @dataclass(frozen=True)
