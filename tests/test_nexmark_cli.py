@@ -92,8 +92,9 @@ def test_run_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_run_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["nexmark", "run", "--query", "q0", "--input", str(tmp_path / "x.jsonl"), "--rate", "10"]) == 2
-    assert "--rate paces the generator" in capsys.readouterr().err
+    # --rate (--pace) paces any input now (tests/integration/test_cli_urls.py); it must be > 0
+    assert main(["nexmark", "run", "--query", "q0", "--input", str(tmp_path / "x.jsonl"), "--rate", "0"]) == 2
+    assert "--pace must be a number of records per second > 0" in capsys.readouterr().err
     assert main(["nexmark", "run", "--query", "q0", "--events", "10", "--guarantee", "exactly-once",
                  "--checkpoint-dir", str(tmp_path / "ck")]) == 2
     assert "exactly-once needs --out" in capsys.readouterr().err

@@ -282,28 +282,43 @@ def _nexmark_parser(sub: Any) -> None:
     nx = sub.add_parser("nexmark", help="the Nexmark benchmark: generate events, run a query, measure")
     nsub = nx.add_subparsers(dest="nexmark_command", required=True)
 
-    def config(sp: argparse.ArgumentParser, rate_help: str) -> None:
+    def config(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--events", type=int, default=100_000, help="number of events (default 100,000)")
         sp.add_argument("--out-of-order", type=int, default=1, metavar="G",
                         help="permute the events inside groups of G (default 1: in event-time order)")
-        sp.add_argument("--rate", type=float, default=None, help=rate_help)
 
-    gen = nsub.add_parser("generate", help="write the generator's events as JSON lines")
-    config(gen, "events per second of event time (default 10,000; the data set spans events / rate seconds)")
-    gen.add_argument("--out", default=None, metavar="FILE", help="output file (default: standard output)")
+    # Two different rates (issue 10 §6): --event-rate is the generator's events per second of *event
+    # time* (what the data says), --pace how fast a run releases its input in *wall-clock* time.
+    # `generate --rate` and `run --rate` are their older names, kept as aliases.
+    gen = nsub.add_parser("generate", help="write the generator's events as JSON lines, or into a topic")
+    config(gen)
+    gen.add_argument("--event-rate", "--rate", dest="event_rate", type=float, default=None, metavar="N",
+                     help="events per second of EVENT time: the data set spans events / N seconds of event "
+                     "time, however fast it is written (default 10,000; --rate is the older name)")
+    gen.add_argument("--out", default=None, metavar="PATH|URL",
+                     help="output file, or kafka://HOST:PORT/TOPIC?partitions=N (creates the topic with N "
+                     "partitions if missing); default: standard output")
 
-    run = nsub.add_parser("run", help="run one query over the generator or a JSON-lines file")
+    run = nsub.add_parser("run", help="run one query over the generator, a JSON-lines file or a topic")
     run.add_argument("--query", required=True, choices=list(QUERIES))
     run.add_argument("--mode", choices=MODES, default="native", help="execution mode (default: native)")
-    config(run, "pace the generator at this many events per second of wall-clock time (default: as fast "
-           "as possible)")
+    config(run)
+    run.add_argument("--pace", "--rate", dest="pace", type=float, default=None, metavar="N",
+                     help="release the input (the generator, a file or a topic) at most N events per second "
+                     "of WALL-CLOCK time; event times are unchanged (default: as fast as possible; --rate is "
+                     "the older name)")
     run.add_argument("--event-rate", type=int, default=10_000,
-                     help="the generator's events per second of event time (default 10,000)")
-    run.add_argument("--input", default=None, metavar="FILE",
-                     help="read tagged events from this JSON-lines file (from `nexmark generate`) instead")
-    run.add_argument("--out", default=None, metavar="PATH",
+                     help="the generator's events per second of EVENT time (default 10,000); as generate's "
+                     "--event-rate")
+    run.add_argument("--input", default=None, metavar="PATH|URL",
+                     help="read tagged events (from `nexmark generate`) from this JSON-lines file or "
+                     "kafka://HOST:PORT/TOPIC (from the earliest offsets to the end at the start; options: "
+                     "group=, start=, bounded=false) instead of the generator")
+    run.add_argument("--out", default=None, metavar="PATH|URL",
                      help="write the result rows here as JSON lines (a directory of committed part files with "
-                     "--guarantee exactly-once); default: standard output")
+                     "--guarantee exactly-once), or to kafka://HOST:PORT/TOPIC (transactional under "
+                     "exactly-once) or postgresql://USER@HOST:PORT/DB?table=T[&mode=upsert&key=COLS]; "
+                     "default: standard output")
     run.add_argument("--max-chunk", type=int, default=2048, help="most records read from a source at once")
     run.add_argument("--guarantee", choices=GUARANTEES, default=None,
                      help="delivery guarantee across crashes (needs --checkpoint-dir)")
@@ -345,15 +360,17 @@ def _cmd_nexmark(args: argparse.Namespace, console: Console) -> int:
         return [x.strip() for x in text.split(",") if x.strip()]
 
     if args.nexmark_command == "generate":
-        rate = 10_000 if args.rate is None else int(args.rate)
+        rate = 10_000 if args.event_rate is None else int(args.event_rate)
         cfg = NexmarkConfig(events=args.events, rate=rate, out_of_order_group_size=args.out_of_order)
         n = nx.generate(cfg, args.out)
         if args.out is not None:
-            console.print(f"{n:,} events written to {args.out}", highlight=False)
+            from millstream.connectors import redact_url
+
+            console.print(f"{n:,} events written to {redact_url(args.out)}", highlight=False)
         return 0
     if args.nexmark_command == "run":
         cfg = NexmarkConfig(events=args.events, rate=args.event_rate, out_of_order_group_size=args.out_of_order)
-        summary = nx.run(args.query, mode=args.mode, config=cfg, input=args.input, rate=args.rate, out=args.out,
+        summary = nx.run(args.query, mode=args.mode, config=cfg, input=args.input, rate=args.pace, out=args.out,
                          guarantee=args.guarantee, checkpoint_dir=args.checkpoint_dir,
                          checkpoint_interval=args.checkpoint_interval, max_chunk=args.max_chunk, state=args.state,
                          checkpoint_key=_checkpoint_key())

@@ -1,9 +1,15 @@
 """What ``millstream nexmark generate | run | bench`` do (the argument parsing is in ``millstream._cli``).
 
 - ``generate`` writes the generator's events as JSON lines (``"type"`` plus the
-  kind's camelCase fields, times as int epoch ms).
-- ``run`` runs one query over the generator or a JSON-lines file, writing JSON
-  lines; an updating query (q4) writes its final table (the last row per key).
+  kind's camelCase fields, times as int epoch ms), or as JSON messages into a
+  topic (``--out kafka://HOST:PORT/TOPIC?partitions=4``).
+- ``run`` runs one query over the generator, a JSON-lines file or a topic
+  (``--input kafka://...``), writing JSON lines, or to a topic or a table
+  (``--out kafka://...``, ``--out postgresql://...?table=T``: see
+  :mod:`millstream.connectors._urls`); an updating query (q4) writes its final
+  table (the last row per key) to a file, its changelog to a topic or a table
+  (an upsert by key applies it). ``pace`` releases any input at that many events
+  per second of wall-clock time (event times are unchanged).
   With exactly-once, ``--out`` is a directory of committed part files (the
   transactional file sink) and a second run with the same checkpoint directory
   resumes.
@@ -30,6 +36,8 @@ from millstream._clock import SystemClock
 from millstream._run import MODES, RunConfig, RunResult
 from millstream.connectors import files, stdio
 from millstream.connectors._base import Sink, SinkWriter, Source, SourceContext
+from millstream.connectors._pace import check_rate, paced
+from millstream.connectors._urls import file_path, is_url, sink_from_url, source_from_url
 from millstream.errors import ConfigError
 from millstream.nexmark._config import NexmarkConfig
 from millstream.nexmark._queries import QUERIES, UPDATING, build, collapse
@@ -46,12 +54,18 @@ _FINAL = "part-final-0.jsonl"  # the final table of an updating query, in an exa
 
 def generate(config: NexmarkConfig, out: str | os.PathLike[str] | None = None, *, stream: IO[bytes] | None = None
              ) -> int:
-    """Write ``config``'s events as JSON lines to ``out`` (a file, replaced) or ``stream`` (default stdout).
+    """Write ``config``'s events as JSON lines to ``out`` (a file, replaced) or ``stream`` (default stdout),
+    or into what the address ``out`` names (``kafka://HOST:PORT/TOPIC?partitions=4``: see
+    :func:`~millstream.connectors._urls.sink_from_url`).
 
     Returns the number of events written.
     """
     if config.events is None:
         raise ConfigError("generate needs a number of events (--events N)")
+    if out is not None and is_url(os.fspath(out)) and not os.fspath(out).startswith("file://"):
+        return _generate_to(config, sink_from_url(os.fspath(out), name="events"))
+    if out is not None and os.fspath(out).startswith("file://"):
+        out = file_path(os.fspath(out))
     reader = read(config).open(SourceContext(step="generate", clock=SystemClock(), policy="fail"))
     target: IO[bytes]
     if out is not None:
@@ -74,6 +88,25 @@ def generate(config: NexmarkConfig, out: str | os.PathLike[str] | None = None, *
             target.close()
         else:
             target.flush()
+    return n
+
+
+def _generate_to(config: NexmarkConfig, sink: Sink) -> int:
+    """Write the events through ``sink``'s writer (a topic, a table), in order, then close it."""
+    reader = read(config).open(SourceContext(step="generate", clock=SystemClock(), policy="fail"))
+    writer = sink.open("generate")
+    n = 0
+    try:
+        writer.begin(checkpointed=False)
+        while (chunk := reader.poll(16_384)) is not None:
+            writer.write(chunk, None)
+            n += len(chunk)
+        writer.close()
+    except BaseException:
+        writer.abandon()
+        raise
+    finally:
+        reader.close()
     return n
 
 
@@ -106,11 +139,15 @@ class RunSummary:
 
 def source_for(*, config: NexmarkConfig | None = None, input: str | None = None, rate: float | None = None
                ) -> Source:
-    """The event source of a run: a JSON-lines file of tagged events, or the generator (paced at ``rate``)."""
+    """The event source of a run: the address ``input`` (a JSON-lines file of tagged events, a topic:
+    see :func:`~millstream.connectors._urls.source_from_url`) or the generator; paced at ``rate``
+    events per second of wall-clock time when given (event times are unchanged)."""
+    if rate is not None:
+        check_rate(rate, "--pace")
     if input is not None:
-        if rate is not None:
-            raise ConfigError("--rate paces the generator; it does not apply to --input")
-        return files.read(input, format="jsonl", name="events")
+        source = (source_from_url(input, name="events") if is_url(input) and not input.startswith("file://")
+                  else files.read(file_path(input), format="jsonl", name="events"))
+        return paced(source, rate) if rate is not None else source
     return read(config or NexmarkConfig(), rate=rate, name="events")
 
 
@@ -133,9 +170,12 @@ def run(query: str, *, mode: str = "native", config: NexmarkConfig | None = None
         rate: float | None = None, out: str | None = None, guarantee: str | None = None,
         checkpoint_dir: str | None = None, checkpoint_interval: int = 1_000, max_chunk: int = 2048,
         state: str = "memory", stdout: IO[Any] | None = None, checkpoint_key: str | bytes | None = None) -> RunSummary:
-    """Run ``query`` once, from the generator (``config``, paced at ``rate``) or the JSON-lines file ``input``.
+    """Run ``query`` once, from the generator (``config``) or ``input`` (a JSON-lines file or an address
+    such as ``kafka://HOST:PORT/TOPIC``), paced at ``rate`` events per second of wall-clock time.
 
-    Output rows go to ``out`` as JSON lines (stdout when None). With exactly-once,
+    Output rows go to ``out`` as JSON lines (stdout when None), or to the topic or table an address
+    names (``kafka://...``, ``postgresql://...?table=T``; an updating query's changelog as it is:
+    give a postgresql:// output ``mode=upsert&key=...`` to keep its final table). With exactly-once,
     ``out`` is a directory of committed part files. ``checkpoint_key`` signs the checkpoints
     (see ``RunConfig.checkpoint_key``). An updating query's output is
     its final table: the changelog goes to ``<out>.changelog`` and is collapsed
@@ -151,7 +191,10 @@ def run(query: str, *, mode: str = "native", config: NexmarkConfig | None = None
     collected: CollectSink | None = None
     changelog: Path | None = None
     sink: Sink
-    if out is None:
+    if out is not None and is_url(out) and not out.startswith("file://"):
+        sink = sink_from_url(out, name="out", transactional=transactional)
+        key = None  # the changelog goes to the topic or table as it is
+    elif out is None:
         if transactional:
             raise ConfigError("exactly-once needs --out: standard output cannot take back what it printed")
         if key is not None:
@@ -159,6 +202,7 @@ def run(query: str, *, mode: str = "native", config: NexmarkConfig | None = None
         else:
             sink = stdio.write(name="out", stream=stdout)
     else:
+        out = file_path(out)
         target = out.rstrip("/" + os.sep) or out
         if transactional and os.path.isfile(target):
             raise ConfigError(f"with exactly-once, --out is a directory of committed part files, and {out!r} "
