@@ -25,6 +25,11 @@ from millstream.errors import ConnectorError, ConnectorUnavailable, MissingDepen
 
 log = logging.getLogger("millstream.connectors.rabbitmq")
 
+#: How long a reader watches for the redelivery of a message it handed out before a crash or a lost
+#: connection. The broker requeues a dead connection's deliveries once it notices (at once for a closed
+#: socket, after the heartbeat timeout, 60 s by default, for a silent network failure).
+REDELIVERY_WINDOW_S = 300.0
+
 METADATA = ("routing_key", "exchange", "delivery_tag", "redelivered", "headers", "message_id", "timestamp")
 
 
@@ -120,9 +125,11 @@ class RabbitMQReader(SourceReader):
     """Deliveries arrive through ``process_data_events`` into ``inbox``; ``poll`` decodes them.
 
     Positions: ``{"channel": n, "tag": t, "ids": [...]}``: delivery tag ``t`` on the ``n``-th channel
-    of this reader was the last one handed out; ``ids`` (with ``dedup_by``) the message ids handed
-    out and not yet acknowledged. ``acknowledge`` sends one ``basic_ack(multiple=True)`` up to ``t``,
-    never twice for the same tag (RabbitMQ closes the channel on an unknown tag).
+    of this reader was the last one handed out; ``ids`` (with ``dedup_by``) the message ids of the
+    last ``prefetch`` deliveries handed out (the broker can only put back some of those), and of
+    those a restore or a lost channel still waits for. ``acknowledge`` sends one
+    ``basic_ack(multiple=True)`` up to ``t``, never twice for the same tag (RabbitMQ closes the
+    channel on an unknown tag).
     """
 
     def __init__(self, src: RabbitMQSource, ctx: SourceContext) -> None:
@@ -136,8 +143,12 @@ class RabbitMQReader(SourceReader):
         self.last_tag = 0         # last delivery tag handed out (or dropped) on this channel
         self.acked_tag = 0        # last tag acknowledged on this channel
         self.prev_poll_tag = 0
-        self.pending_ids: deque[tuple[int, Any]] = deque()  # (tag, message id) handed out, not acked
-        self.covered: set[Any] = set()  # ids a restored checkpoint (or a lost channel) already handed out
+        #: (tag, message id) of the last ``prefetch`` deliveries handed out, acknowledged or not: the broker
+        #: holds at most ``prefetch`` unacknowledged, so if the channel dies (an ack may be lost with it) the
+        #: ones it puts back are among these
+        self.recent_ids: deque[tuple[int, Any]] = deque(maxlen=src.prefetch)
+        #: ids a restored checkpoint (or a lost channel) handed out already -> when to forget them
+        self.covered: dict[Any, float] = {}
         self.positions: list[str] = []
         self.stop = StopCondition(src.max_records, src.idle_stop)
         self.connection: Any = None
@@ -176,8 +187,9 @@ class RabbitMQReader(SourceReader):
         self._close_connection()
         self.inbox.clear()  # not handed out: they come back
         # handed out but not acknowledged: they come back too, and are dropped when ids allow it
-        self.covered.update(i for _, i in self.pending_ids)
-        self.pending_ids.clear()
+        until = time.monotonic() + REDELIVERY_WINDOW_S
+        self.covered.update((i, until) for _, i in self.recent_ids if i is not None)
+        self.recent_ids.clear()
         self._open()
 
     def _on_message(self, ch: Any, method: Any, properties: Any, body: bytes) -> None:
@@ -212,10 +224,6 @@ class RabbitMQReader(SourceReader):
         while inbox and len(out) < n:
             method, props, body = inbox.popleft()
             tag = method.delivery_tag
-            if self.covered and not method.redelivered:
-                # requeued deliveries come back ahead of newer messages: the covered ids still missing
-                # were acknowledged before the crash
-                self.covered.clear()
             self.last_tag = tag
             position = f"{queue}#{tag}" + (" (redelivered)" if method.redelivered else "")
             meta = None
@@ -233,20 +241,20 @@ class RabbitMQReader(SourceReader):
                     self.positions.append(position)
                 continue
             if dedup == "message_id" and method.redelivered and props.message_id in self.covered:
-                self.covered.discard(props.message_id)
+                del self.covered[props.message_id]
                 self.figures["redelivered_dropped"] += 1
-                self.pending_ids.append((tag, props.message_id))
+                self.recent_ids.append((tag, props.message_id))
                 continue
             if not decode_into(out, self.ctx, self.decode, body, position, meta):
                 continue
             mid = self._message_id(props, out[-1])
             if method.redelivered and mid is not None and mid in self.covered:
-                self.covered.discard(mid)
+                del self.covered[mid]
                 del out[before:]
                 self.figures["redelivered_dropped"] += 1
             else:
                 self.positions.append(position)
-            self.pending_ids.append((tag, mid))
+            self.recent_ids.append((tag, mid))
         self.prev_poll_tag = self.last_tag
         if not out and self.last_tag - self.acked_tag >= self.src.prefetch:
             self.figures["stalled_on_prefetch"] += 1  # the broker waits for acks: the next checkpoint
@@ -261,7 +269,8 @@ class RabbitMQReader(SourceReader):
     def snapshot(self) -> Any:
         pos: dict[str, Any] = {"channel": self.generation, "tag": self.last_tag}
         if self.src.dedup_by is not None:
-            pos["ids"] = [i for _, i in self.pending_ids if i is not None] + list(self.covered)
+            # every recent id, acknowledged or not: an ack sent just before a crash may never have arrived
+            pos["ids"] = [i for _, i in self.recent_ids if i is not None] + list(self.covered)
         pos["count"] = self.stop.count
         return pos
 
@@ -269,10 +278,14 @@ class RabbitMQReader(SourceReader):
         # a new connection: tags restart, and what the checkpoint handed out but did not acknowledge comes
         # back as redelivered; with ids, those are dropped (the checkpoint covers them)
         if isinstance(position, dict):
-            self.covered = set(position.get("ids", ()))
+            until = time.monotonic() + REDELIVERY_WINDOW_S
+            self.covered = dict.fromkeys(position.get("ids", ()), until)
             self.stop.count = int(position.get("count", 0))  # max_records counts over restarts
 
     def acknowledge(self, position: Any) -> None:
+        if self.covered:  # forget ids whose redelivery would have come by now
+            now = time.monotonic()
+            self.covered = {i: t for i, t in self.covered.items() if t > now}
         if isinstance(position, dict) and position.get("channel") == self.generation:
             self._ack(int(position["tag"]))
         # a position of an earlier channel: its deliveries went back to the queue with the channel
@@ -288,9 +301,6 @@ class RabbitMQReader(SourceReader):
             self._reconnect(exc)
             return
         self.acked_tag = tag
-        ids = self.pending_ids
-        while ids and ids[0][0] <= tag:
-            ids.popleft()
 
     def metrics(self) -> dict[str, int]:
         return {**self.figures, "unacknowledged": self.last_tag - self.acked_tag, "buffered": len(self.inbox)}
