@@ -519,3 +519,16 @@ def test_positions_rewritten_in_place_read_back_whatever_their_size(tmp_path: Pa
         store.write_positions(positions)
         assert CheckpointStore(str(tmp_path / "ck"), job="j").read_positions() == positions
     store.close()
+
+
+def test_nexmark_run_shows_millstream_logs_at_the_level_asked(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from millstream._cli import main
+
+    args = ["nexmark", "run", "--query", "q1", "--events", "2000", "-q", "--out", str(tmp_path / "q1.jsonl"),
+            "--guarantee", "at-least-once", "--checkpoint-dir", str(tmp_path / "ck")]
+    assert main([*args, "--log-level", "debug"]) == 0
+    assert "millstream DEBUG: checkpoint 1:" in capsys.readouterr().err
+    assert not logging.getLogger("millstream").handlers[1:]  # the CLI's handler is removed again
+    assert main(args) == 0
+    assert "DEBUG" not in capsys.readouterr().err
