@@ -86,6 +86,8 @@ def read(
       ``dead_letter(sink)``; its position is ``topic#packet-id``.
     - ``max_records`` / ``idle_stop``: end the (otherwise endless) source after that many records,
       or after that long without a message: for tests, backfills and batch mode.
+      ``max_records`` counts over restarts from checkpoints; a job that ended this way is finished
+      (run again with the same checkpoint directory, it does nothing).
     """
     _paho()
     topics = (topics,) if isinstance(topics, str) else tuple(topics)

@@ -69,6 +69,8 @@ def read(
       (position ``queue#delivery-tag``); a bad message is acknowledged with its checkpoint.
     - ``max_records`` / ``idle_stop``: end the source after that many records, or that long
       (seconds or a timedelta) without a message: for tests and draining a queue.
+      ``max_records`` counts over restarts from checkpoints; a job that ended this way is finished
+      (run again with the same checkpoint directory, it does nothing).
     """
     _pika()
     if not isinstance(queue, str) or not queue:
