@@ -18,10 +18,12 @@ from ._columnar import (
     TIME,
     StandInOperator,
     as_frame,
+    narrow_sums,
     native_error,
     polars,
     to_rows,
     unify,
+    widen_sums,
 )
 
 if TYPE_CHECKING:
@@ -63,6 +65,8 @@ class ColumnarAggregate(StandInOperator):
         self.totals: list[str] = []
         self.results: list[pl.Expr] = []
         self.fields = sorted({agg.field for _, agg in op.aggs if agg.field is not None})
+        #: the fields summed (sum, mean): integers are summed as Int128 (see ``widen_sums``)
+        self.summed = sorted({agg.field for _, agg in op.aggs if agg.kind in ("sum", "mean") and agg.field})
         for i, (name, agg) in enumerate(op.aggs):
             p = f"__r{i}"
             v = P.col(agg.field) if agg.field is not None else None
@@ -138,6 +142,7 @@ class ColumnarAggregate(StandInOperator):
             nulls = [P.col(f).cast(P.Int64) for f in self.fields if f in df.columns and df.schema[f] == P.Null]
             if nulls:
                 df = df.with_columns(nulls)
+            df = widen_sums(df, self.summed)
             if self.state is not None:
                 df, state = unify([df, self.state], self.keys)
             df = df.with_columns(self.cum)
@@ -151,7 +156,8 @@ class ColumnarAggregate(StandInOperator):
             else:
                 self.state = P.concat(unify([state, last], self.keys), how="diagonal_relaxed").unique(
                     subset=self.keys, keep="last", maintain_order=True)
-            out = df.select(*self.out_keys, *self.results, *([P.col(TIME)] if TIME in df.columns else []))
+            out = narrow_sums(df.select(*self.out_keys, *self.results,
+                                        *([P.col(TIME)] if TIME in df.columns else [])))
         except MillstreamError:
             raise
         except Exception as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from millstream._expr import Expr, conjuncts
@@ -314,3 +315,22 @@ def unify(frames: list[pl.DataFrame], keys: list[str]) -> list[pl.DataFrame]:
         casts = [pl.col(n).cast(target[n]) for n, d in f.schema.items() if d == pl.Null and n in target]
         out.append(f.with_columns(casts) if casts else f)
     return out
+
+
+def widen_sums(df: pl.DataFrame, fields: Iterable[str]) -> pl.DataFrame:
+    """``df`` with the integer columns among ``fields`` (what is summed) as Int128, so that sums grow
+    past 2**63 as Python's ints do instead of wrapping (a sum of int64 values would need 2**64 of them
+    to leave Int128). :func:`narrow_sums` turns results that fit back into Int64."""
+    pl = polars()
+    wide = [pl.col(f).cast(pl.Int128) for f in fields
+            if f in df.columns and df.schema[f].is_integer() and df.schema[f] != pl.Int128]
+    return df.with_columns(wide) if wide else df
+
+
+def narrow_sums(df: pl.DataFrame) -> pl.DataFrame:
+    """Int128 result columns as Int64 where every value fits (most sinks and Arrow have no Int128)."""
+    pl = polars()
+    lo, hi = -(2**63), 2**63 - 1
+    fit = [c for c, t in df.schema.items() if t == pl.Int128
+           and df.select((pl.col(c).min() >= lo) & (pl.col(c).max() <= hi)).item() is not False]
+    return df.with_columns(pl.col(c).cast(pl.Int64) for c in fit) if fit else df

@@ -29,10 +29,12 @@ from ._columnar import (
     StandInOperator,
     as_frame,
     is_frame,
+    narrow_sums,
     native_error,
     polars,
     to_rows,
     unify,
+    widen_sums,
 )
 
 if TYPE_CHECKING:
@@ -65,6 +67,8 @@ class _Aggs:
         self.merge: list[pl.Expr] = []  # over partial rows
         self.result: list[pl.Expr] = []  # over merged partial rows
         self.columns: list[str] = []
+        #: the fields summed (sum, mean): integers are summed as Int128 (see ``widen_sums``)
+        self.summed = sorted({agg.field for _, agg in aggs if agg.kind in ("sum", "mean") and agg.field})
         for i, (name, agg) in enumerate(aggs):
             p = f"__a{i}"
             kind, f = agg.kind, agg.field
@@ -170,7 +174,7 @@ class _ColumnarWindow(StandInOperator):
                 df = df.with_columns(self.key_expr)
             except Exception as exc:
                 raise self._error(exc, df) from exc
-        return df
+        return widen_sums(df, self.aggs.summed)
 
     def _error(self, exc: Exception, df: pl.DataFrame) -> BaseException:
         """The error of a failing batch: the native operator's, which names the record, when it fails too."""
@@ -198,7 +202,7 @@ class _ColumnarWindow(StandInOperator):
             return
         out = merged.select(*self.out_keys, start.alias("window_start"), end.alias("window_end"),
                             *self.aggs.result, (end - 1).alias(TIME))
-        self.emit(out, None)
+        self.emit(narrow_sums(out), None)
 
     def _advance(self) -> None:
         before = self.wm
