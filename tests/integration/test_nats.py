@@ -298,6 +298,44 @@ def _quiet(fn: Any, mode: str) -> None:
         pass
 
 
+def test_broken_connection_reconnects_without_loss_or_duplicates(js: Js, tmp_path: Path) -> None:
+    from tests.integration.test_redis import Proxy
+
+    stream = js.stream()
+    n = 2000
+    js.publish(f"{stream}.x", [{"i": i} for i in range(n)])
+    proxy = Proxy(4222)
+    stop = threading.Event()
+
+    def cutter() -> None:  # what the server sends next is lost with the connection, three times
+        while proxy.lost < 3 and not stop.wait(0.3):
+            proxy.lose_reply.set()
+            while proxy.lose_reply.is_set() and not stop.wait(0.01):
+                pass
+
+    def slow(rec: Any) -> Any:
+        if rec["i"] % 100 == 0:
+            time.sleep(0.05)
+        return rec
+
+    src = ms.connectors.nats.read(stream, durable="d", bounded=True, batch=50, servers=f"nats://127.0.0.1:{proxy.port}",
+                                  backoff=ms.connectors.Backoff(initial_s=0.02, max_s=0.1, budget_s=20))
+    flow = ms.Flow("cut")
+    flow.source(src).map(slow).sink(ms.connectors.files.write(str(tmp_path / "out"), transactional=True))
+    thread = threading.Thread(target=cutter, daemon=True)
+    thread.start()
+    try:
+        result = flow.run(mode="native", guarantee="exactly-once", checkpoint_dir=str(tmp_path / "ckpt"),
+                          checkpoint_interval=20, max_chunk=50)
+    finally:
+        stop.set()
+        thread.join()
+        proxy.close()
+    assert proxy.lost > 0 and result.steps[0].extra["consumer_recreated"] > 0
+    assert sorted(v["i"] for v in rows(tmp_path / "out")) == list(range(n))
+    assert not _threads()
+
+
 # -- the sink: deduplication by message id ----------------------------------------------------------------
 
 

@@ -99,6 +99,7 @@ class _Conn:
         self.loop = _Loop(f"millstream-nats {connector}")
         self.nc: Any = None
         self.js: Any = None
+        self.disconnects = 0
         try:
             self.call(self._connect, "connecting to")
         except BaseException:
@@ -115,10 +116,15 @@ class _Conn:
         # once connected, nats-py reconnects by itself for as long as it takes
         self.nc = await nats.connect(servers=list(self.servers), connect_timeout=5, allow_reconnect=True,
                                      max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=quiet,
-                                     disconnected_cb=_nothing, reconnected_cb=_nothing, closed_cb=_nothing)
+                                     disconnected_cb=self._disconnected, reconnected_cb=_nothing,
+                                     closed_cb=_nothing)
         self.nc.options["max_reconnect_attempts"] = -1
         self.nc.options["reconnect_time_wait"] = 0.5
         self.js = self.nc.jetstream()
+
+    async def _disconnected(self) -> None:
+        self.disconnects += 1
+        log.warning("%s: lost the connection to %s; reconnecting", self.connector, self.address)
 
     def scrub(self, text: str) -> str:
         for s in self.secrets:
@@ -242,11 +248,13 @@ class _NatsReader(SourceReader):
         self.retries = 0
         self.dropped = 0
         self.recreated = 0
+        self.unconfirmed = 0
         self.last: int | None = None        # stream sequence of the last message consumed (the position)
         self.covered: int | None = None     # restored: messages up to here are done
         self.end: int | None = None         # bounded: the stream's last sequence at start
         self.ended = False
         self.sub: Any = None
+        self.seen_disconnects = 0
         self.acks: deque[tuple[int, str]] = deque()  # (sequence, ack subject) of each chunk's last message
         self.chunk_seqs: list[int] = []
         self.conn = _Conn(options.servers, self.connector, options.backoff, self._on_retry)
@@ -276,7 +284,7 @@ class _NatsReader(SourceReader):
                                  ) from None
 
     # -- the consumer
-    async def _bind(self) -> None:
+    async def _bind(self, force: bool = False) -> None:
         """Bind to the durable consumer, (re)creating it where the restart needs (see the module docstring)."""
         import nats.js.api as api
         import nats.js.errors as jse
@@ -287,28 +295,38 @@ class _NatsReader(SourceReader):
         except jse.NotFoundError:
             ci = None
         start: int | None = None
+        resume = self.last  # the restored position, or what this run has read
         if ci is not None:
             cfg = ci.config
             floor = int(ci.ack_floor.stream_seq)
             mismatch = cfg.ack_policy != api.AckPolicy.ALL or (cfg.filter_subject or None) != o.subject \
                 or cfg.ack_wait != o.ack_wait_s
-            if (ci.num_ack_pending or mismatch) and self.retention == "interest":
+            behind = resume is not None and resume < floor  # acknowledged past the checkpoint we resume from
+            if force:
+                why = "the connection dropped: messages in flight may be lost, and acking a later one would skip them"
+            elif mismatch:
+                why = "its configuration changed"
+            elif ci.num_ack_pending:
+                why = f"{ci.num_ack_pending} messages a previous run pulled are unacknowledged"
+            elif behind:
+                why = f"its ack floor {floor} is past the checkpoint's sequence {resume}"
+            else:
+                why = ""
+            if why and self.retention == "interest":
                 raise ConnectorError(
-                    f"durable consumer {o.durable!r} has {ci.num_ack_pending} messages a previous run pulled and "
-                    "never acknowledged; reading them again at once means recreating the consumer, which an "
-                    "interest-retention stream answers by deleting the messages", connector=self.connector,
-                    address=self.conn.address,
+                    f"durable consumer {o.durable!r} must be recreated ({why}), which an interest-retention "
+                    "stream answers by deleting the messages", connector=self.connector, address=self.conn.address,
                     fix=f"use limits (the default) or work-queue retention for stream {o.stream!r}")
-            if ci.num_ack_pending or mismatch:
-                start = (self.covered if self.covered is not None else floor) + 1
-                log.info("%s: recreating durable consumer %r at stream sequence %d (%s)", self.connector,
-                         o.durable, start, "its configuration changed" if mismatch
-                         else f"{ci.num_ack_pending} messages a previous run pulled are unacknowledged")
+            if why:
+                start = (resume if resume is not None else floor) + 1
+                log.info("%s: recreating durable consumer %r at stream sequence %d: %s", self.connector,
+                         o.durable, start, why)
                 await js.delete_consumer(o.stream, o.durable)
                 self.recreated += 1
+                self.acks.clear()  # their ack subjects name the old consumer; the new one starts past them
                 ci = None
-        elif self.covered is not None:
-            start = self.covered + 1
+        elif resume is not None:
+            start = resume + 1
         if ci is None:
             if start is not None:
                 policy: dict[str, Any] = {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": start}
@@ -321,6 +339,9 @@ class _NatsReader(SourceReader):
             await js.add_consumer(o.stream, api.ConsumerConfig(
                 durable_name=o.durable, ack_policy=api.AckPolicy.ALL, ack_wait=o.ack_wait_s,
                 filter_subject=o.subject, max_ack_pending=-1, max_deliver=-1, **policy))
+        if self.sub is not None:
+            await self.sub.unsubscribe()
+        self.seen_disconnects = self.conn.disconnects
         await self._subscribe()
 
     # -- pulling: pull requests answered into an inbox of our own, gathered by a callback (nats-py's
@@ -404,14 +425,18 @@ class _NatsReader(SourceReader):
         if reply is None:
             return
         nc = self.conn.nc
-
-        async def ack() -> None:  # AckPolicy.ALL: this acknowledges every message up to it
-            await nc.request(reply, b"+ACK", timeout=10)
-
-        self.conn.call(ack, "acknowledging at")
+        try:  # AckPolicy.ALL: this acknowledges every message up to it
+            self.conn.loop.run(nc.request(reply, b"+ACK", timeout=2), 10)
+        except Exception as exc:  # noqa: BLE001 - a lost ack costs a redelivery, never a record
+            # the next checkpoint's ack covers these messages too; if none comes, a restart recreates the
+            # consumer past the checkpoint (see _bind), and redeliveries before that are dropped as read
+            self.unconfirmed += 1
+            log.warning("%s: the ack up to sequence %d was not confirmed (%s); the next one covers it",
+                        self.connector, upto, self.conn.scrub(f"{type(exc).__name__}: {exc}"))
 
     def metrics(self) -> dict[str, int]:
-        return {"retries": self.retries, "redelivered_dropped": self.dropped, "consumer_recreated": self.recreated}
+        return {"retries": self.retries, "redelivered_dropped": self.dropped, "consumer_recreated": self.recreated,
+                "acks_unconfirmed": self.unconfirmed}
 
     def close(self) -> None:
         self.conn.close()
@@ -421,6 +446,8 @@ class _NatsReader(SourceReader):
             return None
         if self.sub is None:
             self.conn.call(self._bind, "binding the durable consumer at")
+        elif self.conn.disconnects != self.seen_disconnects:
+            self.conn.call(lambda: self._bind(force=True), "binding the durable consumer again at")
         n = max(1, min(max_records, self.o.batch))
         msgs = self.conn.call(lambda: self._pull(n), "pulling from")
         if not msgs:

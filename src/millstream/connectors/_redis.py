@@ -104,12 +104,18 @@ def translate(exc: Exception, connector: str, address: str) -> ConnectorError:
 
 def connect(url: str, connector: str, backoff: Backoff, on_retry: Callable[[int, BaseException], None]) -> Any:
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     address = redact_url(url)
 
     def attempt() -> Any:
         try:
-            client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+            # no retries inside redis-py: a read resent after a lost reply must be known to the reader
+            # (its entries were delivered; they are read again from the pending list), and every retry
+            # is logged and counted by :func:`retry`
+            client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30,
+                                          retry=Retry(NoBackoff(), 0))
             client.ping()
             return client
         except Exception as exc:  # noqa: BLE001 - sorted into retryable and fatal
@@ -323,7 +329,15 @@ class _RedisReader(SourceReader):
         if not active:
             return
         block = None if self.o.bounded else self.o.block_ms
+        retries = self.retries
         got = self._call(lambda: self.client.xreadgroup(self.group, self.consumer, active, count=count, block=block))
+        if self.retries != retries:
+            # a read whose reply was lost still delivered its entries to this consumer: read them from the
+            # pending list, in order, before anything newer (else a later position would cover them)
+            for sp in self.splits_.values():
+                if sp.key in active:
+                    sp.pending_cursor = (sp.last or "0").encode()
+            return
         seen = set()
         for key, entries in got or ():
             stream = key.decode()
