@@ -184,3 +184,31 @@ def test_two_weak_links() -> None:
     with pytest.raises(GuaranteeError, match=re.escape("; another weak link: 'c2' at ")) as info:
         check_guarantee(flow.plan(), "exactly-once")
     assert info.value.step == "c1"
+
+
+def test_exactly_once_refuses_a_redelivery_source_that_cannot_drop_redeliveries(tmp_path: Path) -> None:
+    from millstream.connectors import Source, SourceReader
+    from millstream.errors import GuaranteeError
+
+    class Queue(Source):
+        replay = "redelivery"
+
+        @property
+        def replays_exactly(self) -> bool:
+            return False
+
+        def open(self, ctx: object) -> SourceReader:  # type: ignore[override]
+            raise AssertionError("not run")
+
+        def describe(self) -> str:
+            return "queue without message ids"
+
+    flow = ms.Flow("q")
+    flow.source(Queue()).sink(ms.testing.TransactionalCollectSink())
+    with pytest.raises(GuaranteeError, match="cannot tell a redelivered record from a new one") as err:
+        flow.run(guarantee="exactly-once", checkpoint_dir=tmp_path / "ck")
+    assert "dedup_by" in str(err.value)
+    # at-least-once allows duplicates: the same source is fine there (the check passes while building)
+    from millstream._guarantee import weak_links
+
+    assert weak_links(flow.plan(), "at-least-once") == []

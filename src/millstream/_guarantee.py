@@ -86,6 +86,13 @@ def weak_links(plan: Plan, guarantee: str) -> list[WeakLink]:
                 f"{guarantee} needs sources that can replay from a checkpoint, and {src.describe()} cannot",
                 node.name, node.location,
                 f"{_REPLAYABLE}, or ask for guarantee='at-most-once'"))
+        elif guarantee == "exactly-once" and not src.replays_exactly:
+            links.append(WeakLink(
+                f"exactly-once needs sources that give each record once after a restart, and {src.describe()} "
+                "cannot tell a redelivered record from a new one",
+                node.name, node.location,
+                "give the source a way to recognise redeliveries (rabbitmq.read(..., dedup_by='message_id' or a "
+                "field)), or ask for guarantee='at-least-once'"))
         if isinstance(src.on_error, DeadLetter):
             sinks.append((src.on_error.sink, f"{node.name}.dead-letter", node.location))
     for sink, step, location in sinks:

@@ -152,7 +152,27 @@ class StepError(JobError):
         if record is not None:
             text = repr(record)
             lines.append(f"  record: {text[:300]}{'...' if len(text) > 300 else ''}")
+            hint = _missing_field_hint(error, record)
+            if hint:
+                lines.append(f"  hint: {hint}")
         super().__init__("\n".join(lines))
+
+
+def _missing_field_hint(error: BaseException, record: Any) -> str | None:
+    """For a KeyError on a dict record: the field names that come close to the one asked for."""
+    if not (isinstance(error, KeyError) and isinstance(record, dict) and error.args):
+        return None
+    missing = error.args[0]
+    if not isinstance(missing, str) or missing in record:
+        return None
+    import difflib
+
+    names = [k for k in record if isinstance(k, str)]
+    close = difflib.get_close_matches(missing, names, n=3, cutoff=0.6)
+    fields = ", ".join(map(repr, names[:20])) + (", ..." if len(names) > 20 else "")
+    if close:
+        return f"the record has no field {missing!r}; did you mean {' or '.join(map(repr, close))}? (fields: {fields})"
+    return f"the record has no field {missing!r} (fields: {fields})"
 
 
 class CheckpointError(JobError):

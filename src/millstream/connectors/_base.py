@@ -217,6 +217,14 @@ class Source(ABC):
         """Whether records can come back after a crash (by position or by redelivery)."""
         return self.replay != "none"
 
+    @property
+    def replays_exactly(self) -> bool:
+        """Whether a replay gives each record once: from a position, or by redelivery with the
+        redelivered records the restored position covers dropped. A redelivery source that cannot
+        tell a redelivered record from a new one (e.g. a queue without message ids) says False,
+        and exactly-once is refused for it while the flow is built."""
+        return self.replay != "none"
+
     @abstractmethod
     def open(self, ctx: SourceContext) -> SourceReader:
         """Start reading."""

@@ -89,6 +89,11 @@ class RabbitMQSource(Source):
 
     replay = "redelivery"
 
+    @property
+    def replays_exactly(self) -> bool:
+        """Delivery tags restart with each channel: only message ids tell a redelivery from a new message."""
+        return self.dedup_by is not None
+
     def __init__(self, queue: str, *, url: str, prefetch: int, format: str,
                  deserializer: Callable[[bytes], Any] | None, metadata: tuple[str, ...], on_error: ErrorPolicy,
                  dedup_by: str | None, max_records: int | None, idle_stop: float | None, backoff: Backoff,
