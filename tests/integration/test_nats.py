@@ -473,6 +473,50 @@ def test_password_never_appears(js: Js, tmp_path: Path, caplog: pytest.LogCaptur
     assert not _threads()
 
 
+# -- the conformance kit --------------------------------------------------------------------------------
+
+
+def test_conformance(js: Js) -> None:
+    """Replay from every cut, acknowledgement only when told, bad records, no secret, threads released."""
+    secret = "s3cr3t-" + os.urandom(4).hex()
+    stream, bad = js.stream(), js.stream()
+    rows_ = [{"i": i} for i in range(200)]
+    js.publish(f"{stream}.x", rows_)
+    js.publish(f"{bad}.x", [*rows_[:50], b"{not json", *rows_[50:]])
+    report = ms.testing.check_source(
+        lambda: ms.connectors.nats.read(stream, durable="conf", bounded=True, batch=40,
+                                        servers=f"nats://ms:{secret}@127.0.0.1:4222"),
+        expected=rows_, secrets=[secret],
+        make_bad=lambda policy: ms.connectors.nats.read(bad, durable=services.unique("bad"), bounded=True,
+                                                        on_error=policy), bad_records=1)
+    assert "replay from every cut" in report.checks
+    assert not _threads()
+
+
+@pytest.mark.parametrize("idempotent", [False, True])
+def test_sink_conformance(js: Js, idempotent: bool) -> None:
+    streams: dict[int, str] = {}
+
+    def make() -> Any:
+        stream = js.stream()
+        sink = ms.connectors.nats.write(f"{stream}.out", msg_id="i" if idempotent else None)
+        streams[id(sink)] = stream
+        return sink
+
+    def read_back(sink: Any) -> list[Any]:
+        stream = streams[id(sink)]
+        out = ms.connectors.memory.write()
+        flow = ms.Flow("back")
+        flow.source(ms.connectors.nats.read(stream, durable=services.unique("back"), bounded=True)).sink(out)
+        flow.run(mode="native")
+        return list(out.values)
+
+    report = ms.testing.check_sink(make, read_back, [{"i": i} for i in range(30)],
+                                   key=(lambda rec: rec["i"]) if idempotent else None)
+    assert "resources released" in report.checks
+    assert not _threads()
+
+
 # -- the docs' example ----------------------------------------------------------------------------------
 
 

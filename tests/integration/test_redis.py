@@ -523,6 +523,44 @@ def test_unreachable_redis_is_retried_then_fails() -> None:
         flow.run(mode="native")
 
 
+# -- the conformance kit --------------------------------------------------------------------------------
+
+
+def test_conformance(r: Any) -> None:
+    """Splits, replay from every cut, acknowledgement only when told, bad records, no secret, resources."""
+    secret = "s3cr3t-" + os.urandom(4).hex()
+    user = services.unique("ms_user")
+    r.execute_command("ACL", "SETUSER", user, "on", f">{secret}", "~*", "&*", "+@all")
+    try:
+        a, b, bad = new_stream(r), new_stream(r), new_stream(r)
+        rows_ = [{"i": i} for i in range(200)]
+        fill(r, a, rows_[:150])
+        fill(r, b, rows_[150:])
+        fill(r, bad, [*rows_[:50], b"{not json", *rows_[50:]])
+        url = f"redis://{user}:{secret}@127.0.0.1:6379/0"
+        report = ms.testing.check_source(
+            lambda: ms.connectors.redis.read([a, b], group="conf", start="0", bounded=True, url=url, count=40),
+            expected=rows_, secrets=[secret],
+            make_bad=lambda policy: ms.connectors.redis.read(bad, group=services.unique("bad"), start="0",
+                                                             bounded=True, on_error=policy), bad_records=1)
+        assert "replay from every cut" in report.checks and report.splits == {a, b}
+    finally:
+        r.execute_command("ACL", "DELUSER", user)
+
+
+@pytest.mark.parametrize("idempotent", [False, True])
+def test_sink_conformance(r: Any, idempotent: bool) -> None:
+    def make() -> Any:
+        return ms.connectors.redis.write(new_stream(r), id_field="eid" if idempotent else None)
+
+    def read_back(sink: Any) -> list[Any]:
+        return [json.loads(f[b"data"]) for _, f in r.xrange(sink.options.stream)]
+
+    records = [{"eid": f"{100 + i}-0", "i": i} for i in range(30)]
+    report = ms.testing.check_sink(make, read_back, records, key=(lambda rec: rec["eid"]) if idempotent else None)
+    assert "resources released" in report.checks
+
+
 # -- the docs' example ------------------------------------------------------------------------------------
 
 
