@@ -2,7 +2,7 @@
 
 The reference assigns every event to its windows straight from the definitions
 (tumbling/sliding: every ``[offset + j*every, offset + j*every + size)`` that
-holds it; sessions: per key, events less than ``gap`` apart; count windows:
+holds it; sessions: per key, events at most ``gap`` apart; count windows:
 every ``size`` events of a key in arrival order, stepping by ``every``) and
 computes each aggregation in plain Python. Results are compared as multisets.
 """
@@ -45,7 +45,7 @@ def time_windows(t: int, size: int, every: int, offset: int) -> list[tuple[int, 
 
 
 def session_windows(events: list[Event], gap: int, key: str | None) -> dict[WindowKey, list[Event]]:
-    """Per key: sort by time, a new session starts where the distance to the previous event is >= gap."""
+    """Per key: sort by time, a new session starts where the distance to the previous event is > gap."""
     by_key: dict[Any, list[Event]] = defaultdict(list)
     for e in events:
         by_key[e[key] if key else None].append(e)
@@ -54,7 +54,7 @@ def session_windows(events: list[Event], gap: int, key: str | None) -> dict[Wind
         evs = sorted(evs, key=lambda e: (e["ts"], e["_arrival"]))
         groups: list[list[Event]] = [[evs[0]]]
         for e in evs[1:]:
-            if e["ts"] - groups[-1][-1]["ts"] < gap:
+            if e["ts"] - groups[-1][-1]["ts"] <= gap:
                 groups[-1].append(e)
             else:
                 groups.append([e])
@@ -457,7 +457,8 @@ def test_sliding_late_record_refires_each_window_still_within_lateness() -> None
 
 
 def test_session_lateness_merges_refires_and_then_drops() -> None:
-    script = [e(0, 1), watermark(9), e(5, 2), watermark(14), e(3, 3), watermark(24), e(4, 4)]
+    # a session fires once the watermark has passed its end (>= end), and is kept 10 more
+    script = [e(0, 1), watermark(10), e(5, 2), watermark(15), e(3, 3), watermark(25), e(4, 4)]
     flow, out, late = _late_flow(script, ms.windows.session(10), lateness=10)
     flow.run()
     assert [(r["window_start"], r["window_end"], r["ids"]) for r in out.values] == [
@@ -465,19 +466,28 @@ def test_session_lateness_merges_refires_and_then_drops() -> None:
     assert late.values == [e(4, 4)]
 
 
-def test_sessions_are_events_less_than_gap_apart() -> None:
-    """Windows are half-open, so an event exactly ``gap`` after a session's last event starts a new session.
+def test_sessions_exactly_one_gap_apart_are_one_session() -> None:
+    """As in Flink and Kafka Streams, an event exactly ``gap`` after a session's last event joins it.
 
-    Flink also merges windows that merely touch; that makes the result depend on arrival order
-    (the earlier session may already have fired when the touching event comes, on time), so
-    millstream merges sessions only when their windows overlap.
+    The session fires only once the watermark has passed its end (>= end), so the touching event,
+    when it is not late, always finds the session open: the result does not depend on arrival order.
     """
-    for order in ([0, 15, 10], [0, 10, 15]):
+    for order in ([0, 15, 10], [0, 10, 15], [0, 35, 10], [35, 0, 10], [10, 0, 35]):
         flow = ms.Flow("s")
-        out = collect(stamped(flow, [e(t, t) for t in order], bound=5, chunk=1).key_by("k")
+        out = collect(stamped(flow, [e(t, t) for t in order], bound=25, chunk=1).key_by("k")
                       .window(ms.windows.session(10)).aggregate(n=agg.count()))
         flow.run()
-        assert canon((r["window_start"], r["window_end"], r["n"]) for r in out.values) == [(0, 10, 1), (10, 25, 2)]
+        want = [(0, 25, 3)] if 15 in order else [(0, 20, 2), (35, 45, 1)]
+        assert canon((r["window_start"], r["window_end"], r["n"]) for r in out.values) == canon(want)
+
+
+def test_a_session_touching_event_at_watermark_end_minus_one_still_merges() -> None:
+    """The watermark at end - 1 does not fire the session [0, 10): the event at 10 is on time and joins."""
+    script = [e(0, 1), watermark(9), e(10, 2), watermark(30)]
+    flow, out, late = _late_flow(script, ms.windows.session(10), lateness=0)
+    flow.run()
+    assert [(r["window_start"], r["window_end"], r["ids"]) for r in out.values] == [(0, 20, [2, 1])]
+    assert late.values == []
 
 
 def test_late_output_is_the_records_as_they_came() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect as _inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -16,12 +17,13 @@ from millstream.connectors._base import Sink, Source
 from millstream.connectors._lookup import LookupTable
 from millstream.errors import ConfigError, FlowDefinitionError
 from millstream.state import StateSpec
-from millstream.windows import CountWindow, WindowAssigner
+from millstream.windows import CountWindow, Trigger, Window, WindowAssigner
 
 if TYPE_CHECKING:
     from millstream._run import RunConfig, RunResult
 
-__all__ = ["Flow", "KeyedStream", "MatchStream", "Stream", "WindowResult", "WindowedStream"]
+__all__ = ["CoGroupResult", "Flow", "JoinResult", "KeyedStream", "MatchStream", "Stream", "WindowResult",
+           "WindowedStream"]
 
 KeyLike = str | Expr | tuple[str | Expr, ...] | list[str | Expr] | Callable[[Any], Any]
 
@@ -417,10 +419,13 @@ class Stream:
         node = self._flow._add(P.UnionOp(), tuple(s._id for s in streams), step, loc, timestamped=all(stamped))
         return Stream(self._flow, node)
 
-    def window(self, assigner: WindowAssigner, *, allowed_lateness: Duration = 0, name: str | None = None
-               ) -> WindowedStream:
-        """Window the whole stream (not per key): one result per window."""
-        return _windowed(self, None, assigner, allowed_lateness, name, user_location())
+    def window(self, assigner: WindowAssigner, *, allowed_lateness: Duration = 0, trigger: Trigger | None = None,
+               name: str | None = None) -> WindowedStream:
+        """Window the whole stream (not per key): one result per window.
+
+        ``trigger`` decides when a window fires (see :mod:`millstream.windows`); by default at its end.
+        """
+        return _windowed(self, None, assigner, allowed_lateness, name, user_location(), trigger)
 
     def sink(self, connector: Sink, *, name: str | None = None) -> None:
         """Write the stream to an output."""
@@ -512,10 +517,41 @@ class KeyedStream(Stream):
         op = P.AggregateOp(self._key, _check_aggs(aggs, step, loc), changelog=changelog)
         return Stream(self._flow, self._then(op, step, loc))
 
-    def window(self, assigner: WindowAssigner, *, allowed_lateness: Duration = 0, name: str | None = None
-               ) -> WindowedStream:
-        """Group each key's records into windows; finish with aggregate, reduce or process."""
-        return _windowed(self, self._key, assigner, allowed_lateness, name, user_location())
+    def window(self, assigner: WindowAssigner, *, allowed_lateness: Duration = 0, trigger: Trigger | None = None,
+               name: str | None = None) -> WindowedStream:
+        """Group each key's records into windows; finish with aggregate, reduce or process.
+
+        ``trigger`` decides when a window fires (see :mod:`millstream.windows`); by default at its end.
+        """
+        return _windowed(self, self._key, assigner, allowed_lateness, name, user_location(), trigger)
+
+    def co_group(self, other: KeyedStream, assigner: WindowAssigner,
+                 fn: Callable[[Any, Window, list[Any], list[Any]], Iterable[Any] | None], *,
+                 allowed_lateness: Duration = 0, trigger: Trigger | None = None,
+                 name: str | None = None) -> CoGroupResult:
+        """Per key and window, call ``fn(key, window, lefts, rights)`` with both streams' records of
+        that window (either list may be empty, never both); emit each item it returns.
+
+        Any window kind and trigger of :meth:`window` works; records of each side are in event-time
+        order. It is a window over the union of the two sides, so a record is late exactly when it
+        would be in ``window``; :meth:`CoGroupResult.late` gives such records of both sides.
+        """
+        step = name or f"co_group:{_fn_name(fn)}"
+        loc = user_location()
+        if not isinstance(other, KeyedStream) or other._flow is not self._flow:
+            raise FlowDefinitionError(
+                f"co_group() takes a keyed stream of the same flow, not {other!r}",
+                step=step, location=loc, fix="key it first: left.key_by('id').co_group(right.key_by('id'), ...)",
+            )
+        _check_fn(fn, "co_group", step, loc, nargs=4)
+        lkey, rkey = _key_reader(self._key), _key_reader(other._key)
+        left = self.map(functools.partial(_tag, 0), name=f"{step}.left")
+        right = other.map(functools.partial(_tag, 1), name=f"{step}.right")
+        both = left.union(right, name=f"{step}.union")
+        keyed = both.key_by(functools.partial(_tagged_key, lkey, rkey), name=f"{step}.key")
+        windowed = _windowed(keyed, keyed._key, assigner, allowed_lateness, step, loc, trigger)
+        res = windowed.process(functools.partial(_co_group_call, fn))
+        return CoGroupResult(self._flow, res._id)
 
     def process(
         self,
@@ -678,6 +714,13 @@ class KeyedStream(Stream):
                 fix="use millstream.windows.tumbling(...), sliding(...) or session(...); "
                 "count windows have no common boundary for two streams",
             )
+        if assigner.needs_trigger_operator:
+            raise FlowDefinitionError(
+                f"window_join() over {assigner.describe()} windows is not supported",
+                step=step, location=loc,
+                fix="join over aligned tumbling, sliding or fixed-gap session windows, or use co_group(...), "
+                "which takes every window kind and trigger",
+            )
         op = P.JoinOp(self._key, other._key, "window", assigner=assigner, combine=combine)
         return _join_node(self, other, op, step, loc)
 
@@ -700,7 +743,8 @@ class KeyedStream(Stream):
                 step=step, location=loc, fix="pass lower <= upper, e.g. lower=-timedelta(minutes=5), upper=0",
             )
         op = P.JoinOp(self._key, other._key, "interval", lower_ms=lo, upper_ms=hi, combine=combine)
-        return _join_node(self, other, op, step, loc)
+        node = self._flow._add(op, (self._id, other._id), step, loc, timestamped=True)
+        return JoinResult(self._flow, node)
 
     # -- enrichment: table (temporal) join ------------------------------------------------
     def join_table(self, table: KeyedStream, *, deletes: Callable[[Any], Any] | Expr | str | None = None,
@@ -885,9 +929,42 @@ class MatchStream(Stream):
 # -- end of pattern detection (cep) --------------------------------------------------------
 
 
+def _tag(side: int, r: Any) -> dict[str, Any]:
+    return {"side": side, "record": r}
+
+
+def _key_reader(spec: P.KeySpec) -> Callable[[Any], Any]:
+    from millstream._runtime._aggcode import compile_key
+
+    return compile_key(spec)
+
+
+def _tagged_key(lkey: Callable[[Any], Any], rkey: Callable[[Any], Any], x: dict[str, Any]) -> Any:
+    return (rkey if x["side"] else lkey)(x["record"])
+
+
+def _co_group_call(fn: Callable[..., Any], key: Any, window: Window, records: list[Any]) -> Any:
+    lefts = [x["record"] for x in records if not x["side"]]
+    rights = [x["record"] for x in records if x["side"]]
+    return fn(key, window, lefts, rights)
+
+
+def _untag(x: dict[str, Any]) -> Any:
+    return x["record"]
+
+
 def _windowed(stream: Stream, key: P.KeySpec | None, assigner: Any, allowed_lateness: Duration,
-              name: str | None, loc: str | None) -> WindowedStream:
+              name: str | None, loc: str | None, trigger: Any = None) -> WindowedStream:
     step = name or "window"
+    if trigger is not None and not isinstance(trigger, Trigger):
+        raise FlowDefinitionError(
+            f"window(trigger=...) takes a trigger, not {trigger!r}", step=step, location=loc,
+            fix="use millstream.windows.on_count(n), on_event_time(), on_processing_time(), purging(...) "
+            "or a subclass of millstream.windows.Trigger",
+        )
+    if trigger is not None and isinstance(assigner, CountWindow):
+        raise FlowDefinitionError("count windows fire when full and take no trigger", step=step, location=loc,
+                                  fix="use windows.global_() with trigger=windows.purging(windows.on_count(n))")
     if not isinstance(assigner, WindowAssigner):
         raise FlowDefinitionError(
             f"window() takes a window assigner, not {assigner!r}",
@@ -905,17 +982,18 @@ def _windowed(stream: Stream, key: P.KeySpec | None, assigner: Any, allowed_late
     if lateness < 0:
         raise FlowDefinitionError(f"allowed_lateness must be >= 0, got {lateness} ms", step=step, location=loc,
                                   fix="pass 0 (the default) or a positive duration")
-    if lateness and isinstance(assigner, CountWindow):
-        raise FlowDefinitionError("count windows have no lateness: they do not use event time", step=step,
-                                  location=loc, fix="drop allowed_lateness")
-    return WindowedStream(stream, key, assigner, lateness, name, loc)
+    if lateness and not assigner.event_time:
+        raise FlowDefinitionError(f"{assigner.describe()} windows have no lateness: they do not use event time",
+                                  step=step, location=loc, fix="drop allowed_lateness")
+    return WindowedStream(stream, key, assigner, lateness, name, loc, trigger)
 
 
 class WindowedStream:
     """A keyed (or whole) stream grouped into windows. Finish it with aggregate, reduce or process."""
 
     def __init__(self, stream: Stream, key: P.KeySpec | None, assigner: WindowAssigner, lateness: int,
-                 name: str | None, loc: str | None) -> None:
+                 name: str | None, loc: str | None, trigger: Trigger | None = None) -> None:
+        self._trigger = trigger
         self._stream = stream
         self._key = key
         self._assigner = assigner
@@ -948,7 +1026,7 @@ class WindowedStream:
                         if custom else "use it in a tumbling or count window, or as a running "
                         "aggregate (key_by(...).aggregate(...))",
                     )
-        op = P.WindowOp(self._key, self._assigner, self._lateness, aggs=checked)
+        op = P.WindowOp(self._key, self._assigner, self._lateness, aggs=checked, trigger=self._trigger)
         return self._finish(op, "window")
 
     def reduce(self, fn: Callable[[Any, Any], Any]) -> WindowResult:
@@ -959,7 +1037,8 @@ class WindowedStream:
         """
         step = self._name or f"window:{_fn_name(fn)}"
         _check_fn(fn, "reduce", step, user_location(), nargs=2)
-        return self._finish(P.WindowOp(self._key, self._assigner, self._lateness, reduce_fn=fn), step)
+        return self._finish(P.WindowOp(self._key, self._assigner, self._lateness, reduce_fn=fn,
+                                       trigger=self._trigger), step)
 
     def process(self, fn: Callable[[Any, Any, list[Any]], Iterable[Any] | None]) -> WindowResult:
         """Call ``fn(key, window, records)`` once per window; emit each item it returns.
@@ -968,7 +1047,8 @@ class WindowedStream:
         """
         step = self._name or f"window:{_fn_name(fn)}"
         _check_fn(fn, "process", step, user_location(), nargs=3)
-        return self._finish(P.WindowOp(self._key, self._assigner, self._lateness, process_fn=fn), step)
+        return self._finish(P.WindowOp(self._key, self._assigner, self._lateness, process_fn=fn,
+                                       trigger=self._trigger), step)
 
 
 class WindowResult(Stream):
@@ -976,6 +1056,26 @@ class WindowResult(Stream):
 
     def late(self, *, name: str | None = None) -> Stream:
         """Records too late for their windows (after the allowed lateness), as they came."""
+        loc = user_location()
+        node = self._then(P.LateOp(), name or f"{self.name}.late", loc)
+        return Stream(self._flow, node)
+
+
+class CoGroupResult(Stream):
+    """The results of :meth:`KeyedStream.co_group`; :meth:`late` gives the records too late for their windows."""
+
+    def late(self, *, name: str | None = None) -> Stream:
+        """Records of either side too late for their windows (after the allowed lateness), as they came."""
+        loc = user_location()
+        node = self._then(P.LateOp(), f"{self.name}.late.tagged", loc)
+        return Stream(self._flow, node).map(_untag, name=name or f"{self.name}.late")
+
+
+class JoinResult(Stream):
+    """The pairs of an interval join; :meth:`late` gives its late side output."""
+
+    def late(self, *, name: str | None = None) -> Stream:
+        """Records of either side that came behind the watermark (they joined nothing), as they came."""
         loc = user_location()
         node = self._then(P.LateOp(), name or f"{self.name}.late", loc)
         return Stream(self._flow, node)

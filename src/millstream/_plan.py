@@ -13,7 +13,7 @@ from millstream._time import format_duration
 from millstream.agg import Aggregation
 from millstream.connectors._base import Sink, Source
 from millstream.state import StateSpec
-from millstream.windows import WindowAssigner
+from millstream.windows import Trigger, WindowAssigner
 
 __all__ = ["KeySpec", "Node", "Plan"]
 
@@ -193,7 +193,14 @@ class WindowOp(Op):
     aggs: tuple[tuple[str, Aggregation], ...] = ()
     reduce_fn: Callable[[Any, Any], Any] | None = None
     process_fn: Callable[..., Any] | None = None
+    #: when windows fire (None: the assigner's default, at the window's end)
+    trigger: Trigger | None = None
     kind = "window"
+
+    @property
+    def triggered(self) -> bool:
+        """Whether the step runs on the general, trigger-driven window operator."""
+        return self.trigger is not None or self.assigner.needs_trigger_operator
 
     @property
     def function(self) -> str:
@@ -206,6 +213,8 @@ class WindowOp(Op):
     def describe(self) -> str:
         by = f"by {self.key.describe()}, " if self.key is not None else "all, "
         late = f", allowed lateness {self.allowed_lateness_ms}ms" if self.allowed_lateness_ms else ""
+        if self.trigger is not None:
+            late += f", fires {self.trigger.describe()}"
         if self.reduce_fn is not None:
             what = f"reduce {callable_name(self.reduce_fn)}"
         elif self.process_fn is not None:

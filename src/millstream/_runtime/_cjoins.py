@@ -108,12 +108,14 @@ class ColumnarWindowJoin(StandInOperator):
         self.sides: list[list[pl.DataFrame]] = [[], []]
         self.fired = MIN_WATERMARK
         self.late = 0
+        self.late_outs: list[tuple[Operator, int]] = []
 
     def _native(self) -> Operator:
         from ._joins import make_join_operator
 
         twin = make_join_operator(self.node, self.rt)
         twin.outs = self.outs
+        twin.late_outs = self.late_outs  # type: ignore[attr-defined]
         twin.wm = self.wm
         twin.in_wms = self.in_wms
         return twin
@@ -199,6 +201,22 @@ class ColumnarWindowJoin(StandInOperator):
                                (pl.col(_E) - 1).alias(TIME)).drop(_E)
         self.emit(out, None)
 
+    def _advance(self) -> None:
+        before = self.wm
+        super()._advance()
+        if self.wm > before:  # the late side output follows the step's watermark too
+            for op, port in self.late_outs:
+                op.watermark(port, self.wm)
+
+    def _send_late(self, late: pl.DataFrame, port: int) -> None:
+        """Late records of ``port`` to the late side output (an interval join's ``.late()``)."""
+        if late.height == 0 or self.muted or not self.late_outs:
+            return
+        extra = [c for c in late.columns if c.startswith("__k")]
+        out = late.drop(extra) if extra else late
+        for op, p in self.late_outs:
+            op.push(p, out, None)  # type: ignore[arg-type]  # a columnar port takes batches
+
     def _state(self) -> dict[str, Any]:
         return {"sides": self.sides, "fired": self.fired, "late": self.late}
 
@@ -227,6 +245,7 @@ class ColumnarRegularJoin(ColumnarWindowJoin):
         self.sides = [[], []]
         self.fired = MIN_WATERMARK
         self.late = 0
+        self.late_outs = []
 
     # -- the rules of the join kind: times at or before a cut (None: no cut) ------------------------
     def _late_cut(self, side: int) -> int | None:
@@ -250,6 +269,7 @@ class ColumnarRegularJoin(ColumnarWindowJoin):
         cut = self._late_cut(port)
         if cut is not None:
             n = df.height
+            self._send_late(df.filter(pl.col(TIME) <= cut), port)
             df = df.filter(pl.col(TIME) > cut)
             self.late += n - df.height
         if df.height == 0:
@@ -287,16 +307,17 @@ class ColumnarRegularJoin(ColumnarWindowJoin):
 
 class ColumnarIntervalJoin(ColumnarRegularJoin):
     """The interval join, vectorised: pairs with ``left.t + lower <= right.t <= left.t + upper``; a record
-    at or behind the watermark when it comes is late; a kept record goes once nothing to come can pair
-    with it (left: ``t <= watermark - upper``; right: ``t <= watermark + lower``)."""
+    behind the watermark when it comes is late (one at the watermark joins, as in Flink); a kept record
+    goes once nothing to come can pair with it (left: ``t < watermark - upper``; right:
+    ``t < watermark + lower``)."""
 
     def _late_cut(self, side: int) -> int | None:
-        return self.wm if self.wm > MIN_WATERMARK else None
+        return self.wm - 1 if self.wm > MIN_WATERMARK else None
 
     def _dead(self, side: int) -> int | None:
         if self.wm <= MIN_WATERMARK:
             return None
-        return self.wm - self.op.upper_ms if side == 0 else self.wm + self.op.lower_ms
+        return self.wm - self.op.upper_ms - 1 if side == 0 else self.wm + self.op.lower_ms - 1
 
     def _pairs_kept(self, out: pl.DataFrame, port: int) -> pl.DataFrame:
         pl = self.pl

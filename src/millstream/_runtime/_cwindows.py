@@ -51,6 +51,8 @@ def vectorisable_window(op: WindowOp, timed: bool) -> bool:
     """Whether a window step has a vectorised implementation that gives the native answers."""
     if not timed or op.allowed_lateness_ms or op.reduce_fn is not None or op.process_fn is not None:
         return False
+    if op.triggered:  # triggers, global, processing-time, staggered windows, gaps per record: native
+        return False
     if not isinstance(op.assigner, TumblingWindow | SlidingWindow | SessionWindow):
         return False
     if op.key is not None and op.key.fn is not None:
@@ -334,7 +336,7 @@ class ColumnarSessionWindow(_ColumnarWindow):
         t = pl.col(TIME)
         # rows whose own session ends at or behind the watermark are late unless they merge with a
         # live session; decide those one at a time, in arrival order, as the native operator does
-        risky = df.select(((t + (self.gap - 1)) <= wm).alias("r")).to_series()
+        risky = df.select(((t + self.gap) <= wm).alias("r")).to_series()
         if not risky.any():
             self._add(df)
             return
@@ -349,7 +351,7 @@ class ColumnarSessionWindow(_ColumnarWindow):
             self._add(df.slice(start))
 
     def _sessions_of(self, df: pl.DataFrame) -> pl.DataFrame:
-        """The sessions of a batch on its own: rows of a key less than ``gap`` apart merge."""
+        """The sessions of a batch on its own: rows of a key at most ``gap`` apart merge."""
         pl = self.pl
         t = pl.col(TIME)
         keys = self.keys
@@ -357,7 +359,7 @@ class ColumnarSessionWindow(_ColumnarWindow):
         prev = t.shift(1)
         if keys:
             prev = prev.over(keys)
-        brk = prev.is_null() | (t >= prev + self.gap)
+        brk = prev.is_null() | (t > prev + self.gap)
         seq = seq.with_columns(brk.cast(pl.Int64).cum_sum().alias("__sess__")).sort("__arr__")
         try:
             return seq.group_by([*keys, "__sess__"], maintain_order=True).agg(
@@ -386,7 +388,7 @@ class ColumnarSessionWindow(_ColumnarWindow):
             first = pl.int_range(pl.len()).over(keys) == 0
         else:
             first = pl.int_range(pl.len()) == 0
-        brk = first | (pl.col(_START) >= prev_end)
+        brk = first | (pl.col(_START) > prev_end)  # sessions that touch merge
         allv = allv.with_columns(brk.cast(pl.Int64).cum_sum().alias("__sess__"))
         grouped = allv.sort("__arr__").group_by([*keys, "__sess__"], maintain_order=True).agg(
             pl.col(_START).min(), pl.col(_E).max(), *self.aggs.merge)
@@ -398,7 +400,7 @@ class ColumnarSessionWindow(_ColumnarWindow):
         t = row.get_column(TIME)[0]
         start, end = t, t + self.gap
         if self.open_ is not None and self.open_.height:
-            cond = (pl.col(_START) < end) & (pl.col(_E) > start)
+            cond = (pl.col(_START) <= end) & (pl.col(_E) >= start)
             for k in self.keys:
                 v = row.get_column(k)[0]
                 cond = cond & (pl.col(k).is_null() if v is None else pl.col(k) == v)
@@ -406,7 +408,7 @@ class ColumnarSessionWindow(_ColumnarWindow):
             if touching.height:
                 start = min(start, touching.get_column(_START).min())
                 end = max(end, touching.get_column(_E).max())
-        if end - 1 <= self.wm:
+        if end <= self.wm:
             self._late(row, None)
             return
         self._add(row)
@@ -416,7 +418,7 @@ class ColumnarSessionWindow(_ColumnarWindow):
         if s is None or s.height == 0:
             return
         pl = self.pl
-        due = pl.col(_E) - 1 <= wm
+        due = pl.col(_E) <= wm  # a session fires once the watermark has passed its end
         fired = s.filter(due)
         self.open_ = s.filter(~due)
         self._emit_results(fired, pl.col(_START), pl.col(_E))

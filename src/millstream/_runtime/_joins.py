@@ -7,9 +7,11 @@ Three kinds, all on event time:
   more than ``ttl`` behind the watermark (``t < watermark - ttl``), and a record already that
   far behind when it comes is *late*.
 * **interval** — pairs with ``left.t + lower <= right.t <= left.t + upper``. A left record is
-  kept while a right record ahead of the watermark could still pair with it
-  (``t + upper > watermark``), a right one while ``t - lower > watermark``. A record at or
-  behind the watermark when it comes is *late* (as in Flink): some of its partners may be gone.
+  kept while a right record at or ahead of the watermark could still pair with it
+  (``t + upper >= watermark``), a right one while ``t - lower >= watermark``. A record behind the
+  watermark when it comes (``t < watermark``) is *late*, as in Flink: some of its partners may
+  be gone. A record exactly at the watermark is joined (as in Flink), with every partner.
+  Late records go to the step's late side output (``.late()``) and are counted.
 * **window** — pairs in the same tumbling, sliding or session window, emitted when the
   watermark passes the window's end, at event time ``window_end - 1``. Tumbling and sliding
   windows keep each record once, in a slice of width gcd(size, slide), like the window
@@ -120,12 +122,29 @@ class _JoinBase(Operator):
         self.late = 0
         self._out: list[Any] = []
         self._tout: list[int] = []
+        #: the late side output (``.late()`` of an interval join) and the late records in hand
+        self.late_outs: list[tuple[Operator, int]] = []
+        self._late_r: list[Any] = []
+        self._late_t: list[int] = []
 
     def _flush(self) -> None:
         if self._out:
             out, tout = self._out, self._tout
             self._out, self._tout = [], []
             self.emit(out, tout)
+        if self._late_r:
+            late, late_t = self._late_r, self._late_t
+            self._late_r, self._late_t = [], []
+            if not self.muted:
+                for op, port in self.late_outs:
+                    op.push(port, late, late_t)
+
+    def _advance(self) -> None:
+        before = self.wm
+        super()._advance()
+        if self.wm > before:  # the late side output follows the step's watermark too
+            for op, port in self.late_outs:
+                op.watermark(port, self.wm)
 
     def _fail(self, exc: Exception, filename: str) -> BaseException:
         tb = exc.__traceback__
@@ -164,8 +183,8 @@ class PairJoinOperator(_JoinBase):
     def _dead(self, side: int, wm: int) -> int:
         """Records of ``side`` at or before this time can pair with nothing that may still come."""
         op = self.op
-        if self.interval:
-            return wm - op.upper_ms if side == 0 else wm + op.lower_ms
+        if self.interval:  # a record at the watermark still pairs: keep partners up to it
+            return wm - op.upper_ms - 1 if side == 0 else wm + op.lower_ms - 1
         assert op.ttl_ms is not None
         return wm - op.ttl_ms - 1
 
@@ -173,13 +192,13 @@ class PairJoinOperator(_JoinBase):
         op = self.op
         env: dict[str, Any] = {"_pair": self.pair, "_heappush": heapq.heappush}
         g = Generated()
-        g.add(0, "def _push(recs, times, wm, mine, other, dead_mine, dead_other, buckets, heap, out, tout):")
+        g.add(0, "def _push(recs, times, wm, mine, other, dead_mine, dead_other, buckets, heap, out, tout, lr, lt):")
         g.add(1, "late = 0; oa = out.append; ta = tout.append; last_b = None; bset = None")
         g.add(1, "for r, t in zip(recs, times):")
         if self.checked:
             # interval: behind the watermark (partners may be gone); regular: past the TTL
-            g.add(2, "if t <= wm:" if self.interval else "if t <= dead_mine:")
-            g.add(3, "late += 1; continue")
+            g.add(2, "if t < wm:" if self.interval else "if t <= dead_mine:")
+            g.add(3, "late += 1; lr.append(r); lt.append(t); continue")
         g.add(2, f"k = {key_expr(op.left_key if side == 0 else op.right_key, env)}")
         depth = 2
         if self.interval:  # kept only while a record of the other side ahead of the watermark could pair
@@ -200,7 +219,7 @@ class PairJoinOperator(_JoinBase):
         pair = "_pair(r, r2)" if side == 0 else "_pair(r2, r)"
         if self.interval:
             lo, hi = (op.lower_ms, op.upper_ms) if side == 0 else (-op.upper_ms, -op.lower_ms)
-            # t > wm, so every record of the other side in range is alive: no expiry check needed
+            # t >= wm, so every record of the other side in range is alive: no expiry check needed
             g.add(3, f"lo = t + {lo}; hi = t + {hi}")
             g.add(3, "for t2, r2 in os:")
             g.add(4, "if lo <= t2 <= hi:")
@@ -228,7 +247,7 @@ class PairJoinOperator(_JoinBase):
             return
         try:
             self.late += fn(records, times, wm, self.sides[port], self.sides[other], dead_mine, dead_other,
-                            self.buckets[port], self.heaps[port], self._out, self._tout)
+                            self.buckets[port], self.heaps[port], self._out, self._tout, self._late_r, self._late_t)
         except Exception as exc:
             self._out, self._tout = [], []
             raise self._fail(exc, filename) from exc
@@ -251,6 +270,8 @@ class PairJoinOperator(_JoinBase):
             try:
                 if checked and t <= dead_mine:
                     self.late += 1
+                    self._late_r.append(r)
+                    self._late_t.append(t)
                     continue
                 k = keyf(r)
                 mine.setdefault(k, []).append((t, r))
@@ -514,7 +535,7 @@ class SessionWindowJoinOperator(_WindowJoinBase):
             sessions = get(k)
             if sessions is not None and len(sessions) == 1:
                 sess = sessions[0]
-                if sess[0] <= t < sess[1] and sess[1] - 1 > wm:
+                if sess[0] <= t <= sess[1] and sess[1] > wm:
                     if t + gap > sess[1]:
                         sess[1] = t + gap
                     sess[2 + port].append(r)
@@ -526,10 +547,10 @@ class SessionWindowJoinOperator(_WindowJoinBase):
         keep: list[list[Any]] = []
         touching: list[list[Any]] = []
         for sess in self.sessions.get(k, ()):
-            (touching if sess[0] < end and start < sess[1] else keep).append(sess)
+            (touching if sess[0] <= end and start <= sess[1] else keep).append(sess)  # touching merge
         for sess in touching:
             start, end = min(start, sess[0]), max(end, sess[1])
-        if end - 1 <= self.wm:  # open sessions all end after the watermark: this one touches none
+        if end <= self.wm:  # open sessions all end after the watermark: this one touches none
             self.late += 1
             return
         lefts: list[Any] = []
@@ -550,13 +571,13 @@ class SessionWindowJoinOperator(_WindowJoinBase):
 
     def on_watermark(self, wm: int) -> None:
         timers = self.timers
-        while timers and timers[0][0] - 1 <= wm:
+        while timers and timers[0][0] <= wm:  # a session fires once the watermark passed its end
             _, timer, start, k = heapq.heappop(timers)
             lst = self.sessions.get(k, [])
             sess = next((s for s in lst if s[0] == start and s[4] == timer), None)
             if sess is None:
                 continue  # merged into another session since
-            if sess[1] - 1 > wm:
+            if sess[1] > wm:
                 self._arm(sess, k)  # the session grew after this timer was set
                 continue
             lst.remove(sess)

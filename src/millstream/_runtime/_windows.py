@@ -16,8 +16,22 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from millstream._plan import KeySpec, Node, WindowOp
+from millstream._time import MAX_WATERMARK, MIN_WATERMARK
 from millstream.agg import Aggregation
-from millstream.windows import CountWindow, SessionWindow, SlidingWindow, TumblingWindow, Window
+from millstream.windows import (
+    FIRE,
+    GLOBAL_WINDOW,
+    PURGE,
+    CountWindow,
+    GlobalWindow,
+    SessionWindow,
+    SlidingWindow,
+    Trigger,
+    TriggerResult,
+    TumblingWindow,
+    Window,
+    default_trigger,
+)
 
 from ._aggcode import AggCode, compile_key, key_expr, key_items
 from ._base import Operator, Runtime
@@ -96,7 +110,8 @@ class _Finisher:
             row["value"] = v
             return [row]
         assert op.process_fn is not None
-        items = sorted(acc[0], key=_first) if ws is not None else acc[0]  # untimed: arrival order
+        timed = ws is not None and all(t is not None for t, _ in acc[0])
+        items = sorted(acc[0], key=_first) if timed else acc[0]  # untimed or global: arrival order
         out = op.process_fn(k, Window(ws, we), [r for _, r in items])  # type: ignore[arg-type]
         if out is None:
             return []
@@ -385,7 +400,11 @@ class SlicedWindowOperator(_WindowBase):
 
 
 class SessionWindowOperator(_WindowBase):
-    """Per-key sessions that merge when an event bridges them.
+    """Per-key sessions that merge when an event bridges or touches them (events at most a gap apart).
+
+    A session fires once the watermark has passed its end (``watermark >= end``): an event
+    exactly at ``end`` would still join it, so firing earlier would make the result depend on
+    arrival order.
 
     A session is ``[start, end, acc, timer]``: ``end`` is exclusive (last event +
     gap) and ``timer`` the id of its live timer. A session that grows keeps its
@@ -415,7 +434,7 @@ class SessionWindowOperator(_WindowBase):
                 sessions = get(k)
                 if sessions is not None and len(sessions) == 1:
                     sess = sessions[0]
-                    if sess[0] <= t < sess[1] and sess[1] - 1 > wm:
+                    if sess[0] <= t <= sess[1] and sess[1] > wm:
                         # inside the key's only open session: grow it in place, its timer re-arms lazily
                         if t + gap > sess[1]:
                             sess[1] = t + gap
@@ -435,14 +454,14 @@ class SessionWindowOperator(_WindowBase):
         keep = []
         touching = []
         for sess in sessions:
-            if sess[0] < end and start < sess[1]:  # overlap: events less than gap apart
+            if sess[0] <= end and start <= sess[1]:  # overlap or touch: events at most gap apart
                 touching.append(sess)
             else:
                 keep.append(sess)
         for sess in touching:
             start = min(start, sess[0])
             end = max(end, sess[1])
-        if end - 1 + lateness <= wm:
+        if end + lateness <= wm:
             self._to_late(r, t)
             return
         acc = touching[0][2] if touching else self.new()
@@ -452,10 +471,10 @@ class SessionWindowOperator(_WindowBase):
         merged = [start, end, acc, None]
         keep.append(merged)
         self.sessions[k] = keep
-        if end - 1 <= wm:  # within the allowed lateness of a fired session: fire again now
+        if end <= wm:  # within the allowed lateness of a fired session: fire again now
             self.refired += 1
             self._emit_window(k, start, end, acc)
-            heapq.heappush(self.cleanups, (end - 1 + lateness, next(self._seq), start, end, k))
+            heapq.heappush(self.cleanups, (end + lateness, next(self._seq), start, end, k))
         else:
             self._arm(merged, k)
 
@@ -478,24 +497,24 @@ class SessionWindowOperator(_WindowBase):
 
     def on_watermark(self, wm: int) -> None:
         timers = self.timers
-        while timers and timers[0][0] - 1 <= wm:
+        while timers and timers[0][0] <= wm:
             _, timer, start, k = heapq.heappop(timers)
             sess = self._find(k, start, timer=timer)
             if sess is None:
                 continue  # merged into another session since
-            if sess[1] - 1 > wm:
+            if sess[1] > wm:
                 self._arm(sess, k)  # the session grew after this timer was set
                 continue
             sess[3] = None
             self._emit_window(k, sess[0], sess[1], sess[2])
             if self.lateness:
-                heapq.heappush(self.cleanups, (sess[1] - 1 + self.lateness, next(self._seq), start, sess[1], k))
+                heapq.heappush(self.cleanups, (sess[1] + self.lateness, next(self._seq), start, sess[1], k))
             else:
                 self._remove(k, sess)
         while self.cleanups and self.cleanups[0][0] <= wm:
             _, _, start, end, k = heapq.heappop(self.cleanups)
             sess = self._find(k, start, end)
-            if sess is not None and sess[1] - 1 + self.lateness <= wm:
+            if sess is not None and sess[1] + self.lateness <= wm:
                 self._remove(k, sess)
         self._flush()
 
@@ -565,9 +584,297 @@ class CountWindowOperator(_WindowBase):
         self.counts = state["counts"]
 
 
+_EVENT, _PROC = 0, 1
+
+
+class _TriggerCtx:
+    """The :class:`~millstream.windows.TriggerContext` of one operator, pointed at a key and window per call."""
+
+    def __init__(self, op: TriggeredWindowOperator) -> None:
+        self._op = op
+        self.key: Any = None
+        self.wkey: tuple[int, int] = (0, 0)
+        self.state: dict[str, Any] = {}
+        self.merged_states: list[dict[str, Any]] = []
+
+    @property
+    def watermark(self) -> int:
+        return self._op.wm
+
+    @property
+    def processing_time(self) -> int:
+        return self._op.rt.clock.now_ms()
+
+    def due(self, window: Window) -> int:
+        return window.end if self._op.merging else window.end - 1
+
+    def register_event_time_timer(self, time: int) -> None:
+        self._op.add_timer(_EVENT, time, self.key, self.wkey)
+
+    def register_processing_time_timer(self, time: int) -> None:
+        self._op.add_timer(_PROC, time, self.key, self.wkey)
+
+    def delete_event_time_timer(self, time: int) -> None:
+        self._op.delete_timer(_EVENT, time, self.key, self.wkey)
+
+    def delete_processing_time_timer(self, time: int) -> None:
+        self._op.delete_timer(_PROC, time, self.key, self.wkey)
+
+
+class TriggeredWindowOperator(_WindowBase):
+    """The general window operator: windows per key, each with its contents, its trigger's state and
+    its timers, fired by a trigger (by default at the window's end).
+
+    It runs global windows, processing-time windows, staggered windows, sessions with a gap per
+    record, and every window given a trigger. A window is an entry
+    ``[accumulator, trigger state, records since the last purge, highest event time, timers]``
+    under its ``(start, end)``. An event-time window expires (contents, trigger state and timers
+    dropped) when the watermark reaches its due time plus the allowed lateness; a record whose
+    windows have all expired is late. A processing-time window expires at its end - 1 on the
+    clock, and every window left fires at the end of a bounded input.
+    """
+
+    def __init__(self, node: Node, rt: Runtime, timed: bool) -> None:
+        super().__init__(node, rt, timed)
+        a = self.op.assigner
+        self.assigner = a
+        self.trigger: Trigger = self.op.trigger or default_trigger(a)
+        self.merging = isinstance(a, SessionWindow)
+        self.is_global = isinstance(a, GlobalWindow)
+        self.proc = isinstance(a, TumblingWindow | SlidingWindow) and a.processing_time
+        self.event = a.event_time
+        self.wins: dict[Any, dict[tuple[int, int], list[Any]]] = {}
+        self.timer_set: set[tuple[int, int, Any, tuple[int, int]]] = set()
+        self.heaps: tuple[list[Any], list[Any]] = ([], [])
+        self._seq = itertools.count()
+        self._firing: set[Any] | None = None
+        self.ctx = _TriggerCtx(self)
+
+    # -- timers ------------------------------------------------------------------------------------
+    def add_timer(self, domain: int, time: int, k: Any, wkey: tuple[int, int]) -> None:
+        tk = (domain, time, k, wkey)
+        if tk in self.timer_set or (self._firing is not None and tk in self._firing):
+            return
+        entry = self.wins.get(k, {}).get(wkey)
+        if entry is None:
+            return
+        self.timer_set.add(tk)
+        entry[4].add((domain, time))
+        heapq.heappush(self.heaps[domain], (time, next(self._seq), k, wkey))
+
+    def delete_timer(self, domain: int, time: int, k: Any, wkey: tuple[int, int]) -> None:
+        self.timer_set.discard((domain, time, k, wkey))
+        entry = self.wins.get(k, {}).get(wkey)
+        if entry is not None:
+            entry[4].discard((domain, time))
+
+    def _cleanup_time(self, wkey: tuple[int, int]) -> int | None:
+        if self.is_global:
+            return None
+        if self.proc:
+            return wkey[1] - 1
+        return (wkey[1] if self.merging else wkey[1] - 1) + self.lateness
+
+    def _fire_timers(self, domain: int, upto: int) -> None:
+        heap = self.heaps[domain]
+        fired: set[Any] = set()
+        self._firing = fired
+        try:
+            while heap and heap[0][0] <= upto:
+                time, _, k, wkey = heapq.heappop(heap)
+                tk = (domain, time, k, wkey)
+                if tk not in self.timer_set:
+                    continue
+                self.timer_set.discard(tk)
+                fired.add(tk)
+                entry = self.wins.get(k, {}).get(wkey)
+                if entry is None:
+                    continue
+                entry[4].discard((domain, time))
+                win = self._window(wkey)
+                self._point(k, wkey, entry)
+                try:
+                    if domain == _EVENT:
+                        res = self.trigger.on_event_time(time, win, self.ctx)
+                    else:
+                        res = self.trigger.on_processing_time(time, win, self.ctx)
+                    self._act(res, k, wkey, entry)
+                except Exception as exc:
+                    raise self.rt.step_error(self.node, exc, key=k, has_key=self.op.key is not None,
+                                             event_time=time if domain == _EVENT else None) from exc
+                if (domain == _PROC) == self.proc and time == self._cleanup_time(wkey):
+                    self._clear(k, wkey)
+        finally:
+            self._firing = None
+
+    # -- windows -----------------------------------------------------------------------------------
+    def _window(self, wkey: tuple[int, int]) -> Window:
+        return GLOBAL_WINDOW if self.is_global else Window(*wkey)
+
+    def _point(self, k: Any, wkey: tuple[int, int], entry: list[Any]) -> None:
+        ctx = self.ctx
+        ctx.key, ctx.wkey, ctx.state = k, wkey, entry[1]
+
+    def _new_entry(self, k: Any, wkey: tuple[int, int]) -> list[Any]:
+        entry = [self.new(), {}, 0, MIN_WATERMARK, set()]
+        self.wins.setdefault(k, {})[wkey] = entry
+        return entry
+
+    def _clear(self, k: Any, wkey: tuple[int, int]) -> None:
+        d = self.wins.get(k)
+        if d is None:
+            return
+        entry = d.pop(wkey, None)
+        if not d:
+            del self.wins[k]
+        if entry is not None:
+            for domain, time in entry[4]:
+                self.timer_set.discard((domain, time, k, wkey))
+
+    def _act(self, res: TriggerResult, k: Any, wkey: tuple[int, int], entry: list[Any]) -> None:
+        if res & FIRE and entry[2] > 0:
+            ws, we = (None, None) if self.is_global else wkey
+            rows = self.finish(k, ws, we, entry[0])
+            self._out.extend(rows)
+            if self.timed:
+                t = entry[3] if (self.is_global or self.proc) else wkey[1] - 1
+                self._tout.extend([t] * len(rows))
+        if res & PURGE:
+            entry[0], entry[2], entry[3] = self.new(), 0, MIN_WATERMARK
+
+    def _assign(self, k: Any, r: Any, t: int | None, now: int) -> list[tuple[int, int]]:
+        a = self.assigner
+        if isinstance(a, GlobalWindow):
+            return [(GLOBAL_WINDOW.start, GLOBAL_WINDOW.end)]
+        if isinstance(a, TumblingWindow):
+            at = now if a.processing_time else t
+            assert at is not None
+            off = a.offset_for(k) if a.stagger is not None else a.offset_ms
+            s = at - (at - off) % a.size_ms
+            return [(s, s + a.size_ms)]
+        assert isinstance(a, SlidingWindow)
+        at = now if a.processing_time else t
+        assert at is not None
+        s = at - (at - a.offset_ms) % a.slide_ms
+        out = []
+        while s > at - a.size_ms:
+            out.append((s, s + a.size_ms))
+            s -= a.slide_ms
+        return out
+
+    def _late_window(self, wkey: tuple[int, int]) -> bool:
+        if not self.event or self.is_global:
+            return False
+        due = wkey[1] if self.merging else wkey[1] - 1
+        return due + self.lateness <= self.wm
+
+    def _add(self, k: Any, wkey: tuple[int, int], entry: list[Any], r: Any, t: int | None) -> None:
+        self.add1(entry[0], r, t)
+        entry[2] += 1
+        if t is not None and t > entry[3]:
+            entry[3] = t
+        self._point(k, wkey, entry)
+        res = self.trigger.on_element(r, t, self._window(wkey), self.ctx)
+        self._act(res, k, wkey, entry)
+        cleanup = self._cleanup_time(wkey)
+        if cleanup is not None and k in self.wins and wkey in self.wins[k]:
+            self.add_timer(_PROC if self.proc else _EVENT, cleanup, k, wkey)
+
+    def _add_session(self, k: Any, r: Any, t: int) -> bool:
+        a = self.assigner
+        assert isinstance(a, SessionWindow)
+        start, end = t, t + a.gap_of(r)
+        d = self.wins.get(k, {})
+        touching = [w for w in d if w[0] <= end and start <= w[1]]  # sessions that touch merge
+        for w in touching:
+            start, end = min(start, w[0]), max(end, w[1])
+        wkey = (start, end)
+        if self._late_window(wkey):
+            return False
+        if touching == [wkey]:
+            entry = d[wkey]
+        elif not touching:
+            entry = self._new_entry(k, wkey)
+        else:
+            olds = [d[w] for w in touching]
+            for w in touching:
+                self._clear(k, w)
+            entry = self._new_entry(k, wkey)
+            acc = olds[0][0]
+            for o in olds[1:]:
+                acc = self.merge(acc, o[0])
+            entry[0] = acc
+            entry[2] = sum(o[2] for o in olds)
+            entry[3] = max(o[3] for o in olds)
+            self._point(k, wkey, entry)
+            self.ctx.merged_states = [o[1] for o in olds]
+            self.trigger.on_merge(self._window(wkey), self.ctx)
+            self.ctx.merged_states = []
+        self._add(k, wkey, entry, r, t)
+        return True
+
+    def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
+        self.records_in += len(records)
+        now = self.rt.clock.now_ms() if self.proc else 0
+        ts: Any = times if times is not None else itertools.repeat(None)
+        keyf = self.keyf
+        for r, t in zip(records, ts):
+            k = None
+            try:
+                k = keyf(r)
+                if self.merging:
+                    if not self._add_session(k, r, t):
+                        self._to_late(r, t)
+                    continue
+                added = False
+                for wkey in self._assign(k, r, t, now):
+                    if self._late_window(wkey):
+                        continue
+                    added = True
+                    entry = self.wins.get(k, {}).get(wkey)
+                    if entry is None:
+                        entry = self._new_entry(k, wkey)
+                    self._add(k, wkey, entry, r, t)
+                if not added:
+                    self._to_late(r, t)
+            except Exception as exc:
+                raise self.rt.step_error(self.node, exc, record=r, key=k, has_key=self.op.key is not None,
+                                         event_time=t) from exc
+        self._flush()
+
+    def on_watermark(self, wm: int) -> None:
+        self._fire_timers(_EVENT, wm)
+        if wm >= MAX_WATERMARK and self.proc:  # the end of a bounded input fires every window
+            self._fire_timers(_PROC, MAX_WATERMARK)
+        self._flush()
+
+    def on_processing_time(self, now_ms: int) -> None:
+        self._fire_timers(_PROC, now_ms)
+        self._flush()
+
+    def next_processing_timer(self) -> int | None:
+        heap = self.heaps[_PROC]
+        return heap[0][0] if heap else None
+
+    def snapshot(self) -> Any:
+        return {"wins": self.wins, "timers": list(self.timer_set), "late": self.late_count}
+
+    def restore(self, state: Any) -> None:
+        self.wins = state["wins"]
+        self.timer_set = set(state["timers"])
+        self.heaps = ([], [])
+        for domain, time, k, wkey in self.timer_set:
+            self.heaps[domain].append((time, next(self._seq), k, wkey))
+        for h in self.heaps:
+            heapq.heapify(h)
+        self.late_count = state["late"]
+
+
 def make_window_operator(node: Node, rt: Runtime, timed: bool) -> _WindowBase:
     op = node.op
     assert isinstance(op, WindowOp)
+    if op.triggered:
+        return TriggeredWindowOperator(node, rt, timed)
     if isinstance(op.assigner, TumblingWindow | SlidingWindow):
         return SlicedWindowOperator(node, rt, timed)
     if isinstance(op.assigner, SessionWindow):
@@ -575,4 +882,4 @@ def make_window_operator(node: Node, rt: Runtime, timed: bool) -> _WindowBase:
     return CountWindowOperator(node, rt, timed)
 
 
-__all__ = ["KeySpec", "SliceTimers", "make_window_operator"]
+__all__ = ["KeySpec", "SliceTimers", "TriggeredWindowOperator", "make_window_operator"]
