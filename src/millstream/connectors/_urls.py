@@ -12,7 +12,8 @@ One place maps a URL to a connector, so every command reads and writes the same 
     topic with that many partitions when it does not exist, with explicit configs), ``key`` (the
     field that keys each message), ``format``, ``transactional_id`` (used under exactly-once;
     default ``millstream-<topic>``). Any option with a dot (``security.protocol``,
-    ``sasl.mechanism``...) goes to librdkafka; ``user:password@`` sets ``sasl.username`` and
+    ``sasl.mechanism``...) goes to librdkafka; with ``partitions`` and no ``key``, messages go to
+    the partitions in turn (equal shares, the same every run); ``user:password@`` sets ``sasl.username`` and
     ``sasl.password``.
 ``postgresql://USER[:PASSWORD]@HOST:PORT/DB?table=T`` (or ``postgres://``)
     A sink writes rows into table ``T``. Options: ``table`` (required), ``mode`` (``append``,
@@ -29,6 +30,7 @@ description: every message shows the address through :func:`redact_url`.
 
 from __future__ import annotations
 
+import itertools
 import re
 import urllib.parse
 from collections.abc import Callable
@@ -177,13 +179,28 @@ def _kafka_sink(url: str, name: str | None, transactional: bool) -> Sink:
     partitions = _int(options, "partitions", url)
     txid = options.get("transactional_id") or (f"millstream-{re.sub(r'[^A-Za-z0-9._-]', '_', topic)}"
                                                if transactional else None)
-    sink = kafka.write(topic, bootstrap=bootstrap, key=options.get("key") or None,
-                       format=options.get("format", "json"), config=config or None,
-                       transactional_id=txid if transactional else None, name=name)
+    key = options.get("key") or None
+    spread: Callable[[Any], int] | None = None
     if partitions is not None:
         admin = {k: v for k, v in config.items() if k.startswith(("security.", "sasl.", "ssl."))}
         kafka.create_topic(bootstrap, topic, partitions=partitions, admin_config=admin or None)
-    return sink
+        if key is None:  # messages in turn over the topic's partitions: equal shares, the same every run
+            spread = _round_robin(_partition_count(bootstrap, topic, admin) or partitions)
+    return kafka.write(topic, bootstrap=bootstrap, key=key, partition=spread, format=options.get("format", "json"),
+                       config=config or None, transactional_id=txid if transactional else None, name=name)
+
+
+def _partition_count(bootstrap: str, topic: str, admin: dict[str, Any]) -> int | None:
+    from confluent_kafka.admin import AdminClient
+
+    meta = AdminClient({"bootstrap.servers": bootstrap, **admin}).list_topics(topic, timeout=10)
+    found = meta.topics.get(topic)
+    return len(found.partitions) if found is not None and found.partitions else None
+
+
+def _round_robin(n: int) -> Callable[[Any], int]:
+    turn = itertools.count()
+    return lambda _record: next(turn) % n
 
 
 # -- postgresql ----------------------------------------------------------------------------------
