@@ -42,6 +42,7 @@ from typing import Any
 
 from millstream._checkpoint._failpoints import failpoint
 from millstream._checkpoint._owner import DirectoryOwner, write_atomically
+from millstream._fs import writable_dir
 from millstream.errors import CheckpointError
 
 FORMAT = 1
@@ -117,7 +118,7 @@ class CheckpointStore:
         self.owner = owner
         self._positions_fd: int | None = None
         self._positions_size = 0
-        os.makedirs(self.root, exist_ok=True)
+        writable_dir(self.root, what="the checkpoint directory", error=CheckpointError)
 
     def close(self) -> None:
         fd, self._positions_fd = self._positions_fd, None

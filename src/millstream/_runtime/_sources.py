@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from millstream._eventtime import SourceWatermarks, WatermarkStrategy
 from millstream._expr import Expr
 from millstream._plan import Node, SinkOp, SourceOp
-from millstream._time import MAX_WATERMARK, MIN_WATERMARK, timestamp_to_ms
+from millstream._time import MAX_WATERMARK, MIN_WATERMARK, format_ms, timestamp_to_ms
 from millstream.connectors._base import DeadLetter, SinkWriter, SourceContext, SourceReader
 from millstream.errors import MillstreamError
 
 from ._base import Operator, Runtime
 from ._codegen import Generated
+
+log = logging.getLogger("millstream.eventtime")
+
+#: Event times in this range, read as milliseconds, fall in January 1970 .. March 1973, while as seconds
+#: they are 2001 .. 5138: far more likely seconds (a warning says how to declare them).
+_SECONDS_LOW, _SECONDS_HIGH = 10**9, 10**11
 
 
 def compile_extractor(strategy: WatermarkStrategy) -> Any:
@@ -67,6 +74,7 @@ class SourceOperator(Operator):
         self.reader: SourceReader | None = None
         self.gen: SourceWatermarks | None = None
         self.ended = False
+        self._unit_checked = False
         self.bad_timestamps = 0
         #: called after a chunk is read and before it is processed (at-most-once records positions)
         self.on_read: Callable[[], None] | None = None
@@ -136,6 +144,8 @@ class SourceOperator(Operator):
             recs, times, mx = self._extract_slow(recs)
             behind = _behind(times, floor, self.gen.strategy.bound_ms)
         prefix = _highest_before(times, floor, behind)
+        if floor == MIN_WATERMARK:
+            self._check_unit(mx)
         self.gen.observe(split, mx, self.rt.clock.now_ms())
         if self.on_read is not None:
             self.on_read()  # read, not yet processed
@@ -234,6 +244,8 @@ class SourceOperator(Operator):
             df = df.with_columns(t)
             prev = t.cum_max().shift(1, fill_value=floor).clip(lower_bound=floor)
             late_mask = t < prev - self.strategy.bound_ms
+            if floor == MIN_WATERMARK:
+                self._check_unit(int(t.max()))
             gen.observe(split, int(t.max()), self.rt.clock.now_ms())
             if self.on_read is not None:
                 self.on_read()
@@ -248,6 +260,16 @@ class SourceOperator(Operator):
             self.emit(df, None)
         self._after_chunk(reader)
         return n
+
+    def _check_unit(self, high: int) -> None:
+        """Warn once when event times in ms look like seconds since the epoch (they land in January 1970)."""
+        if self._unit_checked or self.strategy is None or self.strategy.unit != "ms":
+            return
+        self._unit_checked = True
+        if _SECONDS_LOW <= high < _SECONDS_HIGH:
+            log.warning(
+                "source %r: event times such as %d read as milliseconds are %s; if the field holds seconds since "
+                "the epoch, say so: WatermarkStrategy.bounded(..., unit='s')", self.name, high, format_ms(high))
 
     def _pump_empty(self, reader: SourceReader) -> int:
         """Nothing to read now: splits (or the whole source) may go idle, which may move the watermark."""
@@ -381,6 +403,7 @@ class SinkOperator(Operator):
         assert isinstance(op, SinkOp)
         self.sink = op.connector
         self.writer: SinkWriter | None = None
+        self.figures: dict[str, int] = {}
 
     def open(self) -> None:
         self.writer = self.sink.open(self.name)
@@ -411,8 +434,15 @@ class SinkOperator(Operator):
         except Exception as exc:
             raise self.rt.step_error(self.node, exc, record=records[0] if records else None) from exc
 
+    def metrics(self) -> dict[str, int]:
+        """The writer's own figures (``retries``...), as sources' are shown; kept once it is closed."""
+        if self.writer is not None:
+            self.figures = dict(self.writer.metrics())
+        return self.figures
+
     def close(self) -> None:
         if self.writer is not None:
+            self.metrics()
             self.writer.close()
             self.writer = None
 

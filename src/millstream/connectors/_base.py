@@ -291,6 +291,10 @@ class SinkWriter(ABC):
         """Flush and release resources."""
         self.flush()
 
+    def metrics(self) -> dict[str, int]:
+        """Figures the writer counts itself (e.g. ``retries``), shown with the step's."""
+        return {}
+
     def abandon(self) -> None:
         """Release connections without flushing or committing anything, as a crash would (the
         conformance kit uses it to simulate one in process). Default: nothing to release."""

@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import orjson
 
+from millstream._fs import writable_dir
 from millstream.connectors._base import Sink, SinkWriter
 from millstream.connectors._files_common import (
     FORMATS,
@@ -97,11 +98,11 @@ class FileSink(Sink):
             if os.path.isfile(target):
                 raise ConfigError(f"sink {step!r}: a transactional file sink writes a directory, "
                                   f"and {target!r} is a file")
-            os.makedirs(target, exist_ok=True)
+            writable_dir(target, what=f"sink {step!r}: the output folder", error=ConfigError)
             return TwoPhaseFileWriter(target, ext=o.extension, new_part=self._part_maker(), step=step)
         parent = os.path.dirname(target)
         if parent:
-            os.makedirs(parent, exist_ok=True)
+            writable_dir(parent, what=f"sink {step!r}: the output folder", error=ConfigError)
         if o.format == "parquet":
             return _ParquetFileWriter(target, o.row_group_size, step)
         return _FileWriter(target, _encoder(o.format), step, compressed=target.endswith(".gz"))
