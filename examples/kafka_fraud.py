@@ -24,7 +24,8 @@ Where the systems are, from the environment:
 - ``MILLSTREAM_POSTGRES``: the database (default ``postgresql://postgres@127.0.0.1:5432/test``);
 - ``MILLSTREAM_FRAUD_NAME``: the prefix of the topics and tables (default ``kafka_fraud``).
 
-Needs ``pip install 'millstream[kafka,postgres]'``. Read the alerts back with e.g.
+Building the flow (``millstream run``, also ``millstream plan``) makes the topics and tables
+afresh. Needs ``pip install 'millstream[kafka,postgres]'``. Read the alerts back with e.g.
 ``psql -c 'SELECT * FROM kafka_fraud_alerts'``.
 """
 
