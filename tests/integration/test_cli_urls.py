@@ -14,7 +14,11 @@ tansu 0.6 shows records of aborted transactions to read_committed readers, so th
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -42,6 +46,7 @@ duckdb = pytest.importorskip("duckdb")
 CONFIG = NexmarkConfig(events=30_000, rate=1_000, out_of_order_group_size=500)
 GEN = ["--events", "30000", "--event-rate", "1000", "--out-of-order", "500"]
 PG = "postgresql://postgres@127.0.0.1:5432/test"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def oracle(q: str) -> list[dict[str, Any]]:
@@ -284,3 +289,55 @@ def test_paced_source_keeps_positions_and_describes(tmp_path: Path) -> None:
     assert [r["i"] for r in got + rest] == list(range(300))
     with pytest.raises(ConfigError, match="rate must be"):
         paced(ms.connectors.files.read(path), 0)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "millstream.cli", "nexmark", "run", *args]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("MILLSTREAM_FAILPOINTS", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    return env
+
+
+def test_paced_topic_killed_and_resumed_is_exactly_once(events_topic: str, kafka_mod: Any,
+                                                         kafka_broker: services.Broker, made_topics: list[str],
+                                                         tmp_path: Path) -> None:
+    """A crash test at a chosen speed: the topic read at --pace 15,000/s, SIGKILLed after a checkpoint,
+    run again with the same checkpoint directory: the committed q5 output is the oracle's."""
+    bs = kafka_broker.bootstrap
+    topic = services.unique("q5crash")
+    made_topics.append(topic)
+    ck = tmp_path / "ck"
+    args = _cli("--query", "q5", "--input", events_topic, "--pace", "15000", "--guarantee", "exactly-once",
+                "--checkpoint-dir", str(ck), "--checkpoint-interval", "100", "--out",
+                f"kafka://{bs}/{topic}?partitions=1", "-q")
+    started = time.monotonic()
+    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not list(ck.glob("chk-*/MANIFEST.json")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert proc.poll() is None, "the paced run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert time.monotonic() - started >= 1.0  # 30,000 events at 15,000/s: still running after a second
+    resumed = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    msgs = kafka_mod.committed_records(bs, topic, f"millstream-{topic}-out")
+    check("q5", [orjson.loads(m.value()) for m in msgs])
+
+
+def test_a_checkpoint_says_where_a_topic_read_resumes(events_topic: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    args = ["nexmark", "run", "--query", "q7", "--input", events_topic, "--guarantee", "exactly-once",
+            "--checkpoint-dir", str(tmp_path / "ck"), "--out", str(out)]
+    assert main(args) == 0
+    first = ms.connectors.files.read_committed(out)
+    check("q7", first)
+    assert main(args) == 0  # the checkpoint holds the end offsets: nothing is read again
+    assert "already finished" in " ".join(capsys.readouterr().err.split())
+    assert ms.connectors.files.read_committed(out) == first
