@@ -28,15 +28,26 @@ WINDOWS = {
     "tumbling": lambda: ms.windows.tumbling(100),
     "sliding": lambda: ms.windows.sliding(100, every=40),
     "session": lambda: ms.windows.session(30),
+    # issue 10 §5: the event-time kinds of the trigger-driven window operator
+    "tumbling-negative-offset": lambda: ms.windows.tumbling(100, offset=-30),
+    "staggered": lambda: ms.windows.tumbling(100, stagger="key"),
+    "session-gap-fn": lambda: ms.windows.session(gap_fn=_gap),
+    "sliding-count-trigger": lambda: (ms.windows.sliding(100, every=50), ms.windows.on_count(2)),
 }
+
+
+def _gap(r: dict[str, Any]) -> int:
+    return 10 + r["v"] % 4 * 10
 
 
 def _run(records: list[dict[str, Any]], *, window: str, bound: int, lateness: int, mode: str, chunk: int,
          columnar: bool) -> tuple[Counter[Any], Counter[Any]]:
     flow = ms.Flow("lateness")
     src = ms.connectors.memory.read(pl.DataFrame(records) if columnar else records)
+    spec = WINDOWS[window]()
+    assigner, trigger = spec if isinstance(spec, tuple) else (spec, None)
     w = (flow.source(src, watermark=ms.WatermarkStrategy.bounded(bound, timestamp="ts"))
-         .key_by("k").window(WINDOWS[window](), allowed_lateness=lateness)
+         .key_by("k").window(assigner, allowed_lateness=lateness, trigger=trigger)
          .aggregate(n=ms.agg.count(), total=ms.agg.sum("v")))
     out, late = CollectSink(), CollectSink()
     w.sink(out)

@@ -857,17 +857,25 @@ class TriggeredWindowOperator(_WindowBase):
         return heap[0][0] if heap else None
 
     def snapshot(self) -> Any:
-        return {"wins": self.wins, "timers": list(self.timer_set), "late": self.late_count}
+        # the live timers in firing order, so that a restored job fires equal times in the same order
+        timers = [(domain, time, k, wkey) for domain in (_EVENT, _PROC)
+                  for time, _, k, wkey in sorted(self.heaps[domain], key=_time_seq)
+                  if (domain, time, k, wkey) in self.timer_set]
+        return {"wins": self.wins, "timers": list(dict.fromkeys(timers)), "late": self.late_count}
 
     def restore(self, state: Any) -> None:
         self.wins = state["wins"]
         self.timer_set = set(state["timers"])
         self.heaps = ([], [])
-        for domain, time, k, wkey in self.timer_set:
+        for domain, time, k, wkey in state["timers"]:
             self.heaps[domain].append((time, next(self._seq), k, wkey))
         for h in self.heaps:
             heapq.heapify(h)
         self.late_count = state["late"]
+
+
+def _time_seq(entry: tuple[int, int, Any, Any]) -> tuple[int, int]:
+    return entry[0], entry[1]
 
 
 def make_window_operator(node: Node, rt: Runtime, timed: bool) -> _WindowBase:
