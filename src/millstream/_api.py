@@ -725,18 +725,23 @@ class KeyedStream(Stream):
         return _join_node(self, other, op, step, loc)
 
     def interval_join(self, other: KeyedStream, *, lower: Duration, upper: Duration,
-                      combine: Callable[[Any, Any], Any] | None = None, name: str | None = None) -> Stream:
+                      lower_inclusive: bool = True, upper_inclusive: bool = True,
+                      combine: Callable[[Any, Any], Any] | None = None, name: str | None = None) -> JoinResult:
         """Pairs with equal keys whose right event time lies in ``[left.t + lower, left.t + upper]``.
 
-        Bounds are inclusive and may be negative. A record stays in state while a record
-        of the other side ahead of the watermark could still pair with it. A record at or
-        behind the watermark when it comes is late: it joins nothing and is counted in the
-        step's ``late`` figure. The output's event time is the later of the two records'.
+        Bounds are inclusive unless ``lower_inclusive``/``upper_inclusive`` say otherwise, and
+        may be negative. A record stays in state while a record of the other side at or ahead
+        of the watermark could still pair with it. As in Flink, a record exactly at the
+        watermark is joined; one behind it when it comes is late: it joins nothing, is counted
+        in the step's ``late`` figure and goes to :meth:`JoinResult.late`. The output's event
+        time is the later of the two records'.
         """
         loc = user_location()
         step = name or "interval_join"
         _check_join(self, other, "interval_join", step, loc, combine)
         lo, hi = _join_ms(lower, "lower", step, loc, signed=True), _join_ms(upper, "upper", step, loc, signed=True)
+        lo += 0 if lower_inclusive else 1
+        hi -= 0 if upper_inclusive else 1
         if lo > hi:
             raise FlowDefinitionError(
                 f"interval_join(lower={lo}ms, upper={hi}ms): lower is above upper, so no pair can match",

@@ -475,6 +475,8 @@ class _EveryEventTime(Trigger):
             return FIRE
         if ctx.state.get("next") == time:
             del ctx.state["next"]
+            if ctx.watermark >= MAX_WATERMARK:
+                return CONTINUE  # the end of input: only the window's own end fires, once
             self._next(time, window, ctx)
             return FIRE
         return CONTINUE
@@ -536,7 +538,11 @@ def on_processing_time() -> Trigger:
 
 
 def every_event_time(interval: Duration) -> Trigger:
-    """Fire every ``interval`` of event time while the window is open, and at its end."""
+    """Fire every ``interval`` of event time while the window is open, and at its end.
+
+    The firing times are aligned to multiples of ``interval``, from the window's first record.
+    At the end of a bounded input only the window's end fires (a global window's end is then).
+    """
     ms = to_ms(interval, "trigger interval")
     _check_positive(ms, "trigger interval")
     return _EveryEventTime(ms)
