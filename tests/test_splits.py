@@ -134,3 +134,16 @@ def test_at_most_once_acknowledges_before_processing(tmp_path: Path) -> None:
     # every record was processed after the chunk holding it had been acknowledged
     assert len(out.values) == 100
     assert all(acked >= i + 1 for i, acked in enumerate(seen_when_acked))
+
+
+def test_without_checkpoints_each_chunk_is_acknowledged_once_processed() -> None:
+    parts = {"p0": [{"k": "a", "ts": t} for t in range(30)], "p1": [{"k": "a", "ts": t} for t in range(20)]}
+    src = PartitionedTestSource(parts, chunk=8)
+    seen: list[int] = []
+    flow = ms.Flow("none")
+    flow.source(src).inspect(lambda r: seen.append(sum(src.acknowledged[-1].values()) if src.acknowledged else 0)) \
+        .sink(CollectSink())
+    flow.run()
+    assert src.acknowledged[-1] == {"p0": 30, "p1": 20}
+    # a record is processed before its chunk is acknowledged (never the other way round)
+    assert all(acked <= i for i, acked in enumerate(seen))

@@ -251,12 +251,16 @@ def _job_script(tmp: Path, port: int, topic: str, cid: str, n: int, *, interval_
         import millstream as ms
         ck, out = sys.argv[1], sys.argv[2]
         seen = [0]
+        # the run that makes the marker holds there until it is killed: it must not get to end and
+        # take its final checkpoint first (that would acknowledge everything)
+        hold = {str(marker)!r} != "None" and not os.path.exists({str(marker)!r})
         def step(r):
             seen[0] += 1
             if {slow_s!r}:
                 time.sleep({slow_s!r})
-            if {str(marker)!r} != "None" and seen[0] >= {n}:
+            if hold and seen[0] >= {n}:
                 open({str(marker)!r}, "w").close()
+                time.sleep(120)
             return r
         flow = ms.Flow("mqtt-kill")
         flow.source(ms.connectors.mqtt.read({topic!r}, port={port}, client_id={cid!r}, max_records={n})) \\

@@ -200,16 +200,20 @@ def _job_script(tmp: Path, queue: str, n: int, *, interval_ms: int, marker: Path
                 slow_s: float = 0.0, mode: str = "native") -> str:
     path = tmp / "job.py"
     path.write_text(textwrap.dedent(f"""
-        import sys, time
+        import os, sys, time
         import millstream as ms
         ck, out = sys.argv[1], sys.argv[2]
         seen = [0]
+        # the run that makes the marker holds there until it is killed: it must not get to end and
+        # take its final checkpoint first (that would acknowledge everything)
+        hold = {str(marker)!r} != "None" and not os.path.exists({str(marker)!r})
         def step(r):
             seen[0] += 1
             if {slow_s!r}:
                 time.sleep({slow_s!r})
-            if {str(marker)!r} != "None" and seen[0] >= {n}:
+            if hold and seen[0] >= {n}:
                 open({str(marker)!r}, "w").close()
+                time.sleep(120)
             return r
         flow = ms.Flow("rmq-kill")
         flow.source(ms.connectors.rabbitmq.read({queue!r}, max_records={n}, dedup_by="message_id")) \\

@@ -106,7 +106,18 @@ class SourceOperator(Operator):
         return self.reader.position_of(index) if self.reader is not None else None
 
     def pump(self, max_records: int) -> int:
-        """Read and push one chunk. Returns records read; -1 once the input has ended."""
+        """Read and push one chunk. Returns records read; -1 once the input has ended.
+
+        Without checkpoints (guarantee ``"none"``) nothing else will tell the source that records are
+        done with, so a chunk is acknowledged once it has been processed (a broker then does not hand
+        the same records to the next run); with checkpoints the coordinator acknowledges."""
+        n = self._pump(max_records)
+        if n > 0 and not self.rt.checkpointed:
+            assert self.reader is not None
+            self.reader.acknowledge(self.reader.snapshot())
+        return n
+
+    def _pump(self, max_records: int) -> int:
         reader = self.reader
         assert reader is not None
         if self.frames:
