@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,9 +101,31 @@ def reference(trial: Trial, workdir: Path) -> Counter[str]:
 
 
 def run_trial(trial: Trial, workdir: Path, expected: Counter[str], max_starts: int = 30) -> dict[str, Any]:
-    rnd = random.Random(trial.seed)
     out = str(workdir / ("out" if trial.guarantee == "exactly-once" else "out.jsonl"))
     ckpt = str(workdir / "ckpt")
+    cmd = _cmd(trial, out, ckpt, trial.guarantee)
+    anomalies, starts = kill_until_done(
+        trial, cmd, _env,
+        lambda found: _check_visible(trial.guarantee, Counter(read_rows(out, torn_tail=True)), expected, found,
+                                     during=True),
+        max_starts=max_starts)
+    final = Counter(read_rows(out))
+    if not anomalies:
+        _check_visible(trial.guarantee, final, expected, anomalies, during=False)
+    return {"guarantee": trial.guarantee, "mode": trial.mode, "pipeline": trial.pipeline, "seed": trial.seed,
+            "failpoint": trial.failpoint, "starts": starts, "kills": sum(h["exit"] == -9 for h in trial.history),
+            "failpoint_fired": any(h["failpoint"] and h["exit"] == -9 and not h["killed"] for h in trial.history),
+            "anomalies": anomalies, "output_rows": sum(final.values()), "expected_rows": sum(expected.values())}
+
+
+def kill_until_done(trial: Trial, cmd: list[str], env: Callable[[str | None], dict[str, str]],
+                    after_kill: Callable[[list[str]], None], *, max_starts: int = 30,
+                    timeout_s: float = 300) -> tuple[list[str], int]:
+    """Run ``cmd`` (environment ``env(failpoints)``) until it exits 0: SIGKILL its process group
+    ``trial.kills`` times at random moments (``trial.kill_window_s`` after a start; seeded by
+    ``trial.seed``), or let ``trial.failpoint`` kill it; ``after_kill(anomalies)`` checks the visible
+    output after each kill. Every start goes to ``trial.history``. Returns (anomalies, starts)."""
+    rnd = random.Random(trial.seed)
     kills_left = trial.kills if trial.failpoint is None else trial.failpoint_start - 1
     failpoint = trial.failpoint
     anomalies: list[str] = []
@@ -112,9 +135,8 @@ def run_trial(trial: Trial, workdir: Path, expected: Counter[str], max_starts: i
         if starts > max_starts:
             anomalies.append(f"no progress after {max_starts} starts (liveness)")
             break
-        cmd = _cmd(trial, out, ckpt, trial.guarantee)
         armed = failpoint if starts >= trial.failpoint_start else None
-        proc = subprocess.Popen(cmd, env=_env(armed), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        proc = subprocess.Popen(cmd, env=env(armed), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True)
         killed_by_us = False
         if kills_left > 0:
@@ -126,11 +148,11 @@ def run_trial(trial: Trial, workdir: Path, expected: Counter[str], max_starts: i
                 killed_by_us = True
                 kills_left -= 1
         try:
-            _, err = proc.communicate(timeout=300)
+            _, err = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             _, err = proc.communicate()
-            anomalies.append("a run hung for 300 s")
+            anomalies.append(f"a run hung for {timeout_s:.0f} s")
             break
         code = proc.returncode
         trial.history.append({"start": starts, "exit": code, "killed": killed_by_us, "failpoint": armed,
@@ -142,14 +164,8 @@ def run_trial(trial: Trial, workdir: Path, expected: Counter[str], max_starts: i
         if code != -signal.SIGKILL:
             anomalies.append(f"exit code {code}: {err.strip()[-2000:]}")
             break
-        _check_visible(trial.guarantee, Counter(read_rows(out, torn_tail=True)), expected, anomalies, during=True)
-    final = Counter(read_rows(out))
-    if not anomalies:
-        _check_visible(trial.guarantee, final, expected, anomalies, during=False)
-    return {"guarantee": trial.guarantee, "mode": trial.mode, "pipeline": trial.pipeline, "seed": trial.seed,
-            "failpoint": trial.failpoint, "starts": starts, "kills": sum(h["exit"] == -9 for h in trial.history),
-            "failpoint_fired": any(h["failpoint"] and h["exit"] == -9 and not h["killed"] for h in trial.history),
-            "anomalies": anomalies, "output_rows": sum(final.values()), "expected_rows": sum(expected.values())}
+        after_kill(anomalies)
+    return anomalies, starts
 
 
 def _check_windows_at_most_once(seen: Counter[str], expected: Counter[str], anomalies: list[str]) -> None:

