@@ -23,7 +23,7 @@ from millstream.connectors._base import (
     SourceReader,
     redact_url,
 )
-from millstream.connectors._mqtt import StopCondition
+from millstream.connectors._codec import StopCondition
 from millstream.errors import ConnectorError, MissingDependencyError
 
 log = logging.getLogger("millstream.connectors.http")

@@ -40,6 +40,7 @@ from millstream.connectors._base import (
     redact_url,
     retry,
 )
+from millstream.connectors._codec import make_decoder
 from millstream.errors import ConnectorError, ConnectorUnavailable
 
 __all__ = ["NatsSink", "NatsSource", "ReadOptions", "WriteOptions"]
@@ -47,18 +48,7 @@ __all__ = ["NatsSink", "NatsSource", "ReadOptions", "WriteOptions"]
 log = logging.getLogger("millstream.connectors.nats")
 T = TypeVar("T")
 
-FORMATS = ("json", "text", "bytes")
 METADATA = ("subject", "sequence", "timestamp", "headers")
-
-
-def make_decoder(fmt: str, deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
-    if deserializer is not None:
-        return deserializer
-    if fmt == "json":
-        return orjson.loads
-    if fmt == "text":
-        return lambda b: b.decode("utf-8")
-    return bytes
 
 
 def hosts(servers: tuple[str, ...]) -> str:

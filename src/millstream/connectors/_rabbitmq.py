@@ -20,7 +20,7 @@ from millstream.connectors._base import (
     redact_url,
     retry,
 )
-from millstream.connectors._mqtt import StopCondition, decode_into, make_decoder, make_encoder
+from millstream.connectors._codec import StopCondition, decode_into, make_decoder, make_encoder
 from millstream.errors import ConnectorError, ConnectorUnavailable, MissingDependencyError
 
 log = logging.getLogger("millstream.connectors.rabbitmq")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -35,13 +35,13 @@ from millstream.connectors._base import (
     redact_url,
     retry,
 )
-from millstream.errors import ConfigError, ConnectorError, ConnectorUnavailable
+from millstream.connectors._codec import make_decoder
+from millstream.errors import ConnectorError, ConnectorUnavailable
 
 __all__ = ["ReadOptions", "RedisSink", "RedisSource", "WriteOptions"]
 
 log = logging.getLogger("millstream.connectors.redis")
 
-FORMATS = ("json", "text", "bytes")
 METADATA = ("stream", "id", "timestamp")
 _ACK_BATCH = 10_000
 _BAD = object()
@@ -54,32 +54,6 @@ def entry_key(entry_id: str) -> tuple[int, int]:
 
 
 # -- decoding ---------------------------------------------------------------------------------------
-
-
-def make_decoder(fmt: str, deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
-    if deserializer is not None:
-        return deserializer
-    if fmt == "json":
-        return orjson.loads
-    if fmt == "text":
-        return lambda b: b.decode("utf-8")
-    return bytes
-
-
-def check_format(fmt: str, deserializer: Any) -> None:
-    if fmt not in FORMATS:
-        raise ConfigError(f"format must be one of {', '.join(map(repr, FORMATS))}, not {fmt!r}")
-    if deserializer is not None and not callable(deserializer):
-        raise ConfigError(f"deserializer must be a function of the payload bytes, not {deserializer!r}")
-
-
-def check_metadata(metadata: Sequence[str], allowed: tuple[str, ...], system: str) -> tuple[str, ...]:
-    if isinstance(metadata, str):
-        metadata = (metadata,)
-    bad = [m for m in metadata if m not in allowed]
-    if bad:
-        raise ConfigError(f"{system} metadata can be {', '.join(map(repr, allowed))}; {bad[0]!r} is not one of them")
-    return tuple(metadata)
 
 
 # -- errors -----------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ from datetime import timedelta
 from typing import Any
 
 from millstream.connectors._base import Backoff
+from millstream.connectors._codec import check_stop
 from millstream.connectors._http import HttpSink, WebhookSource, _httpx
-from millstream.connectors._mqtt import check_stop
 from millstream.errors import ConfigError
 
 DEFAULT_BACKOFF = Backoff()

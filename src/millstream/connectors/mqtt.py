@@ -23,15 +23,8 @@ from datetime import timedelta
 from typing import Any
 
 from millstream.connectors._base import ErrorPolicy, check_policy
-from millstream.connectors._mqtt import (
-    METADATA,
-    MqttSink,
-    MqttSource,
-    _paho,
-    check_format,
-    check_metadata,
-    check_stop,
-)
+from millstream.connectors._codec import check_format, check_metadata, check_stop
+from millstream.connectors._mqtt import METADATA, MqttSink, MqttSource, _paho
 from millstream.errors import ConfigError
 
 __all__ = ["MqttSink", "MqttSource", "read", "write"]

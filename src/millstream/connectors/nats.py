@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from millstream.connectors._base import Backoff, ErrorPolicy
+from millstream.connectors._codec import check_format
 from millstream.errors import ConfigError, MissingDependencyError
 
 if TYPE_CHECKING:
@@ -113,8 +114,7 @@ def read(
         raise ConfigError(f"bounded must be True or False, not {bounded!r}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"batch must be an integer >= 1, not {batch!r}")
-    if format not in ("json", "text", "bytes"):
-        raise ConfigError(f"format must be 'json', 'text' or 'bytes', not {format!r}")
+    check_format(format, deserializer)
     if deserializer is not None and not callable(deserializer):
         raise ConfigError(f"deserializer must be a function of the payload bytes, not {deserializer!r}")
     meta = (metadata,) if isinstance(metadata, str) else tuple(metadata)

@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from millstream.connectors._base import Backoff, ErrorPolicy, check_policy
-from millstream.connectors._mqtt import check_format, check_metadata, check_stop
+from millstream.connectors._codec import check_format, check_metadata, check_stop
 from millstream.connectors._rabbitmq import METADATA, RabbitMQSink, RabbitMQSource, _pika
 from millstream.errors import ConfigError
 

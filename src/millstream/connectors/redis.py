@@ -96,7 +96,8 @@ def read(
     acknowledged: entries stay pending and the next run under the same consumer reads them again.
     """
     _need_redis("millstream.connectors.redis.read")
-    from millstream.connectors._redis import ReadOptions, RedisSource, check_format, check_metadata
+    from millstream.connectors._codec import check_format, check_metadata
+    from millstream.connectors._redis import ReadOptions, RedisSource
 
     names = (streams,) if isinstance(streams, str) else tuple(streams)
     if not names or not all(isinstance(s, str) and s for s in names):
