@@ -107,7 +107,7 @@ class TumblingWindow(WindowAssigner):
 
     def offset_for(self, key: Any) -> int:
         """The offset of ``key``'s windows: the window's offset plus the key's stagger."""
-        return (self.offset_ms + stagger_ms(self.stagger, key, self.size_ms)) % self.size_ms
+        return (self.offset_ms + _stagger_ms(self.stagger, key, self.size_ms)) % self.size_ms
 
     @property
     def slide_ms(self) -> int:
@@ -241,7 +241,7 @@ def _check_positive(ms: int, what: str) -> None:
         raise ConfigError(f"{what} must be > 0, got {ms} ms")
 
 
-def stagger_ms(stagger: str | Callable[[Any], Duration] | None, key: Any, size: int) -> int:
+def _stagger_ms(stagger: str | Callable[[Any], Duration] | None, key: Any, size: int) -> int:
     """The stagger of ``key``'s windows: 0 when aligned, a stable hash of the key with ``"key"``."""
     if stagger is None:
         return 0
@@ -555,7 +555,7 @@ def purging(trigger: Trigger) -> Trigger:
     return _Purging(trigger)
 
 
-def default_trigger(assigner: WindowAssigner) -> Trigger:
+def _default_trigger(assigner: WindowAssigner) -> Trigger:
     """The trigger a window fires by when none is given."""
     if isinstance(assigner, TumblingWindow | SlidingWindow) and assigner.processing_time:
         return _ProcessingTime()

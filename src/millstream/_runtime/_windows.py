@@ -30,7 +30,7 @@ from millstream.windows import (
     TriggerResult,
     TumblingWindow,
     Window,
-    default_trigger,
+    _default_trigger,
 )
 
 from ._aggcode import AggCode, compile_key, key_expr, key_items
@@ -638,7 +638,7 @@ class TriggeredWindowOperator(_WindowBase):
         super().__init__(node, rt, timed)
         a = self.op.assigner
         self.assigner = a
-        self.trigger: Trigger = self.op.trigger or default_trigger(a)
+        self.trigger: Trigger = self.op.trigger or _default_trigger(a)
         self.merging = isinstance(a, SessionWindow)
         self.is_global = isinstance(a, GlobalWindow)
         self.proc = isinstance(a, TumblingWindow | SlidingWindow) and a.processing_time
