@@ -20,8 +20,8 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 def test_run_prints_a_summary_and_exits_0() -> None:
     r = cli("run", str(JOBS / "plain.py"))
     assert r.returncode == 0, r.stderr
-    assert "plain" in r.stderr and "finished" in r.stderr
-    assert "10" in r.stderr  # records read
+    assert "plain" in r.stdout and "finished" in r.stdout  # the summary goes to stdout (issue 12)
+    assert "10" in r.stdout  # records read
 
 
 def test_set_parameters_reach_build(tmp_path: Path) -> None:

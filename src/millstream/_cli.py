@@ -1,4 +1,9 @@
-"""``millstream run | plan | demo | nexmark``: run a job file, show its plan, run the demo or the Nexmark benchmark."""
+"""``millstream run | plan | demo | nexmark``: run a job file, show its plan, run the demo or the Nexmark benchmark.
+
+Where things go: result rows and the final summary on stdout (the summary on stderr when the job's
+own results go to stdout), diagnostics on stderr (progress, warnings, errors). The exit status is
+in :data:`EXIT_STATUS`.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,21 @@ import inspect
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from rich.console import Console
 
 from millstream._api import Flow
 from millstream._guarantee import GUARANTEES
-from millstream._progress import LiveProgress, print_summary
-from millstream._run import MODES, RunConfig, RunResult, default_mode
+from millstream._progress import LOG_INTERVAL_S, LiveProgress, LogProgress, print_summary, resume_hint
+from millstream._run import MODES, JobStatus, RunConfig, RunResult, default_mode
 from millstream.errors import ConfigError, FlowDefinitionError, MillstreamError, StepError
 
 
@@ -105,22 +114,99 @@ def _load_flow(path: str, params: dict[str, Any], flow_name: str | None = None) 
     raise ConfigError(f"{path} defines several flows ({names}); pick one with --flow")
 
 
+@contextmanager
+def progress_for(args: argparse.Namespace, console: Console) -> Iterator[dict[str, Any]]:
+    """The run options that show progress as ``--progress`` and ``--progress-interval`` ask: a live
+    table when stderr is a terminal, else a plain line every interval (a job under nohup, systemd or
+    CI still shows it is alive); ``auto`` shows nothing under ``-q``. Yields ``on_progress`` and
+    ``progress_interval_s`` (empty for none), and stops the live table at the end."""
+    interval = args.progress_interval
+    if interval is not None and interval <= 0:
+        raise ConfigError(f"--progress-interval must be > 0 seconds, got {interval}")
+    if args.progress == "off" or (args.progress == "auto" and args.quiet):
+        yield {}
+        return
+    if console.is_terminal:
+        live = LiveProgress(console)
+        try:
+            yield {"on_progress": live, "progress_interval_s": min(0.5, interval or 0.5)}
+        finally:
+            live.stop()
+        return
+    interval = interval or LOG_INTERVAL_S
+    callback: Callable[[JobStatus], None] = LogProgress(sys.stderr, interval)
+    yield {"on_progress": callback, "progress_interval_s": min(0.5, interval)}
+
+
 def _run_flow(flow: Flow, args: argparse.Namespace, console: Console) -> RunResult:
-    progress = None
-    show = args.progress == "on" or (args.progress == "auto" and console.is_terminal and not args.quiet)
-    if show:
-        progress = LiveProgress(console)
     # the job file's own defaults (a module-level ``RUN = ms.RunConfig(...)``), then the options given
     base = _JOB_DEFAULTS.get(id(flow)) or RunConfig(mode=default_mode())
     given = {"mode": args.mode, "max_chunk": args.max_chunk, "guarantee": args.guarantee,
              "checkpoint_dir": args.checkpoint_dir, "checkpoint_interval": args.checkpoint_interval,
              "restarts": args.restarts, "state": args.state, "checkpoint_key": _checkpoint_key()}
-    cfg = base.replace(on_progress=progress, **{k: v for k, v in given.items() if v is not None})
-    try:
+    with progress_for(args, console) as shown:
+        cfg = base.replace(**shown, **{k: v for k, v in given.items() if v is not None})
         return flow.run(config=cfg)
+
+
+def summary_console(writes_stdout: bool) -> Console:
+    """Where the final summary goes: standard output, where a user redirects results, unless the
+    job's own results go there (then standard error, so that the results stay clean)."""
+    return Console(stderr=True) if writes_stdout else Console(file=sys.stdout)
+
+
+def _writes_stdout(flow: Flow) -> bool:
+    from millstream.connectors.stdio import StdoutSink
+
+    return any(isinstance(n.op.connector, StdoutSink) and n.op.connector.stream is None  # type: ignore[attr-defined]
+               for n in flow.plan().sinks)
+
+
+#: exit status of a run stopped by a signal: 128 + the signal's number, as a shell reports it
+#: (130 for Ctrl-C / SIGINT, 143 for SIGTERM)
+INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+EXIT_STATUS = """exit status:
+  0    the job finished (or had already finished)
+  1    the job failed
+  2    the flow or the options are wrong
+  130  interrupted by Ctrl-C (SIGINT); 143 by SIGTERM. With --checkpoint-dir, run the same
+       command again to resume from the latest checkpoint"""
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an interruption so that the run stops as it does on Ctrl-C."""
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[list[int]]:
+    """While the command runs, SIGTERM interrupts it as Ctrl-C does; yields the signals received."""
+    received: list[int] = []
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        raise _Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        yield received
+        return
+    try:
+        yield received
     finally:
-        if progress is not None:
-            progress.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted_status(received: list[int]) -> int:
+    return INTERRUPTED[signal.SIGTERM] if signal.SIGTERM in received else INTERRUPTED[signal.SIGINT]
+
+
+def _report_interruption(console: Console, result: RunResult, checkpoint_dir: str | None) -> None:
+    last = result.checkpoints.last_id if result.checkpoints is not None else None
+    hint = resume_hint(result.interrupted, checkpoint_dir, last)
+    if hint is not None:
+        console.print(hint, highlight=False, markup=False)
 
 
 def _checkpoint_key() -> str | None:
@@ -175,10 +261,12 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     flow = load_flow(args.job, _parse_sets(args.set), args.flow)
     result = _run_flow(flow, args, console)
     if not args.quiet:
+        out = summary_console(_writes_stdout(flow))
         if result.already_finished:
-            console.print(f"the job had already finished (checkpoints in {args.checkpoint_dir}); nothing to do")
-        print_summary(console, result)
-    return 130 if result.interrupted else 0
+            out.print(f"the job had already finished (checkpoints in {args.checkpoint_dir}); nothing to do")
+        print_summary(out, result)
+    _report_interruption(console, result, args.checkpoint_dir)
+    return _interrupted_status(args.signals) if result.interrupted else 0
 
 
 def _cmd_plan(args: argparse.Namespace, console: Console) -> int:
@@ -206,8 +294,10 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
         console.print("  sliding 10 min spend per card (alert over 3,000), per-card anomaly score (EWMA z-score"
                       " of log amount), impossible travel between ATMs; a few cards get stolen along the way")
     result = _run_flow(flow, args, console)
+    _report_interruption(console, result, args.checkpoint_dir)
+    code = _interrupted_status(args.signals) if result.interrupted else 0
     if args.quiet:
-        return 0
+        return code
     print_summary(console, result)
     console.print(f"[bold]output[/] in {out.resolve()}:")
     for f in sorted(out.glob("*.jsonl")):
@@ -216,11 +306,12 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
     sample = out / "travel_alerts.jsonl"
     if sample.exists() and sample.stat().st_size:
         console.print("  e.g. " + sample.read_text().splitlines()[0], highlight=False, markup=False, soft_wrap=True)
-    return 0
+    return code
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="millstream", description="Stream processing for Python.")
+    p = argparse.ArgumentParser(prog="millstream", description="Stream processing for Python.", epilog=EXIT_STATUS,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command")
 
@@ -231,8 +322,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--max-chunk", type=int, default=None,
                         help="most records read from a source at once (the epoch size in micro-batch mode; "
                              "default 2048 native, 100000 microbatch)")
-        sp.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
-                        help="live progress in the terminal (auto: when stderr is a terminal)")
+        progress(sp)
         sp.add_argument("-q", "--quiet", action="store_true", help="print no summary")
         sp.add_argument("--guarantee", choices=GUARANTEES, default=None,
                         help="delivery guarantee across crashes (needs --checkpoint-dir; default with one: "
@@ -247,11 +337,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="keyed-state backend: memory (default) or lmdb:///path (on disk)")
         log_level(sp)
 
+    def progress(sp: argparse.ArgumentParser) -> None:
+        progress_options(sp)
+
     def log_level(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
                         help="show millstream's messages of this level and above on stderr (default: warning)")
 
-    run = sub.add_parser("run", help="run the flow defined in a job file")
+    run = sub.add_parser("run", help="run the flow defined in a job file", epilog=EXIT_STATUS,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("job", help="a Python file defining a Flow (or build(params) returning one)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="a job parameter, passed to build(params); values are JSON or text")
@@ -271,6 +365,16 @@ def _parser() -> argparse.ArgumentParser:
     common(demo)
     _nexmark_parser(sub)
     return p
+
+
+def progress_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                    help="progress on stderr while the job runs: a live table on a terminal, else a plain line "
+                    "every --progress-interval seconds (for a log: nohup, systemd, CI); auto (default): "
+                    "shown unless -q")
+    sp.add_argument("--progress-interval", type=float, default=None, metavar="SECONDS",
+                    help=f"seconds between two progress lines when stderr is not a terminal (default "
+                    f"{LOG_INTERVAL_S:g})")
 
 
 # -- millstream nexmark ------------------------------------------------------------------------------
@@ -299,7 +403,8 @@ def _nexmark_parser(sub: Any) -> None:
                      help="output file, or kafka://HOST:PORT/TOPIC?partitions=N (creates the topic with N "
                      "partitions if missing); default: standard output")
 
-    run = nsub.add_parser("run", help="run one query over the generator, a JSON-lines file or a topic")
+    run = nsub.add_parser("run", help="run one query over the generator, a JSON-lines file or a topic",
+                          epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--query", required=True, choices=list(QUERIES))
     run.add_argument("--mode", choices=MODES, default="native", help="execution mode (default: native)")
     config(run)
@@ -329,6 +434,7 @@ def _nexmark_parser(sub: Any) -> None:
     run.add_argument("--state", default="memory", metavar="URL",
                      help="keyed-state backend: memory (default) or lmdb:///path")
     run.add_argument("-q", "--quiet", action="store_true", help="print no summary")
+    progress_options(run)
     run.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
                      help="show millstream's messages of this level and above on stderr (default: warning)")
 
@@ -370,13 +476,17 @@ def _cmd_nexmark(args: argparse.Namespace, console: Console) -> int:
         return 0
     if args.nexmark_command == "run":
         cfg = NexmarkConfig(events=args.events, rate=args.event_rate, out_of_order_group_size=args.out_of_order)
-        summary = nx.run(args.query, mode=args.mode, config=cfg, input=args.input, rate=args.pace, out=args.out,
-                         guarantee=args.guarantee, checkpoint_dir=args.checkpoint_dir,
-                         checkpoint_interval=args.checkpoint_interval, max_chunk=args.max_chunk, state=args.state,
-                         checkpoint_key=_checkpoint_key())
+        with progress_for(args, console) as shown:
+            summary = nx.run(args.query, mode=args.mode, config=cfg, input=args.input, rate=args.pace,
+                             out=args.out, guarantee=args.guarantee, checkpoint_dir=args.checkpoint_dir,
+                             checkpoint_interval=args.checkpoint_interval, max_chunk=args.max_chunk,
+                             state=args.state, checkpoint_key=_checkpoint_key(), **shown)
         if not args.quiet:
-            console.print(summary.describe(), highlight=False)
-        return 0
+            # the result rows go to stdout when there is no --out: the summary then goes to stderr
+            summary_console(args.out is None).print(summary.describe(), highlight=False, soft_wrap=True)
+        assert summary.result is not None
+        _report_interruption(console, summary.result, args.checkpoint_dir)
+        return _interrupted_status(args.signals) if summary.interrupted else 0
     events, rate = args.events, args.event_rate
     command = (f"millstream nexmark bench --events {events} --event-rate {rate} --queries {args.queries} "
                f"--modes {args.modes} --inputs {args.inputs} --repeat {args.repeat}"
@@ -437,15 +547,16 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.getLogger("millstream").level
     handler = _show_logs(getattr(args, "log_level", "warning"))
     try:
-        if args.command == "run":
-            return _cmd_run(args, console)
-        if args.command == "plan":
-            return _cmd_plan(args, console)
-        if args.command == "nexmark":
-            return _cmd_nexmark(args, console)
-        return _cmd_demo(args, console)
-    except KeyboardInterrupt:
-        return 130
+        with _sigterm_interrupts() as args.signals:
+            if args.command == "run":
+                return _cmd_run(args, console)
+            if args.command == "plan":
+                return _cmd_plan(args, console)
+            if args.command == "nexmark":
+                return _cmd_nexmark(args, console)
+            return _cmd_demo(args, console)
+    except KeyboardInterrupt as exc:  # before or after the run itself (loading the job, the summary)
+        return INTERRUPTED[signal.SIGTERM] if isinstance(exc, _Terminated) else INTERRUPTED[signal.SIGINT]
     except MillstreamError as exc:
         return _report_error(console, exc)
     finally:

@@ -60,6 +60,20 @@ class JobStatus:
     records_written: int
     watermark: int
     steps: tuple[StepStatus, ...]
+    guarantee: str = "none"
+    #: the checkpoints taken so far (None without a checkpoint directory)
+    checkpoints: CheckpointStats | None = None
+    #: ``(done, total)`` of the input, summed over the sources, when every source knows its own
+    #: (:meth:`~millstream.connectors.SourceReader.progress`); None otherwise
+    input_progress: tuple[int, int] | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        """How far through its input the job is (0 to 1), when the input's size is known."""
+        if self.input_progress is None:
+            return None
+        done, total = self.input_progress
+        return min(1.0, done / total) if total > 0 else 1.0
 
     @property
     def rate(self) -> float:
@@ -223,15 +237,23 @@ def _status(job: Any, flow: str, mode: str, started: float, cls: type = JobStatu
     steps = []
     read = written = 0
     wms = []
+    fractions: list[tuple[int, int]] | None = []
     for op in job.ops:
         if isinstance(op, SourceOperator):
             read += op.records_in
             wms.append(op.wm)
+            known = op.reader.progress() if op.reader is not None and fractions is not None else None
+            fractions = None if known is None or fractions is None else [*fractions, known]
         if isinstance(op, SinkOperator):
             written += op.records_in
         steps.append(StepStatus(op.name, op.node.kind, op.records_in, op.records_out, op.wm, op.metrics(),
                                 tuple(n.name for n in op.steps)))
     wm = min(wms) if wms else MIN_WATERMARK
+    if fractions and "input_progress" not in extra:
+        # sources count in units of their own: scale each to the largest total before adding up
+        scale = max(total for _, total in fractions) or 1
+        extra["input_progress"] = (sum(done * scale // total if total else scale for done, total in fractions),
+                                   scale * len(fractions))
     return cls(flow, mode, time.monotonic() - started, read, written, wm, tuple(steps), **extra)
 
 
@@ -287,7 +309,8 @@ def _run_loop(plan: Plan, cfg: RunConfig, coordinator: Coordinator | None, guara
         if callback is not None:
 
             def tick(job: NativeJob = job, callback: Callable[[JobStatus], None] = callback) -> None:
-                callback(_status(job, plan.flow, cfg.mode, started))
+                stats = dataclasses.replace(coordinator.stats) if coordinator is not None else None
+                callback(_status(job, plan.flow, cfg.mode, started, guarantee=guarantee, checkpoints=stats))
 
         failed = True
         try:

@@ -199,6 +199,13 @@ class SourceReader(ABC):
         """Figures the reader counts itself (e.g. ``retries``, ``lag``), shown with the step's."""
         return {}
 
+    def progress(self) -> tuple[int, int] | None:
+        """How far through a bounded input the reader is, as ``(done, total)`` in a unit of its own
+        (bytes of a file, events of a generator, offsets of a bounded topic), for the percentage and
+        the ETA a run shows; None (the default) when the reader cannot tell or the input never ends.
+        Called now and then from the thread that polls; must be cheap."""
+        return None
+
     def close(self) -> None:
         """Release files and connections."""
 

@@ -1055,6 +1055,34 @@ class _FileReader(SourceReader):
     def metrics(self) -> dict[str, int]:
         return self.tally.metrics()
 
+    _sizes: dict[str, int] | None = None  # bytes of each file of a bounded input, listed once
+
+    def progress(self) -> tuple[int, int] | None:
+        """Bytes read and bytes in all, over the files a bounded input listed at its first call (a
+        compressed file counts its compressed bytes read; Parquet its rows read, scaled to its size)."""
+        if self.follow:
+            return None
+        if self._sizes is None:
+            try:
+                self._resolve()
+                self._sizes = {n: os.path.getsize(self._path(n)) for n in self._list()}
+            except (OSError, ConfigError):
+                return None
+        sizes = self._sizes
+        total = sum(sizes.values())
+        if self.finished:
+            return total, total
+        done = sum(sizes.get(n, 0) for n in self.done)
+        at = {n: t.offset for n, t in self.tails.items() if self.o.format != "parquet" and n not in self.done}
+        cur = self.cur
+        if isinstance(cur, _ParquetCursor):
+            rows = cur.pf.metadata.num_rows
+            at[cur.name] = sizes.get(cur.name, 0) * cur.row // rows if rows else 0
+        elif cur is not None:
+            at[cur.name] = cur._raw.tell() if cur.gz else cur.offset
+        done += sum(min(v, sizes.get(n, 0)) for n, v in at.items() if n not in self.done)
+        return min(done, total), total
+
     def snapshot(self) -> Any:
         files: dict[str, dict[str, Any]] = {}
         for name, tail in self.tails.items():

@@ -25,7 +25,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -33,7 +33,7 @@ from typing import IO, Any
 import orjson
 
 from millstream._clock import SystemClock
-from millstream._run import MODES, RunConfig, RunResult
+from millstream._run import MODES, JobStatus, RunConfig, RunResult
 from millstream.connectors import files, stdio
 from millstream.connectors._base import Sink, SinkWriter, Source, SourceContext
 from millstream.connectors._pace import check_rate, paced
@@ -125,6 +125,11 @@ class RunSummary:
     #: rows of the final table, for an updating query
     final_rows: int | None = None
     already_finished: bool = False
+    #: stopped by Ctrl-C or SIGTERM before the input ended (an updating query's final table is then
+    #: not written: it would not be final)
+    interrupted: bool = False
+    #: the run's own figures (checkpoints, steps)
+    result: RunResult | None = None
 
     @property
     def events_per_s(self) -> float:
@@ -133,8 +138,9 @@ class RunSummary:
     def describe(self) -> str:
         final = f" (final table: {self.final_rows:,} rows)" if self.final_rows is not None else ""
         done = "; it had already finished, nothing to do" if self.already_finished else ""
+        stop = "; interrupted before the end of its input" if self.interrupted else ""
         return (f"nexmark {self.query} ({self.mode}): {self.events:,} events, {self.rows_out:,} rows out{final}, "
-                f"{self.seconds:.2f} s, {self.events_per_s:,.0f} events/s{done}")
+                f"{self.seconds:.2f} s, {self.events_per_s:,.0f} events/s{done}{stop}")
 
 
 def source_for(*, config: NexmarkConfig | None = None, input: str | None = None, rate: float | None = None
@@ -169,7 +175,8 @@ def _write_atomically(path: Path, rows: list[dict[str, Any]]) -> None:
 def run(query: str, *, mode: str = "native", config: NexmarkConfig | None = None, input: str | None = None,
         rate: float | None = None, out: str | None = None, guarantee: str | None = None,
         checkpoint_dir: str | None = None, checkpoint_interval: int = 1_000, max_chunk: int = 2048,
-        state: str = "memory", stdout: IO[Any] | None = None, checkpoint_key: str | bytes | None = None) -> RunSummary:
+        state: str = "memory", stdout: IO[Any] | None = None, checkpoint_key: str | bytes | None = None,
+        on_progress: Callable[[JobStatus], None] | None = None, progress_interval_s: float = 0.5) -> RunSummary:
     """Run ``query`` once, from the generator (``config``) or ``input`` (a JSON-lines file or an address
     such as ``kafka://HOST:PORT/TOPIC``), paced at ``rate`` events per second of wall-clock time.
 
@@ -179,12 +186,15 @@ def run(query: str, *, mode: str = "native", config: NexmarkConfig | None = None
     ``out`` is a directory of committed part files. ``checkpoint_key`` signs the checkpoints
     (see ``RunConfig.checkpoint_key``). An updating query's output is
     its final table: the changelog goes to ``<out>.changelog`` and is collapsed
-    into ``out`` when the run ends.
+    into ``out`` when the run ends (not when it is interrupted: the summary says
+    ``interrupted``, and a run with the same checkpoint directory goes on).
+    ``on_progress`` is called with the job's figures every ``progress_interval_s``.
     """
     if query not in QUERIES:
         raise ConfigError(f"unknown Nexmark query {query!r}; choose one of {', '.join(QUERIES)}")
     cfg = RunConfig(mode=mode, max_chunk=max_chunk, guarantee=guarantee, checkpoint_dir=checkpoint_dir,
-                    checkpoint_interval=checkpoint_interval, state=state, checkpoint_key=checkpoint_key)
+                    checkpoint_interval=checkpoint_interval, state=state, checkpoint_key=checkpoint_key,
+                    on_progress=on_progress, progress_interval_s=progress_interval_s)
     transactional = cfg.effective_guarantee == "exactly-once"
     key = UPDATING.get(query)
     source = source_for(config=config, input=input, rate=rate)
@@ -221,7 +231,7 @@ def run(query: str, *, mode: str = "native", config: NexmarkConfig | None = None
     started = time.monotonic()
     result: RunResult = flow.run(config=cfg)
     final_rows = None
-    if key is not None:
+    if key is not None and not result.interrupted:
         if collected is not None:
             table = collapse(collected.values, key)
             target_stream = stdout if stdout is not None else sys.stdout
@@ -235,7 +245,7 @@ def run(query: str, *, mode: str = "native", config: NexmarkConfig | None = None
             _write_atomically(Path(target) / _FINAL if transactional else Path(target), table)
         final_rows = len(table)
     return RunSummary(query, mode, result.records_read, result.records_written, time.monotonic() - started,
-                      final_rows, result.already_finished)
+                      final_rows, result.already_finished, result.interrupted, result)
 
 
 # -- bench ---------------------------------------------------------------------------------------------

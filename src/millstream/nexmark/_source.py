@@ -278,6 +278,11 @@ class _NexmarkReader(SourceReader):
             return 0.0
         return math.ceil((1000 - self.credit) / rate) / 1000
 
+    def progress(self) -> tuple[int, int] | None:
+        """Events emitted (of all kinds) and the configured number of events; None when unbounded."""
+        total = self.cfg.events
+        return None if total is None else (min(self.k, total), total)
+
     def snapshot(self) -> Any:
         return self.k
 
