@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -218,13 +219,26 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 CHECKPOINT_KEY_ENV = "MILLSTREAM_CHECKPOINT_KEY"
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is when a record comes: the live table swaps it for a while so
+    that lines print above the table instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def _show_logs(level: str) -> logging.Handler:
     """Show millstream's log records (warnings by default: e.g. a fallback to an older checkpoint) on stderr.
 
     Only the CLI does this; the library itself logs to a NullHandler.
     """
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("millstream %(levelname)s: %(message)s"))
+    handler = _StderrHandler()
+    # in a log (stderr not a terminal) each line says when, as the progress lines do
+    stamp = "" if sys.stderr.isatty() else "%(asctime)s "
+    formatter = logging.Formatter(stamp + "millstream %(levelname)s: %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
     logger = logging.getLogger("millstream")
     logger.addHandler(handler)
     logger.setLevel(getattr(logging, level.upper()))
