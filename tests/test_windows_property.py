@@ -132,9 +132,10 @@ def _reference_sliced(arrival: list[Event], assigner: Any, bound: int, lateness:
 
 def _reference_sessions(arrival: list[Event], gap: int, bound: int, lateness: int
                         ) -> tuple[dict[Any, list[list[int]]], list[int]]:
-    """Sessions per key: a record joins (and merges) the live sessions its [t, t + gap) overlaps;
-    it is late when the merged session's end - 1 + lateness is at or behind the watermark;
-    sessions are dropped once the watermark reaches end - 1 + lateness."""
+    """Sessions per key: a record joins (and merges) the live sessions its [t, t + gap) overlaps or
+    touches (events at most gap apart share a session, as in Flink); a session fires once the
+    watermark reaches its end; a record is late when the merged session's end + lateness is at or
+    behind the watermark; sessions are dropped once the watermark reaches end + lateness."""
     wm: int | None = None
     live: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     firings: dict[Any, list[list[int]]] = defaultdict(list)
@@ -144,25 +145,25 @@ def _reference_sessions(arrival: list[Event], gap: int, bound: int, lateness: in
     def fire_due() -> None:
         for k, sessions in live.items():
             for s in sessions:
-                if not s["fired"] and (wm is None or wm >= s["end"] - 1):
+                if not s["fired"] and (wm is None or wm >= s["end"]):
                     s["fired"] = True
                     firings[(k, s["start"], s["end"])].append(sorted(s["ids"]))
             if wm is not None:
-                live[k] = [s for s in sessions if wm < s["end"] - 1 + lateness]
+                live[k] = [s for s in sessions if wm < s["end"] + lateness]
 
     for e in arrival:
         k, t = e["k"], e["ts"]
         start, end = t, t + gap
-        touching = [s for s in live[k] if s["start"] < end and start < s["end"]]
+        touching = [s for s in live[k] if s["start"] <= end and start <= s["end"]]
         start = min([start] + [s["start"] for s in touching])
         end = max([end] + [s["end"] for s in touching])
-        if wm is not None and wm >= end - 1 + lateness:
+        if wm is not None and wm >= end + lateness:
             late.append(e["id"])
         else:
             ids = [e["id"]] + [i for s in touching for i in s["ids"]]
             merged = {"start": start, "end": end, "ids": ids, "fired": False}
             live[k] = [s for s in live[k] if s not in touching] + [merged]
-            if wm is not None and wm >= end - 1:
+            if wm is not None and wm >= end:
                 merged["fired"] = True
                 firings[(k, start, end)].append(sorted(ids))
         top = t if top is None else max(top, t)

@@ -11,6 +11,13 @@ record. ``custom`` takes any create / add / merge / result functions.
 ``first`` and ``last`` pick by event time (ties by arrival), so any arrival
 order gives the same answer. ``top_k`` gives the k largest values, largest
 first; ``most_frequent`` the k most frequent values with their counts.
+
+The semantics of each built-in live here once, in both forms: the per-record
+accumulator (generated into the native loop) and the columnar form the micro-batch
+and batch executors run (:meth:`Aggregation.columnar`): ``count(field)`` counts
+non-null values; a ``sum`` of no values is 0; a ``mean`` of no values is None;
+``min``/``max`` ignore nulls; ``first``/``last`` go by event time. The
+differential tests check the two forms against each other on random input.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from millstream.errors import ConfigError
 
 __all__ = [
     "Aggregation",
+    "Columnar",
     "count",
     "count_distinct",
     "custom",
@@ -40,6 +48,26 @@ __all__ = [
 
 _builtin_min = min
 _builtin_max = max
+
+
+@dataclass(frozen=True)
+class Columnar:
+    """An aggregation as Polars expressions (see :meth:`Aggregation.columnar`).
+
+    - ``parts``: (column, partial over a group of rows, merge of partials over groups of partials);
+    - ``result``: the value, over merged partials;
+    - ``running``: the running form, for aggregates without windows: (column, the value so far at
+      each row of a key's rows in order, how a key's previous total combines with it: "sum", "min" or
+      "max"); empty when there is none;
+    - ``running_result``: the value, over the running columns;
+    - ``summed``: the field whose integers are summed (as Int128, so that sums grow past 2**63).
+    """
+
+    parts: tuple[tuple[str, Any, Any], ...]
+    result: Any
+    running: tuple[tuple[str, Any, str], ...] = ()
+    running_result: Any = None
+    summed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +109,13 @@ class Aggregation(ABC):
     def describe(self) -> str:
         return f"{self.kind}({self.field if self.field is not None else ''})"
 
+    # -- the columnar form (micro-batch and batch) ---------------------------------------
+    def columnar(self, pl: Any, p: str, time: str) -> Columnar | None:
+        """This aggregation over a batch's columns, with partial columns named from ``p`` and
+        ``time`` the event-time column; None when it has no columnar form (the native operator
+        then runs over the batch's rows)."""
+        return None
+
 
 @dataclass(frozen=True)
 class _Count(Aggregation):
@@ -103,6 +138,12 @@ class _Count(Aggregation):
     def merge_src(self, a: str, b: str) -> str | None:
         return f"{a} + {b}"
 
+    def columnar(self, pl: Any, p: str, time: str) -> Columnar | None:
+        v = None if self.field is None else pl.col(self.field)
+        cum = pl.int_range(1, pl.len() + 1, dtype=pl.Int64) if v is None else v.is_not_null().cast(pl.Int64).cum_sum()
+        return Columnar(((p, pl.len() if v is None else v.count(), pl.col(p).sum()),), pl.col(p),
+                        ((p, cum, "sum"),), pl.col(p))
+
 
 @dataclass(frozen=True)
 class _Sum(Aggregation):
@@ -119,6 +160,11 @@ class _Sum(Aggregation):
 
     def merge_src(self, a: str, b: str) -> str | None:
         return f"{a} + {b}"
+
+    def columnar(self, pl: Any, p: str, time: str) -> Columnar | None:
+        v = pl.col(self.field).fill_null(0)  # a sum of no values is 0, as natively
+        return Columnar(((p, v.sum(), pl.col(p).sum()),), pl.col(p), ((p, v.cum_sum(), "sum"),), pl.col(p),
+                        summed=self.field)
 
 
 @dataclass(frozen=True)
@@ -139,6 +185,14 @@ class _Mean(Aggregation):
 
     def result(self, acc: Any) -> Any:
         return acc[0] / acc[1] if acc[1] else None
+
+    def columnar(self, pl: Any, p: str, time: str) -> Columnar | None:
+        v = pl.col(self.field)
+        s, n = p + "s", p + "n"
+        value = pl.when(pl.col(n) > 0).then(pl.col(s) / pl.col(n)).otherwise(None)  # no values: None
+        return Columnar(((s, v.fill_null(0).sum(), pl.col(s).sum()), (n, v.count(), pl.col(n).sum())), value,
+                        ((s, v.fill_null(0).cum_sum(), "sum"), (n, v.is_not_null().cast(pl.Int64).cum_sum(), "sum")),
+                        value, summed=self.field)
 
 
 @dataclass(frozen=True)
@@ -161,6 +215,11 @@ class _Min(Aggregation):
 
     def merge_src(self, a: str, b: str) -> str | None:
         return f"({b} if {a} is None else {a} if {b} is None or not ({b} {self._cmp} {a}) else {b})"
+
+    def columnar(self, pl: Any, p: str, time: str) -> Columnar | None:
+        v, k = pl.col(self.field), self.kind  # nulls are ignored
+        cum = (v.cum_min() if k == "min" else v.cum_max()).forward_fill()
+        return Columnar(((p, getattr(v, k)(), getattr(pl.col(p), k)()),), pl.col(p), ((p, cum, k),), pl.col(p))
 
 
 @dataclass(frozen=True)
@@ -197,6 +256,15 @@ class _First(Aggregation):
 
     def result(self, acc: Any) -> Any:
         return None if acc is None else acc[1]
+
+    def columnar(self, pl: Any, p: str, time: str) -> Columnar | None:
+        # by event time, ties by arrival (a stable sort keeps arrival order)
+        pick, v, t, pt = self.kind, pl.col(self.field), pl.col(time), pl.col(p + "t")
+        return Columnar(
+            ((p, getattr(v.sort_by(t, maintain_order=True), pick)(),
+              getattr(pl.col(p).sort_by(pt, maintain_order=True), pick)()),
+             (p + "t", getattr(t.sort_by(t, maintain_order=True), pick)(), pt.min() if pick == "first" else pt.max())),
+            pl.col(p))
 
 
 @dataclass(frozen=True)

@@ -29,14 +29,16 @@ from ._columnar import (
 if TYPE_CHECKING:
     import polars as pl
 
-_RUNNING = ("count", "sum", "mean", "min", "max")
 _KEY = "__key__"
 
 
 def vectorisable_aggregate(op: AggregateOp) -> bool:
-    """Plain running aggregates of built-in kinds; a changelog aggregate runs per record."""
-    return not op.changelog and op.key.fn is None and all(
-        type(agg).__module__ == "millstream.agg" and agg.kind in _RUNNING for _, agg in op.aggs)
+    """Running aggregates whose aggregations all have a running columnar form; a changelog
+    aggregate runs per record."""
+    if op.changelog or op.key.fn is not None:
+        return False
+    P = polars()
+    return all((form := agg.columnar(P, "__r", TIME)) is not None and form.running for _, agg in op.aggs)
 
 
 class ColumnarAggregate(StandInOperator):
@@ -66,30 +68,15 @@ class ColumnarAggregate(StandInOperator):
         self.results: list[pl.Expr] = []
         self.fields = sorted({agg.field for _, agg in op.aggs if agg.field is not None})
         #: the fields summed (sum, mean): integers are summed as Int128 (see ``widen_sums``)
-        self.summed = sorted({agg.field for _, agg in op.aggs if agg.kind in ("sum", "mean") and agg.field})
-        for i, (name, agg) in enumerate(op.aggs):
-            p = f"__r{i}"
-            v = P.col(agg.field) if agg.field is not None else None
-            kind = agg.kind
-            if kind == "count":
-                c = P.int_range(1, P.len() + 1, dtype=P.Int64) if v is None else v.is_not_null().cast(P.Int64).cum_sum()
-                self._total(p, c.over(over), "sum")
-                self.results.append(P.col(p).alias(name))
-            elif kind == "sum":
-                assert v is not None
-                self._total(p, v.fill_null(0).cum_sum().over(over), "sum")
-                self.results.append(P.col(p).alias(name))
-            elif kind == "mean":
-                assert v is not None
-                self._total(p + "s", v.fill_null(0).cum_sum().over(over), "sum")
-                self._total(p + "n", v.is_not_null().cast(P.Int64).cum_sum().over(over), "sum")
-                self.results.append(P.when(P.col(p + "n") > 0).then(P.col(p + "s") / P.col(p + "n"))
-                                    .otherwise(None).alias(name))
-            else:
-                assert v is not None
-                cum = v.cum_min() if kind == "min" else v.cum_max()
-                self._total(p, cum.forward_fill().over(over), kind)
-                self.results.append(P.col(p).alias(name))
+        self.summed: list[str] = []
+        for i, (name, agg) in enumerate(op.aggs):  # each aggregation's running form (agg.Columnar)
+            form = agg.columnar(P, f"__r{i}", TIME)
+            assert form is not None and form.running, f"{agg.describe()} has no running columnar form"
+            for col, cum, how in form.running:
+                self._total(col, cum.over(over), how)
+            self.results.append(form.running_result.alias(name))
+            if form.summed is not None and form.summed not in self.summed:
+                self.summed.append(form.summed)
 
     _how: dict[str, str]
 

@@ -40,7 +40,6 @@ from ._columnar import (
 if TYPE_CHECKING:
     import polars as pl
 
-_VECTOR_AGGS = ("count", "sum", "mean", "min", "max", "first", "last")
 _S = "__slice__"
 _E = "__end__"
 _START = "__start__"
@@ -57,11 +56,13 @@ def vectorisable_window(op: WindowOp, timed: bool) -> bool:
         return False
     if op.key is not None and op.key.fn is not None:
         return False
-    return all(type(agg).__module__ == "millstream.agg" and agg.kind in _VECTOR_AGGS for _, agg in op.aggs)
+    P = polars()
+    return all(agg.columnar(P, "__a", TIME) is not None for _, agg in op.aggs)
 
 
 class _Aggs:
-    """Partial columns of the aggregations, how to merge them, and the results."""
+    """Partial columns of the aggregations, how to merge them, and the results (each aggregation's
+    columnar form: :meth:`millstream.agg.Aggregation.columnar`)."""
 
     def __init__(self, aggs: tuple[tuple[str, Aggregation], ...]) -> None:
         P = polars()
@@ -70,37 +71,15 @@ class _Aggs:
         self.result: list[pl.Expr] = []  # over merged partial rows
         self.columns: list[str] = []
         #: the fields summed (sum, mean): integers are summed as Int128 (see ``widen_sums``)
-        self.summed = sorted({agg.field for _, agg in aggs if agg.kind in ("sum", "mean") and agg.field})
+        self.summed: list[str] = []
         for i, (name, agg) in enumerate(aggs):
-            p = f"__a{i}"
-            kind, f = agg.kind, agg.field
-            v = P.col(f) if f is not None else None
-            if kind == "count":
-                self._add(p, P.len() if v is None else v.count(), P.col(p).sum())
-                self.result.append(P.col(p).alias(name))
-            elif kind == "sum":
-                assert v is not None
-                self._add(p, v.fill_null(0).sum(), P.col(p).sum())  # no values: 0, as natively
-                self.result.append(P.col(p).alias(name))
-            elif kind == "mean":
-                assert v is not None
-                self._add(p + "s", v.fill_null(0).sum(), P.col(p + "s").sum())
-                self._add(p + "n", v.count(), P.col(p + "n").sum())
-                self.result.append(
-                    P.when(P.col(p + "n") > 0).then(P.col(p + "s") / P.col(p + "n")).otherwise(None).alias(name))
-            elif kind in ("min", "max"):
-                assert v is not None
-                self._add(p, getattr(v, kind)(), getattr(P.col(p), kind)())
-                self.result.append(P.col(p).alias(name))
-            else:  # first / last: by event time, ties by arrival
-                assert v is not None
-                pick = "first" if kind == "first" else "last"
-                t = P.col(TIME)
-                self._add(p, getattr(v.sort_by(t, maintain_order=True), pick)(),
-                          getattr(P.col(p).sort_by(P.col(p + "t"), maintain_order=True), pick)())
-                self._add(p + "t", getattr(t.sort_by(t, maintain_order=True), pick)(),
-                          P.col(p + "t").min() if pick == "first" else P.col(p + "t").max())
-                self.result.append(P.col(p).alias(name))
+            form = agg.columnar(P, f"__a{i}", TIME)
+            assert form is not None, f"{agg.describe()} has no columnar form"
+            for col, partial, merge in form.parts:
+                self._add(col, partial, merge)
+            self.result.append(form.result.alias(name))
+            if form.summed is not None and form.summed not in self.summed:
+                self.summed.append(form.summed)
 
     def _add(self, col: str, partial: pl.Expr, merge: pl.Expr) -> None:
         self.partial.append(partial.alias(col))
