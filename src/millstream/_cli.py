@@ -144,7 +144,8 @@ def _run_flow(flow: Flow, args: argparse.Namespace, console: Console) -> RunResu
     base = _JOB_DEFAULTS.get(id(flow)) or RunConfig(mode=default_mode())
     given = {"mode": args.mode, "max_chunk": args.max_chunk, "guarantee": args.guarantee,
              "checkpoint_dir": args.checkpoint_dir, "checkpoint_interval": args.checkpoint_interval,
-             "restarts": args.restarts, "state": args.state, "checkpoint_key": _checkpoint_key()}
+             "restarts": args.restarts, "state": args.state, "checkpoint_key": _checkpoint_key(),
+             "metrics": getattr(args, "metrics", None), "metrics_token": _metrics_token()}
     with progress_for(args, console) as shown:
         cfg = base.replace(**shown, **{k: v for k, v in given.items() if v is not None})
         return flow.run(config=cfg)
@@ -210,6 +211,12 @@ def _report_interruption(console: Console, result: RunResult, checkpoint_dir: st
         console.print(hint, highlight=False, markup=False)
 
 
+def _metrics_token() -> str | None:
+    """``$MILLSTREAM_METRICS_TOKEN``: the token ``/metrics`` asks for (never printed; off loopback,
+    one is generated and printed once when this is unset)."""
+    return os.environ.get(METRICS_TOKEN_ENV) or None
+
+
 def _checkpoint_key() -> str | None:
     """``$MILLSTREAM_CHECKPOINT_KEY``: checkpoints are signed and verified with it (never printed)."""
     return os.environ.get(CHECKPOINT_KEY_ENV) or None
@@ -217,6 +224,7 @@ def _checkpoint_key() -> str | None:
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CHECKPOINT_KEY_ENV = "MILLSTREAM_CHECKPOINT_KEY"
+METRICS_TOKEN_ENV = "MILLSTREAM_METRICS_TOKEN"  # noqa: S105 - the variable's name, not a token
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -323,6 +331,12 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
     return code
 
 
+def metrics_option(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--metrics", default=None, metavar="[HOST:]PORT",
+                    help="serve Prometheus metrics at http://HOST:PORT/metrics while the job runs (host "
+                         f"127.0.0.1 unless given; any other host needs ${METRICS_TOKEN_ENV}, or prints a new token)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="millstream", description="Stream processing for Python.", epilog=EXIT_STATUS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -365,6 +379,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="a job parameter, passed to build(params); values are JSON or text")
     run.add_argument("--flow", help="which flow, when the file defines several")
     common(run)
+    metrics_option(run)
 
     plan = sub.add_parser("plan", help="print the logical plan of a job file")
     plan.add_argument("job")
@@ -449,6 +464,7 @@ def _nexmark_parser(sub: Any) -> None:
                      help="keyed-state backend: memory (default) or lmdb:///path")
     run.add_argument("-q", "--quiet", action="store_true", help="print no summary")
     progress_options(run)
+    metrics_option(run)
     run.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
                      help="show millstream's messages of this level and above on stderr (default: warning)")
 
@@ -494,7 +510,8 @@ def _cmd_nexmark(args: argparse.Namespace, console: Console) -> int:
             summary = nx.run(args.query, mode=args.mode, config=cfg, input=args.input, rate=args.pace,
                              out=args.out, guarantee=args.guarantee, checkpoint_dir=args.checkpoint_dir,
                              checkpoint_interval=args.checkpoint_interval, max_chunk=args.max_chunk,
-                             state=args.state, checkpoint_key=_checkpoint_key(), **shown)
+                             state=args.state, checkpoint_key=_checkpoint_key(), metrics=args.metrics,
+                             metrics_token=_metrics_token(), **shown)
         if not args.quiet:
             # the result rows go to stdout when there is no --out: the summary then goes to stderr
             summary_console(args.out is None).print(summary.describe(), highlight=False, soft_wrap=True)

@@ -19,6 +19,7 @@ from millstream.errors import CheckpointError, ConfigError, JobError, Millstream
 
 if TYPE_CHECKING:
     from millstream._checkpoint import Coordinator
+    from millstream._metrics import MetricsRegistry
 
 log = logging.getLogger("millstream.run")
 
@@ -154,6 +155,11 @@ class RunConfig:
     - ``checkpoint_key``: a secret (str or bytes); checkpoints are signed with HMAC-SHA256 and
       one without a valid signature is refused before anything in it is unpickled. Never
       written, logged or shown (the CLI reads ``$MILLSTREAM_CHECKPOINT_KEY``).
+    - ``metrics``: serve Prometheus metrics at ``http://HOST:PORT/metrics`` while the job runs
+      (``"9464"`` or ``"127.0.0.1:9464"``; loopback unless a host is given). Any other address
+      needs ``metrics_token`` (checked as ``Authorization: Bearer <token>``); without one a token is
+      generated and printed once. ``metrics_registry``: a :class:`millstream.metrics.MetricsRegistry`
+      to follow the job with (made for you with ``metrics``): its ``snapshot()`` gives every figure.
     """
 
     mode: str = dataclasses.field(default_factory=default_mode)
@@ -171,6 +177,9 @@ class RunConfig:
     restart_delay_s: float = 1.0
     state: str = "memory"
     checkpoint_key: str | bytes | None = dataclasses.field(default=None, repr=False)
+    metrics: str | None = None
+    metrics_token: str | None = dataclasses.field(default=None, repr=False)
+    metrics_registry: MetricsRegistry | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def effective_guarantee(self) -> str:
@@ -222,6 +231,10 @@ class RunConfig:
         from millstream._state import parse_state_url
 
         parse_state_url(self.state)
+        if self.metrics is not None:
+            from millstream._prometheus import parse_address
+
+            parse_address(str(self.metrics))
 
     def replace(self, **changes: Any) -> RunConfig:
         names = {f.name for f in dataclasses.fields(self)}
@@ -274,20 +287,32 @@ def run_plan(plan: Plan, cfg: RunConfig) -> RunResult:
     guarantee = cfg.effective_guarantee
     check_guarantee(plan, guarantee)
     clock = cfg.clock or SystemClock()
+    registry = cfg.metrics_registry
+    server = None
+    if cfg.metrics is not None:
+        from millstream._metrics import MetricsRegistry
+        from millstream._prometheus import serve_metrics
+
+        registry = registry if registry is not None else MetricsRegistry()
+        server = serve_metrics(registry, str(cfg.metrics), cfg.metrics_token)
     coordinator = None
     if cfg.checkpoint_dir is not None:
         coordinator = Coordinator(plan, os.fspath(cfg.checkpoint_dir), guarantee=guarantee,
                                   interval_ms=cfg.checkpoint_interval_ms, retain=cfg.checkpoints_retained, clock=clock,
                                   mode=cfg.mode, key=cfg.checkpoint_key)
     try:
-        return _run_loop(plan, cfg, coordinator, guarantee, clock)
+        return _run_loop(plan, cfg, coordinator, guarantee, clock, registry)
     finally:
+        if registry is not None:
+            registry.finish()
+        if server is not None:
+            server.close()
         if coordinator is not None:
             coordinator.close()  # the checkpoint directory's lock goes with the run
 
 
 def _run_loop(plan: Plan, cfg: RunConfig, coordinator: Coordinator | None, guarantee: str,
-              clock: Clock) -> RunResult:
+              clock: Clock, registry: MetricsRegistry | None = None) -> RunResult:
     from millstream._runtime._base import Runtime
     from millstream._runtime._microbatch import MicroBatchJob
     from millstream._runtime._native import NativeJob, run_native
@@ -306,9 +331,16 @@ def _run_loop(plan: Plan, cfg: RunConfig, coordinator: Coordinator | None, guara
         rt = Runtime(clock, open_backend(cfg.state), checkpointed=coordinator is not None)
         job = NativeJob(plan, rt) if cfg.mode == "native" else MicroBatchJob(plan, rt, cfg.mode)
         tick = None
-        if callback is not None:
+        if registry is not None:
+            registry.attach(job, flow=plan.flow, mode=cfg.mode, clock=clock, coordinator=coordinator,
+                            restarts=restarts)
+        if callback is not None or registry is not None:
 
-            def tick(job: NativeJob = job, callback: Callable[[JobStatus], None] = callback) -> None:
+            def tick(job: NativeJob = job, callback: Callable[[JobStatus], None] | None = callback) -> None:
+                if registry is not None:
+                    registry.refresh()  # figures only the job's thread may read (connectors', state sizes)
+                if callback is None:
+                    return
                 stats = dataclasses.replace(coordinator.stats) if coordinator is not None else None
                 callback(_status(job, plan.flow, cfg.mode, started, guarantee=guarantee, checkpoints=stats))
 
