@@ -42,6 +42,7 @@ from millstream.connectors._files_common import (
     suspect_json_lines,
     too_deep,
 )
+from millstream.connectors._jsondecode import ColumnarJSON
 from millstream.errors import ConfigError, RecordError
 
 __all__ = ["FileSource", "ReadOptions", "parse_json_lines", "parse_text_lines", "read"]
@@ -196,7 +197,10 @@ def read(
       Inferred from the file name when None; ``.gz`` files are decompressed.
       In the micro-batch and batch modes JSON lines and Parquet are read as columnar
       batches (polars): a batch has every field of its lines, null where a line has
-      none, and a field whose lines mix numbers and strings reads as strings.
+      none. JSON lines are typed exactly as in native mode: a chunk of lines the columnar
+      decoder cannot prove it types as orjson does (a field mixing types, floats, nulls,
+      nested values, escapes other than ``\\"`` and ``\\\\``, whitespace between tokens)
+      is decoded line by line into dicts instead (see :mod:`._jsondecode`).
     - ``pattern``: which files of a directory to read (a glob or a tuple of globs);
       by default those with the format's extensions. Hidden files are never read.
     - ``follow``: keep reading forever, like ``tail -F``: lines appended to the
@@ -519,6 +523,8 @@ _COLUMNAR_MAX_DEPTH = 16
 
 
 def _ndjson_frame(lines: list[bytes]) -> Any:
+    # Not the reader's path any more (polars' inference retypes mixed fields; the reader uses
+    # ._jsondecode): kept for the depth rules pinned by tests/test_hostile_input.py.
     """JSON lines as a polars DataFrame, or None when polars cannot read them as they are, or
     would read them otherwise than :func:`parse_json_lines` (then the row parser takes the chunk,
     as in the native mode): polars turns a lone surrogate escape into NUL and accepts any depth,
@@ -760,6 +766,7 @@ class _FileReader(SourceReader):
             self._frames = False
 
     _frames = False
+    _json: ColumnarJSON | None = None
     _frame_lines: tuple[list[bytes], int, str] | None = None
     _columns: tuple[str, ...] | None = None
 
@@ -909,21 +916,8 @@ class _FileReader(SourceReader):
             if not cur.ensure(n):
                 return []
             lines, first = cur.take(n)
-            if self.o.format == "jsonl" and self._frames and lines and self._columns is not None:
-                # the flow reads only these fields: orjson, then one column per field
-                recs, nums = parse_json_lines(lines, first, cur.path, self.ctx, self.tally)
-                self._chunk(cur.path, first, nums)
-                frame = _columns_frame(recs, self._columns)
-                if frame is None:
-                    return recs
-                self._frame_lines = None
-                return cast(list[Any], frame)
             if self.o.format == "jsonl" and self._frames and lines:
-                frame = _ndjson_frame(lines)
-                if frame is not None:
-                    self._chunk(cur.path, first, None)
-                    self._frame_lines = (lines, first, cur.path)
-                    return cast(list[Any], frame)  # a DataFrame: poll_frame's caller knows
+                return self._json_frame(lines, first, cur.path)
             if self.o.format == "jsonl":
                 recs, nums = parse_json_lines(lines, first, cur.path, self.ctx, self.tally)
             else:
@@ -938,6 +932,36 @@ class _FileReader(SourceReader):
                 cur.lines, cur.li, cur.carry = [], 0, b""
             self.ctx.bad_record(str(exc), position=where, raw=None)
             return []
+
+    def _json_frame(self, lines: list[bytes], first: int, path: str) -> list[Any]:
+        """A chunk of JSON lines for :meth:`poll_frame`: a polars DataFrame when the columnar decoder
+        can prove it typed as the row decoder would (see :mod:`._jsondecode`), else the records."""
+        dec = self._json
+        if dec is None:
+            dec = self._json = ColumnarJSON()
+        frame = dec.frame(lines)
+        if frame is not None:
+            self._chunk(path, first, None)
+            if self._columns is not None:  # the flow reads only these fields
+                missing = [c for c in self._columns if c not in frame.columns]
+                if missing:
+                    import polars as pl
+
+                    frame = frame.with_columns(pl.lit(None).alias(c) for c in missing)
+                frame = frame.select(self._columns)
+            self._frame_lines = (lines, first, path)
+            return cast(list[Any], frame)  # a DataFrame: poll_frame's caller knows
+        recs, nums = parse_json_lines(lines, first, path, self.ctx, self.tally)
+        self._chunk(path, first, nums)
+        if dec.wants_records and nums is None:
+            dec.learn(recs)
+        if self._columns is not None:
+            # the flow reads only these fields: one column per field, strictly typed
+            columns = _columns_frame(recs, self._columns)
+            if columns is not None:
+                self._frame_lines = None
+                return cast(list[Any], columns)
+        return recs
 
     def _chunk(self, where: str, first: int, nums: list[int] | None, *, rows: bool = False) -> None:
         self.chunk_where = where
