@@ -213,7 +213,7 @@ class ColumnarJSON:
         ]
 
 
-_FIRST: Any = None  # first bytes a value polars coerced into a string may start with (a numpy mask)
+_FIRST: Any = None  # first bytes a value polars coerced into a string may start with (a numpy table)
 
 
 def _maybe_coerced(df: Any, columns: list[str]) -> Any:
@@ -225,8 +225,9 @@ def _maybe_coerced(df: Any, columns: list[str]) -> Any:
 
     global _FIRST
     if _FIRST is None:
-        first = np.zeros(256, dtype=bool)
-        first[list(b"-0123456789tf[{")] = True
+        first = np.zeros(256, dtype=np.uint8)
+        first[list(b"-0123456789[{")] = 2  # a number, an object, an array: any length
+        first[list(b"tf")] = 1  # "true", "false": 4 or 5 bytes
         _FIRST = first
     for c in columns:
         arr = df[c].to_arrow(compat_level=pl.CompatLevel.newest())
@@ -238,7 +239,8 @@ def _maybe_coerced(df: Any, columns: list[str]) -> Any:
             # a view is 16 bytes: the length (int32), then the value's first bytes
             views = np.frombuffer(arr.buffers()[1], dtype=np.uint8).reshape(-1, 16)[arr.offset:arr.offset + len(arr)]
             lengths = views[:, :4].copy().view(np.int32).ravel()
-            maybe = np.flatnonzero(_FIRST[views[:, 4]] & (lengths > 0))
+            kind = _FIRST[views[:, 4]]
+            maybe = np.flatnonzero(((kind == 2) & (lengths > 0)) | ((kind == 1) & ((lengths == 4) | (lengths == 5))))
             if not len(maybe):
                 continue
             idx = pl.Series(maybe, dtype=pl.UInt32)
