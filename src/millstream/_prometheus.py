@@ -24,7 +24,6 @@ import math
 import secrets
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from millstream.errors import ConfigError
@@ -233,6 +232,8 @@ class MetricsServer:
     """``GET /metrics`` of a registry, from a daemon thread (stdlib ``ThreadingHTTPServer``)."""
 
     def __init__(self, registry: MetricsRegistry, host: str, port: int, check: TokenCheck) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # only a run that serves pays for it
+
         self.registry = registry
         self.check = check
         server_self = self
