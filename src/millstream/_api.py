@@ -988,8 +988,9 @@ def _windowed(stream: Stream, key: P.KeySpec | None, assigner: Any, allowed_late
         raise FlowDefinitionError(f"allowed_lateness must be >= 0, got {lateness} ms", step=step, location=loc,
                                   fix="pass 0 (the default) or a positive duration")
     if lateness and not assigner.event_time:
-        raise FlowDefinitionError(f"{assigner.describe()} windows have no lateness: they do not use event time",
-                                  step=step, location=loc, fix="drop allowed_lateness")
+        raise FlowDefinitionError(f"{assigner.describe()} windows have no lateness: count windows and processing-time "
+                                  "windows do not use event time", step=step, location=loc,
+                                  fix="drop allowed_lateness")
     return WindowedStream(stream, key, assigner, lateness, name, loc, trigger)
 
 

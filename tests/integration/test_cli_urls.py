@@ -314,7 +314,6 @@ def test_paced_topic_killed_and_resumed_is_exactly_once(events_topic: str, kafka
     args = _cli("--query", "q5", "--input", events_topic, "--pace", "15000", "--guarantee", "exactly-once",
                 "--checkpoint-dir", str(ck), "--checkpoint-interval", "100", "--out",
                 f"kafka://{bs}/{topic}?partitions=1", "-q")
-    started = time.monotonic()
     proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 60
     while not list(ck.glob("chk-*/MANIFEST.json")) and time.monotonic() < deadline and proc.poll() is None:
@@ -323,7 +322,6 @@ def test_paced_topic_killed_and_resumed_is_exactly_once(events_topic: str, kafka
     assert proc.poll() is None, "the paced run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
-    assert time.monotonic() - started >= 1.0  # 30,000 events at 15,000/s: still running after a second
     resumed = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     msgs = kafka_mod.committed_records(bs, topic, f"millstream-{topic}-out")
@@ -339,5 +337,6 @@ def test_a_checkpoint_says_where_a_topic_read_resumes(events_topic: str, tmp_pat
     first = ms.connectors.files.read_committed(out)
     check("q7", first)
     assert main(args) == 0  # the checkpoint holds the end offsets: nothing is read again
-    assert "already finished" in " ".join(capsys.readouterr().err.split())
+    said = capsys.readouterr()
+    assert "already finished" in " ".join((said.out + said.err).split())  # the summary goes to stdout
     assert ms.connectors.files.read_committed(out) == first

@@ -192,14 +192,14 @@ def test_sigkill_exactly_once(session: tuple[int, str, str], tmp_path: Path) -> 
     port, topic, cid = session
     n = 3_000
     publish(port, topic, [json.dumps({"i": i}).encode() for i in range(n)])
-    script = _job_script(tmp_path, port, topic, cid, n, interval_ms=40, slow_s=0.0005)
+    script = _job_script(tmp_path, port, topic, cid, n, interval_ms=40, slow_s=0.002)  # >= 6 s of sleeps in all
     ck, out = tmp_path / "ck", tmp_path / "out"
     rnd = random.Random(os.getpid())
     kills = 0
     for _ in range(12):
         proc = subprocess.Popen([sys.executable, script, str(ck), str(out)], env=_env())
         try:
-            rc = proc.wait(rnd.uniform(1.0, 2.0) if kills < 3 else 60)
+            rc = proc.wait(rnd.uniform(0.6, 1.6) if kills < 3 else 60)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)

@@ -166,14 +166,14 @@ def test_sigkill_exactly_once(channel: Any, queue: str, tmp_path: Path) -> None:
     """SIGKILL at random moments, restart until done: exactly once with dedup_by + a transactional sink."""
     n = 3_000
     publish(channel, queue, [json.dumps({"i": i}).encode() for i in range(n)])
-    script = _job_script(tmp_path, queue, n, interval_ms=40, slow_s=0.0005)
+    script = _job_script(tmp_path, queue, n, interval_ms=40, slow_s=0.002)  # >= 6 s of sleeps in all
     ck, out = tmp_path / "ck", tmp_path / "out"
     rnd = random.Random(os.getpid())
     kills = 0
     for _ in range(12):
         proc = subprocess.Popen([sys.executable, script, str(ck), str(out)], env=_env())
         try:
-            rc = proc.wait(rnd.uniform(1.0, 2.0) if kills < 3 else 60)
+            rc = proc.wait(rnd.uniform(0.6, 1.6) if kills < 3 else 60)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
