@@ -15,7 +15,10 @@ import millstream
 PUBLIC_MODULES = ["millstream", "millstream.agg", "millstream.windows", "millstream.state", "millstream.errors",
                   "millstream.testing", "millstream.connectors", "millstream.connectors.memory",
                   "millstream.connectors.files", "millstream.connectors.stdio", "millstream.connectors.generator",
-                  "millstream.nexmark"]
+                  "millstream.connectors.kafka", "millstream.connectors.redis", "millstream.connectors.nats",
+                  "millstream.connectors.mqtt", "millstream.connectors.postgres", "millstream.connectors.rabbitmq",
+                  "millstream.connectors.http", "millstream.nexmark", "millstream.metrics", "millstream.cep",
+                  "millstream.changelog", "millstream.stats"]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)

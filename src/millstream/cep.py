@@ -48,6 +48,7 @@ __all__ = [
     "Match",
     "Pattern",
     "SkipStrategy",
+    "Stage",
     "begin",
     "no_skip",
     "skip_past_last_event",
