@@ -71,6 +71,31 @@ def load_flow(path: str, params: dict[str, Any], flow_name: str | None = None) -
 _JOB_DEFAULTS_PENDING: dict[str, Any] = {}
 
 
+def _job_file_error(file: Path, exc: BaseException) -> FlowDefinitionError:
+    """An error raised while a job file was loaded, at the user's own line (the deepest frame in the
+    job file), without the CLI's internals; ``--debug`` shows the whole traceback."""
+    where, code = str(file), None
+    if isinstance(exc, SyntaxError):
+        where = f"{file}:{exc.lineno}" if exc.lineno else str(file)
+        code = (exc.text or "").rstrip() or None
+        what = f"SyntaxError: {exc.msg}"
+    else:
+        mine = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == file.resolve()]
+        if mine:
+            where, code = f"{file}:{mine[-1].lineno}", mine[-1].line
+        what = f"{type(exc).__name__}: {exc}"
+        name, obj = getattr(exc, "name", None), getattr(exc, "obj", None)
+        if isinstance(exc, AttributeError) and isinstance(name, str) and obj is not None:
+            import difflib
+
+            close = difflib.get_close_matches(name, [n for n in dir(obj) if not n.startswith("_")], n=1)
+            if close:
+                what += f"; did you mean {close[0]!r}?"
+    problem = what + (f"\n    {code.strip()}" if code else "")
+    return FlowDefinitionError(f"the job file failed to load: {problem}", location=where,
+                               fix="correct the line above (run with --debug for the whole traceback)")
+
+
 def _load_flow(path: str, params: dict[str, Any], flow_name: str | None = None) -> Flow:
     file = Path(path)
     if not file.is_file():
@@ -82,6 +107,10 @@ def _load_flow(path: str, params: dict[str, Any], flow_name: str | None = None) 
     sys.path.insert(0, str(file.resolve().parent))
     try:
         spec.loader.exec_module(module)
+    except MillstreamError:
+        raise
+    except Exception as exc:
+        raise _job_file_error(file, exc) from exc
     finally:
         sys.path.pop(0)
     if hasattr(module, "RUN"):
@@ -89,7 +118,12 @@ def _load_flow(path: str, params: dict[str, Any], flow_name: str | None = None) 
     build = getattr(module, "build", None)
     if callable(build):
         takes = len(inspect.signature(build).parameters)
-        flow = build(params) if takes else build()
+        try:
+            flow = build(params) if takes else build()
+        except MillstreamError:
+            raise
+        except Exception as exc:
+            raise _job_file_error(file, exc) from exc
         if not isinstance(flow, Flow):
             raise ConfigError(f"{path}: build() returned {type(flow).__name__}, not a millstream Flow")
         if params and not takes:
@@ -343,6 +377,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command")
 
+    def debug(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--debug", action="store_true",
+                        help="on an error, print the whole Python traceback too (default: the error at your line)")
+
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--mode", choices=MODES, default=None,
                         help="execution mode: native (record at a time), microbatch (columnar epochs) or batch "
@@ -379,6 +417,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="a job parameter, passed to build(params); values are JSON or text")
     run.add_argument("--flow", help="which flow, when the file defines several")
     common(run)
+    debug(run)
     metrics_option(run)
 
     plan = sub.add_parser("plan", help="print the logical plan of a job file")
@@ -386,6 +425,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     plan.add_argument("--flow")
     plan.add_argument("--format", choices=["text", "mermaid", "json"], default="text")
+    debug(plan)
 
     demo = sub.add_parser("demo", help="run the built-in fraud-detection demo (no server needed)")
     demo.add_argument("--events", type=int, default=200_000, help="number of transactions (default 200,000)")
@@ -589,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # before or after the run itself (loading the job, the summary)
         return INTERRUPTED[signal.SIGTERM] if isinstance(exc, _Terminated) else INTERRUPTED[signal.SIGINT]
     except MillstreamError as exc:
+        if getattr(args, "debug", False) and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__)
         return _report_error(console, exc)
     finally:
         logging.getLogger("millstream").removeHandler(handler)
