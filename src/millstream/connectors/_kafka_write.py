@@ -348,9 +348,17 @@ class KafkaWriter(SinkWriter):
         self.producer.poll(0)
 
     def flush(self) -> None:
-        deadline = time.monotonic() + self.o.backoff.budget_s + 30
+        started = time.monotonic()
+        deadline = started + self.o.backoff.budget_s + 30
+        waiting = False
         while self.producer.flush(1.0) > 0:
             self._check_errors()
+            if not waiting:  # librdkafka retries by itself: say that it is waiting (once a flush), and count it
+                waiting = True
+                self.retries[0] += 1
+                log.warning("%s: %d records not yet delivered to %s after %.1fs; waiting for the broker (up to "
+                            "%.0fs)", self.connector, len(self.producer), self.address, time.monotonic() - started,
+                            deadline - started)
             if time.monotonic() > deadline:
                 raise ConnectorError(f"could not deliver {len(self.producer)} records in time",
                                      connector=self.connector, address=self.address,
