@@ -75,6 +75,8 @@ class SourceOperator(Operator):
         self.gen: SourceWatermarks | None = None
         self.ended = False
         self._unit_checked = False
+        self._wm_recorded = MIN_WATERMARK  # at-most-once: the watermark the last recorded read leads to
+        self._next_idle_check = 0
         self.bad_timestamps = 0
         #: called after a chunk is read and before it is processed (at-most-once records positions)
         self.on_read: Callable[[], None] | None = None
@@ -134,7 +136,7 @@ class SourceOperator(Operator):
         self.rt.current_chunk = recs
         if self.extract is None:
             if self.on_read is not None:
-                self.on_read()  # read, not yet processed
+                self._read_done()  # read, not yet processed
             self.emit(recs, None)
         else:
             self._emit_rows(reader, recs)
@@ -159,7 +161,7 @@ class SourceOperator(Operator):
             self._check_unit(mx)
         self.gen.observe(split, mx, self.rt.clock.now_ms())
         if self.on_read is not None:
-            self.on_read()  # read, not yet processed
+            self._read_done()  # read, not yet processed
         self._emit_in_order(reader, split, recs, times, behind, prefix)
 
     def _emit_in_order(self, reader: SourceReader, split: str | None, recs: Any, times: list[int] | None,
@@ -210,7 +212,7 @@ class SourceOperator(Operator):
                 self.records_in += len(df)
                 self.rt.current_source, self.rt.current_chunk = self, df
                 if self.on_read is not None:
-                    self.on_read()
+                    self._read_done()
                 self.emit(df, None)
                 self.rt.current_chunk = None
                 return len(df)
@@ -253,13 +255,16 @@ class SourceOperator(Operator):
                 return self._push_rows(reader, list(rows))
             assert gen is not None
             df = df.with_columns(t)
-            prev = t.cum_max().shift(1, fill_value=floor).clip(lower_bound=floor)
+            if skipped:  # rows left out before these count too: the reader says how late each kept row is
+                prev = pl.Series(reader.highest_before, dtype=pl.Int64).clip(lower_bound=floor)
+            else:
+                prev = t.cum_max().shift(1, fill_value=floor).clip(lower_bound=floor)
             late_mask = t < prev - self.strategy.bound_ms
             if floor == MIN_WATERMARK:
                 self._check_unit(int(t.max()))
             gen.observe(split, int(t.max()), self.rt.clock.now_ms())
             if self.on_read is not None:
-                self.on_read()
+                self._read_done()
             if late_mask.any():
                 idx = late_mask.arg_true()
                 self._emit_in_order(reader, split, df, None, idx.to_list(), prev.gather(idx).to_list())
@@ -267,7 +272,7 @@ class SourceOperator(Operator):
                 self.emit(df, None)
         else:
             if self.on_read is not None:
-                self.on_read()
+                self._read_done()
             self.emit(df, None)
         self._after_chunk(reader)
         return n
@@ -308,6 +313,14 @@ class SourceOperator(Operator):
         return n
 
     def _after_chunk(self, reader: SourceReader) -> None:
+        gen = self.gen
+        if gen is not None and gen.strategy.idle_timeout_ms is not None:
+            now = self.rt.clock.now_ms()
+            if now >= self._next_idle_check:  # a silent split goes idle even while others deliver
+                self._next_idle_check = now + max(1, gen.strategy.idle_timeout_ms // 4)
+                splits = reader.splits()
+                if splits is not None or gen.gens:
+                    gen.check_idle(now, splits)
         scripted = reader.watermark()
         wm = scripted if scripted is not None else self._strategy_watermark(reader)
         if wm is not None and wm > self.wm:
@@ -343,7 +356,18 @@ class SourceOperator(Operator):
                 mx = t
         return good, times, mx
 
+    def _read_done(self) -> None:
+        """At-most-once: record how far this source has read (and the watermark that follows) before
+        what was read is processed."""
+        if self.on_read is not None:
+            self.on_read()
+            self._wm_recorded = self.next_watermark()
+
     def _send_watermark(self, wm: int) -> None:
+        if self.on_read is not None and wm > self._wm_recorded:
+            # a watermark no read recorded (a split went idle): recorded first, so that a resume after a
+            # crash moves time past what it fires instead of firing it again
+            self._read_done()
         self.wm = wm
         for op, port in self.outs:
             op.watermark(port, wm)
@@ -351,7 +375,7 @@ class SourceOperator(Operator):
     def end(self) -> None:
         self.ended = True
         if self.on_read is not None:
-            self.on_read()  # at-most-once: the end of input (watermark +inf) is recorded before it fires
+            self._read_done()  # at-most-once: the end of input (watermark +inf) is recorded before it fires
         self._send_watermark(MAX_WATERMARK)
 
     def current_watermark(self) -> int:

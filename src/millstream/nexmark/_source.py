@@ -7,6 +7,7 @@ import math
 from typing import Any, cast
 
 from millstream.connectors._base import Source, SourceContext, SourceReader
+from millstream._time import MIN_WATERMARK
 from millstream.errors import ConfigError
 from millstream.nexmark._config import NexmarkConfig
 from millstream.nexmark._generator import (
@@ -254,7 +255,12 @@ class _NexmarkReader(SourceReader):
             return pl.DataFrame()
         self.skipped = (stop - start) - sum(len(at) for at in kept)
         if self.skipped:  # the latest event time of the whole chunk, kept rows or not
-            self.max_time = int(_times(cfg, ids).max())
+            times = _times(cfg, ids)
+            self.max_time = int(times.max())
+            # for each kept row, the latest time of every event before it, left out or not: the
+            # watermark that row meets is the same as natively, where every event goes through
+            before = np.maximum.accumulate(times)
+            self.highest_before = np.concatenate(([MIN_WATERMARK], before[:-1]))[np.sort(np.concatenate(kept))]
         df = pl.concat(parts, how="diagonal")
         if len(parts) > 1:
             df = df.sort("__pos__")
