@@ -6,8 +6,8 @@ import bisect
 import math
 from typing import Any, cast
 
-from millstream.connectors._base import Source, SourceContext, SourceReader
 from millstream._time import MIN_WATERMARK
+from millstream.connectors._base import Source, SourceContext, SourceReader
 from millstream.errors import ConfigError
 from millstream.nexmark._config import NexmarkConfig
 from millstream.nexmark._generator import (
