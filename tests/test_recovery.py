@@ -269,3 +269,31 @@ def test_a_checkpoint_resumes_only_in_its_family_of_modes(tmp_path: Any) -> None
     with pytest.raises(CheckpointError, match="another execution mode"):
         flow().run(mode="microbatch", guarantee="at-least-once", checkpoint_dir=ck, checkpoint_interval=1)
     flow().run(mode="native", guarantee="at-least-once", checkpoint_dir=ck, checkpoint_interval=1)  # still fine
+
+
+def test_at_least_once_does_not_fall_back_past_what_a_redelivery_source_acknowledged(tmp_path: Path) -> None:
+    """A damaged newest checkpoint: at-least-once may resume from an older one for sources that replay
+    from a position, never for one that replays by redelivery (what it acknowledged is gone)."""
+    from millstream.testing import advance_processing_time
+
+    class Redelivered(TestSource):
+        replay = "redelivery"
+
+    script: list[Any] = []
+    for t in range(40):
+        script += [{"k": "a", "ts": t}, advance_processing_time(10)]  # a checkpoint every few records
+    for cls, refused in ((TestSource, False), (Redelivered, True)):
+        ck = tmp_path / cls.__name__
+        flow = ms.Flow("fallback")
+        flow.source(cls(script)).sink(CollectSink())
+        flow.run(guarantee="at-least-once", checkpoint_dir=ck, checkpoint_interval=20, clock=ManualClock())
+        checkpoints = sorted(ck.glob("chk-*"))
+        assert len(checkpoints) >= 2
+        (checkpoints[-1] / "state.pkl").write_bytes(b"damaged")
+        again = lambda: flow.run(guarantee="at-least-once", checkpoint_dir=ck, checkpoint_interval=20,  # noqa: E731
+                                 clock=ManualClock())
+        if refused:
+            with pytest.raises(CheckpointError, match="replay by redelivery"):
+                again()
+        else:
+            again()

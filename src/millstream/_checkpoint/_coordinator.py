@@ -97,6 +97,10 @@ class Coordinator:
         self.next_due = clock.now_ms() + interval_ms
         self.stats = CheckpointStats()
         self._read_base: dict[str, int] = {}
+        #: sources that replay by redelivery: what a checkpoint acknowledged never comes back, so an
+        #: older checkpoint cannot stand in for a damaged newer one
+        self._redelivered = [n.name for n in plan.sources
+                             if n.op.connector.replay == "redelivery"]  # type: ignore[attr-defined]
         assert self.store.owner is not None
         self.store.owner.acquire()  # refused if another live run holds the directory; held until close()
 
@@ -119,6 +123,11 @@ class Coordinator:
                     f"{exc}\n  the job cannot resume safely: an older checkpoint would replay output its sinks "
                     f"may already have committed, which {self.guarantee} forbids.\n  fix: {_START_OVER}"
                 ) from None
+            if self._redelivered:
+                raise CheckpointError(
+                    f"{exc}\n  the job cannot resume safely: source(s) {', '.join(map(repr, self._redelivered))} "
+                    "replay by redelivery and acknowledged what this checkpoint held, so resuming from an older "
+                    f"one would lose those records.\n  fix: {_START_OVER}") from None
             for older in reversed(ids[:-1]):
                 try:
                     loaded = self.store.load(older)
