@@ -41,7 +41,7 @@ def test_random_kills_on_services(env: tuple[Any, Counter[str]], tmp_path: Path,
                                   mode: str) -> None:
     services, expected = env
     trial = chaos.trial(pipeline, guarantee, mode=mode, seed=TRIALS.index((pipeline, guarantee, mode)), kills=3,
-                        per_partition=PER_PARTITION, rate=1_000, kill_window_s=(0.4, 1.2), interval_ms=50)
+                        per_partition=PER_PARTITION, rate=400, kill_window_s=(0.4, 1.2), interval_ms=50)  # >= 3 s paced
     result = chaos.run_trial(trial, services, expected, tmp_path)
     print(f"{pipeline} {guarantee} {mode}: {result['kills']} kills at {result['schedule']} s, {result['seconds']} s")
     assert result["anomalies"] == [], result
