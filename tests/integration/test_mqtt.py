@@ -348,6 +348,11 @@ def test_connection_lost_mid_run_exactly_once(session: tuple[int, str, str], tmp
         seen[0] += 1
         if seen[0] in (500, 1_300):
             proxy.drop()
+            # hold this record until paho has reconnected through the proxy, so that the reconnect happens
+            # while the job still runs (else a fast job can end first and nothing is shown)
+            deadline = time.monotonic() + 15
+            while not proxy.socks and time.monotonic() < deadline:
+                time.sleep(0.01)
         return r
 
     out = ms.testing.TransactionalCollectSink()
@@ -363,7 +368,9 @@ def test_connection_lost_mid_run_exactly_once(session: tuple[int, str, str], tmp
     from collections import Counter
     dups = sorted(k for k, c in Counter(got).items() if c > 1)
     assert got == list(range(n)), (extra, len(got), dups[:20], sorted(set(range(n)) - set(got))[:20])
-    assert extra["reconnects"] >= 1 and extra["redelivered_dropped"] > 0 and extra["session_lost"] == 0
+    # the reader reconnected to the same session (whether the broker's resends were ones already handed
+    # out, and so dropped, depends on timing: the exactly-once output above is the property)
+    assert extra["reconnects"] >= 1 and extra["session_lost"] == 0
 
 
 # -- policies, guarantees, secrets -------------------------------------------------------------------
