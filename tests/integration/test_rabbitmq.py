@@ -257,7 +257,9 @@ def test_connection_lost_mid_run_exactly_once(channel: Any, queue: str, tmp_path
     extra = next(s.extra for s in result.steps if s.kind == "source")
     got = sorted(r["i"] for r in out.values)
     assert got == list(range(n)), (extra, len(got), len(set(got)))
-    assert extra["reconnects"] == 2 and extra["redelivered_dropped"] > 0
+    # both cuts forced a reconnect (the job needed the messages after them); whether the broker's requeued
+    # copies came back before the job ended, to be dropped, depends on timing: the output above is the check
+    assert extra["reconnects"] == 2
     # a dead connection's deliveries the broker put back only after the job ended are copies of
     # processed messages (redelivered), never new ones
     time.sleep(0.5)
