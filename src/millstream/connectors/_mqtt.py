@@ -86,14 +86,28 @@ def _fingerprint(topic: str, payload: bytes) -> str:
     return hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=8).hexdigest()
 
 
+class _Connected:
+    """Put into the inbox when a connection comes up, so that the reader sees it in arrival order
+    (behind every message of the connections before it)."""
+
+    __slots__ = ("session_present",)
+
+    def __init__(self, session_present: bool) -> None:
+        self.session_present = session_present
+
+
 class MqttReader(SourceReader):
     """Messages arrive on paho's network thread into a bounded queue; ``poll`` decodes them.
 
     QoS 1 with manual acknowledgement: each handed-out message waits in ``pending`` (its sequence
     number, packet id and a fingerprint of topic + payload) until :meth:`acknowledge` sends its
     PUBACK, in the order the messages came. A redelivered message (DUP flag) whose packet id and
-    fingerprint match one still pending or covered by the restored checkpoint is dropped: it was
-    handed out already.
+    fingerprint match one still pending, acknowledged lately, or covered by the restored checkpoint
+    is dropped: it was handed out already.
+
+    What is known about a connection (its number, whether the broker kept the session) is applied
+    in arrival order: the inbox can still hold messages of older connections when a new one comes up,
+    and their resends must be recognised against what was known when they came.
     """
 
     def __init__(self, src: MqttSource, ctx: SourceContext) -> None:
@@ -103,14 +117,16 @@ class MqttReader(SourceReader):
         self.manual = src.qos == 1
         self.inbox: queue.Queue[Any] = queue.Queue(maxsize=100_000)
         self.pending: deque[tuple[int, int, str]] = deque()  # (seq, mid, fingerprint), in arrival order
+        self.pending_ids: set[tuple[int, str]] = set()       # the (mid, fingerprint) pairs in ``pending``
         self.covered: set[tuple[int, str]] = set()           # from a restored checkpoint
-        #: acknowledged lately: after a reconnect the broker resends those whose PUBACK it did not get
         #: acknowledged lately, with the connection the PUBACK went out on: a resend (DUP) of one of
         #: them was handed out already (acknowledge it again if the PUBACK went out on an older connection)
         self.acked_at: OrderedDict[tuple[int, str], int] = OrderedDict()
-        self.conn_gen = 0         # which connection a message came on (counted in on_connect)
+        self.conn_gen = 0         # the connection paho has now (counted in on_connect)
         self.covered_gen = 0      # the connection after which covered messages are resent
         self.session_gen = 0      # the first connection of the broker's current session
+        self.read_gen = 0         # the connection of the last message ``poll`` took (arrival order)
+        self.read_gen_new = False  # whether a first-time (not DUP) message came on ``read_gen`` yet
         self.seq = 0              # messages handed out (and covered redeliveries dropped)
         self.acked_seq = 0
         self.prev_poll_seq = 0    # unchecked runs: what the previous poll handed out
@@ -169,28 +185,27 @@ class MqttReader(SourceReader):
             client.disconnect()
             self._connected.set()
             return
+        present = bool(flags.session_present)
         with self._lock:
-            if not flags.session_present and (self.pending or self.covered):
-                # the broker forgot the session: packet ids of the old one mean nothing now, and what was
-                # handed out can no longer come back
+            if not present and (self.pending or self.covered):
+                # the broker forgot the session: packet ids of the old one mean nothing now (a PUBACK
+                # for one would acknowledge a message of the new session), and what was handed out can
+                # no longer come back
                 if not self._first or self.covered:
                     log.warning("%s: the broker did not keep the session of %r; %d unacknowledged messages "
                                 "will not be redelivered", self._what(), self.src.client_id, len(self.pending))
                     self.figures["session_lost"] += 1
                 self.pending.clear()
+                self.pending_ids.clear()
                 self.covered.clear()
             self.conn_gen += 1
             if not self._first:
                 self.figures["reconnects"] += 1
-            if flags.session_present:
-                # a PUBACK sent on an older connection than the last one was received or resent already
-                old = [k for k, g in self.acked_at.items() if g < self.conn_gen - 1]
-                for k in old:
-                    del self.acked_at[k]
-            else:
-                self.acked_at.clear()
-                self.session_gen = self.conn_gen  # packet ids of earlier connections mean nothing now
+            if not present:
+                self.session_gen = self.conn_gen
             self._first = False
+            gen = self.conn_gen
+        self.inbox.put((gen, _Connected(present)))  # ahead of this connection's messages
         client.subscribe([(t, self.src.qos) for t in self.src.topics])
         self._connected.set()
 
@@ -203,6 +218,66 @@ class MqttReader(SourceReader):
         self.inbox.put((self.conn_gen, msg))  # blocks paho's network thread when full: TCP backpressure
 
     # -- reading ------------------------------------------------------------------------------
+    def _reached(self, gen: int, connected: _Connected) -> None:
+        """``poll`` reached connection ``gen``: every message of the older ones is behind it."""
+        with self._lock:
+            self.read_gen, self.read_gen_new = gen, False
+            if not connected.session_present:
+                # resends of the old session can no longer come: forget what was acknowledged on it
+                for k in [k for k, g in self.acked_at.items() if g < gen]:
+                    del self.acked_at[k]
+
+    def _first_new(self, gen: int) -> None:
+        """The first message of connection ``gen`` that is not a resend: on a connection, the broker
+        resends everything it sent before and got no PUBACK for, ahead of anything new. A PUBACK sent
+        on an older connection whose message was not resent by now reached the broker."""
+        self.read_gen_new = True
+        for k in [k for k, g in self.acked_at.items() if g < gen]:
+            del self.acked_at[k]
+
+    def _track(self, gen: int, mid: int, fp: str, dup: bool) -> bool:
+        """Book one QoS 1 message; False when it is a resend of one handed out already."""
+        with self._lock:
+            current = gen >= self.session_gen  # of the broker's current session (else: nothing to PUBACK)
+            key = (mid, fp)
+            if dup and key in self.covered:
+                # handed out before a crash or a lost connection, and covered by a checkpoint
+                # (or already acknowledged): drop it, and acknowledge it again on this session
+                self.covered.discard(key)
+                self.figures["redelivered_dropped"] += 1
+                if current:
+                    self.seq += 1
+                    self.pending.append((self.seq, mid, fp))
+                    self.pending_ids.add(key)
+                return False
+            if dup and key in self.pending_ids:
+                # resent after a reconnect while still waiting for its checkpoint: its pending
+                # entry sends the one PUBACK (a second one could acknowledge a new message)
+                self.figures["redelivered_dropped"] += 1
+                return False
+            acked_on = self.acked_at.get(key) if dup else None
+            if acked_on is not None:
+                # handed out and acknowledged already; resent because the connection died
+                self.figures["redelivered_dropped"] += 1
+                if acked_on < gen and current:  # that PUBACK was lost with the old connection
+                    del self.acked_at[key]
+                    self.seq += 1
+                    self.pending.append((self.seq, mid, fp))
+                    self.pending_ids.add(key)
+                return False
+            if not dup:
+                if gen == self.read_gen and not self.read_gen_new:
+                    self._first_new(gen)
+                if self.covered and gen >= self.covered_gen:
+                    # on a (re)connection the broker resends what was in flight before anything new:
+                    # the covered ids still missing were acknowledged and will not come back
+                    self.covered.clear()
+            if current:
+                self.seq += 1
+                self.pending.append((self.seq, mid, fp))
+                self.pending_ids.add(key)
+            return True
+
     def poll(self, max_records: int) -> list[Any] | None:
         if self.error is not None:
             raise self.error
@@ -218,38 +293,13 @@ class MqttReader(SourceReader):
                 gen, msg = inbox.get_nowait()
             except queue.Empty:
                 break
+            if isinstance(msg, _Connected):
+                self._reached(gen, msg)
+                continue
             mid, topic, payload = msg.mid, msg.topic, msg.payload
-            if self.manual and msg.qos == 1 and gen >= self.session_gen:
-                fp = _fingerprint(topic, payload)
-                with self._lock:
-                    if msg.dup and (mid, fp) in self.covered:
-                        # handed out before a crash or a lost connection, and covered by a checkpoint
-                        # (or already acknowledged): drop it, and acknowledge it again on this session
-                        self.covered.discard((mid, fp))
-                        self.figures["redelivered_dropped"] += 1
-                        self.seq += 1
-                        self.pending.append((self.seq, mid, fp))
-                        continue
-                    if msg.dup and any(m == mid and f == fp for _, m, f in self.pending):
-                        # resent after a reconnect while still waiting for its checkpoint: its pending
-                        # entry sends the one PUBACK (a second one could acknowledge a new message)
-                        self.figures["redelivered_dropped"] += 1
-                        continue
-                    acked_on = self.acked_at.get((mid, fp)) if msg.dup else None
-                    if acked_on is not None:
-                        # handed out and acknowledged already; resent because the connection died
-                        self.figures["redelivered_dropped"] += 1
-                        if acked_on < gen:  # that PUBACK was lost with the old connection
-                            del self.acked_at[(mid, fp)]
-                            self.seq += 1
-                            self.pending.append((self.seq, mid, fp))
-                        continue
-                    if not msg.dup and self.covered and gen >= self.covered_gen:
-                        # on a (re)connection the broker resends what was in flight before anything new:
-                        # the covered ids still missing were acknowledged and will not come back
-                        self.covered.clear()
-                    self.seq += 1
-                    self.pending.append((self.seq, mid, fp))
+            if self.manual and msg.qos == 1 and not self._track(gen, mid, _fingerprint(topic, payload),
+                                                                bool(msg.dup)):
+                continue
             position = f"{topic}#{mid}" if mid else topic
             meta = None
             if meta_fields:
@@ -292,6 +342,7 @@ class MqttReader(SourceReader):
             pending, acked_at, gen = self.pending, self.acked_at, self.conn_gen
             while pending and pending[0][0] <= seq:
                 _, mid, fp = pending.popleft()
+                self.pending_ids.discard((mid, fp))
                 self.client.ack(mid, 1)
                 acked_at[(mid, fp)] = gen
                 acked_at.move_to_end((mid, fp))
