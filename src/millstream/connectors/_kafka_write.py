@@ -38,6 +38,7 @@ that show records of aborted transactions to ``read_committed`` readers.
 
 from __future__ import annotations
 
+import io
 import random
 import re
 import time
@@ -63,15 +64,20 @@ from millstream.errors import ConfigError, ConnectorError, JobError
 
 DEFAULT_BACKOFF = Backoff()
 
-__all__ = ["HEADER", "KafkaSink", "WriteOptions", "committed_records", "marker_group"]
+__all__ = ["HEADER", "KafkaSink", "WriteOptions", "committed_records", "json_values", "marker_group"]
 
 #: The header every record of a transactional sink carries: ``<tag>:<prev tag>`` in hex.
 HEADER = "millstream.txn"
 FORMATS = ("json", "text", "bytes")
 _MARK = 1 << 32
-#: column types polars writes as JSON exactly as orjson writes the same values
-_PLAIN = frozenset({"Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", "String", "Boolean",
-                    "Null"})
+#: column types polars writes as JSON exactly as orjson writes the value ``to_dicts`` makes of them
+#: (floats too: polars and orjson both write the shortest text that reads back as the same double,
+#: NaN and infinities as null; tests/test_kafka_columnar.py checks it value by value)
+_PLAIN = frozenset({"Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", "Float64", "String",
+                    "Boolean", "Null"})
+#: key column types whose polars text (a cast to String) is what :func:`_to_bytes` makes of the value
+_TEXT_KEYS = frozenset({"Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", "String",
+                        "Boolean"})
 
 
 def marker_group(transactional_id: str) -> str:
@@ -142,6 +148,64 @@ def _to_bytes(v: Any) -> bytes | None:
     return orjson.dumps(v)
 
 
+def _categorical_types() -> tuple[type, ...]:
+    import polars as pl
+
+    return (pl.Categorical, pl.Enum)
+
+
+def _json_dtype(dtype: Any) -> Any:
+    """``dtype`` with what polars would write otherwise than orjson writes ``to_dicts``' values made
+    into a type it writes the same (Float32 -> Float64: ``to_dicts`` widens each value to a double,
+    whose shortest text is not the float's; categories -> String), or None when some part of it has
+    no such type (dates and times, durations, decimals, binary, 128-bit integers, objects)."""
+    import polars as pl
+
+    name = str(dtype)
+    if name in _PLAIN:
+        return dtype
+    if dtype == pl.Float32:
+        return pl.Float64
+    if isinstance(dtype, _categorical_types()):
+        return pl.String
+    if isinstance(dtype, pl.List):
+        inner = _json_dtype(dtype.inner)
+        return None if inner is None else pl.List(inner)
+    if isinstance(dtype, pl.Array):
+        inner = _json_dtype(dtype.inner)
+        return None if inner is None else pl.Array(inner, dtype.size)
+    if isinstance(dtype, pl.Struct):
+        if not dtype.fields:
+            return None
+        fields = [(f.name, _json_dtype(f.dtype)) for f in dtype.fields]
+        if any(t is None for _, t in fields):
+            return None
+        return pl.Struct(dict(fields))
+    return None
+
+
+def json_values(frame: Any) -> list[bytes] | None:
+    """The rows of a polars DataFrame as JSON values, byte for byte ``orjson.dumps`` of the records
+    ``frame.to_dicts()`` makes (so the same as native mode writes for the same records), made by one
+    ``write_ndjson``; None when a column's type has no such form (then write the rows with orjson)."""
+    schema = frame.schema
+    wanted = {}
+    for name, dtype in schema.items():
+        t = _json_dtype(dtype)
+        if t is None:
+            return None
+        if t != dtype:
+            wanted[name] = t
+    if wanted:
+        frame = frame.cast(wanted)
+    buf = io.BytesIO()
+    frame.write_ndjson(buf)
+    values = buf.getvalue().split(b"\n")  # a newline in a string is written \n: one line per row
+    if values and not values[-1]:
+        values.pop()
+    return values if len(values) == frame.height else None
+
+
 class KafkaWriter(SinkWriter):
     """A running Kafka sink."""
 
@@ -184,6 +248,8 @@ class KafkaWriter(SinkWriter):
         self.checkpointed = False
         self.coordinated = False
         self.written = 0
+        #: columnar batches written record by record (a column type :func:`json_values` cannot write)
+        self.row_frames = 0
 
     # -- helpers ------------------------------------------------------------------------------
     def _on_delivery(self, err: Any, msg: Any) -> None:
@@ -298,7 +364,8 @@ class KafkaWriter(SinkWriter):
     @property
     def columnar(self) -> bool:
         """JSON values without a serializer, keyed by a field or not at all, partitioned by the key or a
-        fixed partition: polars writes a batch's values in one call (the same bytes as orjson)."""
+        fixed partition: polars writes a batch's values in one call (the same bytes as orjson; see
+        :func:`json_values` for the column types it takes)."""
         o = self.o
         return (o.format == "json" and o.serializer is None and (o.key is None or isinstance(o.key, str))
                 and not callable(o.partition))
@@ -306,25 +373,23 @@ class KafkaWriter(SinkWriter):
     def write_frame(self, frame: Any, times: Any) -> None:
         if not frame.height:
             return
-        if not all(str(t) in _PLAIN for t in frame.schema.dtypes()) or (
-                isinstance(self.o.key, str) and self.o.key not in frame.columns):
-            super().write_frame(frame, times)  # floats, times, nested values: orjson, record by record
-            return
-        text = frame.write_ndjson()
-        block = text.encode() if isinstance(text, str) else text
-        values = block.split(b"\n")
-        if values and not values[-1]:
-            values.pop()
-        if len(values) != frame.height:
-            super().write_frame(frame, times)
+        key = self.o.key
+        values = json_values(frame) if not isinstance(key, str) or key in frame.columns else None
+        if values is None:
+            self.row_frames += 1
+            super().write_frame(frame, times)  # times, decimals, binary: orjson, record by record
             return
         keys = None
-        if isinstance(self.o.key, str):
-            import polars as pl
+        if isinstance(key, str):
+            column = frame.get_column(key)
+            if str(column.dtype) in _TEXT_KEYS or isinstance(column.dtype, _categorical_types()):
+                import polars as pl
 
-            # polars' text of an integer, string or boolean is orjson's (true/false, digits, the string)
-            texts = frame.get_column(self.o.key).cast(pl.String).to_list()
-            keys = [None if t is None else t.encode() for t in texts]
+                # polars' text of an integer, string or boolean is what _to_bytes makes of it
+                texts = column.cast(pl.String).to_list()
+                keys = [None if t is None else t.encode() for t in texts]
+            else:
+                keys = list(map(_to_bytes, column.to_list()))
         self._write_values(values, keys)
 
     def _write_values(self, values: list[bytes], keys: list[bytes | None] | None) -> None:
