@@ -17,6 +17,7 @@ import logging as _logging
 
 from millstream import agg, cep, changelog, connectors, errors, nexmark, state, stats, testing, windows
 from millstream._api import Flow, KeyedStream, Stream, WindowedStream, WindowResult
+from millstream._control import JobControl, JobHandle
 from millstream._eventtime import WatermarkStrategy
 from millstream._expr import Expr, col, lit, when
 from millstream._plan import Plan
@@ -43,7 +44,9 @@ __all__ = [
     "Expr",
     "Flow",
     "FlowDefinitionError",
+    "JobControl",
     "JobError",
+    "JobHandle",
     "JobStatus",
     "KeyedStream",
     "MillstreamError",

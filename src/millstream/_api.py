@@ -20,6 +20,7 @@ from millstream.state import StateSpec
 from millstream.windows import CountWindow, Trigger, Window, WindowAssigner
 
 if TYPE_CHECKING:
+    from millstream._control import JobHandle
     from millstream._run import RunConfig, RunResult
 
 __all__ = ["CoGroupResult", "Flow", "JoinResult", "KeyedStream", "MatchStream", "Stream", "WindowResult",
@@ -111,14 +112,47 @@ class Flow:
 
         Options are those of :class:`millstream.RunConfig` (``mode``, ``clock``,
         ``max_chunk``, ``on_progress``...), given either as a config object or as keywords.
-        """
-        from millstream._run import RunConfig, run_plan
 
-        cfg = config if config is not None else RunConfig()
-        if mode is not None:
-            options["mode"] = mode
-        cfg = cfg.replace(**options) if options else cfg
-        return run_plan(self.plan(), cfg)
+        Ctrl-C (``KeyboardInterrupt``) stops the run at once, in the middle of a chunk, so without a
+        savepoint: a run with the same ``checkpoint_dir`` resumes from the last periodic checkpoint.
+        To stop at a chunk boundary with a savepoint, use :meth:`start` (``with flow.start(...) as
+        job: job.wait()`` stops with one on Ctrl-C) or ``control=`` (a :class:`~millstream.JobControl`).
+        """
+        from millstream._run import run_plan
+
+        return run_plan(self.plan(), _run_config(mode, config, options))
+
+    def start(self, mode: str | None = None, *, config: RunConfig | None = None, **options: Any) -> JobHandle:
+        """Start the flow in a background thread and return a :class:`~millstream.JobHandle` at once.
+
+        Options are those of :meth:`run`. The handle tells the job's ``status()`` and ``metrics()``,
+        stops it with ``stop(savepoint=True)`` (at its next chunk boundary; the savepoint needs a
+        ``checkpoint_dir``) and waits for it with ``wait()``. It returns once the run is set up:
+        an error in the options, the checkpoint directory or the savepoint is raised here.
+
+        >>> import millstream as ms
+        >>> flow = ms.Flow("doubler")
+        >>> out = ms.testing.CollectSink()
+        >>> flow.source(ms.testing.TestSource([1, 2, 3])).map(lambda x: 2 * x).sink(out)
+        >>> with flow.start() as job:
+        ...     result = job.wait()
+        >>> job.status(), result.records_written, out.values
+        ('finished', 3, [2, 4, 6])
+        """
+        from millstream._control import JobHandle
+
+        handle = JobHandle(self.plan(), _run_config(mode, config, options))
+        handle._start()
+        return handle
+
+
+def _run_config(mode: str | None, config: RunConfig | None, options: dict[str, Any]) -> RunConfig:
+    from millstream._run import RunConfig
+
+    cfg = config if config is not None else RunConfig()
+    if mode is not None:
+        options["mode"] = mode
+    return cfg.replace(**options) if options else cfg
 
 
 def _check_fn(fn: Any, what: str, step: str, loc: str | None, nargs: int = 1) -> None:

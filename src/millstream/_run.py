@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from millstream.errors import CheckpointError, ConfigError, JobError, Millstream
 
 if TYPE_CHECKING:
     from millstream._checkpoint import Coordinator
+    from millstream._control import JobControl
     from millstream._metrics import MetricsRegistry
 
 log = logging.getLogger("millstream.run")
@@ -102,6 +104,9 @@ class RunResult(JobStatus):
     checkpoints: CheckpointStats | None = None
     restarts: int = 0
     already_finished: bool = False
+    #: the directory of the savepoint taken when the run was stopped with one (``JobHandle.stop()``,
+    #: Ctrl-C in the CLI, the dashboard); None otherwise
+    savepoint: str | None = None
 
     def summary(self) -> str:
         lines = [
@@ -121,6 +126,8 @@ class RunResult(JobStatus):
             extra = "".join(f", {k} {v:,}" for k, v in s.extra.items() if v)
             name = " -> ".join(s.fused) if len(s.fused) > 1 else s.name
             lines.append(f"  {name} [{s.kind}]: in {s.records_in:,}, out {s.records_out:,}{extra}")
+        if self.savepoint is not None:
+            lines.append(f"  savepoint: {self.savepoint}")
         return "\n".join(lines)
 
 
@@ -160,6 +167,24 @@ class RunConfig:
       needs ``metrics_token`` (checked as ``Authorization: Bearer <token>``); without one a token is
       generated and printed once. ``metrics_registry``: a :class:`millstream.metrics.MetricsRegistry`
       to follow the job with (made for you with ``metrics``): its ``snapshot()`` gives every figure.
+    - ``dashboard``: serve the web dashboard at ``http://HOST:PORT/`` while the job runs (``"8080"``
+      or ``"127.0.0.1:8080"``; loopback unless a host is given; needs ``millstream[dashboard]``).
+      Any other address needs ``dashboard_token`` (generated and printed once when not given).
+      ``dashboard_control``: let the dashboard stop the job (with a savepoint); off by default.
+    - ``from_savepoint``: start from a savepoint (a ``chk-*`` directory a stop with a savepoint
+      took, or a checkpoint directory: its newest savepoint) in a new ``checkpoint_dir``. The
+      savepoint is copied there, verified, and the run goes on from it; running again with that
+      ``checkpoint_dir`` resumes from its own newest checkpoint. Under exactly-once, write to a new
+      output (or to the same one when the savepoint is the last thing its run committed).
+    - ``control``: a :class:`millstream.JobControl` to stop the run from another thread
+      (``control.request_stop(savepoint=True)``); one per run. ``flow.start()`` makes one.
+
+    A stop with a savepoint takes effect at the next chunk boundary: the run takes a final
+    checkpoint that is not marked finished, lets its sinks commit it, and returns a result with
+    ``interrupted`` and ``savepoint`` set; a run with the same ``checkpoint_dir`` goes on from it.
+    A ``KeyboardInterrupt`` in ``Flow.run`` stops at once, without a savepoint (a rerun resumes from
+    the last periodic checkpoint): to stop with one on Ctrl-C, use ``with flow.start(...) as job:
+    job.wait()`` or the CLI.
     """
 
     mode: str = dataclasses.field(default_factory=default_mode)
@@ -180,6 +205,11 @@ class RunConfig:
     metrics: str | None = None
     metrics_token: str | None = dataclasses.field(default=None, repr=False)
     metrics_registry: MetricsRegistry | None = dataclasses.field(default=None, repr=False, compare=False)
+    dashboard: str | None = None
+    dashboard_token: str | None = dataclasses.field(default=None, repr=False)
+    dashboard_control: bool = False
+    from_savepoint: str | os.PathLike[str] | None = None
+    control: JobControl | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def effective_guarantee(self) -> str:
@@ -235,6 +265,22 @@ class RunConfig:
             from millstream._prometheus import parse_address
 
             parse_address(str(self.metrics))
+        if self.dashboard is not None:
+            from millstream._prometheus import parse_address
+
+            try:
+                parse_address(str(self.dashboard))
+            except ConfigError:
+                raise ConfigError(f"dashboard address {self.dashboard!r}: expected [HOST:]PORT, e.g. 8080 or "
+                                  "127.0.0.1:8080") from None
+        if self.from_savepoint is not None and self.checkpoint_dir is None:
+            raise ConfigError("from_savepoint needs a checkpoint_dir (--checkpoint-dir) for the run's own "
+                              "checkpoints: a new, empty directory")
+        if self.control is not None:
+            from millstream._control import JobControl
+
+            if not isinstance(self.control, JobControl):
+                raise ConfigError(f"control must be a millstream.JobControl, not {type(self.control).__name__}")
 
     def replace(self, **changes: Any) -> RunConfig:
         names = {f.name for f in dataclasses.fields(self)}
@@ -280,7 +326,67 @@ def _close(job: Any, *, quiet: bool) -> None:
         log.exception("error while closing the failed job (the original error follows)")
 
 
-def run_plan(plan: Plan, cfg: RunConfig) -> RunResult:
+#: RunConfig fields never shown (secrets, and objects that follow the run rather than describe it)
+_NOT_SHOWN = ("checkpoint_key", "metrics_token", "dashboard_token", "metrics_registry", "control")
+
+
+def public_config(cfg: RunConfig) -> dict[str, Any]:
+    """The run's options as plain JSON values, without secrets: what the dashboard shows.
+
+    Durations in ms, paths as text, callables and clocks by name; ``guarantee`` is the effective one.
+    """
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        if f.name in _NOT_SHOWN or not f.repr:
+            continue
+        value = getattr(cfg, f.name)
+        if isinstance(value, timedelta):
+            value = to_ms(value, f.name)
+        elif isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        elif value is not None and not isinstance(value, str | int | float | bool):
+            value = getattr(value, "__qualname__", None) or type(value).__name__
+        out[f.name] = value
+    out["guarantee"] = cfg.effective_guarantee
+    return out
+
+
+def run_plan(plan: Plan, cfg: RunConfig, *, on_ready: Callable[[], None] | None = None) -> RunResult:
+    """Run ``plan`` to its end, or until its control asks it to stop.
+
+    ``on_ready`` is called once the run is set up (checkpoint directory owned, savepoint adopted,
+    servers up), right before the job starts; ``flow.start()`` returns then.
+    """
+    from millstream._control import JobControl
+
+    control = cfg.control if cfg.control is not None else JobControl()
+    control.attach(checkpointed=cfg.checkpoint_dir is not None)
+    savepoint: str | None = None
+    status = "failed"
+    try:
+        result = _run_plan(plan, cfg, control, on_ready)
+        status = "stopped" if result.interrupted else "finished"
+        savepoint = result.savepoint
+        return result
+    finally:
+        control.end(status, savepoint)
+
+
+def _serve_dashboard(plan: Plan, cfg: RunConfig, registry: MetricsRegistry, control: JobControl) -> Any:
+    try:
+        from millstream._dashboard import serve_dashboard
+    except ImportError as exc:
+        raise ConfigError(f"the dashboard cannot start ({exc}); install it with: pip install 'millstream[dashboard]'"
+                          ) from exc
+    assert cfg.dashboard is not None
+    server = serve_dashboard(str(cfg.dashboard), registry=registry, plan=plan, config=public_config(cfg),
+                             control=control, token=cfg.dashboard_token, allow_control=cfg.dashboard_control)
+    control.dashboard_url = server.url
+    print(f"millstream: dashboard of flow {plan.flow!r} at {server.url}", file=sys.stderr, flush=True)
+    return server
+
+
+def _run_plan(plan: Plan, cfg: RunConfig, control: JobControl, on_ready: Callable[[], None] | None) -> RunResult:
     from millstream._checkpoint import Coordinator
     from millstream._guarantee import check_guarantee
 
@@ -288,31 +394,41 @@ def run_plan(plan: Plan, cfg: RunConfig) -> RunResult:
     check_guarantee(plan, guarantee)
     clock = cfg.clock or SystemClock()
     registry = cfg.metrics_registry
-    server = None
-    if cfg.metrics is not None:
-        from millstream._metrics import MetricsRegistry
-        from millstream._prometheus import serve_metrics
-
-        registry = registry if registry is not None else MetricsRegistry()
-        server = serve_metrics(registry, str(cfg.metrics), cfg.metrics_token)
+    servers: list[Any] = []
     coordinator = None
-    if cfg.checkpoint_dir is not None:
-        coordinator = Coordinator(plan, os.fspath(cfg.checkpoint_dir), guarantee=guarantee,
-                                  interval_ms=cfg.checkpoint_interval_ms, retain=cfg.checkpoints_retained, clock=clock,
-                                  mode=cfg.mode, key=cfg.checkpoint_key)
     try:
-        return _run_loop(plan, cfg, coordinator, guarantee, clock, registry)
+        if cfg.metrics is not None or cfg.dashboard is not None:
+            from millstream._metrics import MetricsRegistry
+
+            registry = registry if registry is not None else MetricsRegistry()
+        if cfg.metrics is not None:
+            from millstream._prometheus import serve_metrics
+
+            assert registry is not None
+            servers.append(serve_metrics(registry, str(cfg.metrics), cfg.metrics_token))
+        if cfg.checkpoint_dir is not None:
+            coordinator = Coordinator(plan, os.fspath(cfg.checkpoint_dir), guarantee=guarantee,
+                                      interval_ms=cfg.checkpoint_interval_ms, retain=cfg.checkpoints_retained,
+                                      clock=clock, mode=cfg.mode, key=cfg.checkpoint_key)
+            if cfg.from_savepoint is not None:
+                coordinator.adopt_savepoint(os.fspath(cfg.from_savepoint))
+        if cfg.dashboard is not None:
+            assert registry is not None
+            servers.append(_serve_dashboard(plan, cfg, registry, control))
+        if on_ready is not None:
+            on_ready()
+        return _run_loop(plan, cfg, coordinator, guarantee, clock, registry, control)
     finally:
         if registry is not None:
             registry.finish()
-        if server is not None:
+        for server in reversed(servers):
             server.close()
         if coordinator is not None:
             coordinator.close()  # the checkpoint directory's lock goes with the run
 
 
 def _run_loop(plan: Plan, cfg: RunConfig, coordinator: Coordinator | None, guarantee: str,
-              clock: Clock, registry: MetricsRegistry | None = None) -> RunResult:
+              clock: Clock, registry: MetricsRegistry | None, control: JobControl) -> RunResult:
     from millstream._runtime._base import Runtime
     from millstream._runtime._microbatch import MicroBatchJob
     from millstream._runtime._native import NativeJob, run_native
@@ -320,6 +436,7 @@ def _run_loop(plan: Plan, cfg: RunConfig, coordinator: Coordinator | None, guara
 
     started = time.monotonic()
     interrupted = finished_before = False
+    savepoint: str | None = None
     restarts = 0
     callback = cfg.on_progress
     if cfg.mode == "batch":
@@ -351,10 +468,16 @@ def _run_loop(plan: Plan, cfg: RunConfig, coordinator: Coordinator | None, guara
                 loaded = coordinator.recover(job)
                 finished_before = loaded is not None and loaded.finished
             if not finished_before:
-                run_native(job, max_chunk=cfg.chunk, idle_sleep_s=cfg.idle_sleep_s, on_tick=tick,
-                           tick_interval_s=cfg.progress_interval_s, coordinator=coordinator,
-                           trigger_interval_ms=cfg.trigger_interval_ms if cfg.mode == "microbatch" else 0)
-                if coordinator is not None:
+                ended = run_native(job, max_chunk=cfg.chunk, idle_sleep_s=cfg.idle_sleep_s, on_tick=tick,
+                                   tick_interval_s=cfg.progress_interval_s, coordinator=coordinator,
+                                   trigger_interval_ms=cfg.trigger_interval_ms if cfg.mode == "microbatch" else 0,
+                                   control=control)
+                if not ended:  # stopped at a chunk boundary, as its control asked
+                    interrupted = True
+                    if control.savepoint_requested and coordinator is not None:
+                        savepoint = coordinator.savepoint(job)
+                        log.info("stopped with savepoint %s", savepoint)
+                elif coordinator is not None:
                     coordinator.checkpoint(job, finished=True)
             failed = False
             break
@@ -362,7 +485,8 @@ def _run_loop(plan: Plan, cfg: RunConfig, coordinator: Coordinator | None, guara
             interrupted = True
             break
         except (MillstreamError, OSError) as exc:
-            if coordinator is None or restarts >= cfg.restarts or isinstance(exc, CheckpointError | ConfigError):
+            if (coordinator is None or restarts >= cfg.restarts or isinstance(exc, CheckpointError | ConfigError)
+                    or control.stop_requested):
                 if restarts:
                     raise JobError(f"the job failed {restarts + 1} times; giving up. Last error:\n{exc}") from exc
                 raise
@@ -375,5 +499,5 @@ def _run_loop(plan: Plan, cfg: RunConfig, coordinator: Coordinator | None, guara
                                 interrupted=interrupted,
                                 guarantee=guarantee, checkpoints=coordinator.stats if coordinator else None,
                                 restarts=restarts,
-                                already_finished=finished_before)
+                                already_finished=finished_before, savepoint=savepoint)
     return result

@@ -110,6 +110,72 @@ class Coordinator:
         if self.store.owner is not None:
             self.store.owner.release()
 
+    # -- a run started from a savepoint -------------------------------------------------------
+    def adopt_savepoint(self, path: str) -> None:
+        """Start this run's (new) checkpoint directory from the savepoint at ``path``.
+
+        The savepoint (a ``chk-*`` directory, or a checkpoint directory's newest savepoint) is copied
+        here under its own id, verified, and becomes the checkpoint :meth:`recover` restores; the
+        copy is recorded in ``ORIGIN`` first, so that running the same command again (after a crash
+        or a stop) resumes from this directory's own newest checkpoint instead of starting over.
+
+        Refused: a directory that already holds another run's checkpoints, and a savepoint of this
+        very directory that later checkpoints have gone past (a rewind: under exactly-once it would
+        commit output again; give the run a new directory instead).
+        """
+        store = self.store
+        root, sp_id = store.locate_savepoint(path)
+        source = store.other(root)
+        where = source.path_of(sp_id)
+        if os.path.realpath(root) == os.path.realpath(store.root):
+            newest = max(store.ids(), default=None)
+            if newest == sp_id and store.read_committed() <= sp_id:
+                return  # the newest checkpoint here: a plain resume
+            raise CheckpointError(
+                f"savepoint {sp_id} ({where}) is in the checkpoint directory of this run, whose checkpoints "
+                f"have gone past it (newest {newest}, output committed up to checkpoint {store.read_committed()}): "
+                "going back to it there would rewrite that history (under exactly-once: commit its output "
+                "again).\n  fix: to go on from the newest checkpoint, drop from_savepoint (--from-savepoint); "
+                "to start again from the savepoint, give this run a new checkpoint directory"
+                + (" and a new output" if self.guarantee == "exactly-once" else ""))
+        manifest, _ = source.verify(sp_id)
+        if not manifest.get("savepoint"):
+            raise CheckpointError(
+                f"{where} is a checkpoint, not a savepoint: its output may not all be committed.\n  fix: resume "
+                f"from it by running with its checkpoint directory {root!r} itself; or stop that run with a "
+                "savepoint and start from that")
+        origin = {"path": os.path.realpath(where), "checkpoint": sp_id, "manifest": manifest["checksum"]}
+        recorded = store.read_origin()
+        if recorded is not None:
+            if (recorded.get("checkpoint"), recorded.get("manifest")) != (sp_id, manifest["checksum"]):
+                raise CheckpointError(
+                    f"checkpoint directory {store.root!r} was started from another savepoint "
+                    f"({recorded.get('path')!r}), not from {where!r}.\n  fix: run with that savepoint, or "
+                    "without from_savepoint to resume this directory; or give this run a new directory")
+            if store.ids():
+                log.info("checkpoint directory %s was started from savepoint %s; resuming from its own newest "
+                         "checkpoint", store.root, where)
+                return
+        elif store.ids() or store.read_committed():
+            raise CheckpointError(
+                f"checkpoint directory {store.root!r} already holds checkpoints of a run; a run from a savepoint "
+                "starts in a new (empty) one.\n  fix: give it a new --checkpoint-dir; or drop from_savepoint "
+                "to resume the run of this directory")
+        else:
+            store.write_origin(origin)
+        try:
+            later = source.read_committed()
+        except CheckpointError:
+            later = 0
+        if later > sp_id:
+            log.warning("savepoint %s: the run it came from went on and committed the output of checkpoints up to "
+                        "%d; if this run writes to that same output, the output after the savepoint appears twice "
+                        "(write to a new output)", where, later)
+        store.import_checkpoint(source, sp_id)
+        store.write_committed(sp_id)  # its output is committed (in the output of the run that took it)
+        self.next_id = max(self.next_id, sp_id + 1)
+        log.info("started checkpoint directory %s from savepoint %s", store.root, where)
+
     # -- recovery ---------------------------------------------------------------------
     def _latest(self) -> LoadedCheckpoint | None:
         ids = self.store.ids()
@@ -154,7 +220,9 @@ class Coordinator:
             self.next_id = max(self.next_id, loaded.id + 1)
         resumed = loaded is not None
         if self.guarantee == "at-most-once":
-            resumed = self._skip_ahead(job, expected=loaded is not None
+            # a savepoint was taken at a chunk boundary with nothing read past it: a run started from
+            # one in a new directory (no read positions there) has nothing to skip
+            resumed = self._skip_ahead(job, expected=loaded is not None and not loaded.savepoint
                                        and loaded.manifest.get("guarantee") == "at-most-once") or resumed
         owner = self.store.owner
         for _, writer, _ in job.writers():
@@ -257,8 +325,20 @@ class Coordinator:
     def due(self, now_ms: int) -> bool:
         return now_ms >= self.next_due
 
-    def checkpoint(self, job: NativeJob, *, finished: bool = False) -> None:
-        """Take a checkpoint now (between chunks), then let the sinks commit."""
+    def savepoint(self, job: NativeJob) -> str:
+        """Take a savepoint now (between chunks, the job being stopped); returns its directory.
+
+        A savepoint is a checkpoint that is not marked finished, marked ``"savepoint": true`` in its
+        manifest, and holds no pending output: a checkpoint first commits everything written so far,
+        then the savepoint itself is taken with nothing written since, so its transactions are empty.
+        That is what lets a run started from it (``from_savepoint``) write to a new output: there is
+        nothing of the old output left to commit. Garbage collection keeps the newest savepoint.
+        """
+        self.checkpoint(job)
+        return self.checkpoint(job, savepoint=True)
+
+    def checkpoint(self, job: NativeJob, *, finished: bool = False, savepoint: bool = False) -> str:
+        """Take a checkpoint now (between chunks), then let the sinks commit; returns its directory."""
         ckpt_id = self.next_id
         t0 = time.perf_counter()
         failpoint("ckpt.begin")
@@ -271,8 +351,10 @@ class Coordinator:
             "txns": txns,
             "read": {s.name: self._read_base.get(s.name, 0) + s.records_in for s in job.sources},
         }
-        size = self.store.write(ckpt_id, state, finished=finished, meta={"guarantee": self.guarantee},
-                                shared=keyed["files"])
+        meta: dict[str, Any] = {"guarantee": self.guarantee}
+        if savepoint:
+            meta["savepoint"] = True
+        size = self.store.write(ckpt_id, state, finished=finished, meta=meta, shared=keyed["files"])
         size += sum(keyed["files"][name]["size"] for name in keyed.get("written", ()))
         self.next_id += 1
         self.store.write_committed(ckpt_id)  # before any output of it is visible: a rewind is detected
@@ -292,6 +374,8 @@ class Coordinator:
         st.last_duration_ms = ms
         st.max_duration_ms = max(st.max_duration_ms, ms)
         st.last_size_bytes = size
-        st.history.append({"id": ckpt_id, "ms": round(ms, 3), "bytes": size, "finished": finished})
+        st.history.append({"id": ckpt_id, "ms": round(ms, 3), "bytes": size, "finished": finished,
+                           **({"savepoint": True} if savepoint else {})})
         self.next_due = self.clock.now_ms() + self.interval_ms
-        log.debug("checkpoint %d: %d bytes in %.1f ms", ckpt_id, size, ms)
+        log.debug("%s %d: %d bytes in %.1f ms", "savepoint" if savepoint else "checkpoint", ckpt_id, size, ms)
+        return self.store.path_of(ckpt_id)

@@ -10,6 +10,8 @@ Layout::
                              JSON header line, then the pickle)
       COMMITTED              the newest checkpoint whose output the sinks may have committed
                              (checksummed JSON): a resume from an older one is detected
+      ORIGIN                 a directory started from a savepoint: which one (checksummed JSON), so
+                             that running the same command again resumes instead of refusing
       LOCK, OWNER            the run that owns the directory (see ``_owner.py``)
       shared/                files of the keyed-state backend that several checkpoints may refer to
                              (incremental snapshots); each manifest lists those it needs
@@ -51,6 +53,8 @@ _TMP = ".tmp-"
 SHARED = "shared"
 POSITIONS = "positions.pkl"
 COMMITTED = "COMMITTED"
+ORIGIN = "ORIGIN"
+MANIFEST = "MANIFEST.json"
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -64,6 +68,10 @@ class LoadedCheckpoint:
     @property
     def finished(self) -> bool:
         return bool(self.manifest.get("finished"))
+
+    @property
+    def savepoint(self) -> bool:
+        return bool(self.manifest.get("savepoint"))
 
 
 def _fsync_dir(path: str) -> None:
@@ -110,7 +118,7 @@ class CheckpointStore:
     """Checkpoints of one job in a local directory."""
 
     def __init__(self, root: str, *, job: str, retain: int = 3, key: str | bytes | None = None,
-                 owner: DirectoryOwner | None = None) -> None:
+                 owner: DirectoryOwner | None = None, read_only: bool = False) -> None:
         self.root = os.path.abspath(root)
         self.job = job
         self.retain = max(1, retain)
@@ -118,7 +126,14 @@ class CheckpointStore:
         self.owner = owner
         self._positions_fd: int | None = None
         self._positions_size = 0
-        writable_dir(self.root, what="the checkpoint directory", error=CheckpointError)
+        if not read_only:
+            writable_dir(self.root, what="the checkpoint directory", error=CheckpointError)
+
+    def other(self, root: str) -> CheckpointStore:
+        """Another directory's checkpoints of the same job, read with the same key (never written)."""
+        other = CheckpointStore(root, job=self.job, read_only=True)
+        other._key = self._key
+        return other
 
     def close(self) -> None:
         fd, self._positions_fd = self._positions_fd, None
@@ -161,6 +176,27 @@ class CheckpointStore:
 
     def _dir(self, ckpt_id: int) -> str:
         return os.path.join(self.root, f"{_PREFIX}{ckpt_id:08d}")
+
+    def path_of(self, ckpt_id: int) -> str:
+        """The directory of checkpoint ``ckpt_id``."""
+        return self._dir(ckpt_id)
+
+    def _manifest_unverified(self, ckpt_id: int) -> dict[str, Any] | None:
+        """A checkpoint's manifest as written, unchecked (None if unreadable): for housekeeping only."""
+        try:
+            with open(os.path.join(self._dir(ckpt_id), MANIFEST), "rb") as f:
+                manifest = json.loads(f.read())
+        except (OSError, ValueError):
+            return None
+        return manifest if isinstance(manifest, dict) else None
+
+    def newest_savepoint(self) -> int | None:
+        """The id of the newest checkpoint whose manifest says it is a savepoint (unverified)."""
+        for ckpt_id in reversed(self.ids()):
+            manifest = self._manifest_unverified(ckpt_id)
+            if manifest is not None and manifest.get("savepoint"):
+                return ckpt_id
+        return None
 
     # -- writing ------------------------------------------------------------------------
     def write(self, ckpt_id: int, state: dict[str, Any], *, finished: bool, meta: dict[str, Any],
@@ -232,12 +268,17 @@ class CheckpointStore:
         return len(data) + len(text)
 
     def gc(self) -> None:
-        """Keep the newest ``retain`` complete checkpoints; remove older ones and leftovers."""
+        """Keep the newest ``retain`` complete checkpoints and the newest savepoint; remove older ones
+        and leftovers."""
         self.check_owner()
         ids = self.ids()
-        for old in ids[: -self.retain]:
+        old = ids[: -self.retain]
+        if old:
+            keep = self.newest_savepoint()
+            old = [i for i in old if i != keep]
+        for ckpt_id in old:
             failpoint("ckpt.gc")
-            shutil.rmtree(self._dir(old), ignore_errors=True)
+            shutil.rmtree(self._dir(ckpt_id), ignore_errors=True)
         for name in os.listdir(self.root):
             if name.startswith(_TMP):
                 shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
@@ -251,12 +292,8 @@ class CheckpointStore:
             return
         keep: set[str] = set()
         for ckpt_id in self.ids():
-            try:
-                with open(os.path.join(self._dir(ckpt_id), "MANIFEST.json"), "rb") as f:
-                    manifest = json.loads(f.read())
-            except (OSError, ValueError):
-                continue  # a checkpoint without a readable manifest can never be loaded
-            if isinstance(manifest, dict):
+            manifest = self._manifest_unverified(ckpt_id)
+            if manifest is not None:  # a checkpoint without a readable manifest can never be loaded
                 keep.update(manifest.get("shared", {}))
         for name in names:
             if name not in keep:
@@ -434,3 +471,90 @@ class CheckpointStore:
         if not isinstance(n, int):
             raise CheckpointError(f"{COMMITTED} in {self.root!r} is damaged (no checkpoint id)")
         return n
+
+    # -- savepoints: a run started from one in another directory ------------------------------------
+    def locate_savepoint(self, path: str) -> tuple[str, int]:
+        """``(checkpoint directory, id)`` of the savepoint ``path`` names: a ``chk-*`` directory, or a
+        checkpoint directory (its newest savepoint). :class:`CheckpointError` when there is none."""
+        path = os.path.abspath(path)
+        name = os.path.basename(path.rstrip(os.sep))
+        if name.startswith(_PREFIX) and os.path.isdir(path):
+            try:
+                return os.path.dirname(path.rstrip(os.sep)), int(name[len(_PREFIX):])
+            except ValueError:
+                pass
+        if not os.path.isdir(path):
+            raise CheckpointError(f"savepoint {path!r} does not exist\n  fix: give the directory a stop with a "
+                                  "savepoint printed (…/chk-NNNNNNNN), or the checkpoint directory that holds it")
+        found = self.other(path).newest_savepoint()
+        if found is None:
+            raise CheckpointError(f"{path!r} holds no savepoint (a checkpoint whose manifest says savepoint)\n"
+                                  "  fix: stop the job with a savepoint first (JobHandle.stop(), Ctrl-C in the CLI, "
+                                  "the dashboard); to resume from a plain checkpoint, run with that checkpoint "
+                                  "directory itself")
+        return path, found
+
+    def import_checkpoint(self, source: CheckpointStore, ckpt_id: int) -> None:
+        """Copy checkpoint ``ckpt_id`` of ``source`` (another directory) here under the same id.
+
+        Verified twice: the source by its checksums (and signature) before copying, the copy by
+        reading it back whole. Written as a checkpoint is (temporary directory, fsyncs, rename), so
+        a crash leaves either no copy or a whole one; its shared state files are copied first.
+        """
+        manifest, data = source.verify(ckpt_id)
+        final = self._dir(ckpt_id)
+        if os.path.exists(final):
+            raise CheckpointError(f"checkpoint {ckpt_id} already exists in {self.root!r}; not copied over")
+        tmp = os.path.join(self.root, f"{_TMP}{_PREFIX}{ckpt_id:08d}-import")
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+            shared = manifest.get("shared", {})
+            if shared:
+                os.makedirs(self.shared_dir, exist_ok=True)
+                for name in shared:
+                    _copy_durably(os.path.join(source.shared_dir, name), os.path.join(self.shared_dir, name))
+                _fsync_dir(self.shared_dir)
+            for name, payload in (("state.pkl", data),
+                                  (MANIFEST, json.dumps(manifest, sort_keys=True, indent=1).encode())):
+                with open(os.path.join(tmp, name), "wb") as f:
+                    f.write(payload)
+                    f.flush()
+                    os.fsync(f.fileno())
+            _fsync_dir(tmp)
+            self.check_owner()
+            os.rename(tmp, final)
+            _fsync_dir(self.root)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if exc.errno in _NO_SPACE:
+                raise self._no_space(exc, f"the copy of savepoint {ckpt_id}") from None
+            raise CheckpointError(f"cannot copy checkpoint {ckpt_id} of {source.root!r} into {self.root!r}: "
+                                  f"{exc}") from exc
+        try:
+            self.verify(ckpt_id)
+        except CheckpointError:
+            shutil.rmtree(final, ignore_errors=True)
+            raise
+
+    def write_origin(self, origin: dict[str, Any]) -> None:
+        """Record which savepoint this directory was started from (before the copy of it is made)."""
+        self._write_record(ORIGIN, "origin", b"", {"origin": origin})
+
+    def read_origin(self) -> dict[str, Any] | None:
+        """The savepoint this directory was started from (None: it was not)."""
+        rec = self._read_record(ORIGIN, "origin")
+        if rec is None:
+            return None
+        origin = rec[0].get("origin")
+        if not isinstance(origin, dict):
+            raise CheckpointError(f"{ORIGIN} in {self.root!r} is damaged (no origin)")
+        return origin
+
+
+def _copy_durably(src: str, dst: str) -> None:
+    """Copy a file and fsync it (the caller verifies checksums after)."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+        fout.flush()
+        os.fsync(fout.fileno())

@@ -20,6 +20,7 @@ from ._windows import make_window_operator
 
 if TYPE_CHECKING:
     from millstream._checkpoint import Coordinator
+    from millstream._control import JobControl
 
 
 def _row_fusable(node: P.Node) -> bool:
@@ -220,12 +221,15 @@ class NativeJob:
 
 
 def run_native(job: NativeJob, *, max_chunk: int, idle_sleep_s: float, on_tick: Any, tick_interval_s: float,
-               coordinator: Coordinator | None = None, trigger_interval_ms: int = 0) -> None:
-    """Run ``job`` until its inputs end. Checkpoints are taken between rounds, when nothing is in flight.
+               coordinator: Coordinator | None = None, trigger_interval_ms: int = 0,
+               control: JobControl | None = None) -> bool:
+    """Run ``job`` until its inputs end (returns True) or ``control`` asks it to stop (returns False,
+    at the end of a round). Checkpoints are taken between rounds, when nothing is in flight.
 
     A round reads up to ``max_chunk`` records per source (in micro-batch mode: one epoch). With
     ``trigger_interval_ms``, a round that read less than a full chunk is followed by a wait until
-    that long after it started, so that a live input gathers into larger epochs.
+    that long after it started, so that a live input gathers into larger epochs. The stop switch
+    is read once per round: a record costs nothing more.
     """
     clock = job.rt.clock
     next_tick = time.monotonic() + tick_interval_s
@@ -235,6 +239,8 @@ def run_native(job: NativeJob, *, max_chunk: int, idle_sleep_s: float, on_tick: 
         n, active = job.step(max_chunk)
         if has_proc_timers:
             job.fire_processing_time(clock.now_ms())
+        if active and control is not None and control.stop_requested:
+            return False  # between rounds: nothing in flight, a savepoint may be taken now
         if coordinator is not None and active and coordinator.due(clock.now_ms()):
             coordinator.checkpoint(job)
         if on_tick is not None and time.monotonic() >= next_tick:
@@ -256,3 +262,4 @@ def run_native(job: NativeJob, *, max_chunk: int, idle_sleep_s: float, on_tick: 
             clock.sleep(wait)
     if has_proc_timers:
         job.fire_processing_time(clock.now_ms())
+    return True
