@@ -562,6 +562,7 @@ class KafkaReader(SourceReader):
         return frame
 
     def _frame(self, msgs: list[Any]) -> Any:
+        from millstream._coltypes import retyped_json
         from millstream.connectors._files_read import _ndjson_frame
 
         values = list(map(self.kafka.Message.value, msgs))
@@ -575,8 +576,8 @@ class KafkaReader(SourceReader):
         df = _known_schema_frame(values, block, schema) if schema is not None else None
         if df is None:
             df = _ndjson_frame(values)
-            if df is None:
-                return None
+            if df is None or retyped_json(df, values):
+                return None  # rows: polars' inference would change a value's type (1 -> "1"), native does not
             if df.width and all(str(t) in _CACHEABLE for t in df.schema.dtypes()):
                 self.schemas[topic] = df.schema
         if not self.o.metadata:
