@@ -26,6 +26,7 @@ from typing import Any
 from rich.console import Console
 
 from millstream._api import Flow
+from millstream._control import JobControl
 from millstream._guarantee import GUARANTEES
 from millstream._progress import LOG_INTERVAL_S, LiveProgress, LogProgress, print_summary, resume_hint
 from millstream._run import MODES, JobStatus, RunConfig, RunResult, default_mode
@@ -179,10 +180,55 @@ def _run_flow(flow: Flow, args: argparse.Namespace, console: Console) -> RunResu
     given = {"mode": args.mode, "max_chunk": args.max_chunk, "guarantee": args.guarantee,
              "checkpoint_dir": args.checkpoint_dir, "checkpoint_interval": args.checkpoint_interval,
              "restarts": args.restarts, "state": args.state, "checkpoint_key": _checkpoint_key(),
-             "metrics": getattr(args, "metrics", None), "metrics_token": _metrics_token()}
+             "metrics": getattr(args, "metrics", None), "metrics_token": _metrics_token(),
+             "from_savepoint": args.from_savepoint, **_dashboard_options(args)}
     with progress_for(args, console) as shown:
         cfg = base.replace(**shown, **{k: v for k, v in given.items() if v is not None})
-        return flow.run(config=cfg)
+        control = JobControl()
+        args.checkpoint_dir = cfg.checkpoint_dir  # the hint names it, also when the job file gave it
+        with _stop_on_signals(control, args.signals, savepoint=cfg.checkpoint_dir is not None):
+            return flow.run(config=cfg.replace(control=control))
+
+
+def _dashboard_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The dashboard's run options from ``--dashboard``, ``--dashboard-token`` (or
+    ``$MILLSTREAM_DASHBOARD_TOKEN``) and ``--dashboard-control``; none without ``--dashboard``."""
+    address = getattr(args, "dashboard", None)
+    if address is None:
+        if getattr(args, "dashboard_control", False) or getattr(args, "dashboard_token", None):
+            raise ConfigError("--dashboard-control and --dashboard-token go with --dashboard [HOST:]PORT")
+        return {}
+    return {"dashboard": address, "dashboard_token": args.dashboard_token or os.environ.get(DASHBOARD_TOKEN_ENV)
+            or None, "dashboard_control": args.dashboard_control}
+
+
+@contextmanager
+def _stop_on_signals(control: JobControl, received: list[int], *, savepoint: bool) -> Iterator[None]:
+    """While a job runs, the first Ctrl-C (SIGINT) or SIGTERM asks it to stop at its next chunk
+    boundary, with a savepoint when it has a checkpoint directory (the run then ends as interrupted:
+    exit status 130 or 143); a second one aborts at once, as Ctrl-C always did."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        if control.stop_requested or control.ended:
+            raise _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        control.request_stop(savepoint=savepoint)
+        what = "taking a savepoint and stopping" if savepoint else "stopping"
+        # os.write: a signal handler must not go through sys.stderr's buffer, which it may have interrupted
+        os.write(2, f"\nmillstream: {signal.Signals(signum).name}: {what} at the next chunk boundary "
+                    "(Ctrl-C again aborts at once)\n".encode())
+
+    try:
+        previous = {s: signal.signal(s, on_signal) for s in signals}
+    except ValueError:  # not the main thread: leave the signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def summary_console(writes_stdout: bool) -> Console:
@@ -206,8 +252,9 @@ EXIT_STATUS = """exit status:
   0    the job finished (or had already finished)
   1    the job failed
   2    the flow or the options are wrong
-  130  interrupted by Ctrl-C (SIGINT); 143 by SIGTERM. With --checkpoint-dir, run the same
-       command again to resume from the latest checkpoint"""
+  130  interrupted by Ctrl-C (SIGINT); 143 by SIGTERM. With --checkpoint-dir the job first
+       stops at a chunk boundary and takes a savepoint (a second Ctrl-C aborts at once); run
+       the same command again to resume from it"""
 
 
 class _Terminated(KeyboardInterrupt):
@@ -243,6 +290,10 @@ def _report_interruption(console: Console, result: RunResult, checkpoint_dir: st
     hint = resume_hint(result.interrupted, checkpoint_dir, last)
     if hint is not None:
         console.print(hint, highlight=False, markup=False)
+    if result.savepoint is not None:
+        console.print(f"  savepoint {result.savepoint}: everything before it is committed; to start another run "
+                      f"from it: --from-savepoint {result.savepoint} with a new --checkpoint-dir",
+                      highlight=False, markup=False, soft_wrap=True)
 
 
 def _metrics_token() -> str | None:
@@ -259,6 +310,7 @@ def _checkpoint_key() -> str | None:
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CHECKPOINT_KEY_ENV = "MILLSTREAM_CHECKPOINT_KEY"
 METRICS_TOKEN_ENV = "MILLSTREAM_METRICS_TOKEN"  # noqa: S105 - the variable's name, not a token
+DASHBOARD_TOKEN_ENV = "MILLSTREAM_DASHBOARD_TOKEN"  # noqa: S105 - the variable's name, not a token
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -371,6 +423,23 @@ def metrics_option(sp: argparse.ArgumentParser) -> None:
                          f"127.0.0.1 unless given; any other host needs ${METRICS_TOKEN_ENV}, or prints a new token)")
 
 
+def dashboard_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--dashboard", default=None, metavar="[HOST:]PORT",
+                    help="serve the web dashboard at http://HOST:PORT/ while the job runs (host 127.0.0.1 "
+                         "unless given; needs millstream[dashboard])")
+    sp.add_argument("--dashboard-token", default=None, metavar="TOKEN",
+                    help="the token the dashboard asks for (default: $" + DASHBOARD_TOKEN_ENV + "; off loopback, "
+                         "without one a token is generated and printed once)")
+    sp.add_argument("--dashboard-control", action="store_true",
+                    help="let the dashboard stop the job (with a savepoint); off by default")
+
+
+def savepoint_option(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--from-savepoint", default=None, metavar="PATH",
+                    help="start from a savepoint (the chk-* directory a stop printed, or a checkpoint directory: "
+                         "its newest savepoint) in a new --checkpoint-dir; the same command again resumes")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="millstream", description="Stream processing for Python.", epilog=EXIT_STATUS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -401,6 +470,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="restart a failed job from its latest checkpoint up to this many times")
         sp.add_argument("--state", default=None, metavar="URL",
                         help="keyed-state backend: memory (default) or lmdb:///path (on disk)")
+        savepoint_option(sp)
         log_level(sp)
 
     def progress(sp: argparse.ArgumentParser) -> None:
@@ -419,6 +489,7 @@ def _parser() -> argparse.ArgumentParser:
     common(run)
     debug(run)
     metrics_option(run)
+    dashboard_options(run)
 
     plan = sub.add_parser("plan", help="print the logical plan of a job file")
     plan.add_argument("job")
@@ -503,8 +574,10 @@ def _nexmark_parser(sub: Any) -> None:
     run.add_argument("--state", default="memory", metavar="URL",
                      help="keyed-state backend: memory (default) or lmdb:///path")
     run.add_argument("-q", "--quiet", action="store_true", help="print no summary")
+    savepoint_option(run)
     progress_options(run)
     metrics_option(run)
+    dashboard_options(run)
     run.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
                      help="show millstream's messages of this level and above on stderr (default: warning)")
 
@@ -546,12 +619,15 @@ def _cmd_nexmark(args: argparse.Namespace, console: Console) -> int:
         return 0
     if args.nexmark_command == "run":
         cfg = NexmarkConfig(events=args.events, rate=args.event_rate, out_of_order_group_size=args.out_of_order)
-        with progress_for(args, console) as shown:
+        control = JobControl()
+        with progress_for(args, console) as shown, \
+                _stop_on_signals(control, args.signals, savepoint=args.checkpoint_dir is not None):
             summary = nx.run(args.query, mode=args.mode, config=cfg, input=args.input, rate=args.pace,
                              out=args.out, guarantee=args.guarantee, checkpoint_dir=args.checkpoint_dir,
                              checkpoint_interval=args.checkpoint_interval, max_chunk=args.max_chunk,
                              state=args.state, checkpoint_key=_checkpoint_key(), metrics=args.metrics,
-                             metrics_token=_metrics_token(), **shown)
+                             metrics_token=_metrics_token(), control=control, from_savepoint=args.from_savepoint,
+                             **_dashboard_options(args), **shown)
         if not args.quiet:
             # the result rows go to stdout when there is no --out: the summary then goes to stderr
             summary_console(args.out is None).print(summary.describe(), highlight=False, soft_wrap=True)

@@ -32,7 +32,7 @@ from millstream._checkpoint._failpoints import failpoint
 from millstream._checkpoint._owner import DirectoryOwner, FencedWriter
 from millstream._checkpoint._store import COMMITTED, POSITIONS, CheckpointStore, LoadedCheckpoint
 from millstream._clock import Clock
-from millstream._plan import STATELESS, Plan
+from millstream._plan import STATELESS, Node, Plan, SinkOp
 from millstream._state import KEYED_STATE
 from millstream.errors import CheckpointError
 
@@ -51,20 +51,28 @@ _NO_POSITIONS = ("At-most-once cannot tell how far the sources had read, so a re
 AT_MOST_ONCE_KEEP = {"keep": True}
 
 
-def fingerprint(plan: Plan, mode: str = "native") -> str:
+def fingerprint(plan: Plan, mode: str = "native", *, sink_targets: bool = True) -> str:
     """Identity of a flow's shape: steps, kinds, wiring, and the details of steps that hold state.
 
     A stateless step's function may change between runs (a fix, a rename) without
     touching any checkpointed state; a stateful step's definition may not. The columnar
     modes (micro-batch and batch) keep state in another form than the native executor,
     so a checkpoint resumes only in its family of modes.
+
+    ``sink_targets=False``: a sink counts by its connector's type only, not by where it
+    writes (its ``describe()``): a run started from a savepoint may write to a new output.
     """
     family = "" if mode == "native" else "|columnar"
-    text = "\n".join(
-        f"{n.id}|{n.name}|{n.kind}|{'' if isinstance(n.op, STATELESS) else n.op.describe()}|{n.inputs}"
-        for n in plan.nodes
-    )
+    text = "\n".join(f"{n.id}|{n.name}|{n.kind}|{_detail(n, sink_targets)}|{n.inputs}" for n in plan.nodes)
     return hashlib.sha256(f"{plan.flow}{family}\n{text}".encode()).hexdigest()[:32]
+
+
+def _detail(node: Node, sink_targets: bool) -> str:
+    if isinstance(node.op, STATELESS):
+        return ""
+    if not sink_targets and isinstance(node.op, SinkOp):
+        return f"sink:{type(node.op.connector).__module__}.{type(node.op.connector).__qualname__}"
+    return node.op.describe()
 
 
 @dataclass
@@ -90,6 +98,8 @@ class Coordinator:
                  clock: Clock, mode: str = "native", key: str | bytes | None = None) -> None:
         self.store = CheckpointStore(directory, job=fingerprint(plan, mode), retain=retain, key=key,
                                      owner=DirectoryOwner(os.path.abspath(directory)))
+        #: the flow's identity with its sinks' targets left out: what a savepoint must match
+        self.shape = fingerprint(plan, mode, sink_targets=False)
         self.guarantee = guarantee
         self.interval_ms = interval_ms
         self.clock = clock
@@ -125,7 +135,7 @@ class Coordinator:
         """
         store = self.store
         root, sp_id = store.locate_savepoint(path)
-        source = store.other(root)
+        source = store.other(root, job=store.job_of(root, sp_id))
         where = source.path_of(sp_id)
         if os.path.realpath(root) == os.path.realpath(store.root):
             newest = max(store.ids(), default=None)
@@ -144,6 +154,12 @@ class Coordinator:
                 f"{where} is a checkpoint, not a savepoint: its output may not all be committed.\n  fix: resume "
                 f"from it by running with its checkpoint directory {root!r} itself; or stop that run with a "
                 "savepoint and start from that")
+        if manifest.get("shape") != self.shape:
+            raise CheckpointError(
+                f"savepoint {where} belongs to another flow (or another version of this one, or was taken in "
+                "another execution mode: native and micro-batch/batch keep state differently). From a savepoint "
+                "a run may write to other outputs, but its steps, their state and its sources must be the same."
+                "\n  fix: start it with the flow and mode that took it")
         origin = {"path": os.path.realpath(where), "checkpoint": sp_id, "manifest": manifest["checksum"]}
         recorded = store.read_origin()
         if recorded is not None:
@@ -354,6 +370,7 @@ class Coordinator:
         meta: dict[str, Any] = {"guarantee": self.guarantee}
         if savepoint:
             meta["savepoint"] = True
+            meta["shape"] = self.shape
         size = self.store.write(ckpt_id, state, finished=finished, meta=meta, shared=keyed["files"])
         size += sum(keyed["files"][name]["size"] for name in keyed.get("written", ()))
         self.next_id += 1

@@ -129,11 +129,18 @@ class CheckpointStore:
         if not read_only:
             writable_dir(self.root, what="the checkpoint directory", error=CheckpointError)
 
-    def other(self, root: str) -> CheckpointStore:
-        """Another directory's checkpoints of the same job, read with the same key (never written)."""
-        other = CheckpointStore(root, job=self.job, read_only=True)
+    def other(self, root: str, *, job: str | None = None) -> CheckpointStore:
+        """Another directory's checkpoints (of this job, or of ``job``), read with the same key (never
+        written)."""
+        other = CheckpointStore(root, job=self.job if job is None else job, read_only=True)
         other._key = self._key
         return other
+
+    def job_of(self, root: str, ckpt_id: int) -> str:
+        """The job id a checkpoint of another directory says it has (unverified: verify with it)."""
+        manifest = self.other(root)._manifest_unverified(ckpt_id)
+        job = manifest.get("job") if manifest is not None else None
+        return job if isinstance(job, str) else self.job
 
     def close(self) -> None:
         fd, self._positions_fd = self._positions_fd, None
@@ -246,10 +253,7 @@ class CheckpointStore:
         if shared:
             _fsync_dir(self.shared_dir)
             manifest["shared"] = {name: {"size": f["size"], "sha256": f["sha256"]} for name, f in shared.items()}
-        manifest["checksum"] = _manifest_checksum(manifest)
-        if self._key is not None:
-            manifest["signature"] = _sign(self._key, manifest["checksum"])
-        text = json.dumps(manifest, sort_keys=True, indent=1).encode()
+        text = self._sealed(manifest)
         with open(os.path.join(tmp, "MANIFEST.json"), "wb") as f:
             f.write(text[: len(text) // 2])
             failpoint("ckpt.mid_manifest")
@@ -266,6 +270,13 @@ class CheckpointStore:
         failpoint("ckpt.after_rename")
         _fsync_dir(self.root)
         return len(data) + len(text)
+
+    def _sealed(self, manifest: dict[str, Any]) -> bytes:
+        """``manifest`` with its checksum (and signature, with a key), as the bytes written."""
+        manifest["checksum"] = _manifest_checksum(manifest)
+        if self._key is not None:
+            manifest["signature"] = _sign(self._key, manifest["checksum"])
+        return json.dumps(manifest, sort_keys=True, indent=1).encode()
 
     def gc(self) -> None:
         """Keep the newest ``retain`` complete checkpoints and the newest savepoint; remove older ones
@@ -499,9 +510,14 @@ class CheckpointStore:
 
         Verified twice: the source by its checksums (and signature) before copying, the copy by
         reading it back whole. Written as a checkpoint is (temporary directory, fsyncs, rename), so
-        a crash leaves either no copy or a whole one; its shared state files are copied first.
+        a crash leaves either no copy or a whole one; its shared state files are copied first. The
+        state is copied byte for byte; the manifest takes this store's job id (the flow may write
+        to other outputs) and says where it came from (``"copied_from"``).
         """
         manifest, data = source.verify(ckpt_id)
+        manifest = {k: v for k, v in manifest.items() if k not in ("checksum", "signature")}
+        manifest["job"] = self.job
+        manifest["copied_from"] = source.path_of(ckpt_id)
         final = self._dir(ckpt_id)
         if os.path.exists(final):
             raise CheckpointError(f"checkpoint {ckpt_id} already exists in {self.root!r}; not copied over")
@@ -515,8 +531,7 @@ class CheckpointStore:
                 for name in shared:
                     _copy_durably(os.path.join(source.shared_dir, name), os.path.join(self.shared_dir, name))
                 _fsync_dir(self.shared_dir)
-            for name, payload in (("state.pkl", data),
-                                  (MANIFEST, json.dumps(manifest, sort_keys=True, indent=1).encode())):
+            for name, payload in (("state.pkl", data), (MANIFEST, self._sealed(manifest))):
                 with open(os.path.join(tmp, name), "wb") as f:
                     f.write(payload)
                     f.flush()

@@ -177,7 +177,7 @@ def run(query: str, *, mode: str = "native", config: NexmarkConfig | None = None
         checkpoint_dir: str | None = None, checkpoint_interval: int = 1_000, max_chunk: int = 2048,
         state: str = "memory", stdout: IO[Any] | None = None, checkpoint_key: str | bytes | None = None,
         on_progress: Callable[[JobStatus], None] | None = None, progress_interval_s: float = 0.5,
-        metrics: str | None = None, metrics_token: str | None = None) -> RunSummary:
+        metrics: str | None = None, metrics_token: str | None = None, **options: Any) -> RunSummary:
     """Run ``query`` once, from the generator (``config``) or ``input`` (a JSON-lines file or an address
     such as ``kafka://HOST:PORT/TOPIC``), paced at ``rate`` events per second of wall-clock time.
 
@@ -190,14 +190,15 @@ def run(query: str, *, mode: str = "native", config: NexmarkConfig | None = None
     into ``out`` when the run ends (not when it is interrupted: the summary says
     ``interrupted``, and a run with the same checkpoint directory goes on).
     ``on_progress`` is called with the job's figures every ``progress_interval_s``. ``metrics``
-    ([HOST:]PORT) serves Prometheus metrics while it runs (see ``RunConfig.metrics``).
+    ([HOST:]PORT) serves Prometheus metrics while it runs (see ``RunConfig.metrics``). Other
+    ``options`` are :class:`~millstream.RunConfig`'s (``control``, ``from_savepoint``, ``dashboard``...).
     """
     if query not in QUERIES:
         raise ConfigError(f"unknown Nexmark query {query!r}; choose one of {', '.join(QUERIES)}")
     cfg = RunConfig(mode=mode, max_chunk=max_chunk, guarantee=guarantee, checkpoint_dir=checkpoint_dir,
                     checkpoint_interval=checkpoint_interval, state=state, checkpoint_key=checkpoint_key,
                     on_progress=on_progress, progress_interval_s=progress_interval_s, metrics=metrics,
-                    metrics_token=metrics_token)
+                    metrics_token=metrics_token).replace(**{k: v for k, v in options.items() if v is not None})
     transactional = cfg.effective_guarantee == "exactly-once"
     key = UPDATING.get(query)
     source = source_for(config=config, input=input, rate=rate)
