@@ -148,7 +148,11 @@ def serve_dashboard(address: str, *, registry: MetricsRegistry, plan: Plan, conf
 
     if interval_s <= 0:
         raise ConfigError(f"interval_s must be > 0, not {interval_s!r}")
-    host, port = parse_address(address)
+    try:
+        host, port = parse_address(address)
+    except ConfigError:
+        raise ConfigError(f"dashboard address {address!r}: expected [HOST:]PORT, e.g. 8081 or 127.0.0.1:8081 "
+                          "(0: any free port)") from None
     loopback = is_loopback(host)
     if token == "":
         raise ConfigError("the dashboard token must not be empty")
