@@ -382,7 +382,8 @@ def _serve_dashboard(plan: Plan, cfg: RunConfig, registry: MetricsRegistry, cont
     server = serve_dashboard(str(cfg.dashboard), registry=registry, plan=plan, config=public_config(cfg),
                              control=control, token=cfg.dashboard_token, allow_control=cfg.dashboard_control)
     control.dashboard_url = server.url
-    print(f"millstream: dashboard of flow {plan.flow!r} at {server.url}", file=sys.stderr, flush=True)
+    if server.token is None or cfg.dashboard_token is not None:  # a generated token is printed with the URL
+        print(f"millstream: dashboard of flow {plan.flow!r} at {server.url}", file=sys.stderr, flush=True)
     return server
 
 
