@@ -397,6 +397,11 @@ class _LineCursor:
         self.li = 0
         self.carry = b""
         self.header: list[str] | None = None
+        #: keep what is read as raw blocks of whole lines (:meth:`take_block`), not split into lines
+        self.raw_mode = False
+        self.raw: list[bytes] = []  # blocks of whole lines, each ending with a newline
+        self.raw_counts: list[int] = []  # the lines of each block
+        self.raw_lines = 0  # the lines in ``raw``
 
     def close(self) -> None:
         try:
@@ -405,7 +410,7 @@ class _LineCursor:
             self._raw.close()
 
     def available(self) -> int:
-        return len(self.lines) - self.li
+        return len(self.lines) - self.li + self.raw_lines
 
     def fill(self) -> int:
         """Read one block; the number of bytes read (0: nothing new now)."""
@@ -422,7 +427,12 @@ class _LineCursor:
             if self.whole:
                 self.final = True
                 if self.carry:
-                    self._append([self.carry])
+                    if self.raw_mode:  # an unterminated last line (read_pos bounds the offset)
+                        self.raw.append(self.carry + b"\n")
+                        self.raw_counts.append(1)
+                        self.raw_lines += 1
+                    else:
+                        self._append([self.carry])
                     self.carry = b""
             return 0
         if self.read_pos == 0 and block.startswith(_BOM):
@@ -430,6 +440,16 @@ class _LineCursor:
             self.offset = self.read_pos = len(_BOM)
         self.read_pos += len(block)
         data = self.carry + block if self.carry else block
+        if self.raw_mode:
+            end = data.rfind(b"\n") + 1
+            self.carry = data[end:]
+            if end:
+                whole = data[:end] if end < len(data) else data
+                count = whole.count(b"\n")
+                self.raw.append(whole)
+                self.raw_counts.append(count)
+                self.raw_lines += count
+            return len(block)
         parts = data.split(b"\n")
         self.carry = parts.pop()
         self._append(parts)
@@ -447,12 +467,52 @@ class _LineCursor:
 
     def ensure(self, n: int) -> int:
         """Read until ``n`` lines are available or nothing more is; the number available."""
-        while len(self.lines) - self.li < n and self.fill():
+        while self.available() < n and self.fill():
             pass
-        return len(self.lines) - self.li
+        return self.available()
+
+    def _split_raw(self) -> None:
+        """Blocks kept raw become lines (after the lines not yet taken)."""
+        if self.raw:
+            data = b"".join(self.raw)
+            self.raw, self.raw_counts, self.raw_lines = [], [], 0
+            self._append(data[:-1].split(b"\n"))
+
+    def take_block(self, n: int) -> tuple[bytes, int, int]:
+        """Up to ``n`` lines as they are in the file, in one block of bytes, each line ending with a
+        newline (an unterminated last line gets one): ``(block, lines, number of the first)``. The
+        block is read as it is, never split into lines (:meth:`take` does that)."""
+        if self.li < len(self.lines):  # lines split before (by take) come first
+            self.raw.insert(0, b"\n".join(self.lines[self.li:]) + b"\n")
+            self.raw_counts.insert(0, len(self.lines) - self.li)
+            self.raw_lines += len(self.lines) - self.li
+            self.lines, self.li = [], 0
+        raw, counts = self.raw, self.raw_counts
+        parts: list[bytes] = []
+        k = 0
+        while raw and k < n:
+            if k + counts[0] <= n:
+                parts.append(raw.pop(0))
+                k += counts.pop(0)
+                continue
+            part, cut = raw[0], -1
+            for _ in range(n - k):  # the end of this block's (n - k)th line
+                cut = part.find(b"\n", cut + 1)
+            parts.append(part[:cut + 1])
+            raw[0] = part[cut + 1:]
+            counts[0] -= n - k
+            k = n
+        self.raw_lines -= k
+        block = parts[0] if len(parts) == 1 else b"".join(parts)
+        first = self.line + 1
+        self.line += k
+        # an unterminated last line has no newline to count; read_pos bounds it
+        self.offset = min(self.offset + len(block), self.read_pos)
+        return block, k, first
 
     def take(self, n: int) -> tuple[list[bytes], int]:
         """Up to ``n`` lines and the (1-based) number of the first."""
+        self._split_raw()
         li = self.li
         chunk = self.lines[li:li + n]
         k = len(chunk)
@@ -502,6 +562,13 @@ class _CsvFeed:
         cur.offset = min(cur.offset + len(raw) + 1, cur.read_pos)
         self.taken.append(raw)
         return raw.decode(self.encoding) + "\n"
+
+
+def _split_block(block: bytes) -> list[bytes]:
+    """The lines of a block of newline-terminated lines."""
+    lines = block.split(b"\n")
+    lines.pop()  # after the last newline
+    return lines
 
 
 def _columns_frame(recs: list[Any], columns: tuple[str, ...]) -> Any:
@@ -767,7 +834,7 @@ class _FileReader(SourceReader):
 
     _frames = False
     _json: ColumnarJSON | None = None
-    _frame_lines: tuple[list[bytes], int, str] | None = None
+    _frame_lines: tuple[bytes, int, str] | None = None  # the block of the last frame
     _columns: tuple[str, ...] | None = None
 
     def push_down(self, columns: frozenset[str] | None, equals: dict[str, frozenset[Any]]) -> None:
@@ -780,8 +847,8 @@ class _FileReader(SourceReader):
         whose lines mix numbers and strings as strings; the row parser keeps each value's type)."""
         if self._frame_lines is None or self.o.format != "jsonl":
             return cast(list[Any], frame.to_dicts())
-        lines, first, path = self._frame_lines
-        recs, nums = parse_json_lines(lines, first, path, self.ctx, self.tally)
+        block, first, path = self._frame_lines
+        recs, nums = parse_json_lines(_split_block(block), first, path, self.ctx, self.tally)
         self._chunk(path, first, nums)
         return recs
 
@@ -913,11 +980,15 @@ class _FileReader(SourceReader):
                 return cast(list[Any], rows)
             if self.o.format == "csv":
                 return self._read_csv(cur, n)
+            if self.o.format == "jsonl" and self._frames:
+                cur.raw_mode = True  # the columnar decoder takes the bytes as they were read
+                if not cur.ensure(n):
+                    return []
+                block, k, first = cur.take_block(n)
+                return self._json_frame(block, k, first, cur.path)
             if not cur.ensure(n):
                 return []
             lines, first = cur.take(n)
-            if self.o.format == "jsonl" and self._frames and lines:
-                return self._json_frame(lines, first, cur.path)
             if self.o.format == "jsonl":
                 recs, nums = parse_json_lines(lines, first, cur.path, self.ctx, self.tally)
             else:
@@ -930,16 +1001,18 @@ class _FileReader(SourceReader):
             else:
                 where = f"{cur.path}:{cur.line + 1}"
                 cur.lines, cur.li, cur.carry = [], 0, b""
+                cur.raw, cur.raw_counts, cur.raw_lines = [], [], 0
             self.ctx.bad_record(str(exc), position=where, raw=None)
             return []
 
-    def _json_frame(self, lines: list[bytes], first: int, path: str) -> list[Any]:
-        """A chunk of JSON lines for :meth:`poll_frame`: a polars DataFrame when the columnar decoder
-        can prove it typed as the row decoder would (see :mod:`._jsondecode`), else the records."""
+    def _json_frame(self, block: bytes, n: int, first: int, path: str) -> list[Any]:
+        """A chunk of JSON lines for :meth:`poll_frame` (``n`` lines from line ``first``, as read: each
+        ends with a newline): a polars DataFrame when the columnar decoder can prove it typed as the
+        row decoder would (see :mod:`._jsondecode`), else the records."""
         dec = self._json
         if dec is None:
             dec = self._json = ColumnarJSON()
-        frame = dec.frame(lines)
+        frame = dec.frame_block(block, n)
         if frame is not None:
             self._chunk(path, first, None)
             if self._columns is not None:  # the flow reads only these fields
@@ -949,8 +1022,9 @@ class _FileReader(SourceReader):
 
                     frame = frame.with_columns(pl.lit(None).alias(c) for c in missing)
                 frame = frame.select(self._columns)
-            self._frame_lines = (lines, first, path)
+            self._frame_lines = (block, first, path)
             return cast(list[Any], frame)  # a DataFrame: poll_frame's caller knows
+        lines = _split_block(block)
         recs, nums = parse_json_lines(lines, first, path, self.ctx, self.tally)
         self._chunk(path, first, nums)
         if dec.wants_records and nums is None:

@@ -1,6 +1,7 @@
 """JSON lines straight into a polars DataFrame, typed exactly as the row decoder (orjson) types them.
 
-The micro-batch file source hands a chunk of lines to :class:`ColumnarJSON`. Once a schema
+The micro-batch file source hands a chunk of lines to :class:`ColumnarJSON` as the block of bytes
+it read (:meth:`ColumnarJSON.frame_block`: never split into lines, nor joined again). Once a schema
 is known (every field of one type: int, str or bool, never null; taken from the first 1,000
 lines, or from a chunk decoded by rows), chunks are parsed by ``polars.read_ndjson`` with that schema given, which is
 several times faster than letting polars infer one, and then *proved* to be what orjson
@@ -74,10 +75,11 @@ class ColumnarJSON:
             self.schema = schema
             self._pl_schema = self._stats = None
 
-    def _learn_sample(self, lines: list[bytes]) -> None:
+    def _learn_sample(self, block: bytes, n: int) -> None:
         """A schema to try from the first lines of a chunk (the whole chunk must still prove it)."""
+        lines = block.split(b"\n", _SAMPLE)[:min(n, _SAMPLE)]
         try:
-            recs = list(map(orjson.loads, lines[:_SAMPLE]))
+            recs = list(map(orjson.loads, lines))
         except orjson.JSONDecodeError:
             return
         if all(type(r) is dict for r in recs):
@@ -90,20 +92,25 @@ class ColumnarJSON:
 
     # -- decoding ----------------------------------------------------------------------------
     def frame(self, lines: list[bytes]) -> Any:
-        """``lines`` (no newline in any) as a polars DataFrame typed as orjson types them, or None:
+        """``lines`` (no newline in any) as :meth:`frame_block` takes them."""
+        return self.frame_block(b"".join(line + b"\n" for line in lines), len(lines))
+
+    def frame_block(self, block: bytes, n: int) -> Any:
+        """The ``n`` lines of ``block``, each ending with a newline (the bytes of the file as they
+        are: nothing split or joined), as a polars DataFrame typed as orjson types them, or None:
         then decode them by rows (and pass the records to :meth:`learn`)."""
         self.wants_records = False
         if self._skip:
             self._skip -= 1
             self.row_chunks += 1
             return None
-        if self.schema is None and lines:
-            self._learn_sample(lines)
-        if self.schema is None or not lines:
+        if self.schema is None and n:
+            self._learn_sample(block, n)
+        if self.schema is None or not n:
             self.row_chunks += 1
-            self.wants_records = bool(lines)
+            self.wants_records = bool(n)
             return None
-        df = self._decode(lines)
+        df = self._decode(block, n)
         if df is None:
             self.row_chunks += 1
             self.wants_records = True  # the records may show the schema has changed
@@ -112,23 +119,22 @@ class ColumnarJSON:
         self.columnar_chunks += 1
         return df
 
-    def _decode(self, lines: list[bytes]) -> Any:
+    def _decode(self, block: bytes, n: int) -> Any:
         import numpy as np
         import polars as pl
 
         self._prepare()
-        block = b"\n".join(lines)
         try:
             df = pl.read_ndjson(block, schema=self._pl_schema)
         except Exception:  # noqa: BLE001 - anything polars refuses is for the row decoder to judge
             return None
-        n = len(lines)
         if df.height != n:  # blank lines, which polars passes over
             return None
         stats = df.select(self._stats).row(0, named=True)
-        if not self._coercions_are_strings(df, lines):
+        arr = np.frombuffer(block, dtype=np.uint8)
+        if not self._coercions_are_strings(df, _Lines(block, arr)):
             return None
-        text = len(block) - (n - 1)
+        text = len(block) - n  # the lines without their newlines
         schema = self.schema or {}
         counts = [stats[f"_n_{c}"] for c in schema]
         present = sum(counts)
@@ -142,7 +148,6 @@ class ColumnarJSON:
         # string plus 1 per decoded ". Taking the escapes from these counts (in the text, not the frame)
         # cannot hide a departure: every other escape, field or byte adds more to the length than
         # to half the counts, so the equation holds only for compact JSON with no other escape.
-        arr = np.frombuffer(block, dtype=np.uint8)
         backslashes = int(np.count_nonzero(arr == 92))
         quoted = int(np.count_nonzero(arr == 34)) - 2 * present - 2 * strings
         if quoted < 0 or 2 * text != 2 * compact + backslashes + quoted:
@@ -168,7 +173,7 @@ class ColumnarJSON:
                 p *= 10
         return total
 
-    def _coercions_are_strings(self, df: Any, lines: list[bytes]) -> bool:
+    def _coercions_are_strings(self, df: Any, lines: _Lines) -> bool:
         """Whether each String value that may be a coerced number, boolean, object or array is a
         string in its line, equal to what polars made of it (its line decoded by orjson)."""
         loads = orjson.loads
@@ -211,6 +216,24 @@ class ColumnarJSON:
             *counts,
             pl.sum_horizontal(byte_terms).alias("_bytes") if byte_terms else pl.lit(0).alias("_bytes"),
         ]
+
+
+class _Lines:
+    """Line ``i`` of a block of newline-terminated lines, found only when asked for (the line ends
+    are searched for once, by numpy)."""
+
+    def __init__(self, block: bytes, arr: Any) -> None:
+        self.block = block
+        self.arr = arr
+        self.ends: Any = None
+
+    def __getitem__(self, i: int) -> bytes:
+        if self.ends is None:
+            import numpy as np
+
+            self.ends = np.flatnonzero(self.arr == 10)
+        start = int(self.ends[i - 1]) + 1 if i else 0
+        return self.block[start:int(self.ends[i])]
 
 
 _FIRST: Any = None  # first bytes a value polars coerced into a string may start with (a numpy table)
