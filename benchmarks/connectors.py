@@ -91,6 +91,12 @@ def _uid(prefix: str) -> str:
     return f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process so far, every thread (librdkafka's) included."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _rss_mb() -> float:
     """Peak RSS of this process: VmHWM (ru_maxrss would carry the forking parent's peak across exec)."""
     with contextlib.suppress(OSError), open("/proc/self/status") as f:
@@ -112,10 +118,10 @@ def worker_ms_kafka(a: dict[str, Any]) -> dict[str, Any]:
     sink = kafka.write(a["output"], bootstrap=a["bootstrap"], transactional_id=a["group"] if eo else None)
     flow = nexmark.build(a["query"], src, sink)
     with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as ckpt:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_s()
         flow.run(mode=a["mode"], guarantee=a["guarantee"], checkpoint_dir=ckpt, checkpoint_interval=1000)
-        dt = time.perf_counter() - t0
-    return {"seconds": dt, "rss_mb": _rss_mb()}
+        dt, cpu = time.perf_counter() - t0, _cpu_s() - c0
+    return {"seconds": dt, "cpu_s": cpu, "rss_mb": _rss_mb()}
 
 
 def _q1_row(v: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +142,7 @@ def worker_bare_kafka(a: dict[str, Any]) -> dict[str, Any]:
     if eo:
         pconf["transactional.id"] = a["group"]
     producer = Producer(pconf)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     consumer.assign([TopicPartition(a["input"], p, OFFSET_BEGINNING) for p in range(a["partitions"])])
     if eo:
         producer.init_transactions(30)
@@ -176,9 +182,9 @@ def worker_bare_kafka(a: dict[str, Any]) -> dict[str, Any]:
         producer.commit_transaction(60)
     else:
         producer.flush(60)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, _cpu_s() - c0
     consumer.close()
-    return {"seconds": dt, "rss_mb": _rss_mb(), "events": n}
+    return {"seconds": dt, "cpu_s": cpu, "rss_mb": _rss_mb(), "events": n}
 
 
 def _bids(n: int) -> list[dict[str, Any]]:
