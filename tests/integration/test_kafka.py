@@ -824,3 +824,36 @@ def test_known_schema_frames_equal_inferred_ones() -> None:
         want = _ndjson_frame(values)
         assert want is not None and got.equals(want) and got.schema == want.schema, (values, got, want)
     assert fast > 100  # the fast path was taken often enough to mean something
+
+
+def test_bounded_read_reports_progress_in_offsets(bs: str, kafka: Any, topics: Any) -> None:
+    """``progress()`` of a bounded read (the terminal's percentage and ETA): offsets consumed over
+    offsets to consume, rising to the total at the end; None for an unbounded read."""
+    from millstream._clock import SystemClock
+
+    topic = topics(2, "progress")
+    produce(bs, topic, [{"i": i} for i in range(600)], partition=0)
+    produce(bs, topic, [{"i": i} for i in range(400)], partition=1)
+    ctx = SourceContext(step="s", clock=SystemClock(), policy="fail")
+    unbounded = kafka.read(topic, bootstrap=bs).open(ctx)
+    try:
+        unbounded.poll(10)
+        assert unbounded.progress() is None
+    finally:
+        unbounded.close()
+    reader = kafka.read(topic, bootstrap=bs, bounded=True).open(ctx)
+    seen: list[tuple[int, int]] = []
+    n = 0
+    try:
+        while (got := reader.poll(100)) is not None:
+            n += len(got)
+            p = reader.progress()
+            if p is not None:
+                seen.append(p)
+                assert p[1] == 1_000 and 0 <= p[0] <= n  # never ahead of what was handed out
+        assert reader.progress() == (1_000, 1_000)
+    finally:
+        reader.close()
+    assert n == 1_000
+    assert any(0 < d < 1_000 for d, _ in seen)  # partway through
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
