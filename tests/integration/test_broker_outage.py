@@ -81,8 +81,8 @@ SMALL_FETCH = {"max.partition.fetch.bytes": 1_024, "fetch.max.bytes": 4_096, "me
                "queued.max.messages.kbytes": 4}
 
 
-# No consumer group here: with one, the cut may meet the checkpoint's offset commit instead of a fetch,
-# and that commit blocks without a word (the bug shown by test_kafka_offset_commit_during_an_outage_...).
+# A consumer group too: the cut may meet a checkpoint's offset commit, which must not hold the job
+# (test_kafka_offset_commit_never_blocks_the_job).
 @pytest.mark.parametrize("mode", ["native", "microbatch"])
 def test_kafka_outage_is_retried_and_resumes(kafka_proxied: tuple[str, Proxy, str], mode: str, tmp_path: Path,
                                              caplog: pytest.LogCaptureFixture) -> None:
@@ -92,7 +92,8 @@ def test_kafka_outage_is_retried_and_resumes(kafka_proxied: tuple[str, Proxy, st
     caplog.set_level(logging.WARNING)
     out = CollectSink()
     flow = ms.Flow("kafka-outage")
-    src = kafka.read(topic, bootstrap=via, bounded=True, config=SMALL_FETCH, backoff=Backoff(0.1, 0.5, 30))
+    src = kafka.read(topic, bootstrap=via, bounded=True, config=SMALL_FETCH, backoff=Backoff(0.1, 0.5, 30),
+                     group=services.unique("g"))
     flow.source(src).map(_dropper(proxy, 500, 2.0)).sink(out)
     t0 = time.monotonic()
     result = flow.run(mode=mode, guarantee="at-least-once", checkpoint_dir=str(tmp_path / "ck"), max_chunk=100,
@@ -117,6 +118,68 @@ def test_kafka_gone_for_good_fails_after_the_budget(kafka_proxied: tuple[str, Pr
     text = str(err.value)
     assert "kafka" in text.lower() and via in text, text
     assert "retry budget" in text or "reachable" in text, text
+
+
+def test_kafka_offset_commit_never_blocks_the_job(kafka_proxied: tuple[str, Proxy, str],
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The broker goes away just before a checkpoint's offsets are committed to the consumer group.
+    The commit is asynchronous, as in Flink's Kafka source (millstream's checkpoints hold the offsets
+    a restart resumes from): acknowledging returns at once, the failure is logged and counted, closing
+    during the outage is bounded, and once the broker is back the next acknowledgement commits."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from millstream._clock import SystemClock
+    from millstream.connectors import SourceContext, kafka
+
+    via, proxy, topic = kafka_proxied
+    caplog.set_level(logging.WARNING)
+    group = services.unique("g")
+
+    def open_reader() -> Any:
+        return kafka.read(topic, bootstrap=via, bounded=True, group=group, config={"session.timeout.ms": 6_000},
+                          backoff=Backoff(0.1, 0.3, 30)).open(SourceContext(step="k", clock=SystemClock(),
+                                                                            policy="fail"))
+
+    def read(reader: Any, n: int) -> int:
+        got = 0
+        deadline = time.monotonic() + 30
+        while got < n and time.monotonic() < deadline:
+            got += len(reader.poll(100) or [])
+        return got
+
+    reader = open_reader()
+    try:
+        assert read(reader, 100) >= 100
+        position = reader.snapshot()
+        proxy.drop()
+        t0 = time.monotonic()
+        reader.acknowledge(position)  # returns at once: nothing waits for the broker
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        t0 = time.monotonic()
+        reader.close()  # bounded while the broker is gone
+        assert time.monotonic() - t0 < 10
+    proxy.restore()
+    # back: a new reader (as after a restart) commits what it acknowledges, and the group shows it
+    reader = open_reader()
+    try:
+        assert read(reader, 200) >= 200
+        position = reader.snapshot()
+        reader.acknowledge(position)
+        deadline = time.monotonic() + 30
+        while reader.metrics().get("commits", 0) == 0 and time.monotonic() < deadline:
+            reader.poll(1)
+        assert reader.metrics()["commits"] >= 1, reader.metrics()
+    finally:
+        reader.close()
+    offsets = {name: off for name, off in position["offsets"].items() if off is not None}
+    check = Consumer({"bootstrap.servers": via, "group.id": group, "enable.auto.commit": False})
+    try:
+        got = check.committed([TopicPartition(topic, int(name.rpartition("[")[2][:-1])) for name in offsets],
+                              timeout=20)
+    finally:
+        check.close()
+    assert sum(tp.offset for tp in got if tp.offset >= 0) == sum(offsets.values()), (got, offsets)
 
 
 def test_kafka_sink_outage_is_retried(kafka_proxied: tuple[str, Proxy, str], tmp_path: Path,

@@ -160,6 +160,17 @@ class KafkaSource(Source):
         return self.name or self.options.topics[0]
 
 
+#: how long one offset commit to the consumer group may take before it counts as failed
+COMMIT_TIMEOUT_S = 10.0
+#: commits waiting for the broker beyond which a checkpoint's commit is skipped (the next one covers it)
+MAX_COMMITS_IN_FLIGHT = 4
+#: how long closing a Kafka source waits for its last offset commit to be confirmed
+CLOSE_COMMIT_WAIT_S = 5.0
+#: the options of ``config=`` the offset-committing admin client shares with the consumer (security, sockets)
+ADMIN_SHARED_PREFIXES = ("security.", "sasl.", "ssl.", "socket.", "client.", "broker.", "reconnect.", "retry.",
+                         "enable.ssl", "oauthbearer", "api.version", "metadata.", "connections.")
+
+
 class KafkaReader(SourceReader):
     """A running Kafka source (one consumer, assigned every partition of its topics)."""
 
@@ -188,7 +199,12 @@ class KafkaReader(SourceReader):
         self.base: dict[TP, int] = {}      # start offsets resolved to numbers ("latest", "committed")
         self.past_start: set[TP] = set()   # start=<timestamp>: partitions whose first record at it was seen
         self.assigned: list[TP] = []
-        self.acked: dict[TP, int] = {}
+        self.acked: dict[TP, int] = {}     # offsets handed to the group's commit (asynchronous)
+        self.committed: dict[TP, int] = {} # offsets the broker confirmed
+        self.commit_figures = {"commits": 0, "commit_failures": 0}
+        self.commit_failing = False
+        self.commits: list[tuple[list[Any], Any]] = []  # (offsets, future) of commits not confirmed yet
+        self.admin: Any = None
         self.start_ts: int | None = options.start if isinstance(options.start, int) else None
         self.started = False
         self.restored: dict[str, Any] | None = None
@@ -646,28 +662,81 @@ class KafkaReader(SourceReader):
         self.restored = position
 
     def acknowledge(self, position: Any) -> None:
-        """Commit the offsets of ``position`` to the consumer group (none without ``group=``)."""
-        if self.o.group is None or not position:
+        """Commit the offsets of ``position`` to the consumer group (none without ``group=``).
+
+        The commit never waits for the broker, the way Flink's Kafka source commits on a completed
+        checkpoint: the offsets in millstream's checkpoints are what a restart resumes from, and the
+        group's offsets only show progress to Kafka tools (and serve ``start="committed"``). It goes
+        through an admin client (an OffsetCommit for the group, as a consumer without a group
+        membership sends), with a request timeout: a commit through the consumer can block, and keeps
+        the consumer's ``close()`` waiting without bound, while the broker is unreachable (librdkafka
+        retries it forever). Outcomes are collected on later calls: a failed commit is logged and
+        counted (``commit_failures``), and the next checkpoint commits newer offsets, which cover it.
+        """
+        if self.o.group is None or not position or self.consumer is None:
             return
+        self._collect_commits()
         kafka = self.kafka
         todo = []
         for name, off in position["offsets"].items():
             tp = _parse_split(name)
             if off is not None and off > self.acked.get(tp, -1):
                 todo.append(kafka.TopicPartition(tp[0], tp[1], int(off)))
-        if not todo:
+        if not todo or len(self.commits) >= MAX_COMMITS_IN_FLIGHT:
+            return  # nothing new; or the broker is slow: a later checkpoint's offsets will cover these
+        try:
+            if self.admin is None:
+                from confluent_kafka.admin import AdminClient
+
+                shared = {k: v for k, v in self.o.config.items()
+                          if k not in RESERVED_READ and k.startswith(ADMIN_SHARED_PREFIXES)}
+                self.admin = AdminClient(base_config(self.o.bootstrap, shared))
+            futures = self.admin.alter_consumer_group_offsets(
+                [kafka.ConsumerGroupTopicPartitions(self.o.group, todo)], request_timeout=COMMIT_TIMEOUT_S)
+        except (kafka.KafkaException, ValueError, TypeError) as exc:
+            self._commit_failed(str(exc))
             return
-
-        def commit() -> None:
-            try:
-                self.consumer.commit(offsets=todo, asynchronous=False)
-            except kafka.KafkaException as exc:
-                raise kafka_error(exc, connector=self.connector, address=self.address,
-                                  doing=f"committing offsets to group {self.o.group!r}") from None
-
-        with_retry(commit, what=self._what("committing offsets to"), backoff=self.o.backoff, counter=self.retries)
+        self.commits.append((todo, next(iter(futures.values()))))
         for x in todo:
             self.acked[(x.topic, x.partition)] = x.offset
+
+    def _collect_commits(self) -> None:
+        """The outcome of the commits that have one by now (never waits)."""
+        if not self.commits:
+            return
+        waiting = []
+        for todo, future in self.commits:
+            if not future.done():
+                waiting.append((todo, future))
+                continue
+            try:
+                done = future.result()
+                errors = [x.error for x in done.topic_partitions if x.error is not None]
+            except Exception as exc:  # noqa: BLE001 - a KafkaException (timed out, broker gone, ...)
+                errors = [exc]
+            if errors:
+                self._commit_failed(str(errors[0]))
+                for x in todo:  # commit these again with the next checkpoint (newer offsets cover them)
+                    tp = (x.topic, x.partition)
+                    if self.acked.get(tp, -1) <= x.offset:
+                        self.acked[tp] = self.committed.get(tp, -1)
+                continue
+            for x in todo:
+                tp = (x.topic, x.partition)
+                self.committed[tp] = max(self.committed.get(tp, -1), x.offset)
+            self.commit_figures["commits"] += 1
+            if self.commit_failing:
+                self.commit_failing = False
+                log.info("%s: offsets committed to group %r again", self.connector, self.o.group)
+        self.commits = waiting
+
+    def _commit_failed(self, why: str) -> None:
+        self.commit_figures["commit_failures"] += 1
+        if not self.commit_failing:  # once per spell of failures, not per checkpoint
+            self.commit_failing = True
+            log.warning("%s: could not commit offsets to group %r (%s); the job goes on (its checkpoints hold "
+                        "the offsets it resumes from) and commits again with the next checkpoint",
+                        self.connector, self.o.group, why)
 
     def metrics(self) -> dict[str, int]:
         if self.consumer is None:  # closed: the last figures (retries counted up to the end)
@@ -682,40 +751,27 @@ class KafkaReader(SourceReader):
             if high >= 0 and pos is not None:
                 lag += max(0, high - pos)
         self.last_metrics = {"retries": self.retries[0], "lag": lag, "partitions": len(self.assigned)}
+        if self.o.group is not None:
+            self._collect_commits()
+            self.last_metrics.update(self.commit_figures)
         return self.last_metrics
 
     def close(self) -> None:
-        consumer, self.consumer = self.consumer, None
-        if consumer is not None:
-            consumer.close()
+        consumer = self.consumer
+        if consumer is None:
+            return
+        # the last checkpoint's commit: give it a moment to be confirmed (bounded: the broker may be gone)
+        deadline = time.monotonic() + CLOSE_COMMIT_WAIT_S
+        while self.commits and self.down_since is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+            self._collect_commits()
+        if self.commits:
+            log.info("%s: %d offset commit(s) to group %r not confirmed at close", self.connector,
+                     len(self.commits), self.o.group)
+        self.commits, self.admin = [], None  # an admin client ends at once, whatever it still waits for
+        self.consumer = None
+        consumer.close()
 
-
-    # -- progress of a bounded read (the terminal's percentage and ETA) ------------------------------
-    def progress(self) -> tuple[int, int] | None:
-        """``(offsets consumed, offsets to consume)`` over the partitions of a bounded read: per
-        partition from where the read started (the offset ``start`` resolved to, else the partition's
-        first offset as the broker last told it, else 0) to the end fixed at the start (:meth:`_add_run`,
-        :meth:`_add_one`). None for an unbounded read, and until every partition's end is known (its
-        first fetch answers it). Cheap: cached figures only, no request to the broker."""
-        if not self.o.bounded or not self.started or self.consumer is None:
-            return None
-        done = total = 0
-        for tp in self.assigned:
-            end = self.end.get(tp)
-            if end is None:
-                return None
-            start = self.base.get(tp)
-            if start is None:
-                try:
-                    start, _ = self.consumer.get_watermark_offsets(self.kafka.TopicPartition(*tp), cached=True)
-                except Exception:  # noqa: BLE001 - a figure, not worth failing for
-                    start = -1
-                start = max(start, 0)  # not known (a partition read to its end before a restart): offset 0
-            start = min(start, end)
-            at = end if tp in self.ended else self._position(tp)
-            done += min(max((at if at is not None else start) - start, 0), end - start)
-            total += end - start
-        return done, total
 
 _BAD = object()
 
