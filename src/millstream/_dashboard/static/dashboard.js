@@ -7,9 +7,9 @@
   const HISTORY = 600; // chart points kept (about 10 minutes at one per second)
   const CHART_SERIES = 6;
   const COLORS = ["#2f6fbd", "#d1495b", "#2a9d8f", "#e9a23b", "#7b5ea7", "#5c8001"];
-  const NODE_W = 184, NODE_H = 62, COL_W = 250, ROW_H = 88, PAD = 16;
+  const NODE_W = 184, NODE_H = 62, COL_W = 236, ROW_H = 84, PAD = 16, BAND_GAP = 36;
 
-  const state = { job: null, updates: 0, history: [], lastT: 0, status: "unknown", busy: false };
+  const state = { job: null, last: null, updates: 0, history: [], lastT: 0, status: "unknown", busy: false };
   const $ = (id) => document.getElementById(id);
 
   // -- small helpers ----------------------------------------------------------------------
@@ -95,33 +95,65 @@
   }
 
   // -- the graph --------------------------------------------------------------------------
+  // Columns are topological depths, left to right. A plan deeper than the page is wide continues in a
+  // band below (edges between bands run through the gap), so that the text never shrinks unreadably.
+  function layout(graph, avail) {
+    const perBand = Math.max(2, Math.floor((avail - 2 * PAD + (COL_W - NODE_W)) / COL_W));
+    const bands = Math.ceil(graph.depth / perBand);
+    const bandRows = new Array(bands).fill(0);
+    for (const n of graph.nodes) {
+      const b = Math.floor(n.depth / perBand);
+      bandRows[b] = Math.max(bandRows[b], n.row + 1);
+    }
+    const bandTop = [];
+    let y = PAD;
+    for (let b = 0; b < bands; b += 1) { bandTop.push(y); y += bandRows[b] * ROW_H + BAND_GAP; }
+    const pos = {};
+    for (const n of graph.nodes) {
+      const b = Math.floor(n.depth / perBand);
+      pos[n.id] = { x: PAD + (n.depth % perBand) * COL_W, y: bandTop[b] + n.row * ROW_H, band: b, node: n };
+    }
+    const cols = Math.min(perBand, graph.depth);
+    return { pos, bandTop, bandRows, width: cols * COL_W - (COL_W - NODE_W) + 2 * PAD,
+      height: y - BAND_GAP - (ROW_H - NODE_H) + PAD };
+  }
+
+  function edgePath(a, b, lay) {
+    const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x - 2, y2 = b.y + NODE_H / 2;
+    if (a.band === b.band && x2 > x1) {
+      const mx = (x1 + x2) / 2;
+      return { d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`, lx: mx, ly: (y1 + y2) / 2 - 4 };
+    }
+    // into a later band: out to the right, down into the gap above the target's band, back to its left
+    const gapY = lay.bandTop[b.band] - BAND_GAP / 2;
+    const right = x1 + 14, left = b.x - 16;
+    return { d: `M${x1},${y1} H${right} V${gapY} H${left} V${y2} H${x2}`, lx: (right + left) / 2, ly: gapY - 4 };
+  }
+
   function drawGraph(graph) {
     const g = $("graph");
     g.replaceChildren();
-    const width = graph.depth * COL_W - (COL_W - NODE_W) + 2 * PAD;
-    const height = Math.max(1, graph.rows) * ROW_H - (ROW_H - NODE_H) + 2 * PAD;
-    g.setAttribute("viewBox", `0 0 ${width} ${height}`);
-    g.setAttribute("width", width);
-    g.setAttribute("height", height);
+    const box = g.parentElement;
+    const lay = layout(graph, Math.max(600, box ? box.clientWidth : 1200));
+    g.setAttribute("viewBox", `0 0 ${lay.width} ${lay.height}`);
+    g.setAttribute("width", lay.width);
+    g.setAttribute("height", lay.height);
     const defs = svg("defs");
     const marker = svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7,
       markerHeight: 7, orient: "auto-start-reverse" });
     marker.append(svg("path", { d: "M0,0 L10,5 L0,10 z", class: "arrow" }));
     defs.append(marker);
     g.append(defs);
-    const pos = {};
-    for (const n of graph.nodes) pos[n.id] = { x: PAD + n.depth * COL_W, y: PAD + n.row * ROW_H, node: n };
+    const pos = lay.pos;
     const edges = svg("g", { class: "edges" });
     const labels = svg("g", { class: "edge-labels" });
     for (const e of graph.edges) {
       const a = pos[e.from], b = pos[e.to];
-      const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x - 2, y2 = b.y + NODE_H / 2;
-      const mx = (x1 + x2) / 2;
+      const p = edgePath(a, b, lay);
       const late = b.node.kind === "late";
-      edges.append(svg("path", { d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`,
-        class: "edge" + (late ? " late" : ""), "marker-end": "url(#arrow)", "data-from": a.node.name,
-        "data-to": b.node.name }));
-      labels.append(svg("text", { class: "edge-label", x: mx, y: (y1 + y2) / 2 - 4, "text-anchor": "middle",
+      edges.append(svg("path", { d: p.d, class: "edge" + (late ? " late" : ""), "marker-end": "url(#arrow)",
+        "data-from": a.node.name, "data-to": b.node.name }));
+      labels.append(svg("text", { class: "edge-label", x: p.lx, y: p.ly, "text-anchor": "middle",
         "data-from": a.node.name }, ""));
     }
     g.append(edges);
@@ -133,13 +165,14 @@
         `${n.location ? "\ndefined at " + n.location : ""}`);
       node.append(title);
       node.append(svg("rect", { class: "box", width: NODE_W, height: NODE_H, rx: 7, fill: busyColor(null) }));
-      node.append(svg("text", { class: "name", x: 10, y: 18 }, short(n.name, 24)));
-      node.append(svg("text", { class: "kind", x: 10, y: 34 }, short(n.kind + (n.detail ? ": " + n.detail : ""), 27)));
+      node.append(svg("text", { class: "name", x: 10, y: 18 }, short(n.name, 22)));
+      node.append(svg("text", { class: "kind", x: 10, y: 34 }, short(n.kind + (n.detail ? ": " + n.detail : ""), 26)));
       node.append(svg("text", { class: "figures", x: 10, y: 52 }, "–"));
       node.append(svg("text", { class: "badge", x: NODE_W - 8, y: 16, "text-anchor": "end" }, ""));
       g.append(node);
     }
     g.append(labels);
+    if (state.last) updateGraph(state.last);
   }
 
   function updateGraph(snap) {
@@ -157,9 +190,9 @@
       for (const t of node.querySelectorAll("text")) t.setAttribute("fill", dark ? "#ffffff" : "#141a24");
       const bp = isNum(f.bp) && f.bp >= 0.5;
       node.classList.toggle("bp", bp);
-      badge.textContent = bp ? "BACKPRESSURED" : (f.ended ? "ended" : "");
+      badge.textContent = bp ? "BP" : (f.ended ? "ended" : "");
       figs.textContent = f.chainedInto
-        ? `chained into ${short(f.chainedInto, 14)} · busy ${fmtPct(f.busy)}`
+        ? `→ chain of ${short(f.chainedInto, 13)} · ${fmtPct(f.busy)}`
         : `busy ${fmtPct(f.busy)} · bp ${fmtPct(f.bp)} · ${fmtRate(f.inRate)}/s`;
       node.setAttribute("aria-label", `${name}: busy ${fmtPct(f.busy)}, backpressured ${fmtPct(f.bp)}, ` +
         `${fmtRate(f.inRate)} records/s in` + (bp ? ", backpressured" : ""));
@@ -187,8 +220,10 @@
       tr.append(cell(fmtPct(s.backpressured), "num" + (s.backpressured >= 0.5 ? " hot" : "")));
       tr.append(cell(s.ended ? "ended (+∞)" : fmtTime(s.watermark_ms)), cell(fmtSeconds(s.watermark_lag_s), "num"));
       tr.append(cell(fmtInt(s.late), "num"), cell(fmtInt(s.skipped), "num"), cell(fmtInt(s.dead_lettered), "num"));
-      const lat = s.event_latency_s || s.ingestion_latency_s;
-      tr.append(cell(lat ? fmtSeconds(lat.p95) : "–", "num"));
+      const lat = s.ingestion_latency_s;
+      const latCell = cell(lat ? fmtSeconds(lat.p95) : "–", "num");
+      if (s.event_latency_s) latCell.title = "event-time latency p95: " + fmtSeconds(s.event_latency_s.p95);
+      tr.append(latCell);
       rows.push(tr);
     }
     body.replaceChildren(...rows);
@@ -317,18 +352,33 @@
   }
 
   function drawChart(root, field, format) {
-    const W = 600, H = 200, L = 56, R = 10, T = 24, B = 22;
+    const W = 600, H = 200, L = 56, R = 10, B = 22;
     root.replaceChildren();
     const hist = state.history;
     const keys = [];
     for (const p of hist) for (const k of Object.keys(p[field] || {})) if (!keys.includes(k)) keys.push(k);
-    const shown = keys.slice(0, CHART_SERIES);
+    // sources and sinks: where a watermark enters and leaves, what comes in and goes out
+    const ends = state.last ? new Set(state.last.steps.filter((s) => s.role !== "operator")
+      .map((s) => s.step + "@" + s.worker)) : new Set();
+    const preferred = keys.filter((k) => ends.has(k));
+    const shown = (preferred.length ? preferred : keys).slice(0, CHART_SERIES);
     const points = shown.map((k) => hist.filter((p) => isNum((p[field] || {})[k])).map((p) => [p.t, p[field][k]]));
     const all = points.flat();
     if (all.length < 2) {
       root.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" }, "waiting for data…"));
       return;
     }
+    let lx = L, ly = 6;
+    shown.forEach((k, i) => {  // the legend, wrapped: the plot starts below it
+      const label = short(k.endsWith("@0") ? k.slice(0, -2) : k, 18);
+      const w = 24 + label.length * 6.2;
+      if (lx + w > W - R && lx > L) { lx = L; ly += 14; }
+      const color = COLORS[i % COLORS.length];
+      root.append(svg("rect", { x: lx, y: ly, width: 10, height: 10, fill: color }));
+      root.append(svg("text", { x: lx + 14, y: ly + 9 }, label));
+      lx += w;
+    });
+    const T = ly + 22;
     const t0 = Math.min(...all.map((p) => p[0])), t1 = Math.max(...all.map((p) => p[0]));
     let lo = Math.min(0, ...all.map((p) => p[1])), hi = Math.max(...all.map((p) => p[1]));
     if (hi <= lo) hi = lo + 1;
@@ -342,24 +392,18 @@
     }
     root.append(svg("text", { x: L, y: H - 6 }, `${fmtSeconds(t1 - t0)} ago`));
     root.append(svg("text", { x: W - R, y: H - 6, "text-anchor": "end" }, "now"));
-    let lx = L;
     shown.forEach((k, i) => {
       const pts = points[i];
-      const color = COLORS[i % COLORS.length];
-      if (pts.length) {
-        const d = pts.map((p, j) => `${j ? "L" : "M"}${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");
-        root.append(svg("path", { d, class: "series", stroke: color, "data-series": k }));
-      }
-      const label = k.endsWith("@0") ? k.slice(0, -2) : k;
-      root.append(svg("rect", { x: lx, y: 6, width: 10, height: 10, fill: color }));
-      root.append(svg("text", { x: lx + 14, y: 15 }, short(label, 18)));
-      lx += 24 + Math.min(18, label.length) * 6.2;
+      if (!pts.length) return;
+      const d = pts.map((p, j) => `${j ? "L" : "M"}${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");
+      root.append(svg("path", { d, class: "series", stroke: COLORS[i % COLORS.length], "data-series": k }));
     });
   }
 
   // -- the live feed ----------------------------------------------------------------------
   function update(snap) {
     state.updates += 1;
+    state.last = snap;
     document.body.dataset.updates = String(state.updates);
     $("mode").textContent = snap.mode ? `${snap.mode} mode` : "";
     setStatus(snap.status, snap.savepoint_path);
@@ -412,6 +456,12 @@
     document.body.dataset.ready = "1";
     connect();
   }
+
+  let resizeTimer = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => { if (state.job) drawGraph(state.job.graph); }, 150);
+  });
 
   document.addEventListener("DOMContentLoaded", start);
 })();
