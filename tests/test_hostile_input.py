@@ -363,3 +363,33 @@ def test_stdin_takes_hostile_lines_by_the_same_rules() -> None:
     result = flow.run()
     assert len(out.values) == 3 and result.total("dead_lettered") == 2 and result.total("blank_lines") == 1
     assert sorted(d["position"] for d in dlq.values) == ["stdin:3", "stdin:4"]
+
+
+def test_at_most_once_writes_a_dead_letter_once_across_a_crash(tmp_path: Path) -> None:
+    """At-most-once records how far a source read before processing the chunk; a bad record's dead
+    letter is written after that record, not before: a crash in between (the failpoint) reads the bad
+    record again after the restart, and it must not reach the dead-letter sink twice."""
+    from millstream._checkpoint import _failpoints
+
+    p = tmp_path / "in.jsonl"
+    lines = [good(i) for i in range(40)]
+    lines[25] = b"{not json"
+    p.write_bytes(b"\n".join(lines) + b"\n")
+    dlq_path = tmp_path / "dlq.jsonl"
+
+    def run() -> list[Any]:
+        out = CollectSink()
+        flow = ms.Flow("amo-dlq")
+        flow.source(files.read(p, on_error=dead_letter(files.write(dlq_path)), name="in")).sink(out)
+        flow.run(guarantee="at-most-once", checkpoint_dir=tmp_path / "ck", max_chunk=10)
+        return out.values
+
+    _failpoints.arm("source.read=raise#3")  # the third chunk (lines 21-30, with the bad one) is read, not recorded
+    try:
+        with pytest.raises(_failpoints.FailpointError):
+            run()
+    finally:
+        _failpoints.arm("")
+    run()
+    letters = [json.loads(line) for line in dlq_path.read_text().splitlines()]
+    assert [d["position"] for d in letters] == [f"{p}:26"], letters

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from millstream._checkpoint._failpoints import failpoint
 from millstream._eventtime import SourceWatermarks, WatermarkStrategy
 from millstream._expr import Expr
 from millstream._plan import Node, SinkOp, SourceOp
@@ -69,8 +70,12 @@ class SourceOperator(Operator):
         self.source = op.connector
         self.strategy = op.watermark
         self.extract = compile_extractor(op.watermark) if op.watermark else None
+        #: at-most-once: dead letters of the chunk in hand, written once its read is recorded
+        self._held_dead_letters: list[dict[str, Any]] = []
+        self._write_dead_letter = dead_letter_write
         self.ctx = SourceContext(step=node.name, clock=rt.clock, policy=self.source.on_error,
-                                 dead_letter_write=dead_letter_write, checkpointed=rt.checkpointed)
+                                 dead_letter_write=None if dead_letter_write is None else self._dead_letter,
+                                 checkpointed=rt.checkpointed)
         self.reader: SourceReader | None = None
         self.gen: SourceWatermarks | None = None
         self.ended = False
@@ -356,12 +361,27 @@ class SourceOperator(Operator):
                 mx = t
         return good, times, mx
 
+    def _dead_letter(self, row: dict[str, Any]) -> None:
+        if self.on_read is not None:
+            # at-most-once: not before the read is recorded, else a crash in between would read the bad
+            # record again after the restart and write it a second time
+            self._held_dead_letters.append(row)
+        else:
+            assert self._write_dead_letter is not None
+            self._write_dead_letter(row)
+
     def _read_done(self) -> None:
         """At-most-once: record how far this source has read (and the watermark that follows) before
-        what was read is processed."""
+        what was read is processed; then write the dead letters of what was read."""
         if self.on_read is not None:
+            failpoint("source.read")
             self.on_read()
             self._wm_recorded = self.next_watermark()
+            held, self._held_dead_letters = self._held_dead_letters, []
+            if held:
+                assert self._write_dead_letter is not None
+                for row in held:
+                    self._write_dead_letter(row)
 
     def _send_watermark(self, wm: int) -> None:
         if self.on_read is not None and wm > self._wm_recorded:
