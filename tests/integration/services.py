@@ -102,19 +102,30 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
 
 
 class Proxy:
-    """A loopback TCP proxy in front of a broker that a test can drop (close every connection and
-    refuse new ones) and restore."""
+    """A loopback TCP proxy in front of a server, which a test can break in the ways networks do.
+
+    - :meth:`cut`: close every open connection (what was in flight is lost); new ones go through.
+    - :meth:`drop`: the same, and refuse new connections until :meth:`restore`.
+    - :attr:`lose_reply`: set it, and the next reply from the server is swallowed with its
+      connection (the request was served; the client never hears so).
+
+    ``Proxy(0, target)`` listens on a free port (:attr:`port`). :meth:`close` stops it and joins its threads.
+    """
 
     def __init__(self, port: int, target: int) -> None:
         self.target = target
         self.up = True
         self.conns: list[socket.socket] = []
         self.lock = threading.Lock()
+        self.cuts = 0
+        self.lost = 0
+        self.lose_reply = threading.Event()
         self.server = socket.create_server(("127.0.0.1", port))
+        self.port: int = self.server.getsockname()[1]
         self.server.settimeout(0.1)
         self.stopped = False
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
 
     def _accept(self) -> None:
         while not self.stopped:
@@ -132,24 +143,29 @@ class Proxy:
                 continue
             with self.lock:
                 self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, replies in ((client, upstream, False), (upstream, client, True)):
+                t = threading.Thread(target=self._pump, args=(a, b, replies), daemon=True)
+                t.start()
+                self.threads.append(t)
 
-    @staticmethod
-    def _pump(a: socket.socket, b: socket.socket) -> None:
+    def _pump(self, a: socket.socket, b: socket.socket, replies: bool) -> None:
         try:
             while data := a.recv(65536):
+                if replies and self.lose_reply.is_set():
+                    self.lose_reply.clear()
+                    self.lost += 1
+                    break
                 b.sendall(data)
         except OSError:
             pass
         for s in (a, b):
             try:
-                s.shutdown(socket.SHUT_RDWR)
+                s.shutdown(socket.SHUT_RDWR)  # the pump of the other direction wakes up too
             except OSError:
                 pass
 
-    def drop(self) -> None:
-        self.up = False
+    def cut(self) -> None:
+        """Close every open connection; new connections still go through."""
         with self.lock:
             conns, self.conns = self.conns, []
         for s in conns:
@@ -158,6 +174,12 @@ class Proxy:
                 s.close()
             except OSError:
                 pass
+        self.cuts += 1
+
+    def drop(self) -> None:
+        """Close every open connection and refuse new ones until :meth:`restore`."""
+        self.up = False
+        self.cut()
 
     def restore(self) -> None:
         self.up = True
@@ -166,7 +188,8 @@ class Proxy:
         self.stopped = True
         self.drop()
         self.server.close()
-        self.thread.join(2)
+        for t in self.threads:
+            t.join(5)
 
 
 # -- Kafka: tansu ---------------------------------------------------------------------------------

@@ -271,69 +271,6 @@ def _job_script(tmp: Path, port: int, topic: str, cid: str, n: int, *, interval_
     return str(path)
 
 
-class Proxy:
-    """A loopback TCP proxy to a broker that a test can cut: ``drop()`` closes every connection
-    through it (the broker sees the client vanish, the client sees the connection die); new
-    connections still go through."""
-
-    def __init__(self, port: int) -> None:
-        import socket
-        import threading
-
-        self.target = port
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.socks: list[Any] = []
-        self.lock = threading.Lock()
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        import socket
-        import threading
-
-        while not self.closed:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            with self.lock:
-                self.socks += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(a: Any, b: Any) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        for s in (a, b):
-            try:
-                s.close()
-            except OSError:
-                pass
-
-    def drop(self) -> None:
-        import socket
-
-        with self.lock:
-            socks, self.socks = self.socks, []
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.closed = True
-        self.server.close()
-        self.drop()
-
-
 def test_connection_lost_mid_run_exactly_once(session: tuple[int, str, str], tmp_path: Path) -> None:
     """The connection dies twice while the job runs (a proxy cuts it): paho reconnects to the same
     session, the broker resends what had no PUBACK, and the reader drops what it had handed out
@@ -341,17 +278,17 @@ def test_connection_lost_mid_run_exactly_once(session: tuple[int, str, str], tmp
     port, topic, cid = session
     n = 2_000
     publish(port, topic, [json.dumps({"i": i}).encode() for i in range(n)])
-    proxy = Proxy(port)
+    proxy = services.Proxy(0, port)
     seen = [0]
 
     def cut(r: Any) -> Any:
         seen[0] += 1
         if seen[0] in (500, 1_300):
-            proxy.drop()
+            proxy.cut()
             # hold this record until paho has reconnected through the proxy, so that the reconnect happens
             # while the job still runs (else a fast job can end first and nothing is shown)
             deadline = time.monotonic() + 15
-            while not proxy.socks and time.monotonic() < deadline:
+            while not proxy.conns and time.monotonic() < deadline:
                 time.sleep(0.01)
         return r
 

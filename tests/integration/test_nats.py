@@ -299,12 +299,10 @@ def _quiet(fn: Any, mode: str) -> None:
 
 
 def test_broken_connection_reconnects_without_loss_or_duplicates(js: Js, tmp_path: Path) -> None:
-    from tests.integration.test_redis import Proxy
-
     stream = js.stream()
     n = 2000
     js.publish(f"{stream}.x", [{"i": i} for i in range(n)])
-    proxy = Proxy(4222)
+    proxy = services.Proxy(0, 4222)
     stop = threading.Event()
 
     def cutter() -> None:  # what the server sends next is lost with the connection, three times

@@ -228,17 +228,15 @@ def test_connection_lost_mid_run_exactly_once(channel: Any, queue: str, tmp_path
     """The connection dies twice while the job runs (a proxy cuts it): the reader reconnects, the
     broker requeues what was not acknowledged, and the reader drops by message id what it had
     handed out already, so each message counts once."""
-    from tests.integration.test_mqtt import Proxy
-
     n = 3_000
     publish(channel, queue, [json.dumps({"i": i}).encode() for i in range(n)])
-    proxy = Proxy(5672)
+    proxy = services.Proxy(0, 5672)
     seen = [0]
 
     def cut(r: Any) -> Any:
         seen[0] += 1
         if seen[0] in (700, 1_900):
-            proxy.drop()
+            proxy.cut()
         return r
 
     out = ms.testing.TransactionalCollectSink()

@@ -267,82 +267,11 @@ def _quiet(fn: Any, mode: str) -> None:
 # -- connections that break ------------------------------------------------------------------------
 
 
-class Proxy:
-    """A loopback TCP proxy whose connections the test can cut (``drop``), to break a client's
-    connection without touching the shared server. Stopped (threads joined) by ``close``."""
-
-    def __init__(self, port: int) -> None:
-        import socket
-
-        self.upstream = ("127.0.0.1", port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.conns: list[Any] = []
-        self.lock = threading.Lock()
-        self.drops = 0
-        self.lost = 0
-        self.lose_reply = threading.Event()
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
-
-    def _accept(self) -> None:
-        import socket
-
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            with self.lock:
-                self.conns += [client, server]
-            for a, b, replies in ((client, server, False), (server, client, True)):
-                t = threading.Thread(target=self._pump, args=(a, b, replies), daemon=True)
-                t.start()
-                self.threads.append(t)
-
-    def _pump(self, src: Any, dst: Any, replies: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if replies and self.lose_reply.is_set():  # the request was served; its reply never arrives
-                    self.lose_reply.clear()
-                    self.lost += 1
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        for sock in (src, dst):
-            try:
-                sock.shutdown(2)  # SHUT_RDWR: the pump of the other direction wakes up too
-                sock.close()
-            except OSError:
-                pass
-
-    def drop(self) -> None:
-        """Cut every open connection (replies in flight are lost)."""
-        import socket
-
-        with self.lock:
-            conns, self.conns = self.conns, []
-        for sock in conns:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self.drops += 1
-
-    def close(self) -> None:
-        self.listener.close()
-        self.drop()
-        for t in self.threads:
-            t.join(5)
-
-
 def test_broken_connections_are_retried_without_loss_or_duplicates(r: Any, tmp_path: Path) -> None:
     stream = new_stream(r)
     n = 3000
     fill(r, stream, [{"i": i} for i in range(n)])
-    proxy = Proxy(6379)
+    proxy = services.Proxy(0, 6379)
     stop = threading.Event()
 
     def cutter() -> None:  # every 150 ms the next reply is lost with its connection
