@@ -5,7 +5,10 @@ Two objects:
 - :class:`JobControl` is shared by the run loop, a :class:`JobHandle`, the CLI's Ctrl-C handler and
   the dashboard. Its protocol is three methods (``status``, ``request_stop``, ``savepoint_path``);
   the run loop reads one attribute of it once per round of source polls (a chunk, or an epoch in
-  micro-batch and batch mode), never per record.
+  micro-batch and batch mode), never per record. Measured (callgrind, ``benchmarks/native.py``
+  map_filter, 100 k and 300 k records, ``PYTHONHASHSEED=0``, the same tree with and without the
+  switch read): +0.15 % instructions per record, the size of the difference between two runs of
+  one variant; +0.04 % for the whole program.
 - :class:`JobHandle` is what ``flow.start(...)`` returns: the job runs in a background thread and
   the handle watches it (``status``, ``metrics``), stops it (``stop``) and waits for it (``wait``).
 
