@@ -186,3 +186,20 @@ def test_sigterm_takes_a_savepoint_and_exits_143(tmp_path: Path) -> None:
     assert run.finish() == 143, run.stderr
     assert "run the same command again to resume from checkpoint #" in run.stderr
     assert 300 <= len(_output(out)["raw"]) < N
+
+
+def test_dashboard_options_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from millstream._cli import main
+
+    job = tmp_path / "job.py"
+    job.write_text(JOB)
+    base = ["run", str(job), "--set", f"out={tmp_path / 'out'}", "--progress", "off", "-q"]
+    assert main([*base, "--dashboard-control"]) == 2
+    assert "go with --dashboard" in capsys.readouterr().err
+    assert main([*base, "--dashboard", "not-an-address"]) == 2
+    assert "dashboard address 'not-an-address'" in " ".join(capsys.readouterr().err.split())
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    assert main([*base, "--dashboard", "127.0.0.1:0", "--dashboard-control"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("dashboard of flow 'gated' at http://127.0.0.1:") == 1, err
