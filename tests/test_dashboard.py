@@ -391,6 +391,24 @@ def test_stop_with_a_savepoint_through_the_api(job: RunningJob) -> None:
         assert any("stop with a savepoint requested" in msg["message"] for msg in m["messages"])
 
 
+def test_a_savepoint_asked_of_a_job_without_checkpoints_is_a_clear_409(job: RunningJob) -> None:
+    """The real job control refuses a savepoint without a checkpoint directory: the page gets the
+    reason (409), not a server error, and a plain stop still works."""
+    from millstream._control import JobControl
+
+    control = JobControl()
+    control.attach(checkpointed=False)
+    with serve_dashboard("0", registry=job.registry, plan=job.plan, config={}, control=control,
+                         allow_control=True) as d:
+        url, origin = d.url + "api/stop", d.url.rstrip("/")
+        r = httpx.post(url, json={"savepoint": True}, headers={"Origin": origin}, timeout=10)
+        assert r.status_code == 409 and "checkpoint" in r.json()["error"], r.text
+        check_headers(r)
+        r = httpx.post(url, json={"savepoint": False}, headers={"Origin": origin}, timeout=10)
+        assert r.status_code == 202, r.text
+        assert control.stop_requested
+
+
 class _Collector(BaseHTTPRequestHandler):
     """The endpoint the http sink posts to."""
 

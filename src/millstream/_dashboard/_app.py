@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from millstream._dashboard import JobControl
 from millstream._dashboard._views import config_view, graph_view, redact_text, snapshot_view
 from millstream._prometheus import CONTENT_TYPE, is_loopback, render
+from millstream.errors import MillstreamError
 
 if TYPE_CHECKING:
     from millstream._metrics import MetricsRegistry
@@ -224,7 +225,10 @@ def build_app(state: DashboardState) -> Starlette:
         status = state.status()
         if status != "running":
             return _error(409, f"the job is {status}, not running")
-        await run_in_threadpool(control.request_stop, savepoint)
+        try:
+            await run_in_threadpool(control.request_stop, savepoint)
+        except MillstreamError as exc:  # e.g. a savepoint asked of a job without a checkpoint directory
+            return _error(409, str(exc))
         log.warning("stop%s requested from the dashboard", " with a savepoint" if savepoint else "")
         return _json({"status": state.status(), "savepoint": savepoint}, 202)
 
