@@ -202,14 +202,7 @@ def test_poison_under_kills_is_dead_lettered_exactly_once(mode: str, poisoned: t
     assert windows([json.loads(r) for r in harness.read_rows(str(out))]) == expected_windows()
 
 
-MIXED = pytest.mark.xfail(reason="bug: in micro-batch and batch mode one string key among integer keys makes "
-                                 "polars read the whole column as strings (pl.read_ndjson in "
-                                 "connectors/_files_read.py _ndjson_frame), so the other records' keys change "
-                                 "type (1 -> '1') and the output differs from native mode", strict=True)
-
-
-@pytest.mark.parametrize("mode", ["native", pytest.param("microbatch", marks=MIXED),
-                                  pytest.param("batch", marks=MIXED)])
+@pytest.mark.parametrize("mode", ["native", "microbatch", "batch"])
 def test_a_wrong_typed_field_changes_no_other_record(mode: str, kafka_broker: services.Broker) -> None:
     """A record whose key is a string where the others' are integers is a valid record, keyed apart;
     the other records must keep their integer keys, in every mode."""

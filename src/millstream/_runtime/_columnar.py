@@ -49,19 +49,91 @@ def to_rows(df: pl.DataFrame) -> tuple[list[Any], list[int] | None]:
     return df.to_dicts(), None
 
 
-def to_frame(records: list[Any], times: list[int] | None) -> pl.DataFrame:
-    """Dict records (and their times) as a batch. Raises TypeError for records that are not dicts."""
+class MixedTypes(TypeError):
+    """Dict records whose field holds values of more than one type (``1`` and ``"x"``, ``1`` and ``2.5``,
+    ``True`` and ``1``, an object and a number): one typed column would change some of them."""
+
+    def __init__(self, field: str, record: Any) -> None:
+        super().__init__(f"field {field!r} holds values of more than one type in this batch (e.g. {record!r}); "
+                         f"a typed column would change them")
+        self.field = field
+        self.record = record
+
+
+def to_frame(records: list[Any], times: list[int] | None, *, mixed: str = "raise") -> pl.DataFrame:
+    """Dict records (and their times) as a batch. Raises TypeError for records that are not dicts.
+
+    Every value keeps its type, as in native mode (issue 10, section 2). Polars, inferring one type
+    per column, would turn ``[1, "x"]`` into ``["1", "x"]``, ``[1, 2.5]`` into ``[1.0, 2.5]`` and
+    ``[True, 1]`` into ``[1, 1]``, changing the *other* records of the batch; such columns are found
+    after the fact (:func:`millstream._coltypes.mixed_columns`, a few vectorised tests a column, so a
+    homogeneous batch keeps its speed) and then:
+
+    - ``mixed="raise"`` (stateless steps): :class:`MixedTypes`; the caller runs the batch on rows
+      through the per-record reference operator, which gives the native answer or the native error;
+    - ``mixed="object"`` (keyed windows): the column becomes a polars ``Object`` column holding the
+      Python values unchanged. Grouping on it uses Python's hash and equality, exactly as native mode's
+      dict of keys: ``1`` and ``"1"`` are two keys (``1``, ``1.0`` and ``True`` one, as in native).
+      Arithmetic, ``sum``, ``min``/``max`` and comparisons refuse an ``Object`` column, so an
+      aggregation over it fails and the operator reports the native operator's error for the rows
+      (the record, its key and position), as native mode fails on them.
+    """
     P = polars()
     if records and not isinstance(records[0], dict):
         raise TypeError(f"a columnar step needs dict records, got {type(records[0]).__name__}")
-    df: pl.DataFrame = P.DataFrame(records, infer_schema_length=None)
+    from millstream._coltypes import mixed_columns
+
+    try:
+        df: pl.DataFrame = P.DataFrame(records, infer_schema_length=None)
+        odd = mixed_columns(df, records)
+    except Exception:  # polars refused to put values of two types in one column
+        if mixed == "raise":
+            raise
+        df, odd = None, {}  # type: ignore[assignment]
+    if odd and mixed == "raise":
+        field, i = next(iter(odd.items()))
+        raise MixedTypes(field, records[i])
+    if df is None or odd:
+        df = _object_frame(records, set(odd) if df is not None else None)
     if times is not None:
         df = df.with_columns(P.Series(TIME, times, dtype=P.Int64))
     return df
 
 
-def as_frame(records: Any, times: list[int] | None) -> pl.DataFrame:
-    return records if is_frame(records) else to_frame(records, times)
+def _object_frame(records: list[Any], mixed: set[str] | None) -> pl.DataFrame:
+    """The records as columns, the ``mixed`` ones (None: any that a strict column refuses) as Object."""
+    P = polars()
+    names: dict[str, None] = {}
+    for r in records:
+        names.update(dict.fromkeys(r))
+    cols = []
+    for n in names:
+        values = [r.get(n) for r in records]
+        if mixed is None or n not in mixed:
+            try:
+                cols.append(P.Series(n, values, strict=True))
+                continue
+            except Exception:  # noqa: BLE001, S110 - two types: an Object column below
+                pass
+        cols.append(P.Series(n, values, dtype=P.Object))
+    out: pl.DataFrame = P.DataFrame(cols)
+    return out
+
+
+def as_frame(records: Any, times: list[int] | None, *, mixed: str = "raise") -> pl.DataFrame:
+    return records if is_frame(records) else to_frame(records, times, mixed=mixed)
+
+
+def has_objects(df: pl.DataFrame) -> bool:
+    """Whether ``df`` holds a column of Python values (see :func:`to_frame`)."""
+    P = polars()
+    return any(t == P.Object for t in df.schema.dtypes())
+
+
+def as_objects(df: pl.DataFrame, name: str) -> pl.DataFrame:
+    """``df`` with column ``name`` as Python values in an Object column (polars has no such cast)."""
+    P = polars()
+    return df.with_columns(P.Series(name, df.get_column(name).to_list(), dtype=P.Object))
 
 
 class RowPort:
@@ -293,11 +365,14 @@ class StandInOperator(Operator, ABC):
         return self.delegate.metrics() if self.delegate is not None else self._metrics()
 
 
-def unify(frames: list[pl.DataFrame], keys: list[str]) -> list[pl.DataFrame]:
+def unify(frames: list[pl.DataFrame], keys: list[str], *, objects: bool = False) -> list[pl.DataFrame]:
     """Frames to concatenate or join, with one type per column: a column that is all null (dtype
     Null) takes the type the others have. A key field whose records hold different types (ints
-    in one batch, strings in another) is an error: natively ``1`` and ``"1"`` are two keys, which
-    columns cannot keep apart."""
+    in one batch, strings in another): natively ``1`` and ``"1"`` are two keys; without ``objects``
+    it is an error. With ``objects`` (an operator that groups by Object columns, see :func:`to_frame`)
+    such key columns, and any column that is Object in one frame, become Object columns of the values
+    as they are. Other columns take polars' common type (known gap, issue 10 section 2: partials of
+    ints in one batch and floats in the next widen to floats)."""
     pl = polars()
     target: dict[str, Any] = {}
     for f in frames:
@@ -305,14 +380,22 @@ def unify(frames: list[pl.DataFrame], keys: list[str]) -> list[pl.DataFrame]:
             if dtype == pl.Null:
                 continue
             seen = target.setdefault(name, dtype)
-            if name in keys and seen != dtype and not (seen.is_numeric() and dtype.is_numeric()):
+            if seen == dtype or seen == pl.Object:
+                continue
+            if objects and (name in keys or dtype == pl.Object):
+                target[name] = pl.Object
+            elif name in keys and not (seen.is_numeric() and dtype.is_numeric()):
                 raise TypeError(
                     f"key field {name!r} holds {seen} values and {dtype} values; in the columnar modes a "
                     f"field has one type: cast it with an expression (e.g. key_by(col({name!r}).cast(str))) "
                     f"or run in native mode")
     out = []
     for f in frames:
-        casts = [pl.col(n).cast(target[n]) for n, d in f.schema.items() if d == pl.Null and n in target]
+        for n, d in f.schema.items():
+            if n in target and target[n] == pl.Object and d != pl.Object:
+                f = as_objects(f, n)
+        casts = [pl.col(n).cast(target[n]) for n, d in f.schema.items()
+                 if d == pl.Null and n in target and target[n] != pl.Object]
         out.append(f.with_columns(casts) if casts else f)
     return out
 

@@ -28,6 +28,7 @@ from ._columnar import (
     TIME,
     StandInOperator,
     as_frame,
+    has_objects,
     is_frame,
     narrow_sums,
     native_error,
@@ -143,7 +144,9 @@ class _ColumnarWindow(StandInOperator):
         """The batch as columns; None when the native operator took it (records that are not dicts)."""
         self._rows = None if is_frame(records) else records
         try:
-            df = as_frame(records, times)
+            # a field of values of several types (1 and "x") is an Object column: the window groups
+            # by Python equality, as native mode does (see to_frame)
+            df = as_frame(records, times, mixed="object")
         except Exception:
             if not self._empty():
                 raise
@@ -160,7 +163,24 @@ class _ColumnarWindow(StandInOperator):
     def _error(self, exc: Exception, df: pl.DataFrame) -> BaseException:
         """The error of a failing batch: the native operator's, which names the record, when it fails too."""
         rows, times = (self._rows, to_rows(df)[1]) if self._rows is not None else to_rows(df)
-        return native_error(self, self._native(), exc, rows, times, has_key=self.op.key is not None)
+        err = native_error(self, self._native(), exc, rows, times, has_key=self.op.key is not None)
+        if has_objects(df) and isinstance(err, StepError) and err.error is exc:
+            return self._mixed_error(exc, df)  # native mode takes these values (ints and floats, say)
+        return err
+
+    def _mixed_error(self, exc: Exception, df: pl.DataFrame) -> BaseException:
+        """A batch whose field holds values of several types that native mode aggregates (ints and
+        floats) and a column cannot without changing some of them: a clear error, never a retyped answer."""
+        fields = [n for n, t in df.schema.items() if t == self.pl.Object]
+        if not fields:
+            return StepError(step=self.name, location=self.node.location, error=exc,
+                             has_key=self.op.key is not None)
+        return StepError(step=self.name, location=self.node.location, has_key=self.op.key is not None,
+                         error=TypeError(
+                             f"{', '.join(map(repr, fields))} hold values of more than one type (ints and floats, "
+                             f"say), which the columnar window cannot aggregate as native mode does without "
+                             f"changing the others' types; cast the field with an expression (e.g. "
+                             f"with_columns(x=col('x').cast(float))) or run in native mode ({exc})"))
 
     def _late(self, late: pl.DataFrame, mask: pl.Series | None = None) -> None:
         if late.height == 0:
@@ -170,7 +190,9 @@ class _ColumnarWindow(StandInOperator):
             return
         out: Any = late.drop(_KEY) if _KEY in late.columns else late
         times = None
-        if self._rows is not None and mask is not None:  # the records as they came
+        if has_objects(out):
+            out, times = to_rows(out)
+        elif self._rows is not None and mask is not None:  # the records as they came
             idx = mask.arg_true().to_list()
             out = [self._rows[i] for i in idx]
             times = late.get_column(TIME).to_list()
@@ -181,9 +203,12 @@ class _ColumnarWindow(StandInOperator):
         """``merged`` has the keys, the merged partials and the window's start and end columns."""
         if merged.height == 0:
             return
-        out = merged.select(*self.out_keys, start.alias("window_start"), end.alias("window_end"),
-                            *self.aggs.result, (end - 1).alias(TIME))
-        self.emit(narrow_sums(out), None)
+        out = narrow_sums(merged.select(*self.out_keys, start.alias("window_start"), end.alias("window_end"),
+                                        *self.aggs.result, (end - 1).alias(TIME)))
+        if has_objects(out):  # keys of several types: rows, as no typed column can hold them
+            self.emit(*to_rows(out))
+            return
+        self.emit(out, None)
 
     def _advance(self) -> None:
         before = self.wm
@@ -245,12 +270,15 @@ class ColumnarSlicedWindow(_ColumnarWindow):
         self.pending = []
         pl = self.pl
         try:
-            frames = unify(frames, self.keys)
+            frames = unify(frames, self.keys, objects=True)
         except TypeError as exc:
             raise StepError(step=self.name, location=self.node.location, error=exc, has_key=True) from exc
         both = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
         if len(frames) > 1:
-            both = both.group_by(self.group, maintain_order=True).agg(self.aggs.merge)
+            try:
+                both = both.group_by(self.group, maintain_order=True).agg(self.aggs.merge)
+            except Exception as exc:
+                raise self._mixed_error(exc, both) from exc
         self.parts = both
 
     def _on_watermark(self, wm: int) -> None:
@@ -334,7 +362,8 @@ class ColumnarSessionWindow(_ColumnarWindow):
         pl = self.pl
         t = pl.col(TIME)
         keys = self.keys
-        seq = df.with_row_index("__arr__").sort([*keys, TIME, "__arr__"])
+        seq = df.with_row_index("__arr__")
+        seq = seq.sort([*_order(seq, keys), TIME, "__arr__"])
         prev = t.shift(1)
         if keys:
             prev = prev.over(keys)
@@ -354,13 +383,14 @@ class ColumnarSessionWindow(_ColumnarWindow):
         pl = self.pl
         frames = [self.open_, new] if self.open_ is not None else [new]
         try:
-            frames = unify(frames, self.keys)
+            frames = unify(frames, self.keys, objects=True)
         except TypeError as exc:
             raise StepError(step=self.name, location=self.node.location, error=exc, has_key=True) from exc
         allv = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
         keys = self.keys
         # stable sort by key and start, keeping arrival order among equal starts
-        allv = allv.with_row_index("__arr__").sort([*keys, _START, "__arr__"])
+        allv = allv.with_row_index("__arr__")
+        allv = allv.sort([*_order(allv, keys), _START, "__arr__"])
         prev_end = pl.col(_E).cum_max().shift(1)
         if keys:
             prev_end = prev_end.over(keys)
@@ -369,8 +399,11 @@ class ColumnarSessionWindow(_ColumnarWindow):
             first = pl.int_range(pl.len()) == 0
         brk = first | (pl.col(_START) > prev_end)  # sessions that touch merge
         allv = allv.with_columns(brk.cast(pl.Int64).cum_sum().alias("__sess__"))
-        grouped = allv.sort("__arr__").group_by([*keys, "__sess__"], maintain_order=True).agg(
-            pl.col(_START).min(), pl.col(_E).max(), *self.aggs.merge)
+        try:
+            grouped = allv.sort("__arr__").group_by([*keys, "__sess__"], maintain_order=True).agg(
+                pl.col(_START).min(), pl.col(_E).max(), *self.aggs.merge)
+        except Exception as exc:
+            raise self._mixed_error(exc, allv) from exc
         return grouped.drop("__sess__")
 
     def _add_risky(self, row: pl.DataFrame) -> None:
@@ -382,7 +415,11 @@ class ColumnarSessionWindow(_ColumnarWindow):
             cond = (pl.col(_START) <= end) & (pl.col(_E) >= start)
             for k in self.keys:
                 v = row.get_column(k)[0]
-                cond = cond & (pl.col(k).is_null() if v is None else pl.col(k) == v)
+                if self.open_.schema[k] == pl.Object or row.schema[k] == pl.Object:  # Python equality
+                    same = [v is None if x is None else x == v for x in self.open_.get_column(k).to_list()]
+                    cond = cond & pl.Series(same, dtype=pl.Boolean)
+                else:
+                    cond = cond & (pl.col(k).is_null() if v is None else pl.col(k) == v)
             touching = self.open_.filter(cond)
             if touching.height:
                 start = min(start, touching.get_column(_START).min())
@@ -408,6 +445,15 @@ class ColumnarSessionWindow(_ColumnarWindow):
     def _load(self, state: dict[str, Any]) -> None:
         self.open_ = state["open"]
         self.late_count = state["late"]
+
+
+def _order(df: pl.DataFrame, keys: list[str]) -> list[Any]:
+    """What to sort ``df`` by to bring each key's rows together: the keys, or, when a key column holds
+    Python values (which polars cannot sort), the first row index of each key (rows need ``__arr__``)."""
+    pl = polars()
+    if not any(df.schema[k] == pl.Object for k in keys):
+        return list(keys)
+    return [pl.col("__arr__").min().over(keys)]
 
 
 def make_columnar_window(node: Node, rt: Runtime) -> Operator:
