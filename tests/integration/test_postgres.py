@@ -316,6 +316,52 @@ def test_transactional_recovery_commits_the_restored_and_rolls_back_the_rest(pdb
     again.close()
 
 
+def test_two_jobs_on_one_table_never_roll_back_each_others_transactions(pdb: Db) -> None:
+    """Two copies of a job (same table, same step name), each with its own checkpoint directory: the
+    directory's identity (scope) is in the transaction ids, so one copy's recovery does not take the
+    other's prepared transaction for a stray of its own and roll it back."""
+    name = pdb.table("ms_two", "id bigint")
+    sink = ms.connectors.postgres.write(name, dsn=pdb.dsn, mode="transactional")
+
+    def writer(scope: str) -> Any:
+        w = sink.open("s")
+        w.set_fence(1, lambda: None, scope)
+        w.begin(checkpointed=True)
+        return w
+
+    a = writer("aaaaaaaaaaaa")
+    a.recover([])
+    a.write([{"id": 1}], None)
+    t1 = a.pre_commit(1)
+    a.abandon()  # copy A crashed after preparing checkpoint 1's transaction
+    b = writer("bbbbbbbbbbbb")
+    b.recover([])  # copy B starts: A's prepared transaction is not one of its own
+    b.write([{"id": 2}], None)
+    b.commit(b.pre_commit(1))
+    b.close()
+    assert pdb.prepared(a.gid_prefix) == [t1["gid"]]
+    again = writer("aaaaaaaaaaaa")
+    again.recover([t1])  # A resumes from checkpoint 1 and commits its transaction
+    again.close()
+    assert pdb.rows(f"SELECT id FROM {name} ORDER BY id") == [(1,), (2,)]
+
+
+def test_a_checkpoint_directory_keeps_its_scope(tmp_path: Path) -> None:
+    from millstream._checkpoint._owner import DirectoryOwner
+
+    first = DirectoryOwner(str(tmp_path))
+    first.acquire()
+    first.release()
+    second = DirectoryOwner(str(tmp_path))
+    second.acquire()
+    second.release()
+    other = DirectoryOwner(str(tmp_path / "other"))
+    (tmp_path / "other").mkdir()
+    other.acquire()
+    other.release()
+    assert len(first.scope) == 12 and first.scope == second.scope != other.scope
+
+
 def test_transactional_run_without_checkpoints_commits_at_the_end(pdb: Db) -> None:
     name = pdb.table("ms_plain", "id bigint")
     flow = ms.Flow("pg-plain")

@@ -243,7 +243,7 @@ class Coordinator:
         owner = self.store.owner
         for _, writer, _ in job.writers():
             if owner is not None and isinstance(writer, FencedWriter):
-                writer.set_fence(owner.epoch, self.store.check_owner)
+                writer.set_fence(owner.epoch, self.store.check_owner, owner.scope)
         for name, writer, delivery in job.writers():
             if self.guarantee == "at-most-once" and resumed and delivery == "none":
                 # nothing is replayed: keep every record already written (no cut back to the checkpoint)

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -36,6 +37,7 @@ log = logging.getLogger("millstream.checkpoint")
 
 LOCK = "LOCK"
 OWNER = "OWNER"
+SCOPE = "SCOPE"
 
 
 def fsync_dir(path: str) -> None:
@@ -81,6 +83,10 @@ class DirectoryOwner:
         self.root = root
         self.epoch = 0
         self.token = ""
+        #: this directory's identity, the same for every run on it (see :meth:`_scope`): transactional
+        #: sinks put it in what they name outside the directory (PostgreSQL prepared transactions), so
+        #: that two jobs with different directories never take each other's for their own
+        self.scope = ""
         self._fd: int | None = None
 
     @property
@@ -107,6 +113,7 @@ class DirectoryOwner:
         """Lock the directory and become its owner with a new epoch, or refuse clearly."""
         self._lock()
         try:
+            self.scope = self._scope()
             prev = self.read()
             prev_epoch = prev.get("epoch") if prev else None
             if isinstance(prev_epoch, int):
@@ -151,6 +158,22 @@ class DirectoryOwner:
             return
         self._fd = fd
 
+    def _scope(self) -> str:
+        """The directory's identity: random, written once (under the lock) to ``SCOPE`` and never again."""
+        path = os.path.join(self.root, SCOPE)
+        try:
+            with open(path, encoding="ascii") as f:
+                scope = f.read().strip()
+            if re.fullmatch(r"[0-9a-f]{12}", scope):
+                return scope
+            log.warning("checkpoint directory %s: %s is unreadable (%r); writing a new one", self.root, SCOPE,
+                        scope[:40])
+        except FileNotFoundError:
+            pass
+        scope = uuid.uuid4().hex[:12]
+        write_atomically(path, scope.encode() + b"\n")
+        return scope
+
     def check(self) -> None:
         """Raise :class:`CheckpointOwnershipError` unless this run still owns the directory."""
         if not self.token:
@@ -176,4 +199,4 @@ class FencedWriter(Protocol):
     """A sink writer that checks ownership itself right before it makes output visible, and puts the
     owner epoch in the names of what it stages (so two owners' files never collide)."""
 
-    def set_fence(self, epoch: int, check: Callable[[], None]) -> None: ...
+    def set_fence(self, epoch: int, check: Callable[[], None], scope: str = "") -> None: ...

@@ -13,6 +13,8 @@ Layout::
       ORIGIN                 a directory started from a savepoint: which one (checksummed JSON), so
                              that running the same command again resumes instead of refusing
       LOCK, OWNER            the run that owns the directory (see ``_owner.py``)
+      SCOPE                  the directory's identity (random, written once): in the names of what
+                             transactional sinks prepare outside it (PostgreSQL transaction ids)
       shared/                files of the keyed-state backend that several checkpoints may refer to
                              (incremental snapshots); each manifest lists those it needs
 

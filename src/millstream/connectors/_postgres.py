@@ -215,8 +215,8 @@ class PostgresWriter(SinkWriter):
         self._coordinated = False
         self._epoch = 0
         self._fence: Callable[[], None] | None = None
-        sink_id = re.sub(r"[^A-Za-z0-9_.-]", "_", sink.transaction_id or f"{sink.table}.{step}")
-        self.gid_prefix = f"millstream:{sink_id[:120]}:"
+        self._sink_id = re.sub(r"[^A-Za-z0-9_.-]", "_", sink.transaction_id or f"{sink.table}.{step}")[:120]
+        self.gid_prefix = f"millstream:{self._sink_id}:"
         self._open()
 
     # -- connection and table ------------------------------------------------------------------
@@ -490,10 +490,17 @@ class PostgresWriter(SinkWriter):
         retry(attempt, what=f"{self.what} {doing}", backoff=self.sink.backoff, on_retry=self._on_retry)
 
     # -- transactional ---------------------------------------------------------------------------
-    def set_fence(self, epoch: int, check: Callable[[], None]) -> None:
-        """Put the checkpoint directory's owner epoch in transaction ids; ``check`` before each commit."""
+    def set_fence(self, epoch: int, check: Callable[[], None], scope: str = "") -> None:
+        """Put the checkpoint directory's owner epoch in transaction ids; ``check`` before each commit.
+
+        Without ``transaction_id=``, transaction ids also carry ``scope``, the checkpoint directory's
+        identity: two jobs writing one table from steps of the same name (two copies of a job file,
+        each with its own directory) then never roll back or count each other's prepared transactions
+        on recovery. With ``transaction_id=``, the user's id is the whole prefix (as before)."""
         self._epoch = epoch
         self._fence = check
+        if scope and self.sink.transaction_id is None:
+            self.gid_prefix = f"millstream:{self._sink_id}@{scope}:"
 
     def begin(self, *, checkpointed: bool) -> None:
         self._checkpointed = checkpointed

@@ -102,8 +102,9 @@ class TwoPhaseFileWriter(SinkWriter):
         self._epoch = 0
         self._fence: Callable[[], None] | None = None
 
-    def set_fence(self, epoch: int, check: Callable[[], None]) -> None:
-        """Put ``epoch`` in staged names; call ``check`` (it raises when fenced) before every commit."""
+    def set_fence(self, epoch: int, check: Callable[[], None], scope: str = "") -> None:
+        """Put ``epoch`` in staged names; call ``check`` (it raises when fenced) before every commit.
+        (``scope``, the checkpoint directory's identity, is not needed: staged files live in the output.)"""
         self._epoch = epoch
         self._fence = check
 
