@@ -772,6 +772,32 @@ class KafkaReader(SourceReader):
         self.consumer = None
         consumer.close()
 
+    # -- progress of a bounded read (the terminal's percentage and ETA) ------------------------------
+    def progress(self) -> tuple[int, int] | None:
+        """``(offsets consumed, offsets to consume)`` over the partitions of a bounded read: per
+        partition from where the read started (the offset ``start`` resolved to, else the partition's
+        first offset as the broker last told it, else 0) to the end fixed at the start (:meth:`_add_run`,
+        :meth:`_add_one`). None for an unbounded read, and until every partition's end is known (its
+        first fetch answers it). Cheap: cached figures only, no request to the broker."""
+        if not self.o.bounded or not self.started or self.consumer is None:
+            return None
+        done = total = 0
+        for tp in self.assigned:
+            end = self.end.get(tp)
+            if end is None:
+                return None
+            start = self.base.get(tp)
+            if start is None:
+                try:
+                    start, _ = self.consumer.get_watermark_offsets(self.kafka.TopicPartition(*tp), cached=True)
+                except Exception:  # noqa: BLE001 - a figure, not worth failing for
+                    start = -1
+                start = max(start, 0)  # not known (a partition read to its end before a restart): offset 0
+            start = min(start, end)
+            at = end if tp in self.ended else self._position(tp)
+            done += min(max((at if at is not None else start) - start, 0), end - start)
+            total += end - start
+        return done, total
 
 _BAD = object()
 
