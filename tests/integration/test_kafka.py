@@ -270,7 +270,12 @@ def test_acknowledge_commits_only_what_it_is_given(bs: str, kafka: Any, topics: 
         pos = reader.snapshot()
         assert committed(bs, group, topic, 2) == [-1001, -1001]  # nothing before acknowledge()
         reader.acknowledge(pos)
-        reader.acknowledge(pos)  # idempotent
+        reader.acknowledge(pos)  # idempotent: nothing new to commit
+        # the commit is asynchronous (it never holds the job): wait for the broker's answer
+        deadline = time.monotonic() + 20
+        while reader.metrics().get("commits", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert reader.metrics()["commits"] == 1 and reader.metrics()["commit_failures"] == 0, reader.metrics()
         want = [pos["offsets"][f"{topic}[0]"], pos["offsets"][f"{topic}[1]"]]
         assert committed(bs, group, topic, 2) == [w if w is not None else -1001 for w in want]
         assert sum(w or 0 for w in want) == len(got)
