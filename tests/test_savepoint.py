@@ -237,3 +237,23 @@ def test_a_savepoint_needs_a_checkpoint_directory(tmp_path: Path) -> None:
     result = job.wait(30)
     assert result.interrupted and result.savepoint is None and job.status() == "stopped"
     assert len(out.values) == result.records_written < N
+
+
+def test_from_savepoint_into_the_output_its_run_went_on_writing_is_refused_under_exactly_once(
+        tmp_path: Path) -> None:
+    """The run that took the savepoint went on (same directory) and committed more output: a new run
+    from the savepoint that writes to that same output would write what came after it a second time."""
+    out, ck = tmp_path / "out", tmp_path / "ck"
+    gate = Gate(at=800)
+    first = gate.stop_here(_run("native", out, ck, gate))
+    assert first.savepoint is not None
+    _run("native", out, ck, Gate()).wait(30)  # went on past the savepoint, committing more output
+    assert len(committed(out, "raw")) == N
+    with pytest.raises(CheckpointError, match="same output") as err:
+        _run("native", out, tmp_path / "ck2", Gate(), from_savepoint=first.savepoint)
+    assert "new output" in str(err.value)
+    assert len(committed(out, "raw")) == N  # nothing written twice
+    assert not (tmp_path / "ck2" / Path(first.savepoint).name).exists()  # nor copied
+    # to a new output it goes on from the savepoint
+    again = _run("native", tmp_path / "out2", tmp_path / "ck3", Gate(), from_savepoint=first.savepoint).wait(30)
+    assert again.ok and len(committed(tmp_path / "out2", "raw")) == N - first.records_read

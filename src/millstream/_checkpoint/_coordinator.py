@@ -161,6 +161,10 @@ class Coordinator:
                 "a run may write to other outputs, but its steps, their state and its sources must be the same."
                 "\n  fix: start it with the flow and mode that took it")
         origin = {"path": os.path.realpath(where), "checkpoint": sp_id, "manifest": manifest["checksum"]}
+        try:
+            later = source.read_committed()
+        except CheckpointError:
+            later = 0
         recorded = store.read_origin()
         if recorded is not None:
             if (recorded.get("checkpoint"), recorded.get("manifest")) != (sp_id, manifest["checksum"]):
@@ -177,12 +181,17 @@ class Coordinator:
                 f"checkpoint directory {store.root!r} already holds checkpoints of a run; a run from a savepoint "
                 "starts in a new (empty) one.\n  fix: give it a new --checkpoint-dir; or drop from_savepoint "
                 "to resume the run of this directory")
-        else:
+        if later > sp_id and source.job == store.job and self.guarantee != "at-least-once":
+            # the same flow with the same sink targets: this run would write to the output that run
+            # went on committing, and what came after the savepoint would be there twice
+            raise CheckpointError(
+                f"savepoint {where}: the run it came from went on and committed the output of checkpoints up "
+                f"to {later} into the same output this run writes to; going on from the savepoint there would "
+                f"write the output after it a second time, which {self.guarantee} forbids.\n  fix: write to a new "
+                "output (from a savepoint a run may change its sinks' targets); or resume that run from its own "
+                f"checkpoint directory {root!r}")
+        if recorded is None:
             store.write_origin(origin)
-        try:
-            later = source.read_committed()
-        except CheckpointError:
-            later = 0
         if later > sp_id:
             log.warning("savepoint %s: the run it came from went on and committed the output of checkpoints up to "
                         "%d; if this run writes to that same output, the output after the savepoint appears twice "
