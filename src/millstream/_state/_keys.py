@@ -104,5 +104,8 @@ def key_group(key: Any, max_key_groups: int = DEFAULT_KEY_GROUPS) -> int:
 
 
 def split_key_groups(max_key_groups: int, workers: int) -> list[range]:
-    """Contiguous ranges of key groups, one per worker, as even as possible."""
-    return [range(w * max_key_groups // workers, (w + 1) * max_key_groups // workers) for w in range(workers)]
+    """Contiguous ranges of key groups, one per worker, as even as possible (the ranges of
+    :func:`millstream._keygroups.groups_of`, Flink's assignment)."""
+    from millstream._keygroups import groups_of
+
+    return [groups_of(w, workers, max_key_groups) for w in range(workers)]
