@@ -206,3 +206,68 @@ def test_the_dashboard_serves_the_running_job_and_stops_it_with_a_savepoint(tmp_
     assert len(out.values) == result.records_written < N
     with pytest.raises(OSError):  # closed with the run
         urllib.request.urlopen(url + "api/job", timeout=5)
+
+
+class _EndedFlag(threading.Event):
+    """The run's ``ended`` flag, with a Ctrl-C landing just before it is set: the CLI's signal handler
+    runs in the main thread, between two bytecodes of ``JobControl.end`` (which holds the lock)."""
+
+    def __init__(self, control: ms.JobControl) -> None:
+        super().__init__()
+        self.control = control
+        self.fired = False
+
+    def set(self) -> None:
+        if not self.fired:
+            self.fired = True
+            self.control.request_stop(savepoint=True)  # what the CLI's on_signal does
+        super().set()
+
+
+def test_a_stop_asked_by_a_signal_handler_while_the_run_ends_neither_deadlocks_nor_changes_the_status() -> None:
+    control = ms.JobControl()
+    control.attach(checkpointed=True)
+    control._ended = _EndedFlag(control)
+    ender = threading.Thread(target=control.end, args=("finished",), daemon=True)
+    ender.start()
+    ender.join(5)
+    assert not ender.is_alive(), "JobControl.end deadlocked on a stop asked from a signal handler"
+    assert control.ended and control.status() == "finished"
+
+
+def test_ctrl_c_while_start_waits_for_the_setup_stops_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyboardInterrupt in ``flow.start()`` (the setup is slow: a savepoint copied, servers) must
+    not leave the job running in a thread nobody has a handle of, which keeps the program alive."""
+    import signal
+
+    import millstream._run as run_mod
+
+    setting_up = threading.Event()
+    release = threading.Event()
+
+    def slow_setup(*args: Any, **kwargs: Any) -> Any:
+        setting_up.set()
+        assert release.wait(30)
+
+        class NoServer:
+            def close(self) -> None:
+                pass
+
+        return NoServer()
+
+    monkeypatch.setattr(run_mod, "_serve_dashboard", slow_setup)
+    gate = Gate()
+    flow, out = gated(gate)
+
+    def interrupt() -> None:
+        assert setting_up.wait(30)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)  # a real Ctrl-C
+        threading.Timer(0.5, release.set).start()
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        flow.start(dashboard="0", max_chunk=50)
+    release.set()
+    left = [t for t in threading.enumerate() if t.name.startswith("millstream-job-") and t.is_alive()]
+    assert not left, "the job goes on running after start() was interrupted"
+    assert len(out.values) < N

@@ -59,7 +59,11 @@ class JobControl:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # reentrant: the CLI asks for a stop from a signal handler, which runs in the main thread,
+        # possibly in the middle of attach() or end() called by the run in that same thread
+        self._lock = threading.RLock()
+        #: set first thing in end(): a stop asked from then on does nothing
+        self._ending = False
         #: read by the run loop once per round: True once a stop was asked for (never reset)
         self.stop_requested = False
         self._savepoint_requested = False
@@ -90,7 +94,7 @@ class JobControl:
         run ended it does nothing.
         """
         with self._lock:
-            if self._ended.is_set():
+            if self._ending:
                 return
             if savepoint and self._checkpointed is False:
                 raise ConfigError(_NO_CHECKPOINTS)
@@ -131,14 +135,16 @@ class JobControl:
             self._attached = True
             self._checkpointed = checkpointed
             if self._savepoint_requested and not checkpointed:
-                self._ended.set()
+                self._ending = True
                 self._status = "failed"
+                self._ended.set()
                 raise ConfigError(_NO_CHECKPOINTS)
 
     def end(self, status: str, savepoint: str | None = None) -> None:
         """The run has ended with ``status`` ("finished", "stopped" or "failed")."""
         assert status in STATUSES[2:], status
         with self._lock:
+            self._ending = True  # first: a signal handler landing in here asks for nothing now
             self._savepoint = savepoint
             self._status = status
             self._ended.set()
@@ -182,7 +188,15 @@ class JobHandle:
         """Start the job's thread; return once the run is set up (checkpoint directory, restore
         point, servers), or raise what stopped it from being set up."""
         self._thread.start()
-        self._ready.wait()
+        try:
+            self._ready.wait()
+        except BaseException:
+            # Ctrl-C while the run is set up: nobody will have a handle, so the job must not go on
+            # (its thread is not a daemon: it would keep the program alive). A stop asked before the
+            # run attaches is taken at its first chunk boundary.
+            self._control.request_stop(savepoint=False)
+            self._thread.join()
+            raise
         if not self._set_up:
             self._thread.join()
             assert self._error is not None
