@@ -490,6 +490,23 @@ def test_a_session_touching_event_at_watermark_end_minus_one_still_merges() -> N
     assert late.values == []
 
 
+def test_a_session_result_is_never_late_downstream() -> None:
+    """Session [100, 200) fires once the watermark reaches 200 and its result carries 199; the watermark
+    stopped at 199 first. A tumbling window [100, 200) downstream must not have fired at 199 already:
+    the session step's output watermark stays 1 ms behind its input's, so the result is on time there."""
+    script = [{"k": "a", "ts": 100}, {"k": "b", "ts": 199}, watermark(199), {"k": "b", "ts": 300},
+              watermark(1_000)]
+    flow = ms.Flow("s")
+    src = flow.source(TestSource(script), watermark=ms.WatermarkStrategy.monotonous(timestamp="ts"))
+    sessions = src.key_by("k").window(ms.windows.session(100)).aggregate(n=agg.count())
+    counted = sessions.key_by(lambda r: 0).window(ms.windows.tumbling(100)).aggregate(n=agg.count())
+    out = collect(counted)
+    late = collect(counted.late())
+    flow.run()
+    assert late.values == []
+    assert canon((r["window_start"], r["n"]) for r in out.values) == canon([(100, 1), (200, 1), (300, 1)])
+
+
 def test_late_output_is_the_records_as_they_came() -> None:
     script = [{"k": "a", "ts": 50, "x": [1]}, {"k": "b", "ts": 1, "x": {"y": 2}}]
     flow = ms.Flow("l")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from millstream._clock import Clock
 from millstream._plan import Node
 from millstream._state import MemoryBackend, StateBackend
-from millstream._time import MIN_WATERMARK
+from millstream._time import MAX_WATERMARK, MIN_WATERMARK
 from millstream.errors import MillstreamError, StepError
 
 from ._codegen import index_of
@@ -96,6 +96,8 @@ class Operator:
         self.steps: list[Node] = [node]
         #: while True, output is dropped (at-most-once recovery replays time, not output)
         self.muted = False
+        #: how far behind its input's watermark the step's output watermark stays (see _hold_of)
+        self.watermark_hold = _hold_of(node)
 
     # -- data ------------------------------------------------------------------------
     def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
@@ -129,8 +131,9 @@ class Operator:
         if new > self.wm:
             self.wm = new
             self.on_watermark(new)
+            out = new - self.watermark_hold if new < MAX_WATERMARK else new
             for op, port in self.outs:
-                op.watermark(port, new)
+                op.watermark(port, out)
 
     def on_watermark(self, wm: int) -> None:
         """Fire what the new watermark makes due."""
@@ -177,3 +180,20 @@ class PassThrough(Operator):
     def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
         self.records_in += len(records)
         self.emit(records, times)
+
+
+def _hold_of(node: Node) -> int:
+    """1 for a session window step, else 0.
+
+    A session fires once the watermark has passed its end (``wm >= end``: an event exactly at ``end``
+    still joins it), one millisecond after a time window with that end would, and its result carries
+    Flink's window time ``end - 1``. Sent on at the watermark that fired it, the result would be
+    behind the watermark downstream steps have seen, and late there (a tumbling window ending at
+    ``end`` fires at ``end - 1``). The step's output watermark therefore stays one millisecond behind
+    its input's, in every mode: a result at ``end - 1`` is never behind it.
+    """
+    from millstream._plan import WindowOp
+    from millstream.windows import SessionWindow
+
+    op = node.op
+    return 1 if isinstance(op, WindowOp) and isinstance(op.assigner, SessionWindow) else 0
