@@ -345,6 +345,50 @@ def test_a_loopback_dashboard_answers_only_to_loopback_names(served: DashboardSe
         assert httpx.get(served.url + "api/job", headers={"Host": host}, timeout=10).status_code == 200
 
 
+
+def test_host_names_are_case_insensitive(served: DashboardServer) -> None:
+    for host in (f"LOCALHOST:{served.port}", f"LocalHost:{served.port}"):
+        assert httpx.get(served.url + "api/job", headers={"Host": host}, timeout=10).status_code == 200
+
+
+def test_an_origin_with_bytes_outside_ascii_is_refused_not_a_server_error(job: RunningJob) -> None:
+    control = FakeControl()
+    with serve_dashboard("0", registry=job.registry, plan=job.plan, config={}, control=control,
+                         allow_control=True) as d:
+        headers = [(b"Origin", "http://\xe9vil.example".encode("latin-1")), (b"Content-Type", b"application/json")]
+        r = httpx.post(d.url + "api/stop", content=b'{"savepoint": true}', headers=headers, timeout=10)
+        assert r.status_code == 403, r.text
+        check_headers(r)
+        assert control.stops == []
+
+
+def test_the_guard_refuses_every_other_kind_of_connection() -> None:
+    """A websocket (served once uvicorn finds a websocket library) goes through the guard too: closed
+    before the app sees it, token or not."""
+    import asyncio
+
+    from millstream._dashboard._app import Guard
+
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    for token, loopback in (("t0ken", False), (None, True)):
+        guard = Guard(app, token=token, loopback=loopback, cookie="c")
+        scope = {"type": "websocket", "path": "/api/events", "headers": [(b"host", b"127.0.0.1")],
+                 "query_string": b"", "scheme": "ws", "server": ("127.0.0.1", 1)}
+        asyncio.run(guard(scope, receive, send))
+    assert seen == [] and [m["type"] for m in sent] == ["websocket.close", "websocket.close"]
+
 def test_control_is_refused_without_allow_control(job: RunningJob) -> None:
     control = FakeControl()
     with serve_dashboard("0", registry=job.registry, plan=job.plan, config={}, control=control) as d:

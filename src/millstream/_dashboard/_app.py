@@ -249,16 +249,17 @@ def _same_origin(request: Request) -> bool:
     ``Origin`` nor ``Sec-Fetch-Site`` (curl, scripts) are not browsers a page could misuse."""
     origin = request.headers.get("origin")
     host = request.headers.get("host", "")
-    if origin is not None:
-        return hmac.compare_digest(origin.lower(), f"{request.url.scheme}://{host}".lower())
+    if origin is not None:  # nothing secret here: a plain comparison (compare_digest fails on non-ASCII)
+        return origin.lower() == f"{request.url.scheme}://{host}".lower()
     site = request.headers.get("sec-fetch-site")
     return site is None or site in ("same-origin", "none")
 
 
 def _host_name(host_header: str) -> str:
+    """The host name of a ``Host`` header, without the port, lower case (names are case-insensitive)."""
     if host_header.startswith("["):
-        return host_header[1:].split("]", 1)[0]
-    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+        return host_header[1:].split("]", 1)[0].lower()
+    return (host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header).lower()
 
 
 class Guard:
@@ -290,7 +291,11 @@ class Guard:
         return morsel is not None and self._matches(morsel.value)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "websocket":
+            # no route takes one; refused here, before the app, so that nothing skips the checks below
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] != "http":  # lifespan (off in the server this guard runs in)
             await self.app(scope, receive, send)
             return
 
