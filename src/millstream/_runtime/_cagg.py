@@ -113,9 +113,12 @@ class ColumnarAggregate(StandInOperator):
         rows = None if not isinstance(records, list) else records
         try:
             df = as_frame(records, times)
-        except Exception:
+        except Exception as exc:
             if self.state is not None:
-                raise
+                # e.g. a field holding values of two types in this batch: the native operator's own
+                # error for these rows names the record and key (or, where native would take them, a
+                # clear error naming the field)
+                raise self._error(exc, rows, records, times) from exc
             self.delegate = self._native()
             self.delegate.push(port, records, times)
             return
