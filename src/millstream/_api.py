@@ -683,7 +683,7 @@ class KeyedStream(Stream):
                               order_by=order_by)
         op = P.ProcessOp(self._key, runner.on_record, runner.on_timer, (("cep", _value_state()),))
         nfa = self._then(op, f"{step}.nfa", loc)
-        key = P.KeySpec(fn=_cep_key, name=self._key.name)
+        key = P.KeySpec(fn=_cep_key, name=self._key.name, from_upstream=True)
         out = self._flow._add(P.ProcessOp(key, unwrapper(MATCH), None, ()), (nfa,), step, loc, timestamped=True)
         return MatchStream(self._flow, out, nfa, key, bool(timeouts))
 

@@ -380,6 +380,12 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
 def _cmd_plan(args: argparse.Namespace, console: Console) -> int:
     flow = load_flow(args.job, _parse_sets(args.set), args.flow)
     plan = flow.plan()
+    if args.parallelism is not None:  # the physical plan: operator instances per worker, exchanges
+        from millstream._physical import compile as compile_physical
+
+        physical = compile_physical(plan, args.mode, args.parallelism, args.max_parallelism)
+        print(json.dumps(physical.to_dict(), indent=2) if args.format == "json" else physical.explain())
+        return 0
     if args.format == "mermaid":
         print(plan.to_mermaid())
     elif args.format == "json":
@@ -496,6 +502,11 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     plan.add_argument("--flow")
     plan.add_argument("--format", choices=["text", "mermaid", "json"], default="text")
+    plan.add_argument("--parallelism", type=int, metavar="N",
+                      help="print the physical plan for N workers: operator instances, exchanges by key group")
+    plan.add_argument("--max-parallelism", type=int, default=128, metavar="M",
+                      help="key groups (the most workers the job's state can be split over; default 128)")
+    plan.add_argument("--mode", choices=MODES, default="native", help="execution mode of the physical plan")
     debug(plan)
 
     demo = sub.add_parser("demo", help="run the built-in fraud-detection demo (no server needed)")

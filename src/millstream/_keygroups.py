@@ -32,6 +32,7 @@ import numpy.typing as npt
 import polars as pl
 
 from millstream._state._keys import DEFAULT_KEY_GROUPS, encode_key, key_group
+from millstream.errors import ConfigError
 
 __all__ = [
     "DEFAULT_MAX_PARALLELISM",
@@ -53,11 +54,11 @@ Groups = npt.NDArray[np.int64]
 
 
 def check_parallelism(n: int, max_parallelism: int = DEFAULT_MAX_PARALLELISM) -> None:
-    """Raise :class:`ValueError` unless ``1 <= n <= max_parallelism <= 32768``."""
+    """Raise :class:`~millstream.errors.ConfigError` (a ValueError) unless ``1 <= n <= max_parallelism <= 32768``."""
     if not 1 <= max_parallelism <= _LIMIT:
-        raise ValueError(f"max_parallelism must be between 1 and {_LIMIT}, got {max_parallelism}")
+        raise ConfigError(f"max_parallelism must be between 1 and {_LIMIT}, got {max_parallelism}")
     if not 1 <= n <= max_parallelism:
-        raise ValueError(
+        raise ConfigError(
             f"parallelism must be between 1 and max_parallelism ({max_parallelism}), got {n}: "
             "every worker needs at least one key group"
         )

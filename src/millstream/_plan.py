@@ -26,6 +26,9 @@ class KeySpec:
     fn: Callable[[Any], Any] | None = None
     name: str = "key"
     expr: Expr | None = None
+    #: the key a keyed step upstream attached to each record (CEP's match and side-output steps read
+    #: the NFA's): the records already come partitioned by it, so the physical plan needs no exchange
+    from_upstream: bool = False
 
     def describe(self) -> str:
         if self.fn is not None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from millstream import _plan as P
+from millstream._physical import chain_steps, row_fusable
 from millstream._state import KEYED_STATE
 from millstream.connectors._base import DeadLetter, SinkWriter
 
@@ -23,37 +24,6 @@ if TYPE_CHECKING:
     from millstream._control import JobControl
 
 
-def _row_fusable(node: P.Node) -> bool:
-    """Whether the native executor fuses a stateless step into a generated per-record loop."""
-    return not isinstance(node.op, P.MapBatchesOp)
-
-
-def _chains(plan: P.Plan, group: Callable[[P.Node], bool] = _row_fusable) -> dict[int, list[P.Node]]:
-    """Group stateless steps into maximal chains of steps with the same ``group(node)``;
-    returns chain head id -> nodes."""
-    head_of: dict[int, int] = {}
-    chains: dict[int, list[P.Node]] = {}
-    kind: dict[int, bool | None] = {}  # chain head -> its group (None: only key_by steps so far)
-    for node in plan.nodes:
-        if not isinstance(node.op, P.STATELESS):
-            continue
-        g = None if isinstance(node.op, P.KeyByOp) else group(node)  # key_by joins any chain
-        if len(node.inputs) == 1:
-            up = plan.node(node.inputs[0])
-            if (isinstance(up.op, P.STATELESS) and plan.consumers(up.id) == (node.id,)
-                    and (g is None or kind[head_of[up.id]] in (None, g))):
-                if g is not None:
-                    kind[head_of[up.id]] = g
-                head = head_of[up.id]
-                head_of[node.id] = head
-                chains[head].append(node)
-                continue
-        head_of[node.id] = node.id
-        chains[node.id] = [node]
-        kind[node.id] = g
-    return chains
-
-
 class NativeJob:
     """A compiled plan, ready to run on one worker."""
 
@@ -68,7 +38,7 @@ class NativeJob:
         self.sources: list[SourceOperator] = []
         self.sinks: list[SinkOperator] = []
         self.dead_letters: list[DeadLetterWriter] = []
-        chain_nodes = _chains(plan, self._chain_group)
+        chain_nodes = chain_steps(plan, self._chain_group)
         in_chain = {n.id: head for head, nodes in chain_nodes.items() for n in nodes}
         for node in plan.nodes:
             if node.id in in_chain:
@@ -93,7 +63,7 @@ class NativeJob:
                     up.outs.append((target, port))
 
     def _chain_group(self, node: P.Node) -> bool:
-        return _row_fusable(node)
+        return row_fusable(node)
 
     def _make_chain(self, nodes: list[P.Node], timed: bool) -> Operator:
         if any(isinstance(n.op, P.MapBatchesOp) for n in nodes):
