@@ -264,10 +264,32 @@ def test_ctrl_c_while_start_waits_for_the_setup_stops_the_job(monkeypatch: pytes
         signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)  # a real Ctrl-C
         threading.Timer(0.5, release.set).start()
 
+    before = set(threading.enumerate())
     threading.Thread(target=interrupt, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         flow.start(dashboard="0", max_chunk=50)
     release.set()
-    left = [t for t in threading.enumerate() if t.name.startswith("millstream-job-") and t.is_alive()]
+    left = [t for t in set(threading.enumerate()) - before if t.name.startswith("millstream-job-") and t.is_alive()]
     assert not left, "the job goes on running after start() was interrupted"
     assert len(out.values) < N
+
+
+def test_leaving_the_with_block_by_an_error_keeps_the_jobs_own_failure_in_sight() -> None:
+    """The body raised, and the job failed too: the body's error goes on, with the job's named on it."""
+    gate = Gate(at=300)
+
+    def boom(r: int) -> int:
+        gate(r)
+        if r == 400:
+            raise ValueError("the job's own failure")
+        return r
+
+    flow = ms.Flow("both-fail")
+    flow.source(TestSource(list(range(N)), chunk=50)).map(boom, name="boom").sink(CollectSink())
+    with pytest.raises(RuntimeError, match="the caller's own error") as err, flow.start() as job:
+        gate.wait()
+        gate.released.set()
+        job._thread.join(30)  # the job has failed by now
+        raise RuntimeError("the caller's own error")
+    assert job.status() == "failed"
+    assert any("the job's own failure" in note for note in getattr(err.value, "__notes__", []))

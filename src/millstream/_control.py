@@ -187,15 +187,18 @@ class JobHandle:
     def _start(self) -> None:
         """Start the job's thread; return once the run is set up (checkpoint directory, restore
         point, servers), or raise what stopped it from being set up."""
-        self._thread.start()
         try:
+            self._thread.start()  # waits for the thread to say it started: a Ctrl-C may land there too
             self._ready.wait()
         except BaseException:
             # Ctrl-C while the run is set up: nobody will have a handle, so the job must not go on
             # (its thread is not a daemon: it would keep the program alive). A stop asked before the
             # run attaches is taken at its first chunk boundary.
             self._control.request_stop(savepoint=False)
-            self._thread.join()
+            try:
+                self._thread.join()
+            except RuntimeError:  # interrupted before the thread was started: nothing runs
+                pass
             raise
         if not self._set_up:
             self._thread.join()
@@ -279,5 +282,9 @@ class JobHandle:
         if self._thread.is_alive():
             self._control.request_stop(savepoint=bool(self._control.savepoints_enabled))
         self._thread.join()
-        if exc is None and self._error is not None:
+        if self._error is None:
+            return
+        if exc is None:
             raise self._error
+        if self._error is not exc:  # the block's own error goes on; the job's is not lost with it
+            exc.add_note(f"and flow {self._plan.flow!r} failed too: {type(self._error).__name__}: {self._error}")
