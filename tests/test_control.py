@@ -237,9 +237,11 @@ def test_a_stop_asked_by_a_signal_handler_while_the_run_ends_neither_deadlocks_n
 
 def test_ctrl_c_while_start_waits_for_the_setup_stops_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
     """A KeyboardInterrupt in ``flow.start()`` (the setup is slow: a savepoint copied, servers) must
-    not leave the job running in a thread nobody has a handle of, which keeps the program alive."""
-    import signal
+    not leave the job running in a thread nobody has a handle of, which keeps the program alive.
 
+    The Ctrl-C is raised by the wait itself (a real SIGINT reaches a waiting main thread only when
+    the wait ends under pytest-timeout, which would make the test depend on timing)."""
+    import millstream._control as control_mod
     import millstream._run as run_mod
 
     setting_up = threading.Event()
@@ -255,23 +257,28 @@ def test_ctrl_c_while_start_waits_for_the_setup_stops_the_job(monkeypatch: pytes
 
         return NoServer()
 
+    class CtrlCWhileWaiting(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            assert setting_up.wait(30)
+            threading.Timer(0.3, release.set).start()  # the setup ends a moment later
+            raise KeyboardInterrupt
+
+    original = control_mod.JobHandle._start
+
+    def start(self: control_mod.JobHandle) -> None:
+        self._ready = CtrlCWhileWaiting()
+        original(self)
+
     monkeypatch.setattr(run_mod, "_serve_dashboard", slow_setup)
-    gate = Gate()
-    flow, out = gated(gate)
-
-    def interrupt() -> None:
-        assert setting_up.wait(30)
-        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)  # a real Ctrl-C
-        threading.Timer(0.5, release.set).start()
-
+    monkeypatch.setattr(control_mod.JobHandle, "_start", start)
+    flow, out = gated(Gate())
     before = set(threading.enumerate())
-    threading.Thread(target=interrupt, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         flow.start(dashboard="0", max_chunk=50)
     release.set()
     left = [t for t in set(threading.enumerate()) - before if t.name.startswith("millstream-job-") and t.is_alive()]
     assert not left, "the job goes on running after start() was interrupted"
-    assert len(out.values) < N
+    assert len(out.values) < N, "the job ran to its end after start() was interrupted"
 
 
 def test_leaving_the_with_block_by_an_error_keeps_the_jobs_own_failure_in_sight() -> None:
