@@ -2,8 +2,12 @@
 
 Every record emits its key's updated row, as natively: within a batch the rows are
 cumulative aggregates over each key's records in arrival order (``cum_sum`` and
-friends ``over`` the key), offset by the key's totals before the batch, which are
-kept as one row per key.
+friends ``over`` the key), offset by the key's totals before the batch.
+
+The totals are columns indexed by the key's dense index (:mod:`._cstate`): a batch reads
+(``gather``) and writes (``scatter``) the totals of its own keys only, so it costs what it
+touches, whatever the number of keys held. A snapshot is one frame, a row per key (its key
+columns and totals), the form a key-group filter selects from.
 """
 
 from __future__ import annotations
@@ -22,14 +26,15 @@ from ._columnar import (
     native_error,
     polars,
     to_rows,
-    unify,
     widen_sums,
 )
+from ._cstate import Columns, KeyIndex
 
 if TYPE_CHECKING:
     import polars as pl
 
 _KEY = "__key__"
+_IDX = "__kidx__"  # a row's key, as its dense index
 
 
 def vectorisable_aggregate(op: AggregateOp) -> bool:
@@ -61,8 +66,9 @@ class ColumnarAggregate(StandInOperator):
             self.key_expr = None
             self.keys = list(key.fields)
             self.out_keys = [P.col(f) for f in key.fields]
-        self.state: pl.DataFrame | None = None  # keys + totals, one row per key
-        over = self.keys
+        self.index = KeyIndex(self.keys)
+        self.state = Columns()  # the totals, by key index
+        over = _IDX
         self.cum: list[pl.Expr] = []  # per row: totals of the key's rows so far in the batch
         self.totals: list[str] = []
         self.results: list[pl.Expr] = []
@@ -114,7 +120,7 @@ class ColumnarAggregate(StandInOperator):
         try:
             df = as_frame(records, times)
         except Exception as exc:
-            if self.state is not None:
+            if len(self.index):
                 # e.g. a field holding values of two types in this batch: the native operator's own
                 # error for these rows names the record and key (or, where native would take them, a
                 # clear error naming the field)
@@ -133,19 +139,16 @@ class ColumnarAggregate(StandInOperator):
             if nulls:
                 df = df.with_columns(nulls)
             df = widen_sums(df, self.summed)
-            if self.state is not None:
-                df, state = unify([df, self.state], self.keys)
-            df = df.with_columns(self.cum)
-            if self.state is not None:
-                prev = state.rename({c: c + "_prev" for c in self.totals})
-                df = df.join(prev, on=self.keys, how="left", nulls_equal=True, maintain_order="left")
+            known = bool(self.state.cols)
+            idx = self.index.lookup(df)
+            self.state.reserve(self.index.capacity)
+            df = df.with_columns(P.Series(_IDX, idx)).with_columns(self.cum)
+            if known:  # the keys' totals before the batch (null for a new key) combine with the batch's
+                prev = self.state.gather(idx, self.totals)
+                df = df.hstack(prev.rename({c: c + "_prev" for c in self.totals}))
                 df = df.with_columns([self._combine(c) for c in self.totals])
-            last = df.select(*self.keys, *self.totals).unique(subset=self.keys, keep="last", maintain_order=True)
-            if self.state is None:
-                self.state = last
-            else:
-                self.state = P.concat(unify([state, last], self.keys), how="diagonal_relaxed").unique(
-                    subset=self.keys, keep="last", maintain_order=True)
+            last = df.select(_IDX, *self.totals).unique(subset=_IDX, keep="last")
+            self.state.scatter(last.get_column(_IDX).to_numpy(), last.drop(_IDX))
             out = narrow_sums(df.select(*self.out_keys, *self.results,
                                         *([P.col(TIME)] if TIME in df.columns else [])))
         except MillstreamError:
@@ -160,7 +163,16 @@ class ColumnarAggregate(StandInOperator):
         return native_error(self, self._native(), exc, rows, times, has_key=True)
 
     def _state(self) -> dict[str, Any]:
-        return {"totals": self.state}
+        """One row per key: its key columns and totals (None before the first record)."""
+        if not len(self.index):
+            return {"totals": None}
+        idx = self.index.live()
+        return {"totals": self.index.frame(idx).hstack(self.state.gather(idx, self.totals))}
 
     def _load(self, state: dict[str, Any]) -> None:
-        self.state = state["totals"]
+        self.index, self.state = KeyIndex(self.keys), Columns()
+        frame = state["totals"]
+        if frame is not None and frame.height:
+            idx = self.index.lookup(frame)
+            self.state.reserve(self.index.capacity)
+            self.state.scatter(idx, frame.select(self.totals))
