@@ -42,9 +42,6 @@ class MicroBatchJob(NativeJob):
         self.mode = mode
         super().__init__(plan, rt)
 
-    def _chain_group(self, node: P.Node) -> bool:
-        return columnar_step(node)
-
     def _make_chain(self, nodes: list[P.Node], timed: bool) -> Operator:
         if all(columnar_step(n) for n in nodes):
             return ColumnarChainOperator(nodes, self.rt, timed)

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from millstream import _plan as P
-from millstream._physical import chain_steps, row_fusable
+from millstream._physical import compile as compile_physical
 from millstream._state import KEYED_STATE
 from millstream.connectors._base import DeadLetter, SinkWriter
 
@@ -38,32 +38,24 @@ class NativeJob:
         self.sources: list[SourceOperator] = []
         self.sinks: list[SinkOperator] = []
         self.dead_letters: list[DeadLetterWriter] = []
-        chain_nodes = chain_steps(plan, self._chain_group)
-        in_chain = {n.id: head for head, nodes in chain_nodes.items() for n in nodes}
-        for node in plan.nodes:
-            if node.id in in_chain:
-                head = in_chain[node.id]
-                if head == node.id:
-                    self.op_of[node.id] = self._add(self._make_chain(chain_nodes[head], node.timestamped))
-                else:
-                    self.op_of[node.id] = self.op_of[head]
-                continue
-            self.op_of[node.id] = self._add(self._make(node))
-        for node in plan.nodes:
-            op = self.op_of[node.id]
-            for port, up_id in enumerate(node.inputs):
-                up = self.op_of[up_id]
-                if up is op:
-                    continue
-                target = self._port(up, op)
-                if isinstance(node.op, P.LateOp):
-                    assert hasattr(up, "late_outs")
-                    up.late_outs.append((target, port))
-                else:
-                    up.outs.append((target, port))
-
-    def _chain_group(self, node: P.Node) -> bool:
-        return row_fusable(node)
+        #: the physical plan at parallelism 1: which steps make one operator, and the edges between them
+        self.physical = compile_physical(plan, self.mode, 1)
+        for pop in self.physical.operators:
+            first = pop.steps[0]
+            if isinstance(first.op, P.STATELESS):
+                op = self._add(self._make_chain(list(pop.steps), first.timestamped))
+            else:
+                op = self._add(self._make(first))
+            for node in pop.steps:
+                self.op_of[node.id] = op
+        for edge in self.physical.edges:
+            up, op = self.op_of[edge.source], self.op_of[edge.target]
+            target = self._port(up, op)
+            if edge.late:
+                assert hasattr(up, "late_outs")
+                up.late_outs.append((target, edge.port))
+            else:
+                up.outs.append((target, edge.port))
 
     def _make_chain(self, nodes: list[P.Node], timed: bool) -> Operator:
         if any(isinstance(n.op, P.MapBatchesOp) for n in nodes):
