@@ -15,6 +15,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.test_vectorised_kernels import canon
 
 import millstream as ms
 from millstream._runtime._base import Runtime
@@ -23,8 +24,6 @@ from millstream._runtime._columnar import StandInOperator
 from millstream._runtime._cwindows import ColumnarSessionWindow, ColumnarSlicedWindow
 from millstream._runtime._microbatch import MicroBatchJob
 from millstream.testing import CollectSink, ManualClock, TestSource
-
-from tests.test_vectorised_kernels import canon
 
 KINDS = {"running": ColumnarAggregate, "tumbling": ColumnarSlicedWindow, "sliding": ColumnarSlicedWindow,
          "session": ColumnarSessionWindow}
@@ -36,7 +35,8 @@ def _events(draw: st.DrawFn) -> list[dict[str, Any]]:
     n = draw(st.integers(1, 150))
     out, high = [], 0
     for i in range(n):
-        t = max(0, high + draw(st.integers(-20, 30))) if draw(st.integers(0, 9)) else max(0, high - draw(st.integers(50, 300)))
+        late = not draw(st.integers(0, 9))
+        t = max(0, high - draw(st.integers(50, 300)) if late else high + draw(st.integers(-20, 30)))
         high = max(high, t)
         out.append({"k": draw(st.integers(0, keys - 1)), "v": draw(st.one_of(st.none(), st.integers(-50, 50))),
                     "ts": t, "i": i})

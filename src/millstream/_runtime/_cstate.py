@@ -77,7 +77,8 @@ class Columns:
                 out.append(P.Series(name, col[idx].tolist(), dtype=P.Object))
             else:
                 out.append(col.gather(idx))
-        return P.DataFrame(out, height=len(idx))
+        frame: pl.DataFrame = P.DataFrame(out, height=len(idx))
+        return frame
 
     def scatter(self, idx: Ints, values: pl.DataFrame) -> None:
         """Write row ``i`` of ``values`` at slot ``idx[i]`` (``idx`` unique, within the capacity). A value
@@ -101,7 +102,7 @@ class Columns:
         P = self.pl
         if new.dtype == P.Null:
             return col, new.cast(col.dtype)
-        if col.dtype == P.Null:
+        if col.dtype == P.Null and new.dtype != P.Object:
             col = self.cols[name] = col.cast(new.dtype)
             return col, new
         if new.dtype == P.Object or self.exact:

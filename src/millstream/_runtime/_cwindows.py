@@ -18,6 +18,8 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from millstream._plan import KeySpec, Node, WindowOp
 from millstream.agg import Aggregation
 from millstream.errors import StepError
@@ -37,14 +39,18 @@ from ._columnar import (
     unify,
     widen_sums,
 )
+from ._cstate import Columns, DueIndex, KeyIndex
 
 if TYPE_CHECKING:
     import polars as pl
+
+    from ._cstate import Ints
 
 _S = "__slice__"
 _E = "__end__"
 _START = "__start__"
 _KEY = "__key__"
+_IDX = "__kidx__"  # a session's key, as its dense index
 
 
 def vectorisable_window(op: WindowOp, timed: bool) -> bool:
@@ -322,17 +328,33 @@ class ColumnarSlicedWindow(_ColumnarWindow):
 
 
 class ColumnarSessionWindow(_ColumnarWindow):
-    """Per-key sessions, vectorised: open sessions are rows ``[keys, start, end, partials]``."""
+    """Per-key sessions, vectorised, with the open sessions held by key (see the module docstring).
+
+    An open session is a slot: its key's dense index (``owner``, -1 for a free slot), ``start``, ``end``
+    (its last event + gap) and its partial aggregates (``parts``, columns by slot). A key's slots are a
+    chain (``head`` by key, ``nxt`` by slot), and :class:`DueIndex` holds the slots by end. A batch
+    becomes sessions of its own, which are merged with the open sessions of the keys it touches only;
+    a watermark takes the sessions it fires from the due index."""
 
     def __init__(self, node: Node, rt: Runtime) -> None:
         super().__init__(node, rt)
         a = self.op.assigner
         assert isinstance(a, SessionWindow)
         self.gap = a.gap_ms
-        self.open_: pl.DataFrame | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.index = KeyIndex(self.keys)
+        self.parts = Columns()
+        self.due = DueIndex()
+        empty = np.empty(0, dtype=np.int64)
+        self.owner, self.start, self.end, self.nxt, self.head = empty, empty, empty, empty, empty
+        self.free: list[Any] = []  # arrays of free slots
+        self.top = 0  # slots below are open or free
+        self.n_open = 0  # open sessions
 
     def _empty(self) -> bool:
-        return self.open_ is None or self.open_.height == 0
+        return self.n_open == 0
 
     def push(self, port: int, records: Any, times: list[int] | None) -> None:
         df = self._batch(port, records, times)
@@ -377,74 +399,181 @@ class ColumnarSessionWindow(_ColumnarWindow):
 
     def _add(self, df: pl.DataFrame) -> None:
         new = self._sessions_of(df)
-        self.open_ = self._merge_sessions(new)
-
-    def _merge_sessions(self, new: pl.DataFrame) -> pl.DataFrame:
-        pl = self.pl
-        frames = [self.open_, new] if self.open_ is not None else [new]
         try:
-            frames = unify(frames, self.keys, objects=True)
-        except TypeError as exc:
-            raise StepError(step=self.name, location=self.node.location, error=exc, has_key=True) from exc
-        allv = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
-        keys = self.keys
-        # stable sort by key and start, keeping arrival order among equal starts
-        allv = allv.with_row_index("__arr__")
-        allv = allv.sort([*_order(allv, keys), _START, "__arr__"])
-        prev_end = pl.col(_E).cum_max().shift(1)
-        if keys:
-            prev_end = prev_end.over(keys)
-            first = pl.int_range(pl.len()).over(keys) == 0
-        else:
-            first = pl.int_range(pl.len()) == 0
-        brk = first | (pl.col(_START) > prev_end)  # sessions that touch merge
+            kidx = self.index.lookup(new)
+        except Exception as exc:  # a key native mode cannot hold either (a list, say)
+            raise self._error(exc, df) from exc
+        new = new.select(_START, _E, *self.aggs.columns).with_columns(self.pl.Series(_IDX, kidx))
+        if len(self.head) < self.index.capacity:
+            self.head = _grown(self.head, self.index.capacity)
+        old = self._slots_of(np.unique(kidx))
+        if len(old):  # the keys' open sessions and the batch's, merged where they touch
+            frames = [self._sessions_at(old), new]
+            try:
+                frames = unify(frames, [], objects=True)
+            except TypeError as exc:
+                raise StepError(step=self.name, location=self.node.location, error=exc, has_key=True) from exc
+            new = self._merge_sessions(self.pl.concat(frames, how="diagonal_relaxed"))
+            self._free(old)
+        self._store(new)
+
+    def _merge_sessions(self, allv: pl.DataFrame) -> pl.DataFrame:
+        """Sessions of a key that touch, merged; the open ones come first, so ties keep arrival order."""
+        pl = self.pl
+        k = pl.col(_IDX)
+        allv = allv.with_row_index("__arr__").sort([_IDX, _START, "__arr__"])
+        prev_end = pl.col(_E).cum_max().shift(1).over(_IDX)
+        brk = (k != k.shift(1)).fill_null(True) | (pl.col(_START) > prev_end)  # sessions that touch merge
         allv = allv.with_columns(brk.cast(pl.Int64).cum_sum().alias("__sess__"))
         try:
-            grouped = allv.sort("__arr__").group_by([*keys, "__sess__"], maintain_order=True).agg(
+            grouped = allv.sort("__arr__").group_by([_IDX, "__sess__"], maintain_order=True).agg(
                 pl.col(_START).min(), pl.col(_E).max(), *self.aggs.merge)
         except Exception as exc:
             raise self._mixed_error(exc, allv) from exc
         return grouped.drop("__sess__")
 
+    # -- the open sessions, by slot -----------------------------------------------------------------------
+    def _slots_of(self, keys: Ints) -> Ints:
+        """The open sessions of ``keys`` (dense indexes)."""
+        found = []
+        cur = self.head[keys]
+        cur = cur[cur >= 0]
+        while len(cur):
+            found.append(cur)
+            cur = self.nxt[cur]
+            cur = cur[cur >= 0]
+        return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
+
+    def _sessions_at(self, slots: Ints) -> pl.DataFrame:
+        """Sessions as rows ``[start, end, partials..., key index]``."""
+        pl = self.pl
+        return self.parts.gather(slots, self.aggs.columns).with_columns(
+            pl.Series(_START, self.start[slots]), pl.Series(_E, self.end[slots]),
+            pl.Series(_IDX, self.owner[slots])).select(_START, _E, *self.aggs.columns, _IDX)
+
+    def _store(self, rows: pl.DataFrame) -> None:
+        """Open the sessions ``rows`` (all the open sessions of their keys)."""
+        n = rows.height
+        slots = self._reuse(n)
+        if len(slots) < n:
+            more = np.arange(self.top, self.top + n - len(slots), dtype=np.int64)
+            self.top += len(more)
+            slots = np.concatenate([slots, more])
+            if self.top > len(self.owner):
+                cap = max(self.top, 2 * len(self.owner), 1024)
+                self.owner = _grown(self.owner, cap)
+                self.start, self.end, self.nxt = (_grown(a, cap, 0) for a in (self.start, self.end, self.nxt))
+                self.parts.reserve(cap)
+        k = rows.get_column(_IDX).to_numpy()
+        s = rows.get_column(_START).to_numpy()
+        e = rows.get_column(_E).to_numpy()
+        self.owner[slots], self.start[slots], self.end[slots] = k, s, e
+        self.parts.scatter(slots, rows.select(self.aggs.columns))
+        self._link(k, s, slots)
+        self.due.add(e, slots)
+        self.n_open += n
+        if self.due.entries > 2 * self.n_open + 4096:  # mostly ends that moved on: index the open ones again
+            live = np.flatnonzero(self.owner[:self.top] >= 0)
+            self.due.rebuild(self.end[live], live)
+
+    def _link(self, keys: Ints, starts: Ints, slots: Ints) -> None:
+        """Chain the slots of each key (all of its open sessions), by start."""
+        order = np.lexsort((starts, keys))
+        k, sl = keys[order], slots[order]
+        last = np.ones(len(k), dtype=bool)
+        last[:-1] = k[1:] != k[:-1]
+        self.nxt[sl] = np.where(last, -1, np.roll(sl, -1))
+        first = np.ones(len(k), dtype=bool)
+        first[1:] = last[:-1]
+        self.head[k[first]] = sl[first]
+
+    def _reuse(self, n: int) -> Ints:
+        """Up to ``n`` free slots, taken from the free list."""
+        got: list[Ints] = []
+        while n and self.free:
+            last = self.free[-1]
+            take = last[-n:]
+            got.append(take)
+            n -= len(take)
+            if len(take) == len(last):
+                self.free.pop()
+            else:
+                self.free[-1] = last[:-len(take)]
+        return np.concatenate(got) if got else np.empty(0, dtype=np.int64)
+
+    def _free(self, slots: Ints) -> None:
+        self.owner[slots] = -1
+        self.free.append(slots)
+        self.n_open -= len(slots)
+
     def _add_risky(self, row: pl.DataFrame) -> None:
         """One record that is late unless it merges into a session that is still open."""
-        pl = self.pl
         t = row.get_column(TIME)[0]
         start, end = t, t + self.gap
-        if self.open_ is not None and self.open_.height:
-            cond = (pl.col(_START) <= end) & (pl.col(_E) >= start)
-            for k in self.keys:
-                v = row.get_column(k)[0]
-                if self.open_.schema[k] == pl.Object or row.schema[k] == pl.Object:  # Python equality
-                    same = [v is None if x is None else x == v for x in self.open_.get_column(k).to_list()]
-                    cond = cond & pl.Series(same, dtype=pl.Boolean)
-                else:
-                    cond = cond & (pl.col(k).is_null() if v is None else pl.col(k) == v)
-            touching = self.open_.filter(cond)
-            if touching.height:
-                start = min(start, touching.get_column(_START).min())
-                end = max(end, touching.get_column(_E).max())
+        try:
+            k = self.index.find(row)
+        except Exception as exc:
+            raise self._error(exc, row) from exc
+        if k[0] >= 0 and len(self.head) > k[0]:
+            slots = self._slots_of(k)
+            touching = slots[(self.start[slots] <= end) & (self.end[slots] >= start)]
+            if len(touching):
+                start = min(start, int(self.start[touching].min()))
+                end = max(end, int(self.end[touching].max()))
         if end <= self.wm:
             self._late(row, None)
             return
         self._add(row)
 
     def _on_watermark(self, wm: int) -> None:
-        s = self.open_
-        if s is None or s.height == 0:
+        ends, slots = self.due.pop(wm)  # a session fires once the watermark has passed its end
+        if not len(slots):
             return
-        pl = self.pl
-        due = pl.col(_E) <= wm  # a session fires once the watermark has passed its end
-        fired = s.filter(due)
-        self.open_ = s.filter(~due)
-        self._emit_results(fired, pl.col(_START), pl.col(_E))
+        slots = np.unique(slots[(self.owner[slots] >= 0) & (self.end[slots] == ends)])
+        if not len(slots):
+            return
+        slots = slots[np.lexsort((self.start[slots], self.end[slots]))]  # in the order they end
+        keys = self.owner[slots]
+        fired = self._sessions_at(slots)
+        if self.keys:
+            fired = self.index.frame(keys).hstack(fired)
+        touched = np.unique(keys)
+        chained = self._slots_of(touched)
+        self._free(slots)
+        self.head[touched] = -1
+        rest = chained[self.owner[chained] >= 0]
+        if len(rest):
+            self._link(self.owner[rest], self.start[rest], rest)
+        gone = np.setdiff1d(touched, self.owner[rest])
+        self.index.release(gone)  # keys without an open session leave the index, as natively
+        self._emit_results(fired, self.pl.col(_START), self.pl.col(_E))
 
     def _state(self) -> dict[str, Any]:
-        return {"open": self.open_, "late": self.late_count}
+        """The open sessions as rows ``[keys..., start, end, partials...]`` (None: none)."""
+        if not self.n_open:
+            return {"open": None, "late": self.late_count}
+        live = np.flatnonzero(self.owner[:self.top] >= 0)
+        rows = self._sessions_at(live).drop(_IDX)
+        if self.keys:
+            rows = self.index.frame(self.owner[live]).hstack(rows)
+        return {"open": rows, "late": self.late_count}
 
     def _load(self, state: dict[str, Any]) -> None:
-        self.open_ = state["open"]
+        self._reset()
         self.late_count = state["late"]
+        rows = state["open"]
+        if rows is None or rows.height == 0:
+            return
+        kidx = self.index.lookup(rows)
+        self.head = _grown(self.head, self.index.capacity)
+        self._store(rows.select(_START, _E, *self.aggs.columns).with_columns(self.pl.Series(_IDX, kidx)))
+
+
+def _grown(a: Ints, n: int, fill: int = -1) -> Ints:
+    """``a`` with room for ``n`` values (doubling), the new ones ``fill``."""
+    if len(a) >= n:
+        return a
+    return np.concatenate([a, np.full(max(n, 2 * len(a), 1024) - len(a), fill, dtype=np.int64)])
 
 
 def _order(df: pl.DataFrame, keys: list[str]) -> list[Any]:
