@@ -228,22 +228,26 @@ class _ColumnarWindow(StandInOperator):
 
 
 class ColumnarSlicedWindow(_ColumnarWindow):
-    """Tumbling and sliding windows over slices, vectorised."""
+    """Tumbling and sliding windows over slices, vectorised, with the partials held by slice.
+
+    Each slice holds a stack of partial frames (one row per key, arrival order kept), merged as a
+    binary counter merges (a row is regrouped O(log n) times, never with the rest of the state); a
+    watermark merges the slices of the windows it fires, and drops the slices no window needs."""
 
     def __init__(self, node: Node, rt: Runtime) -> None:
         super().__init__(node, rt)
         a = self.op.assigner
         assert isinstance(a, TumblingWindow | SlidingWindow)
         self.size, self.slide, self.offset, self.slice = a.size_ms, a.slide_ms, a.offset_ms, a.slice_ms
-        self.parts: pl.DataFrame | None = None  # one row per key and slice
-        self.pending: list[pl.DataFrame] = []
+        self.slices: dict[int, list[pl.DataFrame]] = {}  # slice start -> partial frames [keys, slice, partials]
         self.group = [*self.keys, _S]
 
-    def _last_start(self, s: pl.Expr) -> pl.Expr:
+    def _last_start(self, s: int) -> int:
+        """The start of the last window that holds slice ``s``."""
         return s - (s - self.offset) % self.slide
 
     def _empty(self) -> bool:
-        return self.parts is None and not self.pending
+        return not self.slices
 
     def push(self, port: int, records: Any, times: list[int] | None) -> None:
         df = self._batch(port, records, times)
@@ -254,8 +258,8 @@ class ColumnarSlicedWindow(_ColumnarWindow):
         s = t - (t - self.offset) % self.slice
         df = df.with_columns(s.alias(_S))
         if self.wm > -(2**62) and df.height:
-            late = (self._last_start(pl.col(_S)) + (self.size - 1)) <= self.wm
-            mask = df.select(late.alias("l")).to_series()
+            ls = pl.col(_S) - (pl.col(_S) - self.offset) % self.slide
+            mask = df.select((ls + (self.size - 1) <= self.wm).alias("l")).to_series()
             if mask.any():
                 self._late(df.filter(mask).drop(_S), mask)
                 df = df.filter(~mask)
@@ -265,64 +269,90 @@ class ColumnarSlicedWindow(_ColumnarWindow):
             part = df.group_by(self.group, maintain_order=True).agg(self.aggs.partial)
         except Exception as exc:
             raise self._error(exc, df.drop(_S)) from exc
-        self.pending.append(part)
-        if len(self.pending) >= 32:
-            self._merge()
+        col = part.get_column(_S)
+        if col.min() == col.max():
+            self._put(int(col[0]), part)
+        else:
+            for (start,), frame in part.partition_by(_S, as_dict=True, maintain_order=True).items():
+                self._put(int(start), frame)
 
-    def _merge(self) -> None:
-        if not self.pending:
-            return
-        frames = ([self.parts] if self.parts is not None else []) + self.pending
-        self.pending = []
-        pl = self.pl
+    def _put(self, start: int, frame: pl.DataFrame) -> None:
+        stack = self.slices.setdefault(start, [])
+        stack.append(frame)
+        while len(stack) >= 2 and stack[-2].height <= stack[-1].height:
+            b, a = stack.pop(), stack.pop()
+            stack.append(self._combine([a, b]))
+
+    def _concat(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
+        if len(frames) == 1:
+            return frames[0]
         try:
             frames = unify(frames, self.keys, objects=True)
         except TypeError as exc:
             raise StepError(step=self.name, location=self.node.location, error=exc, has_key=True) from exc
-        both = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
-        if len(frames) > 1:
-            try:
-                both = both.group_by(self.group, maintain_order=True).agg(self.aggs.merge)
-            except Exception as exc:
-                raise self._mixed_error(exc, both) from exc
-        self.parts = both
+        both: pl.DataFrame = self.pl.concat(frames, how="diagonal_relaxed")
+        return both
+
+    def _combine(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
+        """Partial frames as one, merged per key and slice (the older first, so ties keep arrival order)."""
+        both = self._concat(frames)
+        try:
+            merged: pl.DataFrame = both.group_by(self.group, maintain_order=True).agg(self.aggs.merge)
+        except Exception as exc:
+            raise self._mixed_error(exc, both) from exc
+        return merged
+
+    def _slice(self, start: int) -> pl.DataFrame:
+        stack = self.slices[start]
+        if len(stack) > 1:
+            stack[:] = [self._combine(stack)]
+        return stack[0]
 
     def _on_watermark(self, wm: int) -> None:
         prev = self._fired_to
         self._fired_to = wm
-        self._merge()
-        parts = self.parts
-        if parts is None or parts.height == 0:
+        if not self.slices:
             return
         pl = self.pl
-        s = pl.col(_S)
-        ls = self._last_start(s)
         size, slide = self.size, self.slide
-        lo = prev + 2 - size if prev > -(2**62) else None
-        cand = parts.filter(s <= wm) if lo is None else parts.filter((s <= wm) & (s >= lo))
-        if cand.height:
-            if self.slice == size:  # tumbling: a window is one slice
-                due = cand.filter((s + (size - 1) > prev) & (s + (size - 1) <= wm))
-                self._emit_results(due, s, s + size)
-            else:
-                frames = []
+        live = sorted(s for s in self.slices if s <= wm)
+        if self.slice == size:  # tumbling: a window is one slice
+            due = [self._slice(s) for s in live if prev < s + size - 1 <= wm]
+            if due:
+                self._emit_results(self._concat(due), pl.col(_S), pl.col(_S) + size)
+        else:
+            due = []
+            for s in live:
+                ls = self._last_start(s)
                 for j in range(-(-size // slide)):
                     e = ls - j * slide + size
-                    frames.append(cand.filter((e > s) & (e - 1 > prev) & (e - 1 <= wm)).with_columns(e.alias(_E)))
-                due = pl.concat(frames)
-                if due.height:
-                    merged = due.group_by([*self.keys, _E], maintain_order=True).agg(self.aggs.merge)
-                    self._emit_results(merged, pl.col(_E) - size, pl.col(_E))
-        self.parts = parts.filter(ls + (size - 1) > wm)
+                    if e > s and prev < e - 1 <= wm:
+                        due.append(self._slice(s).with_columns(pl.lit(e, dtype=pl.Int64).alias(_E)))
+            if due:
+                both = self._concat(due)
+                try:
+                    merged = both.group_by([*self.keys, _E], maintain_order=True).agg(self.aggs.merge)
+                except Exception as exc:
+                    raise self._mixed_error(exc, both) from exc
+                self._emit_results(merged, pl.col(_E) - size, pl.col(_E))
+        for s in live:  # slices whose last window has fired
+            if self._last_start(s) + size - 1 <= wm:
+                del self.slices[s]
 
     _fired_to = -(2**63)
 
     def _state(self) -> dict[str, Any]:
-        self._merge()
-        return {"parts": self.parts, "fired": self._fired_to, "late": self.late_count}
+        """The partials as one frame ``[keys..., slice, partials...]`` (None: none)."""
+        frames = [self._slice(s) for s in sorted(self.slices)]
+        parts = self._concat(frames) if frames else None
+        return {"parts": parts, "fired": self._fired_to, "late": self.late_count}
 
     def _load(self, state: dict[str, Any]) -> None:
-        self.parts = state["parts"]
+        self.slices = {}
+        parts = state["parts"]
+        if parts is not None and parts.height:
+            for (start,), frame in parts.partition_by(_S, as_dict=True, maintain_order=True).items():
+                self.slices[int(start)] = [frame]
         self._fired_to = state["fired"]
         self.late_count = state["late"]
 
