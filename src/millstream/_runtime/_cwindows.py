@@ -2,11 +2,17 @@
 
 The same design as the native sliced windows (one partial aggregate per key and
 slice of width gcd(size, slide); a window is the merge of its slices when the
-watermark passes its end), with the partials kept in a Polars DataFrame: a batch
-costs one ``group_by`` and a watermark one merge, whatever the number of keys.
+watermark passes its end), with the partials kept by slice: each slice a short stack
+of Polars frames (one row per key), so that a batch costs one ``group_by`` of its own
+rows and a watermark merges only the slices of the windows it fires.
 
-Sessions keep one row per open session; a batch becomes one-event sessions that
-are merged with the open ones by a sort and a running maximum per key.
+Sessions keep their open sessions by key (:mod:`._cstate`: a dense index per key, the
+sessions' partials as columns by slot, an index on session end): a batch becomes
+sessions of its own, merged by a sort and a running maximum with the open sessions of
+the keys it touches only; a watermark finds what it fires in the index on end.
+
+State of both is a frame of rows with the key columns when snapshotted (the form a
+key-group filter selects from); batches cost what they touch, not what is held.
 
 Only what gives exactly the native answers is vectorised: built-in aggregations
 (``count``, ``sum``, ``mean``, ``min``, ``max``, ``first``, ``last``) without
