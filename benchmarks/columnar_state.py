@@ -19,7 +19,8 @@ subprocess per run (so peak RSS is its own), pinned to one core with one polars 
 Both modes read ``--batch`` records at a time (``max_chunk``). Native mode reads dict records,
 micro-batch mode the same records as a polars DataFrame built from columns (columnar input;
 ``--rows``: dicts too). Peak RSS is the process's, with the input's own size beside it.
-The sink counts output rows and sums ``total`` over them, and the two modes must agree.
+The sink counts output rows and sums ``total`` over them (dict records natively, the result
+batches as they are in micro-batch mode), and the two modes must agree.
 ``--scale`` multiplies the number of events and keys.
 """
 
@@ -59,13 +60,15 @@ def _sink() -> Any:
             sink = self
 
             class W(ms.connectors.SinkWriter):
+                columnar = True  # micro-batch results come as they are, not as dicts
+
                 def write(self, records: Any, times: list[int] | None) -> None:
-                    if hasattr(records, "height"):  # a polars DataFrame
-                        sink.n += records.height
-                        sink.total += int(records.get_column("total").sum())
-                    else:
-                        sink.n += len(records)
-                        sink.total += sum(r["total"] for r in records)
+                    sink.n += len(records)
+                    sink.total += sum(r["total"] for r in records)
+
+                def write_frame(self, frame: Any, times: Any) -> None:
+                    sink.n += frame.height
+                    sink.total += int(frame.get_column("total").sum())
 
             return W()
 
