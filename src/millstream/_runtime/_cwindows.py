@@ -372,6 +372,9 @@ class ColumnarSessionWindow(_ColumnarWindow):
     becomes sessions of its own, which are merged with the open sessions of the keys it touches only;
     a watermark takes the sessions it fires from the due index."""
 
+    #: stale entries the due index may hold beyond twice the open sessions before it is rebuilt
+    slack = 4096
+
     def __init__(self, node: Node, rt: Runtime) -> None:
         super().__init__(node, rt)
         a = self.op.assigner
@@ -508,7 +511,7 @@ class ColumnarSessionWindow(_ColumnarWindow):
         self._link(k, s, slots)
         self.due.add(e, slots)
         self.n_open += n
-        if self.due.entries > 2 * self.n_open + 4096:  # mostly ends that moved on: index the open ones again
+        if self.due.entries > 2 * self.n_open + self.slack:  # mostly ends that moved on: index the open ones again
             live = np.flatnonzero(self.owner[:self.top] >= 0)
             self.due.rebuild(self.end[live], live)
 
