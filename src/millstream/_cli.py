@@ -181,7 +181,8 @@ def _run_flow(flow: Flow, args: argparse.Namespace, console: Console) -> RunResu
              "checkpoint_dir": args.checkpoint_dir, "checkpoint_interval": args.checkpoint_interval,
              "restarts": args.restarts, "state": args.state, "checkpoint_key": _checkpoint_key(),
              "metrics": getattr(args, "metrics", None), "metrics_token": _metrics_token(),
-             "from_savepoint": args.from_savepoint, **_dashboard_options(args)}
+             "from_savepoint": args.from_savepoint, "parallelism": getattr(args, "parallelism", None),
+             **_dashboard_options(args)}
     with progress_for(args, console) as shown:
         cfg = base.replace(**shown, **{k: v for k, v in given.items() if v is not None})
         control = JobControl()
@@ -493,6 +494,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="a job parameter, passed to build(params); values are JSON or text")
     run.add_argument("--flow", help="which flow, when the file defines several")
     common(run)
+    run.add_argument("--parallelism", type=int, default=None, metavar="N",
+                     help="worker processes on this machine (default 1); above 1: native mode, no checkpoints "
+                          "yet (see docs/scaling.md)")
     debug(run)
     metrics_option(run)
     dashboard_options(run)

@@ -335,8 +335,12 @@ def _columnar_forms(plan: P.Plan, node: P.Node) -> bool:
 
 
 def compile(plan: P.Plan, mode: str = "native", parallelism: int = 1,
-            max_parallelism: int = DEFAULT_MAX_PARALLELISM) -> PhysicalPlan:
-    """The physical plan of ``plan`` in ``mode`` (native, microbatch or batch) on ``parallelism`` workers."""
+            max_parallelism: int = DEFAULT_MAX_PARALLELISM, *, gather_sinks: bool = False) -> PhysicalPlan:
+    """The physical plan of ``plan`` in ``mode`` (native, microbatch or batch) on ``parallelism`` workers.
+
+    ``gather_sinks``: every sink has one instance, on worker 0, and its inputs reach it by ``global``
+    edges (what the local worker processes run today: one writer per sink, in the calling process).
+    """
     from millstream._run import MODES
 
     if mode not in MODES:
@@ -379,7 +383,8 @@ def compile(plan: P.Plan, mode: str = "native", parallelism: int = 1,
             form = output = "columns" if _columnar_forms(plan, first) else "rows"
         # how many instances, and the edges in
         keyed = _keyed(op)
-        if isinstance(op, P.SourceOp) or (isinstance(op, P.WindowOp) and op.key is None):
+        gathered = _gathered(op, gather_sinks)
+        if isinstance(op, P.SourceOp) or gathered:
             width = 1
         elif keyed:
             width = parallelism
@@ -391,7 +396,7 @@ def compile(plan: P.Plan, mode: str = "native", parallelism: int = 1,
             late = isinstance(op, P.LateOp)
             if want is not None and not (want.from_upstream or _same_partitioning(parts[up.id], want)):
                 how: Partitioning = "hash"
-            elif isinstance(op, P.WindowOp) and op.key is None and up.parallelism > 1:
+            elif gathered and up.parallelism > 1:
                 how = "global"
             else:
                 how, want = "forward", None
@@ -418,6 +423,12 @@ def compile(plan: P.Plan, mode: str = "native", parallelism: int = 1,
     operators = tuple(ops.values())
     return PhysicalPlan(plan, mode, parallelism, max_parallelism, operators, tuple(edges),
                         _stages(operators, edges))
+
+
+def _gathered(op: P.Op, gather_sinks: bool) -> bool:
+    """Whether the step has one instance fed by every worker: a window over the whole stream, and
+    (``gather_sinks``) a sink."""
+    return (isinstance(op, P.WindowOp) and op.key is None) or (gather_sinks and isinstance(op, P.SinkOp))
 
 
 def _stages(operators: tuple[Operator, ...], edges: list[Edge]) -> tuple[tuple[int, ...], ...]:

@@ -107,6 +107,8 @@ class RunResult(JobStatus):
     #: the directory of the savepoint taken when the run was stopped with one (``JobHandle.stop()``,
     #: Ctrl-C in the CLI, the dashboard); None otherwise
     savepoint: str | None = None
+    #: the peak resident memory of each worker process, in bytes (parallelism > 1; worker 0 first)
+    worker_peak_rss: tuple[int, ...] = ()
 
     def summary(self) -> str:
         lines = [
@@ -178,6 +180,10 @@ class RunConfig:
       output (or to the same one when the savepoint is the last thing its run committed).
     - ``control``: a :class:`millstream.JobControl` to stop the run from another thread
       (``control.request_stop(savepoint=True)``); one per run. ``flow.start()`` makes one.
+    - ``parallelism``: worker processes on this machine (default 1: the whole job in this process).
+      Above 1, this process is worker 0 (it reads the sources and writes the sinks) and keyed steps
+      are spread over the workers by key group. For now: native mode, guarantee ``"none"``, state in
+      memory; anything else is refused with a ConfigError (see docs/scaling.md).
 
     A stop with a savepoint takes effect at the next chunk boundary: the run takes a final
     checkpoint that is not marked finished, lets its sinks commit it, and returns a result with
@@ -210,6 +216,7 @@ class RunConfig:
     dashboard_control: bool = False
     from_savepoint: str | os.PathLike[str] | None = None
     control: JobControl | None = dataclasses.field(default=None, repr=False, compare=False)
+    parallelism: int = 1
 
     @property
     def effective_guarantee(self) -> str:
@@ -281,6 +288,10 @@ class RunConfig:
 
             if not isinstance(self.control, JobControl):
                 raise ConfigError(f"control must be a millstream.JobControl, not {type(self.control).__name__}")
+        if self.parallelism != 1:  # what worker processes cannot do yet is refused here, naming the fix
+            from millstream._parallel import check_config
+
+            check_config(self)
 
     def replace(self, **changes: Any) -> RunConfig:
         names = {f.name for f in dataclasses.fields(self)}
@@ -393,6 +404,12 @@ def _run_plan(plan: Plan, cfg: RunConfig, control: JobControl, on_ready: Callabl
 
     guarantee = cfg.effective_guarantee
     check_guarantee(plan, guarantee)
+    if cfg.parallelism > 1:  # worker processes on this machine: millstream._parallel
+        from millstream._parallel import run_parallel
+
+        if on_ready is not None:
+            on_ready()
+        return run_parallel(plan, cfg, control)
     clock = cfg.clock or SystemClock()
     registry = cfg.metrics_registry
     servers: list[Any] = []

@@ -1,0 +1,329 @@
+"""The exchange: records, watermarks and end of input between worker processes.
+
+Every ordered pair of workers has a **channel**: a ``multiprocessing`` pipe (file descriptors, no
+shared memory), fed by a thread of the sender from a bounded queue of pickled messages. What one
+worker sends another travels as a *message* ``(sender, items)``, the items in the order they were
+made, so that on each channel data and watermarks keep their order. An item is one of
+
+- ``("d", edge, records, times)``: a chunk of records (a pickled list, never one record a message,
+  at most :data:`BATCH` records);
+- ``("w", edge, wm)``: the sender's instance of the edge's source operator reached watermark ``wm``
+  (``MAX_WATERMARK``: it has ended, nothing more comes on that edge from that sender);
+- ``("i", edge)``: that instance's input went idle.
+
+Control messages from a worker to worker 0 are ``("error", worker, step, text)`` and
+``("done", worker, figures)``.
+
+**Backpressure.** A channel holds at most :data:`CAPACITY` messages besides what the pipe itself
+buffers; a sender whose channel is full waits. While it waits it keeps taking the messages that
+reach *it* and sets them aside (they are processed at its next turn): two workers that send to each
+other therefore never wait on each other forever, and a worker never processes input in the middle
+of sending.
+
+**Watermarks.** :class:`ExchangeIn` holds, per input port reached by an exchange, the watermark of
+each sender; the port's watermark is the minimum over the senders that are not idle, and when every
+sender is idle the port is marked idle (the operator's own idle marking, ``Operator.idle``), so
+an idle channel does not hold time back.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING, Any
+
+from millstream._keygroups import key_group
+from millstream._runtime._aggcode import compile_key
+from millstream._time import MAX_WATERMARK, MIN_WATERMARK
+
+if TYPE_CHECKING:
+    from millstream._physical import Edge, PhysicalPlan
+    from millstream._runtime._base import Operator, Runtime
+
+#: most records in one message (a bigger push is cut into several)
+BATCH = 2048
+#: messages a channel holds (besides the pipe's own buffer) before its sender waits
+CAPACITY = 8
+
+
+class Channel:
+    """The sending end of a pipe to one worker, with a thread that writes what is put into it."""
+
+    def __init__(self, conn: Connection, name: str) -> None:
+        self.conn = conn
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=CAPACITY)
+        #: why the thread stopped writing (the receiver is gone), else None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._feed, name=name, daemon=True)
+        self.thread.start()
+
+    def _feed(self) -> None:
+        while True:
+            data = self.queue.get()
+            if data is None:
+                return
+            try:
+                self.conn.send_bytes(data)
+            except (OSError, ValueError) as exc:  # the receiver is gone, or the pipe closed
+                self.error = exc
+                return
+
+    def put(self, data: bytes, timeout: float) -> None:
+        """Raises ``queue.Full`` when the channel is still full after ``timeout`` seconds."""
+        self.queue.put(data, timeout=timeout)
+
+    def close(self, wait_s: float) -> None:
+        """Let the thread write what it holds (up to ``wait_s`` seconds), then close the pipe."""
+        try:
+            self.queue.put(None, timeout=wait_s)
+        except queue.Full:
+            pass
+        self.thread.join(wait_s)
+        self.conn.close()
+
+
+class Exchange:
+    """One worker's ends of the channels: the pipes it reads, and the channels it sends on."""
+
+    def __init__(self, me: int, readers: Sequence[Connection], writers: dict[int, Connection], *,
+                 parent_pid: int | None = None, alive: Callable[[], None] | None = None) -> None:
+        self.me = me
+        self.readers = list(readers)
+        self.channels = {w: Channel(c, f"millstream-worker-{me}-to-{w}") for w, c in writers.items()}
+        n = max([me, *writers]) + 1
+        #: items waiting to be sent, per receiver, and the records among them
+        self.pending: list[list[tuple[Any, ...]]] = [[] for _ in range(n)]
+        self.pending_records = [0] * n
+        #: messages taken in while waiting to send: processed first at the next turn
+        self.deferred: deque[tuple[Any, ...]] = deque()
+        #: the port each exchange edge reaches on this worker, by edge index
+        self.ins: dict[int, ExchangeIn] = {}
+        #: control messages (worker 0 only): what the runner looks at
+        self.control: deque[tuple[Any, ...]] = deque()
+        self.parent_pid = parent_pid
+        #: called while waiting (worker 0: raises when another worker failed or died)
+        self.alive = alive
+
+    # -- sending ---------------------------------------------------------------------
+    def queue(self, dest: int, item: tuple[Any, ...], records: int = 0) -> None:
+        self.pending[dest].append(item)
+        self.pending_records[dest] += records
+        if self.pending_records[dest] >= BATCH:
+            self.flush_to(dest)
+
+    def flush(self) -> None:
+        """Send every pending item (one message per receiver)."""
+        for dest, items in enumerate(self.pending):
+            if items:
+                self.flush_to(dest)
+
+    def flush_to(self, dest: int) -> None:
+        items = self.pending[dest]
+        self.pending[dest] = []
+        self.pending_records[dest] = 0
+        self.put(dest, (self.me, items))
+
+    def put(self, dest: int, message: tuple[Any, ...]) -> None:
+        """Send ``message`` to worker ``dest``; while its channel is full, take in what arrives here."""
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        channel = self.channels[dest]
+        while True:
+            try:
+                channel.put(data, timeout=0.02)
+                return
+            except queue.Full:
+                self._take_in(0.0)
+                self.check()
+
+    def close(self, wait_s: float) -> None:
+        for channel in self.channels.values():
+            channel.close(wait_s)
+        for conn in self.readers:
+            conn.close()
+
+    def check(self) -> None:
+        """Stop when the job cannot go on: worker 0 learnt of a failure, a worker's parent is gone."""
+        if self.alive is not None:
+            self.alive()
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            raise SystemExit(3)  # the job's process is gone: nobody reads what this worker makes
+
+    # -- receiving -------------------------------------------------------------------
+    def _take_in(self, timeout: float) -> int:
+        """Move what has arrived into ``deferred`` (waiting up to ``timeout`` for something)."""
+        if not self.readers:
+            if timeout > 0:
+                time.sleep(timeout)
+            return 0
+        n = 0
+        for conn in wait(self.readers, timeout):
+            assert isinstance(conn, Connection)
+            try:
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                self.readers.remove(conn)  # its sender ended (or died: worker 0 finds out which)
+                continue
+            self.deferred.append(pickle.loads(data))  # noqa: S301 - a pipe from a worker of this job
+            n += 1
+        return n
+
+    def receive(self, wait_s: float) -> int:
+        """Process what has arrived (what was taken in while sending first); wait up to ``wait_s``
+        for something when nothing has. Returns the messages processed."""
+        if not self.deferred:
+            deadline = time.monotonic() + wait_s
+            while not self._take_in(max(0.0, min(0.05, deadline - time.monotonic()))):
+                if time.monotonic() >= deadline:
+                    return 0
+                self.check()
+        n = 0
+        while self.deferred:
+            self._handle(self.deferred.popleft())
+            n += 1
+        return n
+
+    def _handle(self, msg: tuple[Any, ...]) -> None:
+        if msg[0] in ("error", "done"):
+            self.control.append(msg)
+            return
+        sender, items = msg
+        for item in items:
+            port = self.ins[item[1]]
+            kind = item[0]
+            if kind == "d":
+                port.push(item[2], item[3])
+            elif kind == "w":
+                port.watermark(sender, item[2])
+            else:
+                port.idle(sender)
+
+    @property
+    def inputs_ended(self) -> bool:
+        """Whether every sender of every exchange into this worker has ended."""
+        return all(i.ended for i in self.ins.values())
+
+
+class ExchangeIn:
+    """Where an exchange edge enters an operator instance: the watermark of the port is the least
+    of its senders' (idle senders aside)."""
+
+    def __init__(self, target: Operator, port: int, senders: range) -> None:
+        self.target = target
+        self.port = port
+        self.wms = {s: MIN_WATERMARK for s in senders}
+        self.idles = {s: False for s in senders}
+        self.sent = MIN_WATERMARK
+
+    def push(self, records: list[Any], times: list[int] | None) -> None:
+        self.target.push(self.port, records, times)
+
+    def watermark(self, sender: int, wm: int) -> None:
+        if wm > self.wms[sender]:
+            self.wms[sender] = wm
+        self.idles[sender] = False
+        self._advance()
+
+    def idle(self, sender: int) -> None:
+        self.idles[sender] = True
+        self._advance()
+
+    def _advance(self) -> None:
+        active = [w for s, w in self.wms.items() if not self.idles[s]]
+        if not active:
+            self.target.idle(self.port)
+            return
+        low = min(active)
+        if low > self.sent:
+            self.sent = low
+            self.target.watermark(self.port, low)
+
+    @property
+    def ended(self) -> bool:
+        return all(w >= MAX_WATERMARK for w in self.wms.values())
+
+
+class ExchangeOut:
+    """Stands where an operator's downstream would be on an exchange edge: routes each record to the
+    worker that owns its key group (``hash``) or to worker 0 (``global``), and sends the upstream
+    instance's watermark to every instance of the target."""
+
+    #: the operator contract's flag (chunks of rows, never columnar batches: native mode)
+    columnar = False
+
+    def __init__(self, pp: PhysicalPlan, index: int, edge: Edge, ex: Exchange, rt: Runtime) -> None:
+        self.index = index
+        self.ex = ex
+        self.rt = rt
+        self.node = pp.plan.node(edge.target)
+        target = pp.operator(edge.target)
+        self.receivers = range(target.parallelism)
+        m = pp.max_parallelism
+        self.max_parallelism = m
+        #: key group -> worker
+        self.owner = [pp.owner(g) for g in range(m)] if edge.partitioning == "hash" else None
+        self.key = compile_key(edge.key) if edge.partitioning == "hash" else None
+
+    def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
+        if not records:
+            return
+        if self.owner is None:  # global: all to worker 0
+            self._send(0, records, times)
+            return
+        assert self.key is not None
+        keyf, owner, m = self.key, self.owner, self.max_parallelism
+        n = len(self.receivers)
+        recs: list[list[Any]] = [[] for _ in range(n)]
+        ts: list[list[int]] | None = [[] for _ in range(n)] if times is not None else None
+        r = None
+        try:
+            if ts is not None:
+                assert times is not None
+                for r, t in zip(records, times, strict=True):
+                    d = owner[key_group(keyf(r), m)]
+                    recs[d].append(r)
+                    ts[d].append(t)
+            else:
+                for r in records:
+                    recs[owner[key_group(keyf(r), m)]].append(r)
+        except Exception as exc:
+            raise self.rt.step_error(self.node, exc, record=r) from exc
+        for d in range(n):
+            if recs[d]:
+                self._send(d, recs[d], ts[d] if ts is not None else None)
+
+    def _send(self, dest: int, records: list[Any], times: list[int] | None) -> None:
+        ex = self.ex
+        if dest == ex.me:
+            ex.ins[self.index].push(records, times)
+            return
+        for start in range(0, len(records), BATCH):
+            part = records[start:start + BATCH] if len(records) > BATCH else records
+            tpart = None if times is None else (times[start:start + BATCH] if len(records) > BATCH else times)
+            ex.queue(dest, ("d", self.index, part, tpart), len(part))
+
+    def watermark(self, port: int, wm: int) -> None:
+        ex = self.ex
+        for dest in self.receivers:
+            if dest == ex.me:
+                ex.ins[self.index].watermark(ex.me, wm)
+                continue
+            items = ex.pending[dest]
+            if items and items[-1][0] == "w" and items[-1][1] == self.index:
+                items[-1] = ("w", self.index, wm)  # a newer watermark replaces one not yet sent
+            else:
+                ex.queue(dest, ("w", self.index, wm))
+
+    def idle(self, port: int) -> None:
+        ex = self.ex
+        for dest in self.receivers:
+            if dest == ex.me:
+                ex.ins[self.index].idle(ex.me)
+            else:
+                ex.queue(dest, ("i", self.index))
+

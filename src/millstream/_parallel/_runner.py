@@ -1,0 +1,228 @@
+"""Running a plan on N worker processes of this machine (worker 0 is the calling process)."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import pickle
+import resource
+import time
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from millstream._clock import SystemClock
+from millstream._physical import compile as compile_physical
+from millstream._plan import Plan
+from millstream._runtime._base import Runtime
+from millstream._state import open_backend
+from millstream.errors import ConfigError, JobError, MillstreamError
+
+from ._exchange import Exchange
+from ._worker import WorkerJob, run_worker, worker_main
+
+if TYPE_CHECKING:
+    from millstream._control import JobControl
+    from millstream._run import RunConfig, RunResult
+
+log = logging.getLogger("millstream.parallel")
+
+#: how long a finished worker gets to exit, and a stopped one to go, before it is killed
+_JOIN_S = 5.0
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Refuse what parallelism > 1 cannot do yet, naming the fix (called by ``RunConfig``)."""
+    n = cfg.parallelism
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"parallelism must be a positive int, not {n!r}")
+    if n == 1:
+        return
+    fix = "run with parallelism=1 (--parallelism 1)"
+    if cfg.mode != "native":
+        raise ConfigError(f"parallelism > 1 runs in native mode only for now ({cfg.mode} mode across worker "
+                          f"processes comes next): run with mode='native' (--mode native), or {fix}")
+    if cfg.checkpoint_dir is not None or cfg.effective_guarantee != "none":
+        raise ConfigError("parallelism > 1 runs without checkpoints for now (guarantee 'none'): checkpoints "
+                          f"across workers come next. Drop checkpoint_dir and guarantee, or {fix}")
+    if cfg.state != "memory":
+        raise ConfigError(f"parallelism > 1 keeps keyed state in memory for now, not {cfg.state!r}: run with "
+                          f"state='memory', or {fix}")
+    if cfg.clock is not None and not isinstance(cfg.clock, SystemClock):
+        raise ConfigError(f"parallelism > 1 needs the system clock: a {type(cfg.clock).__name__} cannot be shared "
+                          f"by worker processes. Drop clock=..., or {fix}")
+    if cfg.metrics is not None or cfg.dashboard is not None or cfg.metrics_registry is not None:
+        raise ConfigError(f"metrics and the dashboard follow one process for now: drop metrics/dashboard, or {fix}")
+
+
+def _payload(physical: Any) -> bytes:
+    """The physical plan as the workers get it: user functions by value where cloudpickle is installed."""
+    try:
+        import cloudpickle  # type: ignore[import-untyped]
+    except ImportError:
+        cloudpickle = None
+    try:
+        if cloudpickle is not None:
+            return bytes(cloudpickle.dumps(physical, protocol=pickle.HIGHEST_PROTOCOL))
+        return pickle.dumps(physical, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        extra = "" if cloudpickle is not None else " (or pip install cloudpickle: it sends lambdas and local functions)"
+        raise ConfigError(f"the flow cannot be sent to worker processes: {type(exc).__name__}: {exc}. Every step's "
+                          f"function, key and connector must pickle: define functions at module level{extra}, "
+                          "or run with parallelism=1") from exc
+
+
+def _context() -> Any:
+    """forkserver: workers are forked from a fresh single-threaded server (never from this process,
+    which may run threads), with millstream already imported there, so a worker starts in ~20 ms."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["millstream._parallel._worker"])
+    return ctx
+
+
+def run_parallel(plan: Plan, cfg: RunConfig, control: JobControl) -> RunResult:
+    """Run ``plan`` on ``cfg.parallelism`` workers: this process is worker 0, the others are started here,
+    joined here, and stopped here when anything fails or the run is interrupted."""
+    from millstream._run import RunResult, _close, _status
+
+    n = cfg.parallelism
+    physical = compile_physical(plan, "native", n, gather_sinks=True)
+    payload = _payload(physical)
+    ctx = _context()
+    started = time.monotonic()
+    # pipe[(a, b)]: worker a writes, worker b reads
+    pipes: dict[tuple[int, int], tuple[Connection, Connection]] = {
+        (a, b): ctx.Pipe(duplex=False)[::-1] for a in range(n) for b in range(n) if a != b}
+    procs: list[Any] = []
+    done: dict[int, dict[str, Any]] = {}
+
+    def alive() -> None:
+        """Raise when another worker failed (its message) or died (its exit code)."""
+        while ex.control:
+            msg = ex.control.popleft()
+            if msg[0] == "error":
+                raise _WorkerFailed(msg[1], msg[2], msg[3])
+            done[msg[1]] = msg[2]
+        for w, proc in enumerate(procs, 1):
+            if w not in done and proc.exitcode is not None:
+                ex._take_in(0.2)  # its last word may still be in the pipe
+                while ex.deferred:
+                    msg = ex.deferred.popleft()
+                    if msg[0] == "error":
+                        raise _WorkerFailed(msg[1], msg[2], msg[3])
+                    if msg[0] == "done":
+                        done[msg[1]] = msg[2]
+                if w not in done:
+                    raise _WorkerFailed(w, None, f"worker {w} died (exit code {proc.exitcode})")
+
+    ex = Exchange(0, [r for (a, b), (_, r) in pipes.items() if b == 0],
+                  {b: wr for (a, b), (wr, _) in pipes.items() if a == 0}, alive=alive)
+    rt = Runtime(cfg.clock or SystemClock(), open_backend(cfg.state))
+    job = WorkerJob(physical, 0, rt, ex)
+    interrupted = finished = False
+    tick = None
+    if cfg.on_progress is not None:
+        callback, every, next_tick = cfg.on_progress, cfg.progress_interval_s, [time.monotonic()]
+
+        def tick() -> None:
+            if time.monotonic() >= next_tick[0]:
+                next_tick[0] = time.monotonic() + every
+                callback(_status(job, plan.flow, cfg.mode, started))
+
+    try:
+        for w in range(1, n):
+            readers = [r for (a, b), (_, r) in pipes.items() if b == w]
+            writers = {b: wr for (a, b), (wr, _) in pipes.items() if a == w}
+            proc = ctx.Process(target=worker_main, name=f"millstream-{plan.flow}-worker-{w}", daemon=True,
+                               args=(w, payload, readers, writers, cfg.chunk, cfg.idle_sleep_s,
+                                     cfg.state))
+            proc.start()
+            procs.append(proc)
+        for (a, b), (wr, r) in pipes.items():  # the workers' ends are theirs now
+            if a != 0:
+                wr.close()
+            if b != 0:
+                r.close()
+        failed = True
+        try:
+            job.open()
+            ended = run_worker(job, ex, max_chunk=cfg.chunk, idle_sleep_s=cfg.idle_sleep_s,
+                               stop=lambda: control.stop_requested, tick=tick)
+            interrupted = not ended
+            while ended and len(done) < n - 1:  # the others have ended too: wait for their figures
+                ex.receive(0.05)
+                alive()
+            finished = ended
+            failed = False
+        finally:
+            _close(job, quiet=failed)
+    except KeyboardInterrupt:
+        interrupted = True
+    except _WorkerFailed as failure:
+        raise failure.error(n) from None
+    except MillstreamError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        step = getattr(exc, "step", None)
+        raise JobError(f"worker 0 of {n} failed{_in_step(step)}: {exc}") from exc
+    finally:
+        _stop(procs, ex, pipes, finished)
+    result: RunResult = _status(job, plan.flow, cfg.mode, started, RunResult, ok=not interrupted,
+                                interrupted=interrupted, guarantee="none")
+    return _merge(result, done)
+
+
+def _in_step(step: str | None) -> str:
+    return f" in step {step!r}" if step else ""
+
+
+class _WorkerFailed(Exception):
+    def __init__(self, worker: int, step: str | None, text: str) -> None:
+        super().__init__(text)
+        self.worker, self.step, self.text = worker, step, text
+
+    def error(self, n: int) -> JobError:
+        return JobError(f"worker {self.worker} of {n} failed{_in_step(self.step)}: {self.text}")
+
+
+def _stop(procs: list[Any], ex: Exchange, pipes: dict[tuple[int, int], tuple[Connection, Connection]],
+          finished: bool) -> None:
+    """Join every worker (``finished``: they are exiting by themselves; otherwise, after a failure or an
+    interruption, they are terminated, then killed), and close every pipe end this process holds."""
+    deadline = time.monotonic() + _JOIN_S
+    for proc in procs:
+        if not finished and proc.exitcode is None:
+            proc.terminate()
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.exitcode is None:
+            proc.terminate()
+            proc.join(1.0)
+        if proc.exitcode is None:
+            log.warning("worker %s did not stop; killing it", proc.name)
+            proc.kill()
+            proc.join()
+        proc.close()
+    ex.close(0.5)
+    for wr, r in pipes.values():
+        wr.close()
+        r.close()
+
+
+def _merge(result: RunResult, done: dict[int, dict[str, Any]]) -> RunResult:
+    """Add the other workers' figures to worker 0's, step by step."""
+    import dataclasses
+
+    steps = []
+    for s in result.steps:
+        rin, rout, extra = s.records_in, s.records_out, dict(s.extra)
+        for figures in done.values():
+            for name, i, o, more in figures["steps"]:
+                if name == s.name:
+                    rin, rout = rin + i, rout + o
+                    for k, v in more.items():
+                        extra[k] = extra.get(k, 0) + v
+        steps.append(dataclasses.replace(s, records_in=rin, records_out=rout, extra=extra))
+    peaks = {0: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    peaks.update({w: f["peak_rss"] for w, f in done.items()})
+    log.info("peak memory per worker: %s", peaks)
+    return dataclasses.replace(result, steps=tuple(steps), worker_peak_rss=tuple(peaks[w] for w in sorted(peaks)))

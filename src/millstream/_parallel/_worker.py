@@ -1,0 +1,161 @@
+"""One worker: its operator instances of the physical plan, wired to the exchange, and its loop.
+
+Worker 0 runs in the calling process (it reads the sources and writes the sinks, where the physical
+plan puts them); workers 1 .. N-1 run :func:`worker_main` in processes of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import resource
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from millstream import _plan as P
+from millstream._clock import SystemClock
+from millstream._physical import PhysicalPlan
+from millstream._runtime._base import Operator, Runtime
+from millstream._runtime._native import NativeJob
+from millstream._state import open_backend
+from millstream._time import MAX_WATERMARK
+from millstream.errors import MillstreamError
+
+from ._exchange import Exchange, ExchangeIn, ExchangeOut
+
+
+class WorkerJob(NativeJob):
+    """The instances of worker ``worker`` of a physical plan (native mode), wired as the plan says:
+    ``forward`` edges within the process, ``hash`` and ``global`` edges through the exchange."""
+
+    def __init__(self, physical: PhysicalPlan, worker: int, rt: Runtime, ex: Exchange) -> None:
+        # NativeJob's constructor compiles the plan at parallelism 1; this one takes the given physical plan
+        self.plan = physical.plan
+        self.rt = rt
+        self.ops = []
+        self.op_of = {}
+        self.sources = []
+        self.sinks = []
+        self.dead_letters = []
+        self.physical = physical
+        self.worker = worker
+        for pop in physical.operators:
+            if worker >= pop.parallelism:
+                continue  # no instance of it here
+            first = pop.steps[0]
+            if isinstance(first.op, P.STATELESS):
+                op = self._add(self._make_chain(list(pop.steps), first.timestamped))
+            else:
+                op = self._add(self._make(first))
+            for node in pop.steps:
+                self.op_of[node.id] = op
+        for index, edge in enumerate(physical.edges):
+            up, down = self.op_of.get(edge.source), self.op_of.get(edge.target)
+            if edge.exchange:
+                if up is not None:
+                    self._outs(up, edge.late).append((ExchangeOut(physical, index, edge, ex, rt), edge.port))
+                if down is not None:
+                    senders = range(physical.operator(edge.source).parallelism)
+                    ex.ins[index] = ExchangeIn(down, edge.port, senders)
+            elif down is not None:
+                if up is None:
+                    # an input with no instance on this worker (a stream read on worker 0 only, joined
+                    # with one that runs everywhere): it is empty, and has ended
+                    down.in_wms[edge.port] = MAX_WATERMARK
+                else:
+                    self._outs(up, edge.late).append((self._port(up, down), edge.port))
+
+    @staticmethod
+    def _outs(up: Operator, late: bool) -> list[Any]:
+        if late:
+            assert hasattr(up, "late_outs")
+            return up.late_outs  # type: ignore[no-any-return]
+        return up.outs
+
+    def figures(self) -> list[tuple[str, int, int, dict[str, int]]]:
+        """Each operator's counts, for worker 0 to add up."""
+        return [(op.name, op.records_in, op.records_out, op.metrics()) for op in self.ops]
+
+
+def run_worker(job: WorkerJob, ex: Exchange, *, max_chunk: int, idle_sleep_s: float,
+               stop: Callable[[], bool] | None = None, tick: Callable[[], None] | None = None) -> bool:
+    """Run until this worker's sources and every exchange into it have ended (True), or ``stop()``
+    (False). A round takes what has arrived, reads a chunk from each source, fires processing-time
+    timers and sends what it made."""
+    clock = job.rt.clock
+    has_proc = any(type(op).on_processing_time is not Operator.on_processing_time for op in job.ops)
+    sources_ended = not job.sources
+    while True:
+        got = ex.receive(0.0)
+        n = 0
+        if not sources_ended:
+            n, active = job.step(max_chunk)
+            sources_ended = not active
+        if has_proc:
+            job.fire_processing_time(clock.now_ms())
+        ex.flush()
+        if tick is not None:
+            tick()
+        if sources_ended and ex.inputs_ended:
+            break
+        if stop is not None and stop():
+            return False
+        ex.check()
+        if n <= 0 and got == 0:
+            wait = idle_sleep_s if not sources_ended else 0.05
+            if not sources_ended:
+                hint = job.next_wakeup()
+                wait = idle_sleep_s if hint is None else max(0.0, min(hint, idle_sleep_s * 20))
+            if has_proc:
+                nxt = min((t for op in job.ops for t in (op.next_processing_timer(),) if t is not None), default=None)
+                if nxt is not None:
+                    wait = min(wait, max(0.0, (nxt - clock.now_ms()) / 1000))
+            ex.receive(wait)
+    if has_proc:
+        job.fire_processing_time(clock.now_ms())
+    ex.flush()
+    return True
+
+
+def worker_main(worker: int, payload: bytes, readers: list[Connection], writers: dict[int, Connection],
+                max_chunk: int, idle_sleep_s: float, state: str) -> None:
+    """The body of worker process ``worker`` (1 .. N-1)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the job's process's to handle: it stops us
+    # the forkserver this worker was forked from: it ends when the job's process does, and then the
+    # worker is re-parented (nobody would read what it makes)
+    ex = Exchange(worker, readers, writers, parent_pid=os.getppid())
+    try:
+        physical = pickle.loads(payload)  # noqa: S301 - the plan this job's process sent
+        rt = Runtime(SystemClock(), open_backend(state))
+        job = WorkerJob(physical, worker, rt, ex)
+        failed = True
+        try:
+            job.open()
+            run_worker(job, ex, max_chunk=max_chunk, idle_sleep_s=idle_sleep_s)
+            failed = False
+        finally:
+            try:
+                job.close()
+            except Exception:
+                if not failed:
+                    raise
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        ex.put(0, ("done", worker, {"steps": job.figures(), "peak_rss": peak}))
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - everything a worker meets goes to worker 0
+        step = getattr(exc, "step", None)
+        text = str(exc) if isinstance(exc, MillstreamError) else "".join(
+            traceback.format_exception(exc)).rstrip()
+        try:
+            ex.channels[0].put(pickle.dumps(("error", worker, step, text)), timeout=5)
+        except Exception:  # noqa: BLE001,S110 - worker 0 may be gone; the exit code still tells
+            pass
+        ex.close(5)
+        sys.stdout.flush()
+        os._exit(1)
+    ex.close(30)

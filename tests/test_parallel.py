@@ -1,0 +1,314 @@
+"""Local parallelism (issue 11, section 2, first slice): N worker processes give the answers of one.
+
+Worker processes are forked from one forkserver per test session (started by the first run), so a
+run at parallelism 2 or 3 costs tens of milliseconds more than at 1. Inputs are small on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import millstream as ms
+from millstream import agg, col, nexmark
+from millstream._keygroups import key_group, worker_of
+from millstream.errors import ConfigError, JobError
+
+ROOT = Path(__file__).resolve().parents[1]
+WM = ms.WatermarkStrategy.bounded(timedelta(milliseconds=500), timestamp=col("ts"))
+
+
+# -- the process table and /dev/shm ----------------------------------------------------------------
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line), from /proc."""
+    out: dict[int, tuple[int, str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        out[int(entry)] = (ppid, cmd)
+    return out
+
+
+def _descendants(root: int, helpers: bool = False) -> set[int]:
+    """The processes below ``root``, except (unless ``helpers``) multiprocessing's own long-lived helpers
+    (the forkserver and the resource tracker live as long as the process that started them: they are
+    no job's workers)."""
+    procs = _processes()
+    found: set[int] = set()
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, _) in procs.items():
+            if ppid == parent and pid not in found:
+                found.add(pid)
+                frontier.append(pid)
+    def helper(pid: int) -> bool:  # a worker forked by the forkserver has its command line: not a helper
+        return (any(h in procs[pid][1] for h in ("forkserver", "resource_tracker"))
+                and "forkserver" not in procs.get(procs[pid][0], (0, ""))[1])
+
+    return {p for p in found if helpers or not helper(p)}
+
+
+def _shm() -> set[str]:
+    """What multiprocessing could leave in /dev/shm (named semaphores, shared memory blocks)."""
+    try:
+        names = os.listdir("/dev/shm")
+    except FileNotFoundError:
+        return set()
+    return {n for n in names if n.startswith(("sem.mp", "psm_", "mp-", "wnsm_"))}
+
+
+@pytest.fixture
+def clean() -> Any:
+    """The test leaves no worker process and nothing in /dev/shm behind."""
+    before_shm = _shm()
+    yield
+    deadline = time.monotonic() + 5
+    while _descendants(os.getpid()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _descendants(os.getpid()) == set()
+    assert _shm() - before_shm == set()
+
+
+# -- flows -------------------------------------------------------------------------------------
+
+
+def _events(n: int = 3_000, keys: int = 23, seed: int = 7, step: int = 7) -> list[dict[str, Any]]:
+    """Out of order by up to 300 ms, inside the watermark's 500 ms bound: nothing is late."""
+    rng = random.Random(seed)
+    return [{"k": f"k{rng.randrange(keys)}", "v": rng.randrange(100), "ts": i * step + rng.randrange(300)}
+            for i in range(n)]
+
+
+def tumbling() -> tuple[ms.Flow, Any]:
+    flow, out = ms.Flow("tumbling"), ms.testing.CollectSink()
+    src = flow.source(ms.connectors.memory.read(_events()), watermark=WM)
+    (src.key_by("k").window(ms.windows.tumbling(timedelta(seconds=1)))
+     .aggregate(total=agg.sum("v"), n=agg.count()).sink(out))
+    return flow, out
+
+
+def session() -> tuple[ms.Flow, Any]:
+    flow, out = ms.Flow("session"), ms.testing.CollectSink()
+    sparse = _events(1_500, step=60)  # a key's events ~1.4 s apart: sessions of one and of several
+    src = flow.source(ms.connectors.memory.read(sparse), watermark=WM)
+    src.key_by("k").window(ms.windows.session(timedelta(milliseconds=1_500))).aggregate(
+        n=agg.count(), top=agg.max("v")).sink(out)
+    return flow, out
+
+
+def join() -> tuple[ms.Flow, Any]:
+    flow, out = ms.Flow("join"), ms.testing.CollectSink()
+    left = flow.source(ms.connectors.memory.read(_events(1_500, seed=1), name="left"), watermark=WM)
+    right = flow.source(ms.connectors.memory.read(
+        [{"id": e["k"], "w": e["v"], "ts": e["ts"]} for e in _events(600, seed=2)], name="right"), watermark=WM)
+    left.key_by("k").window_join(right.key_by("id"), ms.windows.tumbling(timedelta(seconds=2))).sink(out)
+    return flow, out
+
+
+def _count(ctx: ms.Context, r: dict[str, Any]) -> None:
+    seen = ctx.state["seen"]
+    seen.update((seen.value() or 0) + r["v"])
+    ctx.timers.register_event_time(r["ts"] // 1000 * 1000 + 999)
+
+
+def _report(ctx: ms.Context, ts: int) -> None:
+    ctx.emit({"k": ctx.key, "at": ts, "seen": ctx.state["seen"].value()})
+
+
+def process() -> tuple[ms.Flow, Any]:
+    flow, out = ms.Flow("process"), ms.testing.CollectSink()
+    src = flow.source(ms.connectors.memory.read(_events()), watermark=WM)
+    src.key_by("k").process(_count, on_timer=_report, state={"seen": ms.state.value()}).sink(out)
+    return flow, out
+
+
+def _rows(values: list[Any]) -> Counter[Any]:
+    return Counter(tuple(sorted(v.items())) for v in values)
+
+
+@pytest.mark.parametrize("build", [tumbling, session, join, process], ids=lambda b: b.__name__)
+def test_the_same_answers_at_parallelism_1_2_and_3(build: Callable[[], tuple[ms.Flow, Any]], clean: Any) -> None:
+    results = {}
+    for p in (1, 2, 3):
+        flow, out = build()
+        result = flow.run(mode="native", parallelism=p)
+        assert result.ok and result.total("late") == 0
+        results[p] = _rows(out.values)
+        assert result.records_written == len(out.values)
+        if p > 1:
+            assert len(result.worker_peak_rss) == p
+    assert results[1], "the flow computes something"
+    assert results[2] == results[1]
+    assert results[3] == results[1]
+
+
+def test_keyed_steps_are_spread_over_the_workers(clean: Any) -> None:
+    flow, out = tumbling()
+    result = flow.run(mode="native", parallelism=3)
+    window = result.step("window")
+    assert window.records_in == 3_000  # the three workers' counts, added up
+    assert result.step("collect").records_in == len(out.values)
+
+
+def test_nexmark_q5_matches_the_oracle_at_parallelism_2_and_3(clean: Any) -> None:
+    pytest.importorskip("duckdb")
+    from tests.test_nexmark_queries import check, oracle
+
+    config = nexmark.NexmarkConfig(events=50_000, rate=1_000)
+    want = oracle("in-order", "q5")
+    for p in (2, 3):
+        out = ms.testing.CollectSink()
+        result = nexmark.build("q5", nexmark.read(config), out).run(mode="native", parallelism=p)
+        assert result.ok and result.total("late") == 0
+        check("q5", list(out.values), want)
+
+
+# -- failures ----------------------------------------------------------------------------------
+
+
+def _key_on(worker: int, n: int) -> str:
+    """A key whose group worker ``worker`` of ``n`` owns."""
+    return next(k for k in (f"key-{i}" for i in range(10_000)) if worker_of(key_group(k), n) == worker)
+
+
+def test_a_failing_function_in_a_worker_fails_the_job_naming_worker_and_step(clean: Any) -> None:
+    bad = _key_on(1, 2)
+
+    def explode(r: dict[str, Any]) -> dict[str, Any]:
+        if r["k"] == bad:
+            raise ZeroDivisionError("no good")
+        return r
+
+    events = [{"k": k, "v": 1, "ts": i} for i in range(400) for k in (_key_on(0, 2), bad)]
+    flow = ms.Flow("fails")
+    src = flow.source(ms.connectors.memory.read(events), watermark=WM)
+    (src.key_by("k").window(ms.windows.tumbling(100)).aggregate(n=agg.count())
+     .map(explode, name="explode").sink(ms.testing.CollectSink()))
+    with pytest.raises(JobError, match=r"worker 1 of 2 failed in step 'explode': .*ZeroDivisionError: no good"):
+        flow.run(mode="native", parallelism=2)
+
+
+def test_a_worker_that_dies_fails_the_job(clean: Any) -> None:
+    me = os.getpid()
+    victim = _key_on(1, 2)
+
+    def die(r: dict[str, Any]) -> dict[str, Any]:
+        if r["k"] == victim and os.getpid() != me:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return r
+
+    events = [{"k": k, "v": 1, "ts": i} for i in range(400) for k in (_key_on(0, 2), victim)]
+    flow = ms.Flow("dies")
+    src = flow.source(ms.connectors.memory.read(events), watermark=WM)
+    (src.key_by("k").window(ms.windows.tumbling(100)).aggregate(n=agg.count())
+     .map(die, name="die").sink(ms.testing.CollectSink()))
+    with pytest.raises(JobError, match=r"worker 1 of 2 failed: worker 1 died \(exit code -9\)"):
+        flow.run(mode="native", parallelism=2)
+
+
+def test_a_failure_on_worker_0_stops_the_others(clean: Any) -> None:
+    def explode(r: dict[str, Any]) -> dict[str, Any]:
+        raise ValueError("bad record")
+
+    flow = ms.Flow("fails-at-0")
+    src = flow.source(ms.connectors.memory.read(_events()), watermark=WM)
+    src.map(explode, name="first").key_by("k").window(ms.windows.tumbling(100)).aggregate(n=agg.count()).sink(
+        ms.testing.CollectSink())
+    with pytest.raises(JobError, match=r"worker 0 of 2 failed in step 'first': .*ValueError: bad record") as info:
+        flow.run(mode="native", parallelism=2)
+    assert isinstance(info.value.__cause__, ms.errors.StepError)
+
+
+JOB = """
+import millstream as ms
+
+def event(i):
+    return {{"k": i % 101, "ts": i}}
+
+flow = ms.Flow("endless")
+src = flow.source(ms.connectors.generator.read(event),  # no end
+                  watermark=ms.WatermarkStrategy.monotonous(timestamp="ts"))
+src.key_by("k").window(ms.windows.tumbling(1000)).aggregate(n=ms.agg.count()).sink(
+    ms.connectors.files.write({out!r}))
+"""
+
+
+def test_ctrl_c_stops_every_worker(tmp_path: Path, clean: Any) -> None:
+    job = tmp_path / "job.py"
+    job.write_text(textwrap.dedent(JOB.format(out=str(tmp_path / "out.jsonl"))))
+    cmd = [sys.executable, "-c", "import sys; from millstream.cli import main; sys.exit(main())",
+           "run", str(job), "--parallelism", "2", "-q"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not _descendants(proc.pid):
+            time.sleep(0.05)
+        time.sleep(0.3)
+        below = _descendants(proc.pid, helpers=True)  # the worker, the forkserver, the resource tracker
+        assert _descendants(proc.pid), "the job started its worker"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err.decode()
+    deadline = time.monotonic() + 5
+    while below & set(_processes()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert below & set(_processes()) == set()
+
+
+# -- what is refused, and how ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"mode": "microbatch"}, r"native mode only for now .* mode='native' \(--mode native\)"),
+    ({"mode": "batch"}, r"native mode only for now .* mode='native'"),
+    ({"checkpoint_dir": "ck"}, r"without checkpoints for now .* checkpoints across workers come next"),
+    ({"state": "lmdb:///tmp/x"}, r"keeps keyed state in memory for now"),
+    ({"clock": ms.testing.ManualClock()}, r"needs the system clock"),
+    ({"parallelism": 0}, r"parallelism must be a positive int"),
+])
+def test_what_parallelism_cannot_do_yet_is_refused_naming_the_fix(options: dict[str, Any], message: str) -> None:
+    flow, _ = tumbling()
+    with pytest.raises(ConfigError, match=message):
+        flow.run(**{"parallelism": 2, **options})
+
+
+def test_the_cli_takes_parallelism(tmp_path: Path, clean: Any) -> None:
+    from millstream._cli import main
+
+    job = tmp_path / "job.py"
+    out = tmp_path / "out.jsonl"
+    job.write_text(textwrap.dedent(f"""
+        import millstream as ms
+        flow = ms.Flow("cli")
+        src = flow.source(ms.connectors.memory.read([{{"k": i % 5, "ts": i}} for i in range(1000)]),
+                          watermark=ms.WatermarkStrategy.monotonous(timestamp="ts"))
+        src.key_by("k").window(ms.windows.tumbling(100)).aggregate(n=ms.agg.count()).sink(
+            ms.connectors.files.write({str(out)!r}))
+    """))
+    assert main(["run", str(job), "--parallelism", "2", "-q"]) == 0
+    assert len(out.read_text().splitlines()) == 50
+    assert main(["run", str(job), "--parallelism", "2", "--mode", "microbatch", "-q"]) == 2
