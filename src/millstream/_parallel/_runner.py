@@ -55,20 +55,15 @@ def check_config(cfg: RunConfig) -> None:
 
 
 def _payload(physical: Any) -> bytes:
-    """The physical plan as the workers get it: user functions by value where cloudpickle is installed."""
+    """The physical plan as the workers get it: user functions (lambdas, local functions) by value."""
+    import cloudpickle  # type: ignore[import-untyped]
+
     try:
-        import cloudpickle  # type: ignore[import-untyped]
-    except ImportError:
-        cloudpickle = None
-    try:
-        if cloudpickle is not None:
-            return bytes(cloudpickle.dumps(physical, protocol=pickle.HIGHEST_PROTOCOL))
-        return pickle.dumps(physical, protocol=pickle.HIGHEST_PROTOCOL)
+        return bytes(cloudpickle.dumps(physical, protocol=pickle.HIGHEST_PROTOCOL))
     except Exception as exc:
-        extra = "" if cloudpickle is not None else " (or pip install cloudpickle: it sends lambdas and local functions)"
         raise ConfigError(f"the flow cannot be sent to worker processes: {type(exc).__name__}: {exc}. Every step's "
-                          f"function, key and connector must pickle: define functions at module level{extra}, "
-                          "or run with parallelism=1") from exc
+                          "function, key and connector must pickle (an open file or socket, a lock, a generator "
+                          "cannot), or run with parallelism=1") from exc
 
 
 def _context() -> Any:
