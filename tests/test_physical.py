@@ -110,7 +110,8 @@ def test_keyed_window_exchanges_once_where_the_key_is_read(n: int, mode: str) ->
         ("spend", "big"): "forward",
         ("big", "alerts"): "forward",
     }
-    assert [op.parallelism for op in pp.operators] == [1, 1, n, n, n]
+    # the memory source splits: read, filtered and keyed on every worker, then one exchange
+    assert [op.parallelism for op in pp.operators] == [n, n, n, n, n]
     assert len(pp.stages) == 2
     check_ownership(pp)
 
@@ -151,10 +152,10 @@ def test_cep_exchanges_into_the_nfa_only(n: int, mode: str) -> None:
 
 @both
 @modes
-def test_stateless_chain_has_no_exchange_and_one_instance(n: int, mode: str) -> None:
+def test_stateless_chain_has_no_exchange_and_runs_where_its_source_is_read(n: int, mode: str) -> None:
     pp = compile(stateless().plan(), mode, n)
     assert not pp.exchanges
-    assert all(op.parallelism == 1 for op in pp.operators) and len(pp.stages) == 1
+    assert all(op.parallelism == n for op in pp.operators) and len(pp.stages) == 1
     steps = [[s.name for s in op.steps] for op in pp.operators]
     if mode == "native":  # one generated loop per record
         assert steps == [["in"], ["m1", "f1", "w"], ["out"]]
@@ -181,11 +182,14 @@ def test_explain_keyed_window_at_parallelism_3() -> None:
     pp = compile(keyed_window().plan(), "microbatch", 3)
     assert pp.explain() == """\
 flow 'fraud': physical plan, microbatch mode, parallelism 3, max parallelism 128 (key groups)
-stage 0: worker 0
+stage 0: workers 0-2
   tx: source memory (0 records) [watermark: timestamp=ts, bound=1000ms]
-    tx#0 (reads every split); on columns
+    tx#0, tx#1, tx#2 (split: each reads a part of the input, 3 parts); on columns
+      tx#0 reads memory (0 records, part 1 of 3: records 0, 3, ...)
+      tx#1 reads memory (0 records, part 2 of 3: records 1, 4, ...)
+      tx#2 reads memory (0 records, part 3 of 3: records 2, 5, ...)
   positive -> key_by:card: chain filter col("amount") > 0 -> key_by card
-    positive -> key_by:card#0; on columns
+    positive -> key_by:card#0, positive -> key_by:card#1, positive -> key_by:card#2; on columns
 stage 1: workers 0-2
   spend: window by card, tumbling 1min: total=sum(amount)
     keyed by card: spend#0 groups 0-42, spend#1 groups 43-85, spend#2 groups 86-127; on columns
@@ -205,6 +209,9 @@ def test_to_dict_is_json() -> None:
     assert d["parallelism"] == 2 and d["max_parallelism"] == 128
     paid = next(o for o in d["operators"] if o["name"] == "paid")
     assert [i["key_groups"] for i in paid["instances"]] == [[0, 64], [64, 128]]
+    orders = next(o for o in d["operators"] if o["name"] == "orders")
+    assert [i["reads"] for i in orders["instances"]] == [
+        "memory (0 records, part 1 of 2: records 0, 2, ...)", "memory (0 records, part 2 of 2: records 1, 3, ...)"]
     assert sorted(e["partitioning"] for e in d["edges"]) == ["forward"] * 4 + ["hash"] * 2
 
 
@@ -219,6 +226,45 @@ def test_executors_build_the_operators_the_plan_lists(flow: object, mode: str) -
     for op in pp.operators:
         if op.kind != "source" and op.kind != "sink":
             assert bool(job.op_of[op.id].columnar) == (op.form == "columns") or op.kind in ("union", "late")
+
+
+class Whole(ms.connectors.Source):
+    """A source that cannot be split (the default)."""
+
+    def open(self, ctx: ms.connectors.SourceContext) -> ms.connectors.SourceReader:
+        raise AssertionError("compiling opens nothing")
+
+    def describe(self) -> str:
+        return "whole"
+
+
+class BadSplits(Whole):
+    def parallel_splits(self, n: int) -> list[ms.connectors.Source] | None:
+        return [Whole()]
+
+
+def _from(source: ms.connectors.Source) -> ms.Flow:
+    f = ms.Flow("one")
+    (f.source(source, name="in", watermark=WM).filter(col("x") > 1, name="f").key_by("k")
+     .window(ms.windows.tumbling(MINUTE), name="w").aggregate(n=ms.agg.count()).sink(memory.write(), name="out"))
+    return f
+
+
+@modes
+def test_a_source_that_cannot_split_is_read_whole_on_worker_0(mode: str) -> None:
+    pp = compile(_from(Whole()).plan(), mode, 3)
+    assert [op.parallelism for op in pp.operators] == [1, 1, 3, 3]
+    assert partitioning(pp)[("key_by:k", "w")] == "hash k"
+    assert "in#0 (reads every split)" in pp.explain()
+    # bad records going to a dead-letter sink: its writer is on worker 0, so the source is not split
+    dead = memory.read([], on_error=ms.connectors.dead_letter(memory.write()))
+    assert compile(_from(dead).plan(), mode, 3).operators[0].parallelism == 1
+
+
+def test_parallel_splits_must_give_one_source_per_worker() -> None:
+    with pytest.raises(ConfigError, match=r"source 'in': BadSplits.parallel_splits\(2\) must return 2 sources or None"):
+        compile(_from(BadSplits()).plan(), "native", 2)
+    assert compile(_from(BadSplits()).plan(), "native", 1).operators[0].splits is None  # never asked at 1
 
 
 def test_bad_parallelism_and_mode_are_refused() -> None:

@@ -7,9 +7,12 @@
   columnar modes); every other step is an operator of its own.
 - **instances**: instance ``i`` of an operator runs on worker ``i`` and is named ``step#i``. A
   keyed operator has ``parallelism`` instances, instance ``w`` owning the key groups
-  :func:`millstream._keygroups.groups_of` gives it. A source has one instance, on worker 0, reading
-  every split (sources are not split across workers yet). A window over the whole stream has one.
-  Any other operator runs where its input runs: as many instances as its widest input.
+  :func:`millstream._keygroups.groups_of` gives it. A source that splits
+  (:meth:`~millstream.connectors.Source.parallel_splits`) has ``parallelism`` instances, instance
+  ``w`` reading part ``w`` of the input; one that cannot has one instance, on worker 0, reading all
+  of it. A window over the whole stream has one. Any other operator runs where its input runs: as
+  many instances as its widest input (so a stateless chain after a split source runs on every
+  worker, on the records read there, and the first keyed step after it is a ``hash`` exchange).
 - **edges**, each with its partitioning: ``forward`` (instance ``w`` to instance ``w``: no data
   crosses workers), ``hash`` (to the instance owning the record's key group: an exchange, wherever
   a keyed operator reads a stream not already partitioned by its key), ``global`` (every instance
@@ -30,6 +33,7 @@ from typing import Any, Literal
 
 from millstream import _plan as P
 from millstream._keygroups import DEFAULT_MAX_PARALLELISM, check_parallelism, groups_of, worker_of
+from millstream.connectors._base import DeadLetter, Source
 from millstream.errors import ConfigError
 
 __all__ = ["Edge", "Instance", "Operator", "PhysicalPlan", "chain_steps", "compile"]
@@ -65,6 +69,8 @@ class Operator:
     #: the key its state is partitioned by (keyed operators), else None
     key: P.KeySpec | None
     max_parallelism: int
+    #: a split source: the part of the input each instance reads (instance ``w`` reads ``splits[w]``)
+    splits: tuple[Source, ...] | None = None
 
     @property
     def id(self) -> int:
@@ -162,6 +168,9 @@ class PhysicalPlan:
             for op in ops:
                 lines.append(f"  {op.name}: {op.describe()}")
                 lines.append(f"    {_instances(op)}; {_form(op)}")
+                if op.splits:
+                    lines.extend(f"      {i.label} reads {part.describe()}" for i, part in zip(
+                        op.instances, op.splits, strict=True))
         lines.append("edges:")
         for e in self.edges:
             src, dst = self.operator(e.source), self.operator(e.target)
@@ -186,7 +195,8 @@ class PhysicalPlan:
                  "form": op.form, "output": op.output, "parallelism": op.parallelism,
                  "key": op.key.describe() if op.key is not None else None,
                  "instances": [{"label": i.label, "worker": i.worker,
-                                "key_groups": [i.key_groups.start, i.key_groups.stop] if i.key_groups else None}
+                                "key_groups": [i.key_groups.start, i.key_groups.stop] if i.key_groups else None,
+                                **({"reads": op.splits[i.worker].describe()} if op.splits else {})}
                                for i in op.instances]}
                 for op in self.operators
             ],
@@ -207,6 +217,8 @@ def _workers(n: int) -> str:
 def _instances(op: Operator) -> str:
     if op.key is None:
         text = ", ".join(i.label for i in op.instances)
+        if op.splits:
+            return text + f" (split: each reads a part of the input, {len(op.splits)} parts)"
         return text + (" (reads every split)" if op.kind == "source" else "")
     return "keyed by " + op.key.describe() + ": " + ", ".join(
         f"{i.label} groups {_range(i.key_groups)}" for i in op.instances)
@@ -384,7 +396,10 @@ def compile(plan: P.Plan, mode: str = "native", parallelism: int = 1,
         # how many instances, and the edges in
         keyed = _keyed(op)
         gathered = _gathered(op, gather_sinks)
-        if isinstance(op, P.SourceOp) or gathered:
+        splits = _source_splits(first, parallelism) if isinstance(op, P.SourceOp) else None
+        if splits is not None:
+            width = parallelism
+        elif isinstance(op, P.SourceOp) or gathered:
             width = 1
         elif keyed:
             width = parallelism
@@ -404,7 +419,7 @@ def compile(plan: P.Plan, mode: str = "native", parallelism: int = 1,
             # a consumer of one form turns the other into it (sinks, unions: take either)
             convert: Form | None = form if travels != form and form != "mixed" else None
             edges.append(Edge(up.id, first.id, port, how, want, travels, convert, late))
-        ops[first.id] = Operator(steps, form, output, width, key, max_parallelism)
+        ops[first.id] = Operator(steps, form, output, width, key, max_parallelism, splits)
         # the key the output stays partitioned by
         part: P.KeySpec | None
         if keyed:
@@ -423,6 +438,25 @@ def compile(plan: P.Plan, mode: str = "native", parallelism: int = 1,
     operators = tuple(ops.values())
     return PhysicalPlan(plan, mode, parallelism, max_parallelism, operators, tuple(edges),
                         _stages(operators, edges))
+
+
+def _source_splits(node: P.Node, parallelism: int) -> tuple[Source, ...] | None:
+    """The parts a source step reads on each of ``parallelism`` workers; None when it is read whole, on
+    worker 0: at parallelism 1, when its connector cannot split, and when its bad records go to a
+    dead-letter sink (that writer is on worker 0)."""
+    op = node.op
+    assert isinstance(op, P.SourceOp)
+    connector = op.connector
+    if parallelism == 1 or isinstance(connector.on_error, DeadLetter):
+        return None
+    parts = connector.parallel_splits(parallelism)
+    if parts is None:
+        return None
+    if (not isinstance(parts, list | tuple) or len(parts) != parallelism
+            or not all(isinstance(s, Source) for s in parts)):
+        raise ConfigError(f"source {node.name!r}: {type(connector).__name__}.parallel_splits({parallelism}) must "
+                          f"return {parallelism} sources or None, got {parts!r:.200}")
+    return tuple(parts)
 
 
 def _gathered(op: P.Op, gather_sinks: bool) -> bool:

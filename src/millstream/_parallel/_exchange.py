@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 BATCH = 2048
 #: messages a channel holds (besides the pipe's own buffer) before its sender waits
 CAPACITY = 8
+#: keys whose worker an exchange remembers (forgotten all at once beyond that)
+_ROUTES = 1 << 16
 
 
 class Channel:
@@ -61,6 +63,8 @@ class Channel:
         #: why the thread stopped writing (the receiver is gone), else None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._feed, name=name, daemon=True)
+
+    def start(self) -> None:
         self.thread.start()
 
     def _feed(self) -> None:
@@ -80,16 +84,19 @@ class Channel:
 
     def close(self, wait_s: float) -> None:
         """Let the thread write what it holds (up to ``wait_s`` seconds), then close the pipe."""
-        try:
-            self.queue.put(None, timeout=wait_s)
-        except queue.Full:
-            pass
-        self.thread.join(wait_s)
+        if self.thread.ident is not None:  # started
+            try:
+                self.queue.put(None, timeout=wait_s)
+            except queue.Full:
+                pass
+            self.thread.join(wait_s)
         self.conn.close()
 
 
 class Exchange:
-    """One worker's ends of the channels: the pipes it reads, and the channels it sends on."""
+    """One worker's ends of the channels: the pipes it reads, and the channels it sends on. The
+    channels' threads run from :meth:`start` on (worker 0 starts them once the other workers are
+    forked: nothing is forked from a process running threads)."""
 
     def __init__(self, me: int, readers: Sequence[Connection], writers: dict[int, Connection], *,
                  parent_pid: int | None = None, alive: Callable[[], None] | None = None) -> None:
@@ -109,6 +116,10 @@ class Exchange:
         self.parent_pid = parent_pid
         #: called while waiting (worker 0: raises when another worker failed or died)
         self.alive = alive
+
+    def start(self) -> None:
+        for channel in self.channels.values():
+            channel.start()
 
     # -- sending ---------------------------------------------------------------------
     def queue(self, dest: int, item: tuple[Any, ...], records: int = 0) -> None:
@@ -268,6 +279,8 @@ class ExchangeOut:
         #: key group -> worker
         self.owner = [pp.owner(g) for g in range(m)] if edge.partitioning == "hash" else None
         self.key = compile_key(edge.key) if edge.partitioning == "hash" else None
+        #: key -> worker, for the keys seen (equal keys share a key group, so a dict can remember it)
+        self.route: dict[Any, int] = {}
 
     def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
         if not records:
@@ -276,23 +289,32 @@ class ExchangeOut:
             self._send(0, records, times)
             return
         assert self.key is not None
-        keyf, owner, m = self.key, self.owner, self.max_parallelism
+        keyf, owner, m, route = self.key, self.owner, self.max_parallelism, self.route
+        if len(route) > _ROUTES:
+            route.clear()
         n = len(self.receivers)
         recs: list[list[Any]] = [[] for _ in range(n)]
         ts: list[list[int]] | None = [[] for _ in range(n)] if times is not None else None
         r = None
+        dests: list[int] = []
         try:
-            if ts is not None:
-                assert times is not None
-                for r, t in zip(records, times, strict=True):
-                    d = owner[key_group(keyf(r), m)]
-                    recs[d].append(r)
-                    ts[d].append(t)
-            else:
-                for r in records:
-                    recs[owner[key_group(keyf(r), m)]].append(r)
+            for r in records:
+                k = keyf(r)
+                try:
+                    d = route[k]
+                except KeyError:
+                    d = route[k] = owner[key_group(k, m)]
+                except TypeError:  # not hashable: key_group says what is wrong with it
+                    d = owner[key_group(k, m)]
+                dests.append(d)
         except Exception as exc:
             raise self.rt.step_error(self.node, exc, record=r) from exc
+        for d, r in zip(dests, records, strict=True):
+            recs[d].append(r)
+        if ts is not None:
+            assert times is not None
+            for d, t in zip(dests, times, strict=True):
+                ts[d].append(t)
         for d in range(n):
             if recs[d]:
                 self._send(d, recs[d], ts[d] if ts is not None else None)

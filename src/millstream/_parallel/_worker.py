@@ -1,11 +1,13 @@
 """One worker: its operator instances of the physical plan, wired to the exchange, and its loop.
 
-Worker 0 runs in the calling process (it reads the sources and writes the sinks, where the physical
-plan puts them); workers 1 .. N-1 run :func:`worker_main` in processes of their own.
+Worker 0 runs in the calling process (it writes the sinks, and reads the sources that cannot split,
+where the physical plan puts them); workers 1 .. N-1 run :func:`worker_main` in processes of their
+own. Each worker opens its own part of every split source.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import resource
@@ -49,6 +51,10 @@ class WorkerJob(NativeJob):
             first = pop.steps[0]
             if isinstance(first.op, P.STATELESS):
                 op = self._add(self._make_chain(list(pop.steps), first.timestamped))
+            elif pop.splits is not None:  # a split source: this worker reads its part
+                assert isinstance(first.op, P.SourceOp)
+                part = dataclasses.replace(first.op, connector=pop.splits[worker])
+                op = self._add(self._make(dataclasses.replace(first, op=part)))
             else:
                 op = self._add(self._make(first))
             for node in pop.steps:
@@ -122,12 +128,18 @@ def run_worker(job: WorkerJob, ex: Exchange, *, max_chunk: int, idle_sleep_s: fl
 
 
 def worker_main(worker: int, payload: bytes, readers: list[Connection], writers: dict[int, Connection],
-                max_chunk: int, idle_sleep_s: float, state: str) -> None:
-    """The body of worker process ``worker`` (1 .. N-1)."""
+                max_chunk: int, idle_sleep_s: float, state: str, others: list[Connection]) -> None:
+    """The body of worker process ``worker`` (1 .. N-1). ``others``: pipe ends that are not this
+    worker's, inherited when it was forked from the job's process: closed at once, so that a pipe
+    ends when the one worker writing it does."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the job's process's to handle: it stops us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # forked from the job's process: not its handler
+    for conn in others:
+        conn.close()
     # the forkserver this worker was forked from: it ends when the job's process does, and then the
     # worker is re-parented (nobody would read what it makes)
     ex = Exchange(worker, readers, writers, parent_pid=os.getppid())
+    ex.start()
     try:
         physical = pickle.loads(payload)  # noqa: S301 - the plan this job's process sent
         rt = Runtime(SystemClock(), open_backend(state))

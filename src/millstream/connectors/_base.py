@@ -21,6 +21,8 @@ What a connector can do is **declared** on its class, never probed:
   not acknowledged: Redis Streams, JetStream, MQTT, RabbitMQ, a replication slot)
   or ``"none"`` (stdin, a webhook).
 - :attr:`SourceReader.columnar`: the reader makes columnar batches (``poll_frame``).
+- :meth:`Source.parallel_splits`: the source can be cut into ``n`` disjoint parts, one
+  per worker of a job run with ``parallelism=n`` (None: it cannot; one worker reads it all).
 - :attr:`Sink.delivery`: ``"transactional"`` (two-phase commit with checkpoints),
   ``"idempotent"`` (a rewrite replaces: an upsert by key) or ``"none"``;
   :attr:`Sink.resumable`: the output can go on after a restart.
@@ -242,6 +244,18 @@ class Source(ABC):
 
     def default_name(self) -> str:
         return "source"
+
+    def parallel_splits(self, n: int) -> list[Source] | None:
+        """``n`` sources, each reading a disjoint part of this one's input, whose union is the whole;
+        None (the default) when the source cannot be split.
+
+        Called while the flow is compiled for ``n`` workers (``n >= 2``), before anything is opened,
+        so it must not read the input: worker ``w`` opens part ``w``. A part gives its records the
+        same values (and so the same event times) as the whole source does, and numbers its
+        positions (``position_of``) as the whole source would. Each part is a split of its own with
+        its own watermark: a record meets the watermark of the records before it *in its part*.
+        """
+        return None
 
 
 class SinkWriter(ABC):

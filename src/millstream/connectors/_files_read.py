@@ -8,6 +8,7 @@ so that the bad line can be reported with its file and line number.
 
 from __future__ import annotations
 
+import copy
 import csv
 import fnmatch
 import gzip
@@ -20,7 +21,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import IO, Any, cast
+from typing import IO, Any, Literal, cast
 
 import orjson
 
@@ -125,9 +126,18 @@ class FileSource(Source):
     """Reads a file, or the files of a directory in name order; follows them when ``follow``.
 
     ``stop()`` ends a following source once it has read what its files hold now.
+
+    Run with ``parallelism=n`` (:meth:`parallel_splits`), a bounded source is split: the files of a
+    directory by file (worker ``w`` reads files ``w, w + n, ...`` of the name-ordered listing), one
+    uncompressed JSON-lines or text file by byte range, each range starting and ending at a line
+    start (worker ``w`` takes the lines that start in bytes ``w * size / n`` to ``(w + 1) * size / n``).
     """
 
     replay = "position"
+    #: this source reads part ``part`` of ``parts``, cut ``split_by`` (see :meth:`parallel_splits`)
+    part = 0
+    parts = 1
+    split_by: Literal["files", "bytes"] | None = None
 
     def __init__(self, options: ReadOptions, *, on_error: ErrorPolicy = "fail", name: str | None = None) -> None:
         self.options = options
@@ -151,11 +161,37 @@ class FileSource(Source):
     def open(self, ctx: SourceContext) -> SourceReader:
         return _FileReader(self, ctx)
 
+    def parallel_splits(self, n: int) -> list[Source] | None:
+        """By file for a directory, by byte range for one uncompressed JSON-lines or text file; None
+        for a following source (files appear while it runs), a CSV, compressed or Parquet file, and
+        a path that is not there yet. Looks only at whether the path is a directory or a file: what
+        a part reads is fixed when it opens (the same listing, or the same file size, on every worker)."""
+        o = self.options
+        if self.parts != 1 or o.follow:
+            return None
+        if os.path.isdir(o.path):
+            how: Literal["files", "bytes"] = "files"
+        elif os.path.isfile(o.path) and o.format in ("jsonl", "lines") and not o.path.endswith(".gz"):
+            how = "bytes"
+        else:
+            return None
+        out: list[Source] = []
+        for w in range(n):
+            part = copy.copy(self)
+            part.part, part.parts, part.split_by = w, n, how
+            out.append(part)
+        return out
+
     def describe(self) -> str:
         o = self.options
         text = f"{o.format} {o.path}"
         if o.pattern:
             text += f" ({', '.join(o.pattern)})"
+        if self.split_by is not None:
+            p, n = self.part, self.parts
+            what = f"files {p}, {p + n}, ... by name" if self.split_by == "files" else "lines starting in bytes " \
+                f"{p}/{n} to {p + 1}/{n} of its size"
+            text += f", part {p + 1} of {n}: {what}"
         return text + (", following" if o.follow else "")
 
     def default_name(self) -> str:
@@ -397,6 +433,8 @@ class _LineCursor:
         self.li = 0
         self.carry = b""
         self.header: list[str] | None = None
+        #: the byte where reading stops (a line start: the end of a byte-range part), else None
+        self.end: int | None = None
         #: keep what is read as raw blocks of whole lines (:meth:`take_block`), not split into lines
         self.raw_mode = False
         self.raw: list[bytes] = []  # blocks of whole lines, each ending with a newline
@@ -417,7 +455,8 @@ class _LineCursor:
         if self.final:
             return 0
         try:
-            block = self.fh.read(self.block)
+            size = self.block if self.end is None else max(0, min(self.block, self.end - self.read_pos))
+            block = self.fh.read(size) if size else b""
         except (EOFError, OSError, zlib.error) as exc:
             if not self.gz:
                 raise
@@ -535,6 +574,37 @@ class _LineCursor:
         self.li += 1
         self.line += 1
         self.offset = min(self.offset + len(raw) + 1, self.read_pos)
+
+
+def _byte_range(path: str, part: int, parts: int) -> tuple[int, int, int]:
+    """Part ``part`` of ``parts`` of a file of lines: ``(start, end, lines before start)``, where the
+    part holds the lines that start in bytes ``[part * size // parts, (part + 1) * size // parts)``,
+    so that the parts hold every line once. Reads the bytes before ``start`` to number its lines."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+
+        def line_start(at: int) -> int:
+            """The first line start at or after byte ``at``."""
+            if at <= 0:
+                return 0
+            fh.seek(at - 1)
+            pos = at - 1
+            while block := fh.read(1 << 16):
+                i = block.find(b"\n")
+                if i >= 0:
+                    return pos + i + 1
+                pos += len(block)
+            return max(size, pos)
+
+        start = line_start(size * part // parts)
+        end = line_start(size * (part + 1) // parts) if part + 1 < parts else max(size, start)
+        lines = 0
+        fh.seek(0)
+        left = start
+        while left > 0 and (block := fh.read(min(left, 1 << 20))):
+            lines += block.count(b"\n")
+            left -= len(block)
+    return start, end, lines
 
 
 class _CsvFeed:
@@ -733,6 +803,8 @@ class _FileReader(SourceReader):
         self.csv_feed: _CsvFeed | None = None
         self.csv_reader: Any = None
         self.tally = Tally()
+        #: a byte-range part: its first byte, its end, and the lines before it (found when it opens)
+        self.range: tuple[int, int, int] | None = None
 
     # -- files -------------------------------------------------------------------------
     def _resolve(self) -> None:
@@ -759,8 +831,11 @@ class _FileReader(SourceReader):
         except FileNotFoundError:
             return []
         pats = self.o.patterns
-        return sorted(e.name for e in entries
-                      if not e.name.startswith(".") and e.is_file() and any(fnmatch.fnmatch(e.name, p) for p in pats))
+        names = sorted(e.name for e in entries
+                       if not e.name.startswith(".") and e.is_file() and any(fnmatch.fnmatch(e.name, p) for p in pats))
+        if self.src.split_by == "files":
+            return names[self.src.part::self.src.parts]
+        return names
 
     def _whole(self, name: str) -> bool:
         """Files read to their end at once, never tailed: bounded input, compressed files, Parquet."""
@@ -775,7 +850,14 @@ class _FileReader(SourceReader):
                 self.cur = _ParquetCursor(name, path, tail.offset)
             else:
                 whole = self._whole(name)
+                if self.src.split_by == "bytes":
+                    if self.range is None:
+                        self.range = _byte_range(path, self.src.part, self.src.parts)
+                    if not tail.offset:
+                        tail = _Tail(self.range[0], self.range[2])
                 cur = _LineCursor(name, path, tail.offset, tail.line, block=self.o.block_size, whole=whole)
+                if self.range is not None and self.src.part + 1 < self.src.parts:
+                    cur.end = self.range[1]  # the last part reads to the end, as one reader would
                 if tail.ino is not None and cur.ino != tail.ino and tail.offset:
                     log.warning("%s was replaced; reading the new file from its start", path)
                     cur.close()
@@ -1170,6 +1252,10 @@ class _FileReader(SourceReader):
         total = sum(sizes.values())
         if self.finished:
             return total, total
+        if self.range is not None:  # a byte-range part: its own bytes
+            start, end, _ = self.range
+            pos = self.cur.offset if isinstance(self.cur, _LineCursor) else start
+            return max(0, pos - start), end - start
         done = sum(sizes.get(n, 0) for n in self.done)
         at = {n: t.offset for n, t in self.tails.items() if self.o.format != "parquet" and n not in self.done}
         cur = self.cur

@@ -12,10 +12,20 @@
 With ``rate``, records are released against the run's clock (a token bucket),
 so ``run(clock=ms.testing.ManualClock())`` makes a rate-limited test exact and instant.
 The position is the next ``i``: with a deterministic ``fn`` the source is replayable.
+
+Run with ``parallelism=n``, the source is split by stride: worker ``w`` makes ``fn(i)`` for
+``i = w, w + n, w + 2n, ...`` (at ``rate / n`` when paced), so the parts together make every
+record once, each with the value (and event time) it has at parallelism 1:
+
+>>> for part in generator.read(lambda i: i, count=5).parallel_splits(2):
+...     print(part.describe())
+generator <lambda> (5 records, part 1 of 2: i = 0, 2, 4, ...)
+generator <lambda> (5 records, part 2 of 2: i = 1, 3, 5, ...)
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +43,9 @@ class GeneratorSource(Source):
     """``fn(i)`` for ``i`` in ``0 .. count-1`` (forever when ``count`` is None), at most ``rate`` per second."""
 
     replay = "position"
+    #: this source makes ``i = part, part + parts, part + 2 * parts, ...`` (see :meth:`parallel_splits`)
+    part = 0
+    parts = 1
 
     def __init__(self, fn: Callable[[int], Any], *, count: int | None = None, rate: float | None = None,
                  burst: int | None = None, batch: int | None = None, name: str = "generator") -> None:
@@ -62,9 +75,34 @@ class GeneratorSource(Source):
     def open(self, ctx: SourceContext) -> SourceReader:
         return _GeneratorReader(self, ctx)
 
+    def parallel_splits(self, n: int) -> list[Source] | None:
+        """``n`` parts by stride: part ``w`` makes ``i = w, w + n, ...`` (``rate / n`` each when paced)."""
+        if self.parts != 1:
+            return None  # a part is not split again
+        out: list[Source] = []
+        for w in range(n):
+            part = copy.copy(self)
+            part.part, part.parts = w, n
+            if self.rate is not None:
+                assert self.burst is not None
+                part.rate = self.rate / n
+                part.burst = max(1, math.ceil(self.burst / n))
+            out.append(part)
+        return out
+
+    @property
+    def local_count(self) -> int | None:
+        """How many records this source (or part) makes: ``count`` for the whole, its share for a part."""
+        if self.count is None:
+            return None
+        return max(0, -(-(self.count - self.part) // self.parts))
+
     def describe(self) -> str:
         count = "unbounded" if self.count is None else f"{self.count:,} records"
         rate = f", {self.rate:,g}/s" if self.rate is not None else ""
+        if self.parts > 1:
+            p, n = self.part, self.parts
+            rate += f", part {p + 1} of {n}: i = {p}, {p + n}, {p + 2 * n}, ..."
         return f"generator {callable_name(self.fn)} ({count}{rate})"
 
     def default_name(self) -> str:
@@ -95,12 +133,13 @@ class _GeneratorReader(SourceReader):
 
     def poll(self, max_records: int) -> list[Any] | None:
         src = self.src
-        start = self.i
+        start = self.i  # counts this part's records; record j of the part is fn(part + j * parts)
         n = max_records if src.batch is None else min(max_records, src.batch)
-        if src.count is not None:
-            if start >= src.count:
+        count = src.local_count
+        if count is not None:
+            if start >= count:
                 return None
-            n = min(n, src.count - start)
+            n = min(n, count - start)
         if src.rate is not None:
             self._accrue()
             n = min(n, int(self.credit // 1000))
@@ -110,12 +149,13 @@ class _GeneratorReader(SourceReader):
         fn = src.fn
         out: list[Any] = []
         append = out.append
-        i = start
+        step, first = src.parts, src.part + start * src.parts
+        i = first
         try:
-            for i in range(start, start + n):
+            for i in range(first, first + n * step, step):
                 append(fn(i))
         except Exception as exc:
-            self.i = i
+            self.i = start + (i - first) // step
             raise StepError(step=self.ctx.step, location=callable_location(fn), error=exc,
                             position=f"{src.name}[{i}]") from exc
         self.chunk_start = start
@@ -123,11 +163,13 @@ class _GeneratorReader(SourceReader):
         return out
 
     def position_of(self, index: int) -> str | None:
-        return f"{self.src.name}[{self.chunk_start + index}]"
+        src = self.src
+        return f"{src.name}[{src.part + (self.chunk_start + index) * src.parts}]"
 
     def wait_hint(self) -> float | None:
         src = self.src
-        if src.rate is None or (src.count is not None and self.i >= src.count):
+        count = src.local_count
+        if src.rate is None or (count is not None and self.i >= count):
             return None
         self._accrue()
         if self.credit >= 1000:

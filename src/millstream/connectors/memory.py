@@ -34,6 +34,7 @@ store the row without its ``"_change"`` field:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -55,9 +56,14 @@ __all__ = ["MemorySource", "UpsertSink", "read", "upsert", "write"]
 
 
 class MemorySource(Source):
-    """A bounded, replayable source over a sequence of records (read in slices, no copy per record)."""
+    """A bounded, replayable source over a sequence of records (read in slices, no copy per record).
+
+    Split for ``parallelism=n`` by stride: part ``w`` reads records ``w, w + n, w + 2n, ...``."""
 
     replay = "position"
+    #: this source reads records ``part, part + parts, ...`` (see :meth:`parallel_splits`)
+    part = 0
+    parts = 1
 
     def __init__(self, records: Iterable[Any], *, name: str = "memory", on_error: ErrorPolicy = "fail") -> None:
         self.frame: Any = None
@@ -72,7 +78,21 @@ class MemorySource(Source):
     def open(self, ctx: SourceContext) -> SourceReader:
         return _MemoryReader(self)
 
+    def parallel_splits(self, n: int) -> list[Source] | None:
+        """``n`` parts by stride over the same records (nothing copied)."""
+        if self.parts != 1:
+            return None  # a part is not split again
+        out: list[Source] = []
+        for w in range(n):
+            part = copy.copy(self)
+            part.part, part.parts = w, n
+            out.append(part)
+        return out
+
     def describe(self) -> str:
+        if self.parts > 1:
+            p, n = self.part, self.parts
+            return f"memory ({len(self.records):,} records, part {p + 1} of {n}: records {p}, {p + n}, ...)"
         return f"memory ({len(self.records):,} records)"
 
     def default_name(self) -> str:
@@ -97,10 +117,15 @@ class _FrameRows:
 
 
 class _MemoryReader(SourceReader):
+    """Reads ``records[part::parts]`` a slice at a time; positions count the part's records."""
+
     def __init__(self, src: MemorySource) -> None:
         self.records = src.records
         self.frame = src.frame
         self.name = src.name
+        self.part, self.parts = src.part, src.parts
+        #: how many records this reader reads
+        self.size = max(0, -(-(len(self.records) - self.part) // self.parts))
         self.pos = 0
         self.chunk_start = 0
 
@@ -109,24 +134,31 @@ class _MemoryReader(SourceReader):
         return self.frame is not None
 
     def poll_frame(self, max_records: int) -> Any:
-        """The next slice of the DataFrame as it is (no copy)."""
-        if self.pos >= len(self.records):
+        """The next slice of the DataFrame as it is (no copy; every ``parts``-th row of it for a part)."""
+        if self.pos >= self.size:
             return None
         start = self.chunk_start = self.pos
         self.pos = start + max_records
-        return self.frame.slice(start, max_records)
+        if self.parts == 1:
+            return self.frame.slice(start, max_records)
+        first = self.part + start * self.parts
+        return self.frame.slice(first, max_records * self.parts).gather_every(self.parts)
 
     def poll(self, max_records: int) -> list[Any] | None:
-        if self.pos >= len(self.records):
+        if self.pos >= self.size:
             return None
         start = self.pos
         self.chunk_start = start
         self.pos = start + max_records
-        chunk = self.records[start:self.pos]
+        if self.parts == 1:
+            chunk = self.records[start:self.pos]
+        else:
+            first = self.part + start * self.parts
+            chunk = self.records[first:first + max_records * self.parts][::self.parts]
         return chunk if isinstance(chunk, list) else list(chunk)
 
     def position_of(self, index: int) -> str | None:
-        return f"{self.name}[{self.chunk_start + index}]"
+        return f"{self.name}[{self.part + (self.chunk_start + index) * self.parts}]"
 
     def snapshot(self) -> Any:
         return self.pos

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import copy
 import math
 from typing import Any, cast
 
@@ -33,9 +34,16 @@ class NexmarkSource(Source):
 
     The position is the number of events emitted so far (of all kinds): a
     restore regenerates exactly the events that followed it.
+
+    Run with ``parallelism=n``, the source is split by stride: worker ``w`` makes event numbers
+    ``w, w + n, w + 2n, ...`` (each event is a pure function of its number, so every part's events
+    are the ones parallelism 1 makes, with the same ids and times).
     """
 
     replay = "position"
+    #: this source makes event numbers ``part, part + parts, ...`` (see :meth:`parallel_splits`)
+    part = 0
+    parts = 1
 
     def __init__(self, config: NexmarkConfig | None = None, *, kind: str = "all", rate: float | None = None,
                  burst: int | None = None, name: str | None = None) -> None:
@@ -65,11 +73,37 @@ class NexmarkSource(Source):
     def open(self, ctx: SourceContext) -> SourceReader:
         return _NexmarkReader(self, ctx)
 
+    def parallel_splits(self, n: int) -> list[Source] | None:
+        """``n`` parts by stride over the event numbers (each paced at ``rate / n`` when paced)."""
+        if self.parts != 1:
+            return None  # a part is not split again
+        out: list[Source] = []
+        for w in range(n):
+            part = copy.copy(self)
+            part.part, part.parts = w, n
+            if self.rate is not None:
+                assert self.burst is not None
+                part.rate = self.rate / n
+                part.burst = max(1, math.ceil(self.burst / n))
+            out.append(part)
+        return out
+
+    @property
+    def local_events(self) -> int | None:
+        """How many events (of all kinds) this source or part makes; None when unbounded."""
+        total = self.config.events
+        if total is None:
+            return None
+        return max(0, -(-(total - self.part) // self.parts))
+
     def describe(self) -> str:
         cfg = self.config
         count = "unbounded" if cfg.events is None else f"{cfg.events:,}"
         what = f"{count} events" if self.only is None else f"{self.only}s of {count} events"
         paced = f", paced at {self.rate:,g}/s" if self.rate is not None else ""
+        if self.parts > 1:
+            p, n = self.part, self.parts
+            paced += f"; part {p + 1} of {n}: events {p}, {p + n}, {p + 2 * n}, ..."
         return f"nexmark {what} ({cfg.rate:,} events/s of event time{paced})"
 
     def default_name(self) -> str:
@@ -82,6 +116,9 @@ class _NexmarkReader(SourceReader):
     def __init__(self, src: NexmarkSource, ctx: SourceContext) -> None:
         self.src = src
         self.cfg = src.config
+        #: positions count this part's events: position k is event number ``part + k * parts``
+        self.part, self.parts = src.part, src.parts
+        self.total = src.local_events
         self.clock = ctx.clock
         self.only = src.only
         self._numpy = have_numpy()
@@ -104,8 +141,8 @@ class _NexmarkReader(SourceReader):
     def _make(self) -> None:
         start = self.made
         stop = start + self.block
-        if self.cfg.events is not None:
-            stop = min(stop, self.cfg.events)
+        if self.total is not None:
+            stop = min(stop, self.total)
         if self._numpy:
             self.rows, self.positions = self._make_columnar(start, stop)
         else:
@@ -113,16 +150,25 @@ class _NexmarkReader(SourceReader):
         self.next = 0
         self.made = stop
 
+    def _number(self, k: int) -> int:
+        """The event number at position ``k``."""
+        return self.part + k * self.parts
+
+    def _numbers(self, np: Any, start: int, stop: int) -> Any:
+        """The event numbers of positions ``start .. stop - 1``, as Beam numbers them (numpy)."""
+        return self.cfg.first_event_number + self.part + np.arange(start, stop, dtype=np.int64) * self.parts
+
     def _make_rows(self, start: int, stop: int) -> tuple[list[Any], list[int]]:
         cfg = self.cfg
         event_id = cfg.event_id
         kind = self.only
+        part, parts = self.part, self.parts
         if kind is None:
-            return [tagged(event_id(k), cfg) for k in range(start, stop)], list(range(start, stop))
+            return [tagged(event_id(part + k * parts), cfg) for k in range(start, stop)], list(range(start, stop))
         make = ROW_MAKERS[kind]
         rows, positions = [], []
         for k in range(start, stop):
-            i = event_id(k)
+            i = event_id(part + k * parts)
             if kind_of(i) == kind:
                 rows.append(make(i, cfg))
                 positions.append(k)
@@ -132,7 +178,7 @@ class _NexmarkReader(SourceReader):
         np = need_numpy()
         cfg = self.cfg
         g = cfg.out_of_order_group_size
-        n = cfg.first_event_number + np.arange(start, stop, dtype=np.int64)
+        n = self._numbers(np, start, stop)
         ids = cfg.first_event_id + (n // g) * g + (n * 953) % g
         codes = kind_codes(np, ids)
         if self.only is not None:
@@ -151,7 +197,7 @@ class _NexmarkReader(SourceReader):
             self.last = now
 
     def poll(self, max_records: int) -> list[Any] | None:
-        total = self.cfg.events
+        total = self.total
         start = self.k
         if total is not None and start >= total:
             return None
@@ -222,13 +268,13 @@ class _NexmarkReader(SourceReader):
 
         np = need_numpy()
         cfg = self.cfg
-        total = cfg.events
+        total = self.total
         start = self.k
         if total is not None and start >= total:
             return None
         stop = start + max(1, max_records) if total is None else min(total, start + max(1, max_records))
         g = cfg.out_of_order_group_size
-        n = cfg.first_event_number + np.arange(start, stop, dtype=np.int64)
+        n = self._numbers(np, start, stop)
         ids = cfg.first_event_id + (n // g) * g + (n * 953) % g
         codes = kind_codes(np, ids)
         self.k = stop
@@ -271,12 +317,12 @@ class _NexmarkReader(SourceReader):
 
     def position_of(self, index: int) -> str | None:
         if 0 <= index < len(self.emitted):
-            return f"{self.src.name}[event {self.cfg.event_id(self.emitted[index])}]"
+            return f"{self.src.name}[event {self.cfg.event_id(self._number(self.emitted[index]))}]"
         return None
 
     def wait_hint(self) -> float | None:
         rate = self.src.rate
-        total = self.cfg.events
+        total = self.total
         if rate is None or (total is not None and self.k >= total):
             return None
         self._accrue()
@@ -285,8 +331,8 @@ class _NexmarkReader(SourceReader):
         return math.ceil((1000 - self.credit) / rate) / 1000
 
     def progress(self) -> tuple[int, int] | None:
-        """Events emitted (of all kinds) and the configured number of events; None when unbounded."""
-        total = self.cfg.events
+        """Events emitted (of all kinds) and the number of events to make; None when unbounded."""
+        total = self.total
         return None if total is None else (min(self.k, total), total)
 
     def snapshot(self) -> Any:
