@@ -7,8 +7,10 @@ Each run is a fresh process (``python -c``), timed from outside: the whole-proce
 interpreter start-up, imports and the workers' start, which is what a user waits for. Events come
 from the Nexmark generator, split across the workers by event number (each worker makes its part).
 Every run is printed (not only the best): whole-process seconds and events/s, the job's own time,
-the CPU seconds of every process of the run (the job's and its workers', which it joins), the peak
-resident memory of each worker, and the machine's 1-minute load average just before the run (this
+the CPU seconds of every process of the run (the job's and its workers', which it joins), the CPU
+seconds of the job itself on worker 0 and on the other workers (when the workers are forked from the
+job's process; workers from the forkserver are not its children and count 0), the peak resident
+memory of each worker, and the machine's 1-minute load average just before the run (this
 machine is shared: a load near or above its core count means another process was busy).
 Runs alternate (p1, p2, p1, p2, ...) so that the shared machine's noise falls on both.
 """
@@ -48,10 +50,12 @@ if __name__ == "__main__":
         flow.source(source, watermark=nexmark.WATERMARK).map(tenths).filter(wanted).sink(sink)
     else:
         flow = nexmark.build(query, source, sink)
-    t = time.monotonic()
+    t, cpu0, kids = time.monotonic(), time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     result = flow.run(mode="native", parallelism=p)
     job_s = time.monotonic() - t
-    print(json.dumps({"job_s": job_s, "rows": len(sink.values),
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers: forked by this process, joined by it
+    print(json.dumps({"job_s": job_s, "rows": len(sink.values), "w0_cpu_s": time.process_time() - cpu0,
+                      "others_cpu_s": after.ru_utime + after.ru_stime - kids.ru_utime - kids.ru_stime,
                       "peaks": list(result.worker_peak_rss)
                       or [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]}))
 """
@@ -91,13 +95,14 @@ def main() -> None:
         assert len(set().union(*rows.values())) == 1, f"parallelism changed the answer: {rows}"
         print(f"{query}:")
         print("| parallelism | run | load before | whole process s | events/s (whole) | job s | events/s (job) "
-              "| CPU s (all processes) | peak RSS per worker MB |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "| CPU s (all processes) | job CPU s: worker 0 / the others | peak RSS per worker MB |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for p in ps:
             for i, b in enumerate(runs[p], 1):
                 peaks = ", ".join(f"{x / 2**20:.0f}" for x in b["peaks"])
                 print(f"| {p} | {i} | {b['load']:.1f} | {b['whole_s']:.2f} | {args.events / b['whole_s']:,.0f} | "
-                      f"{b['job_s']:.2f} | {args.events / b['job_s']:,.0f} | {b['cpu_s']:.2f} | {peaks} |")
+                      f"{b['job_s']:.2f} | {args.events / b['job_s']:,.0f} | {b['cpu_s']:.2f} | "
+                      f"{b['w0_cpu_s']:.2f} / {b['others_cpu_s']:.2f} | {peaks} |")
         if 1 in runs:
             for p in ps:
                 if p == 1:

@@ -345,6 +345,14 @@ def test_a_failing_function_in_a_worker_fails_the_job_naming_worker_and_step(cle
         flow.run(mode="native", parallelism=2)
 
 
+def test_a_key_without_a_key_group_fails_the_job_naming_step_and_record(clean: Any) -> None:
+    flow = ms.Flow("bad-key")
+    src = flow.source(ms.connectors.memory.read([{"k": [1, i], "ts": i} for i in range(10)]), watermark=WM)
+    src.key_by("k").window(ms.windows.tumbling(100)).aggregate(n=agg.count()).sink(ms.testing.CollectSink())
+    with pytest.raises(JobError, match=r"failed in step 'window': .*a key of type list \(\[1, \d\]\) cannot be stored"):
+        flow.run(mode="native", parallelism=2)
+
+
 def test_a_worker_that_dies_fails_the_job(clean: Any) -> None:
     me = os.getpid()
     victim = _key_on(1, 2)
