@@ -189,14 +189,14 @@ def test_the_same_answers_at_parallelism_1_2_and_3(build: Callable[[], tuple[ms.
 
 def test_workers_started_by_the_forkserver_give_the_same_answers(monkeypatch: Any, clean: Any) -> None:
     """A program running threads has its workers forked from the forkserver (a plain one forks them
-    itself, as this test session does): the same answers, and nothing left behind."""
-    flow, out = generated()
-    flow.run(mode="native", parallelism=1)
-    want = _rows(out.values)
+    itself): the same answers either way, and nothing left behind."""
     import threading
 
     from millstream._parallel import _runner
 
+    flow, out = generated()
+    flow.run(mode="native", parallelism=1)
+    want = _rows(out.values)
     methods: list[str] = []
     decide = _runner._start_method
     monkeypatch.setattr(_runner, "_start_method", lambda: methods.append(decide()) or methods[-1])
@@ -206,9 +206,22 @@ def test_workers_started_by_the_forkserver_give_the_same_answers(monkeypatch: An
     runner.start()  # this thread and the job's: the workers come from the forkserver
     runner.join(60)
     assert methods == ["forkserver"] and results[0].ok and _rows(out.values) == want
+    monkeypatch.setattr(_runner, "_start_method", lambda: "fork")
     flow, out = generated()
     assert flow.run(mode="native", parallelism=3).ok and _rows(out.values) == want
-    assert methods == ["forkserver", "fork"]
+
+
+def test_workers_are_forked_only_from_a_process_without_thread_pools() -> None:
+    script = textwrap.dedent("""
+        import millstream, polars as pl
+        from millstream._parallel._runner import _start_method
+        print(_start_method())
+        pl.DataFrame({"a": [1, 2] * 1000}).group_by("a").len()  # polars starts its thread pool
+        print(_start_method())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert out.stdout.split() == ["fork", "forkserver"], out.stderr
 
 
 def test_keyed_steps_are_spread_over_the_workers(clean: Any) -> None:

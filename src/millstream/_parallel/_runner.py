@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import pickle
 import resource
 import sys
@@ -68,19 +69,36 @@ def _payload(physical: Any) -> bytes:
                           "cannot), or run with parallelism=1") from exc
 
 
+#: threads a process may run and still fork safely: helpers that survive a fork or are not needed
+#: in the child (jemalloc's background threads, polars' spill-file cleaner); OpenBLAS' threads carry
+#: the process's own name and shut down around a fork by themselves
+_FORK_SAFE_THREADS = frozenset({"jemalloc_bg_thd", "polars-ooc-clea"})
+
+
 def _start_method() -> str:
     """How the workers are started, never by forking a process that runs threads:
 
-    - ``fork`` when this process runs no thread but the calling one (``flow.run`` from a plain
-      program, the CLI): a worker starts in a few milliseconds with everything already imported;
-    - ``forkserver`` otherwise (``flow.start()`` runs the job in a thread; a test runner's timeout
-      thread): workers are forked from a fresh single-threaded server with millstream imported
-      there. The server starts once per program, and that first start costs an import of
+    - ``fork`` when this process runs no Python thread but the calling one and no native thread
+      but fork-safe helpers (the kernel's list, ``/proc/self/task``: a thread pool that polars,
+      tokio or a user's library started means no): ``flow.run`` from a plain program, the CLI. A
+      worker then starts in a few milliseconds with everything already imported;
+    - ``forkserver`` otherwise (``flow.start()`` runs the job in a thread; polars has run a query
+      in this process): workers are forked from a fresh single-threaded server with millstream
+      imported there. The server starts once per program, and that first start costs an import of
       millstream (~0.5-1 s here); later workers start in ~20 ms.
     """
-    if sys.platform == "linux" and threading.active_count() == 1:
-        return "fork"
-    return "forkserver"
+    if sys.platform != "linux" or threading.active_count() != 1:
+        return "forkserver"
+    try:
+        with open("/proc/self/comm") as fh:
+            me = fh.read().strip()
+        names = []
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/comm") as fh:
+                names.append(fh.read().strip())
+    except OSError:
+        return "forkserver"
+    return "fork" if all(n == me or n in _FORK_SAFE_THREADS for n in names) else "forkserver"
 
 
 def _context(method: str) -> Any:
