@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from millstream.connectors import SourceContext, files
-from millstream.connectors import _files_read
+from millstream.connectors import SourceContext, _files_read, files
 from millstream.connectors._files_read import _LineCursor
 from millstream.testing import ManualClock
 

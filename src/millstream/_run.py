@@ -448,7 +448,6 @@ def _run_plan(plan: Plan, cfg: RunConfig, control: JobControl, on_ready: Callabl
 def _run_loop(plan: Plan, cfg: RunConfig, coordinator: Coordinator | None, guarantee: str,
               clock: Clock, registry: MetricsRegistry | None, control: JobControl) -> RunResult:
     from millstream._runtime._base import Runtime
-    from millstream._runtime._microbatch import MicroBatchJob
     from millstream._runtime._native import NativeJob, run_native
     from millstream._state import open_backend
 
@@ -464,7 +463,12 @@ def _run_loop(plan: Plan, cfg: RunConfig, coordinator: Coordinator | None, guara
                               "run with mode='microbatch' (--mode microbatch) instead")
     while True:
         rt = Runtime(clock, open_backend(cfg.state), checkpointed=coordinator is not None)
-        job = NativeJob(plan, rt) if cfg.mode == "native" else MicroBatchJob(plan, rt, cfg.mode)
+        if cfg.mode == "native":
+            job = NativeJob(plan, rt)
+        else:  # imported here: the vectorised operators load polars and numpy, which a native job never needs
+            from millstream._runtime._microbatch import MicroBatchJob
+
+            job = MicroBatchJob(plan, rt, cfg.mode)
         tick = None
         if registry is not None:
             registry.attach(job, flow=plan.flow, mode=cfg.mode, clock=clock, coordinator=coordinator,
