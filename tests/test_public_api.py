@@ -56,3 +56,19 @@ def test_typed_usage_passes_mypy_strict() -> None:
     r = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(usage)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_native_job_loads_neither_polars_nor_numpy() -> None:
+    """Job processes start often (restarts, kill tests, CLI runs): a native job must not pay for the
+    columnar libraries' import (~0.2 s), which only the micro-batch and batch executors need."""
+    import subprocess
+    import sys
+
+    code = ("import sys, millstream as ms\n"
+            "f = ms.Flow('n')\n"
+            "f.source(ms.connectors.memory.read([{'k': i % 3, 'v': i} for i in range(10)])).key_by('k')"
+            ".aggregate(s=ms.agg.sum('v')).sink(ms.connectors.memory.write())\n"
+            "f.run(mode='native')\n"
+            "print(sorted(m for m in ('polars', 'numpy', 'pyarrow') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
