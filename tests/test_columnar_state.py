@@ -73,7 +73,7 @@ def _vectorised(job: MicroBatchJob, kind: str) -> None:
     assert ops and all(isinstance(op, StandInOperator) and op.delegate is None for op in ops)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(records=_events(), kind=st.sampled_from(sorted(KINDS)), chunk=st.integers(1, 7), cut=st.integers(0, 30))
 def test_micro_batch_state_restored_mid_stream_gives_the_native_answer(records: list[dict[str, Any]], kind: str,
                                                                        chunk: int, cut: int) -> None:

@@ -44,9 +44,10 @@ def test_kill_at_each_failpoint(tmp_path: Path, guarantee: str, point: str) -> N
 
 
 @pytest.mark.parametrize("guarantee", GUARANTEES)
-@pytest.mark.parametrize("seed", range(18))
+@pytest.mark.parametrize("seed", range(12))
 def test_random_kills(tmp_path: Path, guarantee: str, seed: int) -> None:
-    """18 trials per guarantee, each killed at least once at a random moment: >= 54 random kills per CI run."""
+    """12 trials per guarantee, each killed at least once (up to twice) at a random moment: >= 36 random
+    kills per CI run, on top of a kill at each named failpoint; long campaigns: tests/chaos/campaign.py."""
     pipeline = ["window", "sliding", "running" if guarantee != "at-most-once" else "map"][seed % 3]
     trial = harness.Trial(guarantee, pipeline=pipeline, events=20_000, rate=30_000, seed=seed, kills=2,
                           kill_window_s=(0.3, 0.7))
