@@ -258,6 +258,26 @@ class Source(ABC):
         return None
 
 
+def stride_parts(source: Any, n: int) -> list[Source] | None:
+    """:meth:`Source.parallel_splits` for a source that makes or holds its records by index: ``n``
+    copies, part ``w`` taking ``w, w + n, ...`` (the source reads its ``part`` and ``parts``). A paced
+    source (``rate``, ``burst``) gives each part ``rate / n``. A part is not split again (None)."""
+    import copy
+    import math
+
+    if source.parts != 1:
+        return None
+    out: list[Source] = []
+    for w in range(n):
+        part = copy.copy(source)
+        part.part, part.parts = w, n
+        if getattr(source, "rate", None) is not None:
+            part.rate = source.rate / n
+            part.burst = max(1, math.ceil(source.burst / n))
+        out.append(part)
+    return out
+
+
 class SinkWriter(ABC):
     """A running sink.
 

@@ -25,7 +25,6 @@ generator <lambda> (5 records, part 2 of 2: i = 1, 3, 5, ...)
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from typing import Any
 
 from millstream._location import callable_location, callable_name
 from millstream._time import Duration, to_ms
-from millstream.connectors._base import Source, SourceContext, SourceReader
+from millstream.connectors._base import Source, SourceContext, SourceReader, stride_parts
 from millstream.errors import ConfigError, StepError
 
 __all__ = ["GeneratorSource", "SequenceRecords", "read", "sequence"]
@@ -77,18 +76,7 @@ class GeneratorSource(Source):
 
     def parallel_splits(self, n: int) -> list[Source] | None:
         """``n`` parts by stride: part ``w`` makes ``i = w, w + n, ...`` (``rate / n`` each when paced)."""
-        if self.parts != 1:
-            return None  # a part is not split again
-        out: list[Source] = []
-        for w in range(n):
-            part = copy.copy(self)
-            part.part, part.parts = w, n
-            if self.rate is not None:
-                assert self.burst is not None
-                part.rate = self.rate / n
-                part.burst = max(1, math.ceil(self.burst / n))
-            out.append(part)
-        return out
+        return stride_parts(self, n)
 
     @property
     def local_count(self) -> int | None:

@@ -34,7 +34,6 @@ store the row without its ``"_change"`` field:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -48,6 +47,7 @@ from millstream.connectors._base import (
     SourceContext,
     SourceReader,
     check_policy,
+    stride_parts,
 )
 from millstream.errors import ConfigError
 from millstream.testing._kit import CollectSink
@@ -80,14 +80,7 @@ class MemorySource(Source):
 
     def parallel_splits(self, n: int) -> list[Source] | None:
         """``n`` parts by stride over the same records (nothing copied)."""
-        if self.parts != 1:
-            return None  # a part is not split again
-        out: list[Source] = []
-        for w in range(n):
-            part = copy.copy(self)
-            part.part, part.parts = w, n
-            out.append(part)
-        return out
+        return stride_parts(self, n)
 
     def describe(self) -> str:
         if self.parts > 1:

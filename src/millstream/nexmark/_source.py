@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import bisect
-import copy
 import math
 from typing import Any, cast
 
 from millstream._time import MIN_WATERMARK
-from millstream.connectors._base import Source, SourceContext, SourceReader
+from millstream.connectors._base import Source, SourceContext, SourceReader, stride_parts
 from millstream.errors import ConfigError
 from millstream.nexmark._config import NexmarkConfig
 from millstream.nexmark._generator import (
@@ -75,18 +74,7 @@ class NexmarkSource(Source):
 
     def parallel_splits(self, n: int) -> list[Source] | None:
         """``n`` parts by stride over the event numbers (each paced at ``rate / n`` when paced)."""
-        if self.parts != 1:
-            return None  # a part is not split again
-        out: list[Source] = []
-        for w in range(n):
-            part = copy.copy(self)
-            part.part, part.parts = w, n
-            if self.rate is not None:
-                assert self.burst is not None
-                part.rate = self.rate / n
-                part.burst = max(1, math.ceil(self.burst / n))
-            out.append(part)
-        return out
+        return stride_parts(self, n)
 
     @property
     def local_events(self) -> int | None:
