@@ -182,6 +182,7 @@ def test_sigterm_takes_a_savepoint_and_exits_143(tmp_path: Path) -> None:
     run.wait_for("the gate", reached.exists)
     run.proc.send_signal(signal.SIGTERM)
     run.wait_for("the stop message", lambda: "SIGTERM: taking a savepoint" in run.stderr)
+    assert "(a second SIGTERM or Ctrl-C aborts at once)" in run.stderr
     release.touch()
     assert run.finish() == 143, run.stderr
     assert "run the same command again to resume from checkpoint #" in run.stderr

@@ -217,8 +217,9 @@ def _stop_on_signals(control: JobControl, received: list[int], *, savepoint: boo
         control.request_stop(savepoint=savepoint)
         what = "taking a savepoint and stopping" if savepoint else "stopping"
         # os.write: a signal handler must not go through sys.stderr's buffer, which it may have interrupted
+        again = "Ctrl-C again" if signum == signal.SIGINT else "a second SIGTERM or Ctrl-C"
         os.write(2, f"\nmillstream: {signal.Signals(signum).name}: {what} at the next chunk boundary "
-                    "(Ctrl-C again aborts at once)\n".encode())
+                    f"({again} aborts at once)\n".encode())
 
     try:
         previous = {s: signal.signal(s, on_signal) for s in signals}
@@ -436,7 +437,8 @@ def dashboard_options(sp: argparse.ArgumentParser) -> None:
                          "unless given; needs millstream[dashboard])")
     sp.add_argument("--dashboard-token", default=None, metavar="TOKEN",
                     help="the token the dashboard asks for (default: $" + DASHBOARD_TOKEN_ENV + "; off loopback, "
-                         "without one a token is generated and printed once)")
+                         "without one a token is generated and printed once). A command line is visible to "
+                         "every user of the machine (ps): prefer $" + DASHBOARD_TOKEN_ENV)
     sp.add_argument("--dashboard-control", action="store_true",
                     help="let the dashboard stop the job (with a savepoint); off by default")
 
