@@ -253,6 +253,17 @@ def _promtool() -> str:
     return path
 
 
+def test_the_history_builds_while_nobody_watches(job: RunningJob) -> None:
+    with serve_dashboard("0", registry=job.registry, plan=job.plan, config={}, interval_s=0.05) as d:
+        deadline = time.monotonic() + 20
+        while len(d._state.history) < 4 and time.monotonic() < deadline:  # no request is made meanwhile
+            time.sleep(0.05)
+        history = httpx.get(d.url + "api/job", timeout=10).json()["history"]
+    assert len(history) >= 4, history
+    assert [p["t"] for p in history] == sorted(p["t"] for p in history)
+    assert any(p["rate"] for p in history)
+
+
 def test_close_ends_the_streams_and_is_idempotent(job: RunningJob) -> None:
     d = serve_dashboard("0", registry=job.registry, plan=job.plan, config={}, interval_s=0.1)
     port = d.port

@@ -3,9 +3,10 @@ per-step figures, watermark lag over time, checkpoints, warnings, the configurat
 buttons. Needs the extra ``millstream[dashboard]`` (Starlette and uvicorn).
 
 :func:`serve_dashboard` starts it on a daemon thread (uvicorn with its own event loop) and returns a
-:class:`DashboardServer`. The server reads ``registry.snapshot()`` when a page or a client asks
-(at most every half interval, shared between clients) and never touches the job itself; stopping
-goes through the :class:`JobControl` the run hands in.
+:class:`DashboardServer`. The server reads ``registry.snapshot()`` every interval on a thread of
+its own, which keeps the charts' history (the last 600 samples) whether or not a page is open, and
+when a page or a client asks (at most every half interval, shared between clients); it never touches
+the job itself; stopping goes through the :class:`JobControl` the run hands in.
 
 Routes: ``GET /`` (the page), ``GET /static/<file>``, ``GET /api/job`` (graph, configuration,
 status), ``GET /api/metrics`` (a snapshot), ``GET /api/events`` (server-sent events: a snapshot
@@ -75,13 +76,14 @@ class DashboardServer:
     """A running dashboard: ``url`` to open, ``token`` when one is needed, :meth:`close` to stop it."""
 
     def __init__(self, *, url: str, token: str | None, server: Any, thread: threading.Thread,
-                 sock: socket.socket, state: Any) -> None:
+                 sock: socket.socket, state: Any, sampler: threading.Thread | None = None) -> None:
         self.url = url
         self.token = token
         self._server = server
         self._thread = thread
         self._sock = sock
         self._state = state
+        self._sampler = sampler
         self._closed = False
         self._lock = threading.Lock()
 
@@ -96,6 +98,8 @@ class DashboardServer:
                 return
             self._closed = True
         self._state.closing.set()
+        if self._sampler is not None:
+            self._sampler.join(timeout=10)
         self._server.should_exit = True
         self._thread.join(timeout=10)
         if self._thread.is_alive():
@@ -173,12 +177,16 @@ def serve_dashboard(address: str, *, registry: MetricsRegistry, plan: Plan, conf
     server = uvicorn.Server(cfg)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="millstream-dashboard",
                               daemon=True)
+    sampler = threading.Thread(target=state.sample_until_closed, name="millstream-dashboard-history",
+                               daemon=True)
     logging.getLogger("millstream").addHandler(state.messages)
     thread.start()
+    sampler.start()
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.01)
-    dash = DashboardServer(url=url, token=token, server=server, thread=thread, sock=sock, state=state)
+    dash = DashboardServer(url=url, token=token, server=server, thread=thread, sock=sock, state=state,
+                           sampler=sampler)
     if not server.started:
         dash.close()
         raise ConfigError(f"the dashboard on {url} did not start within {STARTUP_TIMEOUT_S:.0f} s")

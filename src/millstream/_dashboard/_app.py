@@ -146,6 +146,15 @@ class DashboardState:
             self._last = (now, view)
             return view
 
+    def sample_until_closed(self) -> None:
+        """Take a snapshot every interval until the dashboard closes, so that the charts' history
+        covers the whole run, not only the time someone had the page open."""
+        while not self.closing.wait(self.interval_s):
+            try:
+                self.metrics()
+            except Exception:  # a failed sample must not end the sampling
+                log.debug("dashboard sample failed", exc_info=True)
+
     def job(self) -> dict[str, Any]:
         return {
             "flow": self.graph["flow"], "graph": self.graph, "config": self.config, "status": self.status(),
