@@ -9,7 +9,8 @@ Layout::
       positions.pkl          at-most-once only: how far the sources have read (a checksummed
                              JSON header line, then the pickle)
       COMMITTED              the newest checkpoint whose output the sinks may have committed
-                             (checksummed JSON): a resume from an older one is detected
+                             (checksummed JSON): a resume from an older one is detected; written
+                             (as 0) before the first checkpoint, so its loss is detected too
       ORIGIN                 a directory started from a savepoint: which one (checksummed JSON), so
                              that running the same command again resumes instead of refusing
       LOCK, OWNER            the run that owns the directory (see ``_owner.py``)
@@ -57,6 +58,9 @@ POSITIONS = "positions.pkl"
 COMMITTED = "COMMITTED"
 ORIGIN = "ORIGIN"
 MANIFEST = "MANIFEST.json"
+#: a manifest key: COMMITTED existed when this checkpoint was made visible, so a directory holding it and no
+#: COMMITTED lost that record (deleted, or restored without it) and cannot tell how far output was committed
+_HAS_COMMITTED = "committed_record"
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -255,6 +259,7 @@ class CheckpointStore:
         if shared:
             _fsync_dir(self.shared_dir)
             manifest["shared"] = {name: {"size": f["size"], "sha256": f["sha256"]} for name, f in shared.items()}
+        manifest[_HAS_COMMITTED] = True
         text = self._sealed(manifest)
         with open(os.path.join(tmp, "MANIFEST.json"), "wb") as f:
             f.write(text[: len(text) // 2])
@@ -265,6 +270,7 @@ class CheckpointStore:
         _fsync_dir(tmp)
         failpoint("ckpt.before_rename")
         self.check_owner()  # a run that another took over must not make its checkpoint visible
+        self._ensure_committed()
         if os.path.exists(final):
             raise CheckpointError(f"checkpoint {ckpt_id} already exists in {self.root!r}: checkpoint ids must "
                                   "never be reused (was the directory changed by another run or by hand?)")
@@ -475,10 +481,28 @@ class CheckpointStore:
         """Record that the sinks may commit the output of checkpoints up to ``ckpt_id`` (before they do)."""
         self._write_record(COMMITTED, "committed", b"", {"checkpoint": ckpt_id})
 
+    def _ensure_committed(self) -> None:
+        """Before the first checkpoint becomes visible: a COMMITTED record saying nothing is committed yet.
+
+        From then on the directory always holds one, and its checkpoints say so (``committed_record`` in
+        their manifests): a COMMITTED that goes missing later is detected, not read as "nothing committed"."""
+        if not os.path.exists(os.path.join(self.root, COMMITTED)):
+            self.write_committed(0)
+
     def read_committed(self) -> int:
-        """The newest checkpoint whose output the sinks may have committed (0: none recorded)."""
+        """The newest checkpoint whose output the sinks may have committed (0: none recorded).
+
+        :class:`CheckpointError` if the record is damaged, or missing while a checkpoint made after it
+        exists (the record was deleted: how far output was committed is unknown)."""
         rec = self._read_record(COMMITTED, "committed")
         if rec is None:
+            witness = next((i for i in reversed(self.ids())
+                            if (self._manifest_unverified(i) or {}).get(_HAS_COMMITTED)), None)
+            if witness is not None:
+                raise CheckpointError(
+                    f"{COMMITTED} is missing from {self.root!r}, but checkpoint {witness} was taken while it existed "
+                    f"(deleted, or the directory copied without it?): how far the sinks committed output is "
+                    f"unknown (if you have the file, put it back)")
             return 0
         n = rec[0].get("checkpoint")
         if not isinstance(n, int):
@@ -520,6 +544,7 @@ class CheckpointStore:
         manifest = {k: v for k, v in manifest.items() if k not in ("checksum", "signature")}
         manifest["job"] = self.job
         manifest["copied_from"] = source.path_of(ckpt_id)
+        manifest[_HAS_COMMITTED] = True
         final = self._dir(ckpt_id)
         if os.path.exists(final):
             raise CheckpointError(f"checkpoint {ckpt_id} already exists in {self.root!r}; not copied over")
@@ -540,6 +565,7 @@ class CheckpointStore:
                     os.fsync(f.fileno())
             _fsync_dir(tmp)
             self.check_owner()
+            self._ensure_committed()
             os.rename(tmp, final)
             _fsync_dir(self.root)
         except OSError as exc:
