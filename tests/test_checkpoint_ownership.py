@@ -577,3 +577,71 @@ def test_nexmark_run_shows_millstream_logs_at_the_level_asked(tmp_path: Path,
     assert not logging.getLogger("millstream").handlers[1:]  # the CLI's handler is removed again
     assert main(args) == 0
     assert "DEBUG" not in capsys.readouterr().err
+
+
+# -- a directory's identity (SCOPE) is in what it writes: another directory's files are not taken for its own ------
+
+
+def owned_store(root: Path, job: str = "job-1") -> CheckpointStore:
+    root.mkdir(parents=True, exist_ok=True)
+    owner = DirectoryOwner(str(root))
+    owner.acquire()
+    owner.release()  # the lock is not what these tests are about
+    return CheckpointStore(str(root), job=job, owner=owner)
+
+
+def test_a_checkpoint_copied_from_another_directory_of_the_same_job_is_refused(tmp_path: Path) -> None:
+    # a twin run (the same command in another directory: the same job id) has checkpoints of the same ids;
+    # one copied over this directory's used to load, with state that does not match this directory's output
+    a, b = owned_store(tmp_path / "a"), owned_store(tmp_path / "b")
+    assert a.owner is not None and b.owner is not None and a.owner.scope != b.owner.scope
+    for store in (a, b):
+        store.write(1, STATE, finished=False, meta={})
+        store.write(2, STATE, finished=False, meta={})
+        store.write_committed(2)
+    shutil.rmtree(tmp_path / "a" / "chk-00000002")
+    shutil.copytree(tmp_path / "b" / "chk-00000002", tmp_path / "a" / "chk-00000002")
+    with pytest.raises(CheckpointError, match="written in another checkpoint directory"):
+        a.load(2)
+    assert a.load(1).state == STATE
+    for name in ("COMMITTED", "positions.pkl"):
+        if name == "positions.pkl":
+            b.write_positions({"src": {"read": 1}})
+        shutil.copyfile(tmp_path / "b" / name, tmp_path / "a" / name)
+    with pytest.raises(CheckpointError, match="COMMITTED .* written in another checkpoint directory"):
+        a.read_committed()
+    with pytest.raises(CheckpointError, match="positions.pkl .* written in another checkpoint directory"):
+        a.read_positions()
+
+
+@pytest.mark.parametrize("damage", [b"", b"\xe5\x00garbage\n", None])
+def test_a_lost_or_damaged_scope_is_written_again_from_the_checkpoints(
+        tmp_path: Path, damage: bytes | None, caplog: pytest.LogCaptureFixture) -> None:
+    # a SCOPE file flipped to bytes outside ASCII failed every later run with a raw UnicodeDecodeError; a lost
+    # one gave the directory a new identity, so that its own checkpoints looked foreign
+    store = owned_store(tmp_path / "ck")
+    assert store.owner is not None
+    scope = store.owner.scope
+    store.write(1, STATE, finished=False, meta={})
+    path = tmp_path / "ck" / "SCOPE"
+    if damage is None:
+        path.unlink()
+    else:
+        path.write_bytes(damage)
+    with caplog.at_level(logging.WARNING, logger="millstream"):
+        again = owned_store(tmp_path / "ck")
+    assert again.owner is not None and again.owner.scope == scope and path.read_text().strip() == scope
+    assert "written again from checkpoint 1" in caplog.text
+    assert again.load(1).state == STATE
+
+
+def test_a_run_through_another_spelling_of_its_directory_is_one_owner(tmp_path: Path) -> None:
+    (tmp_path / "ck").mkdir()
+    os.symlink(tmp_path / "ck", tmp_path / "link")
+    first = DirectoryOwner(str(tmp_path / "ck"))
+    first.acquire()
+    try:
+        with pytest.raises(CheckpointOwnershipError, match="in use by another run"):
+            DirectoryOwner(str(tmp_path / "link")).acquire()
+    finally:
+        first.release()

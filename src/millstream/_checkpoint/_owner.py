@@ -38,6 +38,7 @@ log = logging.getLogger("millstream.checkpoint")
 LOCK = "LOCK"
 OWNER = "OWNER"
 SCOPE = "SCOPE"
+_SCOPE_RE = re.compile(r"[0-9a-f]{12}")
 
 
 def fsync_dir(path: str) -> None:
@@ -159,20 +160,48 @@ class DirectoryOwner:
         self._fd = fd
 
     def _scope(self) -> str:
-        """The directory's identity: random, written once (under the lock) to ``SCOPE`` and never again."""
+        """The directory's identity: random, written once (under the lock) to ``SCOPE`` and never again.
+
+        Checkpoint manifests carry it too: a ``SCOPE`` file that is lost or damaged is written again from
+        the newest checkpoint that names one (a new random one only in a directory without any), so the
+        directory keeps its identity and its checkpoints stay loadable."""
         path = os.path.join(self.root, SCOPE)
         try:
-            with open(path, encoding="ascii") as f:
-                scope = f.read().strip()
-            if re.fullmatch(r"[0-9a-f]{12}", scope):
+            with open(path, "rb") as f:
+                scope = f.read().decode("ascii", "replace").strip()
+            if _SCOPE_RE.fullmatch(scope):
                 return scope
-            log.warning("checkpoint directory %s: %s is unreadable (%r); writing a new one", self.root, SCOPE,
-                        scope[:40])
+            problem = f"is unreadable ({scope[:40]!r})"
         except FileNotFoundError:
-            pass
-        scope = uuid.uuid4().hex[:12]
+            problem = "is missing"
+        found = self._scope_of_checkpoints()
+        if found is not None:
+            log.warning("checkpoint directory %s: %s %s; written again from checkpoint %d, which names it",
+                        self.root, SCOPE, problem, found[1])
+            scope = found[0]
+        else:
+            if problem != "is missing":
+                log.warning("checkpoint directory %s: %s %s; writing a new one", self.root, SCOPE, problem)
+            scope = uuid.uuid4().hex[:12]
         write_atomically(path, scope.encode() + b"\n")
         return scope
+
+    def _scope_of_checkpoints(self) -> tuple[str, int] | None:
+        """The scope the newest checkpoint's manifest names, and that checkpoint's id (None: none names one)."""
+        try:
+            names = sorted((n for n in os.listdir(self.root) if re.fullmatch(r"chk-\d+", n)), reverse=True)
+        except OSError:
+            return None
+        for name in names:
+            try:
+                with open(os.path.join(self.root, name, "MANIFEST.json"), "rb") as f:
+                    manifest = json.loads(f.read())
+            except (OSError, ValueError):
+                continue
+            scope = manifest.get("scope") if isinstance(manifest, dict) else None
+            if isinstance(scope, str) and _SCOPE_RE.fullmatch(scope):
+                return scope, int(name[4:])
+        return None
 
     def check(self) -> None:
         """Raise :class:`CheckpointOwnershipError` unless this run still owns the directory."""

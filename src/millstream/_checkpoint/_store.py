@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from millstream._checkpoint._failpoints import failpoint
-from millstream._checkpoint._owner import DirectoryOwner, write_atomically
+from millstream._checkpoint._owner import SCOPE, DirectoryOwner, write_atomically
 from millstream._fs import writable_dir
 from millstream.errors import CheckpointError
 
@@ -156,6 +156,20 @@ class CheckpointStore:
     def __repr__(self) -> str:
         return f"CheckpointStore({self.root!r}, job={self.job!r}, signed={self._key is not None})"
 
+    @property
+    def scope(self) -> str:
+        """The directory's identity (``SCOPE``), once its owner is known ("" before, or without an owner)."""
+        return self.owner.scope if self.owner is not None else ""
+
+    def _other_scope(self, where: str, doc: dict[str, Any]) -> str | None:
+        """Why ``doc`` (a manifest or a record's header) is not of this directory, or None."""
+        theirs = doc.get("scope")
+        if theirs is None or not self.scope or theirs == self.scope:
+            return None  # written before scopes were recorded, or read without an owner
+        return (f"{where} was written in another checkpoint directory (its scope is {theirs!r}, this one's "
+                f"{SCOPE} is {self.scope!r}): copied from another run's directory? Another run's checkpoints do "
+                "not match the output this directory's runs committed; it is not loaded")
+
     def check_owner(self) -> None:
         """Raise :class:`~millstream.errors.CheckpointOwnershipError` if another run took the directory over."""
         if self.owner is not None:
@@ -260,6 +274,8 @@ class CheckpointStore:
             _fsync_dir(self.shared_dir)
             manifest["shared"] = {name: {"size": f["size"], "sha256": f["sha256"]} for name, f in shared.items()}
         manifest[_HAS_COMMITTED] = True
+        if self.scope:
+            manifest["scope"] = self.scope
         text = self._sealed(manifest)
         with open(os.path.join(tmp, "MANIFEST.json"), "wb") as f:
             f.write(text[: len(text) // 2])
@@ -343,6 +359,9 @@ class CheckpointStore:
             raise CheckpointError(f"{where}: unknown checkpoint format {manifest.get('format')!r}")
         if manifest.get("id") != ckpt_id:
             raise CheckpointError(f"{where}: manifest says it is checkpoint {manifest.get('id')!r}")
+        problem = self._other_scope(f"{where}: MANIFEST.json", manifest)
+        if problem is not None:
+            raise CheckpointError(problem)
         if manifest.get("job") != self.job:
             raise CheckpointError(
                 f"{where} belongs to another flow (or another version of this one, or was taken in "
@@ -387,6 +406,8 @@ class CheckpointStore:
     def _header(self, kind: str, payload: bytes, extra: dict[str, Any]) -> dict[str, Any]:
         head: dict[str, Any] = {"format": FORMAT, "kind": kind, "job": self.job, "size": len(payload),
                                 "sha256": hashlib.sha256(payload).hexdigest(), **extra}
+        if self.scope:
+            head["scope"] = self.scope
         head["checksum"] = _manifest_checksum(head)
         if self._key is not None:
             head["signature"] = _sign(self._key, head["checksum"])
@@ -417,6 +438,9 @@ class CheckpointStore:
             raise CheckpointError(f"{where} is damaged (fails its checksum: torn or altered)")
         if head.get("job") != self.job:
             raise CheckpointError(f"{where} belongs to another flow (or another version of this one)")
+        problem = self._other_scope(where, head)
+        if problem is not None:
+            raise CheckpointError(problem)
         return head, payload
 
     def _write_record(self, name: str, kind: str, payload: bytes, extra: dict[str, Any]) -> None:
@@ -545,6 +569,9 @@ class CheckpointStore:
         manifest["job"] = self.job
         manifest["copied_from"] = source.path_of(ckpt_id)
         manifest[_HAS_COMMITTED] = True
+        manifest.pop("scope", None)
+        if self.scope:
+            manifest["scope"] = self.scope
         final = self._dir(ckpt_id)
         if os.path.exists(final):
             raise CheckpointError(f"checkpoint {ckpt_id} already exists in {self.root!r}; not copied over")
