@@ -645,3 +645,27 @@ def test_a_run_through_another_spelling_of_its_directory_is_one_owner(tmp_path: 
             DirectoryOwner(str(tmp_path / "link")).acquire()
     finally:
         first.release()
+
+
+@pytest.mark.xfail(strict=True, reason="open (issue 13 check): TwoPhaseFileWriter.commit renames a staged file "
+                   "without checking it against its transaction (size, checksum); connectors/_transactional.py is "
+                   "outside this change")
+def test_a_damaged_staged_file_is_never_committed(tmp_path: Path) -> None:
+    # a crash after a checkpoint and before its sinks commit leaves its staged output for the resume to commit;
+    # that file truncated meanwhile was committed as it was: rows lost, exit status 0
+    from millstream._checkpoint import _failpoints
+
+    _failpoints.arm("ckpt.before_commit=raise#3")
+    try:
+        with pytest.raises(_failpoints.FailpointError):
+            resume(tmp_path, "exactly-once")
+    finally:
+        _failpoints.arm("")
+    staged = sorted((tmp_path / "out").glob(".*.pending"))
+    assert staged
+    staged[-1].write_bytes(staged[-1].read_bytes()[:-3])
+    try:
+        resume(tmp_path, "exactly-once")
+    except (CheckpointError, JobError):
+        return  # refused: fine
+    assert output(tmp_path, "exactly-once") == reference(tmp_path)
