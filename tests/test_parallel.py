@@ -1,9 +1,9 @@
 """Local parallelism (issue 11, section 2): N worker processes give the answers of one.
 
-Sources that split (memory, the generator, Nexmark, files) are read by every worker, each its part;
-the records meet the keyed steps through the exchange. Worker processes are forked from one
-forkserver per test session (started by the first run), so a run at parallelism 2 or 3 costs tens
-of milliseconds more than at 1. Inputs are small on purpose.
+Sources of several logical splits (memory, the generator, Nexmark with ``splits=``) are read by
+every worker, each its range of splits; the records meet the keyed steps through the exchange.
+Workers are forked from the test's process (or from one forkserver per session), so a run at
+parallelism 2 or 3 costs tens of milliseconds more than at 1. Inputs are small on purpose.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import millstream as ms
 from millstream import agg, col, nexmark
@@ -107,7 +109,7 @@ def _events(n: int = 3_000, keys: int = 23, seed: int = 7, step: int = 7) -> lis
 
 def tumbling() -> tuple[ms.Flow, Any]:
     flow, out = ms.Flow("tumbling"), ms.testing.CollectSink()
-    src = flow.source(ms.connectors.memory.read(_events()), watermark=WM)
+    src = flow.source(ms.connectors.memory.read(_events(), splits=4), watermark=WM)
     (src.key_by("k").window(ms.windows.tumbling(timedelta(seconds=1)))
      .aggregate(total=agg.sum("v"), n=agg.count()).sink(out))
     return flow, out
@@ -116,7 +118,7 @@ def tumbling() -> tuple[ms.Flow, Any]:
 def session() -> tuple[ms.Flow, Any]:
     flow, out = ms.Flow("session"), ms.testing.CollectSink()
     sparse = _events(1_500, step=60)  # a key's events ~1.4 s apart: sessions of one and of several
-    src = flow.source(ms.connectors.memory.read(sparse), watermark=WM)
+    src = flow.source(ms.connectors.memory.read(sparse, splits=3), watermark=WM)
     src.key_by("k").window(ms.windows.session(timedelta(milliseconds=1_500))).aggregate(
         n=agg.count(), top=agg.max("v")).sink(out)
     return flow, out
@@ -124,7 +126,7 @@ def session() -> tuple[ms.Flow, Any]:
 
 def join() -> tuple[ms.Flow, Any]:
     flow, out = ms.Flow("join"), ms.testing.CollectSink()
-    left = flow.source(ms.connectors.memory.read(_events(1_500, seed=1), name="left"), watermark=WM)
+    left = flow.source(ms.connectors.memory.read(_events(1_500, seed=1), name="left", splits=5), watermark=WM)
     right = flow.source(ms.connectors.memory.read(
         [{"id": e["k"], "w": e["v"], "ts": e["ts"]} for e in _events(600, seed=2)], name="right"), watermark=WM)
     left.key_by("k").window_join(right.key_by("id"), ms.windows.tumbling(timedelta(seconds=2))).sink(out)
@@ -148,7 +150,7 @@ def _report(ctx: ms.Context, ts: int) -> None:
 
 def process() -> tuple[ms.Flow, Any]:
     flow, out = ms.Flow("process"), ms.testing.CollectSink()
-    src = flow.source(ms.connectors.memory.read(_events()), watermark=WM)
+    src = flow.source(ms.connectors.memory.read(_events(), splits=2), watermark=WM)
     src.key_by("k").process(_count, on_timer=_report, state={"seen": ms.state.map()}).sink(out)
     return flow, out
 
@@ -160,7 +162,7 @@ def _event(i: int) -> dict[str, Any]:
 
 def generated() -> tuple[ms.Flow, Any]:
     flow, out = ms.Flow("generated"), ms.testing.CollectSink()
-    src = flow.source(ms.connectors.generator.read(_event, count=4_000), watermark=WM)
+    src = flow.source(ms.connectors.generator.read(_event, count=4_000, splits=4), watermark=WM)
     (src.filter(col("v") > 3).with_columns(w=col("v") * 2).key_by("k")
      .window(ms.windows.sliding(timedelta(seconds=2), every=timedelta(seconds=1)))
      .aggregate(total=agg.sum("w"), n=agg.count()).sink(out))
@@ -242,10 +244,14 @@ def test_split_sources_are_read_on_every_worker(clean: Any) -> None:
     kinds = [(pp.operator(e.source).kind, e.partitioning) for e in pp.edges]
     assert kinds == [("source", "forward"), ("chain", "hash"), ("window", "global")]
     text = pp.explain()
-    assert "generator#0, generator#1, generator#2 (split: each reads a part of the input, 3 parts)" in text
-    assert "generator#2 reads generator _event (4,000 records, part 3 of 3: i = 2, 5, 8, ...)" in text
+    assert "generator#0, generator#1, generator#2 (split: 4 logical splits, each instance reads a range" in text
+    assert "generator#0 reads generator _event (4,000 records, 4 splits), splits 0-1" in text
+    assert "generator#2 reads generator _event (4,000 records, 4 splits), split 3" in text
+    assert [list(source.split_numbers(w)) for w in range(3)] == [[0, 1], [2], [3]]
+    # the splits are the source's, whatever the parallelism
+    assert len(compile_physical(flow.plan(), "native", 2).operator_of(flow.plan().nodes[0].id).splits or ()) == 4
     result = flow.run(mode="native", parallelism=3)
-    assert result.step("generator").records_in == 4_000  # the three parts, added up
+    assert result.step("generator").records_in == 4_000  # the three instances, added up
     assert result.step("window").records_in == sum(1 for i in range(4_000) if _event(i)["v"] > 3)
 
 
@@ -257,7 +263,7 @@ def test_nexmark_matches_the_oracle_at_parallelism_1_2_and_3(query: str, clean: 
     want = oracle("out-of-order", query)  # events up to 2.5 s out of order, inside the 4 s bound
     for p in (1, 2, 3):
         out = ms.testing.CollectSink()
-        result = nexmark.build(query, nexmark.read(OUT_OF_ORDER), out).run(mode="native", parallelism=p)
+        result = nexmark.build(query, nexmark.read(OUT_OF_ORDER, splits=4), out).run(mode="native", parallelism=p)
         assert result.ok and result.total("late") == 0
         assert result.step("events").records_in == 50_000
         check(query, list(out.values), want)
@@ -270,7 +276,8 @@ def _write_lines(path: Path, events: list[dict[str, Any]]) -> None:
 
 
 @pytest.mark.parametrize("layout", ["directory", "one-file"])
-def test_files_split_by_file_and_by_byte_range(layout: str, tmp_path: Path, clean: Any) -> None:
+def test_files_are_read_whole_on_worker_0(layout: str, tmp_path: Path, clean: Any) -> None:
+    """A file source has no logical splits (yet): worker 0 reads it, the keyed steps are spread."""
     events = _events(4_000)
     if layout == "directory":  # five files: by file
         path = tmp_path / "in"
@@ -287,7 +294,7 @@ def test_files_split_by_file_and_by_byte_range(layout: str, tmp_path: Path, clea
         (src.key_by("k").window(ms.windows.tumbling(timedelta(seconds=1)))
          .aggregate(total=agg.sum("v"), n=agg.count()).sink(out))
         if p > 1:
-            assert compile_physical(flow.plan(), "native", p).operator_of(flow.plan().nodes[0].id).parallelism == p
+            assert compile_physical(flow.plan(), "native", p).operator_of(flow.plan().nodes[0].id).parallelism == 1
         result = flow.run(mode="native", parallelism=p)
         assert result.ok and result.total("late") == 0
         assert result.step("in").records_in == 4_000
@@ -295,18 +302,21 @@ def test_files_split_by_file_and_by_byte_range(layout: str, tmp_path: Path, clea
     assert results[1] and results[2] == results[1] and results[3] == results[1]
 
 
-def _late_flow(events: list[dict[str, Any]]) -> tuple[ms.Flow, Any, Any]:
+def _late_flow(events: list[dict[str, Any]], *, splits: int = 4, window: Any = None,
+               bound: int = 500) -> tuple[ms.Flow, Any, Any]:
     flow, out, late = ms.Flow("late"), ms.testing.CollectSink(), ms.testing.CollectSink("late")
-    src = flow.source(ms.connectors.memory.read(events), watermark=WM)
-    counts = src.key_by("k").window(ms.windows.tumbling(timedelta(seconds=1))).aggregate(n=agg.count())
+    src = flow.source(ms.connectors.memory.read(events, splits=splits),
+                      watermark=ms.WatermarkStrategy.bounded(bound, timestamp="ts"))
+    counts = src.key_by("k").window(window or ms.windows.tumbling(timedelta(seconds=1))).aggregate(
+        n=agg.count(), total=agg.sum("v"))
     counts.sink(out)
     counts.late().sink(late)
     return flow, out, late
 
 
 def test_out_of_order_input_within_the_bound_is_late_nowhere(clean: Any) -> None:
-    """Each worker's part has its own watermark, and a keyed step's is the least over its senders:
-    a record within the bound is on time at every parallelism, as at parallelism 1."""
+    """Each split has its own watermark, and a keyed step's is the least over its senders: a record
+    within the bound is on time at every parallelism, as in one process."""
     events = _events(3_000, step=3)  # up to 300 ms out of order, records 3 ms apart: heavily shuffled
     got = {}
     for p in (1, 2, 3):
@@ -317,22 +327,50 @@ def test_out_of_order_input_within_the_bound_is_late_nowhere(clean: Any) -> None
     assert got[2] == got[1] and got[3] == got[1]
 
 
-def test_records_late_at_parallelism_n_are_late_at_1(clean: Any) -> None:
-    """Beyond the bound, a part's watermark sees only the records before it in that part, and the
-    keyed step's is the least over the parts: never ahead of parallelism 1's. So a record late at
-    parallelism N is late at 1 too (one late at 1 may be on time at N), and every record is counted
-    once, in a window or in the late output."""
+def _late_run(events: list[dict[str, Any]], p: int, *, chunk: int | None = None, **how: Any
+              ) -> tuple[Counter[Any], Counter[Any]]:
+    flow, out, late = _late_flow(events, **how)
+    result = flow.run(mode="native", parallelism=p, max_chunk=chunk)
+    assert result.ok
+    if not isinstance(how.get("window"), ms.windows.SlidingWindow):  # a record is in one window, or late
+        assert sum(r["n"] for r in out.values) + len(late.values) == len(events)
+    return _rows(out.values), _rows(late.values)
+
+
+def test_beyond_the_bound_the_same_records_are_late_at_every_parallelism(clean: Any) -> None:
+    """Beyond the bound, a record meets the watermark of its own split (splits aligned within a
+    worker, senders aligned at the exchange): late at parallelism 2 and 3 exactly when in one process,
+    and every window the same."""
     events = _events(3_000)
     for i in range(100, 3_000, 37):  # 3 s behind: beyond the 500 ms bound
         events[i] = {**events[i], "ts": max(0, events[i]["ts"] - 3_000)}
-    late_at: dict[int, Counter[Any]] = {}
+    flow, out, late = _late_flow(events)
+    assert flow.run().ok  # the plain single-process run
+    want = (_rows(out.values), _rows(late.values))
+    assert want[1]
     for p in (1, 2, 3):
-        flow, out, late = _late_flow(events)
-        assert flow.run(mode="native", parallelism=p).ok
-        assert sum(r["n"] for r in out.values) + len(late.values) == len(events)
-        late_at[p] = _rows(late.values)
-    assert late_at[1]
-    assert late_at[2] <= late_at[1] and late_at[3] <= late_at[1]
+        assert _late_run(events, p) == want
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), splits=st.integers(2, 5), window=st.sampled_from(["tumbling", "sliding", "session"]),
+       chunk=st.sampled_from([1, 5, 2048]))
+def test_late_records_and_windows_do_not_depend_on_parallelism_or_chunking(
+        data: st.DataObject, splits: int, window: str, chunk: int, clean: Any) -> None:
+    """The differential property: random input with records far behind, any number of splits; the
+    single-process run (chunks of 2,048), and runs at parallelism 1, 2 and 3 in chunks of 1, 5 or 2,048,
+    give the same windows and the same late records."""
+    n = data.draw(st.integers(1, 120), label="n")
+    times = data.draw(st.lists(st.integers(0, 3_000), min_size=n, max_size=n), label="times")
+    behind = data.draw(st.lists(st.integers(0, n - 1), max_size=max(1, n // 4)), label="behind")
+    for i in behind:
+        times[i] = max(0, times[i] - data.draw(st.integers(100, 2_000)))
+    events = [{"k": "abc"[i % 3], "ts": t, "v": i} for i, t in enumerate(times)]
+    assigner = {"tumbling": ms.windows.tumbling(100), "sliding": ms.windows.sliding(100, every=40),
+                "session": ms.windows.session(30)}[window]
+    want = _late_run(events, 1, splits=splits, window=assigner, bound=50)
+    for p in (1, 2, 3):
+        assert _late_run(events, p, chunk=chunk, splits=splits, window=assigner, bound=50) == want, p
 
 
 # -- failures ----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ MINUTE = timedelta(minutes=1)
 
 def keyed_window() -> ms.Flow:
     f = ms.Flow("fraud")
-    tx = f.source(memory.read([]), name="tx", watermark=WM)
+    tx = f.source(memory.read([], splits=4), name="tx", watermark=WM)
     (tx.filter(col("amount") > 0, name="positive").key_by("card")
        .window(ms.windows.tumbling(MINUTE), name="spend").aggregate(total=ms.agg.sum("amount"))
        .filter(col("total") > 5000, name="big")
@@ -38,7 +38,7 @@ def keyed_window() -> ms.Flow:
 
 def join() -> ms.Flow:
     f = ms.Flow("join")
-    orders = f.source(memory.read([]), name="orders", watermark=WM)
+    orders = f.source(memory.read([], splits=3), name="orders", watermark=WM)
     payments = f.source(memory.read([]), name="payments", watermark=WM)
     paid = orders.key_by("id").join(payments.key_by("order"), name="paid")
     paid.map(lambda r: r, name="tidy").sink(memory.write(), name="out")
@@ -58,7 +58,7 @@ def pattern() -> ms.Flow:
 
 def stateless() -> ms.Flow:
     f = ms.Flow("stateless")
-    (f.source(memory.read([]), name="in")
+    (f.source(memory.read([], splits=2), name="in")
       .map(lambda r: r, name="m1").filter(col("x") > 1, name="f1").with_columns(y=col("x") * 2, name="w")
       .sink(memory.write(), name="out"))
     return f
@@ -183,11 +183,11 @@ def test_explain_keyed_window_at_parallelism_3() -> None:
     assert pp.explain() == """\
 flow 'fraud': physical plan, microbatch mode, parallelism 3, max parallelism 128 (key groups)
 stage 0: workers 0-2
-  tx: source memory (0 records) [watermark: timestamp=ts, bound=1000ms]
-    tx#0, tx#1, tx#2 (split: each reads a part of the input, 3 parts); on columns
-      tx#0 reads memory (0 records, part 1 of 3: records 0, 3, ...)
-      tx#1 reads memory (0 records, part 2 of 3: records 1, 4, ...)
-      tx#2 reads memory (0 records, part 3 of 3: records 2, 5, ...)
+  tx: source memory (0 records, 4 splits) [watermark: timestamp=ts, bound=1000ms]
+    tx#0, tx#1, tx#2 (split: 4 logical splits, each instance reads a range of them); on columns
+      tx#0 reads memory (0 records, 4 splits), splits 0-1
+      tx#1 reads memory (0 records, 4 splits), split 2
+      tx#2 reads memory (0 records, 4 splits), split 3
   positive -> key_by:card: chain filter col("amount") > 0 -> key_by card
     positive -> key_by:card#0, positive -> key_by:card#1, positive -> key_by:card#2; on columns
 stage 1: workers 0-2
@@ -211,7 +211,8 @@ def test_to_dict_is_json() -> None:
     assert [i["key_groups"] for i in paid["instances"]] == [[0, 64], [64, 128]]
     orders = next(o for o in d["operators"] if o["name"] == "orders")
     assert [i["reads"] for i in orders["instances"]] == [
-        "memory (0 records, part 1 of 2: records 0, 2, ...)", "memory (0 records, part 2 of 2: records 1, 3, ...)"]
+        "memory (0 records, 3 splits), splits 0-1", "memory (0 records, 3 splits), split 2"]
+    assert [i["splits"] for i in orders["instances"]] == [[0, 1], [2]]
     assert sorted(e["partitioning"] for e in d["edges"]) == ["forward"] * 4 + ["hash"] * 2
 
 
@@ -239,8 +240,8 @@ class Whole(ms.connectors.Source):
 
 
 class BadSplits(Whole):
-    def parallel_splits(self, n: int) -> list[ms.connectors.Source] | None:
-        return [Whole()]
+    def logical_splits(self) -> list[ms.connectors.Source] | None:
+        return []
 
 
 def _from(source: ms.connectors.Source) -> ms.Flow:
@@ -261,10 +262,22 @@ def test_a_source_that_cannot_split_is_read_whole_on_worker_0(mode: str) -> None
     assert compile(_from(dead).plan(), mode, 3).operators[0].parallelism == 1
 
 
-def test_parallel_splits_must_give_one_source_per_worker() -> None:
-    with pytest.raises(ConfigError, match=r"source 'in': BadSplits.parallel_splits\(2\) must return 2 sources or None"):
+def test_logical_splits_must_be_sources_or_none() -> None:
+    with pytest.raises(ConfigError, match=r"source 'in': BadSplits.logical_splits\(\) must return a non-empty list"):
         compile(_from(BadSplits()).plan(), "native", 2)
-    assert compile(_from(BadSplits()).plan(), "native", 1).operators[0].splits is None  # never asked at 1
+
+
+def test_the_splits_of_a_source_do_not_depend_on_the_parallelism() -> None:
+    """A source's logical splits are its own: every parallelism reads the same splits, each worker a
+    contiguous range (more workers than splits: some read none)."""
+    f = ms.Flow("fixed")
+    f.source(memory.read(list(range(10)), splits=5), name="in").sink(memory.write(), name="out")
+    for n in (1, 2, 3, 7):
+        src = compile(f.plan(), "native", n).operators[0]
+        assert src.splits is not None and len(src.splits) == 5 and src.parallelism == n
+        ranges = [list(src.split_numbers(w)) for w in range(n)]
+        assert sum(ranges, []) == [0, 1, 2, 3, 4]
+        assert all(r == list(range(r[0], r[-1] + 1)) for r in ranges if r)
 
 
 def test_bad_parallelism_and_mode_are_refused() -> None:

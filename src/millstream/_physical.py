@@ -7,12 +7,14 @@
   columnar modes); every other step is an operator of its own.
 - **instances**: instance ``i`` of an operator runs on worker ``i`` and is named ``step#i``. A
   keyed operator has ``parallelism`` instances, instance ``w`` owning the key groups
-  :func:`millstream._keygroups.groups_of` gives it. A source that splits
-  (:meth:`~millstream.connectors.Source.parallel_splits`) has ``parallelism`` instances, instance
-  ``w`` reading part ``w`` of the input; one that cannot has one instance, on worker 0, reading all
-  of it. A window over the whole stream has one. Any other operator runs where its input runs: as
-  many instances as its widest input (so a stateless chain after a split source runs on every
-  worker, on the records read there, and the first keyed step after it is a ``hash`` exchange).
+  :func:`millstream._keygroups.groups_of` gives it. A source of several logical splits
+  (:meth:`~millstream.connectors.Source.logical_splits`, a count fixed by the source) has
+  ``parallelism`` instances, instance ``w`` reading the contiguous range of splits
+  :func:`~millstream.connectors._base.split_range` gives it; one of a single split has one
+  instance, on worker 0, reading all of it. A window over the whole stream has one. Any other
+  operator runs where its input runs: as many instances as its widest input (so a stateless chain
+  after a split source runs on every worker, on the records read there, and the first keyed step
+  after it is a ``hash`` exchange).
 - **edges**, each with its partitioning: ``forward`` (instance ``w`` to instance ``w``: no data
   crosses workers), ``hash`` (to the instance owning the record's key group: an exchange, wherever
   a keyed operator reads a stream not already partitioned by its key), ``global`` (every instance
@@ -33,7 +35,7 @@ from typing import Any, Literal
 
 from millstream import _plan as P
 from millstream._keygroups import DEFAULT_MAX_PARALLELISM, check_parallelism, groups_of, worker_of
-from millstream.connectors._base import DeadLetter, Source
+from millstream.connectors._base import DeadLetter, Source, SplitSetSource, split_range
 from millstream.errors import ConfigError
 
 __all__ = ["Edge", "Instance", "Operator", "PhysicalPlan", "chain_steps", "compile"]
@@ -69,8 +71,22 @@ class Operator:
     #: the key its state is partitioned by (keyed operators), else None
     key: P.KeySpec | None
     max_parallelism: int
-    #: a split source: the part of the input each instance reads (instance ``w`` reads ``splits[w]``)
+    #: a source of several logical splits: the splits (instance ``w`` reads :meth:`split_numbers` ``(w)``)
     splits: tuple[Source, ...] | None = None
+
+    def split_numbers(self, worker: int) -> range:
+        """The logical splits instance ``worker`` reads (a split source only)."""
+        assert self.splits is not None
+        return split_range(worker, self.parallelism, len(self.splits))
+
+    def part(self, worker: int) -> SplitSetSource:
+        """What instance ``worker`` of a split source opens: its splits, aligned by the step's watermark
+        strategy (see :class:`~millstream.connectors._base.SplitSetSource`)."""
+        assert self.splits is not None
+        op = self.steps[0].op
+        assert isinstance(op, P.SourceOp)
+        numbers = self.split_numbers(worker)
+        return SplitSetSource(op.connector, [self.splits[j] for j in numbers], numbers, op.watermark)
 
     @property
     def id(self) -> int:
@@ -169,8 +185,7 @@ class PhysicalPlan:
                 lines.append(f"  {op.name}: {op.describe()}")
                 lines.append(f"    {_instances(op)}; {_form(op)}")
                 if op.splits:
-                    lines.extend(f"      {i.label} reads {part.describe()}" for i, part in zip(
-                        op.instances, op.splits, strict=True))
+                    lines.extend(f"      {i.label} reads {op.part(i.worker).describe()}" for i in op.instances)
         lines.append("edges:")
         for e in self.edges:
             src, dst = self.operator(e.source), self.operator(e.target)
@@ -196,7 +211,8 @@ class PhysicalPlan:
                  "key": op.key.describe() if op.key is not None else None,
                  "instances": [{"label": i.label, "worker": i.worker,
                                 "key_groups": [i.key_groups.start, i.key_groups.stop] if i.key_groups else None,
-                                **({"reads": op.splits[i.worker].describe()} if op.splits else {})}
+                                **({"reads": op.part(i.worker).describe(),
+                                    "splits": list(op.split_numbers(i.worker))} if op.splits else {})}
                                for i in op.instances]}
                 for op in self.operators
             ],
@@ -218,7 +234,7 @@ def _instances(op: Operator) -> str:
     if op.key is None:
         text = ", ".join(i.label for i in op.instances)
         if op.splits:
-            return text + f" (split: each reads a part of the input, {len(op.splits)} parts)"
+            return text + f" (split: {len(op.splits)} logical splits, each instance reads a range of them)"
         return text + (" (reads every split)" if op.kind == "source" else "")
     return "keyed by " + op.key.describe() + ": " + ", ".join(
         f"{i.label} groups {_range(i.key_groups)}" for i in op.instances)
@@ -396,7 +412,7 @@ def compile(plan: P.Plan, mode: str = "native", parallelism: int = 1,
         # how many instances, and the edges in
         keyed = _keyed(op)
         gathered = _gathered(op, gather_sinks)
-        splits = _source_splits(first, parallelism) if isinstance(op, P.SourceOp) else None
+        splits = _source_splits(first) if isinstance(op, P.SourceOp) else None
         if splits is not None:
             width = parallelism
         elif isinstance(op, P.SourceOp) or gathered:
@@ -440,23 +456,21 @@ def compile(plan: P.Plan, mode: str = "native", parallelism: int = 1,
                         _stages(operators, edges))
 
 
-def _source_splits(node: P.Node, parallelism: int) -> tuple[Source, ...] | None:
-    """The parts a source step reads on each of ``parallelism`` workers; None when it is read whole, on
-    worker 0: at parallelism 1, when its connector cannot split, and when its bad records go to a
-    dead-letter sink (that writer is on worker 0)."""
+def _source_splits(node: P.Node) -> tuple[Source, ...] | None:
+    """The logical splits of a source step; None when it is one split, read whole on worker 0, and
+    when its bad records go to a dead-letter sink (that writer is on worker 0)."""
     op = node.op
     assert isinstance(op, P.SourceOp)
     connector = op.connector
-    if parallelism == 1 or isinstance(connector.on_error, DeadLetter):
+    if isinstance(connector.on_error, DeadLetter):
         return None
-    parts = connector.parallel_splits(parallelism)
-    if parts is None:
+    splits = connector.logical_splits()
+    if splits is None:
         return None
-    if (not isinstance(parts, list | tuple) or len(parts) != parallelism
-            or not all(isinstance(s, Source) for s in parts)):
-        raise ConfigError(f"source {node.name!r}: {type(connector).__name__}.parallel_splits({parallelism}) must "
-                          f"return {parallelism} sources or None, got {parts!r:.200}")
-    return tuple(parts)
+    if not isinstance(splits, list | tuple) or not splits or not all(isinstance(s, Source) for s in splits):
+        raise ConfigError(f"source {node.name!r}: {type(connector).__name__}.logical_splits() must return a "
+                          f"non-empty list of sources or None, got {splits!r:.200}")
+    return tuple(splits)
 
 
 def _gathered(op: P.Op, gather_sinks: bool) -> bool:

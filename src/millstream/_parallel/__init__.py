@@ -2,10 +2,10 @@
 
 The physical plan (:mod:`millstream._physical`, compiled with ``gather_sinks``) says which operator
 instances run on which worker. This process is **worker 0**; workers 1 .. N-1 are processes forked
-from a ``forkserver`` (never from this process, which may run threads). A source that splits
-(``Source.parallel_splits``: memory, the generator, Nexmark, files) is read by every worker, each its
-own part, and the stateless steps after it run there too; a source that cannot split is read on
-worker 0. Every sink is written on worker 0. ``forward`` edges stay inside a process; ``hash`` edges
+from it (or from a ``forkserver`` when it runs threads). A source of several logical splits
+(``Source.logical_splits``: memory, the generator and Nexmark with ``splits=``) is read by every
+worker, each its range of splits, and the stateless steps after it run there too; a source of one
+split is read on worker 0. Every sink is written on worker 0. ``forward`` edges stay inside a process; ``hash`` edges
 send each record to the worker owning its key group, ``global`` edges to worker 0, through
 :mod:`._exchange` (bounded channels of pickled chunks, watermarks, end of input).
 

@@ -223,7 +223,7 @@ class Exchange:
             port = self.ins[item[1]]
             kind = item[0]
             if kind == "d":
-                port.push(item[2], item[3])
+                port.push(sender, item[2], item[3])
             elif kind == "w":
                 port.watermark(sender, item[2])
             else:
@@ -237,7 +237,16 @@ class Exchange:
 
 class ExchangeIn:
     """Where an exchange edge enters an operator instance: the watermark of the port is the least
-    of its senders' (idle senders aside)."""
+    of its senders' (idle senders aside).
+
+    **Alignment.** A chunk holding a record at or behind its sender's watermark ``W`` (one that a
+    watermark could make late) waits, with everything its sender sends after it, until every other
+    sender's watermark has reached ``W``: the port's watermark is then exactly ``W`` when the record is
+    judged, whatever the timing of the workers. With sources whose splits are aligned the same way
+    (:class:`~millstream.connectors._base.SplitSetSource`), ``W`` is the watermark of the record's
+    own split, so whether a record is late depends on its split alone, at every parallelism.
+    Records ahead of their sender's watermark (all of them, within a watermark's bound) never wait.
+    """
 
     def __init__(self, target: Operator, port: int, senders: range) -> None:
         self.target = target
@@ -245,19 +254,88 @@ class ExchangeIn:
         self.wms = {s: MIN_WATERMARK for s in senders}
         self.idles = {s: False for s in senders}
         self.sent = MIN_WATERMARK
+        #: per sender, what it sent after a chunk that waits (the chunk first), in order
+        self.waiting: dict[int, deque[tuple[Any, ...]]] = {}
 
-    def push(self, records: list[Any], times: list[int] | None) -> None:
-        self.target.push(self.port, records, times)
+    def push(self, sender: int, records: list[Any], times: list[int] | None) -> None:
+        if sender in self.waiting:
+            self.waiting[sender].append(("d", records, times))
+        elif self._blocked(sender, times):
+            self.waiting[sender] = deque([("d", records, times)])
+        else:
+            self.target.push(self.port, records, times)
 
     def watermark(self, sender: int, wm: int) -> None:
+        if sender in self.waiting:
+            self.waiting[sender].append(("w", wm))
+            return
         if wm > self.wms[sender]:
             self.wms[sender] = wm
         self.idles[sender] = False
         self._advance()
+        if self.waiting:
+            self._release()
 
     def idle(self, sender: int) -> None:
+        if sender in self.waiting:
+            self.waiting[sender].append(("i",))
+            return
         self.idles[sender] = True
         self._advance()
+        if self.waiting:
+            self._release()
+
+    def _blocked(self, sender: int, times: list[int] | None) -> bool:
+        """Whether a chunk of ``sender`` with these times must wait (see the class docstring)."""
+        if times is None or len(self.wms) < 2:
+            return False
+        w = self.wms[sender]
+        if w == MIN_WATERMARK or min(times) > w:
+            return False
+        return any(v < w for s, v in self.wms.items() if s != sender and not self.idles[s])
+
+    def _release(self) -> None:
+        """Hand on what waits, sender by sender, as far as each can go now."""
+        moved = True
+        while moved and self.waiting:
+            moved = False
+            for sender in list(self.waiting):
+                items = self.waiting[sender]
+                while items:
+                    item = items[0]
+                    if item[0] == "d" and self._blocked(sender, item[2]):
+                        break
+                    items.popleft()
+                    moved = True
+                    if item[0] == "d":
+                        self.target.push(self.port, item[1], item[2])
+                    elif item[0] == "w":
+                        if item[1] > self.wms[sender]:
+                            self.wms[sender] = item[1]
+                        self.idles[sender] = False
+                        self._advance()
+                    else:
+                        self.idles[sender] = True
+                        self._advance()
+                if not items:
+                    del self.waiting[sender]
+
+    def release_all(self) -> None:
+        """Hand on everything that waits now (before a checkpoint: nothing may be in hand)."""
+        while self.waiting:
+            sender = next(iter(self.waiting))
+            items = self.waiting.pop(sender)
+            for item in items:
+                if item[0] == "d":
+                    self.target.push(self.port, item[1], item[2])
+                elif item[0] == "w":
+                    if item[1] > self.wms[sender]:
+                        self.wms[sender] = item[1]
+                    self.idles[sender] = False
+                    self._advance()
+                else:
+                    self.idles[sender] = True
+                    self._advance()
 
     def _advance(self) -> None:
         active = [w for s, w in self.wms.items() if not self.idles[s]]
@@ -271,7 +349,7 @@ class ExchangeIn:
 
     @property
     def ended(self) -> bool:
-        return all(w >= MAX_WATERMARK for w in self.wms.values())
+        return not self.waiting and all(w >= MAX_WATERMARK for w in self.wms.values())
 
 
 def _compile_dests(key: Any) -> Callable[[list[Any], Callable[[Any], int | None], Callable[[Any], int]], list[int]]:
@@ -349,7 +427,7 @@ class ExchangeOut:
     def _send(self, dest: int, records: list[Any], times: list[int] | None) -> None:
         ex = self.ex
         if dest == ex.me:
-            ex.ins[self.index].push(records, times)
+            ex.ins[self.index].push(ex.me, records, times)
             return
         for start in range(0, len(records), BATCH):
             part = records[start:start + BATCH] if len(records) > BATCH else records

@@ -7,7 +7,6 @@ own. Each worker opens its own part of every split source.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 import resource
@@ -22,7 +21,7 @@ from millstream import _plan as P
 from millstream._clock import SystemClock
 from millstream._physical import PhysicalPlan
 from millstream._runtime._base import Operator, Runtime
-from millstream._runtime._native import NativeJob
+from millstream._runtime._native import NativeJob, split_node
 from millstream._state import open_backend
 from millstream._time import MAX_WATERMARK
 from millstream.errors import MillstreamError
@@ -51,10 +50,8 @@ class WorkerJob(NativeJob):
             first = pop.steps[0]
             if isinstance(first.op, P.STATELESS):
                 op = self._add(self._make_chain(list(pop.steps), first.timestamped))
-            elif pop.splits is not None:  # a split source: this worker reads its part
-                assert isinstance(first.op, P.SourceOp)
-                part = dataclasses.replace(first.op, connector=pop.splits[worker])
-                op = self._add(self._make(dataclasses.replace(first, op=part)))
+            elif pop.splits is not None:  # a split source: this worker reads its range of splits
+                op = self._add(self._make(split_node(pop, worker)))
             else:
                 op = self._add(self._make(first))
             for node in pop.steps:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,8 @@ class NativeJob:
             first = pop.steps[0]
             if isinstance(first.op, P.STATELESS):
                 op = self._add(self._make_chain(list(pop.steps), first.timestamped))
+            elif pop.splits is not None:  # a source of several splits: read as splits, aligned
+                op = self._add(self._make(split_node(pop, 0)))
             else:
                 op = self._add(self._make(first))
             for node in pop.steps:
@@ -180,6 +183,13 @@ class NativeJob:
             op.restore_time(entry["time"])
             if entry["state"] is not None:
                 op.restore(entry["state"])
+
+
+def split_node(pop: Any, worker: int) -> P.Node:
+    """The source step of a split source operator as instance ``worker`` reads it: its splits."""
+    first: P.Node = pop.steps[0]
+    assert isinstance(first.op, P.SourceOp)
+    return dataclasses.replace(first, op=dataclasses.replace(first.op, connector=pop.part(worker)))
 
 
 def run_native(job: NativeJob, *, max_chunk: int, idle_sleep_s: float, on_tick: Any, tick_interval_s: float,

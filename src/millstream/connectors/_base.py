@@ -21,8 +21,10 @@ What a connector can do is **declared** on its class, never probed:
   not acknowledged: Redis Streams, JetStream, MQTT, RabbitMQ, a replication slot)
   or ``"none"`` (stdin, a webhook).
 - :attr:`SourceReader.columnar`: the reader makes columnar batches (``poll_frame``).
-- :meth:`Source.parallel_splits`: the source can be cut into ``n`` disjoint parts, one
-  per worker of a job run with ``parallelism=n`` (None: it cannot; one worker reads it all).
+- :meth:`Source.logical_splits`: the source is a fixed set of splits, each a source of its
+  own (None: it is one split, read whole by one worker). The count is the source's, never the
+  job's parallelism: worker ``w`` of ``n`` reads the contiguous range :func:`split_range` gives it,
+  so positions and watermarks are per split at every parallelism (see :class:`SplitSetSource`).
 - :attr:`Sink.delivery`: ``"transactional"`` (two-phase commit with checkpoints),
   ``"idempotent"`` (a rewrite replaces: an upsert by key) or ``"none"``;
   :attr:`Sink.resumable`: the output can go on after a restart.
@@ -55,13 +57,14 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from millstream._time import MIN_WATERMARK as _MIN
 from millstream.errors import ConfigError, ConnectorError, ConnectorUnavailable, RecordError
 
 if TYPE_CHECKING:
     from millstream._clock import Clock
 
 __all__ = ["Backoff", "DeadLetter", "Delivery", "ErrorPolicy", "Replay", "Sink", "SinkWriter", "Source",
-           "SourceContext", "SourceReader", "dead_letter", "redact_url", "retry"]
+           "SourceContext", "SourceReader", "SplitSetSource", "dead_letter", "redact_url", "retry", "split_range"]
 
 log = logging.getLogger("millstream.connectors")
 T = TypeVar("T")
@@ -245,27 +248,34 @@ class Source(ABC):
     def default_name(self) -> str:
         return "source"
 
-    def parallel_splits(self, n: int) -> list[Source] | None:
-        """``n`` sources, each reading a disjoint part of this one's input, whose union is the whole;
-        None (the default) when the source cannot be split.
+    def logical_splits(self) -> list[Source] | None:
+        """The source's fixed logical splits, each a source reading a disjoint part of the input
+        (their union is the whole); None (the default) when the source is one split.
 
-        Called while the flow is compiled for ``n`` workers (``n >= 2``), before anything is opened,
-        so it must not read the input: worker ``w`` opens part ``w``. A part gives its records the
-        same values (and so the same event times) as the whole source does, and numbers its
-        positions (``position_of``) as the whole source would. Each part is a split of its own with
-        its own watermark: a record meets the watermark of the records before it *in its part*.
+        The count is the source's own (a Kafka topic's partitions, ``memory.read(..., splits=4)``),
+        never the job's parallelism: a job with ``parallelism=n`` gives worker ``w`` the contiguous
+        range :func:`split_range` ``(w, n, count)`` of them, and a job of one process reads them all.
+        Each split has its own position and its own watermark generator, so the watermark a record
+        meets, and whether it is late, does not depend on the parallelism. Called when the flow is
+        compiled, before anything is opened: it must not read the input. A split is not split again.
         """
         return None
 
 
+def split_range(worker: int, parallelism: int, count: int) -> range:
+    """The logical splits worker ``worker`` of ``parallelism`` reads, of ``count``: a contiguous range,
+    assigned as key groups are (ranges differ in size by at most one; a worker may get none)."""
+    return range(-(-worker * count // parallelism), -(-(worker + 1) * count // parallelism))
+
+
 def stride_parts(source: Any, n: int) -> list[Source] | None:
-    """:meth:`Source.parallel_splits` for a source that makes or holds its records by index: ``n``
-    copies, part ``w`` taking ``w, w + n, ...`` (the source reads its ``part`` and ``parts``). A paced
-    source (``rate``, ``burst``) gives each part ``rate / n``. A part is not split again (None)."""
+    """:meth:`Source.logical_splits` for a source that makes or holds its records by index: ``n``
+    copies, split ``j`` taking ``j, j + n, ...`` (the source reads its ``part`` and ``parts``). A paced
+    source (``rate``, ``burst``) gives each split ``rate / n``. One split, or a split already: None."""
     import copy
     import math
 
-    if source.parts != 1:
+    if source.parts != 1 or n <= 1:
         return None
     out: list[Source] = []
     for w in range(n):
@@ -276,6 +286,229 @@ def stride_parts(source: Any, n: int) -> list[Source] | None:
             part.burst = max(1, math.ceil(source.burst / n))
         out.append(part)
     return out
+
+
+def check_splits(splits: Any) -> int:
+    """The ``splits=`` option of a source that splits by index: an int >= 1."""
+    if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
+        raise ConfigError(f"splits must be an int >= 1 (the source's fixed number of splits), not {splits!r}")
+    return splits
+
+
+class SplitSetSource(Source):
+    """Some of a source's logical splits, read by one source step (all of them in a job of one
+    process; worker ``w``'s range at parallelism ``n``): what the executor opens in place of a source
+    whose :meth:`Source.logical_splits` is not None.
+
+    Its reader hands out one split at a time, names it (``split()`` is the split's number, so the
+    source step runs one watermark generator per split), and keeps one position per split
+    (``snapshot()`` is ``{number: position}``; ``restore`` takes the positions of the splits it reads
+    from any such dict, so a checkpoint of another parallelism restores here). With the source's
+    watermark ``strategy`` it also **aligns** its splits: a record behind its own split's watermark
+    (its time below that split's highest earlier time minus the bound) is handed out only once every
+    other split it reads has reached that watermark. The source's watermark (the least over its
+    splits) is then exactly that split's when the record is judged, as in any run of any
+    parallelism: whether a record is late depends on its split alone. (Between workers the exchange
+    does the same: :mod:`millstream._parallel._exchange`.)
+    """
+
+    def __init__(self, source: Source, splits: Any, numbers: range, strategy: Any = None) -> None:
+        self.source = source
+        self.splits = list(splits)
+        self.numbers = numbers
+        self.strategy = strategy
+        self.replay = source.replay
+        self.bounded = source.bounded
+        self.on_error = source.on_error
+
+    @property
+    def replays_exactly(self) -> bool:
+        return self.source.replays_exactly
+
+    def open(self, ctx: SourceContext) -> SourceReader:
+        return SplitSetReader([s.open(ctx) for s in self.splits], list(self.numbers), self.strategy)
+
+    def describe(self) -> str:
+        n = self.numbers
+        which = f"split {n.start}" if len(n) == 1 else f"splits {n.start}-{n.stop - 1}" if n else "no split"
+        return f"{self.source.describe()}, {which}"
+
+    def default_name(self) -> str:
+        return self.source.default_name()
+
+
+class SplitSetReader(SourceReader):
+    """The reader of a :class:`SplitSetSource` (see there).
+
+    It may hold records a split's reader gave it and that it has not handed out yet (a chunk cut for
+    alignment): a split's position is therefore the position of its reader before the records held
+    plus how many of them were handed out (``{"at": position, "skip": n}``), so that a restore reads
+    the held records again."""
+
+    def __init__(self, readers: list[SourceReader], numbers: list[int], strategy: Any) -> None:
+        self.readers = dict(zip(numbers, readers, strict=True))
+        self.active = list(numbers)
+        #: per split: the records read and not yet handed out, how many of its reader's last poll were
+        #: handed out before them, and its reader's position before that poll
+        self.held: dict[int, list[Any]] = {j: [] for j in numbers}
+        self.taken: dict[int, int] = dict.fromkeys(numbers, 0)
+        self.before: dict[int, Any] = {}
+        self.skip: dict[int, int] = {}
+        #: the highest event time of the records handed out, per split (alignment only)
+        self.high: dict[int, int] = {}
+        self.extract: Any = None
+        self.bound = 0
+        if strategy is not None and len(numbers) > 1:
+            from millstream._runtime._sources import compile_extractor
+
+            self.extract = compile_extractor(strategy)
+            self.bound = strategy.bound_ms
+        self.last: int | None = None
+        self.base = 0
+        self.turn = 0
+
+    @property
+    def columnar(self) -> bool:
+        return False
+
+    def split(self) -> str | None:
+        return None if self.last is None else str(self.last)
+
+    def splits(self) -> Collection[str] | None:
+        return [str(j) for j in self.active]
+
+    def _fill(self, j: int, max_records: int) -> bool:
+        """Read split ``j``'s next records unless some are held; False once it has ended."""
+        while not self.held[j]:
+            reader = self.readers[j]
+            before = reader.snapshot()
+            recs = reader.poll(max_records)
+            if recs is None:
+                self.active.remove(j)
+                return False
+            self.before[j], self.taken[j] = before, 0
+            skip = self.skip.pop(j, 0)
+            if skip:  # restored inside a chunk: what was handed out before the checkpoint is done with
+                if skip < len(recs):
+                    self.held[j], self.taken[j] = recs[skip:], skip
+                else:
+                    self.skip[j] = skip - len(recs)
+                continue
+            self.held[j] = recs
+            if not recs:
+                break
+        return True
+
+    def _wm(self, j: int) -> int:
+        high = self.high.get(j)
+        return _MIN if high is None else high - self.bound - 1
+
+    def _ready(self, j: int) -> int:
+        """How many of split ``j``'s held records can go now: up to the first one behind the split's
+        watermark while another split's watermark is below that."""
+        recs = self.held[j]
+        if self.extract is None or len(self.active) < 2:
+            return len(recs)
+        others = min(self._wm(o) for o in self.active if o != j)
+        high = self.high.get(j, _MIN)
+        try:
+            times, _, _ = self.extract(recs, high)
+        except Exception:  # noqa: BLE001 - a bad timestamp: the source step's error policy decides
+            return len(recs)
+        for i, t in enumerate(times):
+            if t > high:
+                high = t
+            elif high != _MIN and t < high - self.bound and others < high - self.bound - 1:
+                return i
+        return len(recs)
+
+    def poll(self, max_records: int) -> list[Any] | None:
+        # every split first reads what it can (so that the splits that ended are known), then they take
+        # turns: the first whose next records may go now gives them
+        for j in list(self.active):
+            self._fill(j, max_records)
+        if not self.active:
+            return None
+        order = self.active[self.turn % len(self.active):] + self.active[:self.turn % len(self.active)]
+        blocked: list[tuple[int, int]] = []
+        for j in order:
+            if not self.held[j]:
+                continue  # nothing ready now
+            n = self._ready(j)
+            if n > 0:
+                self.turn = self.active.index(j) + 1
+                return self._take(j, n)
+            blocked.append((self._wm(j), j))
+        if blocked and len(blocked) == len(self.active):
+            # every split waits at a record behind its own watermark: the one with the least watermark
+            # can go (every other split is at or above it)
+            return self._take(min(blocked)[1], 1)
+        return []
+
+    def _take(self, j: int, n: int) -> list[Any]:
+        recs = self.held[j]
+        out, self.held[j] = (recs, []) if n >= len(recs) else (recs[:n], recs[n:])
+        self.last, self.base = j, self.taken[j]
+        self.taken[j] += len(out)
+        if self.extract is not None:
+            try:
+                _, high, _ = self.extract(out, self.high.get(j, _MIN))
+                self.high[j] = high
+            except Exception:  # noqa: BLE001,S110 - reported by the source step
+                pass
+        return out
+
+    def position_of(self, index: int) -> str | None:
+        return None if self.last is None else self.readers[self.last].position_of(self.base + index)
+
+    def wait_hint(self) -> float | None:
+        hints = [h for j in self.active for h in (self.readers[j].wait_hint(),) if h is not None]
+        return min(hints) if hints else None
+
+    def snapshot(self) -> Any:
+        out: dict[int, Any] = {}
+        for j, r in self.readers.items():
+            if self.held[j]:
+                out[j] = {"at": self.before[j], "skip": self.taken[j]}
+            else:
+                out[j] = {"at": r.snapshot(), "skip": self.skip.get(j, 0)}
+            out[j]["high"] = self.high.get(j)
+        return out
+
+    def restore(self, position: Any) -> None:
+        for j, r in self.readers.items():
+            if j in position:
+                r.restore(position[j]["at"])
+                self.held[j], self.taken[j] = [], 0
+                if position[j]["skip"]:
+                    self.skip[j] = position[j]["skip"]
+                if position[j].get("high") is not None:
+                    self.high[j] = position[j]["high"]
+
+    def acknowledge(self, position: Any) -> None:
+        for j, r in self.readers.items():
+            if j in position:
+                r.acknowledge(position[j]["at"])
+
+    def metrics(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.readers.values():
+            for k, v in r.metrics().items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def progress(self) -> tuple[int, int] | None:
+        done = total = 0
+        for r in self.readers.values():
+            p = r.progress()
+            if p is None:
+                return None
+            done, total = done + p[0], total + p[1]
+        return done, total
+
+    def close(self) -> None:
+        for r in self.readers.values():
+            r.close()
 
 
 class SinkWriter(ABC):

@@ -127,14 +127,12 @@ class FileSource(Source):
 
     ``stop()`` ends a following source once it has read what its files hold now.
 
-    Run with ``parallelism=n`` (:meth:`parallel_splits`), a bounded source is split: the files of a
-    directory by file (worker ``w`` reads files ``w, w + n, ...`` of the name-ordered listing), one
-    uncompressed JSON-lines or text file by byte range, each range starting and ending at a line
-    start (worker ``w`` takes the lines that start in bytes ``w * size / n`` to ``(w + 1) * size / n``).
+    A job with ``parallelism=n`` reads it whole on worker 0 (see :meth:`parts_of` for how it can be
+    cut in parts: by file, or by byte range at line starts).
     """
 
     replay = "position"
-    #: this source reads part ``part`` of ``parts``, cut ``split_by`` (see :meth:`parallel_splits`)
+    #: this source reads part ``part`` of ``parts``, cut ``split_by`` (see :meth:`parts_of`)
     part = 0
     parts = 1
     split_by: Literal["files", "bytes"] | None = None
@@ -161,11 +159,17 @@ class FileSource(Source):
     def open(self, ctx: SourceContext) -> SourceReader:
         return _FileReader(self, ctx)
 
-    def parallel_splits(self, n: int) -> list[Source] | None:
-        """By file for a directory, by byte range for one uncompressed JSON-lines or text file; None
-        for a following source (files appear while it runs), a CSV, compressed or Parquet file, and
-        a path that is not there yet. Looks only at whether the path is a directory or a file: what
-        a part reads is fixed when it opens (the same listing, or the same file size, on every worker)."""
+    def parts_of(self, n: int) -> list[Source] | None:
+        """``n`` parts: by file for a directory, by byte range for one uncompressed JSON-lines or text
+        file; None for a following source (files appear while it runs), a CSV, compressed or Parquet
+        file, and a path that is not there yet. Looks only at whether the path is a directory or a
+        file: what a part reads is fixed when it opens.
+
+        Not used by the executors any more: the parts depend on ``n`` and a job of one process reads
+        the path as one split, so a file source has no :meth:`logical_splits` (it is read whole by one
+        worker). Making these parts fixed logical splits (a count fixed by the source, read as splits
+        at parallelism 1 too) changes how one process times a directory's records, so it waits for a
+        ``splits=`` option of its own."""
         o = self.options
         if self.parts != 1 or o.follow:
             return None

@@ -13,14 +13,14 @@ With ``rate``, records are released against the run's clock (a token bucket),
 so ``run(clock=ms.testing.ManualClock())`` makes a rate-limited test exact and instant.
 The position is the next ``i``: with a deterministic ``fn`` the source is replayable.
 
-Run with ``parallelism=n``, the source is split by stride: worker ``w`` makes ``fn(i)`` for
-``i = w, w + n, w + 2n, ...`` (at ``rate / n`` when paced), so the parts together make every
-record once, each with the value (and event time) it has at parallelism 1:
+With ``splits=s``, the source is ``s`` logical splits by stride: split ``j`` makes ``fn(i)`` for
+``i = j, j + s, j + 2s, ...`` (at ``rate / s`` when paced), each with its own position and
+watermark, at every parallelism; a job with ``parallelism=n`` reads them on its ``n`` workers:
 
->>> for part in generator.read(lambda i: i, count=5).parallel_splits(2):
-...     print(part.describe())
-generator <lambda> (5 records, part 1 of 2: i = 0, 2, 4, ...)
-generator <lambda> (5 records, part 2 of 2: i = 1, 3, 5, ...)
+>>> for split in generator.read(lambda i: i, count=5, splits=2).logical_splits():
+...     print(split.describe())
+generator <lambda> (5 records, split 0 of 2: i = 0, 2, 4, ...)
+generator <lambda> (5 records, split 1 of 2: i = 1, 3, 5, ...)
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 from millstream._location import callable_location, callable_name
 from millstream._time import Duration, to_ms
-from millstream.connectors._base import Source, SourceContext, SourceReader, stride_parts
+from millstream.connectors._base import Source, SourceContext, SourceReader, check_splits, stride_parts
 from millstream.errors import ConfigError, StepError
 
 __all__ = ["GeneratorSource", "SequenceRecords", "read", "sequence"]
@@ -42,12 +42,14 @@ class GeneratorSource(Source):
     """``fn(i)`` for ``i`` in ``0 .. count-1`` (forever when ``count`` is None), at most ``rate`` per second."""
 
     replay = "position"
-    #: this source makes ``i = part, part + parts, part + 2 * parts, ...`` (see :meth:`parallel_splits`)
+    #: this source (a split of one) makes ``i = part, part + parts, ...`` (see :meth:`logical_splits`)
     part = 0
     parts = 1
 
     def __init__(self, fn: Callable[[int], Any], *, count: int | None = None, rate: float | None = None,
-                 burst: int | None = None, batch: int | None = None, name: str = "generator") -> None:
+                 burst: int | None = None, batch: int | None = None, name: str = "generator",
+                 splits: int = 1) -> None:
+        self.splits = check_splits(splits)
         if not callable(fn):
             raise ConfigError(f"generator.read() needs a function of the index i, got {type(fn).__name__} {fn!r}")
         if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
@@ -74,9 +76,10 @@ class GeneratorSource(Source):
     def open(self, ctx: SourceContext) -> SourceReader:
         return _GeneratorReader(self, ctx)
 
-    def parallel_splits(self, n: int) -> list[Source] | None:
-        """``n`` parts by stride: part ``w`` makes ``i = w, w + n, ...`` (``rate / n`` each when paced)."""
-        return stride_parts(self, n)
+    def logical_splits(self) -> list[Source] | None:
+        """``splits`` splits by stride: split ``j`` makes ``i = j, j + splits, ...`` (``rate / splits`` each
+        when paced); None for one."""
+        return stride_parts(self, self.splits)
 
     @property
     def local_count(self) -> int | None:
@@ -90,7 +93,9 @@ class GeneratorSource(Source):
         rate = f", {self.rate:,g}/s" if self.rate is not None else ""
         if self.parts > 1:
             p, n = self.part, self.parts
-            rate += f", part {p + 1} of {n}: i = {p}, {p + n}, {p + 2 * n}, ..."
+            rate += f", split {p} of {n}: i = {p}, {p + n}, {p + 2 * n}, ..."
+        elif self.splits > 1:
+            rate += f", {self.splits} splits"
         return f"generator {callable_name(self.fn)} ({count}{rate})"
 
     def default_name(self) -> str:
@@ -175,7 +180,8 @@ class _GeneratorReader(SourceReader):
 
 
 def read(fn: Callable[[int], Any], *, count: int | None = None, rate: float | None = None,
-         name: str = "generator", batch: int | None = None, burst: int | None = None) -> GeneratorSource:
+         name: str = "generator", batch: int | None = None, burst: int | None = None,
+         splits: int = 1) -> GeneratorSource:
     """A source of ``fn(0), fn(1), ...``: ``count`` records (None: without end).
 
     ``rate`` limits it to that many records per second of the run's clock (a
@@ -184,9 +190,10 @@ def read(fn: Callable[[int], Any], *, count: int | None = None, rate: float | No
     caps how many records one poll makes. ``fn`` should be a pure function of
     ``i``: the source's position is the next ``i``, and a restore replays from it.
     An exception in ``fn`` fails the job with a :class:`~millstream.errors.StepError`
-    naming ``fn`` and ``i``.
+    naming ``fn`` and ``i``. ``splits``: the source's fixed number of logical splits (see the module's
+    docstring); default 1.
     """
-    return GeneratorSource(fn, count=count, rate=rate, burst=burst, batch=batch, name=name)
+    return GeneratorSource(fn, count=count, rate=rate, burst=burst, batch=batch, name=name, splits=splits)
 
 
 @dataclass(frozen=True)
@@ -201,7 +208,7 @@ class SequenceRecords:
 
 
 def sequence(count: int | None = None, *, rate: float | None = None, start_ms: int = 0, interval: Duration = 1000,
-             name: str = "sequence", batch: int | None = None) -> GeneratorSource:
+             name: str = "sequence", batch: int | None = None, splits: int = 1) -> GeneratorSource:
     """A source of ``{"id": i, "ts": start_ms + i * interval}`` records (``interval`` in ms or a timedelta).
 
     >>> from millstream.connectors import generator
@@ -210,4 +217,5 @@ def sequence(count: int | None = None, *, rate: float | None = None, start_ms: i
     """
     if isinstance(start_ms, bool) or not isinstance(start_ms, int):
         raise ConfigError(f"start_ms must be an int of milliseconds since the epoch, not {start_ms!r}")
-    return read(SequenceRecords(start_ms, to_ms(interval, "interval")), count=count, rate=rate, name=name, batch=batch)
+    return read(SequenceRecords(start_ms, to_ms(interval, "interval")), count=count, rate=rate, name=name, batch=batch,
+                splits=splits)

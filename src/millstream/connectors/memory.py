@@ -47,6 +47,7 @@ from millstream.connectors._base import (
     SourceContext,
     SourceReader,
     check_policy,
+    check_splits,
     stride_parts,
 )
 from millstream.errors import ConfigError
@@ -58,14 +59,18 @@ __all__ = ["MemorySource", "UpsertSink", "read", "upsert", "write"]
 class MemorySource(Source):
     """A bounded, replayable source over a sequence of records (read in slices, no copy per record).
 
-    Split for ``parallelism=n`` by stride: part ``w`` reads records ``w, w + n, w + 2n, ...``."""
+    With ``splits=s`` (> 1) it is ``s`` logical splits by stride: split ``j`` holds records ``j, j + s,
+    j + 2s, ...``, each with its own position and watermark, at every parallelism (see
+    :meth:`~millstream.connectors.Source.logical_splits`)."""
 
     replay = "position"
-    #: this source reads records ``part, part + parts, ...`` (see :meth:`parallel_splits`)
+    #: this source (a split of one) reads records ``part, part + parts, ...`` (see :meth:`logical_splits`)
     part = 0
     parts = 1
 
-    def __init__(self, records: Iterable[Any], *, name: str = "memory", on_error: ErrorPolicy = "fail") -> None:
+    def __init__(self, records: Iterable[Any], *, name: str = "memory", on_error: ErrorPolicy = "fail",
+                 splits: int = 1) -> None:
+        self.splits = check_splits(splits)
         self.frame: Any = None
         if _is_polars_frame(records):  # a DataFrame: batches of it as they are, or its rows as dicts
             self.frame = records
@@ -78,15 +83,15 @@ class MemorySource(Source):
     def open(self, ctx: SourceContext) -> SourceReader:
         return _MemoryReader(self)
 
-    def parallel_splits(self, n: int) -> list[Source] | None:
-        """``n`` parts by stride over the same records (nothing copied)."""
-        return stride_parts(self, n)
+    def logical_splits(self) -> list[Source] | None:
+        """``splits`` splits by stride over the same records (nothing copied); None for one."""
+        return stride_parts(self, self.splits)
 
     def describe(self) -> str:
         if self.parts > 1:
             p, n = self.part, self.parts
-            return f"memory ({len(self.records):,} records, part {p + 1} of {n}: records {p}, {p + n}, ...)"
-        return f"memory ({len(self.records):,} records)"
+            return f"memory ({len(self.records):,} records, split {p} of {n}: records {p}, {p + n}, ...)"
+        return f"memory ({len(self.records):,} records{f', {self.splits} splits' if self.splits > 1 else ''})"
 
     def default_name(self) -> str:
         return self.name
@@ -160,8 +165,13 @@ class _MemoryReader(SourceReader):
         self.pos = position
 
 
-def read(records: Iterable[Any], *, name: str = "memory", on_error: ErrorPolicy = "fail") -> MemorySource:
+def read(records: Iterable[Any], *, name: str = "memory", on_error: ErrorPolicy = "fail",
+         splits: int = 1) -> MemorySource:
     """A source over ``records`` (materialised once if not a list or tuple).
+
+    ``splits``: how many logical splits the records make, by stride (split ``j``: records ``j, j +
+    splits, ...``), each with its own position and watermark; a job with ``parallelism=n`` reads them
+    on its ``n`` workers. Default 1: one split, read by one worker.
 
     ``records`` may be a polars DataFrame: the micro-batch and batch executors take
     slices of it as they are, the native one its rows as dicts.
@@ -176,7 +186,7 @@ def read(records: Iterable[Any], *, name: str = "memory", on_error: ErrorPolicy 
     >>> out.values
     [{'id': 2, 'v': 20}, {'id': 3, 'v': 30}]
     """
-    return MemorySource(records, name=name, on_error=on_error)
+    return MemorySource(records, name=name, on_error=on_error, splits=splits)
 
 
 def write(name: str = "collect") -> CollectSink:

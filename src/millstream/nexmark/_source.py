@@ -7,7 +7,7 @@ import math
 from typing import Any, cast
 
 from millstream._time import MIN_WATERMARK
-from millstream.connectors._base import Source, SourceContext, SourceReader, stride_parts
+from millstream.connectors._base import Source, SourceContext, SourceReader, check_splits, stride_parts
 from millstream.errors import ConfigError
 from millstream.nexmark._config import NexmarkConfig
 from millstream.nexmark._generator import (
@@ -34,18 +34,20 @@ class NexmarkSource(Source):
     The position is the number of events emitted so far (of all kinds): a
     restore regenerates exactly the events that followed it.
 
-    Run with ``parallelism=n``, the source is split by stride: worker ``w`` makes event numbers
-    ``w, w + n, w + 2n, ...`` (each event is a pure function of its number, so every part's events
-    are the ones parallelism 1 makes, with the same ids and times).
+    With ``splits=s``, the source is ``s`` logical splits by stride: split ``j`` makes event numbers
+    ``j, j + s, j + 2s, ...`` (each event is a pure function of its number, so the splits together
+    make the events one split makes, with the same ids and times), each with its own position and
+    watermark at every parallelism; a job with ``parallelism=n`` reads them on its ``n`` workers.
     """
 
     replay = "position"
-    #: this source makes event numbers ``part, part + parts, ...`` (see :meth:`parallel_splits`)
+    #: this source (a split of one) makes event numbers ``part, part + parts, ...`` (see :meth:`logical_splits`)
     part = 0
     parts = 1
 
     def __init__(self, config: NexmarkConfig | None = None, *, kind: str = "all", rate: float | None = None,
-                 burst: int | None = None, name: str | None = None) -> None:
+                 burst: int | None = None, name: str | None = None, splits: int = 1) -> None:
+        self.splits = check_splits(splits)
         if config is None:
             config = NexmarkConfig()
         if not isinstance(config, NexmarkConfig):
@@ -72,9 +74,10 @@ class NexmarkSource(Source):
     def open(self, ctx: SourceContext) -> SourceReader:
         return _NexmarkReader(self, ctx)
 
-    def parallel_splits(self, n: int) -> list[Source] | None:
-        """``n`` parts by stride over the event numbers (each paced at ``rate / n`` when paced)."""
-        return stride_parts(self, n)
+    def logical_splits(self) -> list[Source] | None:
+        """``splits`` splits by stride over the event numbers (each paced at ``rate / splits`` when
+        paced); None for one."""
+        return stride_parts(self, self.splits)
 
     @property
     def local_events(self) -> int | None:
@@ -91,7 +94,9 @@ class NexmarkSource(Source):
         paced = f", paced at {self.rate:,g}/s" if self.rate is not None else ""
         if self.parts > 1:
             p, n = self.part, self.parts
-            paced += f"; part {p + 1} of {n}: events {p}, {p + n}, {p + 2 * n}, ..."
+            paced += f"; split {p} of {n}: events {p}, {p + n}, {p + 2 * n}, ..."
+        elif self.splits > 1:
+            paced += f"; {self.splits} splits"
         return f"nexmark {what} ({cfg.rate:,} events/s of event time{paced})"
 
     def default_name(self) -> str:
@@ -333,7 +338,7 @@ class _NexmarkReader(SourceReader):
 
 
 def read(config: NexmarkConfig | None = None, *, kind: str = "all", rate: float | None = None,
-         burst: int | None = None, name: str | None = None) -> NexmarkSource:
+         burst: int | None = None, name: str | None = None, splits: int = 1) -> NexmarkSource:
     """A source of Nexmark events made by ``config`` (default: :class:`NexmarkConfig` ``()``).
 
     ``kind="all"`` gives every event as ``{"type": "person" | "auction" | "bid", ...fields}``;
@@ -351,5 +356,9 @@ def read(config: NexmarkConfig | None = None, *, kind: str = "all", rate: float 
 
     The source's position is the number of events emitted: restoring it makes
     exactly the same events again (each is a pure function of its id).
+
+    ``splits``: the source's fixed number of logical splits, by stride over the event numbers, each
+    with its own position and watermark; a job with ``parallelism=n`` reads them on its ``n``
+    workers (default 1: read whole by one worker).
     """
-    return NexmarkSource(config, kind=kind, rate=rate, burst=burst, name=name)
+    return NexmarkSource(config, kind=kind, rate=rate, burst=burst, name=name, splits=splits)
