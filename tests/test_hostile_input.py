@@ -208,6 +208,23 @@ def test_a_record_longer_than_the_limit_is_bad_and_reading_goes_on(tmp_path: Pat
 
 
 @pytest.mark.streaming("a following source")
+def test_a_csv_integer_beyond_64_bits_is_a_bad_record_not_a_failed_sink(tmp_path: Path) -> None:
+    # csv_types={"n": int} took any Python int; the JSON-lines sink then failed the whole job under
+    # on_error="skip" (and blamed another record): the source refuses what JSON lines refuse
+    p = tmp_path / "in.csv"
+    p.write_bytes(b"c,n\na,1\nb,99999999999999999999999\nc,18446744073709551615\nd,-9223372036854775809\n"
+                  b"e,-9223372036854775808\n")
+    out = tmp_path / "out.jsonl"
+    flow = ms.Flow("big-ints")
+    flow.source(files.read(p, csv_types={"n": int}, on_error="skip")).sink(files.write(out))
+    result = flow.run()
+    assert result.total("skipped") == 2
+    assert [orjson.loads(x)["c"] for x in out.read_bytes().splitlines()] == ["a", "c", "e"]
+    with pytest.raises(RecordError) as err:
+        run_source(files.read(p, csv_types={"n": int}))
+    assert f"{p}:3" in str(err.value) and "beyond 64 bits" in str(err.value)
+
+
 def test_a_following_csv_source_does_not_wait_for_a_quote_forever(tmp_path: Path) -> None:
     p = tmp_path / "in.csv"
     rows = "".join(f"{i},{i}\n" for i in range(MAX_CSV_RECORD_LINES + 5))

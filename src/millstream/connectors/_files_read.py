@@ -312,6 +312,9 @@ def _infer_read_format(path: str) -> str:
 
 # -- reading: parsing chunks of lines --------------------------------------------------
 
+#: the integers a record may hold, as for JSON lines (orjson reads and writes these and no others)
+_MIN_INT, _MAX_INT = -(2**63), 2**64 - 1
+
 
 def parse_json_lines(
     lines: list[bytes], first_line: int, where: str, ctx: SourceContext, tally: Tally | None = None
@@ -1214,11 +1217,16 @@ class _FileReader(SourceReader):
                 rec[col] = None  # an empty field is a missing value, not a failed conversion
                 continue
             try:
-                rec[col] = fn(value)
+                rec[col] = out = fn(value)
             except Exception as exc:  # noqa: BLE001 - any failure of the user's converter is a bad record
                 name = getattr(fn, "__name__", repr(fn))
                 self.ctx.bad_record(f"column {col!r}: cannot convert {value!r} with {name}: {exc}",
                                     position=f"{path}:{line_no}", raw=b"\n".join(raw))
+                return False
+            if type(out) is int and not _MIN_INT <= out <= _MAX_INT:
+                # what a JSON-lines source refuses too: no JSON sink could write it (the job would fail)
+                self.ctx.bad_record(f"column {col!r}: {value!r} is an integer beyond 64 bits, more than a JSON "
+                                    "sink can write", position=f"{path}:{line_no}", raw=b"\n".join(raw))
                 return False
         return True
 
