@@ -406,6 +406,25 @@ def test_at_most_once_detects_every_damaged_positions_file(tmp_path: Path) -> No
     assert "does not resume" in str(info.value)
 
 
+def test_at_most_once_refuses_positions_older_than_its_checkpoint(tmp_path: Path) -> None:
+    # an older copy of positions.pkl (same directory, checksum fine) put back after a later crash: the resume
+    # trusted it, read again from the checkpoint and emitted windows a second time with exit 0
+    def crash_at(n: int) -> None:
+        def crash(e: dict[str, Any]) -> dict[str, Any]:
+            if e["id"] == n:
+                raise KeyboardInterrupt
+            return e
+
+        windowed(sink_for(tmp_path, "at-most-once"), fail=crash).run(guarantee="at-most-once", **cfg(tmp_path))
+
+    crash_at(1_000)
+    old = (tmp_path / "ck" / "positions.pkl").read_bytes()
+    crash_at(2_500)
+    (tmp_path / "ck" / "positions.pkl").write_bytes(old)
+    with pytest.raises(CheckpointError, match="older than the checkpoint being restored"):
+        resume(tmp_path, "at-most-once")
+
+
 def test_at_most_once_records_positions_from_the_start(tmp_path: Path) -> None:
     resume(tmp_path, "at-most-once")
     assert (tmp_path / "ck" / "positions.pkl").exists()

@@ -61,6 +61,8 @@ MANIFEST = "MANIFEST.json"
 #: a manifest key: COMMITTED existed when this checkpoint was made visible, so a directory holding it and no
 #: COMMITTED lost that record (deleted, or restored without it) and cannot tell how far output was committed
 _HAS_COMMITTED = "committed_record"
+#: a manifest key: how many times read positions had been written when the checkpoint was taken
+_POSITIONS_SEQ = "positions_seq"
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -132,6 +134,10 @@ class CheckpointStore:
         self.owner = owner
         self._positions_fd: int | None = None
         self._positions_size = 0
+        #: how many times read positions were written in this directory (the file says it too): a checkpoint
+        #: records the count it was taken at, so a positions file older than the restored checkpoint is seen
+        self._positions_seq = 0
+        self._restored_positions_seq = 0
         if not read_only:
             writable_dir(self.root, what="the checkpoint directory", error=CheckpointError)
 
@@ -276,6 +282,8 @@ class CheckpointStore:
         manifest[_HAS_COMMITTED] = True
         if self.scope:
             manifest["scope"] = self.scope
+        if self._positions_seq:
+            manifest[_POSITIONS_SEQ] = self._positions_seq
         text = self._sealed(manifest)
         with open(os.path.join(tmp, "MANIFEST.json"), "wb") as f:
             f.write(text[: len(text) // 2])
@@ -400,6 +408,8 @@ class CheckpointStore:
             state = pickle.loads(data)  # noqa: S301 - our own checksummed file
         except Exception as exc:
             raise CheckpointError(f"checkpoint {ckpt_id}: state cannot be read back ({exc})") from exc
+        seq = manifest.get(_POSITIONS_SEQ)
+        self._restored_positions_seq = seq if isinstance(seq, int) else 0
         return LoadedCheckpoint(ckpt_id, self._dir(ckpt_id), manifest, state)
 
     # -- small checksummed records: at-most-once read positions, the committed mark ------------
@@ -462,14 +472,16 @@ class CheckpointStore:
         """
         self.check_owner()
         payload = pickle.dumps(positions, protocol=pickle.HIGHEST_PROTOCOL)
+        self._positions_seq += 1
+        extra = {"seq": self._positions_seq}
         fd = self._positions_fd
         if fd is None or not hasattr(os, "pwrite"):
-            self._write_record(POSITIONS, "positions", payload, {})
+            self._write_record(POSITIONS, "positions", payload, extra)
             self._reopen_positions()
             return
-        data = json.dumps(self._header("positions", payload, {}), sort_keys=True).encode() + b"\n" + payload
+        data = json.dumps(self._header("positions", payload, extra), sort_keys=True).encode() + b"\n" + payload
         if len(data) > self._positions_size:  # never extend in place: a short write must not tear it
-            self._write_record(POSITIONS, "positions", payload, {})
+            self._write_record(POSITIONS, "positions", payload, extra)
             self._reopen_positions()
             return
         try:
@@ -493,6 +505,13 @@ class CheckpointStore:
         rec = self._read_record(POSITIONS, "positions")
         if rec is None:
             return None
+        seq = rec[0].get("seq", 0)
+        if not isinstance(seq, int) or seq < self._restored_positions_seq:
+            raise CheckpointError(
+                f"{POSITIONS} in {self.root!r} is older than the checkpoint being restored (it was written before "
+                "that checkpoint was taken: restored from an older copy?), so it understates how far the sources "
+                "had read")
+        self._positions_seq = max(self._positions_seq, seq)
         try:
             positions = pickle.loads(rec[1])  # noqa: S301 - checksummed (and signed with a key) above
         except Exception as exc:
@@ -569,6 +588,7 @@ class CheckpointStore:
         manifest["job"] = self.job
         manifest["copied_from"] = source.path_of(ckpt_id)
         manifest[_HAS_COMMITTED] = True
+        manifest.pop(_POSITIONS_SEQ, None)  # the count of the directory it came from
         manifest.pop("scope", None)
         if self.scope:
             manifest["scope"] = self.scope
