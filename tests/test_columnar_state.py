@@ -121,3 +121,30 @@ def test_sessions_extended_batch_after_batch_keep_the_native_answer(monkeypatch:
     job.close()
     assert len(rebuilt) > 10
     assert [canon(o.values) for o in outs2] == native
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_restored_state_remembers_the_types_it_was_made_of(kind: str) -> None:
+    """Ints before the snapshot, floats after it: the restored operator knows its totals hold ints, so
+    the floats hand it over to the native operator, which keeps each value's type (a Float64 total would
+    read ``3.0`` where native mode has ``3``)."""
+    records = [{"k": i % 2, "v": i if i < 10 else i + 0.5, "ts": 3 * i, "i": i} for i in range(20)]
+    flow, outs = _build(kind, records, 5)
+    flow.run(mode="native")
+    native = [canon(o.values) for o in outs]
+    flow1, outs1 = _build(kind, records, 5)
+    job = _job(flow1)
+    job.step(5)
+    job.step(5)  # the ints
+    snap = pickle.loads(pickle.dumps(job.snapshot()))
+    before = [list(o.values) for o in outs1]
+    job.close()
+    flow2, outs2 = _build(kind, records, 5)
+    job2 = _job(flow2)
+    job2.restore(snap)
+    while job2.step(5)[1]:
+        pass
+    job2.close()
+    ops = [op for op in job2.ops if isinstance(op, KINDS[kind])]
+    assert ops and all(isinstance(op, StandInOperator) and op.delegate is not None for op in ops)
+    assert [canon(a + b.values) for a, b in zip(before, outs2, strict=True)] == native

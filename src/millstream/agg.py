@@ -60,7 +60,13 @@ class Columnar:
       each row of a key's rows in order, how a key's previous total combines with it: "sum", "min" or
       "max"); empty when there is none;
     - ``running_result``: the value, over the running columns;
-    - ``summed``: the field whose integers are summed (as Int128, so that sums grow past 2**63).
+    - ``summed``: the field whose integers are summed (as Int128, so that sums grow past 2**63);
+    - ``zero_when_empty``: the result is null where no value was seen, and reads ``0`` there (an int,
+      as natively, whatever the field's type: a float column cannot hold it, see
+      :func:`millstream._runtime._columnar.zero_sums`);
+    - ``to_acc``: the per-record accumulator (what :meth:`Aggregation.init_src` and ``add_src`` build)
+      from the values of the ``parts`` columns in order (the ``running`` columns are the same ones):
+      how a vectorised operator hands its state over to the per-record one.
     """
 
     parts: tuple[tuple[str, Any, Any], ...]
@@ -68,6 +74,8 @@ class Columnar:
     running: tuple[tuple[str, Any, str], ...] = ()
     running_result: Any = None
     summed: str | None = None
+    zero_when_empty: bool = False
+    to_acc: Callable[..., Any] = field(default=lambda *values: values[0])
 
 
 @dataclass(frozen=True)
@@ -162,9 +170,13 @@ class _Sum(Aggregation):
         return f"{a} + {b}"
 
     def columnar(self, pl: Any, p: str, time: str) -> Columnar | None:
-        v = pl.col(self.field).fill_null(0)  # a sum of no values is 0, as natively
-        return Columnar(((p, v.sum(), pl.col(p).sum()),), pl.col(p), ((p, v.cum_sum(), "sum"),), pl.col(p),
-                        summed=self.field)
+        # a sum of no values is 0 (an int, whatever the field's type), as natively: the values are
+        # counted, the result is null where there were none (see Columnar.zero_when_empty)
+        v, n = pl.col(self.field), p + "n"
+        value = pl.when(pl.col(n) > 0).then(pl.col(p))
+        return Columnar(((p, v.sum(), pl.col(p).sum()), (n, v.count(), pl.col(n).sum())), value,
+                        ((p, v.fill_null(0).cum_sum(), "sum"), (n, v.is_not_null().cast(pl.Int64).cum_sum(), "sum")),
+                        value, summed=self.field, zero_when_empty=True, to_acc=_sum_acc)
 
 
 @dataclass(frozen=True)
@@ -192,7 +204,7 @@ class _Mean(Aggregation):
         value = pl.when(pl.col(n) > 0).then(pl.col(s) / pl.col(n)).otherwise(None)  # no values: None
         return Columnar(((s, v.fill_null(0).sum(), pl.col(s).sum()), (n, v.count(), pl.col(n).sum())), value,
                         ((s, v.fill_null(0).cum_sum(), "sum"), (n, v.is_not_null().cast(pl.Int64).cum_sum(), "sum")),
-                        value, summed=self.field)
+                        value, summed=self.field, to_acc=_mean_acc)
 
 
 @dataclass(frozen=True)
@@ -264,7 +276,7 @@ class _First(Aggregation):
             ((p, getattr(v.sort_by(t, maintain_order=True), pick)(),
               getattr(pl.col(p).sort_by(pt, maintain_order=True), pick)()),
              (p + "t", getattr(t.sort_by(t, maintain_order=True), pick)(), pt.min() if pick == "first" else pt.max())),
-            pl.col(p))
+            pl.col(p), to_acc=_first_acc)
 
 
 @dataclass(frozen=True)
@@ -280,6 +292,18 @@ class _Last(_First):
         if b is None:
             return a
         return b if b[0] >= a[0] else a
+
+
+def _sum_acc(s: Any, n: Any) -> Any:
+    return s if n else 0  # natively a sum starts at the int 0
+
+
+def _mean_acc(s: Any, n: Any) -> Any:
+    return [s if n else 0, n or 0]
+
+
+def _first_acc(v: Any, t: Any) -> Any:
+    return None if t is None else (t, v)
 
 
 @dataclass(frozen=True)

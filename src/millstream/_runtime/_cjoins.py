@@ -6,6 +6,12 @@ its pairs are one Polars join of the two sides' records of its slices on the key
 The output is the native one: the left record's fields, the right's (a name the
 left has too becomes ``<name>_right``, except a key field read under the same name
 on both sides, kept once), ``window_start`` and ``window_end``, at ``window_end - 1``.
+
+The records keep their types as in native mode: while every field of a side keeps one Python type
+(and the key fields of both sides the same one) the kept frames hold them as they came; a batch in
+which one changes (ints so far, a float now; values of several types in one batch), which a typed
+frame would widen (``1`` read back as ``1.0``), hands the kept records and the rest of the stream to
+the native operator (:class:`._columnar.ColumnKinds`, ``StandInOperator.hand_over``).
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from millstream._time import MIN_WATERMARK
 from millstream.windows import SlidingWindow, TumblingWindow
 
 from ._base import Operator, Runtime
-from ._columnar import TIME, StandInOperator, as_frame, polars, unify
+from ._columnar import TIME, ColumnKinds, StandInOperator, as_frame, polars, unify
+from ._joins import PairJoinOperator, SlicedWindowJoinOperator
 
 if TYPE_CHECKING:
     import polars as pl
@@ -109,6 +116,13 @@ class ColumnarWindowJoin(StandInOperator):
         self.fired = MIN_WATERMARK
         self.late = 0
         self.late_outs: list[tuple[Operator, int]] = []
+        self._watch()
+
+    def _watch(self) -> None:
+        """The Python type of every field of each side so far, and of the keys of both (a change hands over)."""
+        self.kinds = [ColumnKinds(), ColumnKinds()]
+        self.key_kinds = ColumnKinds()
+        self.key_alias = [{c: f"#key{i}" for i, c in enumerate(cols)} for cols in self.key_cols]
 
     def _native(self) -> Operator:
         from ._joins import make_join_operator
@@ -121,20 +135,25 @@ class ColumnarWindowJoin(StandInOperator):
         return twin
 
     def _batch(self, port: int, records: Any, times: list[int] | None) -> pl.DataFrame | None:
-        """The batch with its key columns, counted; None when the native stand-in has it (records
-        that are not dicts hand the whole join over to it while it holds nothing yet)."""
-        if self.delegate is None:
-            try:
-                df = as_frame(records, times)
-            except Exception:
-                if any(self.sides):
-                    raise
-                self.delegate = self._native()
+        """The batch with its key columns, counted; None when the native stand-in has it: records that
+        are not dicts, or a field whose Python type is not the one it had (see ColumnKinds) hand the
+        join over to it, with the records kept."""
         if self.delegate is not None:
-            self.delegate.push(port, records, times)
+            self._to_delegate(port, records, times)
+            return None
+        try:
+            df = as_frame(records, times, mixed="object")
+        except Exception:  # noqa: BLE001 - not dicts: the native operator takes them, or names the record
+            self.hand_over(port, records, times)
+            return None
+        if self.key_exprs[port]:
+            df = df.with_columns(self.key_exprs[port])
+        if not (self.kinds[port].stable(df)
+                and self.key_kinds.stable(df, self.key_cols[port], self.key_alias[port])):
+            self.hand_over(port, records, times)
             return None
         self.records_in += df.height
-        return df.with_columns(self.key_exprs[port]) if self.key_exprs[port] else df
+        return df
 
     def push(self, port: int, records: Any, times: list[int] | None) -> None:
         df = self._batch(port, records, times)
@@ -218,12 +237,40 @@ class ColumnarWindowJoin(StandInOperator):
             op.push(p, out, None)  # type: ignore[arg-type]  # a columnar port takes batches
 
     def _state(self) -> dict[str, Any]:
-        return {"sides": self.sides, "fired": self.fired, "late": self.late}
+        return {"sides": self.sides, "fired": self.fired, "late": self.late,
+                "kinds": [dict(k.seen) for k in self.kinds], "key_kinds": dict(self.key_kinds.seen)}
+
+    def _kept(self, side: int) -> tuple[list[Any], list[int], list[Any]]:
+        """The records ``side`` keeps, as they came: (records, times, slices or [])."""
+        frames = self.sides[side]
+        if not frames:
+            return [], [], []
+        pl = self.pl
+        whole = frames[0] if len(frames) == 1 else pl.concat(unify(frames, self.key_cols[side]), how="diagonal_relaxed")
+        extra = [c for c in whole.columns if c in (TIME, _S) or (c.startswith("__k") and c in self.key_cols[side])]
+        slices = whole.get_column(_S).to_list() if _S in whole.columns else []
+        return whole.drop(extra).to_dicts(), whole.get_column(TIME).to_list(), slices
+
+    def _give(self, twin: Operator) -> None:
+        assert isinstance(twin, SlicedWindowJoinOperator)
+        for side in (0, 1):
+            records, _, slices = self._kept(side)
+            keyf = twin.keyfs[side]
+            for s, r in zip(slices, records, strict=True):
+                sl = twin.slices.get(s)
+                if sl is None:
+                    sl = twin.slices[s] = ({}, {})
+                    twin.timers.add_slice(s, self.fired)  # the windows that have not fired
+                sl[side].setdefault(keyf(r), []).append(r)
+        twin.late = self.late
 
     def _load(self, state: dict[str, Any]) -> None:
         self.sides = state["sides"]
         self.fired = state["fired"]
         self.late = state["late"]
+        for kinds, seen in zip(self.kinds, state.get("kinds", [{}, {}]), strict=True):
+            kinds.seen = dict(seen)
+        self.key_kinds.seen = dict(state.get("key_kinds", {}))
 
     def _metrics(self) -> dict[str, int]:
         return {"late": self.late}
@@ -246,6 +293,20 @@ class ColumnarRegularJoin(ColumnarWindowJoin):
         self.fired = MIN_WATERMARK
         self.late = 0
         self.late_outs = []
+        self._watch()
+
+    def _give(self, twin: Operator) -> None:
+        assert isinstance(twin, PairJoinOperator)
+        for side in (0, 1):
+            records, times, _ = self._kept(side)
+            keyf, store, buckets = twin.keyfs[side], twin.sides[side], twin.buckets[side]
+            for t, r in zip(times, records, strict=True):
+                k = keyf(r)
+                store.setdefault(k, []).append((t, r))
+                if twin.checked:
+                    buckets.setdefault(t // twin.bucket_ms, set()).add(k)
+        twin.heaps = [sorted(b) for b in twin.buckets]
+        twin.late = self.late
 
     # -- the rules of the join kind: times at or before a cut (None: no cut) ------------------------
     def _late_cut(self, side: int) -> int | None:

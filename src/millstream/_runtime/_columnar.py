@@ -318,9 +318,12 @@ def native_error(op: Operator, twin: Operator, exc: Exception, rows: list[Any], 
 
 
 class StandInOperator(Operator, ABC):
-    """A vectorised operator that can hand over to its native twin (``_native()``): for a stream of
-    records that are not dicts, taken over before any state exists. Once the twin has taken over,
-    watermarks, snapshots and figures are the twin's; a snapshot holding a twin restores one."""
+    """A vectorised operator that can hand over to its native twin (``_native()``) for the rest of the
+    run: for a stream of records that are not dicts, and for a batch whose columns a typed state would
+    change (:class:`ColumnKinds`: a field holding ints so far and floats now, values of several types
+    in one batch). The twin takes the state as its own (:meth:`_give`), so the answers are the native
+    ones from the first record on. Once the twin has taken over, batches, watermarks, snapshots and
+    figures are the twin's; a snapshot holding a twin restores one."""
 
     columnar = True
     delegate: Operator | None = None
@@ -337,16 +340,40 @@ class StandInOperator(Operator, ABC):
     def _load(self, state: dict[str, Any]) -> None:
         """Load what :meth:`_state` gave."""
 
+    @abstractmethod
+    def _give(self, twin: Operator) -> None:
+        """Put the vectorised state into the native ``twin``, as the native operator would hold it."""
+
     def _on_watermark(self, wm: int) -> None:
         """Fire what the watermark makes due (vectorised)."""
 
     def _metrics(self) -> dict[str, int]:
         return {}
 
+    def hand_over(self, port: int, records: Any, times: list[int] | None) -> None:
+        """The native twin takes over with this operator's state, beginning with this batch."""
+        twin = self._native()
+        self._give(twin)
+        self.delegate = twin
+        self._to_delegate(port, records, times)
+
+    def _to_delegate(self, port: int, records: Any, times: list[int] | None) -> None:
+        twin = self.delegate
+        assert twin is not None
+        if is_frame(records):  # from a columnar step before this one
+            records, times = to_rows(records)
+        before_in, before_out = twin.records_in, twin.records_out
+        twin.muted = self.muted
+        twin.push(port, records, times)
+        self.records_in += twin.records_in - before_in
+        self.records_out += twin.records_out - before_out
+
     def on_watermark(self, wm: int) -> None:
         if self.delegate is not None:
+            before = self.delegate.records_out
             self.delegate.wm = wm
             self.delegate.on_watermark(wm)
+            self.records_out += self.delegate.records_out - before
         else:
             self._on_watermark(wm)
 
@@ -365,14 +392,91 @@ class StandInOperator(Operator, ABC):
         return self.delegate.metrics() if self.delegate is not None else self._metrics()
 
 
+def py_kind(dtype: Any) -> str | None:
+    """The Python type a column of ``dtype`` gives its values (None: a column of nulls only, which any
+    type fits; ``"object"``: Python values of possibly several types)."""
+    pl = polars()
+    if dtype == pl.Null:
+        return None
+    if dtype == pl.Boolean:
+        return "bool"
+    if dtype.is_integer():
+        return "int"
+    if dtype.is_float():
+        return "float"
+    if dtype == pl.String:
+        return "str"
+    if dtype == pl.Object:
+        return "object"
+    return str(dtype.base_type())
+
+
+class ColumnKinds:
+    """The Python type each watched column of a stream has held so far (issue 10 section 2).
+
+    A vectorised operator's state is typed: partials of ints in one batch and floats in the next would
+    become floats (``max`` of ``3`` and ``2.5`` read ``3.0``, natively ``3``), and equal keys of two
+    types (``1`` and ``1.0``, ``True`` and ``1``) one typed key. Native mode keeps every value as it
+    came and applies Python's own arithmetic and comparisons to it. So an operator checks each batch:
+    :meth:`stable` is False when a watched column holds another Python type than in the batches before
+    (a column of nulls fits any), or values of several types in this batch (an Object column); the
+    operator then hands its state and the batch to its native twin. A stream whose fields keep one
+    type each, the common case, costs a dtype look-up per column and batch."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+
+    def stable(self, df: pl.DataFrame, names: Iterable[str] | None = None,
+               alias: dict[str, str] | None = None) -> bool:
+        """Whether ``df``'s columns ``names`` (None: all) hold the types they held so far (recorded
+        for columns new to the stream), each column under its ``alias`` name if it has one."""
+        schema = df.schema
+        for name in (schema if names is None else names):
+            dtype = schema.get(name)
+            if dtype is None:
+                continue
+            kind = py_kind(dtype)
+            if kind is None:
+                continue
+            if kind == "object" or self.seen.setdefault(alias.get(name, name) if alias else name, kind) != kind:
+                return False
+        return True
+
+
+def zero_sums(df: pl.DataFrame, names: list[str]) -> tuple[Any, list[int] | None]:
+    """Results (``df``, and None for its times) with the sums ``names`` of no values as ``0``.
+
+    Natively a sum starts at the int ``0``, so a sum of no values is ``0`` whatever the field's type;
+    a typed result holds null there (``Columnar.zero_when_empty``). An integer column is filled with
+    ``0``; a float column cannot hold an int, so a batch with such a sum goes out as dict records
+    (with their times) with ``0`` put back."""
+    if not names:
+        return df, None
+    pl = polars()
+    schema = df.schema
+    fill = [n for n in names if not schema[n].is_float() and schema[n] != pl.Object]
+    if fill:
+        df = df.with_columns(pl.col(n).fill_null(0) for n in fill)
+    odd = [n for n in names if schema[n].is_float() and df.get_column(n).null_count()]
+    if not odd:
+        return df, None
+    rows, times = to_rows(df)
+    for r in rows:
+        for n in odd:
+            if r[n] is None:
+                r[n] = 0
+    return rows, times
+
+
 def unify(frames: list[pl.DataFrame], keys: list[str], *, objects: bool = False) -> list[pl.DataFrame]:
     """Frames to concatenate or join, with one type per column: a column that is all null (dtype
     Null) takes the type the others have. A key field whose records hold different types (ints
     in one batch, strings in another): natively ``1`` and ``"1"`` are two keys; without ``objects``
     it is an error. With ``objects`` (an operator that groups by Object columns, see :func:`to_frame`)
     such key columns, and any column that is Object in one frame, become Object columns of the values
-    as they are. Other columns take polars' common type (known gap, issue 10 section 2: partials of
-    ints in one batch and floats in the next widen to floats)."""
+    as they are. Other columns take polars' common type: the operators that keep typed state hand a
+    stream whose field changes type over to the native operator first (:class:`ColumnKinds`), so that
+    common type is the type every frame has."""
     pl = polars()
     target: dict[str, Any] = {}
     for f in frames:

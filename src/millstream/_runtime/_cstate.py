@@ -102,7 +102,9 @@ class Columns:
         P = self.pl
         if new.dtype == P.Null:
             return col, new.cast(col.dtype)
-        if col.dtype == P.Null and new.dtype != P.Object:
+        if new.dtype != P.Object and (col.dtype == P.Null or col.null_count() == col.len()):
+            # no value yet (a column made from a batch of nulls only): it takes the values' type, as a
+            # common type would change them (booleans after a column of null Int64 would read 0 and 1)
             col = self.cols[name] = col.cast(new.dtype)
             return col, new
         if new.dtype == P.Object or self.exact:

@@ -17,6 +17,12 @@ key-group filter selects from); batches cost what they touch, not what is held.
 Only what gives exactly the native answers is vectorised: built-in aggregations
 (``count``, ``sum``, ``mean``, ``min``, ``max``, ``first``, ``last``) without
 allowed lateness. Everything else runs on the native operators over rows.
+
+The answers keep native mode's types, Python's arithmetic and comparisons on the values as they
+came: while every key and aggregated field keeps one type (the common case) the typed partials give
+them; a batch in which one changes (ints so far, a float now; ``1`` and ``True`` as keys; values of
+several types in one batch) hands the state and the rest of the stream to the native operator
+(:class:`._columnar.ColumnKinds`, ``StandInOperator.hand_over``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from millstream.windows import SessionWindow, SlidingWindow, TumblingWindow
 from ._base import Operator, Port, Runtime
 from ._columnar import (
     TIME,
+    ColumnKinds,
     StandInOperator,
     as_frame,
     has_objects,
@@ -44,8 +51,10 @@ from ._columnar import (
     to_rows,
     unify,
     widen_sums,
+    zero_sums,
 )
 from ._cstate import Columns, DueIndex, KeyIndex
+from ._windows import SessionWindowOperator, SlicedWindowOperator
 
 if TYPE_CHECKING:
     import polars as pl
@@ -85,19 +94,34 @@ class _Aggs:
         self.columns: list[str] = []
         #: the fields summed (sum, mean): integers are summed as Int128 (see ``widen_sums``)
         self.summed: list[str] = []
+        #: the results that read 0 where they saw no value (sums, see ``zero_sums``)
+        self.zero: list[str] = []
+        #: the fields read
+        self.fields = sorted({agg.field for _, agg in aggs if agg.field is not None})
+        #: each aggregation's native accumulator from its partial columns (``Columnar.to_acc``)
+        self.spans: list[tuple[Any, list[int]]] = []
         for i, (name, agg) in enumerate(aggs):
             form = agg.columnar(P, f"__a{i}", TIME)
             assert form is not None, f"{agg.describe()} has no columnar form"
+            first = len(self.columns)
             for col, partial, merge in form.parts:
                 self._add(col, partial, merge)
+            self.spans.append((form.to_acc, list(range(first, len(self.columns)))))
             self.result.append(form.result.alias(name))
             if form.summed is not None and form.summed not in self.summed:
                 self.summed.append(form.summed)
+            if form.zero_when_empty:
+                self.zero.append(name)
 
     def _add(self, col: str, partial: pl.Expr, merge: pl.Expr) -> None:
         self.partial.append(partial.alias(col))
         self.merge.append(merge.alias(col))
         self.columns.append(col)
+
+    def accs(self, partials: pl.DataFrame) -> list[list[Any]]:
+        """The native accumulators of the rows of ``partials`` (which hold the partial columns)."""
+        cols = [partials.get_column(c).to_list() for c in self.columns]
+        return [[to_acc(*(row[j] for j in idx)) for to_acc, idx in self.spans] for row in zip(*cols, strict=True)]
 
 
 class _ColumnarWindow(StandInOperator):
@@ -126,7 +150,9 @@ class _ColumnarWindow(StandInOperator):
             self.out_keys = [self.pl.col(f) for f in key.fields]
         self.late_outs: list[Port] = []
         self.late_count = 0
-        #: the native operator, once it has taken over (a stream of records that are not dicts)
+        #: the Python type of the keys and the fields aggregated so far (a change hands over)
+        self.kinds = ColumnKinds()
+        self.watched = [*self.keys, *self.aggs.fields]
         self._rows: Any = None  # the rows of the batch in hand, when it came as rows
 
     def _native(self) -> Operator:
@@ -145,7 +171,7 @@ class _ColumnarWindow(StandInOperator):
     def _batch(self, port: int, records: Any, times: list[int] | None) -> pl.DataFrame | None:
         """The batch to work on, counted; None when the native stand-in has it (and took it)."""
         if self.delegate is not None:
-            self.delegate.push(port, records, times)
+            self._to_delegate(port, records, times)
             return None
         df = self._input(records, times)
         if df is not None:
@@ -153,24 +179,31 @@ class _ColumnarWindow(StandInOperator):
         return df
 
     def _input(self, records: Any, times: list[int] | None) -> pl.DataFrame | None:
-        """The batch as columns; None when the native operator took it (records that are not dicts)."""
+        """The batch as columns; None when the native operator took it over: records that are not
+        dicts, or a key or aggregated field whose Python type is not the one it had (see ColumnKinds)."""
         self._rows = None if is_frame(records) else records
         try:
-            # a field of values of several types (1 and "x") is an Object column: the window groups
-            # by Python equality, as native mode does (see to_frame)
+            # a field of values of several types (1 and "x") is an Object column (see to_frame)
             df = as_frame(records, times, mixed="object")
-        except Exception:
-            if not self._empty():
-                raise
-            self.delegate = self._native()
-            self.delegate.push(0, records, times)
+        except Exception:  # noqa: BLE001 - not dicts: the native operator takes them, or names the record
+            self.hand_over(0, records, times)
             return None
         if self.key_expr is not None:
             try:
                 df = df.with_columns(self.key_expr)
             except Exception as exc:
                 raise self._error(exc, df) from exc
+        if not self.kinds.stable(df, self.watched):
+            self.hand_over(0, records, times)
+            return None
         return widen_sums(df, self.aggs.summed)
+
+    def _keys_of(self, frame: pl.DataFrame) -> list[Any]:
+        """The native operator's key of each row of ``frame`` (which holds the key columns)."""
+        if not self.keys:
+            return [None] * frame.height
+        cols = [frame.get_column(k).to_list() for k in self.keys]
+        return cols[0] if len(cols) == 1 else list(zip(*cols, strict=True))
 
     def _error(self, exc: Exception, df: pl.DataFrame) -> BaseException:
         """The error of a failing batch: the native operator's, which names the record, when it fails too."""
@@ -220,7 +253,7 @@ class _ColumnarWindow(StandInOperator):
         if has_objects(out):  # keys of several types: rows, as no typed column can hold them
             self.emit(*to_rows(out))
             return
-        self.emit(out, None)
+        self.emit(*zero_sums(out, self.aggs.zero))
 
     def _advance(self) -> None:
         before = self.wm
@@ -351,7 +384,15 @@ class ColumnarSlicedWindow(_ColumnarWindow):
         """The partials as one frame ``[keys..., slice, partials...]`` (None: none)."""
         frames = [self._slice(s) for s in sorted(self.slices)]
         parts = self._concat(frames) if frames else None
-        return {"parts": parts, "fired": self._fired_to, "late": self.late_count}
+        return {"parts": parts, "fired": self._fired_to, "late": self.late_count, "kinds": dict(self.kinds.seen)}
+
+    def _give(self, twin: Operator) -> None:
+        assert isinstance(twin, SlicedWindowOperator)
+        for s in sorted(self.slices):
+            frame = self._slice(s)
+            twin.slices[s] = dict(zip(self._keys_of(frame), self.aggs.accs(frame), strict=True))
+            twin.timers.add_slice(s, self._fired_to)  # the windows that have not fired
+        twin.late_count = self.late_count
 
     def _load(self, state: dict[str, Any]) -> None:
         self.slices = {}
@@ -361,6 +402,7 @@ class ColumnarSlicedWindow(_ColumnarWindow):
                 self.slices[int(start)] = [frame]
         self._fired_to = state["fired"]
         self.late_count = state["late"]
+        self.kinds.seen = dict(state.get("kinds", {}))
 
 
 class ColumnarSessionWindow(_ColumnarWindow):
@@ -589,17 +631,32 @@ class ColumnarSessionWindow(_ColumnarWindow):
 
     def _state(self) -> dict[str, Any]:
         """The open sessions as rows ``[keys..., start, end, partials...]`` (None: none)."""
+        kinds = dict(self.kinds.seen)
         if not self.n_open:
-            return {"open": None, "late": self.late_count}
+            return {"open": None, "late": self.late_count, "kinds": kinds}
         live = np.flatnonzero(self.owner[:self.top] >= 0)
         rows = self._sessions_at(live).drop(_IDX)
         if self.keys:
             rows = self.index.frame(self.owner[live]).hstack(rows)
-        return {"open": rows, "late": self.late_count}
+        return {"open": rows, "late": self.late_count, "kinds": kinds}
+
+    def _give(self, twin: Operator) -> None:
+        assert isinstance(twin, SessionWindowOperator)
+        twin.late_count = self.late_count
+        if not self.n_open:
+            return
+        live = np.flatnonzero(self.owner[:self.top] >= 0)
+        accs = self.aggs.accs(self._sessions_at(live))
+        for slot, acc in zip(live.tolist(), accs, strict=True):
+            k = self.index.pykeys[self.owner[slot]] if self.keys else None
+            sess = [int(self.start[slot]), int(self.end[slot]), acc, None]
+            twin.sessions.setdefault(k, []).append(sess)
+            twin._arm(sess, k)  # its timer, as the native operator arms it
 
     def _load(self, state: dict[str, Any]) -> None:
         self._reset()
         self.late_count = state["late"]
+        self.kinds.seen = dict(state.get("kinds", {}))
         rows = state["open"]
         if rows is None or rows.height == 0:
             return
