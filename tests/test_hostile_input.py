@@ -410,3 +410,45 @@ def test_at_most_once_writes_a_dead_letter_once_across_a_crash(tmp_path: Path) -
     run()
     letters = [json.loads(line) for line in dlq_path.read_text().splitlines()]
     assert [d["position"] for d in letters] == [f"{p}:26"], letters
+
+
+# -- every hostile line of the chaos campaign, in every mode and chunk size (issue 13 check) ---------------------
+
+
+def _every_mode_and_chunk(path: Path, fmt: str, **kw: Any) -> list[tuple[Any, ...]]:
+    seen = []
+    for mode in ("native", "microbatch", "batch"):
+        for chunk in (1, 7, 4096):
+            dlq = CollectSink()
+            values, result = run_source(files.read(path, format=fmt, on_error=dead_letter(dlq), **kw), mode=mode,
+                                        max_chunk=chunk)
+            seen.append((_norm(values), sorted((d["position"], d["raw"]) for d in dlq.values),
+                         result.total("blank_lines"), len(values) + result.total("dead_lettered")))
+    return seen
+
+
+def test_every_hostile_json_line_is_taken_alike_in_every_mode_and_chunk(tmp_path: Path, exec_mode: str) -> None:
+    if exec_mode != "native":
+        pytest.skip("runs every mode itself")
+    from chaos.campaign import hostile_json_lines
+
+    lines = [x for i, h in enumerate(hostile_json_lines()) for x in (good(i), h)]
+    p = tmp_path / "hostile.jsonl"
+    p.write_bytes(b"\r\n".join(lines) + b"\r\n")  # CRLF: the same lines
+    seen = _every_mode_and_chunk(p, "jsonl")
+    assert all(s == seen[0] for s in seen)
+    records = sum(1 for x in lines if x.strip(b" \t\r\x0b\x0c"))
+    assert seen[0][3] == records and seen[0][2] == len(lines) - records
+
+
+def test_every_hostile_csv_record_is_taken_alike_in_every_mode_and_chunk(tmp_path: Path, exec_mode: str) -> None:
+    if exec_mode != "native":
+        pytest.skip("runs every mode itself")
+    from chaos.campaign import hostile_csv_lines
+
+    for i, h in enumerate(hostile_csv_lines()):
+        p = tmp_path / f"hostile{i}.csv"
+        p.write_bytes(b"c,n\n" + b"\n".join([b"a,1", b"b,2", h, b"c,3", b"d,4"]) + b"\n")
+        seen = _every_mode_and_chunk(p, "csv", csv_types={"n": int})
+        assert all(s == seen[0] for s in seen), h
+        assert {"a", "b", "c", "d"} <= {dict(r)["c"] for r in seen[0][0]}, h  # a stray quote costs its line only
