@@ -620,9 +620,10 @@ def test_a_checkpoint_copied_from_another_directory_of_the_same_job_is_refused(t
         store.write_committed(2)
     shutil.rmtree(tmp_path / "a" / "chk-00000002")
     shutil.copytree(tmp_path / "b" / "chk-00000002", tmp_path / "a" / "chk-00000002")
-    with pytest.raises(CheckpointError, match="written in another checkpoint directory"):
-        a.load(2)
-    assert a.load(1).state == STATE
+    for store in (a, owned_store(tmp_path / "a")):  # the next run too: its SCOPE is not taken from the copy
+        with pytest.raises(CheckpointError, match="written in another checkpoint directory"):
+            store.load(2)
+        assert store.load(1).state == STATE
     for name in ("COMMITTED", "positions.pkl"):
         if name == "positions.pkl":
             b.write_positions({"src": {"read": 1}})
@@ -633,15 +634,18 @@ def test_a_checkpoint_copied_from_another_directory_of_the_same_job_is_refused(t
         a.read_positions()
 
 
-@pytest.mark.parametrize("damage", [b"", b"\xe5\x00garbage\n", None])
+@pytest.mark.parametrize("damage", [b"", b"\xe5\x00garbage\n", b"0123456789ab\n", None])
 def test_a_lost_or_damaged_scope_is_written_again_from_the_checkpoints(
         tmp_path: Path, damage: bytes | None, caplog: pytest.LogCaptureFixture) -> None:
     # a SCOPE file flipped to bytes outside ASCII failed every later run with a raw UnicodeDecodeError; a lost
-    # one gave the directory a new identity, so that its own checkpoints looked foreign
+    # one gave the directory a new identity, so that its own checkpoints looked foreign; one copied from another
+    # directory (a valid scope every checkpoint and COMMITTED contradict) is the one that is wrong
     store = owned_store(tmp_path / "ck")
     assert store.owner is not None
     scope = store.owner.scope
     store.write(1, STATE, finished=False, meta={})
+    store.write(2, STATE, finished=False, meta={})
+    store.write_committed(2)
     path = tmp_path / "ck" / "SCOPE"
     if damage is None:
         path.unlink()
@@ -650,8 +654,8 @@ def test_a_lost_or_damaged_scope_is_written_again_from_the_checkpoints(
     with caplog.at_level(logging.WARNING, logger="millstream"):
         again = owned_store(tmp_path / "ck")
     assert again.owner is not None and again.owner.scope == scope and path.read_text().strip() == scope
-    assert "written again from checkpoint 1" in caplog.text
-    assert again.load(1).state == STATE
+    assert "written again from checkpoint 2" in caplog.text
+    assert again.load(1).state == again.load(2).state == STATE
 
 
 def test_a_run_through_another_spelling_of_its_directory_is_one_owner(tmp_path: Path) -> None:

@@ -166,15 +166,18 @@ class DirectoryOwner:
         the newest checkpoint that names one (a new random one only in a directory without any), so the
         directory keeps its identity and its checkpoints stay loadable."""
         path = os.path.join(self.root, SCOPE)
+        found = self._scope_of_checkpoints()
         try:
             with open(path, "rb") as f:
                 scope = f.read().decode("ascii", "replace").strip()
             if _SCOPE_RE.fullmatch(scope):
-                return scope
-            problem = f"is unreadable ({scope[:40]!r})"
+                if found is None or found[0] == scope or not found[2]:
+                    return scope
+                problem = f"names another directory ({scope!r}) than every checkpoint and record here do"
+            else:
+                problem = f"is unreadable ({scope[:40]!r})"
         except FileNotFoundError:
             problem = "is missing"
-        found = self._scope_of_checkpoints()
         if found is not None:
             log.warning("checkpoint directory %s: %s %s; written again from checkpoint %d, which names it",
                         self.root, SCOPE, problem, found[1])
@@ -186,22 +189,34 @@ class DirectoryOwner:
         write_atomically(path, scope.encode() + b"\n")
         return scope
 
-    def _scope_of_checkpoints(self) -> tuple[str, int] | None:
-        """The scope the newest checkpoint's manifest names, and that checkpoint's id (None: none names one)."""
+    def _scope_of_checkpoints(self) -> tuple[str, int, bool] | None:
+        """The scope the newest checkpoint's manifest names, that checkpoint's id, and whether every manifest
+        and the COMMITTED record that name a scope name that one (None: no checkpoint names one)."""
         try:
             names = sorted((n for n in os.listdir(self.root) if re.fullmatch(r"chk-\d+", n)), reverse=True)
         except OSError:
             return None
+        named: list[tuple[str, int]] = []
         for name in names:
             try:
                 with open(os.path.join(self.root, name, "MANIFEST.json"), "rb") as f:
-                    manifest = json.loads(f.read())
+                    doc = json.loads(f.read())
             except (OSError, ValueError):
                 continue
-            scope = manifest.get("scope") if isinstance(manifest, dict) else None
+            scope = doc.get("scope") if isinstance(doc, dict) else None
             if isinstance(scope, str) and _SCOPE_RE.fullmatch(scope):
-                return scope, int(name[4:])
-        return None
+                named.append((scope, int(name[4:])))
+        if not named:
+            return None
+        seen = {scope for scope, _ in named}
+        try:
+            with open(os.path.join(self.root, "COMMITTED"), "rb") as f:
+                head = json.loads(f.readline())
+            if isinstance(head, dict) and isinstance(head.get("scope"), str):
+                seen.add(head["scope"])
+        except (OSError, ValueError):
+            pass
+        return named[0][0], named[0][1], len(seen) == 1
 
     def check(self) -> None:
         """Raise :class:`CheckpointOwnershipError` unless this run still owns the directory."""
