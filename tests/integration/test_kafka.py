@@ -629,6 +629,32 @@ def test_fenced_producer_cannot_commit(bs: str, topics: Any) -> None:
         pytest.fail("a fenced producer committed its transaction")
 
 
+def test_a_lost_transaction_marker_refuses_to_guess(bs: str, kafka: Any, topics: Any) -> None:
+    """Kafka drops a group's committed offsets offsets.retention.minutes (7 days by default) after the
+    last commit: a job stopped that long finds no transaction marker on restore. Whether the restored
+    checkpoint's transaction was committed is then unknown, so the sink refuses (producing it again
+    could duplicate it) and says why. A transactional id never used before is what an expired group
+    looks like to the sink."""
+    topic = topics(1, "marker")
+    first = kafka.write(topic, bootstrap=bs, transactional_id=services.unique("tx")).open("s")
+    try:
+        first.recover([])  # a fresh start commits a marker
+        first.begin(checkpointed=True)
+        first.write([{"i": i} for i in range(5)], None)
+        handle = first.pre_commit(1)  # the checkpoint holds the transaction; the run dies before Kafka's commit
+    finally:
+        first.abandon()
+    assert handle and handle["tag"] is not None
+    expired = kafka.write(topic, bootstrap=bs, transactional_id=services.unique("tx")).open("s")
+    try:
+        with pytest.raises(ConnectorError, match="transaction marker") as err:
+            expired.recover([handle])
+        assert "offsets.retention.minutes" in str(err.value)
+        expired.recover([])  # a fresh start (a new checkpoint directory) needs no marker
+    finally:
+        expired.close()
+
+
 def test_start_latest(bs: str, kafka: Any, topics: Any) -> None:
     topic = topics(1, "latest")
     produce(bs, topic, [{"old": i} for i in range(5)])

@@ -311,12 +311,14 @@ class KafkaWriter(SinkWriter):
                    backoff=self.o.backoff, counter=self.retries)
         self.initialized = True
 
-    def _read_marker(self) -> int:
+    def _read_marker(self) -> int | None:
+        """The marker committed last, or None when the group holds none (never committed, or expired)."""
         marker = self.marker
         assert marker is not None
         tp = self.kafka.TopicPartition(self.o.topic, 0)
         got = self._txn("reading the transaction marker", lambda: marker.committed([tp], timeout=10))
-        return max(0, int(got[0].offset))
+        offset = int(got[0].offset)
+        return offset if offset >= 0 else None
 
     def _produce(self, value: bytes, key: bytes | None, partition: int | None, headers: Any) -> None:
         produce = self.producer.produce
@@ -470,8 +472,25 @@ class KafkaWriter(SinkWriter):
         if self.txid is None:
             return
         self._init()  # fences the crashed run's producer and aborts what it left open
-        marker = with_retry(self._read_marker, what=f"{self.connector} reading its transaction marker at "
-                            f"{self.address}", backoff=self.o.backoff, counter=self.retries)
+        found = with_retry(self._read_marker, what=f"{self.connector} reading its transaction marker at "
+                           f"{self.address}", backoff=self.o.backoff, counter=self.retries)
+        pending = [t for t in transactions if t and t.get("tag") is not None]
+        if found is None and pending:
+            # Every run commits a marker before its first checkpoint, so a restore that finds none cannot
+            # tell whether the restored checkpoint's transaction reached Kafka: producing it again could
+            # duplicate it, skipping it could lose it. Refuse rather than guess.
+            group = marker_group(self.txid)
+            raise ConnectorError(
+                f"the transaction marker of consumer group {group!r} is gone, so whether checkpoint "
+                f"{max(t['checkpoint'] for t in pending)}'s transaction was committed cannot be told",
+                connector=self.connector, address=self.address,
+                fix="Kafka drops a group's offsets offsets.retention.minutes (7 days by default) after its "
+                    "last commit, so a job stopped that long loses its marker; the group may also have been "
+                    "deleted, or the sink now points at another cluster or transactional id. Check the "
+                    f"topic {self.o.topic!r} for the checkpoint's records (kafka.committed_records), then "
+                    "start with a new checkpoint directory; raise offsets.retention.minutes on the broker "
+                    "above the longest stop you expect")
+        marker = found or 0
         self.prev_tag = marker % _MARK
         if not transactions:
             # a fresh start: this job has committed nothing yet (the tag chain goes on)
