@@ -67,7 +67,8 @@ def _records(draw: st.DrawFn, key: str, value: st.SearchStrategy[Any]) -> list[d
 # one numeric type per field, so that the vectorised operator runs every batch (a field mixing ints and
 # floats hands over to the native operator: tests/test_mixed_types.py)
 INTS = st.integers(-1_000, 1_000)
-FLOATS = st.floats(-100, 100, allow_nan=False).map(lambda x: round(x, 3))
+# (no -0.0: compared by min or max, it hands over to the native operator, see tests/test_mixed_types.py)
+FLOATS = st.floats(-100, 100, allow_nan=False).map(lambda x: round(x, 3) + 0.0)
 
 
 def _run_microbatch(flow: ms.Flow, chunk: int) -> MicroBatchJob:

@@ -201,7 +201,8 @@ class _Mean(Aggregation):
     def columnar(self, pl: Any, p: str, time: str) -> Columnar | None:
         v = pl.col(self.field)
         s, n = p + "s", p + "n"
-        value = pl.when(pl.col(n) > 0).then(pl.col(s) / pl.col(n)).otherwise(None)  # no values: None
+        # no values: None; + 0.0 as natively the sum starts at the int 0 (-0.0 + 0.0 is 0.0, x + 0.0 is x)
+        value = pl.when(pl.col(n) > 0).then(pl.col(s) / pl.col(n) + 0.0).otherwise(None)
         return Columnar(((s, v.fill_null(0).sum(), pl.col(s).sum()), (n, v.count(), pl.col(n).sum())), value,
                         ((s, v.fill_null(0).cum_sum(), "sum"), (n, v.is_not_null().cast(pl.Int64).cum_sum(), "sum")),
                         value, summed=self.field, to_acc=_mean_acc)
@@ -295,11 +296,11 @@ class _Last(_First):
 
 
 def _sum_acc(s: Any, n: Any) -> Any:
-    return s if n else 0  # natively a sum starts at the int 0
+    return 0 + s if n else 0  # natively a sum starts at the int 0 (so it is never -0.0)
 
 
 def _mean_acc(s: Any, n: Any) -> Any:
-    return [s if n else 0, n or 0]
+    return [0 + s if n else 0, n or 0]
 
 
 def _first_acc(v: Any, t: Any) -> Any:

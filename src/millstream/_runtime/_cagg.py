@@ -30,6 +30,7 @@ from ._columnar import (
     as_frame,
     narrow_sums,
     native_error,
+    odd_floats,
     polars,
     to_rows,
     widen_sums,
@@ -99,6 +100,7 @@ class ColumnarAggregate(StandInOperator):
         #: the Python type of the keys and the fields aggregated so far (a change hands over)
         self.kinds = ColumnKinds()
         self.watched = [*self.keys, *self.fields]
+        self.compared = [*self.keys, *sorted({a.field for _, a in op.aggs if a.kind in ("min", "max") and a.field})]
 
     _how: dict[str, str]
 
@@ -152,7 +154,7 @@ class ColumnarAggregate(StandInOperator):
                 df = df.with_columns(self.key_expr)
         except Exception as exc:
             raise self._error(exc, rows, records, times) from exc
-        if not self.kinds.stable(df, self.watched):
+        if not self.kinds.stable(df, self.watched) or odd_floats(df, self.compared):
             self.hand_over(port, records, times)
             return
         self.records_in += df.height

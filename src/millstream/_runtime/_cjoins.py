@@ -23,7 +23,7 @@ from millstream._time import MIN_WATERMARK
 from millstream.windows import SlidingWindow, TumblingWindow
 
 from ._base import Operator, Runtime
-from ._columnar import TIME, ColumnKinds, StandInOperator, as_frame, polars, unify
+from ._columnar import TIME, ColumnKinds, StandInOperator, as_frame, odd_floats, polars, unify
 from ._joins import PairJoinOperator, SlicedWindowJoinOperator
 
 if TYPE_CHECKING:
@@ -148,8 +148,8 @@ class ColumnarWindowJoin(StandInOperator):
             return None
         if self.key_exprs[port]:
             df = df.with_columns(self.key_exprs[port])
-        if not (self.kinds[port].stable(df)
-                and self.key_kinds.stable(df, self.key_cols[port], self.key_alias[port])):
+        if not (self.kinds[port].stable(df) and self.key_kinds.stable(df, self.key_cols[port], self.key_alias[port])) \
+                or odd_floats(df, self.key_cols[port]):  # NaN or -0.0 keys: Python's equality, natively
             self.hand_over(port, records, times)
             return None
         self.records_in += df.height

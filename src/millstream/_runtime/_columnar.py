@@ -443,20 +443,46 @@ class ColumnKinds:
         return True
 
 
+def odd_floats(df: pl.DataFrame, names: Iterable[str]) -> bool:
+    """Whether a float column among ``names`` (keys, fields compared by ``min``/``max``) holds a NaN or
+    a ``-0.0``: values on which Python's comparisons differ from polars' (natively ``max`` keeps the
+    first of ``0.0`` and ``-0.0`` and never replaces a NaN seen first; NaN keys are one key only when
+    they are one object; ``-0.0`` and ``0.0`` one key named as it first came). A vectorised keyed
+    operator hands such a batch over to the native operator. (Sums need no hand-over: natively a sum
+    starts at the int 0, so it is never ``-0.0``, and :func:`zero_sums` adds ``0.0`` to float sums.)"""
+    import numpy as np
+
+    schema = df.schema
+    for name in names:
+        dtype = schema.get(name)
+        if dtype is None or not dtype.is_float():
+            continue
+        s = df.get_column(name)
+        a = (s.drop_nulls() if s.null_count() else s).to_numpy()  # no copy without nulls
+        if np.isnan(a).any():
+            return True
+        zeros = a == 0
+        if zeros.any() and np.signbit(a[zeros]).any():
+            return True
+    return False
+
+
 def zero_sums(df: pl.DataFrame, names: list[str]) -> tuple[Any, list[int] | None]:
     """Results (``df``, and None for its times) with the sums ``names`` of no values as ``0``.
 
     Natively a sum starts at the int ``0``, so a sum of no values is ``0`` whatever the field's type;
     a typed result holds null there (``Columnar.zero_when_empty``). An integer column is filled with
     ``0``; a float column cannot hold an int, so a batch with such a sum goes out as dict records
-    (with their times) with ``0`` put back."""
+    (with their times) with ``0`` put back. A float sum gets ``+ 0.0``, as the int 0 it starts from
+    natively turns a ``-0.0`` into ``0.0`` (and leaves every other value as it is)."""
     if not names:
         return df, None
     pl = polars()
     schema = df.schema
-    fill = [n for n in names if not schema[n].is_float() and schema[n] != pl.Object]
+    fill = [pl.col(n).fill_null(0) for n in names if not schema[n].is_float() and schema[n] != pl.Object]
+    fill += [pl.col(n) + 0.0 for n in names if schema[n].is_float()]
     if fill:
-        df = df.with_columns(pl.col(n).fill_null(0) for n in fill)
+        df = df.with_columns(fill)
     odd = [n for n in names if schema[n].is_float() and df.get_column(n).null_count()]
     if not odd:
         return df, None

@@ -47,6 +47,7 @@ from ._columnar import (
     is_frame,
     narrow_sums,
     native_error,
+    odd_floats,
     polars,
     to_rows,
     unify,
@@ -153,6 +154,7 @@ class _ColumnarWindow(StandInOperator):
         #: the Python type of the keys and the fields aggregated so far (a change hands over)
         self.kinds = ColumnKinds()
         self.watched = [*self.keys, *self.aggs.fields]
+        self.compared = [*self.keys, *sorted({a.field for _, a in op.aggs if a.kind in ("min", "max") and a.field})]
         self._rows: Any = None  # the rows of the batch in hand, when it came as rows
 
     def _native(self) -> Operator:
@@ -193,7 +195,7 @@ class _ColumnarWindow(StandInOperator):
                 df = df.with_columns(self.key_expr)
             except Exception as exc:
                 raise self._error(exc, df) from exc
-        if not self.kinds.stable(df, self.watched):
+        if not self.kinds.stable(df, self.watched) or odd_floats(df, self.compared):
             self.hand_over(0, records, times)
             return None
         return widen_sums(df, self.aggs.summed)
@@ -208,24 +210,12 @@ class _ColumnarWindow(StandInOperator):
     def _error(self, exc: Exception, df: pl.DataFrame) -> BaseException:
         """The error of a failing batch: the native operator's, which names the record, when it fails too."""
         rows, times = (self._rows, to_rows(df)[1]) if self._rows is not None else to_rows(df)
-        err = native_error(self, self._native(), exc, rows, times, has_key=self.op.key is not None)
-        if has_objects(df) and isinstance(err, StepError) and err.error is exc:
-            return self._mixed_error(exc, df)  # native mode takes these values (ints and floats, say)
-        return err
+        return native_error(self, self._native(), exc, rows, times, has_key=self.op.key is not None)
 
-    def _mixed_error(self, exc: Exception, df: pl.DataFrame) -> BaseException:
-        """A batch whose field holds values of several types that native mode aggregates (ints and
-        floats) and a column cannot without changing some of them: a clear error, never a retyped answer."""
-        fields = [n for n, t in df.schema.items() if t == self.pl.Object]
-        if not fields:
-            return StepError(step=self.name, location=self.node.location, error=exc,
-                             has_key=self.op.key is not None)
-        return StepError(step=self.name, location=self.node.location, has_key=self.op.key is not None,
-                         error=TypeError(
-                             f"{', '.join(map(repr, fields))} hold values of more than one type (ints and floats, "
-                             f"say), which the columnar window cannot aggregate as native mode does without "
-                             f"changing the others' types; cast the field with an expression (e.g. "
-                             f"with_columns(x=col('x').cast(float))) or run in native mode ({exc})"))
+    def _merge_error(self, exc: Exception) -> BaseException:
+        """Partials that polars could not merge. (Partials of values of several types never meet: a key
+        or field that changes type hands the window over to the native operator first.)"""
+        return StepError(step=self.name, location=self.node.location, error=exc, has_key=self.op.key is not None)
 
     def _late(self, late: pl.DataFrame, mask: pl.Series | None = None) -> None:
         if late.height == 0:
@@ -338,7 +328,7 @@ class ColumnarSlicedWindow(_ColumnarWindow):
         try:
             merged: pl.DataFrame = both.group_by(self.group, maintain_order=True).agg(self.aggs.merge)
         except Exception as exc:
-            raise self._mixed_error(exc, both) from exc
+            raise self._merge_error(exc) from exc
         return merged
 
     def _slice(self, start: int) -> pl.DataFrame:
@@ -372,7 +362,7 @@ class ColumnarSlicedWindow(_ColumnarWindow):
                 try:
                     merged = both.group_by([*self.keys, _E], maintain_order=True).agg(self.aggs.merge)
                 except Exception as exc:
-                    raise self._mixed_error(exc, both) from exc
+                    raise self._merge_error(exc) from exc
                 self._emit_results(merged, pl.col(_E) - size, pl.col(_E))
         for s in live:  # slices whose last window has fired
             if self._last_start(s) + size - 1 <= wm:
@@ -510,7 +500,7 @@ class ColumnarSessionWindow(_ColumnarWindow):
             grouped = allv.sort("__arr__").group_by([_IDX, "__sess__"], maintain_order=True).agg(
                 pl.col(_START).min(), pl.col(_E).max(), *self.aggs.merge)
         except Exception as exc:
-            raise self._mixed_error(exc, allv) from exc
+            raise self._merge_error(exc) from exc
         return grouped.drop("__sess__")
 
     # -- the open sessions, by slot -----------------------------------------------------------------------

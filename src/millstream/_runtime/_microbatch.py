@@ -9,7 +9,11 @@ operators where the plan allows them:
   and sessions (see :mod:`._cwindows`), window joins as Polars joins (:mod:`._cjoins`);
 - every other step (Python functions, process functions, reduce, custom
   aggregations, count windows, allowed lateness, interval, outer and table joins) runs the native operator
-  over the rows of the batch, so its answers are the native ones by construction.
+  over the rows of the batch, so its answers are the native ones by construction;
+- a vectorised keyed operator keeps typed state, exact while its keys and fields keep one
+  Python type each; a batch in which one changes type hands the state and the rest of the
+  stream to the native operator (:class:`._columnar.ColumnKinds`), so values keep native
+  mode's types (``max`` of ``3`` and ``2.5`` is ``3``, not ``3.0``).
 
 Each round over the sources reads up to ``max_chunk`` records per source: that is
 one epoch. The watermark advances once per epoch, windows fire on it, and
