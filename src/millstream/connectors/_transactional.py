@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import uuid
+import zlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -156,14 +157,19 @@ class TwoPhaseFileWriter(SinkWriter):
             raise JobError(f"sink {self.step!r}: its staged file {staged} vanished from {self.dir!r} "
                            "(was the directory changed by another run or by hand?)") from None
         return {"checkpoint": checkpoint_id, "staged": staged, "final": self.final_name(checkpoint_id),
-                "bytes": size}
+                "bytes": size, "crc32": _crc32(os.path.join(self.dir, staged))}
 
     def commit(self, transaction: Any) -> None:
+        self._commit(transaction, verify=False)  # right after pre_commit, which summed the file
+
+    def _commit(self, transaction: Any, *, verify: bool) -> None:
         if transaction is None or transaction.get("staged") is None:
             return
         staged, final = transaction["staged"], transaction["final"]
         if self._fence is not None:
             self._fence()  # raises if another run took the directory over
+        if verify:
+            self._verify(transaction)
         try:
             os.replace(os.path.join(self.dir, staged), os.path.join(self.dir, final))
         except FileNotFoundError:
@@ -192,9 +198,27 @@ class TwoPhaseFileWriter(SinkWriter):
         self._coordinated = True
         os.makedirs(self.dir, exist_ok=True)
         for txn in transactions:
-            self.commit(txn)
+            self._commit(txn, verify=True)  # a file left between a crash and this resume may be damaged
         self._clean(committed_too=not transactions)
         self._started = True
+
+    def _verify(self, transaction: Any) -> None:
+        """A staged file about to be committed by a resume must be what its checkpoint sealed."""
+        path = os.path.join(self.dir, transaction["staged"])
+        expected_size, expected_crc = transaction.get("bytes"), transaction.get("crc32")
+        try:
+            size = os.path.getsize(path)
+        except FileNotFoundError:
+            return  # committed before (or gone): the rename below tells which
+        if (expected_size is not None and size != expected_size) or (
+                expected_crc is not None and _crc32(path) != expected_crc):
+            raise JobError(
+                f"sink {self.step!r} cannot commit checkpoint {transaction.get('checkpoint')}: its staged file "
+                f"{transaction['staged']} in {self.dir!r} is damaged ({size} bytes and a crc32 unlike what the "
+                f"checkpoint sealed: {expected_size} bytes): committing it would lose or corrupt that "
+                "checkpoint's output, which no replay from this checkpoint can produce again. Fix: put the "
+                "file back from a backup if there is one; otherwise that output is lost: start over with a "
+                "new checkpoint directory and a new output directory")
 
     def flush(self) -> None:
         """Nothing to do: staged output stays invisible until a checkpoint commits it."""
@@ -251,6 +275,14 @@ class TwoPhaseFileWriter(SinkWriter):
 
 
 # -- reading what was committed ----------------------------------------------------------------
+
+
+def _crc32(path: str) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            crc = zlib.crc32(chunk, crc)
+    return crc
 
 
 def committed_files(directory: str, fmt: str) -> list[str]:
