@@ -112,6 +112,7 @@ def main() -> None:
                     help="issue 13 (Nexmark CLI): delete checkpoints, COMMITTED, SCOPE, OWNER, LOCK; an older copy")
     ap.add_argument("--damage", action="store_true",
                     help="issue 13 (Nexmark CLI): damage one file a resume reads (also with a checkpoint key)")
+    ap.add_argument("--only", metavar="FILE", help="--damage: damage only files of this name (e.g. positions.pkl)")
     ap.add_argument("--hostile", action="store_true",
                     help="hostile JSON-lines and CSV files: native, micro-batch and batch at chunks 1, 7, 4096 agree "
                          "record for record, and good + skipped + dead-lettered = records")
@@ -209,7 +210,7 @@ def _special(args: argparse.Namespace, guarantees: list[str]) -> None:
 QUERIES = ["q5", "q7", "q11", "q3"]
 STOP_POINTS = ["ckpt.begin", "ckpt.mid_state", "ckpt.state_synced", "ckpt.mid_manifest", "ckpt.before_rename",
                "ckpt.after_rename", "ckpt.before_commit", "sink.commit", "ckpt.after_commit", "source.acknowledge",
-               "ckpt.gc"]
+               "ckpt.gc", "recovery.restore"]
 _REFS: dict[tuple[str, int, int], Counter[str]] = {}
 
 
@@ -486,7 +487,7 @@ def _tamper(path: Path) -> str:
     return "tampered"
 
 
-def damage_trial(seed: int, guarantees: list[str]) -> dict[str, object]:
+def damage_trial(seed: int, guarantees: list[str], only: str | None = None) -> dict[str, object]:
     """Damaged files: crash a run (and a twin run of the same command in another directory), damage one file a
     resume reads (delete, truncate, flip bits, another checkpoint's copy, the twin directory's copy; with
     MILLSTREAM_CHECKPOINT_KEY set, a re-checksummed manifest too), run again: the oracle's output or a clear
@@ -527,13 +528,14 @@ def damage_trial(seed: int, guarantees: list[str]) -> dict[str, object]:
             codes.append(p.returncode)
         outcome["crash_exits"] = codes
         ckpt, twin = work / "a" / "ckpt", work / "b" / "ckpt"
-        targets = _targets(ckpt, str(work / "a" / out))
+        targets = [t for t in _targets(ckpt, str(work / "a" / out)) if only is None or t.name == only]
         if codes[-1] != -signal.SIGKILL or not targets:
             outcome["skipped"] = f"exits {codes}"
             return outcome
         target = rnd.choice(targets)
-        if keyed and rnd.random() < 0.5 and (ckpt / sorted(ckpt.glob("chk-*"))[-1] / "MANIFEST.json").exists():
-            target = sorted(ckpt.glob("chk-*"))[-1] / "MANIFEST.json"
+        chks = sorted(ckpt.glob("chk-*"))
+        if keyed and only is None and rnd.random() < 0.5 and chks and (chks[-1] / "MANIFEST.json").exists():
+            target = chks[-1] / "MANIFEST.json"
             done: str | None = _tamper(target)
         else:
             done = None
@@ -692,7 +694,7 @@ def _issue13(args: argparse.Namespace, guarantees: list[str]) -> None:
              else hostile_trial)
     totals: Counter[str] = Counter()
     for seed in range(args.seed, args.seed + args.trials):
-        res = trial(seed, guarantees)
+        res = damage_trial(seed, guarantees, args.only) if args.damage else trial(seed, guarantees)
         print(json.dumps(res), flush=True)
         totals["trials"] += 1
         if "skipped" in res:
