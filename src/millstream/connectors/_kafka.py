@@ -226,7 +226,10 @@ class KafkaReader(SourceReader):
     def _on_error(self, err: Any) -> None:
         name = err.name()
         if name in ("_ALL_BROKERS_DOWN", "_TRANSPORT", "_RESOLVE"):
-            if name == "_ALL_BROKERS_DOWN" and self.down_since is None:
+            # a lost connection too: librdkafka reconnects by itself, and may do so before it would call
+            # every broker down, so the job would wait without saying so; the next poll probes the broker
+            # (a metadata request, at once when it is back) and retries, warning, while it cannot reach it
+            if name != "_RESOLVE" and self.down_since is None:
                 self.down_since = time.monotonic()
             log.debug("%s: %s", self.connector, err.str())
         else:
