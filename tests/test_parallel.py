@@ -482,7 +482,8 @@ def test_ctrl_c_stops_every_worker(tmp_path: Path, clean: Any) -> None:
 @pytest.mark.parametrize(("options", "message"), [
     ({"mode": "microbatch"}, r"native mode only for now .* mode='native' \(--mode native\)"),
     ({"mode": "batch"}, r"native mode only for now .* mode='native'"),
-    ({"checkpoint_dir": "ck"}, r"without checkpoints for now .* checkpoints across workers come next"),
+    ({"checkpoint_dir": "ck", "guarantee": "at-most-once"}, r"at-most-once needs each source's read position"),
+    ({"checkpoint_dir": "ck", "from_savepoint": "sp"}, r"does not start from a savepoint yet"),
     ({"state": "lmdb:///tmp/x"}, r"keeps keyed state in memory for now"),
     ({"clock": ms.testing.ManualClock()}, r"needs the system clock"),
     ({"parallelism": 0}, r"parallelism must be a positive int"),

@@ -47,6 +47,9 @@ _START_OVER = ("start over with a new (empty) checkpoint directory AND a new or 
 _NO_POSITIONS = ("At-most-once cannot tell how far the sources had read, so a resume could process records "
                  "again; the job does not resume.")
 
+#: A checkpoint taken by several workers says so under this key of its state (``_parallel/_rescale.py``).
+_PARALLEL = "parallel"
+
 #: The transaction an at-most-once resume hands to non-transactional sinks: continue, keep everything.
 AT_MOST_ONCE_KEEP = {"keep": True}
 
@@ -228,21 +231,51 @@ class Coordinator:
                 return loaded
             raise
 
-    def recover(self, job: NativeJob) -> LoadedCheckpoint | None:
-        """Restore ``job`` (opened, not yet run) from the latest complete checkpoint, if any."""
-        t0 = time.perf_counter()
-        self._job = job
+    def restore_point(self) -> LoadedCheckpoint | None:
+        """The checkpoint a run resumes from (the latest complete one, verified), after the history
+        checks; None to start from the beginning. Sets the figures and the next id."""
         self.store.check_owner()
         loaded = self._latest()
         self._check_history(loaded)
         failpoint("recovery.restore")
-        txns: dict[str, list[Any]] = {}
         if loaded is not None:
-            job.restore(loaded.state["job"], self.store.shared_dir)
-            txns = {name: [t] for name, t in loaded.state["txns"].items() if t is not None}
-            self._read_base = dict(loaded.state["read"])
             self.stats.restored_from = loaded.id
             self.next_id = max(self.next_id, loaded.id + 1)
+        return loaded
+
+    def recover_writers(self, writers: list[tuple[str, Any, str]], txns: dict[str, Any]) -> None:
+        """Fence the writers with this run's owner epoch, then hand each the transactions of the restored
+        checkpoint (committed again if pending) so it discards every other pending output."""
+        owner = self.store.owner
+        for _, writer, _ in writers:
+            if owner is not None and isinstance(writer, FencedWriter):
+                writer.set_fence(owner.epoch, self.store.check_owner, owner.scope)
+        for name, writer, _ in writers:
+            t = txns.get(name)
+            # a checkpoint of several workers keeps a list per writer (what an abandoned checkpoint sealed
+            # first); one of one process, one transaction
+            writer.recover([] if t is None else list(t) if isinstance(t, list) else [t])
+
+    def recover(self, job: NativeJob) -> LoadedCheckpoint | None:
+        """Restore ``job`` (opened, not yet run) from the latest complete checkpoint, if any.
+
+        A checkpoint taken by several workers (``parallelism`` > 1) is restored too: its parts are
+        merged into this one process's state (:mod:`millstream._parallel._rescale`)."""
+        t0 = time.perf_counter()
+        self._job = job
+        loaded = self.restore_point()
+        txns: dict[str, list[Any]] = {}
+        if loaded is not None:
+            if _PARALLEL in loaded.state:
+                from millstream._parallel._rescale import load_parts, snapshot_for
+
+                old_n, parts = load_parts(loaded.state, self.store.shared_dir)
+                job.restore(snapshot_for(job.physical, 0, old_n, parts))
+                txns = {name: list(ts) for name, ts in loaded.state["txns"].items()}
+            else:
+                job.restore(loaded.state["job"], self.store.shared_dir)
+                txns = {name: [t] for name, t in loaded.state["txns"].items() if t is not None}
+            self._read_base = dict(loaded.state["read"])
         resumed = loaded is not None
         if self.guarantee == "at-most-once":
             # a savepoint was taken at a chunk boundary with nothing read past it: a run started from

@@ -11,8 +11,12 @@ made, so that on each channel data and watermarks keep their order. An item is o
   (``MAX_WATERMARK``: it has ended, nothing more comes on that edge from that sender);
 - ``("i", edge)``: that instance's input went idle.
 
-Control messages from a worker to worker 0 are ``("error", worker, step, text)`` and
-``("done", worker, figures)``.
+- ``("b", edge, checkpoint)``: the sender's instance of the edge's source operator passed the
+  barrier of a checkpoint (aligned barriers: see :class:`ExchangeIn` and ``_checkpoints``).
+
+Control messages from a worker to worker 0 are ``("error", worker, step, text)``,
+``("done", worker, figures)`` and ``("part", worker, checkpoint, file)`` (its part of a checkpoint is
+durable); worker 0 sends ``("ckpt", checkpoint)`` to start one.
 
 **Backpressure.** A channel holds at most :data:`CAPACITY` messages besides what the pipe itself
 buffers; a sender whose channel is full waits. While it waits it keeps taking in every message that
@@ -51,7 +55,7 @@ from millstream._time import MAX_WATERMARK, MIN_WATERMARK
 
 if TYPE_CHECKING:
     from millstream._physical import Edge, PhysicalPlan
-    from millstream._runtime._base import Operator, Runtime
+    from millstream._runtime._base import Runtime
 
 #: most records in one message (a bigger push is cut into several)
 BATCH = 2048
@@ -59,6 +63,9 @@ BATCH = 2048
 CAPACITY = 8
 #: most messages taken from one pipe at a time
 TAKE = 4 * CAPACITY
+#: messages that are not data: a worker's failure and its end (to worker 0), a checkpoint to take (from
+#: worker 0) and a worker's part of a checkpoint, durable (to worker 0)
+CONTROL = ("error", "done", "ckpt", "part")
 #: keys whose worker an exchange remembers (forgotten all at once beyond that)
 _ROUTES = 1 << 16
 
@@ -215,7 +222,7 @@ class Exchange:
         return n
 
     def _handle(self, msg: tuple[Any, ...]) -> None:
-        if msg[0] in ("error", "done"):
+        if msg[0] in CONTROL:
             self.control.append(msg)
             return
         sender, items = msg
@@ -226,6 +233,8 @@ class Exchange:
                 port.push(sender, item[2], item[3])
             elif kind == "w":
                 port.watermark(sender, item[2])
+            elif kind == "b":
+                port.barrier(sender, item[2])
             else:
                 port.idle(sender)
 
@@ -246,48 +255,94 @@ class ExchangeIn:
     (:class:`~millstream.connectors._base.SplitSetSource`), ``W`` is the watermark of the record's
     own split, so whether a record is late depends on its split alone, at every parallelism.
     Records ahead of their sender's watermark (all of them, within a watermark's bound) never wait.
+
+    **Barriers.** A sender's checkpoint barrier stops that sender (what it sends after the barrier
+    waits) until every sender has sent it (or has ended); then the port has the barrier
+    (``target.barrier``) and the senders go on. While a barrier is on its way (a sender stopped, or a
+    barrier waiting behind a chunk), chunks do not wait for watermarks: a checkpoint's alignment must
+    not wait on a watermark that the checkpoint itself holds back. So a record beyond the bound that
+    meets a checkpoint may be judged against a lower watermark than an uninterrupted run would.
     """
 
-    def __init__(self, target: Operator, port: int, senders: range) -> None:
+    def __init__(self, target: Any, port: int, senders: range) -> None:
         self.target = target
         self.port = port
         self.wms = {s: MIN_WATERMARK for s in senders}
         self.idles = {s: False for s in senders}
         self.sent = MIN_WATERMARK
-        #: per sender, what it sent after a chunk that waits (the chunk first), in order
+        #: per sender, what it sent after a chunk that waits or after its barrier, in order
         self.waiting: dict[int, deque[tuple[Any, ...]]] = {}
+        #: senders stopped at the barrier of checkpoint ``ckpt``
+        self.stopped: set[int] = set()
+        self.ckpt: int | None = None
+        #: the last checkpoint whose barrier this port had (a sender that had ended sends it late)
+        self.last = -1
+        #: barriers waiting in ``waiting``
+        self.barriers_queued = 0
 
+    # -- what senders send -------------------------------------------------------------------
     def push(self, sender: int, records: list[Any], times: list[int] | None) -> None:
-        if sender in self.waiting:
-            self.waiting[sender].append(("d", records, times))
-        elif self._blocked(sender, times):
-            self.waiting[sender] = deque([("d", records, times)])
+        if sender in self.waiting or sender in self.stopped or self._blocked(sender, times):
+            self._wait(sender, ("d", records, times))
         else:
             self.target.push(self.port, records, times)
 
     def watermark(self, sender: int, wm: int) -> None:
-        if sender in self.waiting:
-            self.waiting[sender].append(("w", wm))
+        if sender in self.waiting or sender in self.stopped:
+            self._wait(sender, ("w", wm))
             return
-        if wm > self.wms[sender]:
-            self.wms[sender] = wm
-        self.idles[sender] = False
-        self._advance()
-        if self.waiting:
+        self._apply(sender, ("w", wm))
+        if self.waiting or self.stopped:
             self._release()
 
     def idle(self, sender: int) -> None:
-        if sender in self.waiting:
-            self.waiting[sender].append(("i",))
+        if sender in self.waiting or sender in self.stopped:
+            self._wait(sender, ("i",))
             return
-        self.idles[sender] = True
-        self._advance()
-        if self.waiting:
+        self._apply(sender, ("i",))
+        if self.waiting or self.stopped:
             self._release()
+
+    def barrier(self, sender: int, ckpt: int) -> None:
+        if ckpt <= self.last and sender not in self.waiting:
+            return  # the port had it already: this sender had ended, and counted as passed
+        if sender in self.waiting or sender in self.stopped:
+            self._wait(sender, ("b", ckpt))
+            self.barriers_queued += 1
+            self._release()  # what waits for a watermark goes on now
+            return
+        self._stop(sender, ckpt)
+        self._release()
+
+    # -- inside ----------------------------------------------------------------------------
+    def _wait(self, sender: int, item: tuple[Any, ...]) -> None:
+        q = self.waiting.get(sender)
+        if q is None:
+            q = self.waiting[sender] = deque()
+        q.append(item)
+
+    def _stop(self, sender: int, ckpt: int) -> None:
+        if ckpt <= self.last:
+            return
+        self.stopped.add(sender)
+        self.ckpt = ckpt
+
+    def _apply(self, sender: int, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if kind == "d":
+            self.target.push(self.port, item[1], item[2])
+        elif kind == "w":
+            if item[1] > self.wms[sender]:
+                self.wms[sender] = item[1]
+            self.idles[sender] = False
+            self._advance()
+        else:
+            self.idles[sender] = True
+            self._advance()
 
     def _blocked(self, sender: int, times: list[int] | None) -> bool:
         """Whether a chunk of ``sender`` with these times must wait (see the class docstring)."""
-        if times is None or len(self.wms) < 2:
+        if times is None or len(self.wms) < 2 or self.stopped or self.barriers_queued:
             return False
         w = self.wms[sender]
         if w == MIN_WATERMARK or min(times) > w:
@@ -295,11 +350,14 @@ class ExchangeIn:
         return any(v < w for s, v in self.wms.items() if s != sender and not self.idles[s])
 
     def _release(self) -> None:
-        """Hand on what waits, sender by sender, as far as each can go now."""
+        """Hand on what waits, sender by sender, as far as each can go now; complete a barrier once
+        every sender has sent it."""
         moved = True
-        while moved and self.waiting:
+        while moved:
             moved = False
             for sender in list(self.waiting):
+                if sender in self.stopped:
+                    continue
                 items = self.waiting[sender]
                 while items:
                     item = items[0]
@@ -307,35 +365,19 @@ class ExchangeIn:
                         break
                     items.popleft()
                     moved = True
-                    if item[0] == "d":
-                        self.target.push(self.port, item[1], item[2])
-                    elif item[0] == "w":
-                        if item[1] > self.wms[sender]:
-                            self.wms[sender] = item[1]
-                        self.idles[sender] = False
-                        self._advance()
-                    else:
-                        self.idles[sender] = True
-                        self._advance()
+                    if item[0] == "b":
+                        self.barriers_queued -= 1
+                        self._stop(sender, item[1])
+                        break
+                    self._apply(sender, item)
                 if not items:
                     del self.waiting[sender]
-
-    def release_all(self) -> None:
-        """Hand on everything that waits now (before a checkpoint: nothing may be in hand)."""
-        while self.waiting:
-            sender = next(iter(self.waiting))
-            items = self.waiting.pop(sender)
-            for item in items:
-                if item[0] == "d":
-                    self.target.push(self.port, item[1], item[2])
-                elif item[0] == "w":
-                    if item[1] > self.wms[sender]:
-                        self.wms[sender] = item[1]
-                    self.idles[sender] = False
-                    self._advance()
-                else:
-                    self.idles[sender] = True
-                    self._advance()
+            if self.ckpt is not None and all(s in self.stopped or w >= MAX_WATERMARK for s, w in self.wms.items()):
+                ckpt, self.ckpt = self.ckpt, None
+                self.stopped.clear()
+                self.last = ckpt
+                self.target.barrier(self.port, ckpt)
+                moved = True
 
     def _advance(self) -> None:
         active = [w for s, w in self.wms.items() if not self.idles[s]]
@@ -349,7 +391,7 @@ class ExchangeIn:
 
     @property
     def ended(self) -> bool:
-        return not self.waiting and all(w >= MAX_WATERMARK for w in self.wms.values())
+        return not self.waiting and not self.stopped and all(w >= MAX_WATERMARK for w in self.wms.values())
 
 
 def _compile_dests(key: Any) -> Callable[[list[Any], Callable[[Any], int | None], Callable[[Any], int]], list[int]]:
@@ -453,4 +495,14 @@ class ExchangeOut:
                 ex.ins[self.index].idle(ex.me)
             else:
                 ex.queue(dest, ("i", self.index))
+
+    def barrier(self, port: int, ckpt: int) -> None:
+        """The upstream instance passed checkpoint ``ckpt``'s barrier: every instance of the target gets it,
+        after what was sent before it."""
+        ex = self.ex
+        for dest in self.receivers:
+            if dest == ex.me:
+                ex.ins[self.index].barrier(ex.me, ckpt)
+            else:
+                ex.queue(dest, ("b", self.index, ckpt))
 

@@ -18,12 +18,15 @@ from millstream._physical import compile as compile_physical
 from millstream._plan import Plan
 from millstream._runtime._base import Runtime
 from millstream._state import open_backend
-from millstream.errors import ConfigError, JobError, MillstreamError
+from millstream.errors import CheckpointError, ConfigError, JobError, MillstreamError
 
+from ._checkpoints import Checkpoints, PartWriter
 from ._exchange import Exchange
+from ._rescale import decode, load_parts, snapshot_for
 from ._worker import WorkerJob, run_worker, worker_main
 
 if TYPE_CHECKING:
+    from millstream._checkpoint import Coordinator
     from millstream._control import JobControl
     from millstream._run import RunConfig, RunResult
 
@@ -44,9 +47,13 @@ def check_config(cfg: RunConfig) -> None:
     if cfg.mode != "native":
         raise ConfigError(f"parallelism > 1 runs in native mode only for now ({cfg.mode} mode across worker "
                           f"processes comes next): run with mode='native' (--mode native), or {fix}")
-    if cfg.checkpoint_dir is not None or cfg.effective_guarantee != "none":
-        raise ConfigError("parallelism > 1 runs without checkpoints for now (guarantee 'none'): checkpoints "
-                          f"across workers come next. Drop checkpoint_dir and guarantee, or {fix}")
+    if cfg.effective_guarantee == "at-most-once":
+        raise ConfigError("parallelism > 1 takes checkpoints for at-least-once and exactly-once; at-most-once "
+                          "needs each source's read position recorded before every chunk, on every worker, "
+                          f"which is not built yet: choose guarantee='at-least-once' or 'exactly-once', or {fix}")
+    if cfg.from_savepoint is not None:
+        raise ConfigError("parallelism > 1 does not start from a savepoint yet (nor take one when stopped): "
+                          f"start it from its own checkpoint directory, or {fix}")
     if cfg.state != "memory":
         raise ConfigError(f"parallelism > 1 keeps keyed state in memory for now, not {cfg.state!r}: run with "
                           f"state='memory', or {fix}")
@@ -110,28 +117,90 @@ def _context(method: str) -> Any:
 
 def run_parallel(plan: Plan, cfg: RunConfig, control: JobControl) -> RunResult:
     """Run ``plan`` on ``cfg.parallelism`` workers: this process is worker 0, the others are started here,
-    joined here, and stopped here when anything fails or the run is interrupted."""
+    joined here, and stopped here when anything fails or the run is interrupted.
+
+    With a checkpoint directory, worker 0 owns it (its lock and owner epoch), resumes from its latest
+    checkpoint (taken at any parallelism: each worker gets the state of its key groups and the
+    positions of its splits, :mod:`._rescale`), and takes checkpoints across the workers
+    (:mod:`._checkpoints`); the job then restarts up to ``cfg.restarts`` times after a failure."""
+    from millstream._checkpoint import Coordinator
+
+    coordinator = None
+    if cfg.checkpoint_dir is not None:
+        coordinator = Coordinator(plan, os.fspath(cfg.checkpoint_dir), guarantee=cfg.effective_guarantee,
+                                  interval_ms=cfg.checkpoint_interval_ms, retain=cfg.checkpoints_retained,
+                                  clock=SystemClock(), mode="native", key=cfg.checkpoint_key)
+    try:
+        restarts = 0
+        while True:
+            try:
+                return _run_once(plan, cfg, control, coordinator, restarts)
+            except JobError as exc:
+                if coordinator is None or restarts >= cfg.restarts or control.stop_requested \
+                        or isinstance(exc.__cause__, CheckpointError):
+                    if restarts:
+                        raise JobError(f"the job failed {restarts + 1} times; giving up. Last error:\n{exc}") from exc
+                    raise
+                restarts += 1
+                log.warning("job failed (%s); restart %d of %d from the latest checkpoint", exc, restarts,
+                            cfg.restarts)
+                time.sleep(cfg.restart_delay_s)
+    finally:
+        if coordinator is not None:
+            coordinator.close()  # the checkpoint directory's lock goes with the run
+
+
+def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coordinator | None,
+              restarts: int) -> RunResult:
     from millstream._run import RunResult, _close, _status
 
     n = cfg.parallelism
     physical = compile_physical(plan, "native", n, gather_sinks=True)
+    started = time.monotonic()
+    guarantee = cfg.effective_guarantee
+    restores: list[bytes | None] = [None] * n
+    loaded = None
+    ckpt_cfg: dict[str, Any] | None = None
+    if coordinator is not None:
+        t0 = time.perf_counter()
+        loaded = coordinator.restore_point()
+        owner = coordinator.store.owner
+        assert owner is not None
+        ckpt_cfg = {"root": coordinator.store.root, "epoch": owner.epoch, "token": owner.token}
+        if loaded is not None and loaded.finished:
+            job0 = WorkerJob(physical, 0, Runtime(SystemClock(), open_backend(cfg.state)), Exchange(0, [], {}))
+            return _status(job0, plan.flow, cfg.mode, started, RunResult, guarantee=guarantee,  # type: ignore[no-any-return]
+                           checkpoints=coordinator.stats, already_finished=True, restarts=restarts)
+        if loaded is not None:
+            old_n, parts = load_parts(loaded.state, coordinator.store.shared_dir)
+            restores = [pickle.dumps(snapshot_for(physical, w, old_n, parts), protocol=pickle.HIGHEST_PROTOCOL)
+                        for w in range(n)]
+            log.info("resuming from checkpoint %d (taken at parallelism %d) at parallelism %d", loaded.id, old_n, n)
+        coordinator.stats.restore_ms = (time.perf_counter() - t0) * 1000
     payload = _payload(physical)
     method = _start_method()
     ctx = _context(method)
-    started = time.monotonic()
     # pipe[(a, b)]: worker a writes, worker b reads
     pipes: dict[tuple[int, int], tuple[Connection, Connection]] = {
         (a, b): ctx.Pipe(duplex=False)[::-1] for a in range(n) for b in range(n) if a != b}
     procs: list[Any] = []
     done: dict[int, dict[str, Any]] = {}
+    checkpoints: Checkpoints | None = None
 
     def alive() -> None:
-        """Raise when another worker failed (its message) or died (its exit code)."""
+        """Raise when another worker failed (its message) or died (its exit code); hand on the parts of
+        checkpoints the others made durable."""
         while ex.control:
             msg = ex.control.popleft()
             if msg[0] == "error":
                 raise _WorkerFailed(msg[1], msg[2], msg[3])
+            if msg[0] == "part":
+                if checkpoints is not None:
+                    checkpoints.part(msg[1], msg[2], msg[3])
+                continue
             done[msg[1]] = msg[2]
+            if checkpoints is not None:
+                checkpoints.abandon()
         for w, proc in enumerate(procs, 1):
             if w not in done and proc.exitcode is not None:
                 last_word(w, proc.exitcode)
@@ -148,14 +217,23 @@ def run_parallel(plan: Plan, cfg: RunConfig, control: JobControl) -> RunResult:
                 raise _WorkerFailed(msg[1], msg[2], msg[3])
             if msg[0] == "done" and msg[1] == w:
                 done[w] = msg[2]
+                if checkpoints is not None:
+                    checkpoints.abandon()
                 return
         raise _WorkerFailed(w, None, f"worker {w} died (exit code {exitcode})")
 
     from_worker = {a: r for (a, b), (_, r) in pipes.items() if b == 0}
     ex = Exchange(0, [r for (a, b), (_, r) in pipes.items() if b == 0],
                   {b: wr for (a, b), (wr, _) in pipes.items() if a == 0}, alive=alive)
-    rt = Runtime(cfg.clock or SystemClock(), open_backend(cfg.state))
-    job = WorkerJob(physical, 0, rt, ex)
+    rt = Runtime(cfg.clock or SystemClock(), open_backend(cfg.state), checkpointed=coordinator is not None)
+    part_writer = PartWriter(**ckpt_cfg) if ckpt_cfg is not None else None
+
+    def own_part(ckpt: int, part: dict[str, Any]) -> None:
+        assert part_writer is not None and checkpoints is not None
+        info = part_writer.write(ckpt, 0, part)
+        checkpoints.part(0, ckpt, info, own=part["job"])
+
+    job = WorkerJob(physical, 0, rt, ex, checkpointed=coordinator is not None, on_part=own_part)
     interrupted = finished = False
     tick = None
     if cfg.on_progress is not None:
@@ -164,7 +242,8 @@ def run_parallel(plan: Plan, cfg: RunConfig, control: JobControl) -> RunResult:
         def tick() -> None:
             if time.monotonic() >= next_tick[0]:
                 next_tick[0] = time.monotonic() + every
-                callback(_status(job, plan.flow, cfg.mode, started))
+                callback(_status(job, plan.flow, cfg.mode, started, guarantee=guarantee,
+                                 checkpoints=coordinator.stats if coordinator is not None else None))
 
     try:
         if method == "fork":  # what the parent holds unflushed would be written by the children too
@@ -178,7 +257,7 @@ def run_parallel(plan: Plan, cfg: RunConfig, control: JobControl) -> RunResult:
             others = [c for ends in pipes.values() for c in ends if id(c) not in own] if method == "fork" else []
             proc = ctx.Process(target=worker_main, name=f"millstream-{plan.flow}-worker-{w}", daemon=True,
                                args=(w, payload, readers, writers, cfg.chunk, cfg.idle_sleep_s,
-                                     cfg.state, others))
+                                     cfg.state, others, ckpt_cfg, restores[w]))
             proc.start()
             procs.append(proc)
         for (a, b), (wr, r) in pipes.items():  # the workers' ends are theirs now
@@ -190,12 +269,21 @@ def run_parallel(plan: Plan, cfg: RunConfig, control: JobControl) -> RunResult:
         failed = True
         try:
             job.open()
+            if coordinator is not None:
+                if restores[0] is not None:
+                    job.restore(pickle.loads(restores[0]))  # noqa: S301 - made above from a verified checkpoint
+                txns = loaded.state["txns"] if loaded is not None else {}
+                coordinator.recover_writers(job.writers(), txns)
+                checkpoints = Checkpoints(coordinator, n, ex.put, job.start, job.writers,
+                                          lambda positions: _acknowledge(job, positions), job.sealed)
             ended = run_worker(job, ex, max_chunk=cfg.chunk, idle_sleep_s=cfg.idle_sleep_s,
-                               stop=lambda: control.stop_requested, tick=tick)
+                               stop=lambda: control.stop_requested, tick=tick, checkpoints=checkpoints)
             interrupted = not ended
             while ended and len(done) < n - 1:  # the others have ended too: wait for their figures
                 ex.receive(0.05)
                 alive()
+            if ended and checkpoints is not None:
+                checkpoints.finish()
             finished = ended
             failed = False
         finally:
@@ -212,8 +300,19 @@ def run_parallel(plan: Plan, cfg: RunConfig, control: JobControl) -> RunResult:
     finally:
         _stop(procs, ex, pipes, finished)
     result: RunResult = _status(job, plan.flow, cfg.mode, started, RunResult, ok=not interrupted,
-                                interrupted=interrupted, guarantee="none")
+                                interrupted=interrupted, guarantee=guarantee,
+                                checkpoints=coordinator.stats if coordinator is not None else None,
+                                restarts=restarts)
     return _merge(result, done)
+
+
+def _acknowledge(job: WorkerJob, positions: dict[str, Any]) -> None:
+    """Sources on worker 0 that replay by redelivery: what the complete checkpoint holds is safe."""
+    positions = decode({src.name: positions[src.name] for src in job.sources if src.name in positions})
+    for src in job.sources:
+        entry = positions.get(src.name)
+        if src.reader is not None and entry is not None and entry["state"] is not None:
+            src.reader.acknowledge(entry["state"]["position"])
 
 
 def _in_step(step: str | None) -> str:

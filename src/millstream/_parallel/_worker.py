@@ -13,7 +13,7 @@ import resource
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -22,18 +22,26 @@ from millstream._clock import SystemClock
 from millstream._physical import PhysicalPlan
 from millstream._runtime._base import Operator, Runtime
 from millstream._runtime._native import NativeJob, split_node
+from millstream._runtime._sources import SinkOperator
 from millstream._state import open_backend
-from millstream._time import MAX_WATERMARK
+from millstream._time import MAX_WATERMARK, MIN_WATERMARK
 from millstream.errors import MillstreamError
 
+from ._checkpoints import Checkpoints, Gate, PartWriter
 from ._exchange import Exchange, ExchangeIn, ExchangeOut
 
 
 class WorkerJob(NativeJob):
     """The instances of worker ``worker`` of a physical plan (native mode), wired as the plan says:
-    ``forward`` edges within the process, ``hash`` and ``global`` edges through the exchange."""
+    ``forward`` edges within the process, ``hash`` and ``global`` edges through the exchange.
 
-    def __init__(self, physical: PhysicalPlan, worker: int, rt: Runtime, ex: Exchange) -> None:
+    With ``checkpointed``, every instance's inputs go through a :class:`~._checkpoints.Gate` (aligned
+    barriers), and :meth:`inject` starts this worker's part of a checkpoint; ``on_part(ckpt, part)``
+    is called once every instance here has passed its barrier."""
+
+    def __init__(self, physical: PhysicalPlan, worker: int, rt: Runtime, ex: Exchange, *,
+                 checkpointed: bool = False,
+                 on_part: Callable[[int, dict[str, Any]], None] | None = None) -> None:
         # NativeJob's constructor compiles the plan at parallelism 1; this one takes the given physical plan
         self.plan = physical.plan
         self.rt = rt
@@ -44,6 +52,16 @@ class WorkerJob(NativeJob):
         self.dead_letters = []
         self.physical = physical
         self.worker = worker
+        self.on_part = on_part
+        #: the part of the checkpoint in flight, and the instances that have not passed its barrier yet
+        self.part: dict[str, Any] | None = None
+        self.unaligned: set[int] = set()
+        #: the newest checkpoint started here
+        self.started = 0
+        #: transactions its sinks sealed at barriers, in order: ``(checkpoint, writer, transaction)``; a
+        #: checkpoint abandoned after a sink sealed its part commits it with the next one (worker 0)
+        self.sealed: list[tuple[int, str, Any]] = []
+        self.gates: dict[int, Gate] = {}
         for pop in physical.operators:
             if worker >= pop.parallelism:
                 continue  # no instance of it here
@@ -56,6 +74,16 @@ class WorkerJob(NativeJob):
                 op = self._add(self._make(first))
             for node in pop.steps:
                 self.op_of[node.id] = op
+            if checkpointed and op not in self.sources:
+                self.gates[id(op)] = Gate(op, self.aligned, self.start)
+
+        def into(down: Operator, port: int) -> Any:
+            gate = self.gates.get(id(down))
+            if gate is None:
+                return down
+            gate.ports.add(port)
+            return gate
+
         for index, edge in enumerate(physical.edges):
             up, down = self.op_of.get(edge.source), self.op_of.get(edge.target)
             if edge.exchange:
@@ -63,14 +91,14 @@ class WorkerJob(NativeJob):
                     self._outs(up, edge.late).append((ExchangeOut(physical, index, edge, ex, rt), edge.port))
                 if down is not None:
                     senders = range(physical.operator(edge.source).parallelism)
-                    ex.ins[index] = ExchangeIn(down, edge.port, senders)
+                    ex.ins[index] = ExchangeIn(into(down, edge.port), edge.port, senders)
             elif down is not None:
                 if up is None:
                     # an input with no instance on this worker (a stream read on worker 0 only, joined
                     # with one that runs everywhere): it is empty, and has ended
                     down.in_wms[edge.port] = MAX_WATERMARK
                 else:
-                    self._outs(up, edge.late).append((self._port(up, down), edge.port))
+                    self._outs(up, edge.late).append((into(down, edge.port), edge.port))
 
     @staticmethod
     def _outs(up: Operator, late: bool) -> list[Any]:
@@ -79,21 +107,96 @@ class WorkerJob(NativeJob):
             return up.late_outs  # type: ignore[no-any-return]
         return up.outs
 
+    # -- checkpoints ------------------------------------------------------------------
+    def restore(self, snap: dict[str, Any], directory: str | None = None,
+                key_groups: Iterable[int] | None = None) -> None:
+        """Restore as one process does, then tell every output the watermark each instance had reached:
+        the exchanges of this run start from nothing, and an instance whose watermark does not move after
+        the restore (one that had ended, say) would otherwise hold its receivers back for good."""
+        super().restore(snap, directory, key_groups)
+        for op in self.ops:
+            if op.wm > MIN_WATERMARK:
+                out = op.wm - op.watermark_hold if op.wm < MAX_WATERMARK else op.wm
+                for target, port in list(op.outs):
+                    target.watermark(port, out)
+
+    def start(self, ckpt: int) -> None:
+        """Start this worker's part of checkpoint ``ckpt`` unless it has started (see :meth:`inject`)."""
+        if ckpt > self.started:
+            self.inject(ckpt)
+
+    def inject(self, ckpt: int) -> None:
+        """Start this worker's part of checkpoint ``ckpt`` (between rounds, or when its barrier first
+        arrives here): every source passes the barrier now, and so does every instance that gets no
+        input here."""
+        self.started = ckpt
+        self.part = {"job": {}, "maps": {}, "worker": self.worker}
+        self.unaligned = {id(op) for op in self.ops}
+        for src in self.sources:
+            self.aligned(src, ckpt)
+        for gate in list(self.gates.values()):
+            if gate.last >= ckpt:
+                continue  # aligned already: the sources' barrier reached it, its other inputs had ended
+            if not gate.ports:
+                gate.last = ckpt
+                self.aligned(gate.op, ckpt)
+            else:
+                gate.ckpt = ckpt
+                gate.check()  # every input may have ended
+
+    def aligned(self, op: Operator, ckpt: int) -> None:
+        """``op`` has passed checkpoint ``ckpt``'s barrier on every input: take its state, pre-commit
+        what it writes, and pass the barrier on."""
+        part = self.part
+        assert part is not None
+        # pickled now: the operator goes on (on what came after the barrier) before the part is written
+        part["job"][op.name] = pickle.dumps({"state": op.snapshot(), "time": op.snapshot_time()},
+                                            protocol=pickle.HIGHEST_PROTOCOL)
+        maps = getattr(self.rt.state, "maps", None)
+        if maps:
+            prefix = op.name + "/"
+            mine = {mid: m for mid, m in maps.items() if mid.startswith(prefix)}
+            if mine:  # a copy as of now: the operator goes on changing them
+                part["maps"].update(pickle.loads(pickle.dumps(mine, protocol=pickle.HIGHEST_PROTOCOL)))  # noqa: S301
+        if isinstance(op, SinkOperator):
+            assert op.writer is not None
+            self.sealed.append((ckpt, op.name, op.writer.pre_commit(ckpt)))
+        for dl in self.dead_letters:
+            if dl.step == op.name:
+                self.sealed.append((ckpt, f"{dl.step}.dead-letter", dl.open().pre_commit(ckpt)))
+        for target, port in [*op.outs, *getattr(op, "late_outs", ())]:
+            target.barrier(port, ckpt)
+        self.unaligned.discard(id(op))
+        if not self.unaligned:
+            self.part = None
+            assert self.on_part is not None
+            self.on_part(ckpt, part)
+
     def figures(self) -> list[tuple[str, int, int, dict[str, int]]]:
         """Each operator's counts, for worker 0 to add up."""
         return [(op.name, op.records_in, op.records_out, op.metrics()) for op in self.ops]
 
 
 def run_worker(job: WorkerJob, ex: Exchange, *, max_chunk: int, idle_sleep_s: float,
-               stop: Callable[[], bool] | None = None, tick: Callable[[], None] | None = None) -> bool:
+               stop: Callable[[], bool] | None = None, tick: Callable[[], None] | None = None,
+               checkpoints: Checkpoints | None = None) -> bool:
     """Run until this worker's sources and every exchange into it have ended (True), or ``stop()``
-    (False). A round takes what has arrived, reads a chunk from each source, fires processing-time
-    timers and sends what it made."""
+    (False). A round takes what has arrived, starts a checkpoint when one is due (worker 0:
+    ``checkpoints``) or asked for (the others: a ``ckpt`` message), reads a chunk from each source,
+    fires processing-time timers and sends what it made."""
     clock = job.rt.clock
     has_proc = any(type(op).on_processing_time is not Operator.on_processing_time for op in job.ops)
     sources_ended = not job.sources
     while True:
         got = ex.receive(0.0)
+        if checkpoints is not None:
+            if checkpoints.due(clock.now_ms()):
+                checkpoints.start()
+        elif ex.me != 0:
+            while ex.control:
+                msg = ex.control.popleft()
+                if msg[0] == "ckpt":
+                    job.start(msg[1])
         n = 0
         if not sources_ended:
             n, active = job.step(max_chunk)
@@ -125,10 +228,12 @@ def run_worker(job: WorkerJob, ex: Exchange, *, max_chunk: int, idle_sleep_s: fl
 
 
 def worker_main(worker: int, payload: bytes, readers: list[Connection], writers: dict[int, Connection],
-                max_chunk: int, idle_sleep_s: float, state: str, others: list[Connection]) -> None:
+                max_chunk: int, idle_sleep_s: float, state: str, others: list[Connection],
+                ckpt: dict[str, Any] | None = None, restore: bytes | None = None) -> None:
     """The body of worker process ``worker`` (1 .. N-1). ``others``: pipe ends that are not this
     worker's, inherited when it was forked from the job's process: closed at once, so that a pipe
-    ends when the one worker writing it does."""
+    ends when the one worker writing it does. ``ckpt``: where and as which owner it writes its parts
+    of checkpoints (None: no checkpoints); ``restore``: the state it starts from (pickled)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the job's process's to handle: it stops us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # forked from the job's process: not its handler
     for conn in others:
@@ -139,11 +244,19 @@ def worker_main(worker: int, payload: bytes, readers: list[Connection], writers:
     ex.start()
     try:
         physical = pickle.loads(payload)  # noqa: S301 - the plan this job's process sent
-        rt = Runtime(SystemClock(), open_backend(state))
-        job = WorkerJob(physical, worker, rt, ex)
+        rt = Runtime(SystemClock(), open_backend(state), checkpointed=ckpt is not None)
+        parts = PartWriter(**ckpt) if ckpt is not None else None
+
+        def on_part(ckpt_id: int, part: dict[str, Any]) -> None:
+            assert parts is not None
+            ex.put(0, ("part", worker, ckpt_id, parts.write(ckpt_id, worker, part)))
+
+        job = WorkerJob(physical, worker, rt, ex, checkpointed=ckpt is not None, on_part=on_part)
         failed = True
         try:
             job.open()
+            if restore is not None:
+                job.restore(pickle.loads(restore))  # noqa: S301 - made by the job's process
             run_worker(job, ex, max_chunk=max_chunk, idle_sleep_s=idle_sleep_s)
             failed = False
         finally:

@@ -1,0 +1,327 @@
+"""Checkpoints across worker processes, and rescaling on restore (issue 11, section 2).
+
+A job at parallelism N takes aligned checkpoints (every worker writes its part, worker 0 completes the
+checkpoint once all are durable); it resumes from its latest checkpoint at any parallelism, each
+worker taking the key groups of its range and the positions of its splits. Checked against an
+independent plain-Python computation of the same windows, after failures, SIGKILLs of the whole job
+and of a single worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.test_parallel import _shm, clean  # noqa: F401 - the fixture: no process, nothing in /dev/shm left
+
+import millstream as ms
+from millstream import agg
+from millstream._checkpoint._owner import DirectoryOwner
+from millstream._checkpoint._store import CheckpointStore
+from millstream.errors import CheckpointOwnershipError, ConfigError, JobError
+
+pytestmark = pytest.mark.usefixtures("clean")
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = 23
+
+
+def event(i: int) -> dict[str, Any]:
+    """Record ``i``: up to 40 ms out of order, inside the 50 ms bound (a pure function of ``i``)."""
+    return {"id": i, "key": (i * 7919) % KEYS, "ts": i * 10 + (i * 2654435761) % 41}
+
+
+def expected(n: int) -> Counter[tuple[int, int, int, int]]:
+    """The windows of the first ``n`` events, computed in plain Python: (key, start, count, sum of ids)."""
+    acc: dict[tuple[int, int], list[int]] = {}
+    for i in range(n):
+        e = event(i)
+        a = acc.setdefault((e["key"], e["ts"] // 1000 * 1000), [0, 0])
+        a[0] += 1
+        a[1] += i
+    return Counter((k, w, c, s) for (k, w), (c, s) in acc.items())
+
+
+def _rows(path: Path) -> Counter[tuple[int, int, int, int]]:
+    """The committed output of a transactional file sink (a directory; staged files start with . or _)."""
+    out: Counter[tuple[int, int, int, int]] = Counter()
+    for f in sorted(path.glob("*")) if path.exists() else []:
+        if f.is_file() and f.name[0] not in "._":
+            for line in f.read_text().splitlines():
+                r = json.loads(line)
+                out[(r["key"], r["window_start"], r["n"], r["ids"])] += 1
+    return out
+
+
+def _flow(n: int, out: Path, *, fail_marker: Path | None = None, at: int = 0, rate: float = 50_000) -> ms.Flow:
+    """The generator in 4 splits (paced: ``rate`` events a second, so that checkpoints come during the run),
+    keyed windows, a transactional file sink. With ``fail_marker``: the job fails once, at the first event
+    from ``at`` on read once a checkpoint is complete (on whichever worker reads it)."""
+    flow = ms.Flow("pc")
+    src = flow.source(ms.connectors.generator.read(event, count=n, rate=rate, splits=4, name="events"),
+                      watermark=ms.WatermarkStrategy.bounded(50, timestamp="ts"))
+    if fail_marker is not None:
+        marker, ck = str(fail_marker), fail_marker.parent / "ck"
+
+        def fail_once(e: dict[str, Any]) -> dict[str, Any]:
+            if e["id"] >= at and not os.path.exists(marker) and any(ck.glob("chk-*")):
+                Path(marker).touch()
+                raise RuntimeError("a failure after some checkpoints")
+            return e
+
+        src = src.map(fail_once, name="fail_once")
+    (src.key_by("key").window(ms.windows.tumbling(1_000)).aggregate(n=agg.count(), ids=agg.sum("id"))
+     .sink(ms.connectors.files.write(str(out), transactional=True), name="out"))
+    return flow
+
+
+RUN = {"guarantee": "exactly-once", "checkpoint_interval": 1, "max_chunk": 200}
+
+
+def test_a_checkpoint_holds_every_workers_part_and_completes(tmp_path: Path) -> None:
+    """Every checkpoint's manifest lists one part per worker (size and checksum), each readable; the
+    job's output is the oracle's."""
+    out, ck = tmp_path / "out", tmp_path / "ck"
+    result = _flow(20_000, out).run(parallelism=3, checkpoint_dir=str(ck), checkpoints_retained=100, **RUN)
+    assert result.ok and _rows(out) == expected(20_000)
+    assert result.checkpoints is not None and result.checkpoints.completed >= 3
+    store = CheckpointStore(str(ck), job=_job_of(ck), read_only=True)
+    ids = store.ids()
+    with_parts = 0
+    for i in ids:
+        manifest, _ = store.verify(i)  # every file, parts included, checks out
+        parts = [name for name in manifest.get("shared", {}) if name.startswith("part-")]
+        assert manifest["parallelism"] == 3
+        if manifest["finished"]:
+            assert parts == []  # the final checkpoint: nothing left to restore
+        else:
+            assert sorted(p.split("-w")[1][0] for p in parts) == ["0", "1", "2"]
+            with_parts += 1
+    assert with_parts >= 2
+
+
+def _job_of(ck: Path) -> str:
+    manifest = next(ck.glob("chk-*/MANIFEST.json"))
+    return str(json.loads(manifest.read_text())["job"])
+
+
+@pytest.mark.parametrize(("first", "then"), [(2, 1), (2, 3), (3, 2)])
+def test_a_failed_job_resumes_at_another_parallelism_with_the_same_output(
+        first: int, then: int, tmp_path: Path) -> None:
+    """A job fails after some checkpoints at one parallelism and is run again at another: the rerun
+    resumes from the latest checkpoint (each worker the key groups of its new range, the positions of
+    its new splits) and the committed output is the oracle's, exactly once."""
+    out, ck, marker = tmp_path / "out", tmp_path / "ck", tmp_path / "failed"
+    with pytest.raises(JobError, match="a failure after some checkpoints"):
+        _flow(30_000, out, fail_marker=marker, at=22_000).run(parallelism=first, checkpoint_dir=str(ck), **RUN)
+    committed = _rows(out)
+    assert committed and sum(committed.values()) < sum(expected(30_000).values())
+    assert all(n == 1 for n in committed.values())
+    result = _flow(30_000, out, fail_marker=marker, at=22_000).run(parallelism=then, checkpoint_dir=str(ck), **RUN)
+    assert result.ok and result.checkpoints is not None and result.checkpoints.restored_from is not None
+    assert _rows(out) == expected(30_000)
+
+
+def test_the_restart_budget_restarts_the_job_from_its_last_checkpoint(tmp_path: Path) -> None:
+    out, ck, marker = tmp_path / "out", tmp_path / "ck", tmp_path / "failed"
+    result = _flow(30_000, out, fail_marker=marker, at=22_000).run(
+        parallelism=2, checkpoint_dir=str(ck), restarts=1, restart_delay_s=0.0, **RUN)
+    assert result.ok and result.restarts == 1 and marker.exists()
+    assert result.checkpoints is not None and result.checkpoints.restored_from is not None
+    assert _rows(out) == expected(30_000)
+
+
+def test_a_checkpoint_of_one_process_resumes_on_several(tmp_path: Path) -> None:
+    out, ck, marker = tmp_path / "out", tmp_path / "ck", tmp_path / "failed"
+    with pytest.raises(ms.errors.StepError):
+        _flow(30_000, out, fail_marker=marker, at=22_000).run(checkpoint_dir=str(ck), **RUN)
+    result = _flow(30_000, out, fail_marker=marker, at=22_000).run(parallelism=3, checkpoint_dir=str(ck), **RUN)
+    assert result.ok and result.checkpoints is not None and result.checkpoints.restored_from is not None
+    assert _rows(out) == expected(30_000)
+
+
+def test_state_that_cannot_be_split_by_key_yet_is_refused_at_another_parallelism(tmp_path: Path) -> None:
+    """A window join's state is not split by key group yet: its checkpoint resumes at the parallelism
+    it was taken at, and a rescale is refused naming the step."""
+    def build(marker: Path, out: ms.testing.CollectSink) -> ms.Flow:
+        flow = ms.Flow("join")
+        wm = ms.WatermarkStrategy.bounded(50, timestamp="ts")
+        left = flow.source(ms.connectors.generator.read(event, count=20_000, rate=50_000, splits=2, name="l"),
+                           watermark=wm)
+        right = flow.source(ms.connectors.generator.read(event, count=20_000, rate=50_000, splits=2, name="r"),
+                            watermark=wm)
+
+        def fail_once(e: dict[str, Any]) -> dict[str, Any]:
+            if e["id"] >= 10_000 and not marker.exists() and any(ck.glob("chk-*")):
+                marker.touch()
+                raise RuntimeError("boom")
+            return e
+
+        left.map(fail_once).key_by("key").window_join(right.key_by("key"), ms.windows.tumbling(1_000),
+                                                     name="joined").sink(out)
+        return flow
+
+    ck, marker = tmp_path / "ck", tmp_path / "failed"
+    with pytest.raises(JobError, match="boom"):
+        build(marker, ms.testing.CollectSink()).run(parallelism=2, checkpoint_dir=str(ck), guarantee="at-least-once",
+                                                    checkpoint_interval=1, max_chunk=200)
+    with pytest.raises(ConfigError, match=r"step 'joined': its state cannot be split by key group yet.*\(2\)"):
+        build(marker, ms.testing.CollectSink()).run(parallelism=3, checkpoint_dir=str(ck), guarantee="at-least-once")
+    assert build(marker, ms.testing.CollectSink()).run(parallelism=2, checkpoint_dir=str(ck),
+                                                       guarantee="at-least-once").ok
+
+
+def test_a_worker_of_a_run_that_lost_the_directory_writes_no_part(tmp_path: Path) -> None:
+    from millstream._parallel._checkpoints import PartWriter
+
+    first = DirectoryOwner(str(tmp_path))
+    first.acquire()
+    writer = PartWriter(str(tmp_path), first.epoch, first.token)
+    assert writer.write(1, 1, {"job": {}})["name"] == f"part-00000001-w1-e{first.epoch}.pkl"
+    first.release()
+    second = DirectoryOwner(str(tmp_path))
+    second.acquire()  # another run took the directory over
+    try:
+        with pytest.raises(CheckpointOwnershipError):
+            writer.write(2, 1, {"job": {}})
+        assert not (tmp_path / "shared" / f"part-00000002-w1-e{first.epoch}.pkl").exists()
+    finally:
+        second.release()
+
+
+# -- SIGKILL: the whole job, and one worker ------------------------------------------------------
+
+
+JOB = '''
+import os
+from typing import Any
+import millstream as ms
+from tests.test_parallel_checkpoints import event
+
+
+def build(params: dict[str, Any]) -> ms.Flow:
+    flow = ms.Flow("pc")
+    src = flow.source(ms.connectors.generator.read(event, count=int(params["events"]), rate=float(params["rate"]),
+                                                   splits=4, name="events"),
+                      watermark=ms.WatermarkStrategy.bounded(50, timestamp="ts"))
+    victim = params.get("victim")
+    if victim:
+        marker = str(params["marker"])
+        me = os.getpid()
+
+        def kill_a_worker(e: dict[str, Any]) -> dict[str, Any]:
+            # on a worker process (not the job's), once, after some checkpoints: SIGKILL itself
+            if e["id"] >= int(victim) and os.getpid() != me and not os.path.exists(marker):
+                open(marker, "w").close()
+                os.kill(os.getpid(), 9)
+            return e
+
+        src = src.map(kill_a_worker)
+    (src.key_by("key").window(ms.windows.tumbling(1_000)).aggregate(n=ms.agg.count(), ids=ms.agg.sum("id"))
+     .sink(ms.connectors.files.write(str(params["out"]), transactional=True)))
+    return flow
+'''
+
+
+def _cmd(job: Path, out: Path, ck: Path, parallelism: int, events: int, **extra: Any) -> list[str]:
+    args = [sys.executable, "-m", "millstream.cli", "run", str(job), "-q", "--progress", "off",
+            "--set", f"events={events}", "--set", "rate=40000", "--set", f"out={out}",
+            "--guarantee", "exactly-once", "--checkpoint-dir", str(ck), "--checkpoint-interval", "50",
+            "--parallelism", str(parallelism)]
+    for k, v in extra.items():
+        args += ["--set", f"{k}={v}"]
+    return args
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+
+
+@pytest.mark.parametrize(("seed", "resume_at"), [(1, 1), (2, 3)])
+def test_an_exactly_once_job_killed_at_parallelism_2_resumes_at_another(seed: int, resume_at: int,
+                                                                        tmp_path: Path) -> None:
+    """The whole job (worker 0 and its workers: the process group) is SIGKILLed at a random moment at
+    parallelism 2, then run again at parallelism 1 or 3 until it finishes: the committed output is the
+    plain-Python computation's, and at the kill it held no duplicate and nothing foreign."""
+    job = tmp_path / "job.py"
+    job.write_text(textwrap.dedent(JOB))
+    out, ck = tmp_path / "out", tmp_path / "ck"
+    events, want = 60_000, expected(60_000)  # 1.5 s at 40,000 a second: the kill lands mid-run
+    rnd = random.Random(seed)
+    proc = subprocess.Popen(_cmd(job, out, ck, 2, events), env=_env(), cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    killed = False
+    try:
+        deadline = time.monotonic() + 60
+        while not any(ck.glob("chk-*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling for the first checkpoint: the kill comes after it, at a random moment
+        proc.wait(timeout=rnd.uniform(0.0, 0.6))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        killed = True
+    _, err = proc.communicate(timeout=60)
+    assert killed, f"the job ended before the kill: {err.decode()[-2000:]}"
+    seen = _rows(out)
+    assert all(n == 1 for n in seen.values()) and set(seen) <= set(want)  # no duplicate, nothing foreign
+    again = subprocess.run(_cmd(job, out, ck, resume_at, events), env=_env(), cwd=ROOT, capture_output=True,
+                           timeout=120)
+    assert again.returncode == 0, again.stderr.decode()[-3000:]
+    assert _rows(out) == want
+
+
+def test_a_worker_killed_alone_fails_the_job_cleanly_and_the_rerun_resumes(tmp_path: Path) -> None:
+    """One worker process SIGKILLs itself mid-run: the job fails with an error naming it, leaves no
+    process and nothing in /dev/shm behind; run again, it resumes from its last checkpoint and the
+    output is the oracle's."""
+    job = tmp_path / "job.py"
+    job.write_text(textwrap.dedent(JOB))
+    out, ck, marker = tmp_path / "out", tmp_path / "ck", tmp_path / "killed"
+    shm = _shm()
+    events = 30_000
+    first = subprocess.Popen(_cmd(job, out, ck, 2, events, victim=20_000, marker=marker), env=_env(), cwd=ROOT,
+                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = first.communicate(timeout=120)
+    assert marker.exists() and first.returncode != 0
+    assert re_search(r"worker \d of 2 failed: worker \d died \(exit code -9\)", err.decode())
+    deadline = time.monotonic() + 5
+    while _group_alive(first.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _group_alive(first.pid), "no process of the job is left"
+    assert _shm() - shm == set()
+    assert _rows(out) and set(_rows(out)) <= set(expected(events))
+    again = subprocess.run(_cmd(job, out, ck, 2, events, victim=20_000, marker=marker), env=_env(), cwd=ROOT,
+                           capture_output=True, timeout=120)
+    assert again.returncode == 0, again.stderr.decode()[-3000:]
+    assert _rows(out) == expected(events)
+    status = CheckpointStore(str(ck), job=_job_of(ck), read_only=True)
+    assert status.ids()
+
+
+def re_search(pattern: str, text: str) -> bool:
+    import re
+
+    return re.search(pattern, text) is not None
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of process group ``pgid`` is still running (zombies aside)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
