@@ -108,9 +108,9 @@ def test_kafka_outage_is_retried_and_resumes(kafka_proxied: tuple[str, Proxy, st
 
 
 def test_kafka_gone_for_good_fails_after_the_budget(kafka_proxied: tuple[str, Proxy, str]) -> None:
-    from millstream.connectors import kafka
-
     from confluent_kafka import Producer
+
+    from millstream.connectors import kafka
 
     via, proxy, _ = kafka_proxied
     # A fetch returns at least one whole message batch whatever its size limits: with the fixture's
