@@ -70,6 +70,20 @@ def test_a_sum_over_a_string_fails_naming_the_record(mode: str) -> None:
     assert "'7'" in str(err.value), str(err.value)
 
 
+@pytest.mark.parametrize("mode", ["native", "microbatch", "batch"])
+def test_slices_that_cannot_merge_fail_naming_the_step_key_and_window(mode: str) -> None:
+    # each slice of the sliding window is of one type, so no record fails as it is added: the merge at
+    # the window's end does, and the error names the step, the key and the window (was: a bare TypeError)
+    recs = [{"k": 1, "v": "a", "ts": 1}, {"k": 1, "v": 2.5, "ts": 15}]
+    flow = ms.Flow("merge")
+    (flow.source(ms.connectors.memory.read(recs), watermark=ms.WatermarkStrategy.bounded(0, timestamp="ts"))
+        .key_by("k").window(ms.windows.sliding(20, every=10)).aggregate(m=ms.agg.max("v")).sink(CollectSink()))
+    with pytest.raises(StepError, match="step 'window'") as err:
+        flow.run(mode=mode)
+    assert "key: 1" in str(err.value)
+    assert any("window [0, 20)" in note for note in getattr(err.value, "__notes__", []))
+
+
 def test_rows_to_columns_keeps_types_or_says_which_field() -> None:
     assert to_frame([{"a": 1, "b": "x"}, {"a": 2, "b": None}], None)["a"].to_list() == [1, 2]
     for values in ([1, "x"], [1, 2.5], [True, 1], [{"n": 1}, 5], ["x", 1.5], [False, 0]):

@@ -357,9 +357,21 @@ class SlicedWindowOperator(_WindowBase):
         for s in range(e - self.size, e, self.slice):
             d = self.slices.get(s)
             if d is not None and k in d:
-                acc = d[k] if acc is None else self.merge(acc, d[k])
+                try:
+                    acc = d[k] if acc is None else self.merge(acc, d[k])
+                except Exception as exc:
+                    raise self._merge_error(exc, k, e) from exc
         assert acc is not None
         return acc
+
+    def _merge_error(self, exc: Exception, k: Any, e: int) -> BaseException:
+        """Slices of one window that cannot be merged (values of types that do not compare): the step,
+        the key and the window, since no one record is to blame."""
+        err = self.rt.step_error(self.node, exc, key=k, has_key=self.op.key is not None, event_time=e - 1)
+        if hasattr(err, "add_note"):
+            err.add_note(f"merging the slices of window [{e - self.size}, {e}) of this key: its records hold "
+                         "values of types that cannot be combined")
+        return err
 
     def on_watermark(self, wm: int) -> None:
         for e in self.timers.due(wm):
@@ -384,9 +396,13 @@ class SlicedWindowOperator(_WindowBase):
             if not merged:
                 merged = dict(d)
                 continue
-            for k, acc in d.items():
-                prev = merged.get(k)
-                merged[k] = acc if prev is None else merge(prev, acc)
+            k = None
+            try:
+                for k, acc in d.items():
+                    prev = merged.get(k)
+                    merged[k] = acc if prev is None else merge(prev, acc)
+            except Exception as exc:  # e.g. max over a str in one slice and a float in another
+                raise self._merge_error(exc, k, e) from exc
         if merged:
             self._emit_windows(merged.items(), ws, e)
 
