@@ -658,6 +658,20 @@ def test_a_lost_or_damaged_scope_is_written_again_from_the_checkpoints(
     assert again.load(1).state == again.load(2).state == STATE
 
 
+def test_a_lost_scope_is_not_taken_from_a_checkpoint_copied_in(tmp_path: Path) -> None:
+    a, b = owned_store(tmp_path / "a"), owned_store(tmp_path / "b")
+    for store in (a, b):
+        store.write(1, STATE, finished=False, meta={})
+        store.write(2, STATE, finished=False, meta={})
+    shutil.rmtree(tmp_path / "a" / "chk-00000002")
+    shutil.copytree(tmp_path / "b" / "chk-00000002", tmp_path / "a" / "chk-00000002")
+    (tmp_path / "a" / "SCOPE").unlink()
+    again = owned_store(tmp_path / "a")  # the checkpoints disagree: neither is trusted
+    for ckpt_id in (1, 2):
+        with pytest.raises(CheckpointError, match="written in another checkpoint directory"):
+            again.load(ckpt_id)
+
+
 def test_a_run_through_another_spelling_of_its_directory_is_one_owner(tmp_path: Path) -> None:
     (tmp_path / "ck").mkdir()
     os.symlink(tmp_path / "ck", tmp_path / "link")

@@ -163,8 +163,8 @@ class DirectoryOwner:
         """The directory's identity: random, written once (under the lock) to ``SCOPE`` and never again.
 
         Checkpoint manifests carry it too: a ``SCOPE`` file that is lost or damaged is written again from
-        the newest checkpoint that names one (a new random one only in a directory without any), so the
-        directory keeps its identity and its checkpoints stay loadable."""
+        the checkpoints when they all name the same one (and ``COMMITTED`` too), so the directory keeps its
+        identity and its checkpoints stay loadable; otherwise a new random one (then none of them loads)."""
         path = os.path.join(self.root, SCOPE)
         found = self._scope_of_checkpoints()
         try:
@@ -178,10 +178,14 @@ class DirectoryOwner:
                 problem = f"is unreadable ({scope[:40]!r})"
         except FileNotFoundError:
             problem = "is missing"
-        if found is not None:
+        if found is not None and found[2]:
             log.warning("checkpoint directory %s: %s %s; written again from checkpoint %d, which names it",
                         self.root, SCOPE, problem, found[1])
             scope = found[0]
+        elif found is not None:  # the checkpoints disagree (one copied in from elsewhere?): trust none of them
+            log.warning("checkpoint directory %s: %s %s, and its checkpoints name different directories; writing "
+                        "a new one (no checkpoint here will load)", self.root, SCOPE, problem)
+            scope = uuid.uuid4().hex[:12]
         else:
             if problem != "is missing":
                 log.warning("checkpoint directory %s: %s %s; writing a new one", self.root, SCOPE, problem)
