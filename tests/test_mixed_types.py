@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import currently_in_test_context, event, given, settings
+from hypothesis import currently_in_test_context, event, example, given, settings
 from hypothesis import strategies as st
 
 import millstream as ms
@@ -68,6 +68,30 @@ def test_a_sum_over_a_string_fails_naming_the_record(mode: str) -> None:
     with pytest.raises(StepError) as err:
         flow.run(mode=mode)
     assert "'7'" in str(err.value), str(err.value)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 1, 1.0, True, 2.0]), st.integers(0, 9)), min_size=1, max_size=12),
+       st.sampled_from(["tumbling", "sliding"]), st.sampled_from([0, 4]))
+@example([(0, 1), (1, 0), (1.0, 1)], "tumbling", 0)
+def test_native_windows_do_not_depend_on_where_chunks_begin(pairs: list[tuple[Any, int]], window: str,
+                                                           lateness: int) -> None:
+    # records behind the watermark are taken in their place among the chunk's records (they were taken
+    # after the rest of the chunk, so which of two equal keys, 1 and 1.0, named a window depended on chunking)
+    recs = [{"k": k, "ts": t} for k, t in pairs]
+
+    def run(chunk: int) -> list[tuple[str, int, int]]:
+        flow, out = ms.Flow("chunks"), CollectSink()
+        assigner = ms.windows.tumbling(4) if window == "tumbling" else ms.windows.sliding(4, every=2)
+        (flow.source(ms.connectors.memory.read(recs), watermark=ms.WatermarkStrategy.bounded(0, timestamp="ts"))
+            .key_by("k").window(assigner, allowed_lateness=lateness).aggregate(n=ms.agg.count()).sink(out))
+        flow.run(mode="native", max_chunk=chunk)
+        return [(repr(r["k"]), r["window_start"], r["n"]) for r in out.values]
+
+    expected = run(1)
+    assert run(2) == expected
+    assert run(3) == expected
+    assert run(1000) == expected
 
 
 @pytest.mark.parametrize("mode", ["native", "microbatch", "batch"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -292,13 +292,15 @@ class SlicedWindowOperator(_WindowBase):
         code = self.code
         env = code.env
         env["_new_slice"] = self._new_slice
+        env["_slow"] = self._slow
         g = Generated()
         g.add(0, "def _push(recs, times, wm, slices):")
-        g.add(1, "last_s = None; d = None; slow = None")
+        g.add(1, "last_s = None; d = None")
         g.add(1, "for r, t in zip(recs, times):")
         g.add(2, "if t <= wm:")
-        g.add(3, "if slow is None: slow = []")
-        g.add(3, "slow.append((r, t)); continue")
+        # in its place among the chunk's records, so that the answer (down to which of two equal keys,
+        # 1 and 1.0, names a window) does not depend on where chunks begin
+        g.add(3, "_slow(((r, t),)); continue")
         g.add(2, f"k = {key_expr(self.op.key, env)}")
         g.add(2, f"s = t - (t - {self.offset}) % {self.slice}")
         g.add(2, "if s != last_s:")
@@ -308,7 +310,6 @@ class SlicedWindowOperator(_WindowBase):
         g.add(2, "a = d.get(k)")
         g.add(2, f"if a is None: a = d[k] = {code.init}")
         code.add_lines(g, 2)
-        g.add(1, "return slow")
         self._push, self._filename = g.compile(f"window:{node.name}", env, "_push")
 
     def _new_slice(self, s: int) -> None:
@@ -318,14 +319,12 @@ class SlicedWindowOperator(_WindowBase):
         self.records_in += len(records)
         assert times is not None
         try:
-            slow = self._push(records, times, self.wm, self.slices)
+            self._push(records, times, self.wm, self.slices)
         except Exception as exc:
             raise self._fail(exc, self._filename) from exc
-        if slow:
-            self._slow(slow)
         self._flush()
 
-    def _slow(self, items: list[tuple[Any, int]]) -> None:
+    def _slow(self, items: Iterable[tuple[Any, int]]) -> None:
         """Records at or behind the watermark: late, or re-firing windows within the allowed lateness."""
         wm = self.wm
         for r, t in items:
