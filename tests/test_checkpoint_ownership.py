@@ -672,6 +672,14 @@ def test_a_lost_scope_is_not_taken_from_a_checkpoint_copied_in(tmp_path: Path) -
             again.load(ckpt_id)
 
 
+def test_a_lock_file_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "ck" / LOCK).mkdir(parents=True)  # was: a raw IsADirectoryError from every run
+    with pytest.raises(CheckpointError, match="(?s)cannot open the lock file .* remove"):
+        resume(tmp_path, "exactly-once")
+    (tmp_path / "ck" / LOCK).rmdir()
+    assert resume(tmp_path, "exactly-once").ok
+
+
 def test_a_run_through_another_spelling_of_its_directory_is_one_owner(tmp_path: Path) -> None:
     (tmp_path / "ck").mkdir()
     os.symlink(tmp_path / "ck", tmp_path / "link")

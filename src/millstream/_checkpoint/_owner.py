@@ -142,7 +142,14 @@ class DirectoryOwner:
         import fcntl
 
         path = os.path.join(self.root, LOCK)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot open the lock file {path!r} of checkpoint directory {self.root!r}: {exc.strerror}. "
+                f"It is an empty file that the owning run locks.\n  fix: if no run uses the directory, remove "
+                f"{path!r} (whatever it is) and run again; it is created anew"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
