@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,51 @@ def test_failpoint_spec_parsing() -> None:
     assert arms["ckpt.gc"].action == "kill"
     with pytest.raises(ValueError):
         fp._parse("ckpt.begin=explode")
+
+
+# -- a file a resume reads replaced by something else: a CheckpointError, never a raw OSError or KeyError ---------
+
+
+def test_a_record_replaced_by_a_directory_is_a_checkpoint_error(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.write_committed(1)
+    s.write_positions({"src": {"read": 1}})
+    for name, read in (("COMMITTED", s.read_committed), ("positions.pkl", s.read_positions)):
+        os.remove(tmp_path / "ck" / name)
+        os.mkdir(tmp_path / "ck" / name)
+        with pytest.raises(CheckpointError, match=f"{name} in .* cannot be read"):
+            read()
+
+
+def test_a_checkpoint_folder_replaced_by_a_file_is_a_checkpoint_error(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.write(1, {"x": 1}, finished=False, meta={})
+    path = s.path_of(1)
+    shutil.rmtree(path)
+    Path(path).write_text("x")
+    with pytest.raises(CheckpointError, match="MANIFEST.json cannot be read"):
+        s.load(1)
+
+
+@pytest.mark.parametrize("change", ["no files", "files not a dict", "shared not a dict", "size not an int"])
+def test_a_manifest_checksummed_again_after_an_edit_is_refused_clearly(tmp_path: Path, change: str) -> None:
+    # without a key, an edited manifest with a recomputed checksum passes the checksum: its shape is checked
+    # before it is used (was: a raw KeyError/AttributeError)
+    from millstream._checkpoint._store import _manifest_checksum
+
+    s = store(tmp_path)
+    s.write(1, {"x": 1}, finished=False, meta={})
+    path = Path(s.path_of(1)) / "MANIFEST.json"
+    m = json.loads(path.read_bytes())
+    if change == "no files":
+        del m["files"]
+    elif change == "files not a dict":
+        m["files"] = ["state.pkl"]
+    elif change == "shared not a dict":
+        m["shared"] = ["x"]
+    else:
+        m["files"]["state.pkl"]["size"] = "12"
+    m["checksum"] = _manifest_checksum(m)
+    path.write_text(json.dumps(m))
+    with pytest.raises(CheckpointError, match="does not list its files"):
+        s.load(1)

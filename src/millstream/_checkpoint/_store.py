@@ -356,6 +356,8 @@ class CheckpointStore:
                 manifest = json.loads(f.read())
         except FileNotFoundError:
             raise CheckpointError(f"{where} has no MANIFEST.json") from None
+        except OSError as exc:  # not a directory, MANIFEST.json not a file, ...
+            raise CheckpointError(f"{where}: MANIFEST.json cannot be read ({exc.strerror})") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{where}: MANIFEST.json is not valid JSON ({exc})") from None
         if not isinstance(manifest, dict) or manifest.get("checksum") != _manifest_checksum(manifest):
@@ -376,15 +378,21 @@ class CheckpointStore:
                 "another execution mode: native and micro-batch/batch keep state differently). "
                 "Resume in the mode that took it, or use a new checkpoint directory."
             )
-        info = manifest["files"]["state.pkl"]
+        info = manifest.get("files", {}).get("state.pkl") if isinstance(manifest.get("files"), dict) else None
+        shared = manifest.get("shared", {})
+        if not (isinstance(info, dict) and isinstance(info.get("size"), int) and isinstance(shared, dict)
+                and all(isinstance(f, dict) and isinstance(f.get("size"), int) for f in shared.values())):
+            raise CheckpointError(f"{where}: MANIFEST.json does not list its files as a checkpoint's does (altered?)")
         try:
             with open(os.path.join(path, "state.pkl"), "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             raise CheckpointError(f"{where}: state.pkl is missing") from None
+        except OSError as exc:
+            raise CheckpointError(f"{where}: state.pkl cannot be read ({exc.strerror})") from None
         if len(data) != info["size"] or hashlib.sha256(data).hexdigest() != info["sha256"]:
             raise CheckpointError(f"{where}: state.pkl fails its checksum (expected {info['size']} bytes)")
-        for name, info in manifest.get("shared", {}).items():
+        for name, info in shared.items():
             self._verify_shared(where, name, info)
         return manifest, data
 
@@ -398,6 +406,8 @@ class CheckpointStore:
                     size += len(chunk)
         except FileNotFoundError:
             raise CheckpointError(f"{where}: shared state file {name} is missing") from None
+        except OSError as exc:
+            raise CheckpointError(f"{where}: shared state file {name} cannot be read ({exc.strerror})") from None
         if size != info["size"] or h.hexdigest() != info["sha256"]:
             raise CheckpointError(f"{where}: shared state file {name} fails its checksum "
                                   f"(expected {info['size']} bytes)")
@@ -426,12 +436,14 @@ class CheckpointStore:
     def _read_record(self, name: str, kind: str) -> tuple[dict[str, Any], bytes] | None:
         """Header and payload of a record file, verified (None if missing); CheckpointError if damaged."""
         path = os.path.join(self.root, name)
+        where = f"{name} in {self.root!r}"
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             return None
-        where = f"{name} in {self.root!r}"
+        except OSError as exc:  # a directory in its place, no permission, ...
+            raise CheckpointError(f"{where} cannot be read ({exc.strerror})") from None
         line, sep, payload = data.partition(b"\n")
         try:
             head = json.loads(line) if sep else None
