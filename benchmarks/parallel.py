@@ -2,10 +2,18 @@
 (issue 11, section 2).
 
     python benchmarks/parallel.py [--events 1000000] [--repeat 3] [--parallelism 1,2] [--queries q5,q7,stateless]
+                                  [--splits 4] [--checkpoints at-least-once|exactly-once] [--interval 1000]
 
 Each run is a fresh process (``python -c``), timed from outside: the whole-process time includes
 interpreter start-up, imports and the workers' start, which is what a user waits for. Events come
-from the Nexmark generator, split across the workers by event number (each worker makes its part).
+from the Nexmark generator in ``--splits`` logical splits by event number (each worker makes the
+events of its range of splits; the splits are the same at every parallelism).
+
+With ``--checkpoints G``, every configuration also runs with checkpoints (guarantee G, every
+``--interval`` ms, into a fresh directory; exactly-once writes to a transactional file sink in it,
+at-least-once to memory as without), runs alternating with and without, and the overhead of
+checkpointing is printed: whole-process time with against without, and the checkpoints' count,
+last size and longest duration.
 Every run is printed (not only the best): whole-process seconds and events/s, the job's own time,
 the CPU seconds of every process of the run (the job's and its workers', which it joins), the CPU
 seconds of the job itself on worker 0 and on the other workers (when the workers are forked from the
@@ -31,7 +39,8 @@ import json, resource, sys, time
 import millstream as ms
 from millstream import col, nexmark
 
-query, events, p = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+query, events, p, splits, guarantee, interval = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
+                                                   sys.argv[5], int(sys.argv[6]))
 
 
 def tenths(r):
@@ -43,30 +52,44 @@ def wanted(r):
 
 
 if __name__ == "__main__":
-    sink = ms.testing.CollectSink()
-    source = nexmark.read(nexmark.NexmarkConfig(events=events), kind="bid" if query == "stateless" else "all")
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="millstream-bench-")
+    sink = (ms.connectors.files.write(tmp + "/out", transactional=True) if guarantee == "exactly-once"
+            else ms.testing.CollectSink())
+    source = nexmark.read(nexmark.NexmarkConfig(events=events), kind="bid" if query == "stateless" else "all",
+                          splits=splits)
     if query == "stateless":  # per record Python functions: the chain runs where the events are made
         flow = ms.Flow("stateless")
         flow.source(source, watermark=nexmark.WATERMARK).map(tenths).filter(wanted).sink(sink)
     else:
         flow = nexmark.build(query, source, sink)
     t, cpu0, kids = time.monotonic(), time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = flow.run(mode="native", parallelism=p)
+    checkpoints = {} if guarantee == "none" else {"guarantee": guarantee, "checkpoint_dir": tmp + "/ck",
+                                                  "checkpoint_interval": interval}
+    result = flow.run(mode="native", parallelism=p, **checkpoints)
     job_s = time.monotonic() - t
+    ck = result.checkpoints
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers: forked by this process, joined by it
-    print(json.dumps({"job_s": job_s, "rows": len(sink.values), "w0_cpu_s": time.process_time() - cpu0,
+    print(json.dumps({"job_s": job_s, "rows": result.records_written, "w0_cpu_s": time.process_time() - cpu0,
+                      "ckpts": ck.completed if ck else 0, "ckpt_bytes": ck.last_size_bytes if ck else 0,
+                      "ckpt_max_ms": ck.max_duration_ms if ck else 0.0,
                       "others_cpu_s": after.ru_utime + after.ru_stime - kids.ru_utime - kids.ru_stime,
                       "peaks": list(result.worker_peak_rss)
                       or [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]}))
 """
 
 
-def run(query: str, events: int, p: int) -> dict[str, float]:
+def run(query: str, events: int, p: int, splits: int = 4, guarantee: str = "none",
+        interval: int = 1000) -> dict[str, float]:
     load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", RUN, query, str(events), str(p)], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", RUN, query, str(events), str(p), str(splits), guarantee,
+                          str(interval)], check=True, capture_output=True, text=True)
     whole = time.monotonic() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     got = json.loads(out.stdout.strip().splitlines()[-1])
@@ -82,37 +105,52 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--parallelism", default="1,2")
     ap.add_argument("--queries", default="q5,q7,stateless")
+    ap.add_argument("--splits", type=int, default=4, help="the Nexmark source's logical splits")
+    ap.add_argument("--checkpoints", default=None, choices=["at-least-once", "exactly-once"],
+                    help="also run with checkpoints of this guarantee, and print their overhead")
+    ap.add_argument("--interval", type=int, default=1000, help="checkpoint interval, ms")
     args = ap.parse_args()
     ps = [int(x) for x in args.parallelism.split(",")]
-    print(f"native mode, {args.events:,} Nexmark events from the generator, {os.cpu_count()} CPUs, "
-          f"{args.repeat} runs each, alternating\n")
+    gs = ["none"] + ([args.checkpoints] if args.checkpoints else [])
+    print(f"native mode, {args.events:,} Nexmark events from the generator in {args.splits} splits, "
+          f"{os.cpu_count()} CPUs, {args.repeat} runs each, alternating"
+          + (f"; checkpoints: {args.checkpoints} every {args.interval} ms" if args.checkpoints else "") + "\n")
     for query in args.queries.split(","):
-        runs: dict[int, list[dict[str, float]]] = {p: [] for p in ps}
+        runs: dict[tuple[int, str], list[dict[str, float]]] = {(p, g): [] for p in ps for g in gs}
         for _ in range(args.repeat):
             for p in ps:
-                runs[p].append(run(query, args.events, p))
-        rows = {p: {r["rows"] for r in runs[p]} for p in ps}
-        assert len(set().union(*rows.values())) == 1, f"parallelism changed the answer: {rows}"
+                for g in gs:
+                    runs[(p, g)].append(run(query, args.events, p, args.splits, g, args.interval))
+        rows = {k: {r["rows"] for r in v} for k, v in runs.items()}
+        assert len(set().union(*rows.values())) == 1, f"parallelism or checkpoints changed the answer: {rows}"
         print(f"{query}:")
-        print("| parallelism | run | load before | whole process s | events/s (whole) | job s | events/s (job) "
-              "| CPU s (all processes) | job CPU s: worker 0 / the others | peak RSS per worker MB |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for p in ps:
-            for i, b in enumerate(runs[p], 1):
+        print("| parallelism | checkpoints | run | load before | whole process s | events/s (whole) | job s "
+              "| CPU s (all processes) | job CPU s: worker 0 / the others | peak RSS per worker MB "
+              "| checkpoints taken, last size, longest |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for (p, g), bs in runs.items():
+            for i, b in enumerate(bs, 1):
                 peaks = ", ".join(f"{x / 2**20:.0f}" for x in b["peaks"])
-                print(f"| {p} | {i} | {b['load']:.1f} | {b['whole_s']:.2f} | {args.events / b['whole_s']:,.0f} | "
-                      f"{b['job_s']:.2f} | {args.events / b['job_s']:,.0f} | {b['cpu_s']:.2f} | "
-                      f"{b['w0_cpu_s']:.2f} / {b['others_cpu_s']:.2f} | {peaks} |")
-        if 1 in runs:
-            for p in ps:
-                if p == 1:
-                    continue
-                best = min(r["whole_s"] for r in runs[1]) / min(r["whole_s"] for r in runs[p])
-                med = statistics.median(r["whole_s"] for r in runs[1]) / statistics.median(
-                    r["whole_s"] for r in runs[p])
-                pairs = ", ".join(f"{a['whole_s'] / b['whole_s']:.2f}x" for a, b in zip(runs[1], runs[p], strict=True))
-                print(f"{query} p{p} vs p1, whole process: best {best:.2f}x, median {med:.2f}x; "
-                      f"run by run {pairs}")
+                ck = (f"{b['ckpts']}, {b['ckpt_bytes'] / 1024:,.0f} KiB, {b['ckpt_max_ms']:.0f} ms"
+                      if g != "none" else "")
+                print(f"| {p} | {g} | {i} | {b['load']:.1f} | {b['whole_s']:.2f} | {args.events / b['whole_s']:,.0f} | "
+                      f"{b['job_s']:.2f} | {b['cpu_s']:.2f} | {b['w0_cpu_s']:.2f} / {b['others_cpu_s']:.2f} | "
+                      f"{peaks} | {ck} |")
+        for p in ps:
+            if p != 1 and (1, "none") in runs:
+                best = min(r["whole_s"] for r in runs[(1, "none")]) / min(r["whole_s"] for r in runs[(p, "none")])
+                med = statistics.median(r["whole_s"] for r in runs[(1, "none")]) / statistics.median(
+                    r["whole_s"] for r in runs[(p, "none")])
+                pairs = ", ".join(f"{a['whole_s'] / b['whole_s']:.2f}x"
+                                  for a, b in zip(runs[(1, "none")], runs[(p, "none")], strict=True))
+                print(f"{query} p{p} vs p1, whole process: best {best:.2f}x, median {med:.2f}x; run by run {pairs}")
+            if args.checkpoints:
+                without, with_ = runs[(p, "none")], runs[(p, args.checkpoints)]
+                best = min(r["whole_s"] for r in with_) / min(r["whole_s"] for r in without)
+                med = statistics.median(r["whole_s"] for r in with_) / statistics.median(r["whole_s"] for r in without)
+                pairs = ", ".join(f"{b['whole_s'] / a['whole_s']:.2f}x" for a, b in zip(without, with_, strict=True))
+                print(f"{query} p{p} with {args.checkpoints} checkpoints every {args.interval} ms against without, "
+                      f"whole process: best {best:.2f}x, median {med:.2f}x; run by run {pairs}")
         print()
 
 

@@ -149,6 +149,62 @@ def test_a_checkpoint_of_one_process_resumes_on_several(tmp_path: Path) -> None:
     assert _rows(out) == expected(30_000)
 
 
+def _count(ctx: ms.Context, e: dict[str, Any]) -> None:
+    # per key and second of event time: what a timer reports does not depend on how workers interleave
+    seen, second = ctx.state["seen"], e["ts"] // 1000
+    seen.put(second, seen.get(second, 0) + 1)
+    ctx.timers.register_event_time(second * 1000 + 999)
+
+
+def _report(ctx: ms.Context, ts: int) -> None:
+    ctx.emit({"key": ctx.key, "at": ts, "seen": ctx.state["seen"].get(ts // 1000)})
+    ctx.state["seen"].remove(ts // 1000)
+
+
+def _stateful(out: Path, marker: Path | None, ck: Path) -> ms.Flow:
+    """Sessions and a process function with keyed state and event-time timers, after a failure point;
+    each into a transactional file sink."""
+    flow = ms.Flow("stateful")
+    src = flow.source(ms.connectors.generator.read(event, count=30_000, rate=50_000, splits=3, name="events"),
+                      watermark=ms.WatermarkStrategy.bounded(50, timestamp="ts"))
+    if marker is not None:
+        def fail_once(e: dict[str, Any]) -> dict[str, Any]:
+            if e["id"] >= 20_000 and not marker.exists() and any(ck.glob("chk-*")):
+                marker.touch()
+                raise RuntimeError("boom")
+            return e
+
+        src = src.map(fail_once)
+    keyed = src.key_by("key")
+    keyed.window(ms.windows.session(250)).aggregate(n=agg.count(), ids=agg.sum("id")).sink(
+        ms.connectors.files.write(str(out / "sessions"), transactional=True), name="sessions")
+    keyed.process(_count, on_timer=_report, state={"seen": ms.state.map()}).sink(
+        ms.connectors.files.write(str(out / "reports"), transactional=True), name="reports")
+    return flow
+
+
+def _committed(path: Path) -> Counter[str]:
+    return Counter(line for f in sorted(path.glob("*")) if f.is_file() and f.name[0] not in "._"
+                   for line in f.read_text().splitlines())
+
+
+@pytest.mark.parametrize(("first", "then"), [(2, 3), (3, 1)])
+def test_sessions_and_process_function_state_move_to_another_parallelism(first: int, then: int,
+                                                                          tmp_path: Path) -> None:
+    """Session windows (sessions and their timers, by key) and a process function (keyed maps in the
+    state backend, event-time timers) rescale: a run failed at one parallelism and resumed at another
+    commits, exactly once, what an uninterrupted run of one process writes."""
+    _stateful(tmp_path / "ref", None, tmp_path).run()
+    ck, marker, out = tmp_path / "ck", tmp_path / "failed", tmp_path / "out"
+    with pytest.raises(JobError, match="boom"):
+        _stateful(out, marker, ck).run(parallelism=first, checkpoint_dir=str(ck), **RUN)
+    result = _stateful(out, marker, ck).run(parallelism=then, checkpoint_dir=str(ck), **RUN)
+    assert result.ok and result.checkpoints is not None and result.checkpoints.restored_from is not None
+    for sink in ("sessions", "reports"):
+        want = _committed(tmp_path / "ref" / sink)
+        assert want and _committed(out / sink) == want, sink
+
+
 def test_state_that_cannot_be_split_by_key_yet_is_refused_at_another_parallelism(tmp_path: Path) -> None:
     """A window join's state is not split by key group yet: its checkpoint resumes at the parallelism
     it was taken at, and a rescale is refused naming the step."""

@@ -182,8 +182,10 @@ class RunConfig:
       (``control.request_stop(savepoint=True)``); one per run. ``flow.start()`` makes one.
     - ``parallelism``: worker processes on this machine (default 1: the whole job in this process).
       Above 1, this process is worker 0 (it reads the sources and writes the sinks) and keyed steps
-      are spread over the workers by key group. For now: native mode, guarantee ``"none"``, state in
-      memory; anything else is refused with a ConfigError (see docs/scaling.md).
+      are spread over the workers by key group. For now: native mode, state in memory, guarantee
+      ``"none"``, ``"at-least-once"`` or ``"exactly-once"`` (checkpoints across the workers; a job
+      resumes from a checkpoint taken at any parallelism); anything else is refused with a
+      ConfigError (see docs/scaling.md).
 
     A stop with a savepoint takes effect at the next chunk boundary: the run takes a final
     checkpoint that is not marked finished, lets its sinks commit it, and returns a result with

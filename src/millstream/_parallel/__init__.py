@@ -16,8 +16,13 @@ send each record to the worker owning its key group, ``global`` edges to worker 
                                                                                        ||
     worker 0: sinks <- ExchangeIn <==================global============================
 
-What is not here yet: micro-batch and batch mode, checkpoints (guarantee ``"none"`` only), state on
-disk. :func:`check_config` refuses those with a ConfigError naming the fix.
+With a checkpoint directory (at-least-once, exactly-once), the workers take aligned checkpoints
+(:mod:`._checkpoints`: every worker writes its part, worker 0 completes the checkpoint once all are
+durable), and a job resumes from its latest checkpoint at any parallelism (:mod:`._rescale`: each
+worker gets the key groups of its range and the positions of its splits).
+
+What is not here yet: micro-batch and batch mode, at-most-once, savepoints, state on disk.
+:func:`check_config` refuses those with a ConfigError naming the fix.
 """
 
 from ._runner import check_config, run_parallel
