@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -250,6 +251,8 @@ class Coordinator:
         for _, writer, _ in writers:
             if owner is not None and isinstance(writer, FencedWriter):
                 writer.set_fence(owner.epoch, self.store.check_owner, owner.scope)
+        self._check_output(writers)
+        self.store.check_owner()  # paused since the last check (a run took over)? then leave the output alone
         for name, writer, _ in writers:
             t = txns.get(name)
             # a checkpoint of several workers keeps a list per writer (what an abandoned checkpoint sealed
@@ -286,6 +289,8 @@ class Coordinator:
         for _, writer, _ in job.writers():
             if owner is not None and isinstance(writer, FencedWriter):
                 writer.set_fence(owner.epoch, self.store.check_owner, owner.scope)
+        self._check_output(job.writers())
+        self.store.check_owner()  # paused since the last check (a run took over)? then leave the output alone
         for name, writer, delivery in job.writers():
             if self.guarantee == "at-most-once" and resumed and delivery == "none":
                 # nothing is replayed: keep every record already written (no cut back to the checkpoint)
@@ -313,6 +318,7 @@ class Coordinator:
             committed = 0
         restored = loaded.id if loaded is not None else 0
         self.next_id = max(self.next_id, committed + 1)  # ids (and part-file names) are never reused
+        self._rewound = committed > restored
         if committed <= restored:
             return
         what = (f"the newest checkpoint left is {restored}" if loaded is not None
@@ -326,6 +332,35 @@ class Coordinator:
                 f"which exactly-once forbids.\n  fix: put the missing checkpoint folder(s) back; or {_START_OVER}")
         log.warning("%s Resuming from %s: output after it is produced again (%s allows that).", problem,
                     f"checkpoint {restored}" if loaded is not None else "the start", self.guarantee)
+
+    def _check_output(self, writers: Iterable[tuple[str, Any, str]]) -> None:
+        """What the sinks committed may show a history the checkpoint directory no longer does: a
+        directory restored whole from an older copy has an older COMMITTED too, but a sink that names
+        its output by checkpoint (``committed_beyond``) still holds the later checkpoints' output.
+        Refused under exactly-once, warned about under at-least-once (once: a rewind COMMITTED already
+        showed is not told twice)."""
+        restored = self.stats.restored_from
+        if restored is None or self.guarantee == "at-most-once":
+            return
+        ahead: list[str] = []
+        for name, writer, _ in writers:
+            beyond = getattr(writer, "committed_beyond", None)
+            found = beyond(restored) if beyond is not None else []
+            if found:
+                shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+                ahead.append(f"sink {name!r}: {shown}")
+        if not ahead:
+            return
+        problem = (f"checkpoint directory {self.store.root!r}: the sinks hold output committed after checkpoint "
+                   f"{restored}, the one being restored ({'; '.join(ahead)}): was the checkpoint directory "
+                   "restored from an older copy, or pointed at another run's output?")
+        if self.guarantee == "exactly-once":
+            raise CheckpointError(
+                f"{problem}\n  Resuming would produce the output after checkpoint {restored} again (duplicates), "
+                f"which exactly-once forbids.\n  fix: put the newer checkpoint directory back; or {_START_OVER}")
+        if not getattr(self, "_rewound", False):
+            log.warning("%s Resuming from checkpoint %d: output after it is produced again (%s allows that).",
+                        problem, restored, self.guarantee)
 
     def _skip_ahead(self, job: NativeJob, *, expected: bool = False) -> bool:
         """At-most-once: resume every source after the last chunk it read, counting what is lost.

@@ -114,6 +114,15 @@ class TwoPhaseFileWriter(SinkWriter):
         """The committed name of checkpoint ``checkpoint_id``'s output (the same every time it is asked)."""
         return f"part-{checkpoint_id:08d}-{self.writer_id}.{self.ext}"
 
+    def committed_beyond(self, checkpoint_id: int) -> list[str]:
+        """The committed files of this writer whose checkpoint comes after ``checkpoint_id`` (the
+        coordinator asks before a resume: output a restored checkpoint cannot account for)."""
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if self._own_final(n) and int(n.split("-")[1]) > checkpoint_id)
+
     def _own_staged(self, name: str) -> bool:
         return name.startswith(self._staged_prefix) and name.endswith(".pending")
 
