@@ -655,6 +655,28 @@ def test_a_lost_transaction_marker_refuses_to_guess(bs: str, kafka: Any, topics:
         expired.close()
 
 
+def test_the_marker_tells_output_committed_beyond_a_checkpoint(bs: str, kafka: Any, topics: Any) -> None:
+    """A checkpoint directory restored from an older copy: the marker names a later checkpoint's
+    transaction, which the coordinator refuses under exactly-once (committed_beyond)."""
+    topic, txid = topics(1, "beyond"), services.unique("tx")
+    w = kafka.write(topic, bootstrap=bs, transactional_id=txid).open("s")
+    try:
+        w.recover([])
+        for ck in (1, 2):
+            w.begin(checkpointed=True)
+            w.write([{"ck": ck}], None)
+            w.commit(w.pre_commit(ck))
+    finally:
+        w.close()
+    again = kafka.write(topic, bootstrap=bs, transactional_id=txid).open("s")
+    try:
+        assert again.committed_beyond(2) == []
+        (said,) = again.committed_beyond(1)
+        assert "checkpoint 2" in said and "millstream-tx-" in said
+    finally:
+        again.abandon()
+
+
 def test_start_latest(bs: str, kafka: Any, topics: Any) -> None:
     topic = topics(1, "latest")
     produce(bs, topic, [{"old": i} for i in range(5)])

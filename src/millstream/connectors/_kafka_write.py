@@ -467,6 +467,18 @@ class KafkaWriter(SinkWriter):
         self.pending = []
         self.precommitted = None
 
+    def committed_beyond(self, checkpoint_id: int) -> list[str]:
+        """The transaction committed after checkpoint ``checkpoint_id``, if the marker names one (the
+        coordinator asks before a resume: output the restored checkpoint cannot account for)."""
+        if self.txid is None or self.marker is None:
+            return []
+        found = with_retry(self._read_marker, what=f"{self.connector} reading its transaction marker at "
+                           f"{self.address}", backoff=self.o.backoff, counter=self.retries)
+        if found is None or found // _MARK <= checkpoint_id:
+            return []
+        return [f"the transaction of checkpoint {found // _MARK} in topic {self.o.topic!r} "
+                f"(the marker of consumer group {marker_group(self.txid)!r})"]
+
     def recover(self, transactions: list[Any]) -> None:
         self.coordinated = True
         if self.txid is None:
