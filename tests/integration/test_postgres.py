@@ -316,6 +316,24 @@ def test_transactional_recovery_commits_the_restored_and_rolls_back_the_rest(pdb
     again.close()
 
 
+def test_committed_beyond_names_later_checkpoints(pdb: Db) -> None:
+    """What the coordinator asks before a resume: a checkpoint directory restored from an older copy
+    finds transactions committed after the restored checkpoint (refused under exactly-once)."""
+    name = pdb.table("ms_beyond", "id bigint")
+    sink = ms.connectors.postgres.write(name, dsn=pdb.dsn, mode="transactional")
+    w = sink.open("s")
+    w.set_fence(1, lambda: None, "cccccccccccc")
+    w.begin(checkpointed=True)
+    w.recover([])
+    for ck in (1, 2, 3):
+        w.write([{"id": ck}], None)
+        w.commit(w.pre_commit(ck))
+    assert w.committed_beyond(3) == []
+    said = w.committed_beyond(1)
+    assert [("checkpoint 2" in x, "checkpoint 3" in x) for x in said] == [(True, False), (False, True)]
+    w.close()
+
+
 def test_two_jobs_on_one_table_never_roll_back_each_others_transactions(pdb: Db) -> None:
     """Two copies of a job (same table, same step name), each with its own checkpoint directory: the
     directory's identity (scope) is in the transaction ids, so one copy's recovery does not take the

@@ -594,6 +594,16 @@ class PostgresWriter(SinkWriter):
             "ORDER BY prepared", (self.gid_prefix,)).fetchall()
         return [r[0] for r in rows]
 
+    def committed_beyond(self, checkpoint_id: int) -> list[str]:
+        """The transactions committed after checkpoint ``checkpoint_id`` (recorded in the commits
+        table; the coordinator asks before a resume: output the restored checkpoint cannot account for)."""
+        if self.sink.mode != "transactional":
+            return []
+        rows = self.conn.execute(
+            f"SELECT checkpoint FROM {COMMITS_TABLE} WHERE sink = %s AND checkpoint > %s ORDER BY checkpoint",  # noqa: S608
+            (self.gid_prefix, checkpoint_id)).fetchall()
+        return [f"the transaction of checkpoint {r[0]} ({COMMITS_TABLE} at {self.address})" for r in rows]
+
     def recover(self, transactions: list[Any]) -> None:
         if self.sink.mode != "transactional":
             return
