@@ -252,6 +252,7 @@ def test_split_sources_are_read_on_every_worker(clean: Any) -> None:
     assert len(compile_physical(flow.plan(), "native", 2).operator_of(flow.plan().nodes[0].id).splits or ()) == 4
     result = flow.run(mode="native", parallelism=3)
     assert result.step("generator").records_in == 4_000  # the three instances, added up
+    assert result.records_read == 4_000
     assert result.step("window").records_in == sum(1 for i in range(4_000) if _event(i)["v"] > 3)
 
 

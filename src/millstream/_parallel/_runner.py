@@ -369,4 +369,7 @@ def _merge(result: RunResult, done: dict[int, dict[str, Any]]) -> RunResult:
     peaks = {0: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     peaks.update({w: f["peak_rss"] for w, f in done.items()})
     log.info("peak memory per worker: %s", peaks)
-    return dataclasses.replace(result, steps=tuple(steps), worker_peak_rss=tuple(peaks[w] for w in sorted(peaks)))
+    # records read: every worker's source instances (worker 0's alone before), as the step figures add up
+    read = sum(s.records_in for s in steps if s.kind == "source")
+    return dataclasses.replace(result, steps=tuple(steps), records_read=read,
+                               worker_peak_rss=tuple(peaks[w] for w in sorted(peaks)))
