@@ -331,7 +331,8 @@ def owners_trial(seed: int, guarantees: list[str]) -> dict[str, object]:
 
 
 REWINDS = ["delete_newest", "delete_two_newest", "delete_middle", "delete_committed", "delete_committed_and_newest",
-           "delete_scope", "delete_owner", "delete_lock", "old_copy", "old_copy_merged", "older_over_newest"]
+           "delete_scope", "delete_owner", "delete_lock", "old_copy", "old_copy_merged", "older_over_newest",
+           "older_positions"]
 #: the mutations after which output committed beyond the checkpoint left may exist (a rewound history)
 REWOUND = {"delete_newest", "delete_two_newest", "delete_committed_and_newest", "old_copy", "old_copy_merged"}
 
@@ -373,6 +374,8 @@ def _rewind(kind: str, ckpt: Path, old: Path) -> str | None:
         shutil.copytree(old, ckpt, symlinks=True)
     elif kind == "old_copy_merged" and old.exists():
         shutil.copytree(old, ckpt, symlinks=True, dirs_exist_ok=True)
+    elif kind == "older_positions" and (old / "positions.pkl").exists() and (ckpt / "positions.pkl").exists():
+        shutil.copyfile(old / "positions.pkl", ckpt / "positions.pkl")
     elif kind == "older_over_newest" and len(ids) >= 2:
         shutil.rmtree(ids[-1])
         shutil.copytree(ids[-2], ids[-1])
@@ -398,7 +401,7 @@ def history_trial(seed: int, guarantees: list[str]) -> dict[str, object]:
         expected = _reference(nx, work)
         ckpt, out, old = work / "ckpt", nx.out_path(work), work / "ckpt.old"
         codes = [_crash(nx, out, str(ckpt), rnd)]
-        if kind.startswith("old_copy"):
+        if kind.startswith("old_copy") or kind == "older_positions":
             if ckpt.exists():
                 shutil.copytree(ckpt, old, symlinks=True)
             codes.append(_crash(nx, out, str(ckpt), rnd))
@@ -427,7 +430,8 @@ def history_trial(seed: int, guarantees: list[str]) -> dict[str, object]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-DAMAGES = ["delete", "truncate", "zero", "bitflip", "other_checkpoint", "twin_directory"]
+DAMAGES = ["delete", "truncate", "zero", "bitflip", "other_checkpoint", "twin_directory", "a_directory",
+           "twin_folder", "folder_a_file"]
 
 
 def _targets(ckpt: Path, out: str) -> list[Path]:
@@ -470,6 +474,22 @@ def _damage(rnd: random.Random, path: Path, how: str, ckpt: Path, twin: Path) ->
         src = rnd.choice(cands)
         shutil.copyfile(src, path)
         return f"{how}:{src.relative_to(twin)}"
+    elif how == "a_directory":  # something else in the file's place
+        path.unlink()
+        path.mkdir()
+    elif how in ("twin_folder", "folder_a_file") and path.parent.name.startswith("chk-"):
+        folder = path.parent
+        shutil.rmtree(folder)
+        if how == "folder_a_file":
+            folder.write_bytes(b"x")
+            return how
+        twins = sorted(twin.glob("chk-*"))
+        if not twins:
+            folder.mkdir()  # an empty checkpoint folder
+            return "empty_folder"
+        src = twin / folder.name if (twin / folder.name).exists() else rnd.choice(twins)
+        shutil.copytree(src, folder)
+        return f"{how}:{src.name}"
     else:
         return None
     return how
