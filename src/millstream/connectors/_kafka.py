@@ -16,6 +16,12 @@ How it reads
   partition and handed out by later polls, round robin.
 - New partitions of a topic appear as new splits while running (metadata is looked at every
   ``discovery_interval`` seconds), read from their beginning.
+- **Logical splits** (:meth:`KafkaSource.logical_splits`): when the flow is compiled, the source
+  becomes one split per partition (the *layout*: each topic's partition count, from a metadata
+  request or the ``partitions=`` option), each a :class:`KafkaSource` of its own whose reader is
+  assigned that partition only, so that worker ``w`` of ``n`` reads the partitions of its range.
+  A partition beyond the layout (added to the topic later) is read by the split of partition
+  ``p % count`` of its topic, found by the same discovery (see :class:`SplitOf`).
 - **Bounded** reads stop each partition at its end offset at the start. That end is the high
   watermark of the partition's first fetch, or the offset where librdkafka reports the end of the
   partition (``enable.partition.eof``) if that comes first. ListOffsets(latest) is not used: tansu
@@ -54,7 +60,7 @@ from millstream.errors import ConfigError, ConnectorError, ConnectorUnavailable
 
 DEFAULT_BACKOFF = Backoff()
 
-__all__ = ["METADATA", "KafkaReader", "KafkaSource", "ReadOptions", "split_name"]
+__all__ = ["METADATA", "KafkaReader", "KafkaSource", "ReadOptions", "SplitOf", "partitions_of", "split_name"]
 
 #: The metadata fields a record can carry, and the field each becomes.
 METADATA = {"key": "_key", "timestamp": "_timestamp", "partition": "_partition", "offset": "_offset",
@@ -95,6 +101,8 @@ class ReadOptions:
     backoff: Backoff = DEFAULT_BACKOFF
     discovery_interval_s: float = 5.0
     max_record_bytes: int | None = None
+    #: the partition count of each topic, declared (``partitions=``); None: looked up when compiled
+    partitions: tuple[tuple[str, int], ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.topics or not all(isinstance(t, str) and t for t in self.topics):
@@ -124,6 +132,27 @@ class ReadOptions:
             raise ConfigError(f"max_record_bytes must be a positive int or None, not {self.max_record_bytes!r}")
         if self.discovery_interval_s <= 0:
             raise ConfigError(f"discovery_interval must be > 0 seconds, not {self.discovery_interval_s}")
+        if self.partitions is not None:
+            if not all(isinstance(t, str) for t, _ in self.partitions):
+                raise ConfigError(f"partitions must name the topics, not {dict(self.partitions)!r}")
+            counts = dict(self.partitions)
+            bad_counts = [(t, n) for t, n in self.partitions
+                          if isinstance(n, bool) or not isinstance(n, int) or n < 1]
+            if sorted(counts) != sorted(self.topics) or bad_counts or len(counts) != len(self.partitions):
+                raise ConfigError("partitions must be the partition count of the topic (an int >= 1, the same for "
+                                  "every topic) or a dict giving one for each topic "
+                                  f"({', '.join(map(repr, self.topics))}), not {dict(self.partitions)!r}")
+
+
+def partitions_of(partitions: Any, topics: tuple[str, ...]) -> tuple[tuple[str, int], ...] | None:
+    """The ``partitions=`` option as ``((topic, count), ...)`` in the order of ``topics`` (validated by
+    :class:`ReadOptions`)."""
+    if partitions is None:
+        return None
+    if isinstance(partitions, dict):
+        return tuple((t, partitions[t]) for t in topics if t in partitions) + tuple(
+            (t, n) for t, n in partitions.items() if t not in topics)
+    return tuple((t, partitions) for t in topics)
 
 
 def start_of(start: Any) -> str | int:
@@ -134,19 +163,91 @@ def start_of(start: Any) -> str | int:
     return cast(str | int, start)
 
 
+@dataclass(frozen=True)
+class SplitOf:
+    """Which partitions one logical split of a Kafka source reads.
+
+    ``layout`` is each topic's partition count when the flow was compiled (or as declared with
+    ``partitions=``); split ``index`` is partition ``home`` of that layout (splits are numbered topic
+    by topic, partition by partition). A partition ``(t, q)`` with ``q`` at or beyond its topic's count
+    (added to the topic later) belongs to the split of ``(t, q % count)``: the rule depends on the
+    layout alone, so every worker agrees on it, and the split that reads it finds it by discovery."""
+
+    index: int
+    home: TP
+    layout: tuple[tuple[str, int], ...]
+
+    def owns(self, tp: TP) -> bool:
+        count = dict(self.layout).get(tp[0])
+        return count is not None and (tp[0], tp[1] % count if tp[1] >= count else tp[1]) == self.home
+
+
 class KafkaSource(Source):
-    """Reads Kafka topics; one split per partition (see the module docstring)."""
+    """Reads Kafka topics; one split per partition (see the module docstring).
+
+    A source made by :meth:`logical_splits` carries ``split`` (:class:`SplitOf`): its reader is assigned
+    the partitions that split owns, and nothing else."""
 
     replay = "position"
 
-    def __init__(self, options: ReadOptions, *, on_error: ErrorPolicy = "fail", name: str | None = None) -> None:
+    def __init__(self, options: ReadOptions, *, on_error: ErrorPolicy = "fail", name: str | None = None,
+                 split: SplitOf | None = None) -> None:
         self.options = options
         self.on_error = check_policy(on_error)
         self.name = name
         self.bounded = options.bounded
+        self.split = split
+        #: the layout the first :meth:`logical_splits` found: every later compile of this source (the
+        #: job's and each worker's) must number the splits alike
+        self._layout: tuple[tuple[str, int], ...] | None = None
 
     def open(self, ctx: SourceContext) -> SourceReader:
-        return KafkaReader(self.options, ctx)
+        return KafkaReader(self.options, ctx, self.split)
+
+    def logical_splits(self) -> list[Source] | None:
+        """One split per partition of the layout: the counts declared with ``partitions=``, else those
+        of a metadata request to the broker (retried with the source's ``backoff``; reading no record).
+        The first answer is kept, so every compile of this source numbers its splits alike."""
+        if self.split is not None:
+            return None
+        layout = self.options.partitions or self._layout
+        if layout is None:
+            layout = self._layout = self._look_up_layout()
+        return [KafkaSource(self.options, on_error=self.on_error, name=self.name, split=SplitOf(j, tp, layout))
+                for j, tp in enumerate((t, p) for t, n in layout for p in range(n))]
+
+    def _look_up_layout(self) -> tuple[tuple[str, int], ...]:
+        o = self.options
+        kafka = client("The Kafka source")
+        from confluent_kafka.admin import AdminClient
+
+        connector = f"kafka source {self.default_name()!r}"
+        address = address_of(o.bootstrap)
+        shared = {k: v for k, v in o.config.items() if k not in RESERVED_READ and k.startswith(ADMIN_SHARED_PREFIXES)}
+        try:
+            admin = AdminClient(base_config(o.bootstrap, shared))
+        except (kafka.KafkaException, ValueError, TypeError) as exc:
+            raise ConnectorError(f"making a client to read the topics' partitions: {exc}", connector=connector,
+                                 address=address) from None
+        timeout = min(5.0, max(0.5, o.backoff.budget_s))
+        try:
+            parts = with_retry(
+                lambda: topic_partitions(admin, o.topics, connector=connector, address=address, timeout_s=timeout),
+                what=f"{connector} reading the partitions of {', '.join(o.topics)} from {address}", backoff=o.backoff)
+        except ConnectorError as exc:
+            if not isinstance(exc.__cause__, ConnectorUnavailable):
+                raise
+            raise ConnectorError(
+                f"{exc.problem} (the source's splits are its partitions, counted when the flow is compiled)",
+                connector=connector, address=address,
+                fix="check that the broker is up and reachable from this machine; or declare the partition "
+                    "counts with kafka.read(..., partitions=N) to compile without asking the broker") from None
+        layout = tuple((t, len(parts[t])) for t in o.topics)
+        for t in o.topics:
+            if parts[t] != list(range(len(parts[t]))):
+                raise ConnectorError(f"topic {t!r} has partitions {parts[t]}, not 0..{len(parts[t]) - 1}",
+                                     connector=connector, address=address)
+        return layout
 
     def describe(self) -> str:
         o = self.options
@@ -154,6 +255,8 @@ class KafkaSource(Source):
         extra = [f"group {o.group}"] if o.group else []
         if o.bounded:
             extra.append("bounded")
+        if self.split is not None:
+            extra.append(f"partition {split_name(self.split.home)}")
         return text + (f" ({', '.join(extra)})" if extra else "")
 
     def default_name(self) -> str:
@@ -172,11 +275,13 @@ ADMIN_SHARED_PREFIXES = ("security.", "sasl.", "ssl.", "socket.", "client.", "br
 
 
 class KafkaReader(SourceReader):
-    """A running Kafka source (one consumer, assigned every partition of its topics)."""
+    """A running Kafka source: one consumer, assigned every partition of its topics, or those of one
+    logical split (``split``)."""
 
-    def __init__(self, options: ReadOptions, ctx: SourceContext) -> None:
+    def __init__(self, options: ReadOptions, ctx: SourceContext, split: SplitOf | None = None) -> None:
         self.o = options
         self.ctx = ctx
+        self.split_of = split
         self.kafka = client("The Kafka source")
         self.connector = f"kafka source '{ctx.step}'"
         self.address = address_of(options.bootstrap)
@@ -243,10 +348,11 @@ class KafkaReader(SourceReader):
         parts = with_retry(lambda: topic_partitions(self.consumer, self.o.topics, connector=self.connector,
                                                     address=self.address, timeout_s=timeout),
                            what=self._what("reading metadata from"), backoff=self.o.backoff, counter=self.retries)
-        tps = [(t, p) for t in self.o.topics for p in parts[t]]
+        tps = self._mine([(t, p) for t in self.o.topics for p in parts[t]])
         restored = self.restored
         offsets: dict[TP, int] = {}
         if restored is not None:
+            self._check_restored(restored)
             for name, off in restored["offsets"].items():
                 if off is not None:
                     offsets[_parse_split(name)] = int(off)
@@ -270,6 +376,39 @@ class KafkaReader(SourceReader):
         self.assigned = tps
         self.started = True
         self.next_discovery = time.monotonic() + self.o.discovery_interval_s
+
+    def _mine(self, tps: list[TP]) -> list[TP]:
+        """The partitions of ``tps`` this reader reads: all, or those its split owns. A split's own
+        partition (of the layout) must exist."""
+        sp = self.split_of
+        if sp is None:
+            return tps
+        if sp.home not in tps:
+            raise ConnectorError(
+                f"partition {split_name(sp.home)} does not exist (the source was compiled with "
+                f"{', '.join(f'{t}: {n}' for t, n in sp.layout)} partitions)", connector=self.connector,
+                address=self.address, fix="declare the partition counts the topics have (kafka.read(..., "
+                                          "partitions=...)), or leave partitions= out to look them up")
+        return [tp for tp in tps if sp.owns(tp)]
+
+    def _check_restored(self, restored: dict[str, Any]) -> None:
+        """A split takes a checkpoint's offsets only for partitions it owns: another layout (the topic
+        grew, with partitions read by the split of ``p % count``, and the job was compiled again) would
+        otherwise read a partition twice, or skip it."""
+        sp = self.split_of
+        if sp is None:
+            return
+        names = set(restored["offsets"]) | set(restored.get("end", {})) | set(restored.get("ended", ()))
+        alien = sorted(n for n in names if not sp.owns(_parse_split(n)))
+        if alien:
+            then = restored.get("layout")
+            was = (f"partitions={dict(then)!r}" if then is not None else "the partition counts it was taken with")
+            raise ConfigError(
+                f"kafka source {self.ctx.step!r}: the checkpoint's split {sp.index} ({split_name(sp.home)} "
+                f"now) holds the offsets of {', '.join(alien)}, which this run reads in another split: the "
+                f"topics' partitions ({dict(sp.layout)!r} now) are not those the checkpoint's job was compiled "
+                f"with. Resume with kafka.read(..., {was}), so that every partition keeps its split "
+                "(partitions added since are read by the split of partition p % count)")
 
     def _assign(self, pairs: list[tuple[TP, int]]) -> None:
         if not pairs:
@@ -480,7 +619,7 @@ class KafkaReader(SourceReader):
         except ConnectorUnavailable:
             return  # looked at again next time
         known = set(self.assigned)
-        new = [(t, p) for t in self.o.topics for p in parts[t] if (t, p) not in known]
+        new = [tp for tp in self._mine([(t, p) for t in self.o.topics for p in parts[t]]) if tp not in known]
         if new:
             log.info("%s: new partitions %s", self.connector, ", ".join(map(split_name, new)))
             self._assign([(tp, _OFFSET_BEGINNING) for tp in new])
@@ -653,6 +792,7 @@ class KafkaReader(SourceReader):
             "offsets": {split_name(tp): self._position(tp) for tp in self.assigned},
             "end": {split_name(tp): e for tp, e in self.end.items()},
             "ended": sorted(split_name(tp) for tp in self.ended),
+            **({"layout": list(self.split_of.layout)} if self.split_of is not None else {}),
         }
 
     def restore(self, position: Any) -> None:

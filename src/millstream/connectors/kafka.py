@@ -26,7 +26,15 @@ from typing import Any
 
 from millstream._expr import Expr
 from millstream.connectors._base import Backoff, ErrorPolicy
-from millstream.connectors._kafka import DEFAULT_BACKOFF, METADATA, KafkaSource, ReadOptions, start_of
+from millstream.connectors._kafka import (
+    DEFAULT_BACKOFF,
+    METADATA,
+    KafkaSource,
+    ReadOptions,
+    SplitOf,
+    partitions_of,
+    start_of,
+)
 from millstream.connectors._kafka_common import (
     RESERVED_READ,
     RESERVED_WRITE,
@@ -40,7 +48,7 @@ from millstream.connectors._kafka_common import (
 from millstream.connectors._kafka_write import HEADER, KafkaSink, WriteOptions, committed_records, marker_group
 from millstream.errors import ConfigError
 
-__all__ = ["HEADER", "METADATA", "KafkaSink", "KafkaSource", "ReadOptions", "WriteOptions", "add_partitions",
+__all__ = ["HEADER", "METADATA", "KafkaSink", "KafkaSource", "ReadOptions", "SplitOf", "WriteOptions", "add_partitions",
            "committed_records", "create_topic", "delete_topic", "marker_group", "read", "write"]
 
 
@@ -59,6 +67,7 @@ def read(
     backoff: Backoff = DEFAULT_BACKOFF,
     discovery_interval: float = 5.0,
     max_record_bytes: int | None = None,
+    partitions: int | Mapping[str, int] | None = None,
     name: str | None = None,
 ) -> KafkaSource:
     """A source that reads one or more Kafka topics; each partition is a split ``topic[p]``.
@@ -89,6 +98,12 @@ def read(
     - ``discovery_interval``: seconds between looks for new partitions (unbounded reads).
     - ``max_record_bytes``: a value longer than this is a bad record (its first KiB is what the
       dead-letter sink gets); None: no limit beyond the broker's.
+    - ``partitions``: the topic's partition count (an int, the same for every topic, or a dict of
+      one per topic). Each partition is a logical split, and ``flow.run(parallelism=n)`` gives each
+      worker a contiguous range of them. By default the counts are looked up (a metadata request)
+      when the flow is compiled; declaring them compiles without the broker, and keeps the layout of
+      a checkpoint when the topics have grown since (partitions beyond the count are read by the
+      split of partition ``p % count``). See "Parallelism" in docs/connectors/kafka.md.
 
     A missing topic fails at the start with a :class:`~millstream.errors.ConnectorError` that says how
     to create it (:func:`create_topic`).
@@ -102,13 +117,16 @@ def read(
     meta: Any = metadata
     if isinstance(meta, str):
         meta = (meta,)
+    if partitions is not None and not isinstance(partitions, int | Mapping):
+        raise ConfigError(f"partitions must be an int or a dict of topic -> int, not {partitions!r}")
     if isinstance(discovery_interval, bool) or not isinstance(discovery_interval, int | float):
         raise ConfigError(f"discovery_interval must be a number of seconds, not {discovery_interval!r}")
     options = ReadOptions(
         topics=tuple(names), bootstrap=check_bootstrap(bootstrap), group=group, start=start_of(start),
         bounded=bounded, format=format, deserializer=deserializer, metadata=tuple(meta),
         config=check_config(config, RESERVED_READ), backoff=backoff, discovery_interval_s=float(discovery_interval),
-        max_record_bytes=max_record_bytes)
+        max_record_bytes=max_record_bytes,
+        partitions=partitions_of(dict(partitions) if isinstance(partitions, Mapping) else partitions, tuple(names)))
     return KafkaSource(options, on_error=on_error, name=name)
 
 
