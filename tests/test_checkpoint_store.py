@@ -131,6 +131,15 @@ def test_a_record_replaced_by_a_directory_is_a_checkpoint_error(tmp_path: Path) 
             read()
 
 
+def test_a_record_that_cannot_be_written_is_a_checkpoint_error(tmp_path: Path) -> None:
+    # at-least-once goes on past an unreadable COMMITTED (a directory in its place), then failed its first
+    # checkpoint with a raw IsADirectoryError
+    s = store(tmp_path)
+    os.mkdir(tmp_path / "ck" / "COMMITTED")
+    with pytest.raises(CheckpointError, match="(?s)cannot write COMMITTED .*Is a directory.*fix:"):
+        s.write_committed(1)
+
+
 def test_a_checkpoint_folder_replaced_by_a_file_is_a_checkpoint_error(tmp_path: Path) -> None:
     s = store(tmp_path)
     s.write(1, {"x": 1}, finished=False, meta={})

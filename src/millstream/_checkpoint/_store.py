@@ -473,7 +473,10 @@ class CheckpointStore:
         except OSError as exc:
             if exc.errno in _NO_SPACE:
                 raise self._no_space(exc, name) from None
-            raise
+            path = os.path.join(self.root, name)
+            raise CheckpointError(f"cannot write {name} in {self.root!r} ({exc.strerror}).\n  fix: if {path!r} is "
+                                  "not a file (a directory in its place?), or not writable, put that right and run "
+                                  "again") from None
 
     def write_positions(self, positions: dict[str, Any]) -> None:
         """At-most-once: record how far the sources have read (checksummed, durable, fenced).
