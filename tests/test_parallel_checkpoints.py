@@ -236,6 +236,38 @@ def test_state_that_cannot_be_split_by_key_yet_is_refused_at_another_parallelism
                                                        guarantee="at-least-once").ok
 
 
+def test_rescale_takes_the_least_watermark_of_a_stateless_step_and_the_newest_time_of_each_split() -> None:
+    """Found by a random-kill loop: at a checkpoint, one worker's splits had ended (its chain after the
+    source had watermark +inf) and the other's had not; resumed in one process, the chain took worker 0's
+    +inf and the last windows never fired. A stateless step made of several instances takes the least of
+    their watermarks; a split's event time, the newest any part holds; a final checkpoint restores
+    nothing."""
+    from millstream._parallel._rescale import load_parts, snapshot_for
+    from millstream._physical import compile as compile_physical
+    from millstream._time import MAX_WATERMARK
+
+    flow = _flow(100, Path("/nonexistent/out"))
+    pp = compile_physical(flow.plan(), "native", 1)
+    chain = next(op.steps[-1].name for op in pp.operators if op.kind == "chain" or op.kind == "key_by")
+
+    def part(wm: int, splits: dict[int, Any], times: dict[str, int]) -> dict[str, Any]:
+        time_ = {"wm": wm, "inputs": [wm], "idle": [False]}
+        return {"maps": {}, "job": {
+            "events": {"state": {"position": splits, "max_ts": {"max_ts": -1, "splits": times}, "wm": wm},
+                       "time": {"wm": wm, "inputs": [], "idle": []}},
+            chain: {"state": None, "time": time_}}}
+
+    ended = part(MAX_WATERMARK, {0: {"at": 25, "skip": 0}, 1: {"at": 25, "skip": 0}}, {"0": 990, "1": 995, "2": 10})
+    going = part(577, {2: {"at": 14, "skip": 0}, 3: {"at": 14, "skip": 0}}, {"2": 620, "3": 630, "0": 500})
+    snap = snapshot_for(pp, 0, 2, [ended, going])
+    assert snap[chain]["time"]["wm"] == 577
+    assert snap["events"]["state"]["wm"] == 577
+    assert snap["events"]["state"]["max_ts"]["splits"] == {"0": 990, "1": 995, "2": 620, "3": 630}
+    assert sorted(snap["events"]["state"]["position"]) == [0, 1, 2, 3]
+    n, parts = load_parts({"parallel": {"parallelism": 3, "parts": {}}, "txns": {}, "read": {}}, "/nonexistent")
+    assert n == 3 and parts == [{"job": {}, "maps": {}}] * 3
+
+
 def test_a_worker_of_a_run_that_lost_the_directory_writes_no_part(tmp_path: Path) -> None:
     from millstream._parallel._checkpoints import PartWriter
 

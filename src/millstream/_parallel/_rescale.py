@@ -17,9 +17,10 @@ of any parallelism, the snapshot its :class:`~millstream._parallel._worker.Worke
     its key groups, from every part, and the timers of those keys; windows' timers by window end
     are united (a window end with no key left here fires nothing);
   - the keyed maps of the state backend: those of its key groups;
-  - a step with one instance (a source of one split, a window over the whole stream, a sink): its
-    one part, on worker 0;
-  - a stateless step: its watermarks only.
+  - a step with one instance in both runs (a source of one split, a window over the whole stream, a
+    sink): its one part, on worker 0;
+  - a stateless step that ran on several workers (after a split source): the least of their
+    watermarks.
 
   The watermarks of an instance made from several are the least of theirs (a restored step then
   never takes a record behind the watermark of its new inputs for an on-time one). A step whose
@@ -50,6 +51,8 @@ def load_parts(state: dict[str, Any], shared_dir: str) -> tuple[int, list[dict[s
     store's shared directory, verified by their checksums when the checkpoint was loaded), or the one
     part of a checkpoint of one process."""
     info = state.get(PARALLEL)
+    if info is not None and not info["parts"]:  # a final checkpoint: nothing to restore
+        return info["parallelism"], [{"job": {}, "maps": {}} for _ in range(info["parallelism"])]
     if info is None:
         snap = dict(state["job"])
         handle = snap.pop(KEYED_STATE, None)
@@ -99,13 +102,14 @@ def snapshot_for(physical: PhysicalPlan, worker: int, old_n: int, parts: list[di
         if pop.splits is not None:
             snap[name] = {"state": _sources([e["state"] for e in entries]),
                           "time": _least([e["time"] for e in entries])}
-        elif pop.parallelism == 1 and pop.key is None:
-            snap[name] = entries[0]  # one instance: on worker 0 in every run
         elif pop.key is None:
-            if any(e["state"] is not None for e in entries):
+            if len(entries) == 1:
+                snap[name] = entries[0]  # one instance in both runs: on worker 0
+            elif any(e["state"] is not None for e in entries):
                 raise ConfigError(f"step {name!r} keeps state that is not split by key: resume at the parallelism the "
                                   f"checkpoint was taken at ({old_n})")
-            snap[name] = {"state": None, "time": _least([e["time"] for e in entries])}
+            else:  # a stateless step that ran on several workers (after a split source): its least watermarks
+                snap[name] = {"state": None, "time": _least([e["time"] for e in entries])}
         else:
             state = _keyed(name, pop.steps[0].op, [e["state"] for e in entries], groups, m, old_n)
             snap[name] = {"state": state, "time": _least([e["time"] for e in entries])}
@@ -133,7 +137,9 @@ def _sources(states: list[Any]) -> Any:
         position.update(st["position"])
         mx = st["max_ts"]
         if mx is not None:
-            splits.update(mx["splits"])
+            for split, t in mx["splits"].items():  # an instance may carry an older time of a split not its own
+                if t is not None and (splits.get(split) is None or t > splits[split]):
+                    splits[split] = t
             single.append(mx["max_ts"])
     max_ts = None if not single else {"max_ts": min(single), "splits": splits}
     return {"position": position, "max_ts": max_ts, "wm": min(st["wm"] for st in states)}
