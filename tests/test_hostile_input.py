@@ -207,7 +207,6 @@ def test_a_record_longer_than_the_limit_is_bad_and_reading_goes_on(tmp_path: Pat
     assert len(values) == MAX_CSV_RECORD_LINES + 6
 
 
-@pytest.mark.streaming("a following source")
 def test_a_csv_integer_beyond_64_bits_is_a_bad_record_not_a_failed_sink(tmp_path: Path) -> None:
     # csv_types={"n": int} took any Python int; the JSON-lines sink then failed the whole job under
     # on_error="skip" (and blamed another record): the source refuses what JSON lines refuse
@@ -225,6 +224,7 @@ def test_a_csv_integer_beyond_64_bits_is_a_bad_record_not_a_failed_sink(tmp_path
     assert f"{p}:3" in str(err.value) and "beyond 64 bits" in str(err.value)
 
 
+@pytest.mark.streaming("a following source")
 def test_a_following_csv_source_does_not_wait_for_a_quote_forever(tmp_path: Path) -> None:
     p = tmp_path / "in.csv"
     rows = "".join(f"{i},{i}\n" for i in range(MAX_CSV_RECORD_LINES + 5))
