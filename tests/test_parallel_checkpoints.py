@@ -413,3 +413,54 @@ def _group_alive(pgid: int) -> bool:
         if int(fields[2]) == pgid and fields[0] != "Z":
             return True
     return False
+
+
+@pytest.mark.skipif(not os.environ.get("MILLSTREAM_PARALLEL_KILL_TRIALS"),
+                    reason="a campaign, run by hand: MILLSTREAM_PARALLEL_KILL_TRIALS=40 pytest "
+                           "tests/test_parallel_checkpoints.py -k campaign")
+def test_campaign_of_random_kills_at_random_parallelisms(tmp_path: Path) -> None:
+    """Trials of 1-3 SIGKILLs of the whole job, each start at a random parallelism (1, 2 or 3),
+    exactly-once; after every kill the committed output holds no duplicate and nothing foreign, and at
+    the end it is the oracle's. ``MILLSTREAM_PARALLEL_KILL_SEED`` (default 0) picks the first seed,
+    ``MILLSTREAM_PARALLEL_KILL_WINDOW`` (``lo,hi`` seconds after a start, default ``0.3,2.0``) when kills
+    land. Every anomaly is reported with its seed and the schedule of starts."""
+    trials = int(os.environ["MILLSTREAM_PARALLEL_KILL_TRIALS"])
+    first = int(os.environ.get("MILLSTREAM_PARALLEL_KILL_SEED", "0"))
+    lo, hi = (float(x) for x in os.environ.get("MILLSTREAM_PARALLEL_KILL_WINDOW", "0.3,2.0").split(","))
+    events = 60_000
+    want = expected(events)
+    failures = []
+    for seed in range(first, first + trials):
+        rnd = random.Random(seed)
+        d = tmp_path / f"trial-{seed}"
+        d.mkdir()
+        job, out, ck = d / "job.py", d / "out", d / "ck"
+        job.write_text(textwrap.dedent(JOB))
+        kills, history, anomalies = rnd.randint(1, 3), [], []
+        while not anomalies:
+            p = rnd.choice([1, 2, 3])
+            proc = subprocess.Popen(_cmd(job, out, ck, p, events), env=_env(), cwd=ROOT, start_new_session=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            killed = False
+            if kills > 0:
+                try:
+                    proc.wait(timeout=rnd.uniform(lo, hi))
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    killed, kills = True, kills - 1
+            _, err = proc.communicate(timeout=120)
+            history.append((p, proc.returncode, killed))
+            seen = _rows(out)
+            if any(n > 1 for n in seen.values()) or not set(seen) <= set(want):
+                anomalies.append("a duplicate or a foreign row committed")
+            if proc.returncode == 0:
+                break
+            if proc.returncode != -signal.SIGKILL:
+                anomalies.append(f"exit code {proc.returncode}: {err.decode()[-1500:]}")
+            elif len(history) > 10:
+                anomalies.append("no progress after 10 starts")
+        if not anomalies and _rows(out) != want:
+            anomalies.append("the final output is not the oracle's")
+        if anomalies:
+            failures.append(f"seed {seed}, starts (parallelism, exit, killed) {history}: {anomalies}")
+    assert not failures, "\n".join(failures)
