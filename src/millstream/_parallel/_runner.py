@@ -279,6 +279,10 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
             ended = run_worker(job, ex, max_chunk=cfg.chunk, idle_sleep_s=cfg.idle_sleep_s,
                                stop=lambda: control.stop_requested, tick=tick, checkpoints=checkpoints)
             interrupted = not ended
+            if interrupted and coordinator is not None and control.savepoint_requested:
+                log.warning("stopped without a savepoint: at parallelism > 1 a stop takes none yet; a run with the "
+                            "same checkpoint directory resumes from its last checkpoint (%s)",
+                            coordinator.stats.last_id or coordinator.stats.restored_from or "none yet")
             while ended and len(done) < n - 1:  # the others have ended too: wait for their figures
                 ex.receive(0.05)
                 alive()
