@@ -268,6 +268,70 @@ def test_rescale_takes_the_least_watermark_of_a_stateless_step_and_the_newest_ti
     assert n == 3 and parts == [{"job": {}, "maps": {}}] * 3
 
 
+class _AckSplit(ms.connectors.Source):
+    """Split ``split`` of ``splits`` of ``count`` numbered records; its reader appends each acknowledgement
+    (``split position pid``) to a file: the readers run in the workers' processes."""
+
+    replay = "position"
+
+    def __init__(self, count: int, log: str, split: int = 0, splits: int = 1) -> None:
+        self.count, self.log, self.split, self.splits = count, log, split, splits
+
+    def logical_splits(self) -> list[ms.connectors.Source] | None:
+        if self.splits == 1:
+            return None
+        return [_AckSplit(self.count, self.log, j, 1) for j in range(self.splits)]
+
+    def open(self, ctx: ms.connectors.SourceContext) -> ms.connectors.SourceReader:
+        return _AckReader(self)
+
+    def describe(self) -> str:
+        return f"acks {self.split}"
+
+
+class _AckReader(ms.connectors.SourceReader):
+    def __init__(self, src: _AckSplit) -> None:
+        self.src, self.i = src, 0
+        self.mine = list(range(src.split, src.count, 4))
+
+    def poll(self, max_records: int) -> list[Any] | None:
+        if self.i >= len(self.mine):
+            return None
+        out = [{"id": n, "key": n % 7, "ts": n} for n in self.mine[self.i:self.i + min(max_records, 50)]]
+        self.i += len(out)
+        return out
+
+    def snapshot(self) -> Any:
+        return self.i
+
+    def restore(self, position: Any) -> None:
+        self.i = position
+
+    def acknowledge(self, position: Any) -> None:
+        with open(self.src.log, "a") as f:
+            f.write(f"{self.src.split} {position} {os.getpid()}\n")
+
+
+def test_every_worker_acknowledges_its_splits_after_each_checkpoint_and_at_the_end(tmp_path: Path) -> None:
+    """A source's splits acknowledge what a complete checkpoint holds in whichever worker reads them
+    (Kafka commits offsets to the group, a redelivery source acks): after checkpoints, and once the final
+    checkpoint is written, everything read."""
+    log = tmp_path / "acks"
+    flow = ms.Flow("acks")
+    src = flow.source(_AckSplit(8_000, str(log), splits=4), watermark=ms.WatermarkStrategy.bounded(10, timestamp="ts"))
+    src.key_by("key").window(ms.windows.tumbling(100)).aggregate(n=agg.count()).sink(ms.testing.CollectSink())
+    result = flow.run(parallelism=2, checkpoint_dir=str(tmp_path / "ck"), guarantee="at-least-once",
+                      checkpoint_interval=1, max_chunk=50)
+    assert result.ok
+    acks = [tuple(int(x) for x in line.split()) for line in log.read_text().splitlines()]
+    final = {split: max(pos for s, pos, _ in acks if s == split) for split in range(4)}
+    assert final == dict.fromkeys(range(4), 2_000)  # every split: all it read
+    assert len({pid for _, _, pid in acks}) == 2  # in both workers' processes
+    for split in range(4):  # never backwards
+        mine = [pos for s, pos, _ in acks if s == split]
+        assert mine == sorted(mine)
+
+
 def test_a_worker_of_a_run_that_lost_the_directory_writes_no_part(tmp_path: Path) -> None:
     from millstream._parallel._checkpoints import PartWriter
 

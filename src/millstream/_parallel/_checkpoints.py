@@ -19,8 +19,9 @@ How a checkpoint ``k`` is taken (native mode, at-least-once and exactly-once):
    :class:`~millstream._checkpoint._store.CheckpointStore`) lists every part with its size and
    checksum (so a missing or damaged part makes the checkpoint unloadable, never half-loaded), then
    ``COMMITTED``, then the sinks (all on worker 0) commit what they sealed at their barriers (and what
-   they sealed for an abandoned checkpoint before it, in order), then sources that replay by redelivery
-   (on worker 0) are acknowledged, then old checkpoints and unreferenced parts are removed.
+   they sealed for an abandoned checkpoint before it, in order), then every worker's sources
+   acknowledge their positions at the barrier (``("ack", k)``: Kafka offsets committed to the group,
+   XACK, ...), then old checkpoints and unreferenced parts are removed.
 
 Processing goes on while a checkpoint is taken; one checkpoint is in flight at a time. A worker
 that ends before a checkpoint's barrier reaches it (its inputs ended) abandons that checkpoint; the
@@ -44,6 +45,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from millstream._checkpoint._failpoints import failpoint
 from millstream._checkpoint._owner import DirectoryOwner
 from millstream._state._backend import write_file
 from millstream._time import MAX_WATERMARK
@@ -169,7 +171,7 @@ class Checkpoints:
 
     def __init__(self, coordinator: Coordinator, n: int, send: Callable[[int, tuple[Any, ...]], None],
                  inject: Callable[[int], None], writers: Callable[[], list[Any]],
-                 acknowledge: Callable[[dict[str, Any]], None], sealed: list[tuple[int, str, Any]]) -> None:
+                 acknowledge: Callable[[int | None], None], sealed: list[tuple[int, str, Any]]) -> None:
         self.co = coordinator
         self.n = n
         self.send = send
@@ -181,7 +183,6 @@ class Checkpoints:
         self.inflight: int | None = None
         self.parts: dict[int, dict[str, Any]] = {}
         self.txns: dict[str, list[Any]] = {}
-        self.own: dict[str, Any] = {}
         self.started = 0.0
         #: no more checkpoints: a worker has ended
         self.closed = False
@@ -198,14 +199,11 @@ class Checkpoints:
             self.send(w, ("ckpt", k))
         self.inject(k)
 
-    def part(self, worker: int, ckpt: int, info: dict[str, Any], own: dict[str, Any] | None = None) -> None:
-        """Worker ``worker``'s part of checkpoint ``ckpt`` is durable (worker 0: with its own part, whose
-        sources' positions are acknowledged once the checkpoint is complete)."""
+    def part(self, worker: int, ckpt: int, info: dict[str, Any]) -> None:
+        """Worker ``worker``'s part of checkpoint ``ckpt`` is durable."""
         if ckpt != self.inflight:
             return  # an abandoned checkpoint
         self.parts[worker] = info
-        if own is not None:
-            self.own = own
         if len(self.parts) == self.n:
             self._complete(ckpt)
 
@@ -239,7 +237,8 @@ class Checkpoints:
                            shared=shared)
         size += sum(p["size"] for p in self.parts.values())
         self._commit(ckpt, self.txns)
-        self.acknowledge(self.own)
+        failpoint("source.acknowledge")
+        self.acknowledge(ckpt)
         store.gc()
         self._record(ckpt, size, finished=False)
         self.inflight = None
@@ -256,6 +255,8 @@ class Checkpoints:
         state = {PARALLEL: {"parallelism": self.n, "parts": {}}, "txns": txns, "read": {}}
         size = store.write(ckpt, state, finished=True, meta={"guarantee": co.guarantee, "parallelism": self.n})
         self._commit(ckpt, txns)
+        failpoint("source.acknowledge")
+        self.acknowledge(None)
         store.gc()
         self._record(ckpt, size, finished=True)
 

@@ -16,7 +16,8 @@ made, so that on each channel data and watermarks keep their order. An item is o
 
 Control messages from a worker to worker 0 are ``("error", worker, step, text)``,
 ``("done", worker, figures)`` and ``("part", worker, checkpoint, file)`` (its part of a checkpoint is
-durable); worker 0 sends ``("ckpt", checkpoint)`` to start one.
+durable); worker 0 sends ``("ckpt", checkpoint)`` to start one and ``("ack", checkpoint)`` once it is
+complete (``None``: the final one), for the workers' sources to acknowledge what it holds.
 
 **Backpressure.** A channel holds at most :data:`CAPACITY` messages besides what the pipe itself
 buffers; a sender whose channel is full waits. While it waits it keeps taking in every message that
@@ -65,7 +66,7 @@ CAPACITY = 8
 TAKE = 4 * CAPACITY
 #: messages that are not data: a worker's failure and its end (to worker 0), a checkpoint to take (from
 #: worker 0) and a worker's part of a checkpoint, durable (to worker 0)
-CONTROL = ("error", "done", "ckpt", "part")
+CONTROL = ("error", "done", "ckpt", "part", "ack")
 #: keys whose worker an exchange remembers (forgotten all at once beyond that)
 _ROUTES = 1 << 16
 

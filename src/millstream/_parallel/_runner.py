@@ -22,7 +22,7 @@ from millstream.errors import CheckpointError, ConfigError, JobError, Millstream
 
 from ._checkpoints import Checkpoints, PartWriter
 from ._exchange import Exchange
-from ._rescale import decode, load_parts, snapshot_for
+from ._rescale import load_parts, snapshot_for
 from ._worker import WorkerJob, run_worker, worker_main
 
 if TYPE_CHECKING:
@@ -231,7 +231,7 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
     def own_part(ckpt: int, part: dict[str, Any]) -> None:
         assert part_writer is not None and checkpoints is not None
         info = part_writer.write(ckpt, 0, part)
-        checkpoints.part(0, ckpt, info, own=part["job"])
+        checkpoints.part(0, ckpt, info)
 
     job = WorkerJob(physical, 0, rt, ex, checkpointed=coordinator is not None, on_part=own_part)
     interrupted = finished = False
@@ -274,8 +274,12 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
                     job.restore(pickle.loads(restores[0]))  # noqa: S301 - made above from a verified checkpoint
                 txns = loaded.state["txns"] if loaded is not None else {}
                 coordinator.recover_writers(job.writers(), txns)
-                checkpoints = Checkpoints(coordinator, n, ex.put, job.start, job.writers,
-                                          lambda positions: _acknowledge(job, positions), job.sealed)
+                def acknowledge(ckpt: int | None) -> None:
+                    for w in range(1, n):  # a worker that has ended waits for the final word, taking these too
+                        ex.put(w, ("ack", ckpt))
+                    job.acknowledge(ckpt)
+
+                checkpoints = Checkpoints(coordinator, n, ex.put, job.start, job.writers, acknowledge, job.sealed)
             ended = run_worker(job, ex, max_chunk=cfg.chunk, idle_sleep_s=cfg.idle_sleep_s,
                                stop=lambda: control.stop_requested, tick=tick, checkpoints=checkpoints)
             interrupted = not ended
@@ -308,15 +312,6 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
                                 checkpoints=coordinator.stats if coordinator is not None else None,
                                 restarts=restarts)
     return _merge(result, done)
-
-
-def _acknowledge(job: WorkerJob, positions: dict[str, Any]) -> None:
-    """Sources on worker 0 that replay by redelivery: what the complete checkpoint holds is safe."""
-    positions = decode({src.name: positions[src.name] for src in job.sources if src.name in positions})
-    for src in job.sources:
-        entry = positions.get(src.name)
-        if src.reader is not None and entry is not None and entry["state"] is not None:
-            src.reader.acknowledge(entry["state"]["position"])
 
 
 def _in_step(step: str | None) -> str:

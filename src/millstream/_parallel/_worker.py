@@ -22,7 +22,7 @@ from millstream._clock import SystemClock
 from millstream._physical import PhysicalPlan
 from millstream._runtime._base import Operator, Runtime
 from millstream._runtime._native import NativeJob, split_node
-from millstream._runtime._sources import SinkOperator
+from millstream._runtime._sources import SinkOperator, SourceOperator
 from millstream._state import open_backend
 from millstream._time import MAX_WATERMARK, MIN_WATERMARK
 from millstream.errors import MillstreamError
@@ -61,6 +61,8 @@ class WorkerJob(NativeJob):
         #: transactions its sinks sealed at barriers, in order: ``(checkpoint, writer, transaction)``; a
         #: checkpoint abandoned after a sink sealed its part commits it with the next one (worker 0)
         self.sealed: list[tuple[int, str, Any]] = []
+        #: its sources' positions at each checkpoint's barrier, acknowledged once that checkpoint is complete
+        self.positions: dict[int, dict[str, Any]] = {}
         self.gates: dict[int, Gate] = {}
         for pop in physical.operators:
             if worker >= pop.parallelism:
@@ -158,6 +160,8 @@ class WorkerJob(NativeJob):
             mine = {mid: m for mid, m in maps.items() if mid.startswith(prefix)}
             if mine:  # a copy as of now: the operator goes on changing them
                 part["maps"].update(pickle.loads(pickle.dumps(mine, protocol=pickle.HIGHEST_PROTOCOL)))  # noqa: S301
+        if op in self.sources and isinstance(op, SourceOperator) and op.reader is not None:
+            self.positions.setdefault(ckpt, {})[op.name] = op.reader.snapshot()
         if isinstance(op, SinkOperator):
             assert op.writer is not None
             self.sealed.append((ckpt, op.name, op.writer.pre_commit(ckpt)))
@@ -171,6 +175,25 @@ class WorkerJob(NativeJob):
             self.part = None
             assert self.on_part is not None
             self.on_part(ckpt, part)
+
+    def acknowledge(self, ckpt: int | None) -> None:
+        """Checkpoint ``ckpt`` is complete: tell each source here that everything up to its position at that
+        barrier is safe (commit offsets, XACK, ack). ``None``: the final checkpoint, written once every
+        worker had ended: everything read is safe."""
+        if ckpt is None:
+            for src in self.sources:
+                if src.reader is not None:
+                    src.reader.acknowledge(src.reader.snapshot())
+            return
+        done = [k for k in self.positions if k <= ckpt]
+        if not done:
+            return
+        positions = self.positions[max(done)]
+        for k in done:
+            del self.positions[k]
+        for src in self.sources:
+            if src.reader is not None and src.name in positions:
+                src.reader.acknowledge(positions[src.name])
 
     def figures(self) -> list[tuple[str, int, int, dict[str, int]]]:
         """Each operator's counts, for worker 0 to add up."""
@@ -197,6 +220,8 @@ def run_worker(job: WorkerJob, ex: Exchange, *, max_chunk: int, idle_sleep_s: fl
                 msg = ex.control.popleft()
                 if msg[0] == "ckpt":
                     job.start(msg[1])
+                elif msg[0] == "ack":
+                    job.acknowledge(msg[1])
         n = 0
         if not sources_ended:
             n, active = job.step(max_chunk)
@@ -259,14 +284,17 @@ def worker_main(worker: int, payload: bytes, readers: list[Connection], writers:
                 job.restore(pickle.loads(restore))  # noqa: S301 - made by the job's process
             run_worker(job, ex, max_chunk=max_chunk, idle_sleep_s=idle_sleep_s)
             failed = False
+            if ckpt is not None:  # the final checkpoint: acknowledged once worker 0 has written it
+                ex.put(0, ("done", worker, _figures(job)))
+                _await_final(job, ex)
         finally:
             try:
                 job.close()
             except Exception:
                 if not failed:
                     raise
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        ex.put(0, ("done", worker, {"steps": job.figures(), "peak_rss": peak}))
+        if ckpt is None:
+            ex.put(0, ("done", worker, _figures(job)))
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - everything a worker meets goes to worker 0
@@ -281,3 +309,22 @@ def worker_main(worker: int, payload: bytes, readers: list[Connection], writers:
         sys.stdout.flush()
         os._exit(1)
     ex.close(30)
+
+
+def _figures(job: WorkerJob) -> dict[str, Any]:
+    return {"steps": job.figures(), "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def _await_final(job: WorkerJob, ex: Exchange) -> None:
+    """Wait for worker 0's word that the final checkpoint is written (``("ack", None)``), then acknowledge
+    everything this worker's sources read. Worker 0 stops this worker if it fails first; a worker whose
+    job process is gone exits (``ex.check``)."""
+    while True:
+        ex.receive(0.05)
+        while ex.control:
+            msg = ex.control.popleft()
+            if msg[0] == "ack":
+                job.acknowledge(msg[1])
+                if msg[1] is None:
+                    return
+        ex.check()
