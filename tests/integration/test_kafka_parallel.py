@@ -105,7 +105,8 @@ def _rows(values: list[dict[str, Any]]) -> Counter[str]:
 def _flow(kafka: Any, bs: str, topic: str, **read: Any) -> tuple[ms.Flow, CollectSink, CollectSink, CollectSink]:
     """Keyed 1 s windows over the topic, their late records, and (partition, offset, pid) of every record."""
     flow, out, late, where = ms.Flow("kp"), CollectSink(), CollectSink("late"), CollectSink("where")
-    src = flow.source(kafka.read(topic, bootstrap=bs, bounded=True, metadata=("partition", "offset"), **read),
+    src = flow.source(kafka.read(topic, bootstrap=bs, bounded=True, metadata=("partition", "offset"),
+                                 **{"partitions": "auto", **read}),
                       watermark=ms.WatermarkStrategy.bounded(BOUND, timestamp="ts"))
     src.map(lambda r: {"p": r["_partition"], "o": r["_offset"], "pid": os.getpid()}).sink(where)
     counts = src.key_by("k").window(ms.windows.tumbling(1_000)).aggregate(n=ms.agg.count(), total=ms.agg.sum("v"))
@@ -127,7 +128,8 @@ def _pids(where: CollectSink) -> dict[int, set[int]]:
 def test_the_partitions_are_the_splits(kafka: Any, bs: str, keyed: str) -> None:
     """A metadata request when the flow is compiled gives one split per partition (no record read);
     ``partitions=`` declares them without the broker."""
-    splits = kafka.read(keyed, bootstrap=bs).logical_splits()
+    assert kafka.read(keyed, bootstrap=bs).logical_splits() is None  # by default one split, one consumer
+    splits = kafka.read(keyed, bootstrap=bs, partitions="auto").logical_splits()
     assert [s.split.home for s in splits] == [(keyed, p) for p in range(PARTITIONS)]
     assert [s.describe().endswith(f"partition {keyed}[{p}])") for p, s in enumerate(splits)] == [True] * PARTITIONS
     assert all(s.logical_splits() is None for s in splits)  # a split is not split again
@@ -135,7 +137,8 @@ def test_the_partitions_are_the_splits(kafka: Any, bs: str, keyed: str) -> None:
     declared = kafka.read(["a", "b"], bootstrap=nowhere, partitions={"a": 2, "b": 3}).logical_splits()
     assert [s.split.home for s in declared] == [("a", 0), ("a", 1), ("b", 0), ("b", 1), ("b", 2)]
     with pytest.raises(ConnectorError, match=r"partitions=N"):
-        kafka.read("a", bootstrap=nowhere, backoff=ms.connectors.Backoff(budget_s=0.3)).logical_splits()
+        kafka.read("a", bootstrap=nowhere, backoff=ms.connectors.Backoff(budget_s=0.3),
+                   partitions="auto").logical_splits()
     with pytest.raises(ConfigError, match="partition count"):
         kafka.read(["a", "b"], bootstrap=nowhere, partitions={"a": 2})
 
@@ -207,7 +210,8 @@ def _resume_flow(kafka: Any, bs: str, topic: str, group: str, out_path: Path, se
         return {"i": r["i"], "p": r["_partition"]}
 
     flow = ms.Flow("resume")
-    (flow.source(kafka.read(topic, bootstrap=bs, group=group, bounded=True, metadata=("partition", "offset")))
+    (flow.source(kafka.read(topic, bootstrap=bs, group=group, bounded=True, metadata=("partition", "offset"),
+                            partitions="auto"))
      .map(step).sink(ms.connectors.files.write(out_path)))
     return flow
 
@@ -251,14 +255,11 @@ def test_a_checkpoint_at_p2_resumes_at_p3_losing_nothing(kafka: Any, bs: str, ke
     assert all(0 < e <= per for e in ends[:2]), ends
 
 
-@pytest.mark.xfail(strict=True, reason="millstream._parallel acknowledges only worker 0's sources when a "
-                                       "checkpoint completes (no message tells workers 1..n-1), and its final "
-                                       "checkpoint acknowledges none: their offsets are not committed to the group")
 def test_every_worker_commits_its_partitions_to_the_group(kafka: Any, bs: str, keyed: str, tmp_path: Path,
                                                           clean: None) -> None:
     group = services.unique("g")
     flow = ms.Flow("commit")
-    flow.source(kafka.read(keyed, bootstrap=bs, group=group, bounded=True)).sink(CollectSink())
+    flow.source(kafka.read(keyed, bootstrap=bs, group=group, bounded=True, partitions="auto")).sink(CollectSink())
     assert flow.run(mode="native", parallelism=2, guarantee="at-least-once", checkpoint_dir=str(tmp_path)).ok
     assert committed(bs, group, keyed, PARTITIONS) == [N // PARTITIONS] * PARTITIONS
 
@@ -287,7 +288,7 @@ def test_a_split_reads_the_partitions_added_beyond_the_layout(kafka: Any, bs: st
             return {t: ps[: shown[0]] for t, ps in real(cli, names, **kw).items()}
 
         monkeypatch.setattr(_kafka, "topic_partitions", view)
-        splits = kafka.read(topic, bootstrap=bs, discovery_interval=0.2).logical_splits()
+        splits = kafka.read(topic, bootstrap=bs, discovery_interval=0.2, partitions="auto").logical_splits()
         assert len(splits) == 2  # the layout the metadata showed when compiled
         reader = splits[1].open(ctx())
         try:
@@ -337,8 +338,37 @@ def test_a_checkpoint_of_another_layout_is_refused_naming_the_fix(kafka: Any, bs
     with pytest.raises(Exception, match="boom"):
         run(partitions=2)
     with pytest.raises(Exception, match=r"partitions=\{'" + keyed + r"': 2\}") as info:
-        run()
+        run(partitions="auto")
     assert "holds the offsets of" in str(info.value)
     assert run(partitions=2).ok
     got = [json.loads(line)["i"] for line in out_path.read_text().splitlines()]
     assert set(got) == set(range(N))
+
+
+def test_a_checkpoint_resumes_only_with_the_split_layout_it_was_taken_with(kafka: Any, bs: str, keyed: str,
+                                                                            tmp_path: Path) -> None:
+    """Read as one split (the default) or as partitions (partitions=), a source's position has another
+    shape: a checkpoint of one is refused by the other, naming the fix, instead of starting over."""
+    def run(ck: Path, fail: bool, **read: Any) -> Any:
+        seen = [0]
+
+        def step(r: dict[str, Any]) -> dict[str, Any]:
+            seen[0] += 1
+            if fail and seen[0] == 3_000:
+                raise RuntimeError("boom")
+            return r
+
+        flow = ms.Flow("layout")
+        flow.source(kafka.read(keyed, bootstrap=bs, bounded=True, **read)).map(step).sink(CollectSink())
+        return flow.run(mode="native", checkpoint_dir=str(ck), checkpoint_interval=1, max_chunk=100,
+                        guarantee="at-least-once")
+
+    for first, then, match in (({}, {"partitions": "auto"}, "as one split"),
+                               ({"partitions": "auto"}, {}, "as logical splits")):
+        ck = tmp_path / f"ck{len(first)}"
+        with pytest.raises(Exception, match="boom"):
+            run(ck, True, **first)
+        with pytest.raises(ConfigError, match=match):
+            run(ck, False, **then)
+        assert run(ck, False, **first).ok
+

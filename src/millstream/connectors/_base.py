@@ -476,6 +476,15 @@ class SplitSetReader(SourceReader):
         return out
 
     def restore(self, position: Any) -> None:
+        if not isinstance(position, dict) or not all(
+                isinstance(j, int) and isinstance(p, dict) and "at" in p for j, p in position.items()):
+            # taken while the source was read as one split (e.g. a Kafka source without partitions=):
+            # read as splits now, nothing of it would be restored and the sources would start over
+            raise ConfigError(
+                "the checkpoint holds this source's position as one split, and the source is now read as "
+                "logical splits: it cannot be resumed that way. Run with the source as it was when the "
+                "checkpoint was taken (e.g. kafka.read without partitions=), or start over with a new "
+                "checkpoint directory")
         for j, r in self.readers.items():
             if j in position:
                 r.restore(position[j]["at"])

@@ -103,6 +103,9 @@ class ReadOptions:
     max_record_bytes: int | None = None
     #: the partition count of each topic, declared (``partitions=``); None: looked up when compiled
     partitions: tuple[tuple[str, int], ...] | None = None
+    #: whether the partitions are logical splits (``partitions=`` given: counts or ``"auto"``); if not,
+    #: the source is one split whose single consumer reads every partition
+    split_partitions: bool = False
 
     def __post_init__(self) -> None:
         if not self.topics or not all(isinstance(t, str) and t for t in self.topics):
@@ -208,7 +211,7 @@ class KafkaSource(Source):
         """One split per partition of the layout: the counts declared with ``partitions=``, else those
         of a metadata request to the broker (retried with the source's ``backoff``; reading no record).
         The first answer is kept, so every compile of this source numbers its splits alike."""
-        if self.split is not None:
+        if self.split is not None or not self.options.split_partitions:
             return None
         layout = self.options.partitions or self._layout
         if layout is None:
@@ -798,8 +801,13 @@ class KafkaReader(SourceReader):
     def restore(self, position: Any) -> None:
         if position is None:
             return
+        if isinstance(position, dict) and position and all(isinstance(j, int) for j in position):
+            raise ConfigError(
+                "the checkpoint holds this Kafka source's position as logical splits (it was read with "
+                "partitions=), and the source is now one split: it cannot be resumed that way. Run with "
+                "the partitions= the checkpoint was taken with, or start over with a new checkpoint directory")
         if not isinstance(position, dict) or "offsets" not in position:
-            raise ConfigError(f"not a position of a Kafka source: {position!r}")
+            raise ConfigError(f"not a position of a Kafka source: {str(position)[:200]}")
         if self.started:
             raise ConfigError("restore() must come before the first poll of a Kafka source")
         self.restored = position

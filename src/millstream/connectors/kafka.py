@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from millstream._expr import Expr
 from millstream.connectors._base import Backoff, ErrorPolicy
@@ -67,7 +67,7 @@ def read(
     backoff: Backoff = DEFAULT_BACKOFF,
     discovery_interval: float = 5.0,
     max_record_bytes: int | None = None,
-    partitions: int | Mapping[str, int] | None = None,
+    partitions: int | Mapping[str, int] | Literal["auto"] | None = None,
     name: str | None = None,
 ) -> KafkaSource:
     """A source that reads one or more Kafka topics; each partition is a split ``topic[p]``.
@@ -98,12 +98,14 @@ def read(
     - ``discovery_interval``: seconds between looks for new partitions (unbounded reads).
     - ``max_record_bytes``: a value longer than this is a bad record (its first KiB is what the
       dead-letter sink gets); None: no limit beyond the broker's.
-    - ``partitions``: the topic's partition count (an int, the same for every topic, or a dict of
-      one per topic). Each partition is a logical split, and ``flow.run(parallelism=n)`` gives each
-      worker a contiguous range of them. By default the counts are looked up (a metadata request)
-      when the flow is compiled; declaring them compiles without the broker, and keeps the layout of
-      a checkpoint when the topics have grown since (partitions beyond the count are read by the
-      split of partition ``p % count``). See "Parallelism" in docs/connectors/kafka.md.
+    - ``partitions``: read the partitions as logical splits, so that ``flow.run(parallelism=n)`` gives
+      each worker a contiguous range of them: the topic's partition count (an int, the same for every
+      topic, or a dict of one per topic), or ``"auto"`` to look the counts up (a metadata request) when
+      the flow is compiled. Declared counts compile without the broker and keep the layout of a
+      checkpoint when the topics have grown since (partitions beyond the count are read by the split
+      of partition ``p % count``). Each split has a consumer of its own. Without it (the default) the
+      source is one split: one consumer reads every partition, in one worker. See "Parallelism" in
+      docs/connectors/kafka.md.
 
     A missing topic fails at the start with a :class:`~millstream.errors.ConnectorError` that says how
     to create it (:func:`create_topic`).
@@ -117,8 +119,11 @@ def read(
     meta: Any = metadata
     if isinstance(meta, str):
         meta = (meta,)
-    if partitions is not None and not isinstance(partitions, int | Mapping):
-        raise ConfigError(f"partitions must be an int or a dict of topic -> int, not {partitions!r}")
+    if partitions is not None and partitions != "auto" and not isinstance(partitions, int | Mapping):
+        raise ConfigError(f"partitions must be an int, a dict of topic -> int or 'auto', not {partitions!r}")
+    split_partitions = partitions is not None
+    if partitions == "auto":
+        partitions = None
     if isinstance(discovery_interval, bool) or not isinstance(discovery_interval, int | float):
         raise ConfigError(f"discovery_interval must be a number of seconds, not {discovery_interval!r}")
     options = ReadOptions(
@@ -126,7 +131,8 @@ def read(
         bounded=bounded, format=format, deserializer=deserializer, metadata=tuple(meta),
         config=check_config(config, RESERVED_READ), backoff=backoff, discovery_interval_s=float(discovery_interval),
         max_record_bytes=max_record_bytes,
-        partitions=partitions_of(dict(partitions) if isinstance(partitions, Mapping) else partitions, tuple(names)))
+        partitions=partitions_of(dict(partitions) if isinstance(partitions, Mapping) else partitions, tuple(names)),
+        split_partitions=split_partitions)
     return KafkaSource(options, on_error=on_error, name=name)
 
 
