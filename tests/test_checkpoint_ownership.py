@@ -306,9 +306,26 @@ def test_a_rewound_history_warns_under_at_least_once_and_never_reuses_an_id(
     with caplog.at_level(logging.WARNING, logger="millstream"):
         result = resume(tmp_path, "at-least-once")
     assert f"output of checkpoint {deleted} may already be committed" in caplog.text
+    assert "output after it is produced again (at-least-once allows that)" in caplog.text
     assert result.checkpoints is not None and result.checkpoints.restored_from == deleted - 1
     assert [h["id"] for h in result.checkpoints.history][0] > deleted
     assert set(output(tmp_path, "at-least-once")) == set(reference(tmp_path))
+
+
+def test_a_rewound_history_under_at_most_once_says_nothing_is_produced_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    crash_midway(tmp_path, "at-most-once")
+    newest = checkpoints(tmp_path)[-1]
+    shutil.rmtree(newest)
+    with caplog.at_level(logging.WARNING, logger="millstream"):
+        resume(tmp_path, "at-most-once")
+    assert "nothing is produced again, and the state after it is lost (at-most-once allows that)" in caplog.text
+    assert "produced again (at-most-once" not in caplog.text
+    ref = {(r["k"], r["window_start"]): r["n"] for r in map(json.loads, reference(tmp_path))}
+    got = output(tmp_path, "at-most-once").elements()
+    windows = [(r["k"], r["window_start"], r["n"]) for r in map(json.loads, got)]
+    assert len({w[:2] for w in windows}) == len(windows)  # no window twice
+    assert all(n <= ref[(k, s)] for k, s, n in windows)  # none holding more than it should (some hold less)
 
 
 def test_deleting_committed_with_the_newest_checkpoints_is_refused_under_exactly_once(tmp_path: Path) -> None:

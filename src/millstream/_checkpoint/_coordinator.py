@@ -330,8 +330,15 @@ class Coordinator:
             raise CheckpointError(
                 f"{problem}\n  Resuming would produce the output after checkpoint {restored} again (duplicates), "
                 f"which exactly-once forbids.\n  fix: put the missing checkpoint folder(s) back; or {_START_OVER}")
-        log.warning("%s Resuming from %s: output after it is produced again (%s allows that).", problem,
-                    f"checkpoint {restored}" if loaded is not None else "the start", self.guarantee)
+        where = f"checkpoint {restored}" if loaded is not None else "the start"
+        if self.guarantee == "at-most-once":
+            # the sources go on after what they had read (positions.pkl): nothing is read again, and what
+            # the state held after the restored checkpoint is lost
+            log.warning("%s Resuming from %s with the sources past what they had read: nothing is produced "
+                        "again, and the state after it is lost (at-most-once allows that).", problem, where)
+        else:
+            log.warning("%s Resuming from %s: output after it is produced again (%s allows that).", problem,
+                        where, self.guarantee)
 
     def _check_output(self, writers: Iterable[tuple[str, Any, str]]) -> None:
         """What the sinks committed may show a history the checkpoint directory no longer does: a
