@@ -104,7 +104,7 @@ def _blocks(draw: Any) -> list[bytes]:
     return lines
 
 
-_SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+_SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                              HealthCheck.too_slow])
 _seen: dict[str, int] = {"columnar": 0, "rows": 0}
 
