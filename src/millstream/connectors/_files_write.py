@@ -384,6 +384,10 @@ class _FileWriter(SinkWriter):
         marks = [t["bytes"] for t in transactions if isinstance(t, dict) and isinstance(t.get("bytes"), int)]
         if marks:
             self._cut(max(marks))
+        elif not self.compressed:
+            # at-most-once keeps every record written before the crash, but not a torn last one: the
+            # next record would be appended to it, leaving a line that is neither (a kill mid-write)
+            self._cut_torn_tail()
         if os.path.getsize(self.path):
             self.encoder.resume(self.path, self.compressed)
 
@@ -400,6 +404,25 @@ class _FileWriter(SinkWriter):
                 fh.seek(mark)
                 end = mark + self.encoder.complete(fh.read())
             if end < size:
+                fh.truncate(end)
+                os.fsync(fh.fileno())
+
+    def _cut_torn_tail(self) -> None:
+        """Cut the file back to its last whole record, reading it in blocks (it may be large)."""
+        size = end = offset = 0
+        with open(self.path, "r+b") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            block = b""
+            while chunk := fh.read(1 << 20):
+                block += chunk
+                whole = self.encoder.complete(block)  # the block starts at a record boundary
+                if whole:
+                    offset += whole
+                    end = offset
+                    block = block[whole:]
+            if end < size:
+                log.warning("sink %r: %s ends with a record cut short by the crash (%d bytes): removed",
+                            self.step, self.path, size - end)
                 fh.truncate(end)
                 os.fsync(fh.fileno())
 
