@@ -94,6 +94,15 @@ class CheckpointStats:
     lost: int = 0
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
+    def record(self, ckpt_id: int, ms: float, size: int, *, finished: bool, **extra: Any) -> None:
+        """Count a completed checkpoint: ``ms`` to take it, ``size`` bytes (``extra`` goes into its history)."""
+        self.completed += 1
+        self.last_id = ckpt_id
+        self.last_duration_ms = ms
+        self.max_duration_ms = max(self.max_duration_ms, ms)
+        self.last_size_bytes = size
+        self.history.append({"id": ckpt_id, "ms": round(ms, 3), "bytes": size, "finished": finished, **extra})
+
 
 class Coordinator:
     """Takes checkpoints of a :class:`NativeJob` and restores it after a crash."""
@@ -469,14 +478,7 @@ class Coordinator:
             self._acknowledge(job, {s.name: snap[s.name]["state"]["position"] for s in job.sources})
         self.store.gc()
         ms = (time.perf_counter() - t0) * 1000
-        st = self.stats
-        st.completed += 1
-        st.last_id = ckpt_id
-        st.last_duration_ms = ms
-        st.max_duration_ms = max(st.max_duration_ms, ms)
-        st.last_size_bytes = size
-        st.history.append({"id": ckpt_id, "ms": round(ms, 3), "bytes": size, "finished": finished,
-                           **({"savepoint": True} if savepoint else {})})
+        self.stats.record(ckpt_id, ms, size, finished=finished, **({"savepoint": True} if savepoint else {}))
         self.next_due = self.clock.now_ms() + self.interval_ms
         log.debug("%s %d: %d bytes in %.1f ms", "savepoint" if savepoint else "checkpoint", ckpt_id, size, ms)
         return self.store.path_of(ckpt_id)

@@ -271,13 +271,6 @@ class Checkpoints:
     def _record(self, ckpt: int, size: int, *, finished: bool) -> None:
         co = self.co
         ms = (time.perf_counter() - self.started) * 1000
-        st = co.stats
-        st.completed += 1
-        st.last_id = ckpt
-        st.last_duration_ms = ms
-        st.max_duration_ms = max(st.max_duration_ms, ms)
-        st.last_size_bytes = size
-        st.history.append({"id": ckpt, "ms": round(ms, 3), "bytes": size, "finished": finished,
-                           "parallelism": self.n})
+        co.stats.record(ckpt, ms, size, finished=finished, parallelism=self.n)
         co.next_due = co.clock.now_ms() + co.interval_ms
         log.debug("checkpoint %d of %d workers: %d bytes in %.1f ms", ckpt, self.n, size, ms)
