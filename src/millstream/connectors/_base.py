@@ -55,7 +55,7 @@ import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from millstream._time import MIN_WATERMARK as _MIN
 from millstream.errors import ConfigError, ConnectorError, ConnectorUnavailable, RecordError
@@ -343,19 +343,36 @@ class SplitSetReader(SourceReader):
     It may hold records a split's reader gave it and that it has not handed out yet (a chunk cut for
     alignment): a split's position is therefore the position of its reader before the records held
     plus how many of them were handed out (``{"at": position, "skip": n}``), so that a restore reads
-    the held records again."""
+    the held records again.
+
+    **Columnar batches.** When every split's reader is :attr:`~SourceReader.columnar`, so is this
+    one: :meth:`poll_frame` takes batches from the splits' ``poll_frame`` and hands them out split by
+    split, cut for alignment exactly where :meth:`poll` cuts rows. The event times it needs are
+    computed on the batch (the strategy's column or expression, in polars); a batch whose times are
+    not integer milliseconds without nulls (which the source step times row by row) is turned into
+    the rows its split's reader would have made (``rows_of_frame``) and aligned as rows. So a record
+    meets the same watermark in every mode. :meth:`push_down` gives every split's reader the columns
+    the flow reads, but not the values it keeps: a reader that left rows out would move its split's
+    watermark by records it does not hand out, which this reader could not align.
+    """
 
     def __init__(self, readers: list[SourceReader], numbers: list[int], strategy: Any) -> None:
         self.readers = dict(zip(numbers, readers, strict=True))
         self.active = list(numbers)
-        #: per split: the records read and not yet handed out, how many of its reader's last poll were
-        #: handed out before them, and its reader's position before that poll
-        self.held: dict[int, list[Any]] = {j: [] for j in numbers}
+        #: per split: the records read and not yet handed out (a list of rows, or a polars DataFrame
+        #: from ``poll_frame``), how many of its reader's last poll were handed out before them, and
+        #: its reader's position before that poll
+        self.held: dict[int, Any] = {j: [] for j in numbers}
         self.taken: dict[int, int] = dict.fromkeys(numbers, 0)
         self.before: dict[int, Any] = {}
         self.skip: dict[int, int] = {}
+        #: per split: what its reader's last poll gave, whole (``rows_of_frame`` of a part of it)
+        self.whole: dict[int, Any] = {}
+        #: per split: the event times of the DataFrame held (alignment only)
+        self.held_times: dict[int, Any] = {}
         #: the highest event time of the records handed out, per split (alignment only)
         self.high: dict[int, int] = {}
+        self.strategy = strategy
         self.extract: Any = None
         self.bound = 0
         if strategy is not None and len(numbers) > 1:
@@ -366,10 +383,11 @@ class SplitSetReader(SourceReader):
         self.last: int | None = None
         self.base = 0
         self.turn = 0
+        self._frames = False
 
     @property
     def columnar(self) -> bool:
-        return False
+        return bool(self.readers) and all(r.columnar for r in self.readers.values())
 
     def split(self) -> str | None:
         return None if self.last is None else str(self.last)
@@ -379,25 +397,54 @@ class SplitSetReader(SourceReader):
 
     def _fill(self, j: int, max_records: int) -> bool:
         """Read split ``j``'s next records unless some are held; False once it has ended."""
-        while not self.held[j]:
+        while not len(self.held[j]):
             reader = self.readers[j]
             before = reader.snapshot()
-            recs = reader.poll(max_records)
+            recs = reader.poll_frame(max_records) if self._frames else reader.poll(max_records)
             if recs is None:
                 self.active.remove(j)
                 return False
-            self.before[j], self.taken[j] = before, 0
+            self.before[j], self.taken[j], self.whole[j] = before, 0, recs
             skip = self.skip.pop(j, 0)
             if skip:  # restored inside a chunk: what was handed out before the checkpoint is done with
                 if skip < len(recs):
                     self.held[j], self.taken[j] = recs[skip:], skip
+                    self._time_frame(j)
                 else:
                     self.skip[j] = skip - len(recs)
                 continue
             self.held[j] = recs
-            if not recs:
+            if not len(recs):
                 break
+            self._time_frame(j)
         return True
+
+    def _time_frame(self, j: int) -> None:
+        """A DataFrame held for alignment: its event times, or (when it has no integer times without
+        nulls, which the source step would time row by row) its rows instead."""
+        held = self.held[j]
+        if self.extract is None or isinstance(held, list):
+            return
+        import polars as pl
+
+        ts = self.strategy.timestamp
+        try:
+            expr = pl.col(ts) if isinstance(ts, str) else ts.to_polars()
+            t = held.select(expr.alias("__t")).to_series()
+        except Exception:  # noqa: BLE001 - not a column polars can compute: timed as rows
+            t = None
+        if t is not None and t.dtype.is_integer() and not t.null_count():
+            self.held_times[j] = t.cast(pl.Int64)
+            return
+        self.whole[j] = rows = self._rows_of(j, self.whole[j])
+        self.held[j] = rows[self.taken[j]:] if self.taken[j] else rows
+
+    def _rows_of(self, j: int, frame: Any) -> list[Any]:
+        """The rows split ``j``'s reader would make of ``frame`` (the whole of its last poll)."""
+        rows_of = getattr(self.readers[j], "rows_of_frame", None)
+        if rows_of is not None:
+            return list(rows_of(frame))
+        return list(frame.to_dicts())
 
     def _wm(self, j: int) -> int:
         high = self.high.get(j)
@@ -411,6 +458,11 @@ class SplitSetReader(SourceReader):
             return len(recs)
         others = min(self._wm(o) for o in self.active if o != j)
         high = self.high.get(j, _MIN)
+        if not isinstance(recs, list):  # a DataFrame: the same rule, on its times
+            t = self.held_times[j]
+            prev = t.cum_max().shift(1, fill_value=high).clip(lower_bound=high)  # the highest time before each
+            stop = ((t + self.bound < prev) & (prev > others + self.bound + 1)).arg_true()
+            return int(stop[0]) if len(stop) else len(recs)
         try:
             times, _, _ = self.extract(recs, high)
         except Exception:  # noqa: BLE001 - a bad timestamp: the source step's error policy decides
@@ -432,7 +484,7 @@ class SplitSetReader(SourceReader):
         order = self.active[self.turn % len(self.active):] + self.active[:self.turn % len(self.active)]
         blocked: list[tuple[int, int]] = []
         for j in order:
-            if not self.held[j]:
+            if not len(self.held[j]):
                 continue  # nothing ready now
             n = self._ready(j)
             if n > 0:
@@ -445,17 +497,54 @@ class SplitSetReader(SourceReader):
             return self._take(min(blocked)[1], 1)
         return []
 
+    def poll_frame(self, max_records: int) -> Any:
+        """Like :meth:`poll`, with the splits' columnar batches (see the class docstring): a polars
+        DataFrame, or a list of rows for a chunk a split's reader made as rows."""
+        self._frames = True
+        try:
+            return self.poll(max_records)
+        finally:
+            self._frames = False
+
+    def push_down(self, columns: frozenset[str] | None, equals: dict[str, frozenset[Any]]) -> None:
+        """The flow reads only ``columns``: each split's reader may leave the other fields out. The
+        values the flow keeps (``equals``) are not passed on (see the class docstring)."""
+        for r in self.readers.values():
+            push = getattr(r, "push_down", None)
+            if push is not None:
+                push(columns, {})
+
+    def rows_of_frame(self, frame: Any) -> list[Any]:
+        """The rows of the batch last handed out, as its split's reader would have made them."""
+        j = self.last
+        if j is None:
+            return list(frame.to_dicts())
+        whole = self.whole.get(j)
+        if whole is frame:
+            return self._rows_of(j, frame)
+        if whole is None or isinstance(whole, list):
+            return list(frame.to_dicts())
+        return self._rows_of(j, whole)[self.base:self.base + len(frame)]
+
     def _take(self, j: int, n: int) -> list[Any]:
+        """Hand out split ``j``'s next ``n`` held records (a list, or a DataFrame under :meth:`poll_frame`)."""
         recs = self.held[j]
         out, self.held[j] = (recs, []) if n >= len(recs) else (recs[:n], recs[n:])
         self.last, self.base = j, self.taken[j]
         self.taken[j] += len(out)
-        if self.extract is not None:
-            try:
-                _, high, _ = self.extract(out, self.high.get(j, _MIN))
-                self.high[j] = high
-            except Exception:  # noqa: BLE001,S110 - reported by the source step
-                pass
+        if self.extract is None:
+            return cast(list[Any], out)
+        if not isinstance(out, list):
+            t = self.held_times.pop(j)
+            if n < len(recs):
+                t, self.held_times[j] = t[:n], t[n:]
+            self.high[j] = max(self.high.get(j, _MIN), int(t.max()))
+            return cast(list[Any], out)  # a DataFrame: poll_frame's caller knows
+        try:
+            _, high, _ = self.extract(out, self.high.get(j, _MIN))
+            self.high[j] = high
+        except Exception:  # noqa: BLE001,S110 - reported by the source step
+            pass
         return out
 
     def position_of(self, index: int) -> str | None:
@@ -468,7 +557,7 @@ class SplitSetReader(SourceReader):
     def snapshot(self) -> Any:
         out: dict[int, Any] = {}
         for j, r in self.readers.items():
-            if self.held[j]:
+            if len(self.held[j]):
                 out[j] = {"at": self.before[j], "skip": self.taken[j]}
             else:
                 out[j] = {"at": r.snapshot(), "skip": self.skip.get(j, 0)}
@@ -489,6 +578,7 @@ class SplitSetReader(SourceReader):
             if j in position:
                 r.restore(position[j]["at"])
                 self.held[j], self.taken[j] = [], 0
+                self.held_times.pop(j, None)
                 if position[j]["skip"]:
                     self.skip[j] = position[j]["skip"]
                 if position[j].get("high") is not None:

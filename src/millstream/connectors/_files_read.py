@@ -26,7 +26,14 @@ from typing import IO, Any, Literal, cast
 import orjson
 
 from millstream._time import to_ms
-from millstream.connectors._base import ErrorPolicy, Source, SourceContext, SourceReader, check_policy
+from millstream.connectors._base import (
+    ErrorPolicy,
+    Source,
+    SourceContext,
+    SourceReader,
+    check_policy,
+    check_splits,
+)
 from millstream.connectors._files_common import (
     EXTENSIONS,
     FORMATS,
@@ -127,27 +134,33 @@ class FileSource(Source):
 
     ``stop()`` ends a following source once it has read what its files hold now.
 
-    A job with ``parallelism=n`` reads it whole on worker 0 (see :meth:`parts_of` for how it can be
-    cut in parts: by file, or by byte range at line starts).
+    With ``splits=n`` (> 1) it is ``n`` fixed logical splits (:meth:`logical_splits`): a directory's
+    files dealt by a hash of their names, or one file of lines cut into byte ranges. A job with
+    ``parallelism=p`` gives each worker a range of them; with ``splits=1`` (the default) it is one
+    split, read whole on worker 0.
     """
 
     replay = "position"
-    #: this source reads part ``part`` of ``parts``, cut ``split_by`` (see :meth:`parts_of`)
+    #: this source (a split of one) reads split ``part`` of ``parts`` (see :meth:`logical_splits`)
     part = 0
     parts = 1
-    split_by: Literal["files", "bytes"] | None = None
 
-    def __init__(self, options: ReadOptions, *, on_error: ErrorPolicy = "fail", name: str | None = None) -> None:
+    def __init__(self, options: ReadOptions, *, on_error: ErrorPolicy = "fail", name: str | None = None,
+                 splits: int = 1) -> None:
         self.options = options
         self.on_error = check_policy(on_error)
         self.name = name
         self.bounded = not options.follow
+        self.splits = check_splits(splits)
         self._stop = threading.Event()
+        #: how ``splits`` cut the input (None: one split), found (or refused) now, while the flow is built
+        self.split_by: Literal["files", "bytes"] | None = self._split_kind() if self.splits > 1 else None
 
     def stop(self) -> None:
         """End the input once what the files hold now has been read (thread-safe).
 
-        Sticky: a stopped source stays stopped, so build a new one to read again.
+        Sticky: a stopped source stays stopped, so build a new one to read again. Its splits
+        (:meth:`logical_splits`) share it: stopping the source stops them all.
         """
         self._stop.set()
 
@@ -159,43 +172,73 @@ class FileSource(Source):
     def open(self, ctx: SourceContext) -> SourceReader:
         return _FileReader(self, ctx)
 
-    def parts_of(self, n: int) -> list[Source] | None:
-        """``n`` parts: by file for a directory, by byte range for one uncompressed JSON-lines or text
-        file; None for a following source (files appear while it runs), a CSV, compressed or Parquet
-        file, and a path that is not there yet. Looks only at whether the path is a directory or a
-        file: what a part reads is fixed when it opens.
-
-        Not used by the executors any more: the parts depend on ``n`` and a job of one process reads
-        the path as one split, so a file source has no :meth:`logical_splits` (it is read whole by one
-        worker). Making these parts fixed logical splits (a count fixed by the source, read as splits
-        at parallelism 1 too) changes how one process times a directory's records, so it waits for a
-        ``splits=`` option of its own."""
+    def _split_kind(self) -> Literal["files", "bytes"]:
+        """How ``splits`` cut the input: ``"files"`` for a directory (a path that is one, or ends with
+        a separator), ``"bytes"`` for one uncompressed file of JSON lines or text; anything else is
+        refused with a :class:`ConfigError` that says why and what to do instead."""
         o = self.options
-        if self.parts != 1 or o.follow:
-            return None
-        if os.path.isdir(o.path):
-            how: Literal["files", "bytes"] = "files"
-        elif os.path.isfile(o.path) and o.format in ("jsonl", "lines") and not o.path.endswith(".gz"):
-            how = "bytes"
-        else:
+        if os.path.isdir(o.path) or o.path.endswith(("/", os.sep)):
+            return "files"
+        where = f"source {self.default_name()!r}: files.read({o.path!r}, splits={self.splits})"
+        fix = ("put the input in a directory of files and read the directory (its files are dealt to the "
+               "splits by name), or drop splits=")
+        if o.follow:
+            raise ConfigError(f"{where} follows one file, which grows while it is read, so it cannot be cut into "
+                              f"fixed byte ranges; {fix}")
+        if o.path.endswith(".gz"):
+            raise ConfigError(f"{where}: a compressed file can only be read from its start, so it cannot be cut "
+                              f"into byte ranges; {fix}")
+        if o.format == "csv":
+            raise ConfigError(f"{where}: a CSV file cannot be cut into byte ranges (a quoted field may span lines, "
+                              f"so a range cannot tell where its first record starts, and only the first range "
+                              f"holds the header); {fix}")
+        if o.format == "parquet":
+            raise ConfigError(f"{where}: a Parquet file is not cut into splits; {fix}")
+        return "bytes"
+
+    def logical_splits(self) -> list[Source] | None:
+        """``splits`` fixed splits (None for one), each a copy of this source reading its part:
+
+        - a directory: split ``j`` reads the files whose name hashes to ``j``
+          (``crc32(name) % splits``), in name order. A file's split depends on its name alone, so
+          files added later (while following, or between a checkpoint and its resume) go to a split
+          of their own without moving any other file: every split's position stays valid.
+        - one uncompressed JSON-lines or text file: split ``j`` reads the lines that *start* in bytes
+          ``[j * size // splits, (j + 1) * size // splits)`` (the last split reads to the end), so a
+          line crossing a boundary is read once, by the split where it starts. The ranges are found
+          when a split opens and kept in its checkpointed position.
+
+        Whether the path is a directory was seen when the source was built; what a split reads is
+        fixed when it opens.
+        """
+        if self.parts != 1 or self.split_by is None:
             return None
         out: list[Source] = []
-        for w in range(n):
-            part = copy.copy(self)
-            part.part, part.parts, part.split_by = w, n, how
+        for j in range(self.splits):
+            part = copy.copy(self)  # shares the stop event: stop() reaches every split
+            part.part, part.parts = j, self.splits
             out.append(part)
         return out
+
+    def owns(self, name: str) -> bool:
+        """Whether this source reads the file ``name`` of its directory (always, unless it is a split by files)."""
+        if self.parts == 1 or self.split_by != "files":
+            return True
+        return zlib.crc32(name.encode("utf-8", "surrogateescape")) % self.parts == self.part
 
     def describe(self) -> str:
         o = self.options
         text = f"{o.format} {o.path}"
         if o.pattern:
             text += f" ({', '.join(o.pattern)})"
-        if self.split_by is not None:
+        if self.parts > 1:
             p, n = self.part, self.parts
-            what = f"files {p}, {p + n}, ... by name" if self.split_by == "files" else "lines starting in bytes " \
-                f"{p}/{n} to {p + 1}/{n} of its size"
-            text += f", part {p + 1} of {n}: {what}"
+            what = f"the files whose name hashes to {p}" if self.split_by == "files" else \
+                f"the lines starting in bytes {p}/{n} to {p + 1}/{n} of its size"
+            text += f", split {p} of {n}: {what}"
+        elif self.split_by is not None:
+            how = "files by a hash of their names" if self.split_by == "files" else "by byte ranges"
+            text += f", {self.splits} splits ({how})"
         return text + (", following" if o.follow else "")
 
     def default_name(self) -> str:
@@ -228,6 +271,7 @@ def read(
     delimiter: str = ",",
     encoding: str = "utf-8",
     block_size: int = _BLOCK,
+    splits: int = 1,
 ) -> FileSource:
     """A source that reads the file ``path``, or the files of the directory ``path`` in name order.
 
@@ -259,6 +303,12 @@ def read(
       CSV are not records: passed over in every mode, and counted (``blank_lines``).
     - ``csv_types``: column -> function applied to its text, e.g. ``{"amount": float}``;
       an empty field becomes None, and ``bool`` accepts true/false, yes/no, 1/0.
+    - ``splits``: read the input as this many fixed logical splits, so that a job with
+      ``parallelism`` > 1 reads it on several workers (see :meth:`FileSource.logical_splits`): a
+      directory's files by a hash of their names (any format, following too), or one uncompressed
+      JSON-lines or text file by byte ranges. Each split has its own position and watermark; a
+      checkpoint resumes only with the same ``splits``. A CSV, Parquet or compressed file, or a
+      followed file, cannot be cut and is refused.
 
     Positions (``position_of``) are ``path:line`` (1-based; for CSV the line the row
     starts on) and ``path#row N`` (0-based) for Parquet.
@@ -288,7 +338,7 @@ def read(
         encoding=encoding,
         block_size=block_size,
     )
-    return FileSource(options, on_error=on_error, name=name)
+    return FileSource(options, on_error=on_error, name=name, splits=splits)
 
 
 def _infer_read_format(path: str) -> str:
@@ -840,8 +890,8 @@ class _FileReader(SourceReader):
         pats = self.o.patterns
         names = sorted(e.name for e in entries
                        if not e.name.startswith(".") and e.is_file() and any(fnmatch.fnmatch(e.name, p) for p in pats))
-        if self.src.split_by == "files":
-            return names[self.src.part::self.src.parts]
+        if self.src.parts > 1:
+            return [n for n in names if self.src.owns(n)]
         return names
 
     def _whole(self, name: str) -> bool:
@@ -857,7 +907,7 @@ class _FileReader(SourceReader):
                 self.cur = _ParquetCursor(name, path, tail.offset)
             else:
                 whole = self._whole(name)
-                if self.src.split_by == "bytes":
+                if self.src.parts > 1 and self.src.split_by == "bytes":
                     if self.range is None:
                         self.range = _byte_range(path, self.src.part, self.src.parts)
                     if not tail.offset:
@@ -1292,11 +1342,31 @@ class _FileReader(SourceReader):
             files[cur.name] = {"offset": cur.offset, "line": cur.line}
             if cur.header is not None:
                 files[cur.name]["header"] = list(cur.header)
-        return {"path": self.o.path, "done": sorted(self.done), "files": files}
+        out: dict[str, Any] = {"path": self.o.path, "done": sorted(self.done), "files": files}
+        if self.src.parts > 1:
+            out["split"] = [self.src.part, self.src.parts]
+            if self.range is not None:
+                out["range"] = list(self.range)
+        return out
 
     def restore(self, position: Any) -> None:
+        if isinstance(position, dict) and position and all(isinstance(j, int) for j in position):
+            raise ConfigError(f"source {self.ctx.step!r}: the checkpoint holds {len(position)} split(s) of "
+                              f"{self.o.path!r} (files.read(..., splits=N)), and this run reads it as one split: "
+                              "resume with the splits= the checkpoint was taken with, or start over with a new "
+                              "checkpoint directory")
         if not isinstance(position, dict) or "files" not in position:
             raise ConfigError(f"not a position of a file source: {position!r}")
+        split = position.get("split", [0, 1])
+        if split != [self.src.part, self.src.parts]:
+            was = f"split {split[0]} of splits={split[1]}" if split[1] > 1 else "one split (splits=1)"
+            now = f"split {self.src.part} of splits={self.src.parts}" if self.src.parts > 1 else \
+                "one split (splits=1)"
+            raise ConfigError(f"source {self.ctx.step!r}: the checkpoint holds the position of {was} of "
+                              f"{self.o.path!r}, and this run reads {now}: resume with the splits= the checkpoint "
+                              "was taken with, or start over with a new checkpoint directory")
+        if position.get("range") is not None:  # the byte range the split had when the checkpoint was taken
+            self.range = cast(tuple[int, int, int], tuple(position["range"]))
         if self.cur is not None:
             self.cur.close()
             self.cur = None
