@@ -14,7 +14,10 @@ The format comes from the file name (``.jsonl``/``.ndjson``/``.json``, ``.csv``,
 ``.txt``/``.log``, ``.parquet``; line formats may end in ``.gz``) or from ``format=``.
 A malformed line goes to the source's ``on_error`` policy with its file and line
 (``events.jsonl:42``); blank lines are ignored. Sources are replayable: their
-position is a byte offset and line number per file.
+position is a byte offset and line number per file. ``read(path, splits=N)`` makes
+the source N fixed logical splits (a directory's files by name, one JSON-lines or
+text file by byte range), so that a job at ``parallelism`` > 1 reads it on several
+workers (docs/connectors/files.md).
 
 Sinks and guarantees: ``write("out.jsonl")`` writes one file, made durable at each
 checkpoint and continued after a restart (at-least-once: a restart may repeat the
