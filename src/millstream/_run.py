@@ -406,6 +406,11 @@ def _run_plan(plan: Plan, cfg: RunConfig, control: JobControl, on_ready: Callabl
 
     guarantee = cfg.effective_guarantee
     check_guarantee(plan, guarantee)
+    if cfg.mode == "batch":
+        unbounded = [n.name for n in plan.sources if not n.op.connector.bounded]  # type: ignore[attr-defined]
+        if unbounded:
+            raise ConfigError(f"batch mode runs bounded inputs only; source(s) {', '.join(unbounded)} never end: "
+                              "run with mode='microbatch' (--mode microbatch) instead")
     if cfg.parallelism > 1:  # worker processes on this machine: millstream._parallel
         from millstream._parallel import run_parallel
 
@@ -458,11 +463,6 @@ def _run_loop(plan: Plan, cfg: RunConfig, coordinator: Coordinator | None, guara
     savepoint: str | None = None
     restarts = 0
     callback = cfg.on_progress
-    if cfg.mode == "batch":
-        unbounded = [n.name for n in plan.sources if not n.op.connector.bounded]  # type: ignore[attr-defined]
-        if unbounded:
-            raise ConfigError(f"batch mode runs bounded inputs only; source(s) {', '.join(unbounded)} never end: "
-                              "run with mode='microbatch' (--mode microbatch) instead")
     while True:
         rt = Runtime(clock, open_backend(cfg.state), checkpointed=coordinator is not None)
         if cfg.mode == "native":

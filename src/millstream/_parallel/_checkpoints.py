@@ -63,12 +63,15 @@ class Gate:
     """The inputs of one operator instance, as checkpoint barriers see them: stands where the
     operator would in its upstreams' outputs (see the module docstring, step 2)."""
 
-    #: the operator contract's flag (rows: native mode)
-    columnar = False
+    #: the operator contract's flag: it takes what its operator takes (``into`` adapts the form)
+    columnar = True
 
     def __init__(self, op: Operator, aligned: Callable[[Operator, int], None],
-                 started: Callable[[int], None]) -> None:
+                 started: Callable[[int], None], into: Any = None) -> None:
         self.op = op
+        #: where what passes goes: the operator, or an adapter that changes the data's form for it
+        #: (a row operator fed columnar batches, in the micro-batch modes)
+        self.into = op if into is None else into
         self.aligned = aligned
         #: called with a checkpoint's id when its barrier arrives: it may come before the message that
         #: starts the checkpoint on this worker (when every other input of the barrier has ended)
@@ -85,7 +88,7 @@ class Gate:
         if port in self.passed:
             self.held.append(("d", port, records, times))
         else:
-            self.op.push(port, records, times)
+            self.into.push(port, records, times)
 
     def watermark(self, port: int, wm: int) -> None:
         if port in self.passed:
@@ -132,7 +135,7 @@ class Gate:
                 continue
             kind = item[0]
             if kind == "d":
-                self.op.push(item[1], item[2], item[3])
+                self.into.push(item[1], item[2], item[3])
             elif kind == "w":
                 self.op.watermark(item[1], item[2])
             else:

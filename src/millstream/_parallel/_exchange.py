@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from millstream._keygroups import key_group
 from millstream._runtime._aggcode import compile_key, key_expr
 from millstream._runtime._codegen import Generated
+from millstream._runtime._columnar import TIME, is_frame, to_rows
 from millstream._time import MAX_WATERMARK, MIN_WATERMARK
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ if TYPE_CHECKING:
 
 #: most records in one message (a bigger push is cut into several)
 BATCH = 2048
+#: most rows of a columnar batch in one message
+FRAME_ROWS = 1 << 16
 #: messages a channel holds (besides the pipe's own buffer) before its sender waits
 CAPACITY = 8
 #: most messages taken from one pipe at a time
@@ -282,8 +285,8 @@ class ExchangeIn:
         self.barriers_queued = 0
 
     # -- what senders send -------------------------------------------------------------------
-    def push(self, sender: int, records: list[Any], times: list[int] | None) -> None:
-        if sender in self.waiting or sender in self.stopped or self._blocked(sender, times):
+    def push(self, sender: int, records: Any, times: list[int] | None) -> None:
+        if sender in self.waiting or sender in self.stopped or self._blocked(sender, _earliest(records, times)):
             self._wait(sender, ("d", records, times))
         else:
             self.target.push(self.port, records, times)
@@ -341,12 +344,13 @@ class ExchangeIn:
             self.idles[sender] = True
             self._advance()
 
-    def _blocked(self, sender: int, times: list[int] | None) -> bool:
-        """Whether a chunk of ``sender`` with these times must wait (see the class docstring)."""
-        if times is None or len(self.wms) < 2 or self.stopped or self.barriers_queued:
+    def _blocked(self, sender: int, earliest: int | None) -> bool:
+        """Whether a chunk of ``sender`` whose earliest event time is ``earliest`` must wait (see the class
+        docstring)."""
+        if earliest is None or len(self.wms) < 2 or self.stopped or self.barriers_queued:
             return False
         w = self.wms[sender]
-        if w == MIN_WATERMARK or min(times) > w:
+        if w == MIN_WATERMARK or earliest > w:
             return False
         return any(v < w for s, v in self.wms.items() if s != sender and not self.idles[s])
 
@@ -362,7 +366,7 @@ class ExchangeIn:
                 items = self.waiting[sender]
                 while items:
                     item = items[0]
-                    if item[0] == "d" and self._blocked(sender, item[2]):
+                    if item[0] == "d" and self._blocked(sender, _earliest(item[1], item[2])):
                         break
                     items.popleft()
                     moved = True
@@ -395,6 +399,17 @@ class ExchangeIn:
         return not self.waiting and not self.stopped and all(w >= MAX_WATERMARK for w in self.wms.values())
 
 
+def _earliest(records: Any, times: list[int] | None) -> int | None:
+    """The earliest event time of a chunk: of its times, or of the time column of a columnar batch
+    (None: not timed, or empty)."""
+    if times is not None:
+        return min(times) if times else None
+    if is_frame(records) and TIME in records.columns and records.height:
+        low = records.get_column(TIME).min()
+        return None if low is None else int(low)
+    return None
+
+
 def _compile_dests(key: Any) -> Callable[[list[Any], Callable[[Any], int | None], Callable[[Any], int]], list[int]]:
     """``dests(records, known, miss)``: the worker of each record, its key read inline (generated code):
     ``known(key)`` (a dict's ``get``) for a key seen before, else ``miss(key)``."""
@@ -411,8 +426,9 @@ class ExchangeOut:
     worker that owns its key group (``hash``) or to worker 0 (``global``), and sends the upstream
     instance's watermark to every instance of the target."""
 
-    #: the operator contract's flag (chunks of rows, never columnar batches: native mode)
-    columnar = False
+    #: the operator contract's flag: it takes chunks of rows and columnar batches (the micro-batch modes),
+    #: and sends each in the form it came in
+    columnar = True
 
     def __init__(self, pp: PhysicalPlan, index: int, edge: Edge, ex: Exchange, rt: Runtime) -> None:
         self.index = index
@@ -429,6 +445,9 @@ class ExchangeOut:
         self.dests = _compile_dests(edge.key) if edge.partitioning == "hash" else None
         #: key -> worker, for the keys seen (equal keys share a key group, so a dict can remember it)
         self.route: dict[Any, int] = {}
+        self.key_spec = edge.key
+        #: key group -> worker as a numpy array (columnar batches), made at the first batch
+        self.owner_array: Any = None
 
     def _miss(self, key: Any) -> int:
         """The worker of a key not seen yet (remembered)."""
@@ -436,7 +455,11 @@ class ExchangeOut:
         d = self.route[key] = self.owner[key_group(key, self.max_parallelism)]
         return d
 
-    def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
+    def push(self, port: int, records: Any, times: list[int] | None) -> None:
+        if is_frame(records):
+            if records.height:
+                self._push_frame(records)
+            return
         if not records:
             return
         if self.owner is None:  # global: all to worker 0
@@ -455,6 +478,51 @@ class ExchangeOut:
                 mine = [x == d for x in dests]
                 self._send(d, list(compress(records, mine)), None if times is None else list(compress(times, mine)))
 
+    def _push_frame(self, df: Any) -> None:
+        """Route a columnar batch: split by the worker of each row's key group, computed over the key's
+        columns at once (:func:`~millstream._keygroups.key_groups`, the groups :func:`key_group` gives
+        each value). A key read by a function or an expression, and a column whose values native mode
+        cannot give a group, go the way of rows (their key read per record, a failure naming it)."""
+        if self.owner is None:  # global: all to worker 0
+            self._send(0, df, None)
+            return
+        if len(self.receivers) == 1:
+            self._send(0, df, None)
+            return
+        dests = self._frame_dests(df)
+        if dests is None:
+            records, times = to_rows(df)
+            self.push(0, records, times)
+            return
+        import polars as pl
+
+        for d in range(len(self.receivers)):
+            mask = dests == d
+            if mask.all():
+                self._send(d, df, None)
+                return
+            if mask.any():
+                self._send(d, df.filter(pl.Series(mask)), None)
+
+    def _frame_dests(self, df: Any) -> Any:
+        """The worker of each row of ``df`` (a numpy array), or None when the key is not plain columns of it."""
+        key = self.key_spec
+        assert key is not None
+        if key.fn is not None or key.expr is not None or not all(f in df.columns for f in key.fields):
+            return None
+        if self.owner_array is None:
+            import numpy as np
+
+            self.owner_array = np.asarray(self.owner, dtype=np.int64)
+        from millstream._keygroups import key_groups
+
+        try:
+            cols = [df.get_column(f) for f in key.fields]
+            groups = key_groups(cols[0] if len(cols) == 1 else cols, self.max_parallelism)
+        except Exception:  # noqa: BLE001 - values native mode would route one by one (or name the record that fails)
+            return None
+        return self.owner_array[groups]
+
     def _dests_one_by_one(self, records: list[Any]) -> list[int]:
         """Each record's worker, record by record; the first that fails fails the step, naming it."""
         assert self.key is not None and self.owner is not None
@@ -467,10 +535,15 @@ class ExchangeOut:
                 raise self.rt.step_error(self.node, exc, record=r) from exc
         return out
 
-    def _send(self, dest: int, records: list[Any], times: list[int] | None) -> None:
+    def _send(self, dest: int, records: Any, times: list[int] | None) -> None:
         ex = self.ex
         if dest == ex.me:
             ex.ins[self.index].push(ex.me, records, times)
+            return
+        if is_frame(records):  # a batch travels whole (pickled as Arrow IPC by polars), cut at FRAME_ROWS
+            for start in range(0, records.height, FRAME_ROWS):
+                part = records.slice(start, FRAME_ROWS) if records.height > FRAME_ROWS else records
+                ex.queue(dest, ("d", self.index, part, None), part.height)
             return
         for start in range(0, len(records), BATCH):
             part = records[start:start + BATCH] if len(records) > BATCH else records

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -10,6 +11,7 @@ import resource
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +25,7 @@ from millstream.errors import CheckpointError, ConfigError, JobError, Millstream
 from ._checkpoints import Checkpoints, PartWriter
 from ._exchange import Exchange
 from ._rescale import load_parts, snapshot_for
-from ._worker import WorkerJob, run_worker, worker_main
+from ._worker import run_worker, worker_job, worker_main
 
 if TYPE_CHECKING:
     from millstream._checkpoint import Coordinator
@@ -44,9 +46,6 @@ def check_config(cfg: RunConfig) -> None:
     if n == 1:
         return
     fix = "run with parallelism=1 (--parallelism 1)"
-    if cfg.mode != "native":
-        raise ConfigError(f"parallelism > 1 runs in native mode only for now ({cfg.mode} mode across worker "
-                          f"processes comes next): run with mode='native' (--mode native), or {fix}")
     if cfg.effective_guarantee == "at-most-once":
         raise ConfigError("parallelism > 1 takes checkpoints for at-least-once and exactly-once; at-most-once "
                           "needs each source's read position recorded before every chunk, on every worker, "
@@ -115,6 +114,27 @@ def _context(method: str) -> Any:
     return ctx
 
 
+@contextlib.contextmanager
+def _main_module_hidden(method: str) -> Iterator[None]:
+    """While a worker is started by the forkserver: hide the program's main module from
+    multiprocessing, which would otherwise run it again in the worker (a script without an
+    ``if __name__ == "__main__":`` guard would start its job again there, and fail). A worker needs
+    nothing from it: the physical plan comes pickled by value (:func:`_payload`), and the worker's
+    function is millstream's."""
+    main = sys.modules.get("__main__")
+    if method != "forkserver" or main is None:
+        yield
+        return
+    saved: dict[str, Any] = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
 def run_parallel(plan: Plan, cfg: RunConfig, control: JobControl) -> RunResult:
     """Run ``plan`` on ``cfg.parallelism`` workers: this process is worker 0, the others are started here,
     joined here, and stopped here when anything fails or the run is interrupted.
@@ -129,7 +149,7 @@ def run_parallel(plan: Plan, cfg: RunConfig, control: JobControl) -> RunResult:
     if cfg.checkpoint_dir is not None:
         coordinator = Coordinator(plan, os.fspath(cfg.checkpoint_dir), guarantee=cfg.effective_guarantee,
                                   interval_ms=cfg.checkpoint_interval_ms, retain=cfg.checkpoints_retained,
-                                  clock=SystemClock(), mode="native", key=cfg.checkpoint_key)
+                                  clock=SystemClock(), mode=cfg.mode, key=cfg.checkpoint_key)
     try:
         restarts = 0
         while True:
@@ -155,7 +175,7 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
     from millstream._run import RunResult, _close, _status
 
     n = cfg.parallelism
-    physical = compile_physical(plan, "native", n, gather_sinks=True)
+    physical = compile_physical(plan, cfg.mode, n, gather_sinks=True)
     started = time.monotonic()
     guarantee = cfg.effective_guarantee
     restores: list[bytes | None] = [None] * n
@@ -168,7 +188,7 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
         assert owner is not None
         ckpt_cfg = {"root": coordinator.store.root, "epoch": owner.epoch, "token": owner.token}
         if loaded is not None and loaded.finished:
-            job0 = WorkerJob(physical, 0, Runtime(SystemClock(), open_backend(cfg.state)), Exchange(0, [], {}))
+            job0 = worker_job(physical, 0, Runtime(SystemClock(), open_backend(cfg.state)), Exchange(0, [], {}))
             return _status(job0, plan.flow, cfg.mode, started, RunResult, guarantee=guarantee,  # type: ignore[no-any-return]
                            checkpoints=coordinator.stats, already_finished=True, restarts=restarts)
         if loaded is not None:
@@ -178,6 +198,7 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
             log.info("resuming from checkpoint %d (taken at parallelism %d) at parallelism %d", loaded.id, old_n, n)
         coordinator.stats.restore_ms = (time.perf_counter() - t0) * 1000
     payload = _payload(physical)
+    trigger = cfg.trigger_interval_ms if cfg.mode == "microbatch" else 0
     method = _start_method()
     ctx = _context(method)
     # pipe[(a, b)]: worker a writes, worker b reads
@@ -233,7 +254,7 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
         info = part_writer.write(ckpt, 0, part)
         checkpoints.part(0, ckpt, info)
 
-    job = WorkerJob(physical, 0, rt, ex, checkpointed=coordinator is not None, on_part=own_part)
+    job = worker_job(physical, 0, rt, ex, checkpointed=coordinator is not None, on_part=own_part)
     interrupted = finished = False
     tick = None
     if cfg.on_progress is not None:
@@ -257,8 +278,9 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
             others = [c for ends in pipes.values() for c in ends if id(c) not in own] if method == "fork" else []
             proc = ctx.Process(target=worker_main, name=f"millstream-{plan.flow}-worker-{w}", daemon=True,
                                args=(w, payload, readers, writers, cfg.chunk, cfg.idle_sleep_s,
-                                     cfg.state, others, ckpt_cfg, restores[w]))
-            proc.start()
+                                     cfg.state, others, ckpt_cfg, restores[w], trigger))
+            with _main_module_hidden(method):
+                proc.start()
             procs.append(proc)
         for (a, b), (wr, r) in pipes.items():  # the workers' ends are theirs now
             if a != 0:
@@ -281,7 +303,8 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
 
                 checkpoints = Checkpoints(coordinator, n, ex.put, job.start, job.writers, acknowledge, job.sealed)
             ended = run_worker(job, ex, max_chunk=cfg.chunk, idle_sleep_s=cfg.idle_sleep_s,
-                               stop=lambda: control.stop_requested, tick=tick, checkpoints=checkpoints)
+                               stop=lambda: control.stop_requested, tick=tick, checkpoints=checkpoints,
+                               trigger_interval_ms=trigger)
             interrupted = not ended
             if interrupted and coordinator is not None and control.savepoint_requested:
                 log.warning("stopped without a savepoint: at parallelism > 1 a stop takes none yet; a run with the "

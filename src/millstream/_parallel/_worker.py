@@ -44,6 +44,7 @@ class WorkerJob(NativeJob):
                  on_part: Callable[[int, dict[str, Any]], None] | None = None) -> None:
         # NativeJob's constructor compiles the plan at parallelism 1; this one takes the given physical plan
         self.plan = physical.plan
+        self.mode = physical.mode
         self.rt = rt
         self.ops = []
         self.op_of = {}
@@ -77,12 +78,12 @@ class WorkerJob(NativeJob):
             for node in pop.steps:
                 self.op_of[node.id] = op
             if checkpointed and op not in self.sources:
-                self.gates[id(op)] = Gate(op, self.aligned, self.start)
+                self.gates[id(op)] = Gate(op, self.aligned, self.start, self._port(op, op))
 
         def into(down: Operator, port: int) -> Any:
             gate = self.gates.get(id(down))
             if gate is None:
-                return down
+                return self._port(down, down)  # the operator, or an adapter that turns batches into rows
             gate.ports.add(port)
             return gate
 
@@ -200,17 +201,47 @@ class WorkerJob(NativeJob):
         return [(op.name, op.records_in, op.records_out, op.metrics()) for op in self.ops]
 
 
+def worker_job(physical: PhysicalPlan, worker: int, rt: Runtime, ex: Exchange, *, checkpointed: bool = False,
+               on_part: Callable[[int, dict[str, Any]], None] | None = None) -> WorkerJob:
+    """Worker ``worker``'s job of ``physical``: its operators as the plan's mode makes them (per record in
+    native mode; vectorised where the plan allows in the micro-batch and batch modes)."""
+    cls = WorkerJob if physical.mode == "native" else _columnar_worker_job()
+    return cls(physical, worker, rt, ex, checkpointed=checkpointed, on_part=on_part)
+
+
+def _columnar_worker_job() -> type[WorkerJob]:
+    """:class:`WorkerJob` with the micro-batch executor's operators (imported here: they load polars,
+    which a native job never needs)."""
+    global _COLUMNAR
+    if _COLUMNAR is None:
+        from millstream._runtime._microbatch import MicroBatchJob
+
+        class ColumnarWorkerJob(WorkerJob, MicroBatchJob):
+            """A worker of a micro-batch or batch job: the micro-batch operators (``_make``, ``_make_chain``,
+            ``_port``, ``open``) wired as :class:`WorkerJob` wires them."""
+
+        _COLUMNAR = ColumnarWorkerJob
+    return _COLUMNAR
+
+
+_COLUMNAR: type[WorkerJob] | None = None
+
+
 def run_worker(job: WorkerJob, ex: Exchange, *, max_chunk: int, idle_sleep_s: float,
                stop: Callable[[], bool] | None = None, tick: Callable[[], None] | None = None,
-               checkpoints: Checkpoints | None = None) -> bool:
+               checkpoints: Checkpoints | None = None, trigger_interval_ms: int = 0) -> bool:
     """Run until this worker's sources and every exchange into it have ended (True), or ``stop()``
     (False). A round takes what has arrived, starts a checkpoint when one is due (worker 0:
-    ``checkpoints``) or asked for (the others: a ``ckpt`` message), reads a chunk from each source,
-    fires processing-time timers and sends what it made."""
+    ``checkpoints``) or asked for (the others: a ``ckpt`` message), reads a chunk from each source
+    (in micro-batch mode: this worker's epoch), fires processing-time timers and sends what it made.
+    With ``trigger_interval_ms`` (micro-batch mode), a round that read less than a full chunk is
+    followed by that long after it started, taking in what arrives meanwhile, so that a live input
+    gathers into larger epochs (as in one process)."""
     clock = job.rt.clock
     has_proc = any(type(op).on_processing_time is not Operator.on_processing_time for op in job.ops)
     sources_ended = not job.sources
     while True:
+        round_start = clock.now_ms()
         got = ex.receive(0.0)
         if checkpoints is not None:
             if checkpoints.due(clock.now_ms()):
@@ -236,6 +267,11 @@ def run_worker(job: WorkerJob, ex: Exchange, *, max_chunk: int, idle_sleep_s: fl
         if stop is not None and stop():
             return False
         ex.check()
+        if trigger_interval_ms and 0 < n < max_chunk:
+            deadline = round_start + trigger_interval_ms
+            while (left := deadline - clock.now_ms()) > 0:
+                ex.receive(left / 1000)
+            continue
         if n <= 0 and got == 0:
             wait = idle_sleep_s if not sources_ended else 0.05
             if not sources_ended:
@@ -254,7 +290,8 @@ def run_worker(job: WorkerJob, ex: Exchange, *, max_chunk: int, idle_sleep_s: fl
 
 def worker_main(worker: int, payload: bytes, readers: list[Connection], writers: dict[int, Connection],
                 max_chunk: int, idle_sleep_s: float, state: str, others: list[Connection],
-                ckpt: dict[str, Any] | None = None, restore: bytes | None = None) -> None:
+                ckpt: dict[str, Any] | None = None, restore: bytes | None = None,
+                trigger_interval_ms: int = 0) -> None:
     """The body of worker process ``worker`` (1 .. N-1). ``others``: pipe ends that are not this
     worker's, inherited when it was forked from the job's process: closed at once, so that a pipe
     ends when the one worker writing it does. ``ckpt``: where and as which owner it writes its parts
@@ -276,13 +313,14 @@ def worker_main(worker: int, payload: bytes, readers: list[Connection], writers:
             assert parts is not None
             ex.put(0, ("part", worker, ckpt_id, parts.write(ckpt_id, worker, part)))
 
-        job = WorkerJob(physical, worker, rt, ex, checkpointed=ckpt is not None, on_part=on_part)
+        job = worker_job(physical, worker, rt, ex, checkpointed=ckpt is not None, on_part=on_part)
         failed = True
         try:
             job.open()
             if restore is not None:
                 job.restore(pickle.loads(restore))  # noqa: S301 - made by the job's process
-            run_worker(job, ex, max_chunk=max_chunk, idle_sleep_s=idle_sleep_s)
+            run_worker(job, ex, max_chunk=max_chunk, idle_sleep_s=idle_sleep_s,
+                       trigger_interval_ms=trigger_interval_ms)
             failed = False
             if ckpt is not None:  # the final checkpoint: acknowledged once worker 0 has written it
                 ex.put(0, ("done", worker, _figures(job)))

@@ -1,0 +1,51 @@
+"""The micro-batch and batch modes at parallelism > 1 (issue 11, section 2): checkpoints across workers.
+
+The vectorised operators run on every worker, columnar batches cross the exchange as batches, and a
+checkpoint holds each worker's part of their (columnar) state. The answers and the Nexmark oracle at
+parallelism 1-3 in every mode are in ``test_parallel``; here, a job that fails after some checkpoints
+resumes from the latest with its committed output exactly the independent computation's.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+from tests.test_parallel import _shm, clean  # noqa: F401 - the fixture: no process, nothing in /dev/shm left
+from tests.test_parallel_checkpoints import RUN, _flow, _rows, expected
+
+import millstream as ms
+from millstream.errors import JobError
+
+pytestmark = pytest.mark.usefixtures("clean")
+
+
+@pytest.mark.parametrize("mode", ["microbatch", "batch"])
+def test_a_failed_columnar_job_resumes_from_its_checkpoint_exactly_once(mode: str, tmp_path: Path) -> None:
+    out, ck, marker = tmp_path / "out", tmp_path / "ck", tmp_path / "failed"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ms.errors.PerformanceWarning)  # the failing step is a Python function
+        with pytest.raises(JobError, match="a failure after some checkpoints"):
+            _flow(30_000, out, fail_marker=marker, at=22_000).run(parallelism=2, checkpoint_dir=str(ck), mode=mode,
+                                                                  **RUN)
+        committed = _rows(out)
+        assert all(n == 1 for n in committed.values())
+        result = _flow(30_000, out, fail_marker=marker, at=22_000).run(parallelism=2, checkpoint_dir=str(ck),
+                                                                       mode=mode, **RUN)
+    assert result.ok and result.checkpoints is not None and result.checkpoints.restored_from is not None
+    assert _rows(out) == expected(30_000)
+
+
+def test_a_micro_batch_checkpoint_is_refused_in_native_mode(tmp_path: Path) -> None:
+    """Each executor keeps its own state format: a checkpoint taken by micro-batch workers is refused by a
+    native run, naming the mode to run in."""
+    out, ck, marker = tmp_path / "out", tmp_path / "ck", tmp_path / "failed"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ms.errors.PerformanceWarning)
+        with pytest.raises(JobError, match="a failure after some checkpoints"):
+            _flow(30_000, out, fail_marker=marker, at=22_000).run(parallelism=2, checkpoint_dir=str(ck),
+                                                                  mode="microbatch", **RUN)
+    with pytest.raises(ms.errors.MillstreamError, match="taken in another execution mode"):
+        _flow(30_000, out, fail_marker=marker, at=22_000).run(parallelism=2, checkpoint_dir=str(ck), mode="native",
+                                                              **RUN)
