@@ -316,18 +316,20 @@ def _resume_flow(src: files.FileSource, out: Path, marker: Path, ck: Path) -> ms
 RUN = {"guarantee": "exactly-once", "checkpoint_interval": 1, "max_chunk": 50}
 
 
-@pytest.mark.parametrize(("kind", "first", "then"), [("file", 2, 2), ("file", 2, 1), ("file", 2, 3),
-                                                     ("dir", 2, 3), ("dir", 1, 2)])
+@pytest.mark.parametrize(("kind", "first", "then", "mode"), [
+    ("file", 2, 2, "native"), ("file", 2, 1, "native"), ("file", 2, 3, "native"), ("dir", 2, 3, "native"),
+    ("dir", 1, 2, "native"), ("file", 1, 1, "microbatch")])
 def test_a_checkpoint_resumes_every_split_exactly_once_at_any_parallelism(
-        tmp_path: Path, kind: str, first: int, then: int) -> None:
+        tmp_path: Path, kind: str, first: int, then: int, mode: str) -> None:
     src = write_file(tmp_path / "ev.jsonl", 2_000) if kind == "file" else write_dir(tmp_path / "in", 2_000, 9)
     out, ck, marker = tmp_path / "out", tmp_path / "ck", tmp_path / "failed"
     with pytest.raises(JobError, match="a failure after a checkpoint"):
-        _resume_flow(files.read(src, splits=3), out, marker, ck).run(parallelism=first, checkpoint_dir=str(ck), **RUN)
+        _resume_flow(files.read(src, splits=3), out, marker, ck).run(
+            parallelism=first, checkpoint_dir=str(ck), mode=mode, **RUN)
     before = _committed(out)
     assert before and sum(before.values()) < 2_000 and set(before.values()) == {1}
     result = _resume_flow(files.read(src, splits=3), out, marker, ck).run(
-        parallelism=then, checkpoint_dir=str(ck), **RUN)
+        parallelism=then, checkpoint_dir=str(ck), mode=mode, **RUN)
     assert result.ok and result.checkpoints is not None and result.checkpoints.restored_from is not None
     assert _committed(out) == Counter(range(2_000))
 
@@ -423,3 +425,20 @@ def test_splits_1_is_the_source_as_before(tmp_path: Path) -> None:
 
     text = compile_plan(flow.plan(), "native", 2).explain()
     assert "events#0 reads" in text and "split 0 of 3" not in text and "splits 0-1" in text and "split 2" in text
+
+
+def test_progress_of_a_split_set_counts_each_split_once(tmp_path: Path) -> None:
+    from millstream._clock import SystemClock
+    from millstream.connectors._base import SourceContext
+
+    p = write_file(tmp_path / "ev.jsonl", 500)
+    size = p.stat().st_size
+    for path in (p, write_dir(tmp_path / "in", 500, 4)):
+        src = files.read(path, splits=3)
+        parts = src.logical_splits()
+        assert parts is not None
+        reader = SplitSetSource(src, parts, range(3)).open(SourceContext(step="s", clock=SystemClock(), policy="fail"))
+        while reader.poll(100) is not None:
+            done, total = reader.progress() or (0, 0)
+            assert 0 <= done <= total == (size if path == p else sum(f.stat().st_size for f in path.iterdir()))
+        assert reader.progress() == (total, total)

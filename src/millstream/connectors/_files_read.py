@@ -1304,6 +1304,14 @@ class _FileReader(SourceReader):
         compressed file counts its compressed bytes read; Parquet its rows read, scaled to its size)."""
         if self.follow:
             return None
+        if self.src.parts > 1 and self.src.split_by == "bytes":  # a byte-range split: its own bytes
+            if self.range is None:
+                return 0, 0  # not opened yet: its range is found when it opens
+            start, end, _ = self.range
+            if self.finished:
+                return end - start, end - start
+            pos = self.cur.offset if isinstance(self.cur, _LineCursor) else start
+            return min(max(0, pos - start), end - start), end - start
         if self._sizes is None:
             try:
                 self._resolve()
@@ -1314,10 +1322,6 @@ class _FileReader(SourceReader):
         total = sum(sizes.values())
         if self.finished:
             return total, total
-        if self.range is not None:  # a byte-range part: its own bytes
-            start, end, _ = self.range
-            pos = self.cur.offset if isinstance(self.cur, _LineCursor) else start
-            return max(0, pos - start), end - start
         done = sum(sizes.get(n, 0) for n in self.done)
         at = {n: t.offset for n, t in self.tails.items() if self.o.format != "parquet" and n not in self.done}
         cur = self.cur
