@@ -28,7 +28,7 @@ import millstream as ms
 from millstream import agg
 from millstream._checkpoint._owner import DirectoryOwner
 from millstream._checkpoint._store import CheckpointStore
-from millstream.errors import CheckpointOwnershipError, ConfigError, JobError
+from millstream.errors import CheckpointOwnershipError, JobError
 
 pytestmark = pytest.mark.usefixtures("clean")
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,37 +203,6 @@ def test_sessions_and_process_function_state_move_to_another_parallelism(first: 
     for sink in ("sessions", "reports"):
         want = _committed(tmp_path / "ref" / sink)
         assert want and _committed(out / sink) == want, sink
-
-
-def test_state_that_cannot_be_split_by_key_yet_is_refused_at_another_parallelism(tmp_path: Path) -> None:
-    """A window join's state is not split by key group yet: its checkpoint resumes at the parallelism
-    it was taken at, and a rescale is refused naming the step."""
-    def build(marker: Path, out: ms.testing.CollectSink) -> ms.Flow:
-        flow = ms.Flow("join")
-        wm = ms.WatermarkStrategy.bounded(50, timestamp="ts")
-        left = flow.source(ms.connectors.generator.read(event, count=20_000, rate=50_000, splits=2, name="l"),
-                           watermark=wm)
-        right = flow.source(ms.connectors.generator.read(event, count=20_000, rate=50_000, splits=2, name="r"),
-                            watermark=wm)
-
-        def fail_once(e: dict[str, Any]) -> dict[str, Any]:
-            if e["id"] >= 10_000 and not marker.exists() and any(ck.glob("chk-*")):
-                marker.touch()
-                raise RuntimeError("boom")
-            return e
-
-        left.map(fail_once).key_by("key").window_join(right.key_by("key"), ms.windows.tumbling(1_000),
-                                                     name="joined").sink(out)
-        return flow
-
-    ck, marker = tmp_path / "ck", tmp_path / "failed"
-    with pytest.raises(JobError, match="boom"):
-        build(marker, ms.testing.CollectSink()).run(parallelism=2, checkpoint_dir=str(ck), guarantee="at-least-once",
-                                                    checkpoint_interval=1, max_chunk=200)
-    with pytest.raises(ConfigError, match=r"step 'joined': its state cannot be split by key group yet.*\(2\)"):
-        build(marker, ms.testing.CollectSink()).run(parallelism=3, checkpoint_dir=str(ck), guarantee="at-least-once")
-    assert build(marker, ms.testing.CollectSink()).run(parallelism=2, checkpoint_dir=str(ck),
-                                                       guarantee="at-least-once").ok
 
 
 def test_rescale_takes_the_least_watermark_of_a_stateless_step_and_the_newest_time_of_each_split() -> None:

@@ -13,9 +13,17 @@ of any parallelism, the snapshot its :class:`~millstream._parallel._worker.Worke
   - a source of several splits: the positions (and event times, and aligned readers' highest
     times) of every split, from every part (each split is in one part); the instance keeps those of
     its own splits (:class:`~millstream.connectors._base.SplitSetReader`);
-  - a keyed step (window, running aggregate, reduce, process function): the entries of the keys of
-    its key groups, from every part, and the timers of those keys; windows' timers by window end
-    are united (a window end with no key left here fires nothing);
+  - a keyed step: the entries of the keys of its key groups, from every part, with what follows
+    those keys (their timers, TTL cleanups, expiry buckets, pending events). Each state shape has
+    its splitter (``_SHAPES``, chosen by the step's operator and its snapshot's fields): running
+    aggregates and reduce; tumbling, sliding, session and count windows and windows with triggers
+    or allowed lateness; process functions and what is built on them (pattern matching, predict);
+    regular, outer, interval and window joins (an outer join's rows emitted without a partner
+    too, so that the partner that comes later retracts them); table joins (the table's versions
+    of a key are where its events are: both inputs are partitioned by the join key). Timers by
+    window end are united (a window end with no key left here fires nothing); heap entries
+    numbered per instance are numbered afresh; a step's count of late records goes whole to the
+    new worker 0, so that the new instances' counts add up to the old ones';
   - the keyed maps of the state backend: those of its key groups;
   - a step with one instance in both runs (a source of one split, a window over the whole stream, a
     sink): its one part, on worker 0;
@@ -24,14 +32,16 @@ of any parallelism, the snapshot its :class:`~millstream._parallel._worker.Worke
 
   The watermarks of an instance made from several are the least of theirs (a restored step then
   never takes a record behind the watermark of its new inputs for an on-time one). A step whose
-  state cannot be split by key yet (joins, CEP, count and trigger windows, table joins) is refused,
-  naming it: resume such a job at the parallelism its checkpoint was taken at.
+  state is of no known shape (a state kept outside the keyed operators, a columnar snapshot) is
+  refused, naming it: resume such a job at the parallelism its checkpoint was taken at.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from millstream import _plan as P
@@ -145,42 +155,235 @@ def _sources(states: list[Any]) -> Any:
     return {"position": position, "max_ts": max_ts, "wm": min(st["wm"] for st in states)}
 
 
+# -- keyed steps: one splitter per state shape ------------------------------------------------------
+
+Mine = Callable[[Any], bool]
+#: a splitter: the instances' states (in worker order) -> the state of the instance owning the keys ``mine``
+#: says are its own; ``first`` says whether that instance is the one that takes the step's counters
+Splitter = Callable[[list[Any], Mine, bool], Any]
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """A keyed step's state shape: the operators that keep it, the fields of their snapshot, and how
+    to split it."""
+
+    what: str
+    ops: type | tuple[type, ...]
+    fields: frozenset[str]
+    split: Splitter
+    #: fields an older (or a plainer) snapshot may lack
+    optional: frozenset[str] = frozenset()
+    #: what else the state must be (None: its fields say enough)
+    test: Callable[[dict[str, Any]], bool] | None = None
+
+    def fits(self, op: P.Op, state: Any) -> bool:
+        return (isinstance(op, self.ops) and isinstance(state, dict)
+                and self.fields <= state.keys() <= self.fields | self.optional
+                and (self.test is None or self.test(state)))
+
+
+def _by_key(dicts: Iterable[dict[Any, Any]], mine: Mine) -> dict[Any, Any]:
+    """The entries of ``mine``'s keys of several key -> value maps (each key is in one of them)."""
+    return {k: v for d in dicts for k, v in d.items() if mine(k)}
+
+
+def _keys_last(entries: Iterable[Any], mine: Mine) -> list[Any]:
+    """The timer or cleanup entries (tuples ending with their key) of ``mine``'s keys."""
+    return [e for e in entries if mine(e[-1])]
+
+
+def _count(states: list[Any], field: str, first: bool) -> int:
+    """A step's counter (records found late) over its old instances, all on the first new instance,
+    so that the new instances' counts add up to the old ones' (none is lost, none counted twice)."""
+    return sum(s[field] for s in states) if first else 0
+
+
+def _renumber(entries: list[list[Any]], seq: int) -> tuple[list[Any], dict[tuple[int, int], int]]:
+    """Heap entries of several instances (``entries[i]``: instance ``i``'s, each with a sequence number
+    at ``seq``) as one heap's: numbered afresh in their order (time, then instance, then number), so
+    that no two tie on their time and number and the heap never compares what follows (keys of
+    types that do not compare). Also gives old (instance, number) -> new number."""
+    order = sorted(((i, e) for i, es in enumerate(entries) for e in es), key=lambda ie: (ie[1][0], ie[0], ie[1][seq]))
+    out: list[Any] = []
+    new: dict[tuple[int, int], int] = {}
+    for n, (i, e) in enumerate(order):
+        new[(i, e[seq])] = n
+        out.append((*e[:seq], n, *e[seq + 1:]))
+    return out, new
+
+
+def _running(states: list[Any], mine: Mine, first: bool) -> Any:
+    """Running aggregate and reduce: ``{"state": {key: accumulator}}``."""
+    return {"state": _by_key((s["state"] for s in states), mine)}
+
+
+def _slices(states: list[Any], mine: Mine, first: bool, pick: Callable[[Any, Mine], Any]) -> dict[str, Any]:
+    """Sliced windows and window joins: the slices (``pick`` keeps a slice's entries of ``mine``'s keys,
+    None when none is left) and the timers of every window end and slice, united: a window end whose
+    keys all went elsewhere fires nothing here, a slice's cleanup drops what is left of it."""
+    slices: dict[int, Any] = {}
+    for s in states:
+        for sl, entries in s["slices"].items():
+            keep = pick(entries, mine)
+            if keep is not None:
+                have = slices.get(sl)
+                slices[sl] = keep if have is None else _merge_slice(have, keep)
+    return {"slices": slices, "fire": sorted({e for s in states for e in s["fire"]}),
+            "cleanup": sorted({tuple(c) for s in states for c in s["cleanup"]}),
+            "late": _count(states, "late", first)}
+
+
+def _merge_slice(a: Any, b: Any) -> Any:
+    if isinstance(a, dict):
+        return {**a, **b}
+    return ({**a[0], **b[0]}, {**a[1], **b[1]})  # a window join's (left, right)
+
+
+def _window_slice(accs: dict[Any, Any], mine: Mine) -> Any:
+    keep = {k: v for k, v in accs.items() if mine(k)}
+    return keep or None
+
+
+def _join_slice(sides: tuple[dict[Any, Any], dict[Any, Any]], mine: Mine) -> Any:
+    keep = ({k: v for k, v in sides[0].items() if mine(k)}, {k: v for k, v in sides[1].items() if mine(k)})
+    return keep if keep[0] or keep[1] else None
+
+
+def _sliced_window(states: list[Any], mine: Mine, first: bool) -> Any:
+    """Tumbling and sliding windows: ``{"slices": {slice: {key: acc}}, "fire", "cleanup", "late"}``."""
+    return _slices(states, mine, first, _window_slice)
+
+
+def _sliced_join(states: list[Any], mine: Mine, first: bool) -> Any:
+    """Tumbling and sliding window joins: ``{"slices": {slice: ({key: lefts}, {key: rights})}, ...}``."""
+    return _slices(states, mine, first, _join_slice)
+
+
+def _sessions(states: list[Any], mine: Mine, timer_at: int, cleanups: bool) -> dict[str, Any]:
+    """Sessions (of the session window and the session window join): ``{key: [session, ...]}``, each
+    session holding the number of its live timer at ``timer_at``; ``timers`` ``(end, number, start,
+    key)`` and (windows) ``cleanups`` ``(time, number, start, end, key)``. Numbers are per instance:
+    they are renumbered together, and the sessions' with them."""
+    keys = [{k: v for k, v in s["sessions"].items() if mine(k)} for s in states]
+    timers, new = _renumber([_keys_last(s["timers"], mine) for s in states], 1)
+    out: dict[str, Any] = {"timers": timers}
+    if cleanups:
+        out["cleanups"], _ = _renumber([_keys_last(s["cleanups"], mine) for s in states], 1)
+        base = len(timers)  # the cleanups' numbers only order them: after the timers', apart from them
+        out["cleanups"] = [(c[0], c[1] + base, *c[2:]) for c in out["cleanups"]]
+    sessions: dict[Any, list[list[Any]]] = {}
+    for i, d in enumerate(keys):
+        for k, lst in d.items():
+            sessions[k] = [[*sess[:timer_at], None if sess[timer_at] is None else new.get((i, sess[timer_at])),
+                            *sess[timer_at + 1:]] for sess in lst]
+    out["sessions"] = sessions
+    return out
+
+
+def _session_window(states: list[Any], mine: Mine, first: bool) -> Any:
+    """Session windows: sessions ``[start, end, acc, timer]``, their timers and cleanups."""
+    return {**_sessions(states, mine, 3, cleanups=True), "late": _count(states, "late", first)}
+
+
+def _session_join(states: list[Any], mine: Mine, first: bool) -> Any:
+    """Session window joins: sessions ``[start, end, lefts, rights, timer]`` and their timers."""
+    return {**_sessions(states, mine, 4, cleanups=False), "late": _count(states, "late", first)}
+
+
+def _count_window(states: list[Any], mine: Mine, first: bool) -> Any:
+    """Count windows: each key's last records and how many it has had."""
+    return {"buffers": _by_key((s["buffers"] for s in states), mine),
+            "counts": _by_key((s["counts"] for s in states), mine)}
+
+
+def _triggered_window(states: list[Any], mine: Mine, first: bool) -> Any:
+    """Windows with triggers (and global, processing-time, staggered, per-record-gap session windows):
+    ``{"wins": {key: {window: entry}}, "timers": [(domain, time, key, window)] in firing order, "late"}``.
+    An entry holds its trigger's state and its own timers; the timers of several instances, each in
+    firing order, fire in that order when restored (equal times of different keys in either order)."""
+    timers = sorted((t for s in states for t in s["timers"] if mine(t[2])), key=lambda t: (t[0], t[1]))
+    return {"wins": _by_key((s["wins"] for s in states), mine), "timers": timers,
+            "late": _count(states, "late", first)}
+
+
+def _process(states: list[Any], mine: Mine, first: bool) -> Any:
+    """Process functions (and what is built on them: pattern matching, predict): timers ``(time, key)``
+    and TTL cleanups ``(time, number, state name, key)``; the keyed state itself is the state backend's
+    (:func:`_handle`)."""
+    cleanup, _ = _renumber([_keys_last(s["cleanup"], mine) for s in states], 1)
+    proc_cleanup, _ = _renumber([_keys_last(s["proc_cleanup"], mine) for s in states], 1)
+    return {"event_timers": [t for s in states for t in s["event_timers"] if mine(t[-1])],
+            "proc_timers": [t for s in states for t in s["proc_timers"] if mine(t[-1])],
+            "cleanup": cleanup, "proc_cleanup": proc_cleanup}
+
+
+def _pair_join(states: list[Any], mine: Mine, first: bool) -> Any:
+    """Regular (inner and outer) and interval joins: per side ``{key: [(t, record)]}``, the time
+    buckets of their expiry ``{bucket: {key}}`` and (outer) ``{key: [(t, record, padded row)]}`` of
+    the records emitted without a partner, so that the partner that comes after the restore retracts
+    the padded row wherever it runs."""
+    out: dict[str, Any] = {"sides": [_by_key((s["sides"][side] for s in states), mine) for side in (0, 1)]}
+    buckets: list[dict[int, set[Any]]] = [{}, {}]
+    for s in states:
+        for side in (0, 1):
+            for b, keys in s["buckets"][side].items():
+                keep = {k for k in keys if mine(k)}
+                if keep:
+                    buckets[side].setdefault(b, set()).update(keep)
+    out["buckets"] = buckets
+    if any("unmatched" in s for s in states):
+        out["unmatched"] = [_by_key((s.get("unmatched", ({}, {}))[side] for s in states), mine) for side in (0, 1)]
+    out["late"] = _count(states, "late", first)
+    return out
+
+
+def _table_join(states: list[Any], mine: Mine, first: bool) -> Any:
+    """Table joins: the table's versions per key ``{key: (times, rows)}``, when each key's are pruned
+    ``{key: watermark}``, and the events waiting for the watermark ``(t, number, key, event)``. The
+    table input is partitioned by the table's key as the events are by theirs (the physical plan's
+    ``hash`` edge on each port), so a key's versions are with its events: nothing is broadcast."""
+    pending, _ = _renumber([[p for p in s["pending"] if mine(p[2])] for s in states], 1)
+    return {"versions": _by_key((s["versions"] for s in states), mine),
+            "due": _by_key((s["due"] for s in states), mine), "pending": pending,
+            "late": _count(states, "late", first)}
+
+
+_SHAPES = (
+    _Shape("running aggregate or reduce", (P.AggregateOp, P.ReduceOp), frozenset({"state"}), _running,
+           test=lambda s: isinstance(s["state"], dict)),  # not the columnar operators' frame
+    _Shape("tumbling or sliding window", P.WindowOp, frozenset({"slices", "fire", "cleanup", "late"}),
+           _sliced_window),
+    _Shape("session window", P.WindowOp, frozenset({"sessions", "timers", "cleanups", "late"}), _session_window),
+    _Shape("count window", P.WindowOp, frozenset({"buffers", "counts"}), _count_window),
+    _Shape("window with a trigger", P.WindowOp, frozenset({"wins", "timers", "late"}), _triggered_window),
+    _Shape("process function", P.ProcessOp, frozenset({"event_timers", "proc_timers", "cleanup", "proc_cleanup"}),
+           _process),
+    _Shape("regular or interval join", P.JoinOp, frozenset({"sides", "buckets", "late"}), _pair_join,
+           frozenset({"unmatched"})),
+    _Shape("tumbling or sliding window join", P.JoinOp, frozenset({"slices", "fire", "cleanup", "late"}),
+           _sliced_join),
+    _Shape("session window join", P.JoinOp, frozenset({"sessions", "timers", "late"}), _session_join),
+    _Shape("table join", P.TableJoinOp, frozenset({"versions", "due", "pending", "late"}), _table_join),
+)
+
+
 def _keyed(name: str, op: P.Op, states: list[Any], groups: set[int], m: int, old_n: int) -> Any:
-    """A keyed step's state for the key groups ``groups``, from its instances' states."""
+    """A keyed step's state for the key groups ``groups``, from its instances' states (see ``_SHAPES``)."""
     if all(s is None for s in states):
         return None
-    first = states[0]
-    shape = set(first) if isinstance(first, dict) else None
+    present = [s for s in states if s is not None]
+    shape = next((sh for sh in _SHAPES if all(sh.fits(op, s) for s in present)), None)
+    if shape is None:
+        fields = sorted(present[0]) if isinstance(present[0], dict) else type(present[0]).__name__
+        raise ConfigError(f"step {name!r} ({op.kind}): its checkpointed state (fields {fields}) is of no shape "
+                          f"that can be split by key group, so its checkpoint cannot move to another parallelism. "
+                          f"Resume at the parallelism it was taken at ({old_n})")
 
     def mine(k: Any) -> bool:
         return key_group(k, m) in groups
 
-    if not isinstance(op, P.AggregateOp | P.ReduceOp | P.WindowOp | P.ProcessOp):
-        shape = None  # joins, CEP, table joins: refused below
-    if shape == {"state"} and all(isinstance(s["state"], dict) for s in states):  # running aggregate, reduce
-        return {"state": {k: v for s in states for k, v in s["state"].items() if mine(k)}}
-    if shape == {"slices", "fire", "cleanup", "late"}:  # tumbling and sliding windows
-        slices: dict[int, dict[Any, Any]] = {}
-        for s in states:
-            for sl, accs in s["slices"].items():
-                keep = {k: v for k, v in accs.items() if mine(k)}
-                if keep:
-                    slices.setdefault(sl, {}).update(keep)
-        return {"slices": slices, "fire": sorted({e for s in states for e in s["fire"]}),
-                "cleanup": sorted({tuple(c) if isinstance(c, list) else c for s in states for c in s["cleanup"]}),
-                "late": 0}
-    if shape == {"sessions", "timers", "cleanups", "late"}:  # session windows
-        return {"sessions": {k: v for s in states for k, v in s["sessions"].items() if mine(k)},
-                "timers": [t for s in states for t in s["timers"] if mine(t[-1])],
-                "cleanups": [c for s in states for c in s["cleanups"] if mine(c[-1])], "late": 0}
-    if shape == {"event_timers", "proc_timers", "cleanup", "proc_cleanup"}:  # process functions
-        return {"event_timers": [t for s in states for t in s["event_timers"] if mine(t[-1])],
-                "proc_timers": [t for s in states for t in s["proc_timers"] if mine(t[-1])],
-                "cleanup": [c for s in states for c in s["cleanup"] if mine(c[-1])],
-                "proc_cleanup": [c for s in states for c in s["proc_cleanup"] if mine(c[-1])]}
-    raise ConfigError(f"step {name!r}: its state cannot be split by key group yet (joins, CEP, count and trigger "
-                      f"windows, table joins), so its checkpoint cannot move to another parallelism. Resume at the "
-                      f"parallelism it was taken at ({old_n})")
+    return shape.split(present, mine, 0 in groups)
 
 
 def _handle(maps_of_parts: list[dict[str, dict[Any, Any]]], groups: set[int], m: int) -> dict[str, Any]:
