@@ -228,6 +228,8 @@ def test_late_records_are_the_same_at_every_parallelism_and_in_micro_batch(tmp_p
         assert _late_run(p, 3, parallelism=parallelism, mode="native", max_chunk=64) == want
     for chunk in (64, 1_000):
         assert _late_run(p, 3, mode="microbatch", max_chunk=chunk) == want
+    for parallelism in (2, 3):
+        assert _late_run(p, 3, parallelism=parallelism, mode="microbatch", max_chunk=64) == want
 
 
 def test_micro_batch_reads_the_splits_as_columnar_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
