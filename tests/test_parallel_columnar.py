@@ -49,3 +49,30 @@ def test_a_micro_batch_checkpoint_is_refused_in_native_mode(tmp_path: Path) -> N
     with pytest.raises(ms.errors.MillstreamError, match="taken in another execution mode"):
         _flow(30_000, out, fail_marker=marker, at=22_000).run(parallelism=2, checkpoint_dir=str(ck), mode="native",
                                                               **RUN)
+
+
+@pytest.mark.parametrize("mode", ["native", "microbatch"])
+def test_nexmark_run_from_a_file_on_two_workers_matches_the_oracle(mode: str, tmp_path: Path) -> None:
+    """``millstream nexmark run --parallelism 2`` over a JSON-lines file (its byte ranges as 3 logical
+    splits): DuckDB's answer, q5 (keyed windows) and q7 (a window over the whole stream)."""
+    pytest.importorskip("duckdb")
+    import orjson
+    from tests.test_nexmark_queries import OUT_OF_ORDER, check, oracle
+
+    from millstream._cli import main
+    from millstream.nexmark import _cli as nx
+
+    events = tmp_path / "events.jsonl"
+    nx.generate(OUT_OF_ORDER, str(events))
+    for query in ("q5", "q7"):
+        out = tmp_path / f"{query}.jsonl"
+        assert main(["nexmark", "run", "--query", query, "--mode", mode, "--input", str(events), "--parallelism", "2",
+                     "--splits", "3", "--out", str(out), "-q"]) == 0
+        check(query, [orjson.loads(line) for line in out.read_bytes().splitlines()], oracle("out-of-order", query))
+
+
+def test_nexmark_run_refuses_splits_for_a_topic() -> None:
+    from millstream.nexmark import _cli as nx
+
+    with pytest.raises(ms.errors.ConfigError, match="--splits is for the generator and a JSON-lines file"):
+        nx.source_for(input="kafka://127.0.0.1:9/t", splits=2)

@@ -143,18 +143,24 @@ class RunSummary:
                 f"{self.seconds:.2f} s, {self.events_per_s:,.0f} events/s{done}{stop}")
 
 
-def source_for(*, config: NexmarkConfig | None = None, input: str | None = None, rate: float | None = None
-               ) -> Source:
+def source_for(*, config: NexmarkConfig | None = None, input: str | None = None, rate: float | None = None,
+               splits: int = 1) -> Source:
     """The event source of a run: the address ``input`` (a JSON-lines file of tagged events, a topic:
     see :func:`~millstream.connectors._urls.source_from_url`) or the generator; paced at ``rate``
-    events per second of wall-clock time when given (event times are unchanged)."""
+    events per second of wall-clock time when given (event times are unchanged). ``splits``: the
+    logical splits of the generator or of the file (a topic's are its partitions)."""
     if rate is not None:
         check_rate(rate, "--pace")
     if input is not None:
-        source = (source_from_url(input, name="events") if is_url(input) and not input.startswith("file://")
-                  else files.read(file_path(input), format="jsonl", name="events"))
+        if is_url(input) and not input.startswith("file://"):
+            if splits != 1:
+                raise ConfigError(f"--splits is for the generator and a JSON-lines file; {input!r} is split as "
+                                  "its address says (a topic by its partitions: kafka://...?partitions=auto)")
+            source = source_from_url(input, name="events")
+        else:
+            source = files.read(file_path(input), format="jsonl", name="events", splits=splits)
         return paced(source, rate) if rate is not None else source
-    return read(config or NexmarkConfig(), rate=rate, name="events")
+    return read(config or NexmarkConfig(), rate=rate, name="events", splits=splits)
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -174,10 +180,11 @@ def _write_atomically(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def run(query: str, *, mode: str = "native", config: NexmarkConfig | None = None, input: str | None = None,
         rate: float | None = None, out: str | None = None, guarantee: str | None = None,
-        checkpoint_dir: str | None = None, checkpoint_interval: int = 1_000, max_chunk: int = 2048,
+        checkpoint_dir: str | None = None, checkpoint_interval: int = 1_000, max_chunk: int | None = None,
         state: str = "memory", stdout: IO[Any] | None = None, checkpoint_key: str | bytes | None = None,
         on_progress: Callable[[JobStatus], None] | None = None, progress_interval_s: float = 0.5,
-        metrics: str | None = None, metrics_token: str | None = None, **options: Any) -> RunSummary:
+        metrics: str | None = None, metrics_token: str | None = None, splits: int | None = None,
+        **options: Any) -> RunSummary:
     """Run ``query`` once, from the generator (``config``) or ``input`` (a JSON-lines file or an address
     such as ``kafka://HOST:PORT/TOPIC``), paced at ``rate`` events per second of wall-clock time.
 
@@ -189,6 +196,8 @@ def run(query: str, *, mode: str = "native", config: NexmarkConfig | None = None
     its final table: the changelog goes to ``<out>.changelog`` and is collapsed
     into ``out`` when the run ends (not when it is interrupted: the summary says
     ``interrupted``, and a run with the same checkpoint directory goes on).
+    ``splits``: the logical splits of the generator or the file (default: the run's parallelism), read
+    by the workers of a run at ``parallelism`` > 1, each its range of them.
     ``on_progress`` is called with the job's figures every ``progress_interval_s``. ``metrics``
     ([HOST:]PORT) serves Prometheus metrics while it runs (see ``RunConfig.metrics``). Other
     ``options`` are :class:`~millstream.RunConfig`'s (``control``, ``from_savepoint``, ``dashboard``...).
@@ -201,7 +210,8 @@ def run(query: str, *, mode: str = "native", config: NexmarkConfig | None = None
                     metrics_token=metrics_token).replace(**{k: v for k, v in options.items() if v is not None})
     transactional = cfg.effective_guarantee == "exactly-once"
     key = UPDATING.get(query)
-    source = source_for(config=config, input=input, rate=rate)
+    source = source_for(config=config, input=input, rate=rate,
+                        splits=splits if splits is not None else cfg.parallelism)
     collected: CollectSink | None = None
     changelog: Path | None = None
     sink: Sink
