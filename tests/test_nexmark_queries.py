@@ -73,7 +73,7 @@ SQL = {
         FROM s GROUP BY bidder, session""",
 }
 
-_oracle_cache: dict[tuple[str, str], list[dict[str, Any]]] = {}
+_oracle_cache: dict[tuple[NexmarkConfig, str], list[dict[str, Any]]] = {}
 
 
 def _database(config: NexmarkConfig) -> Any:
@@ -89,12 +89,17 @@ def _database(config: NexmarkConfig) -> Any:
 
 
 def oracle(config_name: str, q: str) -> list[dict[str, Any]]:
-    key = (config_name, q)
+    return oracle_for(CONFIGS[config_name], q)
+
+
+def oracle_for(config: NexmarkConfig, q: str) -> list[dict[str, Any]]:
+    """DuckDB's answer to query ``q`` over the events of ``config`` (every query's computed at once)."""
+    key = (config, q)
     if key not in _oracle_cache:
-        con = _database(CONFIGS[config_name])
+        con = _database(config)
         for name, sql in SQL.items():
             rel = con.sql(sql)
-            _oracle_cache[(config_name, name)] = [dict(zip(rel.columns, row, strict=True)) for row in rel.fetchall()]
+            _oracle_cache[(config, name)] = [dict(zip(rel.columns, row, strict=True)) for row in rel.fetchall()]
         con.close()
     return _oracle_cache[key]
 
