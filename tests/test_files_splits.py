@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from tests.test_parallel import _shm, clean  # noqa: F401 - the fixture: no process, nothing in /dev/shm left
+from tests.test_parallel_checkpoints import expected
 
 import millstream as ms
 from millstream import agg
@@ -65,13 +66,7 @@ def read_all(source: files.FileSource, **run: Any) -> list[Any]:
 
 def oracle(n: int) -> Counter[tuple[int, int, int, int]]:
     """Tumbling 1 s windows of the first ``n`` events in plain Python: (key, start, count, sum of ids)."""
-    acc: dict[tuple[int, int], list[int]] = {}
-    for i in range(n):
-        e = event(i)
-        a = acc.setdefault((e["key"], e["ts"] // 1000 * 1000), [0, 0])
-        a[0] += 1
-        a[1] += i
-    return Counter((k, w, c, s) for (k, w), (c, s) in acc.items())
+    return expected(n, event)
 
 
 def windows(source: files.FileSource, **run: Any) -> Counter[tuple[int, int, int, int]]:

@@ -18,6 +18,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,12 @@ def event(i: int) -> dict[str, Any]:
     return {"id": i, "key": (i * 7919) % KEYS, "ts": i * 10 + (i * 2654435761) % 41}
 
 
-def expected(n: int) -> Counter[tuple[int, int, int, int]]:
-    """The windows of the first ``n`` events, computed in plain Python: (key, start, count, sum of ids)."""
+def expected(n: int, make: Callable[[int], dict[str, Any]] = event) -> Counter[tuple[int, int, int, int]]:
+    """The tumbling 1 s windows of the first ``n`` events (``make(i)``: event ``i``), computed in plain
+    Python: (key, start, count, sum of ids)."""
     acc: dict[tuple[int, int], list[int]] = {}
     for i in range(n):
-        e = event(i)
+        e = make(i)
         a = acc.setdefault((e["key"], e["ts"] // 1000 * 1000), [0, 0])
         a[0] += 1
         a[1] += i
