@@ -30,10 +30,22 @@ of any parallelism, the snapshot its :class:`~millstream._parallel._worker.Worke
   - a stateless step that ran on several workers (after a split source): the least of their
     watermarks.
 
+  - a vectorised keyed step (micro-batch and batch mode: ``_COLUMNAR``): the rows of its state
+    frames whose key columns hold a key of its key groups (the key's fields, their tuple when
+    several, or the column an expression key is computed into; grouped over the columns at once by
+    :func:`~millstream._keygroups.key_groups`), from every part, as one frame: running totals, the
+    partials of tumbling and sliding windows by slice, open sessions, a join's kept records per side.
+    The types each column was seen holding are united; the watermark up to which windows have fired
+    is the least of the instances' (``_fired`` says why, and when that is refused). An instance
+    whose operator had handed over to its native twin holds the twin's state: split as the native
+    operator's; when some instances had handed over and others not, or a column held one type on
+    one instance and another on another, the new instance restores as the native twin, given the
+    native part and each vectorised part on its own (``_vectorised``).
+
   The watermarks of an instance made from several are the least of theirs (a restored step then
   never takes a record behind the watermark of its new inputs for an on-time one). A step whose
-  state is of no known shape (a state kept outside the keyed operators, a columnar snapshot) is
-  refused, naming it: resume such a job at the parallelism its checkpoint was taken at.
+  state is of no known shape (a state kept outside the keyed operators) is refused, naming it:
+  resume such a job at the parallelism its checkpoint was taken at.
 """
 
 from __future__ import annotations
@@ -42,7 +54,7 @@ import os
 import pickle
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from millstream import _plan as P
 from millstream._keygroups import groups_of, key_group
@@ -51,6 +63,10 @@ from millstream._state import KEYED_STATE
 from millstream._state._backend import FORMAT, read_group
 from millstream._time import MAX_WATERMARK
 from millstream.errors import CheckpointError, ConfigError
+from millstream.windows import SlidingWindow
+
+if TYPE_CHECKING:
+    import polars as pl
 
 #: a checkpoint's state says it was taken by workers under this key
 PARALLEL = "parallel"
@@ -369,21 +385,226 @@ _SHAPES = (
 
 
 def _keyed(name: str, op: P.Op, states: list[Any], groups: set[int], m: int, old_n: int) -> Any:
-    """A keyed step's state for the key groups ``groups``, from its instances' states (see ``_SHAPES``)."""
+    """A keyed step's state for the key groups ``groups``, from its instances' states (see ``_SHAPES``;
+    a vectorised operator's: ``_COLUMNAR``)."""
     if all(s is None for s in states):
         return None
     present = [s for s in states if s is not None]
-    shape = next((sh for sh in _SHAPES if all(sh.fits(op, s) for s in present)), None)
+    mine = _Mine(groups, m)
+    if any(_stand_in(s) for s in present):
+        return _vectorised(name, op, present, mine, 0 in groups, old_n)
+    return _native(name, op, present, mine, 0 in groups, old_n)
+
+
+def _native(name: str, op: P.Op, states: list[Any], mine: Mine, first: bool, old_n: int) -> Any:
+    shape = next((sh for sh in _SHAPES if all(sh.fits(op, s) for s in states)), None)
     if shape is None:
-        fields = sorted(present[0]) if isinstance(present[0], dict) else type(present[0]).__name__
-        raise ConfigError(f"step {name!r} ({op.kind}): its checkpointed state (fields {fields}) is of no shape "
-                          f"that can be split by key group, so its checkpoint cannot move to another parallelism. "
-                          f"Resume at the parallelism it was taken at ({old_n})")
+        _refuse(name, op, states[0], old_n)
+    return shape.split(states, mine, first)
 
-    def mine(k: Any) -> bool:
-        return key_group(k, m) in groups
 
-    return shape.split(present, mine, 0 in groups)
+def _refuse(name: str, op: P.Op, state: Any, old_n: int) -> NoReturn:
+    fields = sorted(state) if isinstance(state, dict) else type(state).__name__
+    raise ConfigError(f"step {name!r} ({op.kind}): its checkpointed state (fields {fields}) is of no shape "
+                      f"that can be split by key group, so its checkpoint cannot move to another parallelism. "
+                      f"Resume at the parallelism it was taken at ({old_n})")
+
+
+class _Mine:
+    """The keys of a new instance: those of its key groups (``mine(key)``), and the rows of a state frame
+    whose key columns hold one of them (:meth:`rows`)."""
+
+    def __init__(self, groups: set[int], m: int) -> None:
+        self.groups, self.m = groups, m
+
+    def __call__(self, key: Any) -> bool:
+        return key_group(key, self.m) in self.groups
+
+    def rows(self, frame: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+        """The rows of ``frame`` whose key (the column ``keys[0]``, or the tuple of the columns ``keys``,
+        as natively) is in this instance's key groups."""
+        import numpy as np
+
+        from millstream._keygroups import key_groups
+
+        if frame.height == 0:
+            return frame
+        cols = [frame.get_column(k) for k in keys]
+        try:
+            kg = key_groups(cols[0] if len(cols) == 1 else cols, self.m)
+        except Exception:  # noqa: BLE001 - columns key_groups does not read (Python objects): key by key
+            values = cols[0].to_list() if len(cols) == 1 else list(zip(*(c.to_list() for c in cols), strict=True))
+            kg = np.fromiter((key_group(k, self.m) for k in values), dtype=np.int64, count=len(values))
+        mask = np.isin(kg, np.fromiter(self.groups, dtype=np.int64, count=len(self.groups)))
+        return frame.filter(mask) if not mask.all() else frame
+
+
+
+# -- the vectorised operators (micro-batch and batch mode) --------------------------------------------
+
+
+class _Uneven(Exception):
+    """Instances whose rows go to one new instance had fired a sliding window's windows up to different
+    watermarks."""
+
+
+@dataclass(frozen=True)
+class _Columnar:
+    """A vectorised keyed operator's state shape (its ``_state()``): frames of rows with the key columns
+    (:func:`~millstream._runtime._cstate.state_key_columns`), per-instance figures and the Python types
+    seen per column (``kinds``)."""
+
+    what: str
+    ops: type | tuple[type, ...]
+    fields: frozenset[str]
+    split: Callable[[P.Op, list[dict[str, Any]], _Mine, bool], dict[str, Any]]
+    #: the state's kinds (the types seen per column), one dict per what is watched apart
+    kinds: Callable[[dict[str, Any]], list[dict[str, str]]] = lambda s: [s["kinds"]]
+
+    def fits(self, op: P.Op, state: Any) -> bool:
+        return isinstance(op, self.ops) and isinstance(state, dict) and state.keys() == self.fields
+
+
+def _frames(frames: Iterable[pl.DataFrame | None], keys: list[str]) -> pl.DataFrame | None:
+    """Frames (of rows of distinct keys) as one; None when no row is left."""
+    have = [f for f in frames if f is not None and f.height]
+    if len(have) <= 1:
+        return have[0] if have else None
+    from millstream._runtime._columnar import polars, unify
+
+    out: pl.DataFrame = polars().concat(unify(have, keys, objects=True), how="diagonal_relaxed")
+    return out
+
+
+def _united(kinds: Iterable[dict[str, str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k in kinds:
+        out.update(k)
+    return out
+
+
+def _agree(kinds: Iterable[dict[str, str]]) -> bool:
+    """Whether no column was seen holding one Python type by one instance and another by another."""
+    seen: dict[str, str] = {}
+    return all(seen.setdefault(col, kind) == kind for k in kinds for col, kind in k.items())
+
+
+def _fired(states: list[dict[str, Any]], holders: list[dict[str, Any]], sliding: bool) -> int:
+    """The watermark up to which the merged instance has fired its windows. Each instance fired its own
+    windows up to its own watermark; restored, the instance's watermark is the least of theirs
+    (``_least``), so its ``fired`` is that least too: a window ending after it fires once the
+    watermark passes its end, for every key held. For tumbling windows that is right for every row: a
+    row is held only while its one window has not fired (its instance drops it when it fires). A slice
+    of a sliding window is held until its *last* window fires, so a key's earlier windows fired by an
+    instance that was further would fire again: refused (aligned checkpoints never do this: every
+    instance of a step has had the same watermarks when it passes the barrier)."""
+    least: int = min(s["fired"] for s in states)
+    if sliding and any(s["fired"] != least for s in holders):
+        raise _Uneven
+    return least
+
+
+def state_key_columns(op: P.Op) -> list[list[str]]:
+    from millstream._runtime._cstate import state_key_columns as of  # numpy: only for a vectorised step
+
+    return of(op)
+
+
+def _c_running(op: P.Op, states: list[dict[str, Any]], mine: _Mine, first: bool) -> dict[str, Any]:
+    """The vectorised running aggregate: ``{"totals": frame[keys..., totals...], "kinds"}``."""
+    keys = state_key_columns(op)[0]
+    return {"totals": _frames((mine.rows(s["totals"], keys) for s in states if s["totals"] is not None), keys),
+            "kinds": _united(s["kinds"] for s in states)}
+
+
+def _c_sliced(op: P.Op, states: list[dict[str, Any]], mine: _Mine, first: bool) -> dict[str, Any]:
+    """Vectorised tumbling and sliding windows: ``{"parts": frame[keys..., slice, partials...], "fired",
+    "late", "kinds"}``."""
+    assert isinstance(op, P.WindowOp)
+    keys = state_key_columns(op)[0]
+    kept = [(s, mine.rows(s["parts"], keys)) for s in states if s["parts"] is not None]
+    holders = [s for s, f in kept if f.height]
+    a = op.assigner
+    sliding = isinstance(a, SlidingWindow) and a.slice_ms != a.size_ms
+    return {"parts": _frames((f for _, f in kept), keys), "fired": _fired(states, holders, sliding),
+            "late": _count(states, "late", first), "kinds": _united(s["kinds"] for s in states)}
+
+
+def _c_sessions(op: P.Op, states: list[dict[str, Any]], mine: _Mine, first: bool) -> dict[str, Any]:
+    """Vectorised session windows: the open sessions ``{"open": frame[keys..., start, end, partials...],
+    "late", "kinds"}`` (each fires once the watermark passes its end, wherever it is)."""
+    keys = state_key_columns(op)[0]
+    return {"open": _frames((mine.rows(s["open"], keys) for s in states if s["open"] is not None), keys),
+            "late": _count(states, "late", first), "kinds": _united(s["kinds"] for s in states)}
+
+
+def _c_join(op: P.Op, states: list[dict[str, Any]], mine: _Mine, first: bool) -> dict[str, Any]:
+    """Vectorised window, regular and interval joins: each side's kept records ``{"sides": [[frame],
+    [frame]], "fired", "late", "kinds": [left's, right's], "key_kinds"}`` (a side's key columns are its
+    own: its key's fields, or the column its expression key is computed into)."""
+    assert isinstance(op, P.JoinOp)
+    keys = state_key_columns(op)
+    sides: list[list[pl.DataFrame]] = []
+    holders: list[dict[str, Any]] = []
+    for side in (0, 1):
+        kept = [(s, mine.rows(f, keys[side])) for s in states for f in s["sides"][side]]
+        holders += [s for s, f in kept if f.height]
+        whole = _frames((f for _, f in kept), keys[side])
+        sides.append([] if whole is None else [whole])
+    a = op.assigner
+    sliding = op.mode == "window" and isinstance(a, SlidingWindow) and a.slice_ms != a.size_ms
+    return {"sides": sides, "fired": _fired(states, holders, sliding), "late": _count(states, "late", first),
+            "kinds": [_united(s["kinds"][side] for s in states) for side in (0, 1)],
+            "key_kinds": _united(s["key_kinds"] for s in states)}
+
+
+_COLUMNAR = (
+    _Columnar("vectorised running aggregate", P.AggregateOp, frozenset({"totals", "kinds"}), _c_running),
+    _Columnar("vectorised tumbling or sliding window", P.WindowOp, frozenset({"parts", "fired", "late", "kinds"}),
+              _c_sliced),
+    _Columnar("vectorised session window", P.WindowOp, frozenset({"open", "late", "kinds"}), _c_sessions),
+    _Columnar("vectorised join", P.JoinOp, frozenset({"sides", "fired", "late", "kinds", "key_kinds"}), _c_join,
+              lambda s: [*s["kinds"], s["key_kinds"]]),
+)
+
+
+def _stand_in(state: Any) -> bool:
+    """Whether ``state`` is a vectorised operator's: its own (a ``_COLUMNAR`` shape) or its native twin's,
+    once the twin had taken over (``{"native": ...}``)."""
+    if not isinstance(state, dict):
+        return False
+    return ("native" in state and state.keys() <= {"native", "columnar"}) or any(
+        sh.fields == state.keys() for sh in _COLUMNAR)
+
+
+def _vectorised(name: str, op: P.Op, states: list[Any], mine: _Mine, first: bool, old_n: int) -> Any:
+    """A vectorised operator's state for the keys ``mine``, from its instances' states, in the form
+    :meth:`~millstream._runtime._columnar.StandInOperator.restore` takes:
+
+    - the vectorised state, split and merged (``_COLUMNAR``), when every instance kept its state
+      vectorised, each column holding the Python type it held on every other instance;
+    - ``{"native": state}`` when every instance had handed over to its native twin: the native state,
+      split as the native operator's is (``_SHAPES``);
+    - otherwise ``{"native": state or None, "columnar": [states]}``: some instances had handed over, or a
+      column held ints on one and floats on another (merged, their typed frames would change values):
+      the restored instance is the native twin, which takes the native part and, as a hand-over gives
+      it, each vectorised instance's part on its own."""
+    natives = [s["native"] for s in states if "native" in s and s["native"] is not None]
+    cols = [s for s in states if "native" not in s]
+    cols += [c for s in states if "native" in s for c in s.get("columnar", ())]
+    shape = next((sh for sh in _COLUMNAR if all(sh.fits(op, s) for s in cols)), None)
+    if cols and shape is None:
+        _refuse(name, op, next(s for s in cols if not any(sh.fits(op, s) for sh in _COLUMNAR)), old_n)
+    try:
+        if shape is not None and not natives and all(_agree(k) for k in zip(*map(shape.kinds, cols), strict=True)):
+            return shape.split(op, cols, mine, first)
+        native = _native(name, op, natives, mine, first, old_n) if natives else None
+        return {"native": native, "columnar": [] if shape is None else [shape.split(op, [c], mine, first)
+                                                                        for c in cols]}
+    except _Uneven:
+        raise ConfigError(f"step {name!r} ({op.kind}): its instances had fired its sliding windows up to different "
+                          f"watermarks when the checkpoint was taken, so its windows cannot be merged without firing "
+                          f"some twice. Resume at the parallelism it was taken at ({old_n})") from None
 
 
 def _handle(maps_of_parts: list[dict[str, dict[Any, Any]]], groups: set[int], m: int) -> dict[str, Any]:

@@ -36,12 +36,12 @@ from ._columnar import (
     widen_sums,
     zero_sums,
 )
+from ._cstate import KEY as _KEY
 from ._cstate import Columns, KeyIndex
 
 if TYPE_CHECKING:
     import polars as pl
 
-_KEY = "__key__"
 _IDX = "__kidx__"  # a row's key, as its dense index
 
 

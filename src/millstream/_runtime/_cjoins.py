@@ -24,6 +24,7 @@ from millstream.windows import SlidingWindow, TumblingWindow
 
 from ._base import Operator, Runtime
 from ._columnar import TIME, ColumnKinds, StandInOperator, as_frame, odd_floats, polars, unify
+from ._cstate import join_key_column
 from ._joins import PairJoinOperator, SlicedWindowJoinOperator
 
 if TYPE_CHECKING:
@@ -64,8 +65,8 @@ def _key_columns(op: JoinOp) -> tuple[list[list[str]], list[list[pl.Expr]]]:
     exprs: list[list[pl.Expr]] = []
     for side, key in enumerate((op.left_key, op.right_key)):
         if key.expr is not None:
-            cols.append([f"__k{side}_0"])
-            exprs.append([key.expr.to_polars().alias(f"__k{side}_0")])
+            cols.append([join_key_column(side)])
+            exprs.append([key.expr.to_polars().alias(join_key_column(side))])
         else:
             cols.append(list(key.fields))
             exprs.append([])
@@ -262,7 +263,7 @@ class ColumnarWindowJoin(StandInOperator):
                     sl = twin.slices[s] = ({}, {})
                     twin.timers.add_slice(s, self.fired)  # the windows that have not fired
                 sl[side].setdefault(keyf(r), []).append(r)
-        twin.late = self.late
+        twin.late += self.late
 
     def _load(self, state: dict[str, Any]) -> None:
         self.sides = state["sides"]
@@ -306,7 +307,7 @@ class ColumnarRegularJoin(ColumnarWindowJoin):
                 if twin.checked:
                     buckets.setdefault(t // twin.bucket_ms, set()).add(k)
         twin.heaps = [sorted(b) for b in twin.buckets]
-        twin.late = self.late
+        twin.late += self.late
 
     # -- the rules of the join kind: times at or before a cut (None: no cut) ------------------------
     def _late_cut(self, side: int) -> int | None:

@@ -342,7 +342,8 @@ class StandInOperator(Operator, ABC):
 
     @abstractmethod
     def _give(self, twin: Operator) -> None:
-        """Put the vectorised state into the native ``twin``, as the native operator would hold it."""
+        """Put the vectorised state into the native ``twin``, as the native operator would hold it, in
+        addition to what the twin holds (keys it has not: a twin may take several instances' states)."""
 
     def _on_watermark(self, wm: int) -> None:
         """Fire what the watermark makes due (vectorised)."""
@@ -381,12 +382,22 @@ class StandInOperator(Operator, ABC):
         return {"native": self.delegate.snapshot()} if self.delegate is not None else self._state()
 
     def restore(self, state: Any) -> None:
-        if "native" in state:
-            self.delegate = self._native()
-            self.delegate.restore(state["native"])
-        else:
+        """Load a snapshot: the vectorised state (:meth:`_state`'s), or ``{"native": ...}``, the native
+        twin's (it had taken over). A rescaled checkpoint may also give ``{"native": state or None,
+        "columnar": [vectorised states]}`` (:mod:`millstream._parallel._rescale`: old instances of which
+        some had handed over, or whose fields had held other types): the twin takes its native state,
+        then each vectorised state as a hand-over gives it."""
+        if "native" not in state:
             self.delegate = None
             self._load(state)
+            return
+        twin = self._native()
+        if state["native"] is not None:
+            twin.restore(state["native"])
+        for part in state.get("columnar", ()):
+            self._load(part)
+            self._give(twin)  # adds to what the twin holds (keys are in one part each)
+        self.delegate = twin
 
     def metrics(self) -> dict[str, int]:
         return self.delegate.metrics() if self.delegate is not None else self._metrics()

@@ -12,6 +12,8 @@ Three small structures that the vectorised running aggregate and session windows
 
 A snapshot of an operator built on them is one frame of rows with the key columns (what a key-group
 filter selects from, :func:`millstream._keygroups.key_groups`); loading it rebuilds the structures.
+:func:`state_key_columns` names the key columns of every vectorised operator's state frames (what
+:mod:`millstream._parallel._rescale` splits them by).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from millstream._plan import JoinOp, KeySpec, Op
+
 from ._columnar import polars
 
 if TYPE_CHECKING:
@@ -27,6 +31,31 @@ if TYPE_CHECKING:
     import polars as pl
 
     Ints = npt.NDArray[np.int64]
+
+
+#: the column a key read by an expression is computed into (vectorised windows and running aggregates)
+KEY = "__key__"
+
+
+def join_key_column(side: int) -> str:
+    """The column a vectorised join computes side ``side``'s expression key into."""
+    return f"__k{side}_0"
+
+
+def state_key_columns(op: Op) -> list[list[str]]:
+    """The columns that hold the key in a vectorised keyed operator's state frames, per input (a join's
+    per side): the key's fields (the tuple of them when several, as natively), or the column an
+    expression key is computed into. (A key read by a Python function is never vectorised.)"""
+    if isinstance(op, JoinOp):
+        return [_key_columns(key, join_key_column(side)) for side, key in enumerate((op.left_key, op.right_key))]
+    key = getattr(op, "key", None)
+    assert isinstance(key, KeySpec), f"{op.kind} is not keyed"
+    return [_key_columns(key, KEY)]
+
+
+def _key_columns(key: KeySpec, expr_column: str) -> list[str]:
+    assert key.fn is None, "a key read by a function is not vectorised"
+    return [expr_column] if key.expr is not None else list(key.fields)
 
 
 def _object_array(values: list[Any]) -> Any:

@@ -54,6 +54,7 @@ from ._columnar import (
     widen_sums,
     zero_sums,
 )
+from ._cstate import KEY as _KEY
 from ._cstate import Columns, DueIndex, KeyIndex
 from ._windows import SessionWindowOperator, SlicedWindowOperator
 
@@ -65,7 +66,6 @@ if TYPE_CHECKING:
 _S = "__slice__"
 _E = "__end__"
 _START = "__start__"
-_KEY = "__key__"
 _IDX = "__kidx__"  # a session's key, as its dense index
 
 
@@ -380,9 +380,9 @@ class ColumnarSlicedWindow(_ColumnarWindow):
         assert isinstance(twin, SlicedWindowOperator)
         for s in sorted(self.slices):
             frame = self._slice(s)
-            twin.slices[s] = dict(zip(self._keys_of(frame), self.aggs.accs(frame), strict=True))
+            twin.slices.setdefault(s, {}).update(zip(self._keys_of(frame), self.aggs.accs(frame), strict=True))
             twin.timers.add_slice(s, self._fired_to)  # the windows that have not fired
-        twin.late_count = self.late_count
+        twin.late_count += self.late_count
 
     def _load(self, state: dict[str, Any]) -> None:
         self.slices = {}
@@ -632,7 +632,7 @@ class ColumnarSessionWindow(_ColumnarWindow):
 
     def _give(self, twin: Operator) -> None:
         assert isinstance(twin, SessionWindowOperator)
-        twin.late_count = self.late_count
+        twin.late_count += self.late_count
         if not self.n_open:
             return
         live = np.flatnonzero(self.owner[:self.top] >= 0)
