@@ -11,25 +11,20 @@ import asyncio
 import json
 import logging
 import os
-import random
-import signal
-import subprocess
 import sys
-import textwrap
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.integration import _ack_cases as acks
 from tests.integration import services
 
 import millstream as ms
 from millstream.errors import ConnectorError, MissingDependencyError, RecordError
 
-REPO = str(Path(__file__).resolve().parents[2])
 URL = "nats://127.0.0.1:4222"
 
 
@@ -101,25 +96,6 @@ def js() -> Iterator[Js]:
     helper.cleanup()
 
 
-def rows(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for f in sorted(out.glob("*")) if f.is_file() and f.name[0] not in "._"
-            for line in f.read_text().splitlines() if line.strip()]
-
-
-class Crash:
-    """A map that fails the job once it has seen ``at`` records."""
-
-    def __init__(self, at: int | None) -> None:
-        self.at = at
-        self.seen = 0
-
-    def __call__(self, rec: Any) -> Any:
-        self.seen += 1
-        if self.at is not None and self.seen > self.at:
-            raise RuntimeError("crash")
-        return rec
-
-
 def _threads() -> set[str]:
     return {t.name for t in threading.enumerate() if t.name.startswith("millstream-nats")}
 
@@ -165,12 +141,6 @@ def test_subject_filter_text_and_bytes(js: Js) -> None:
 # -- acknowledgement and redelivery ---------------------------------------------------------------------
 
 
-def _pipeline(src: Any, out: Path, crash: Crash) -> ms.Flow:
-    flow = ms.Flow("nats-eo")
-    flow.source(src).map(crash).sink(ms.connectors.files.write(str(out), transactional=True))
-    return flow
-
-
 def test_redelivery_after_a_crash_is_exactly_once(js: Js, tmp_path: Path) -> None:
     stream = js.stream()
     n = 3000
@@ -181,28 +151,24 @@ def test_redelivery_after_a_crash_is_exactly_once(js: Js, tmp_path: Path) -> Non
         return ms.connectors.nats.read(stream, durable="d", bounded=True, batch=100)
 
     with pytest.raises(Exception, match="crash"):
-        _pipeline(source(), out, Crash(1800)).run(mode="native", guarantee="exactly-once", checkpoint_dir=ckpt,
-                                                  checkpoint_interval=1, max_chunk=100)
+        acks.run_exactly_once("nats-eo", source(), out, ckpt, crash_at=1800)
     assert not _threads()
-    committed = len(rows(out))
+    committed = len(acks.rows(out))
     assert 0 < committed <= 1800
     ci = js.consumer(stream, "d")
     assert ci.ack_floor.stream_seq == committed      # acknowledged: what the checkpoints hold, no more
     assert ci.num_ack_pending == 1900 - committed    # pulled by the crashed run, not acknowledged
 
     # the restart comes long before ack_wait: the unacked messages are read again at once, in order
-    result = _pipeline(source(), out, Crash(None)).run(mode="native", guarantee="exactly-once", checkpoint_dir=ckpt,
-                                                      checkpoint_interval=1, max_chunk=100)
+    result = acks.run_exactly_once("nats-eo", source(), out, ckpt)
     assert result.ok
     assert result.steps[0].extra["consumer_recreated"] == 1
-    assert sorted(v["i"] for v in rows(out)) == list(range(n))
+    assert sorted(v["i"] for v in acks.rows(out)) == list(range(n))
     ci = js.consumer(stream, "d")
     assert ci.ack_floor.stream_seq == n and ci.num_ack_pending == 0
 
 
 def test_crash_between_commit_and_acknowledge_drops_covered_messages(js: Js, tmp_path: Path) -> None:
-    from millstream._checkpoint._failpoints import arm
-
     stream = js.stream()
     n = 1000
     js.publish(f"{stream}.x", [{"i": i} for i in range(n)])
@@ -210,18 +176,12 @@ def test_crash_between_commit_and_acknowledge_drops_covered_messages(js: Js, tmp
 
     def run() -> Any:
         src = ms.connectors.nats.read(stream, durable="d", bounded=True, batch=100)
-        return _pipeline(src, out, Crash(None)).run(mode="native", guarantee="exactly-once", checkpoint_dir=ckpt,
-                                                    checkpoint_interval=1, max_chunk=100)
+        return acks.run_exactly_once("nats-eo", src, out, ckpt)
 
-    arm("source.acknowledge=raise#3")  # checkpoint 3's output is committed, its messages not acknowledged
-    try:
-        with pytest.raises(Exception, match="failpoint"):
-            run()
-    finally:
-        arm("")
+    acks.fail_at_the_third_acknowledge(run)  # checkpoint 3's output is committed, its messages not acknowledged
     assert js.consumer(stream, "d").num_ack_pending > 0
     run()
-    assert sorted(v["i"] for v in rows(out)) == list(range(n))
+    assert sorted(v["i"] for v in acks.rows(out)) == list(range(n))
     ci = js.consumer(stream, "d")
     assert ci.ack_floor.stream_seq == n and ci.num_ack_pending == 0
 
@@ -240,27 +200,22 @@ def test_ack_wait_shorter_than_the_checkpoint_interval_redelivers_without_duplic
     result = flow.run(mode="native", guarantee="exactly-once", checkpoint_dir=str(tmp_path / "ckpt"),
                       checkpoint_interval=600_000, max_chunk=20)
     assert result.steps[0].extra["redelivered_dropped"] > 0  # JetStream sent them again while the job ran
-    assert sorted(v["i"] for v in rows(tmp_path / "out")) == list(range(300))
+    assert sorted(v["i"] for v in acks.rows(tmp_path / "out")) == list(range(300))
 
 
 def test_nothing_acknowledged_before_a_checkpoint(js: Js, tmp_path: Path) -> None:
     stream = js.stream()
     js.publish(f"{stream}.x", [{"i": i} for i in range(1000)])
     src = ms.connectors.nats.read(stream, durable="d", bounded=True, batch=100)
-    with pytest.raises(Exception, match="crash"):
-        _pipeline(src, tmp_path / "out", Crash(500)).run(
-            mode="native", guarantee="at-least-once", checkpoint_dir=str(tmp_path / "c1"),
-            checkpoint_interval=600_000, max_chunk=100)
+    acks.crash_before_a_checkpoint(src, ms.connectors.files.write(str(tmp_path / "out"), transactional=True),
+                                   "at-least-once", tmp_path / "c1")
     ci = js.consumer(stream, "d")
     assert ci.ack_floor.stream_seq == 0 and ci.num_ack_pending == 600
 
     # at-most-once acknowledges each chunk as it is read, before it is processed
     src = ms.connectors.nats.read(stream, durable="amo", bounded=True, batch=100)
-    flow = ms.Flow("amo")
-    flow.source(src).map(Crash(500)).sink(ms.connectors.files.write(str(tmp_path / "amo.jsonl")))
-    with pytest.raises(Exception, match="crash"):
-        flow.run(mode="native", guarantee="at-most-once", checkpoint_dir=str(tmp_path / "c2"),
-                 checkpoint_interval=600_000, max_chunk=100)
+    acks.crash_before_a_checkpoint(src, ms.connectors.files.write(str(tmp_path / "amo.jsonl")), "at-most-once",
+                                   tmp_path / "c2")
     ci = js.consumer(stream, "amo")
     assert ci.ack_floor.stream_seq == 600 and ci.num_ack_pending == 0
 
@@ -269,33 +224,9 @@ def test_nothing_acknowledged_before_a_checkpoint(js: Js, tmp_path: Path) -> Non
 def test_unbounded_read_follows_new_messages(js: Js, mode: str) -> None:
     stream = js.stream()
     src = ms.connectors.nats.read(stream, durable="d", fetch_timeout=0.05)
-    seen: list[int] = []
-
-    def note(rec: Any) -> Any:
-        seen.append(rec["i"])
-        return rec
-
-    def stopper(rec: Any) -> Any:  # the job ends by failing at the last message
-        if rec["i"] == -1:
-            raise RuntimeError("enough")
-        return rec
-
-    flow = ms.Flow("follow")
-    flow.source(src).map(note).map(stopper).sink(ms.connectors.memory.write())
-    job = threading.Thread(target=lambda: _quiet(flow.run, mode), daemon=True)
-    job.start()
-    js.publish(f"{stream}.x", [{"i": i} for i in range(200)] + [{"i": -1}])
-    job.join(20)
-    assert not job.is_alive()
-    assert sorted(seen) == [-1, *range(200)]
+    seen = acks.read_while_publishing(src, mode, lambda recs: js.publish(f"{stream}.x", recs))
+    assert seen == [-1, *range(200)]
     assert not _threads()
-
-
-def _quiet(fn: Any, mode: str) -> None:
-    try:
-        fn(mode=mode)
-    except Exception:  # noqa: BLE001, S110 - the test ends the job by failing it
-        pass
 
 
 def test_broken_connection_reconnects_without_loss_or_duplicates(js: Js, tmp_path: Path) -> None:
@@ -303,34 +234,18 @@ def test_broken_connection_reconnects_without_loss_or_duplicates(js: Js, tmp_pat
     n = 2000
     js.publish(f"{stream}.x", [{"i": i} for i in range(n)])
     proxy = services.Proxy(0, 4222)
-    stop = threading.Event()
 
-    def cutter() -> None:  # what the server sends next is lost with the connection, three times
+    def cutter(stop: threading.Event) -> None:  # what the server sends next is lost with the connection, 3 times
         while proxy.lost < 3 and not stop.wait(0.3):
             proxy.lose_reply.set()
             while proxy.lose_reply.is_set() and not stop.wait(0.01):
                 pass
 
-    def slow(rec: Any) -> Any:
-        if rec["i"] % 100 == 0:
-            time.sleep(0.05)
-        return rec
-
     src = ms.connectors.nats.read(stream, durable="d", bounded=True, batch=50, servers=f"nats://127.0.0.1:{proxy.port}",
                                   backoff=ms.connectors.Backoff(initial_s=0.02, max_s=0.1, budget_s=20))
-    flow = ms.Flow("cut")
-    flow.source(src).map(slow).sink(ms.connectors.files.write(str(tmp_path / "out"), transactional=True))
-    thread = threading.Thread(target=cutter, daemon=True)
-    thread.start()
-    try:
-        result = flow.run(mode="native", guarantee="exactly-once", checkpoint_dir=str(tmp_path / "ckpt"),
-                          checkpoint_interval=20, max_chunk=50)
-    finally:
-        stop.set()
-        thread.join()
-        proxy.close()
+    result = acks.run_while_cutting(src, proxy, cutter, tmp_path, pause_s=0.05, chunk=50)
     assert proxy.lost > 0 and result.steps[0].extra["consumer_recreated"] > 0
-    assert sorted(v["i"] for v in rows(tmp_path / "out")) == list(range(n))
+    assert sorted(v["i"] for v in acks.rows(tmp_path / "out")) == list(range(n))
     assert not _threads()
 
 
@@ -543,82 +458,13 @@ def test_docs_example(js: Js, tmp_path: Path) -> None:
 
 # -- a kill test: JetStream -> keyed window -> transactional files, SIGKILL at random ----------------------
 
-JOB = textwrap.dedent('''
-    import time
-    import millstream as ms
-
-    def build(params):
-        # the runs to be killed take >= 4 s of sleeps (10,000 records, 20 ms every 50), whatever the
-        # machine's speed: a kill 0.3-1.5 s after a start always lands while the first run works
-        every = 50 if params.get("transactional") in (True, "true") else 10**9
-
-        def slow(rec):
-            if rec["id"] % every == 0:
-                time.sleep(0.02)
-            return rec
-
-        flow = ms.Flow("nats-kill")
-        src = flow.source(ms.connectors.nats.read(params["stream"], durable=params["durable"], bounded=True,
-                                                  batch=200),
-                          watermark=ms.WatermarkStrategy.bounded(50, timestamp="ts"))
-        (src.map(slow).key_by("key").window(ms.windows.tumbling(1_000))
-            .aggregate(n=ms.agg.count(), ids=ms.agg.sum("id"))
-            .sink(ms.connectors.files.write(params["out"], format="jsonl",
-                                            transactional=params.get("transactional") in (True, "true"))))
-        return flow
-''')
-
-
-def _job(tmp_path: Path, stream: str, durable: str, out: str, ckpt: str | None) -> list[str]:
-    args = [sys.executable, "-m", "millstream.cli", "run", str(tmp_path / "job.py"), "-q", "--progress", "off",
-            "--mode", "native", "--set", f"stream={stream}", "--set", f"durable={durable}", "--set", f"out={out}"]
-    if ckpt is not None:
-        args += ["--set", "transactional=true", "--guarantee", "exactly-once", "--checkpoint-dir", ckpt,
-                 "--checkpoint-interval", "50"]
-    return args
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("MILLSTREAM_FAILPOINTS", None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(REPO, "src"), env.get("PYTHONPATH")]))
-    return env
-
 
 def test_kill_exactly_once(js: Js, tmp_path: Path) -> None:
     stream = js.stream("ms_kill")
     n = 10_000
-    js.publish(f"{stream}.e", [{"id": i, "key": (i * 7919) % 17, "ts": i * 10 + (i * 2654435761) % 41}
-                               for i in range(n)])
-    (tmp_path / "job.py").write_text(JOB)
-    ref = tmp_path / "ref.jsonl"
-    done = subprocess.run(_job(tmp_path, stream, "ref", str(ref), None), env=_env(), capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    expected = Counter(json.dumps(json.loads(line), sort_keys=True) for line in ref.read_text().splitlines())
-
-    out, ckpt = tmp_path / "out", str(tmp_path / "ckpt")
-    rnd = random.Random(os.getpid())
-    kills = 0
-    for _ in range(12):
-        proc = subprocess.Popen(_job(tmp_path, stream, "eo", str(out), ckpt), env=_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-        if kills < 2:
-            try:
-                proc.wait(timeout=rnd.uniform(0.3, 1.5))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                kills += 1
-        _, err = proc.communicate(timeout=120)
-        if proc.returncode == 0:
-            break
-        assert proc.returncode == -signal.SIGKILL, err
-        seen = Counter(json.dumps(v, sort_keys=True) for v in rows(out))
-        assert not (seen - expected), "output not in the reference (a duplicate or a wrong window)"
-    else:
-        pytest.fail("the job did not finish after 12 starts")
-    got = Counter(json.dumps(v, sort_keys=True) for v in rows(out))
-    assert kills >= 1, "the job ended before any kill: make it slower"
-    assert got == expected, f"after {kills} kills: {sum(got.values())} rows, expected {sum(expected.values())}"
+    js.publish(f"{stream}.e", acks.events(n))  # the runs to be killed sleep >= 4 s in all (20 ms every 50 records)
+    source = 'ms.connectors.nats.read(params["stream"], durable=params["durable"], bounded=True, batch=200)'
+    acks.kill_exactly_once(tmp_path, acks.windowed_job("nats-kill", source, every=50),
+                           ref={"stream": stream, "durable": "ref"}, eo={"stream": stream, "durable": "eo"})
     ci = js.consumer(stream, "eo")
     assert ci.ack_floor.stream_seq == n and ci.num_ack_pending == 0

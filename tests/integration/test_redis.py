@@ -9,25 +9,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
-import signal
-import subprocess
 import sys
-import textwrap
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.integration import _ack_cases as acks
 from tests.integration import services
 
 import millstream as ms
 from millstream.errors import ConnectorError, MissingDependencyError, RecordError
-
-REPO = str(Path(__file__).resolve().parents[2])
 
 
 @pytest.fixture
@@ -60,25 +54,6 @@ def fill(r: Any, stream: str, records: list[Any], field: str = "data") -> list[s
 
 def pending(r: Any, stream: str, group: str) -> int:
     return int(r.xpending(stream, group)["pending"])
-
-
-def rows(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for f in sorted(out.glob("*")) if f.is_file() and f.name[0] not in "._"
-            for line in f.read_text().splitlines() if line.strip()]
-
-
-class Crash:
-    """A map that fails the job once it has seen ``at`` records (a crash after some checkpoints)."""
-
-    def __init__(self, at: int | None) -> None:
-        self.at = at
-        self.seen = 0
-
-    def __call__(self, rec: Any) -> Any:
-        self.seen += 1
-        if self.at is not None and self.seen > self.at:
-            raise RuntimeError("crash")
-        return rec
 
 
 # -- round trips ------------------------------------------------------------------------------------
@@ -135,12 +110,6 @@ def test_text_bytes_and_field_maps(r: Any) -> None:
 # -- positions and acknowledgement --------------------------------------------------------------------
 
 
-def _pipeline(src: Any, out: Path, crash: Crash) -> ms.Flow:
-    flow = ms.Flow("redis-eo")
-    flow.source(src).map(crash).sink(ms.connectors.files.write(str(out), transactional=True))
-    return flow
-
-
 def test_pending_entries_read_again_and_xack_only_after_checkpoint(r: Any, tmp_path: Path) -> None:
     stream = new_stream(r)
     n = 3000
@@ -150,26 +119,21 @@ def test_pending_entries_read_again_and_xack_only_after_checkpoint(r: Any, tmp_p
     def source() -> Any:
         return ms.connectors.redis.read(stream, group="g", start="0", bounded=True, count=100)
 
-    crash = Crash(1800)
     with pytest.raises(Exception, match="crash"):
-        _pipeline(source(), out, crash).run(mode="native", guarantee="exactly-once", checkpoint_dir=str(ckpt),
-                                            checkpoint_interval=1, max_chunk=100)
-    committed = len(rows(out))
+        acks.run_exactly_once("redis-eo", source(), out, ckpt, crash_at=1800)
+    committed = len(acks.rows(out))
     assert 0 < committed <= 1800
     # read in chunks of 100 up to the one holding record 1801; acknowledged: what the checkpoints hold
     assert pending(r, stream, "g") == 1900 - committed
 
-    result = _pipeline(source(), out, Crash(None)).run(mode="native", guarantee="exactly-once",
-                                                      checkpoint_dir=str(ckpt), checkpoint_interval=1, max_chunk=100)
+    result = acks.run_exactly_once("redis-eo", source(), out, ckpt)
     assert result.ok
-    got = [v["i"] for v in rows(out)]
+    got = [v["i"] for v in acks.rows(out)]
     assert sorted(got) == list(range(n))  # exactly once
     assert pending(r, stream, "g") == 0    # all acknowledged by the final checkpoint
 
 
 def test_crash_between_commit_and_acknowledge_drops_covered_entries(r: Any, tmp_path: Path) -> None:
-    from millstream._checkpoint._failpoints import arm
-
     stream = new_stream(r)
     n = 1000
     fill(r, stream, [{"i": i} for i in range(n)])
@@ -177,19 +141,13 @@ def test_crash_between_commit_and_acknowledge_drops_covered_entries(r: Any, tmp_
 
     def run() -> Any:
         src = ms.connectors.redis.read(stream, group="g", start="0", bounded=True, count=100)
-        return _pipeline(src, out, Crash(None)).run(mode="native", guarantee="exactly-once", checkpoint_dir=ckpt,
-                                                    checkpoint_interval=1, max_chunk=100)
+        return acks.run_exactly_once("redis-eo", src, out, ckpt)
 
-    arm("source.acknowledge=raise#3")  # the output of checkpoint 3 is committed, its entries not XACKed
-    try:
-        with pytest.raises(Exception, match="failpoint"):
-            run()
-    finally:
-        arm("")
+    acks.fail_at_the_third_acknowledge(run)  # the output of checkpoint 3 is committed, its entries not XACKed
     assert pending(r, stream, "g") > 0
     result = run()
     assert result.steps[0].extra["redelivered_dropped"] > 0  # read again, and the checkpoint had them
-    assert sorted(v["i"] for v in rows(out)) == list(range(n))
+    assert sorted(v["i"] for v in acks.rows(out)) == list(range(n))
     assert pending(r, stream, "g") == 0
 
 
@@ -197,21 +155,16 @@ def test_nothing_acknowledged_before_a_checkpoint(r: Any, tmp_path: Path) -> Non
     stream = new_stream(r)
     fill(r, stream, [{"i": i} for i in range(1000)])
     src = ms.connectors.redis.read(stream, group="g", start="0", bounded=True, count=100)
-    with pytest.raises(Exception, match="crash"):
-        _pipeline(src, tmp_path / "out", Crash(500)).run(
-            mode="native", guarantee="at-least-once", checkpoint_dir=str(tmp_path / "c1"),
-            checkpoint_interval=600_000, max_chunk=100)
+    acks.crash_before_a_checkpoint(src, ms.connectors.files.write(str(tmp_path / "out"), transactional=True),
+                                   "at-least-once", tmp_path / "c1")
     assert pending(r, stream, "g") >= 500  # read, no checkpoint completed: nothing XACKed
 
     # at-most-once acknowledges each chunk as it is read, before it is processed
     stream2 = new_stream(r)
     fill(r, stream2, [{"i": i} for i in range(1000)])
     src = ms.connectors.redis.read(stream2, group="g", start="0", bounded=True, count=100)
-    flow = ms.Flow("amo")
-    flow.source(src).map(Crash(500)).sink(ms.connectors.files.write(str(tmp_path / "amo.jsonl")))
-    with pytest.raises(Exception, match="crash"):
-        flow.run(mode="native", guarantee="at-most-once", checkpoint_dir=str(tmp_path / "c2"),
-                 checkpoint_interval=600_000, max_chunk=100)
+    acks.crash_before_a_checkpoint(src, ms.connectors.files.write(str(tmp_path / "amo.jsonl")), "at-most-once",
+                                   tmp_path / "c2")
     assert pending(r, stream2, "g") == 0
 
 
@@ -222,13 +175,11 @@ def test_renamed_consumer_takes_over_the_pending_entries(r: Any, tmp_path: Path)
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
     src = ms.connectors.redis.read(stream, group="g", consumer="a", start="0", bounded=True, count=100)
     with pytest.raises(Exception, match="crash"):
-        _pipeline(src, out, Crash(900)).run(mode="native", guarantee="exactly-once", checkpoint_dir=str(ckpt),
-                                            checkpoint_interval=1, max_chunk=100)
+        acks.run_exactly_once("redis-eo", src, out, ckpt, crash_at=900)
     assert pending(r, stream, "g") > 0
     src = ms.connectors.redis.read(stream, group="g", consumer="b", start="0", bounded=True, count=100)
-    assert _pipeline(src, out, Crash(None)).run(mode="native", guarantee="exactly-once", checkpoint_dir=str(ckpt),
-                                                checkpoint_interval=1, max_chunk=100).ok
-    assert sorted(v["i"] for v in rows(out)) == list(range(n))
+    assert acks.run_exactly_once("redis-eo", src, out, ckpt).ok
+    assert sorted(v["i"] for v in acks.rows(out)) == list(range(n))
     assert pending(r, stream, "g") == 0
 
 
@@ -236,32 +187,7 @@ def test_renamed_consumer_takes_over_the_pending_entries(r: Any, tmp_path: Path)
 def test_unbounded_read_follows_new_entries(r: Any, tmp_path: Path, mode: str) -> None:
     stream = new_stream(r)
     src = ms.connectors.redis.read(stream, group="g", start="0", block=20)
-    seen: list[int] = []
-
-    def note(rec: Any) -> Any:
-        seen.append(rec["i"])
-        return rec
-
-    def stopper(rec: Any) -> Any:  # the job ends by failing at the last entry
-        if rec["i"] == -1:
-            raise RuntimeError("enough")
-        return rec
-
-    flow = ms.Flow("follow")
-    flow.source(src).map(note).map(stopper).sink(ms.connectors.memory.write())
-    job = threading.Thread(target=lambda: _quiet(flow.run, mode), daemon=True)
-    job.start()
-    fill(r, stream, [{"i": i} for i in range(200)] + [{"i": -1}])
-    job.join(20)
-    assert not job.is_alive()
-    assert sorted(seen) == [-1, *range(200)]
-
-
-def _quiet(fn: Any, mode: str) -> None:
-    try:
-        fn(mode=mode)
-    except Exception:  # noqa: BLE001, S110 - the test ends the job by failing it
-        pass
+    assert acks.read_while_publishing(src, mode, lambda recs: fill(r, stream, recs)) == [-1, *range(200)]
 
 
 # -- connections that break ------------------------------------------------------------------------
@@ -272,33 +198,17 @@ def test_broken_connections_are_retried_without_loss_or_duplicates(r: Any, tmp_p
     n = 3000
     fill(r, stream, [{"i": i} for i in range(n)])
     proxy = services.Proxy(0, 6379)
-    stop = threading.Event()
 
-    def cutter() -> None:  # every 150 ms the next reply is lost with its connection
+    def cutter(stop: threading.Event) -> None:  # every 150 ms the next reply is lost with its connection
         while not stop.wait(0.15):
             proxy.lose_reply.set()
-
-    def slow(rec: Any) -> Any:
-        if rec["i"] % 100 == 0:
-            time.sleep(0.01)
-        return rec
 
     src = ms.connectors.redis.read(stream, group="g", start="0", bounded=True, count=50,
                                    url=f"redis://127.0.0.1:{proxy.port}/0",
                                    backoff=ms.connectors.Backoff(initial_s=0.01, max_s=0.02, budget_s=20))
-    flow = ms.Flow("cut")
-    flow.source(src).map(slow).sink(ms.connectors.files.write(str(tmp_path / "out"), transactional=True))
-    thread = threading.Thread(target=cutter, daemon=True)
-    thread.start()
-    try:
-        result = flow.run(mode="native", guarantee="exactly-once", checkpoint_dir=str(tmp_path / "ckpt"),
-                          checkpoint_interval=20, max_chunk=50)
-    finally:
-        stop.set()
-        thread.join()
-        proxy.close()
+    result = acks.run_while_cutting(src, proxy, cutter, tmp_path, pause_s=0.01, chunk=50)
     assert proxy.lost > 0 and result.steps[0].extra["retries"] > 0
-    assert sorted(v["i"] for v in rows(tmp_path / "out")) == list(range(n))
+    assert sorted(v["i"] for v in acks.rows(tmp_path / "out")) == list(range(n))
     assert pending(r, stream, "g") == 0
 
 
@@ -517,81 +427,12 @@ def test_docs_example(r: Any, tmp_path: Path) -> None:
 
 # -- a kill test: Redis Streams -> keyed window -> transactional files, SIGKILL at random -----------------
 
-JOB = textwrap.dedent('''
-    import time
-    import millstream as ms
-
-    def build(params):
-        # the runs to be killed take >= 4 s of sleeps (20,000 records, 20 ms every 100), whatever the
-        # machine's speed: a kill 0.3-1.5 s after a start always lands while the first run works
-        every = 100 if params.get("transactional") in (True, "true") else 10**9
-
-        def slow(rec):
-            if rec["id"] % every == 0:
-                time.sleep(0.02)
-            return rec
-
-        flow = ms.Flow("redis-kill")
-        src = flow.source(ms.connectors.redis.read(params["stream"], group=params["group"], start="0",
-                                                   bounded=True, count=200),
-                          watermark=ms.WatermarkStrategy.bounded(50, timestamp="ts"))
-        (src.map(slow).key_by("key").window(ms.windows.tumbling(1_000))
-            .aggregate(n=ms.agg.count(), ids=ms.agg.sum("id"))
-            .sink(ms.connectors.files.write(params["out"], format="jsonl",
-                                          transactional=params.get("transactional") in (True, "true"))))
-        return flow
-''')
-
-
-def _job(tmp_path: Path, stream: str, group: str, out: str, ckpt: str | None) -> list[str]:
-    args = [sys.executable, "-m", "millstream.cli", "run", str(tmp_path / "job.py"), "-q", "--progress", "off",
-            "--mode", "native", "--set", f"stream={stream}", "--set", f"group={group}", "--set", f"out={out}"]
-    if ckpt is not None:
-        args += ["--set", "transactional=true", "--guarantee", "exactly-once", "--checkpoint-dir", ckpt,
-                 "--checkpoint-interval", "50"]
-    return args
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("MILLSTREAM_FAILPOINTS", None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(REPO, "src"), env.get("PYTHONPATH")]))
-    return env
-
 
 def test_kill_exactly_once(r: Any, tmp_path: Path) -> None:
     stream = new_stream(r, "ms_kill")
     n = 20_000
-    fill(r, stream, [{"id": i, "key": (i * 7919) % 17, "ts": i * 10 + (i * 2654435761) % 41} for i in range(n)])
-    (tmp_path / "job.py").write_text(JOB)
-    ref = tmp_path / "ref.jsonl"
-    done = subprocess.run(_job(tmp_path, stream, "ref", str(ref), None), env=_env(), capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    expected = Counter(json.dumps(json.loads(line), sort_keys=True) for line in ref.read_text().splitlines())
-    assert sum(expected.values()) > 0
-
-    out, ckpt = tmp_path / "out", str(tmp_path / "ckpt")
-    rnd = random.Random(os.getpid())
-    kills = 0
-    for _ in range(12):
-        proc = subprocess.Popen(_job(tmp_path, stream, "eo", str(out), ckpt), env=_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-        if kills < 2:
-            try:
-                proc.wait(timeout=rnd.uniform(0.3, 1.5))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                kills += 1
-        _, err = proc.communicate(timeout=120)
-        if proc.returncode == 0:
-            break
-        assert proc.returncode == -signal.SIGKILL, err
-        seen = Counter(json.dumps(v, sort_keys=True) for v in rows(out))
-        assert not (seen - expected), "output not in the reference (a duplicate or a wrong window)"
-    else:
-        pytest.fail("the job did not finish after 12 starts")
-    got = Counter(json.dumps(v, sort_keys=True) for v in rows(out))
-    assert kills >= 1, "the job ended before any kill: make it slower"
-    assert got == expected, f"after {kills} kills: {sum(got.values())} rows, expected {sum(expected.values())}"
+    fill(r, stream, acks.events(n))  # the runs to be killed sleep >= 4 s in all (20 ms every 100 records)
+    source = 'ms.connectors.redis.read(params["stream"], group=params["group"], start="0", bounded=True, count=200)'
+    acks.kill_exactly_once(tmp_path, acks.windowed_job("redis-kill", source, every=100),
+                           ref={"stream": stream, "group": "ref"}, eo={"stream": stream, "group": "eo"})
     assert pending(r, stream, "eo") == 0

@@ -1,0 +1,244 @@
+"""What the tests of the connectors that acknowledge after checkpoints share (NATS JetStream and
+Redis Streams; MQTT and RabbitMQ): a map that crashes the job, the committed output, jobs in a
+subprocess, and the loop that SIGKILLs them at random until one finishes.
+
+Each helper asserts what it runs for (the job crashed, the run finished, the output is a subset
+of the reference); what a connector keeps on its broker (a consumer's ack floor, a pending entries
+list, a queue's ready count) stays in that connector's tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.integration import services
+
+import millstream as ms
+
+REPO = str(Path(__file__).resolve().parents[2])
+
+
+def env() -> dict[str, str]:
+    """The environment of a job subprocess: this checkout's ``src`` first, no failpoints armed."""
+    out = dict(os.environ)
+    out.pop("MILLSTREAM_FAILPOINTS", None)
+    out["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(REPO, "src"), out.get("PYTHONPATH")]))
+    return out
+
+
+def rows(out: Path) -> list[dict[str, Any]]:
+    """The committed rows of a transactional files sink (none while ``out`` does not exist yet)."""
+    return [json.loads(line) for f in sorted(out.glob("*")) if f.is_file() and f.name[0] not in "._"
+            for line in f.read_text().splitlines() if line.strip()]
+
+
+class Crash:
+    """A map that fails the job once it has seen ``at`` records (``None``: never)."""
+
+    def __init__(self, at: int | None) -> None:
+        self.at = at
+        self.seen = 0
+
+    def __call__(self, rec: Any) -> Any:
+        self.seen += 1
+        if self.at is not None and self.seen > self.at:
+            raise RuntimeError("crash")
+        return rec
+
+
+# -- in this process -------------------------------------------------------------------------------
+
+
+def run_exactly_once(name: str, src: Any, out: Path, ckpt: Path | str, crash_at: int | None = None) -> Any:
+    """``src`` -> :class:`Crash` -> transactional files in ``out``, exactly-once with a checkpoint every
+    millisecond and chunks of 100; the job's result (with ``crash_at``, it raises "crash" first)."""
+    flow = ms.Flow(name)
+    flow.source(src).map(Crash(crash_at)).sink(ms.connectors.files.write(str(out), transactional=True))
+    return flow.run(mode="native", guarantee="exactly-once", checkpoint_dir=str(ckpt), checkpoint_interval=1,
+                    max_chunk=100)
+
+
+def crash_before_a_checkpoint(src: Any, sink: Any, guarantee: str, ckpt: Path, at: int = 500) -> None:
+    """Run ``src`` -> :class:`Crash` (``at``) -> ``sink`` under ``guarantee`` with checkpoints too far apart
+    for one to complete, in chunks of 100: the job must fail at record ``at`` + 1."""
+    flow = ms.Flow(guarantee)
+    flow.source(src).map(Crash(at)).sink(sink)
+    with pytest.raises(Exception, match="crash"):
+        flow.run(mode="native", guarantee=guarantee, checkpoint_dir=str(ckpt), checkpoint_interval=600_000,
+                 max_chunk=100)
+
+
+def fail_at_the_third_acknowledge(run: Callable[[], Any]) -> None:
+    """``run()`` with the third acknowledgement failing: checkpoint 3's output is committed, its
+    messages are not acknowledged. The run must fail at the failpoint."""
+    from millstream._checkpoint._failpoints import arm
+
+    arm("source.acknowledge=raise#3")
+    try:
+        with pytest.raises(Exception, match="failpoint"):
+            run()
+    finally:
+        arm("")
+
+
+def read_while_publishing(src: Any, mode: str, publish: Callable[[list[Any]], None]) -> list[int]:
+    """Run an unbounded ``src`` in a thread while ``publish`` sends records 0..199 and then -1, at
+    which the job ends by failing; the sorted values of ``i`` the job saw."""
+    seen: list[int] = []
+
+    def note(rec: Any) -> Any:
+        seen.append(rec["i"])
+        return rec
+
+    def stopper(rec: Any) -> Any:  # the job ends by failing at the last message
+        if rec["i"] == -1:
+            raise RuntimeError("enough")
+        return rec
+
+    def run() -> None:
+        try:
+            flow.run(mode=mode)
+        except Exception:  # noqa: BLE001, S110 - the test ends the job by failing it
+            pass
+
+    flow = ms.Flow("follow")
+    flow.source(src).map(note).map(stopper).sink(ms.connectors.memory.write())
+    job = threading.Thread(target=run, daemon=True)
+    job.start()
+    publish([{"i": i} for i in range(200)] + [{"i": -1}])
+    job.join(20)
+    assert not job.is_alive(), "the job did not end at the last message"
+    return sorted(seen)
+
+
+def run_while_cutting(src: Any, proxy: services.Proxy, cutter: Callable[[threading.Event], None], tmp_path: Path,
+                      *, pause_s: float, chunk: int) -> Any:
+    """``src`` (connected through ``proxy``) -> a pause of ``pause_s`` every 100th ``i`` -> transactional
+    files in ``tmp_path / "out"``, exactly-once with a checkpoint every 20 ms, while ``cutter(stop)``
+    breaks connections in a thread; the job's result. The proxy is closed afterwards."""
+
+    def slow(rec: Any) -> Any:
+        if rec["i"] % 100 == 0:
+            time.sleep(pause_s)
+        return rec
+
+    flow = ms.Flow("cut")
+    flow.source(src).map(slow).sink(ms.connectors.files.write(str(tmp_path / "out"), transactional=True))
+    stop = threading.Event()
+    thread = threading.Thread(target=cutter, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        return flow.run(mode="native", guarantee="exactly-once", checkpoint_dir=str(tmp_path / "ckpt"),
+                        checkpoint_interval=20, max_chunk=chunk)
+    finally:
+        stop.set()
+        thread.join()
+        proxy.close()
+
+
+# -- jobs in a subprocess, killed --------------------------------------------------------------------
+
+
+def kill_at_random(cmd: list[str], *, kills: int, wait_s: tuple[float, float],
+                   after_kill: Callable[[], None] | None = None, starts: int = 12) -> int:
+    """Start ``cmd`` again and again until a run finishes; SIGKILL each of the first ``kills`` runs still
+    working a random ``wait_s`` after its start, calling ``after_kill`` after each. How many were killed.
+    A run that ends otherwise than by success or the kill fails the test, with its stderr."""
+    rnd = random.Random(os.getpid())
+    killed = 0
+    for _ in range(starts):
+        proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        if killed < kills:
+            try:
+                proc.wait(timeout=rnd.uniform(*wait_s))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed += 1
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode == 0:
+            return killed
+        assert proc.returncode == -signal.SIGKILL, err
+        if after_kill is not None:
+            after_kill()
+    pytest.fail(f"the job did not finish after {starts} starts")
+
+
+def events(n: int) -> list[dict[str, int]]:
+    """``n`` events over 17 keys with event times a little out of order (up to 40 ms)."""
+    return [{"id": i, "key": (i * 7919) % 17, "ts": i * 10 + (i * 2654435761) % 41} for i in range(n)]
+
+
+def windowed_job(name: str, source: str, every: int) -> str:
+    """A job module for ``millstream run``: ``source`` (an expression over ``params``) -> keyed 1 s
+    windows of :func:`events` -> files in ``params["out"]``, transactional when asked; the runs to be
+    killed sleep 20 ms every ``every`` records, so that a kill 0.3-1.5 s after a start lands while the
+    first run works whatever the machine's speed."""
+    return textwrap.dedent('''
+        import time
+        import millstream as ms
+
+        def build(params):
+            every = EVERY if params.get("transactional") in (True, "true") else 10**9
+
+            def slow(rec):
+                if rec["id"] % every == 0:
+                    time.sleep(0.02)
+                return rec
+
+            flow = ms.Flow(NAME)
+            src = flow.source(SOURCE, watermark=ms.WatermarkStrategy.bounded(50, timestamp="ts"))
+            (src.map(slow).key_by("key").window(ms.windows.tumbling(1_000))
+                .aggregate(n=ms.agg.count(), ids=ms.agg.sum("id"))
+                .sink(ms.connectors.files.write(params["out"], format="jsonl",
+                                                transactional=params.get("transactional") in (True, "true"))))
+            return flow
+    ''').replace("EVERY", str(every)).replace("NAME", repr(name)).replace("SOURCE", source)
+
+
+def _cli(tmp_path: Path, params: dict[str, str], out: Path, ckpt: str | None) -> list[str]:
+    args = [sys.executable, "-m", "millstream.cli", "run", str(tmp_path / "job.py"), "-q", "--progress", "off",
+            "--mode", "native", "--set", f"out={out}"]
+    for k, v in params.items():
+        args += ["--set", f"{k}={v}"]
+    if ckpt is not None:
+        args += ["--set", "transactional=true", "--guarantee", "exactly-once", "--checkpoint-dir", ckpt,
+                 "--checkpoint-interval", "50"]
+    return args
+
+
+def kill_exactly_once(tmp_path: Path, job: str, ref: dict[str, str], eo: dict[str, str]) -> None:
+    """Run ``job`` (see :func:`windowed_job`) once to the end without checkpoints (with ``ref`` params),
+    then exactly-once (with ``eo`` params), SIGKILLed at random up to twice and restarted until it
+    finishes: after each kill the committed output is within the reference, at the end it equals it."""
+    (tmp_path / "job.py").write_text(job)
+    ref_out = tmp_path / "ref.jsonl"
+    done = subprocess.run(_cli(tmp_path, ref, ref_out, None), env=env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    expected = Counter(json.dumps(json.loads(line), sort_keys=True) for line in ref_out.read_text().splitlines())
+    assert sum(expected.values()) > 0
+
+    out, ckpt = tmp_path / "out", str(tmp_path / "ckpt")
+
+    def within_the_reference() -> None:
+        seen = Counter(json.dumps(v, sort_keys=True) for v in rows(out))
+        assert not (seen - expected), "output not in the reference (a duplicate or a wrong window)"
+
+    kills = kill_at_random(_cli(tmp_path, eo, out, ckpt), kills=2, wait_s=(0.3, 1.5), after_kill=within_the_reference)
+    got = Counter(json.dumps(v, sort_keys=True) for v in rows(out))
+    assert kills >= 1, "the job ended before any kill: make it slower"
+    assert got == expected, f"after {kills} kills: {sum(got.values())} rows, expected {sum(expected.values())}"
