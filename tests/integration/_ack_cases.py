@@ -242,3 +242,86 @@ def kill_exactly_once(tmp_path: Path, job: str, ref: dict[str, str], eo: dict[st
     got = Counter(json.dumps(v, sort_keys=True) for v in rows(out))
     assert kills >= 1, "the job ended before any kill: make it slower"
     assert got == expected, f"after {kills} kills: {sum(got.values())} rows, expected {sum(expected.values())}"
+
+
+# -- a job script per run: source -> map -> transactional files (MQTT, RabbitMQ) -------------------------
+
+
+def script_job(tmp: Path, name: str, source: str, n: int, *, interval_ms: int, marker: Path | None = None,
+               slow_s: float = 0.0, mode: str = "native") -> str:
+    """Write ``tmp/job.py``, run as ``python job.py CKPT OUT``: ``source`` (an expression) -> a step
+    sleeping ``slow_s`` a record -> transactional files, exactly-once with a checkpoint every
+    ``interval_ms`` and chunks of 100. With ``marker``, the first run makes the file once it has seen
+    ``n`` records and then holds until it is killed. Its path."""
+    path = tmp / "job.py"
+    path.write_text(textwrap.dedent(f"""
+        import os, sys, time
+        import millstream as ms
+        ck, out = sys.argv[1], sys.argv[2]
+        seen = [0]
+        # the run that makes the marker holds there until it is killed: it must not get to end and
+        # take its final checkpoint first (that would acknowledge everything)
+        hold = {str(marker)!r} != "None" and not os.path.exists({str(marker)!r})
+        def step(r):
+            seen[0] += 1
+            if {slow_s!r}:
+                time.sleep({slow_s!r})
+            if hold and seen[0] >= {n}:
+                open({str(marker)!r}, "w").close()
+                time.sleep(120)
+            return r
+        flow = ms.Flow({name!r})
+        flow.source({source}).map(step).sink(ms.connectors.files.write(out, transactional=True))
+        flow.run(guarantee="exactly-once", checkpoint_dir=ck, checkpoint_interval={interval_ms}, max_chunk=100,
+                 mode={mode!r})
+    """))
+    return str(path)
+
+
+def committed_ids(out: Path) -> list[int]:
+    """The sorted values of ``i`` committed in ``out``."""
+    return sorted(r["i"] for r in ms.connectors.files.read_committed(out))
+
+
+def run_to_the_end(script: str, ck: Path, out: Path) -> None:
+    subprocess.run([sys.executable, script, str(ck), str(out)], env=env(), check=True, timeout=60)
+
+
+def kill_once_all_is_read(script: str, marker: Path, ck: Path, out: Path,
+                          while_held: Callable[[], None] | None = None) -> None:
+    """Start the job (made with ``marker``), wait until it has read every message, call ``while_held``
+    and SIGKILL it: no checkpoint completed, so nothing was acknowledged."""
+    proc = subprocess.Popen([sys.executable, script, str(ck), str(out)], env=env())
+    try:
+        deadline = time.monotonic() + 20
+        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert marker.exists(), "the job did not read the messages"
+        if while_held is not None:
+            while_held()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+
+def kill_at_the_third_acknowledge_then_resume(script: str, ck: Path, out: Path, n: int) -> None:
+    """Killed after checkpoint 3 committed its output, before its acknowledgement went out; the rerun
+    must give each of the ``n`` messages exactly once (the redelivered ones of that checkpoint dropped)."""
+    failing = env()
+    failing["MILLSTREAM_FAILPOINTS"] = "source.acknowledge=kill#3"
+    first = subprocess.run([sys.executable, script, str(ck), str(out)], env=failing, timeout=60)
+    assert first.returncode == -signal.SIGKILL
+    committed = len(ms.connectors.files.read_committed(out))
+    assert 0 < committed < n
+    run_to_the_end(script, ck, out)
+    ids = committed_ids(out)
+    assert ids == list(range(n)), (committed, len(ids), len(set(ids)))
+
+
+def sigkill_until_done(script: str, ck: Path, out: Path, n: int) -> None:
+    """SIGKILL the job up to three times 0.6-1.6 s after its start, restarting it until it finishes: at
+    least one kill, and each of the ``n`` messages committed exactly once."""
+    kills = kill_at_random([sys.executable, script, str(ck), str(out)], kills=3, wait_s=(0.6, 1.6))
+    ids = committed_ids(out)
+    assert kills >= 1, "the job ended before any kill: make it slower"
+    assert ids == list(range(n)), (kills, len(ids), len(set(ids)))

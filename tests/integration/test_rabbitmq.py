@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
-import random
-import signal
-import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.integration import _ack_cases as acks
 from tests.integration import services
 
 import millstream as ms
@@ -24,7 +20,6 @@ from millstream.connectors._base import SourceContext
 from millstream.errors import ConfigError, ConnectorError, MissingDependencyError, RecordError
 from millstream.testing import ManualClock
 
-REPO = str(Path(__file__).resolve().parents[2])
 URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 
@@ -124,22 +119,17 @@ def test_ack_only_after_checkpoint(channel: Any, queue: str, tmp_path: Path) -> 
     marker = tmp_path / "read-all"
     script = _job_script(tmp_path, queue, n, interval_ms=600_000, marker=marker)
     ck, out = tmp_path / "ck", tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, script, str(ck), str(out)], env=_env())
-    try:
-        deadline = time.monotonic() + 20
-        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-        assert marker.exists(), "the job did not read the messages"
-        assert ready(channel, queue) == 0  # all delivered, none acknowledged (the broker holds them)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+
+    def all_delivered_none_acknowledged() -> None:  # the broker holds them
+        assert ready(channel, queue) == 0
+
+    acks.kill_once_all_is_read(script, marker, ck, out, while_held=all_delivered_none_acknowledged)
     deadline = time.monotonic() + 5
     while ready(channel, queue) < n and time.monotonic() < deadline:
         time.sleep(0.05)
     assert ready(channel, queue) == n  # the broker put every unacknowledged delivery back
-    subprocess.run([sys.executable, script, str(ck), str(out)], env=_env(), check=True, timeout=60)
-    assert sorted(r["i"] for r in ms.connectors.files.read_committed(out)) == list(range(n))
+    acks.run_to_the_end(script, ck, out)
+    assert acks.committed_ids(out) == list(range(n))
     assert ready(channel, queue) == 0
 
 
@@ -150,16 +140,7 @@ def test_kill_between_commit_and_acknowledge(mode: str, channel: Any, queue: str
     n = 1_000
     publish(channel, queue, [json.dumps({"i": i}).encode() for i in range(n)])
     script = _job_script(tmp_path, queue, n, interval_ms=30, slow_s=0.001, mode=mode)
-    ck, out = tmp_path / "ck", tmp_path / "out"
-    env = _env()
-    env["MILLSTREAM_FAILPOINTS"] = "source.acknowledge=kill#3"
-    first = subprocess.run([sys.executable, script, str(ck), str(out)], env=env, timeout=60)
-    assert first.returncode == -signal.SIGKILL
-    committed = len(ms.connectors.files.read_committed(out))
-    assert 0 < committed < n
-    subprocess.run([sys.executable, script, str(ck), str(out)], env=_env(), check=True, timeout=60)
-    ids = sorted(r["i"] for r in ms.connectors.files.read_committed(out))
-    assert ids == list(range(n)), (committed, len(ids), len(set(ids)))
+    acks.kill_at_the_third_acknowledge_then_resume(script, tmp_path / "ck", tmp_path / "out", n)
 
 
 def test_sigkill_exactly_once(channel: Any, queue: str, tmp_path: Path) -> None:
@@ -167,61 +148,14 @@ def test_sigkill_exactly_once(channel: Any, queue: str, tmp_path: Path) -> None:
     n = 3_000
     publish(channel, queue, [json.dumps({"i": i}).encode() for i in range(n)])
     script = _job_script(tmp_path, queue, n, interval_ms=40, slow_s=0.002)  # >= 6 s of sleeps in all
-    ck, out = tmp_path / "ck", tmp_path / "out"
-    rnd = random.Random(os.getpid())
-    kills = 0
-    for _ in range(12):
-        proc = subprocess.Popen([sys.executable, script, str(ck), str(out)], env=_env())
-        try:
-            rc = proc.wait(rnd.uniform(0.6, 1.6) if kills < 3 else 60)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
-            kills += 1
-            continue
-        assert rc == 0
-        break
-    else:
-        pytest.fail("the job never finished")
-    assert kills >= 1
-    ids = sorted(r["i"] for r in ms.connectors.files.read_committed(out))
-    assert ids == list(range(n)), (kills, len(ids), len(set(ids)))
+    acks.sigkill_until_done(script, tmp_path / "ck", tmp_path / "out", n)
     assert ready(channel, queue) == 0
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("MILLSTREAM_FAILPOINTS", None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(REPO, "src"), env.get("PYTHONPATH")]))
-    return env
-
-
-def _job_script(tmp: Path, queue: str, n: int, *, interval_ms: int, marker: Path | None = None,
-                slow_s: float = 0.0, mode: str = "native") -> str:
-    path = tmp / "job.py"
-    path.write_text(textwrap.dedent(f"""
-        import os, sys, time
-        import millstream as ms
-        ck, out = sys.argv[1], sys.argv[2]
-        seen = [0]
-        # the run that makes the marker holds there until it is killed: it must not get to end and
-        # take its final checkpoint first (that would acknowledge everything)
-        hold = {str(marker)!r} != "None" and not os.path.exists({str(marker)!r})
-        def step(r):
-            seen[0] += 1
-            if {slow_s!r}:
-                time.sleep({slow_s!r})
-            if hold and seen[0] >= {n}:
-                open({str(marker)!r}, "w").close()
-                time.sleep(120)
-            return r
-        flow = ms.Flow("rmq-kill")
-        flow.source(ms.connectors.rabbitmq.read({queue!r}, max_records={n}, dedup_by="message_id")) \\
-            .map(step).sink(ms.connectors.files.write(out, transactional=True))
-        flow.run(guarantee="exactly-once", checkpoint_dir=ck, checkpoint_interval={interval_ms}, max_chunk=100,
-                 mode={mode!r})
-    """))
-    return str(path)
+def _job_script(tmp: Path, queue: str, n: int, **how: Any) -> str:
+    """The job of :func:`acks.script_job` reading ``queue``, deduplicated by message id (``how``: its keywords)."""
+    source = f"ms.connectors.rabbitmq.read({queue!r}, max_records={n}, dedup_by='message_id')"
+    return acks.script_job(tmp, "rmq-kill", source, n, **how)
 
 
 def test_connection_lost_mid_run_exactly_once(channel: Any, queue: str, tmp_path: Path) -> None:
