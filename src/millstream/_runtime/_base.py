@@ -8,7 +8,7 @@ from millstream._clock import Clock
 from millstream._plan import Node
 from millstream._state import MemoryBackend, StateBackend
 from millstream._time import MAX_WATERMARK, MIN_WATERMARK
-from millstream.errors import MillstreamError, StepError
+from millstream.errors import CheckpointError, MillstreamError, StepError
 
 from ._codegen import index_of
 
@@ -69,6 +69,20 @@ class Runtime:
 
 
 Port = tuple["Operator", int]
+
+#: the field of an operator's snapshot saying that its state is in the on-disk state backend
+#: (checkpointed by the backend's own files), so the snapshot holds only what is not
+ON_DISK = "on_disk"
+
+
+def check_not_on_disk(node: Node, state: Any) -> None:
+    """Refuse a snapshot taken with ``node``'s state on disk when this run keeps it in memory."""
+    if isinstance(state, dict) and state.get(ON_DISK):
+        raise CheckpointError(
+            f"step {node.name!r}: the checkpoint holds its state in the on-disk state backend (the run that "
+            "took it had state='lmdb://...'), and this run keeps it in memory; resume with an on-disk "
+            "state URL (a checkpoint taken in memory can be resumed on disk, not the other way round)"
+        )
 
 
 class Operator:

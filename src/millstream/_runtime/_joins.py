@@ -45,11 +45,12 @@ from collections.abc import Callable
 from typing import Any
 
 from millstream._plan import JoinOp, Node
+from millstream._state import check_key
 from millstream.changelog import CHANGE, DELETE, INSERT
 from millstream.windows import SessionWindow, SlidingWindow, TumblingWindow
 
 from ._aggcode import compile_key, key_expr
-from ._base import Operator, Runtime
+from ._base import Operator, Runtime, check_not_on_disk
 from ._codegen import Generated, frame_local
 from ._windows import SliceTimers
 
@@ -188,9 +189,12 @@ class PairJoinOperator(_JoinBase):
         assert op.ttl_ms is not None
         return wm - op.ttl_ms - 1
 
-    def _compile(self, side: int) -> tuple[Callable[..., int], str]:
+    def _compile(self, side: int, disk: bool = False) -> tuple[Callable[..., int], str]:
+        """The loop of one side. ``disk``: the state is in the on-disk backend (:mod:`._ondisk`):
+        a key's list is written back after each append, ``buckets`` is the side's expiry queue."""
         op = self.op
-        env: dict[str, Any] = {"_pair": self.pair, "_heappush": heapq.heappush}
+        env: dict[str, Any] = {"_pair": self.pair, "_heappush": heapq.heappush, "_PLAIN": frozenset({str, int}),
+                               "_check": check_key}
         g = Generated()
         g.add(0, "def _push(recs, times, wm, mine, other, dead_mine, dead_other, buckets, heap, out, tout, lr, lt):")
         g.add(1, "late = 0; oa = out.append; ta = tout.append; last_b = None; bset = None")
@@ -204,10 +208,14 @@ class PairJoinOperator(_JoinBase):
         if self.interval:  # kept only while a record of the other side ahead of the watermark could pair
             g.add(2, "if t > dead_mine:")
             depth = 3
+        if disk:  # a key the store cannot encode fails here, naming its record
+            g.add(depth, "if type(k) not in _PLAIN: _check(k)")
         g.add(depth, "lst = mine.get(k)")
         g.add(depth, "if lst is None: mine[k] = [(t, r)]")
-        g.add(depth, "else: lst.append((t, r))")
-        if self.checked:
+        g.add(depth, "else: lst.append((t, r)); mine[k] = lst" if disk else "else: lst.append((t, r))")
+        if self.checked and disk:
+            g.add(depth, f"buckets.add(t // {self.bucket_ms}, k)")
+        elif self.checked:
             g.add(depth, f"b = t // {self.bucket_ms}")
             g.add(depth, "if b != last_b:")
             g.add(depth + 1, "bset = buckets.get(b)")
@@ -264,6 +272,7 @@ class PairJoinOperator(_JoinBase):
         checked, bucket_ms = self.checked, self.bucket_ms
         buckets, heap = self.buckets[side], self.heaps[side]
         out, tout = self._out, self._tout
+        disk = self.rt.state.on_disk  # the state in the on-disk backend (._ondisk): write lists back
         k: Any
         for r, t in zip(records, times, strict=True):
             k = None
@@ -274,8 +283,16 @@ class PairJoinOperator(_JoinBase):
                     self._late_t.append(t)
                     continue
                 k = keyf(r)
-                mine.setdefault(k, []).append((t, r))
-                if checked:
+                lst = mine.get(k)
+                if lst is None:
+                    mine[k] = [(t, r)]
+                else:
+                    lst.append((t, r))
+                    if disk:
+                        mine[k] = lst
+                if checked and disk:
+                    self.expiry[side].add(t // bucket_ms, k)  # type: ignore[attr-defined]
+                elif checked:
                     b = t // bucket_ms
                     bset = buckets.get(b)
                     if bset is None:
@@ -286,7 +303,13 @@ class PairJoinOperator(_JoinBase):
                 if not partners:
                     if outer_mine:
                         row = _marked(pad(r), INSERT)
-                        unmatched_mine.setdefault(k, []).append((t, r, row))
+                        pads = unmatched_mine.get(k)
+                        if pads is None:
+                            unmatched_mine[k] = [(t, r, row)]
+                        else:
+                            pads.append((t, r, row))
+                            if disk:
+                                unmatched_mine[k] = pads
                         out.append(row)
                         tout.append(t)
                     continue
@@ -340,6 +363,7 @@ class PairJoinOperator(_JoinBase):
         return snap
 
     def restore(self, state: Any) -> None:
+        check_not_on_disk(self.node, state)
         self.sides = state["sides"]
         self.buckets = state["buckets"]
         self.heaps = [sorted(b) for b in self.buckets]
@@ -500,6 +524,7 @@ class SlicedWindowJoinOperator(_WindowJoinBase):
         return {"slices": self.slices, **self.timers.snapshot(), "late": self.late}
 
     def restore(self, state: Any) -> None:
+        check_not_on_disk(self.node, state)
         self.slices = state["slices"]
         self.timers.restore(state)
         self.late = state["late"]
@@ -590,6 +615,7 @@ class SessionWindowJoinOperator(_WindowJoinBase):
         return {"sessions": self.sessions, "timers": list(self.timers), "late": self.late}
 
     def restore(self, state: Any) -> None:
+        check_not_on_disk(self.node, state)
         self.sessions = state["sessions"]
         self.timers = sorted(state["timers"])
         self.late = state["late"]
@@ -599,6 +625,14 @@ class SessionWindowJoinOperator(_WindowJoinBase):
 def make_join_operator(node: Node, rt: Runtime) -> Operator:
     op = node.op
     assert isinstance(op, JoinOp)
+    if rt.state.on_disk:  # the state in the on-disk backend
+        from . import _ondisk
+
+        if op.mode in ("regular", "interval"):
+            return _ondisk.DiskPairJoinOperator(node, rt)
+        if isinstance(op.assigner, SessionWindow):
+            return _ondisk.DiskSessionWindowJoinOperator(node, rt)
+        return _ondisk.DiskSlicedWindowJoinOperator(node, rt)
     if op.mode in ("regular", "interval"):
         return PairJoinOperator(node, rt)
     if isinstance(op.assigner, SessionWindow):

@@ -4,7 +4,9 @@ A process function's state lives in the job's state backend (``rt.state``): one 
 per state name, a dict with the in-memory backend, an on-disk store with ``lmdb://``.
 TTL entries are ``(value, expires)`` in the map; their cleanup heaps and the timers stay
 here and are snapshotted with the operator. Running ``aggregate``/``reduce`` keep their
-state in a dict of the operator, whatever the backend (a known limit).
+state in a dict of the operator with the in-memory backend (snapshotted with the operator),
+and in a keyed map of the backend when it is on disk (``rt.state.on_disk``: the backend's
+files checkpoint it, the operator's snapshot says only that it is there).
 """
 
 
@@ -20,7 +22,7 @@ from millstream.errors import MillstreamError
 from millstream.state import ListStateSpec, MapStateSpec, StateSpec, ValueStateSpec
 
 from ._aggcode import AggCode, compile_key, key_expr, key_items
-from ._base import Operator, Runtime
+from ._base import ON_DISK, Operator, Runtime, check_not_on_disk
 from ._codegen import Generated, frame_local
 
 
@@ -50,10 +52,12 @@ class AggregateOperator(_GeneratedKeyed):
         super().__init__(node, rt, 1)
         op = node.op
         assert isinstance(op, AggregateOp)
-        self.state: dict[Any, list[Any]] = {}
+        self.on_disk = rt.state.on_disk
+        self.state: KeyedMap = rt.state.keyed_map(node.name, "acc") if self.on_disk else {}
         self.changelog = op.changelog
         code = AggCode(op.aggs, timed)
         env = code.env
+        env["_PLAIN"], env["_check"] = _PLAIN_KEYS, check_key
         items = key_items(op.key) + code.result_items()
         g = Generated()
         g.add(0, "def _push(recs, times, st, tout):")
@@ -62,6 +66,8 @@ class AggregateOperator(_GeneratedKeyed):
             g.add(1, "ta = tout.append")
         g.add(1, "for r, t in zip(recs, times):" if timed else "for r in recs:")
         g.add(2, f"k = {key_expr(op.key, env)}")
+        if self.on_disk:  # a key the store cannot encode fails here, naming its record
+            g.add(2, "if type(k) not in _PLAIN: _check(k)")
         g.add(2, "a = st.get(k)")
         if op.changelog:
             g.add(2, f"if a is None: a = st[k] = {code.init}; ch = '+I'")
@@ -72,6 +78,8 @@ class AggregateOperator(_GeneratedKeyed):
         else:
             g.add(2, f"if a is None: a = st[k] = {code.init}")
         code.add_lines(g, 2)
+        if self.on_disk:  # the accumulator changed in place: write it back
+            g.add(2, "st[k] = a")
         if op.changelog:
             g.add(2, "oa({" + ", ".join([*items, "'_change': ch"]) + "})")
             if timed:
@@ -91,10 +99,10 @@ class AggregateOperator(_GeneratedKeyed):
         self.emit(out, tout if self.changelog else times)
 
     def snapshot(self) -> Any:
-        return {"state": self.state}
+        return {ON_DISK: True} if self.on_disk else {"state": self.state}
 
     def restore(self, state: Any) -> None:
-        self.state = state["state"]
+        _restore_keyed(self, state)
 
 
 class ReduceOperator(_GeneratedKeyed):
@@ -104,13 +112,16 @@ class ReduceOperator(_GeneratedKeyed):
         super().__init__(node, rt, 1)
         op = node.op
         assert isinstance(op, ReduceOp)
-        self.state: dict[Any, Any] = {}
-        env: dict[str, Any] = {"_fn": op.fn, "_MISSING": _MISSING}
+        self.on_disk = rt.state.on_disk
+        self.state: KeyedMap = rt.state.keyed_map(node.name, "acc") if self.on_disk else {}
+        env: dict[str, Any] = {"_fn": op.fn, "_MISSING": _MISSING, "_PLAIN": _PLAIN_KEYS, "_check": check_key}
         g = Generated()
         g.add(0, "def _push(recs, times, st):")
         g.add(1, "out = []; oa = out.append")
         g.add(1, "for r, t in zip(recs, times):" if timed else "for r in recs:")
         g.add(2, f"k = {key_expr(op.key, env)}")
+        if self.on_disk:
+            g.add(2, "if type(k) not in _PLAIN: _check(k)")
         g.add(2, "a = st.get(k, _MISSING)")
         g.add(2, "a = r if a is _MISSING else _fn(a, r)")
         g.add(2, "st[k] = a")
@@ -127,10 +138,21 @@ class ReduceOperator(_GeneratedKeyed):
         self.emit(out, times)
 
     def snapshot(self) -> Any:
-        return {"state": self.state}
+        return {ON_DISK: True} if self.on_disk else {"state": self.state}
 
     def restore(self, state: Any) -> None:
-        self.state = state["state"]
+        _restore_keyed(self, state)
+
+
+def _restore_keyed(op: AggregateOperator | ReduceOperator, state: Any) -> None:
+    """A running aggregate's or reduce's state: on disk the backend has restored it already (a
+    snapshot taken in memory is loaded into the backend's map); in memory, the snapshot's dict."""
+    if not op.on_disk:
+        check_not_on_disk(op.node, state)
+        op.state = state["state"]
+    elif not state.get(ON_DISK):
+        op.state.clear()
+        op.state.update(state["state"])
 
 
 _MISSING = object()

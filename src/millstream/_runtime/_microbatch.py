@@ -35,6 +35,7 @@ from ._cjoins import make_columnar_join, vectorisable_join
 from ._columnar import ColumnarChainOperator, RowPort, columnar_step, warn_row_functions
 from ._cwindows import make_columnar_window, vectorisable_window
 from ._native import NativeJob
+from ._ondisk import hands_over
 
 
 class MicroBatchJob(NativeJob):
@@ -54,6 +55,8 @@ class MicroBatchJob(NativeJob):
 
     def _make(self, node: P.Node) -> Operator:
         op = node.op
+        if self.rt.state.on_disk and hands_over(node, self._timed(node), self.mode):  # state on disk: native
+            return super()._make(node)
         if isinstance(op, P.WindowOp) and vectorisable_window(op, self._timed(node)):
             return make_columnar_window(node, self.rt)
         if isinstance(op, P.AggregateOp) and vectorisable_aggregate(op):

@@ -34,7 +34,7 @@ from millstream.windows import (
 )
 
 from ._aggcode import AggCode, compile_key, key_expr, key_items
-from ._base import Operator, Runtime
+from ._base import Operator, Runtime, check_not_on_disk
 from ._codegen import Generated, frame_local
 
 
@@ -409,6 +409,7 @@ class SlicedWindowOperator(_WindowBase):
         return {"slices": self.slices, **self.timers.snapshot(), "late": self.late_count}
 
     def restore(self, state: Any) -> None:
+        check_not_on_disk(self.node, state)
         self.slices = state["slices"]
         self.timers.restore(state)
         self.late_count = state["late"]
@@ -538,6 +539,7 @@ class SessionWindowOperator(_WindowBase):
                 "late": self.late_count}
 
     def restore(self, state: Any) -> None:
+        check_not_on_disk(self.node, state)
         self.sessions = state["sessions"]
         self.timers = list(state["timers"])
         self.cleanups = list(state["cleanups"])
@@ -595,6 +597,7 @@ class CountWindowOperator(_WindowBase):
         return {"buffers": {k: list(v) for k, v in self.buffers.items()}, "counts": self.counts}
 
     def restore(self, state: Any) -> None:
+        check_not_on_disk(self.node, state)
         self.buffers = {k: deque(v, maxlen=self.size) for k, v in state["buffers"].items()}
         self.counts = state["counts"]
 
@@ -896,8 +899,16 @@ def _time_seq(entry: tuple[int, int, Any, Any]) -> tuple[int, int]:
 def make_window_operator(node: Node, rt: Runtime, timed: bool) -> _WindowBase:
     op = node.op
     assert isinstance(op, WindowOp)
-    if op.triggered:
+    if op.triggered:  # in memory whatever the backend (its timers are per key and window)
         return TriggeredWindowOperator(node, rt, timed)
+    if rt.state.on_disk:  # the state in the on-disk backend
+        from . import _ondisk
+
+        if isinstance(op.assigner, TumblingWindow | SlidingWindow):
+            return _ondisk.DiskSlicedWindowOperator(node, rt, timed)
+        if isinstance(op.assigner, SessionWindow):
+            return _ondisk.DiskSessionWindowOperator(node, rt, timed)
+        return _ondisk.DiskCountWindowOperator(node, rt, timed)
     if isinstance(op.assigner, TumblingWindow | SlidingWindow):
         return SlicedWindowOperator(node, rt, timed)
     if isinstance(op.assigner, SessionWindow):

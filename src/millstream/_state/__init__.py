@@ -9,9 +9,12 @@
 Keys are assigned to key groups (``key_group(key) = crc32(canonical encoding) % max_key_groups``),
 and every snapshot is organised by key group, so a restore can take any subset of them.
 
-Known limit: the backends hold the state of process functions (``KeyedStream.process``).
-Windows and running ``aggregate``/``reduce`` keep their state in dicts of their operators,
-snapshotted whole into the checkpoint, whatever the backend.
+With the in-memory backend, windows, joins and running ``aggregate``/``reduce`` keep their
+state in dicts of their operators (the fast path), snapshotted with the operators. With an
+on-disk backend (``StateBackend.on_disk``) they keep it in the backend too, in keyed maps,
+namespaced maps (a window's slices, scanned and dropped by namespace) and timer queues
+(:mod:`millstream._runtime._ondisk`), checkpointed by the backend's files. Windows with a
+trigger (global, processing-time, custom triggers) keep theirs in memory whatever the backend.
 """
 
 from __future__ import annotations

@@ -46,6 +46,9 @@ class StateBackend(ABC):
     """Keyed maps per (operator, state name), snapshots by key group, restores of any key groups."""
 
     name = "abstract"
+    #: whether the state lives on disk: the built-in window, join and running-aggregate operators
+    #: then keep theirs in the backend too (:mod:`millstream._runtime._ondisk`), not in dicts
+    on_disk = False
 
     def __init__(self, max_key_groups: int = DEFAULT_KEY_GROUPS) -> None:
         self.max_key_groups = max_key_groups
@@ -53,6 +56,15 @@ class StateBackend(ABC):
     @abstractmethod
     def keyed_map(self, operator: str, state: str) -> KeyedMap:
         """The map of ``state`` of ``operator`` (the same object on every call)."""
+
+    def namespaced_map(self, operator: str, state: str) -> Any:
+        """A map of ``(namespace, key)`` entries whose namespaces are scanned and dropped whole
+        (a window's slices), key groups by the key (on-disk backends only)."""
+        raise NotImplementedError(f"the {self.name} backend keeps operator state in the operators")
+
+    def timer_queue(self, operator: str, state: str) -> Any:
+        """``(time, key)`` entries taken in time order, key groups by the key (on-disk backends only)."""
+        raise NotImplementedError(f"the {self.name} backend keeps operator state in the operators")
 
     @abstractmethod
     def snapshot(self, checkpoint_id: int, directory: str | None = None) -> Handle:

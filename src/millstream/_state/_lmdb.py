@@ -27,10 +27,11 @@ import itertools
 import os
 import pickle
 import shutil
+import struct
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 from millstream._state._backend import (
     FORMAT,
@@ -52,6 +53,15 @@ _DUMPS = pickle.dumps
 _LOADS = pickle.loads
 _PROTO = pickle.HIGHEST_PROTOCOL
 _MAP_SIZE = 1 << 36  # 64 GiB of address space; grown when full
+_LEN = struct.Struct(">I")
+_TIME = struct.Struct(">Q")
+_BIAS = 1 << 63  # signed times as unsigned big-endian bytes, which sort as the times do
+#: how a timer entry's key starts after its key group: ``encode_key((8 bytes of time, key))``
+_TIMER = b"t" + _LEN.pack(9) + b"b"
+_SCAN_BATCH = 4096
+
+
+_M = TypeVar("_M", bound="LmdbMap")
 
 
 def _import_lmdb() -> Any:
@@ -75,6 +85,9 @@ class LmdbMap(MutableMapping[Any, Any]):
     def _ekey(self, key: Any) -> bytes:
         e = encode_key(key)
         return (zlib.crc32(e) % self._b.max_key_groups).to_bytes(2, "big") + e
+
+    def _reset(self) -> None:
+        """The map's content was replaced (restore, clear): forget what was derived from it."""
 
     def _load(self, key: Any) -> Any:
         raw = self._b.txn().get(self._ekey(key), db=self.db)
@@ -132,6 +145,7 @@ class LmdbMap(MutableMapping[Any, Any]):
         self.cache.clear()
         self._b.txn().drop(self.db, delete=False)
         self._b.full = True
+        self._reset()
 
     def __iter__(self) -> Iterator[Any]:
         self._b.flush()
@@ -169,10 +183,186 @@ class LmdbMap(MutableMapping[Any, Any]):
         self.dirty.clear()
 
 
+def _ns_prefix(ns: Any) -> bytes:
+    e = encode_key(ns)
+    return b"t" + _LEN.pack(len(e)) + e
+
+
+class LmdbNsMap(LmdbMap):
+    """Entries under ``(namespace, key)`` (a window's slice and a key): stored as the key's group
+    followed by ``encode_key((namespace, key))``, so that one namespace's entries of a key group
+    are one key range, which :meth:`scan` reads and :meth:`drop` deletes without an index of the
+    namespace's keys in memory. The key group is the key's, as for a keyed map."""
+
+    def _ekey(self, nk: Any) -> bytes:
+        ns, key = nk
+        e = encode_key(key)
+        return ((zlib.crc32(e) % self._b.max_key_groups).to_bytes(2, "big") + _ns_prefix(ns)
+                + _LEN.pack(len(e)) + e)
+
+    def scan(self, ns: Any) -> Iterator[tuple[bytes, Any, Any]]:
+        """``(order, key, value)`` of every entry of namespace ``ns``, by key group and encoded key
+        (``order`` is the same for a key in every namespace and map, for merging scans). Read in
+        batches with no cursor held between them: what the caller does meanwhile may commit.
+        Values are copies read from the store."""
+        b = self._b
+        prefix = _ns_prefix(ns)
+        skip = 2 + len(prefix)
+        for g in range(b.max_key_groups):
+            lo = g.to_bytes(2, "big") + prefix
+            start, after = lo, False
+            while True:
+                b.flush()
+                got: list[tuple[bytes, bytes]] = []
+                with b.txn().cursor(db=self.db) as cur:
+                    if cur.set_range(start):
+                        for k, v in cur:
+                            if not k.startswith(lo):
+                                break
+                            if after and k == start:
+                                continue
+                            got.append((k, v))
+                            if len(got) >= _SCAN_BATCH:
+                                break
+                for k, v in got:
+                    order = k[:2] + k[skip:]
+                    yield order, decode_key(k[skip + 4:]), _LOADS(v)
+                if len(got) < _SCAN_BATCH:
+                    break
+                start, after = got[-1][0], True
+
+    def drop(self, ns: Any) -> None:
+        """Delete every entry of namespace ``ns``."""
+        b = self._b
+        b.flush()
+        prefix = _ns_prefix(ns)
+
+        def delete(txn: Any) -> None:
+            with txn.cursor(db=self.db) as cur:
+                for g in range(b.max_key_groups):
+                    lo = g.to_bytes(2, "big") + prefix
+                    if not cur.set_range(lo):
+                        break
+                    if cur.key().startswith(lo):
+                        b.dirty_groups.add(g)
+                    while cur.key().startswith(lo):
+                        cur.delete()
+
+        b._run(delete)
+        cache = self.cache
+        if cache:
+            for k in [k for k in cache if k[0] == ns]:
+                del cache[k]
+
+
+class LmdbTimers(LmdbMap):
+    """A timer queue: ``(time, key)`` entries with a small payload, taken in time order.
+
+    Stored as the key's group followed by ``encode_key((time as 8 big-endian bytes, key))``, so a
+    key group's entries sort by time; the least time of each key group is kept in memory (one
+    int per group), which is all a watermark needs to know whether anything is due. Adding an
+    entry is a write-back of the cache like any other; :meth:`pop_due` takes the due entries.
+    """
+
+    def __init__(self, backend: LmdbBackend, mid: str, db: Any) -> None:
+        super().__init__(backend, mid, db)
+        self.heads: dict[int, int] | None = None
+
+    def _ekey(self, tk: Any) -> bytes:
+        time, key = tk
+        e = encode_key(key)
+        return ((zlib.crc32(e) % self._b.max_key_groups).to_bytes(2, "big") + _TIMER
+                + _TIME.pack(time + _BIAS) + _LEN.pack(len(e)) + e)
+
+    def _reset(self) -> None:
+        self.heads = None
+
+    def _heads(self) -> dict[int, int]:
+        heads = self.heads
+        if heads is None:
+            heads = self.heads = {}
+            self._b.flush()
+            with self._b.txn().cursor(db=self.db) as cur:
+                for g in range(self._b.max_key_groups):
+                    lo = g.to_bytes(2, "big") + _TIMER
+                    if not cur.set_range(lo):
+                        break
+                    k = cur.key()
+                    if k.startswith(lo):
+                        heads[g] = _TIME.unpack_from(k, len(lo))[0] - _BIAS
+        return heads
+
+    def add(self, time: int, key: Any, payload: Any = None) -> None:
+        """Arm ``(time, key)`` (again: one entry, the last payload)."""
+        heads = self._heads()
+        g = zlib.crc32(encode_key(key)) % self._b.max_key_groups
+        h = heads.get(g)
+        if h is None or time < h:
+            heads[g] = time
+        self[(time, key)] = payload
+
+    def next_time(self) -> int | None:
+        heads = self._heads()
+        return min(heads.values()) if heads else None
+
+    def pop_due(self, upto: int, limit: int = _SCAN_BATCH) -> list[tuple[int, Any, Any]]:
+        """Up to ``limit`` entries at or before ``upto``, taken off the queue: ``(time, key, payload)``
+        in time order (ties by encoded key). Call again until it returns nothing."""
+        heads = self._heads()
+        due = sorted(g for g, t in heads.items() if t <= upto)
+        if not due:
+            return []
+        b = self._b
+        b.flush()
+        got: list[tuple[int, bytes, bytes]] = []
+        new_heads: dict[int, int | None] = {}
+        start = 2 + len(_TIMER)
+
+        def take(txn: Any) -> None:
+            got.clear()
+            new_heads.clear()
+            with txn.cursor(db=self.db) as cur:
+                for g in due:
+                    if len(got) >= limit:
+                        break
+                    lo = g.to_bytes(2, "big") + _TIMER
+                    head: int | None = None
+                    if cur.set_range(lo):
+                        while True:
+                            k = cur.key()
+                            if not k.startswith(lo):
+                                break
+                            t = _TIME.unpack_from(k, start)[0] - _BIAS
+                            if t > upto or len(got) >= limit:
+                                head = t
+                                break
+                            got.append((t, k, cur.value()))
+                            cur.delete()
+                    new_heads[g] = head
+                    b.dirty_groups.add(g)
+
+        b._run(take)
+        for g, h in new_heads.items():
+            if h is None:
+                heads.pop(g, None)
+            else:
+                heads[g] = h
+        got.sort(key=lambda e: (e[0], e[1][2:]))
+        out = []
+        cache = self.cache
+        for t, k, v in got:
+            key = decode_key(k[start + 12:])
+            if cache:
+                cache.pop((t, key), None)
+            out.append((t, key, _LOADS(v)))
+        return out
+
+
 class LmdbBackend(StateBackend):
     """Keyed state in LMDB under ``path``, for state larger than memory; incremental snapshots."""
 
     name = "lmdb"
+    on_disk = True
 
     def __init__(self, path: str, max_key_groups: int = DEFAULT_KEY_GROUPS, cache_size: int = 100_000) -> None:
         super().__init__(max_key_groups)
@@ -249,12 +439,23 @@ class LmdbBackend(StateBackend):
 
     # -- maps ------------------------------------------------------------------------
     def keyed_map(self, operator: str, state: str) -> LmdbMap:
+        return self._map(operator, state, LmdbMap)
+
+    def namespaced_map(self, operator: str, state: str) -> LmdbNsMap:
+        return self._map(operator, state, LmdbNsMap)
+
+    def timer_queue(self, operator: str, state: str) -> LmdbTimers:
+        return self._map(operator, state, LmdbTimers)
+
+    def _map(self, operator: str, state: str, kind: type[_M]) -> _M:
         mid = map_id(operator, state)
         m = self.maps.get(mid)
         if m is None:
             self._commit()
             db = self.env.open_db(f"m{len(self.maps)}".encode())
-            m = self.maps[mid] = LmdbMap(self, mid, db)
+            m = self.maps[mid] = kind(self, mid, db)
+        if not isinstance(m, kind):
+            raise TypeError(f"state {mid!r} is a {type(m).__name__}, not a {kind.__name__}")
         return m
 
     # -- snapshots -------------------------------------------------------------------
@@ -354,6 +555,8 @@ class LmdbBackend(StateBackend):
                 restored[kg] = ref
             else:
                 exact = False
+        for m in self.maps.values():
+            m._reset()
         self.dirty_groups.clear()
         self.full = not exact
         self.prev_groups = restored if exact else {}
