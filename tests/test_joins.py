@@ -453,3 +453,27 @@ def test_default_output_of_non_dict_records_asks_for_combine() -> None:
     a.join(b).sink(CollectSink())
     with pytest.raises(StepError, match="pass combine="):
         flow.run()
+
+
+@pytest.mark.parametrize("how", ["window", "interval", "regular"])
+def test_joins_keyed_by_an_expression(how: str) -> None:
+    """Both sides keyed by an expression (``col("k") % 3``): every pair whose keys' values are equal,
+    in every mode (building such a join raised TypeError: an expression was tested for truth)."""
+    left = [{"k": i % 7, "ts": i * 3, "a": i} for i in range(60)]
+    right = [{"k": (i * 5) % 7, "ts": i * 3 + 1, "b": i} for i in range(60)]
+    flow, out = ms.Flow("expr-join"), CollectSink()
+    wm = ms.WatermarkStrategy.bounded(0, timestamp="ts")
+    a = flow.source(ms.connectors.memory.read(left), watermark=wm, name="left").key_by(ms.col("k") % 3)
+    b = flow.source(ms.connectors.memory.read(right), watermark=wm, name="right").key_by(ms.col("k") % 3)
+    joined = (a.window_join(b, ms.windows.tumbling(30)) if how == "window"
+              else a.interval_join(b, lower=-10, upper=10) if how == "interval" else a.join(b))
+    joined.sink(out)
+    assert flow.run().ok
+
+    def pairs(ok: Callable[[dict[str, Any], dict[str, Any]], bool]) -> Counter[tuple[int, int]]:
+        return Counter((x["a"], y["b"]) for x in left for y in right if x["k"] % 3 == y["k"] % 3 and ok(x, y))
+
+    want = {"window": pairs(lambda x, y: x["ts"] // 30 == y["ts"] // 30),
+            "interval": pairs(lambda x, y: -10 <= y["ts"] - x["ts"] <= 10),
+            "regular": pairs(lambda x, y: True)}[how]
+    assert want and Counter((r["a"], r["b"]) for r in out.values) == want

@@ -850,7 +850,7 @@ def _check_join(left: KeyedStream, right: Any, what: str, step: str, loc: str | 
             "watermark=ms.WatermarkStrategy.bounded(timedelta(seconds=5), timestamp='ts'))",
         )
     lk, rk = left._key, right._key
-    plain = not (lk.fn or lk.expr or rk.fn or rk.expr)
+    plain = all(k.fn is None and k.expr is None for k in (lk, rk))
     if plain and len(lk.fields) != len(rk.fields):
         raise FlowDefinitionError(
             f"{what}() keys of different widths never match: ({lk.describe()}) and ({rk.describe()})",

@@ -288,7 +288,7 @@ class JoinOp(Op):
     @property
     def shared_fields(self) -> tuple[str, ...]:
         """Key fields read under the same name on both sides: the output keeps the left's value."""
-        if self.left_key.fn or self.left_key.expr or self.right_key.fn or self.right_key.expr:
+        if any(k.fn is not None or k.expr is not None for k in (self.left_key, self.right_key)):
             return ()
         return tuple(f for f, g in zip(self.left_key.fields, self.right_key.fields, strict=False) if f == g)
 
@@ -339,7 +339,7 @@ class TableJoinOp(Op):
     @property
     def shared_fields(self) -> tuple[str, ...]:
         """Key fields read under the same name on both sides: the output keeps the event's value."""
-        if self.left_key.fn or self.left_key.expr or self.table_key.fn or self.table_key.expr:
+        if any(k.fn is not None or k.expr is not None for k in (self.left_key, self.table_key)):
             return ()
         return tuple(f for f, g in zip(self.left_key.fields, self.table_key.fields, strict=False) if f == g)
 
