@@ -27,20 +27,9 @@ from typing import Any, TypeVar
 
 import orjson
 
-from millstream.connectors._base import (
-    Backoff,
-    Delivery,
-    ErrorPolicy,
-    Sink,
-    SinkWriter,
-    Source,
-    SourceContext,
-    SourceReader,
-    check_policy,
-    redact_url,
-    retry,
-)
-from millstream.connectors._codec import make_decoder
+from millstream.connectors._base import Backoff, Delivery, Sink, SinkWriter, SourceContext, SourceReader, retry
+from millstream.connectors._codec import decode_into, make_decoder
+from millstream.connectors._options_source import OptionsSource, host_of
 from millstream.errors import ConnectorError, ConnectorUnavailable
 
 __all__ = ["NatsSink", "NatsSource", "ReadOptions", "WriteOptions"]
@@ -52,7 +41,7 @@ METADATA = ("subject", "sequence", "timestamp", "headers")
 
 
 def hosts(servers: tuple[str, ...]) -> str:
-    return ",".join(redact_url(s).split("://", 1)[-1].split("@")[-1] for s in servers)
+    return ",".join(host_of(s) for s in servers)
 
 
 class _Loop:
@@ -206,16 +195,10 @@ class ReadOptions:
     backoff: Backoff = dataclasses.field(default_factory=Backoff)
 
 
-class NatsSource(Source):
+class NatsSource(OptionsSource[ReadOptions]):
     """Reads a JetStream stream through a durable pull consumer."""
 
     replay = "redelivery"
-
-    def __init__(self, options: ReadOptions, *, on_error: ErrorPolicy = "fail", name: str | None = None) -> None:
-        self.options = options
-        self.on_error = check_policy(on_error)
-        self.name = name
-        self.bounded = options.bounded
 
     def open(self, ctx: SourceContext) -> SourceReader:
         return _NatsReader(self.options, ctx)
@@ -469,29 +452,19 @@ class _NatsReader(SourceReader):
                 continue
             last = self.last = seq
             last_reply = m.reply
-            where = f"{self.o.stream}@{seq}"
-            try:
-                rec = decode(m.data)
-            except Exception as exc:  # noqa: BLE001 - a bad payload: the error policy decides
-                what = "the deserializer's type" if self.o.deserializer is not None else self.o.format
-                self.ctx.bad_record(f"cannot decode the payload as {what}: {type(exc).__name__}: {exc}",
-                                    position=where, raw=m.data)
-                continue
+            extra: dict[str, Any] | None = None
             if meta:
-                if not isinstance(rec, dict):
-                    self.ctx.bad_record(f"metadata was asked for, and the payload is a {type(rec).__name__}, "
-                                        "not an object", position=where, raw=m.data)
-                    continue
+                extra = {}
                 if "subject" in meta:
-                    rec["_subject"] = m.subject
+                    extra["_subject"] = m.subject
                 if "sequence" in meta:
-                    rec["_sequence"] = seq
+                    extra["_sequence"] = seq
                 if "timestamp" in meta:
-                    rec["_timestamp"] = ts
+                    extra["_timestamp"] = ts
                 if "headers" in meta:
-                    rec["_headers"] = dict(m.headers) if m.headers else {}
-            seqs.append(seq)
-            out.append(rec)
+                    extra["_headers"] = dict(m.headers) if m.headers else {}
+            if decode_into(out, self.ctx, decode, m.data, f"{self.o.stream}@{seq}", extra):
+                seqs.append(seq)
         if last_reply is not None:
             assert self.last is not None
             self.acks.append((self.last, last_reply))

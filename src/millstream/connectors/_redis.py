@@ -25,17 +25,15 @@ import orjson
 from millstream.connectors._base import (
     Backoff,
     Delivery,
-    ErrorPolicy,
     Sink,
     SinkWriter,
-    Source,
     SourceContext,
     SourceReader,
-    check_policy,
     redact_url,
     retry,
 )
-from millstream.connectors._codec import make_decoder
+from millstream.connectors._codec import decode_into, make_decoder
+from millstream.connectors._options_source import OptionsSource, host_of
 from millstream.errors import ConnectorError, ConnectorUnavailable
 
 __all__ = ["ReadOptions", "RedisSink", "RedisSource", "WriteOptions"]
@@ -44,7 +42,6 @@ log = logging.getLogger("millstream.connectors.redis")
 
 METADATA = ("stream", "id", "timestamp")
 _ACK_BATCH = 10_000
-_BAD = object()
 
 
 def entry_key(entry_id: str) -> tuple[int, int]:
@@ -118,24 +115,17 @@ class ReadOptions:
     backoff: Backoff = dataclasses.field(default_factory=Backoff)
 
 
-class RedisSource(Source):
+class RedisSource(OptionsSource[ReadOptions]):
     """Reads Redis streams as a consumer group; one split per stream."""
 
     replay = "redelivery"
-
-    def __init__(self, options: ReadOptions, *, on_error: ErrorPolicy = "fail", name: str | None = None) -> None:
-        self.options = options
-        self.on_error = check_policy(on_error)
-        self.name = name
-        self.bounded = options.bounded
 
     def open(self, ctx: SourceContext) -> SourceReader:
         return _RedisReader(self.options, ctx)
 
     def describe(self) -> str:
         o = self.options
-        host = redact_url(o.url).split("://", 1)[-1].split("@")[-1]
-        text = f"redis {','.join(o.streams)}@{host} (group {o.group})"
+        text = f"redis {','.join(o.streams)}@{host_of(o.url)} (group {o.group})"
         return text + (", bounded" if o.bounded else "")
 
     def default_name(self) -> str:
@@ -376,10 +366,8 @@ class _RedisReader(SourceReader):
         out: list[Any] = []
         ids.clear()
         for raw_id, fields in entries:
-            rec = self._record(sp, raw_id, fields)
-            if rec is not _BAD:
+            if self._add(out, sp, raw_id, fields):
                 ids.append(raw_id)
-                out.append(rec)
         return out
 
     def _add_metadata(self, sp: _Split, recs: list[dict[str, Any]], ids: list[bytes]) -> None:
@@ -395,43 +383,34 @@ class _RedisReader(SourceReader):
                 if want_ts:
                     rec["_timestamp"] = int(eid.partition("-")[0])
 
-    def _record(self, sp: _Split, raw_id: bytes, fields: dict[bytes, bytes] | None) -> Any:
+    def _add(self, out: list[Any], sp: _Split, raw_id: bytes, fields: dict[bytes, bytes] | None) -> bool:
+        """Append the entry's record to ``out``; a bad entry goes to the error policy (False)."""
         eid = raw_id.decode()
         where = f"{sp.stream}@{eid}"
         fld, meta = self.fld, self.o.metadata
         if fields is None:  # deleted from the stream (XDEL, MAXLEN) while pending
             self.ctx.bad_record("the entry was deleted from the stream while pending", position=where)
-            return _BAD
-        if fld is None:
-            rec: Any = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()}
-        else:
-            payload = fields.get(fld)
-            if payload is None:
-                self.ctx.bad_record(f"the entry has no field {self.o.field!r} (fields: "
-                                    f"{', '.join(f.decode('utf-8', 'replace') for f in fields)})",
-                                    position=where, raw=fields)
-                return _BAD
-            try:
-                rec = self.decode(payload)
-            except Exception as exc:  # noqa: BLE001 - a bad payload: the error policy decides
-                self.ctx.bad_record(f"cannot decode the payload as {self._what()}: {type(exc).__name__}: {exc}",
-                                    position=where, raw=payload)
-                return _BAD
+            return False
+        extra: dict[str, Any] | None = None
         if meta:
-            if not isinstance(rec, dict):
-                self.ctx.bad_record(f"metadata was asked for, and the payload is a {type(rec).__name__}, "
-                                    "not an object", position=where, raw=fields.get(fld) if fld else fields)
-                return _BAD
+            extra = {}
             if "stream" in meta:
-                rec["_stream"] = sp.stream
+                extra["_stream"] = sp.stream
             if "id" in meta:
-                rec["_id"] = eid
+                extra["_id"] = eid
             if "timestamp" in meta:
-                rec["_timestamp"] = int(eid.partition("-")[0])
-        return rec
-
-    def _what(self) -> str:
-        return "the deserializer's type" if self.o.deserializer is not None else self.o.format
+                extra["_timestamp"] = int(eid.partition("-")[0])
+        if fld is None:  # the entry's fields are the record
+            rec = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()}
+            out.append(rec | extra if extra else rec)
+            return True
+        payload = fields.get(fld)
+        if payload is None:
+            self.ctx.bad_record(f"the entry has no field {self.o.field!r} (fields: "
+                                f"{', '.join(f.decode('utf-8', 'replace') for f in fields)})",
+                                position=where, raw=fields)
+            return False
+        return decode_into(out, self.ctx, self.decode, payload, where, extra)
 
 
 # -- the sink ---------------------------------------------------------------------------------------
@@ -464,9 +443,8 @@ class RedisSink(Sink):
         return _RedisWriter(self.options, step)
 
     def describe(self) -> str:
-        host = redact_url(self.options.url).split("://", 1)[-1].split("@")[-1]
-        return f"redis {self.options.stream}@{host}" + (f" (maxlen {self.options.maxlen})" if self.options.maxlen
-                                                         else "")
+        o = self.options
+        return f"redis {o.stream}@{host_of(o.url)}" + (f" (maxlen {o.maxlen})" if o.maxlen else "")
 
     def default_name(self) -> str:
         return self.name or self.options.stream
