@@ -12,6 +12,7 @@ import io
 import json
 import os
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 import millstream as ms
 from millstream.connectors import files, memory
+from millstream.connectors._base import SinkWriter
 from millstream.connectors._files_write import _CsvEncoder
 from millstream.errors import ConfigError, JobError, StepError
 from millstream.testing import CollectSink, TransactionalCollectSink
@@ -49,6 +51,25 @@ def run_flow(records: list[Any], sink: ms.connectors.Sink) -> None:
     flow.run()
 
 
+def opened(sink: ms.connectors.Sink, restored: Sequence[Any] = ()) -> SinkWriter:
+    """A writer of ``sink`` recovered from the transactions of ``restored`` (none: a fresh start)."""
+    w = sink.open("sink")
+    w.recover(list(restored))
+    return w
+
+
+def crash_after_checkpoint_1(sink: ms.connectors.Sink, first: list[Any], then: list[Any]) -> Any:
+    """A writer of ``sink`` writes ``first``, seals checkpoint 1, writes ``then`` and flushes it, and the
+    process dies (the writer is dropped without ``close``); checkpoint 1's transaction."""
+    a = opened(sink)
+    a.write(first, None)
+    t1 = a.pre_commit(1)
+    a.write(then, None)
+    a.flush()
+    del a
+    return t1
+
+
 # -- the transactional file sink -----------------------------------------------------------
 
 
@@ -62,8 +83,7 @@ def test_delivery_is_declared(tmp_path: Path) -> None:
 
 def test_output_appears_only_when_its_checkpoint_commits(tmp_path: Path) -> None:
     d = tmp_path / "out"
-    w = files.write(d, transactional=True).open("sink")
-    w.recover([])
+    w = opened(files.write(d, transactional=True))
     w.write(recs(1, 2), None)
     assert visible(d) == []
     assert len([n for n in listing(d) if n.endswith(".pending")]) == 1
@@ -85,8 +105,7 @@ def test_output_appears_only_when_its_checkpoint_commits(tmp_path: Path) -> None
 
 def test_an_empty_checkpoint_makes_no_file_and_its_transaction_is_harmless(tmp_path: Path) -> None:
     d = tmp_path / "out"
-    w = files.write(d, transactional=True).open("sink")
-    w.recover([])
+    w = opened(files.write(d, transactional=True))
     w.write([], None)
     txn = w.pre_commit(1)
     assert txn == {"checkpoint": 1, "staged": None, "final": None}
@@ -97,8 +116,7 @@ def test_an_empty_checkpoint_makes_no_file_and_its_transaction_is_harmless(tmp_p
 
 
 def test_transactions_pickle_and_are_json(tmp_path: Path) -> None:
-    w = files.write(tmp_path / "out", transactional=True).open("sink")
-    w.recover([])
+    w = opened(files.write(tmp_path / "out", transactional=True))
     w.write(recs(1), None)
     txn = w.pre_commit(7)
     assert pickle.loads(pickle.dumps(txn)) == txn
@@ -106,22 +124,26 @@ def test_transactions_pickle_and_are_json(tmp_path: Path) -> None:
     w.close()
 
 
-def test_crash_after_pre_commit_then_recover_with_that_transaction_commits_it(tmp_path: Path) -> None:
-    d = tmp_path / "out"
-    sink = files.write(d, transactional=True)
-    a = sink.open("sink")
-    a.recover([])
+def crash_after_sealing_checkpoint_2(sink: ms.connectors.Sink) -> tuple[Any, Any]:
+    """A writer of ``sink`` commits checkpoint 1 (record 1), seals checkpoint 2 (record 2), writes record 3,
+    and the process dies before checkpoint 2 commits (no ``close``); the transactions of 1 and 2."""
+    a = opened(sink)
     a.write(recs(1), None)
     t1 = a.pre_commit(1)
     a.commit(t1)
     a.write(recs(2), None)
-    t2 = a.pre_commit(2)  # checkpoint 2 is written, then the process dies before commit
+    t2 = a.pre_commit(2)
     a.write(recs(3), None)  # written after checkpoint 2: must never become visible
-    assert files.read_committed(d) == recs(1)
-    del a  # crash: no close
+    assert files.read_committed(sink.target()) == recs(1)
+    del a
+    return t1, t2
 
-    b = sink.open("sink")
-    b.recover([t2])
+
+def test_crash_after_pre_commit_then_recover_with_that_transaction_commits_it(tmp_path: Path) -> None:
+    d = tmp_path / "out"
+    sink = files.write(d, transactional=True)
+    _, t2 = crash_after_sealing_checkpoint_2(sink)  # checkpoint 2 was stored: the job resumes from it
+    b = opened(sink, [t2])
     assert listing(d) == ["part-00000001-0.jsonl", "part-00000002-0.jsonl"]  # no .pending left
     assert files.read_committed(d) == recs(1, 2)
     b.write(recs(3), None)  # the replay
@@ -133,18 +155,8 @@ def test_crash_after_pre_commit_then_recover_with_that_transaction_commits_it(tm
 def test_crash_before_the_checkpoint_was_stored_drops_its_staged_output(tmp_path: Path) -> None:
     d = tmp_path / "out"
     sink = files.write(d, transactional=True)
-    a = sink.open("sink")
-    a.recover([])
-    a.write(recs(1), None)
-    t1 = a.pre_commit(1)
-    a.commit(t1)
-    a.write(recs(2), None)
-    a.pre_commit(2)  # sealed, but checkpoint 2 never completed: the job resumes from 1
-    a.write(recs(3), None)
-    del a
-
-    b = sink.open("sink")
-    b.recover([t1])  # already committed: a no-op for it, and both staged files go
+    t1, _ = crash_after_sealing_checkpoint_2(sink)  # checkpoint 2 never completed: the job resumes from 1
+    b = opened(sink, [t1])  # already committed: a no-op for it, and both staged files go
     assert listing(d) == ["part-00000001-0.jsonl"]
     b.recover([t1])  # a second failure during recovery, then recovery again
     assert listing(d) == ["part-00000001-0.jsonl"]
@@ -157,19 +169,16 @@ def test_crash_before_the_checkpoint_was_stored_drops_its_staged_output(tmp_path
 def test_crash_before_the_first_checkpoint_leaves_nothing(tmp_path: Path) -> None:
     d = tmp_path / "out"
     sink = files.write(d, transactional=True)
-    a = sink.open("sink")
-    a.recover([])
+    a = opened(sink)
     a.write(recs(1, 2), None)
     del a
-    b = sink.open("sink")
-    b.recover([])
+    opened(sink)
     assert listing(d) == []
 
 
 def test_commit_of_a_lost_transaction_is_an_error(tmp_path: Path) -> None:
     d = tmp_path / "out"
-    w = files.write(d, transactional=True).open("sink")
-    w.recover([])
+    w = opened(files.write(d, transactional=True))
     w.write(recs(1), None)
     txn = w.pre_commit(1)
     os.unlink(d / txn["staged"])
@@ -185,8 +194,7 @@ def test_a_fresh_start_replaces_this_writers_output_and_nothing_else(tmp_path: P
         (d / name).write_text("{}\n")
     (d / "part-00000003-0.jsonl").write_text('{"old": 1}\n')
     (d / ".part-0.abc.jsonl.pending").write_text('{"old": 2}\n')
-    w = files.write(d, transactional=True).open("sink")
-    w.recover([])
+    opened(files.write(d, transactional=True))
     assert listing(d) == sorted(keep)
 
 
@@ -203,8 +211,7 @@ def test_without_checkpoints_everything_is_committed_when_the_job_ends(tmp_path:
 
 def test_close_after_checkpoints_discards_what_no_checkpoint_covers(tmp_path: Path) -> None:
     d = tmp_path / "out"
-    w = files.write(d, transactional=True).open("sink")
-    w.recover([])
+    w = opened(files.write(d, transactional=True))
     w.write(recs(1), None)
     w.commit(w.pre_commit(1))
     w.write(recs(2), None)
@@ -214,8 +221,7 @@ def test_close_after_checkpoints_discards_what_no_checkpoint_covers(tmp_path: Pa
 
 def test_pending_files_are_never_read_as_output(tmp_path: Path) -> None:
     d = tmp_path / "out"
-    w = files.write(d, transactional=True).open("sink")
-    w.recover([])
+    w = opened(files.write(d, transactional=True))
     w.write(recs(1), None)
     w.commit(w.pre_commit(1))
     w.write(recs(2), None)
@@ -232,8 +238,7 @@ def test_pending_files_are_never_read_as_output(tmp_path: Path) -> None:
 
 
 def test_a_failed_seal_stops_the_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    w = files.write(tmp_path / "out", transactional=True).open("sink")
-    w.recover([])
+    w = opened(files.write(tmp_path / "out", transactional=True))
     w.write(recs(1), None)
 
     def full(fd: int) -> None:
@@ -260,8 +265,7 @@ def test_every_format_commits_one_readable_file_per_checkpoint(tmp_path: Path, n
                        else [{"id": i, "text": f'a, "b"\nc{i}'} for i in range(6)])
     sink = files.write(d, transactional=True)
     ext = sink.options.extension
-    w = sink.open("sink")
-    w.recover([])
+    w = opened(sink)
     for ck, chunk in enumerate([rows[:2], rows[2:5], [], rows[5:]], start=1):
         w.write(chunk, None)
         w.commit(w.pre_commit(ck))
@@ -308,8 +312,7 @@ def test_read_committed_needs_a_directory_and_a_format(tmp_path: Path) -> None:
 
 def test_plain_sink_pre_commit_makes_the_file_durable_and_reports_its_size(tmp_path: Path) -> None:
     p = tmp_path / "out.jsonl"
-    w = files.write(p).open("sink")
-    w.recover([])
+    w = opened(files.write(p))
     w.write(recs(1), None)
     txn = w.pre_commit(1)
     assert txn == {"checkpoint": 1, "file": "out.jsonl", "bytes": p.stat().st_size}
@@ -319,17 +322,10 @@ def test_plain_sink_pre_commit_makes_the_file_durable_and_reports_its_size(tmp_p
 
 def test_plain_sink_restart_appends_after_cutting_a_torn_record(tmp_path: Path) -> None:
     p = tmp_path / "out.jsonl"
-    a = files.write(p).open("sink")
-    a.recover([])
-    a.write(recs(1), None)
-    t1 = a.pre_commit(1)
-    a.write(recs(2), None)
-    a.flush()
+    t1 = crash_after_checkpoint_1(files.write(p), recs(1), recs(2))
     with open(p, "ab") as fh:
         fh.write(b'{"n": 3, "te')  # the crash tore the last record
-    del a
-    b = files.write(p).open("sink")
-    b.recover([t1])
+    b = opened(files.write(p), [t1])
     b.write(recs(2, 3), None)  # the replay since checkpoint 1
     b.close()
     assert files.read_committed(tmp_path, format="jsonl") == recs(1, 2, 2, 3)  # duplicates, never corruption
@@ -338,8 +334,7 @@ def test_plain_sink_restart_appends_after_cutting_a_torn_record(tmp_path: Path) 
 def test_plain_sink_fresh_start_replaces_the_file(tmp_path: Path) -> None:
     p = tmp_path / "out.jsonl"
     p.write_text('{"old": 1}\n')
-    w = files.write(p).open("sink")
-    w.recover([])
+    w = opened(files.write(p))
     w.write(recs(1), None)
     w.close()
     assert p.read_text() == '{"n":1,"text":"row 1"}\n'
@@ -347,15 +342,9 @@ def test_plain_sink_fresh_start_replaces_the_file(tmp_path: Path) -> None:
 
 def test_plain_gzip_sink_restart_drops_the_unfinished_member(tmp_path: Path) -> None:
     p = tmp_path / "out.jsonl.gz"
-    a = files.write(p).open("sink")
-    a.recover([])
-    a.write(recs(1), None)
-    t1 = a.pre_commit(1)
-    a.write(recs(2), None)
-    a.flush()  # on disk, but its gzip member is not finished: unreadable after a crash
-    del a
-    b = files.write(p).open("sink")
-    b.recover([t1])
+    # record 2 is on disk, but its gzip member is not finished: unreadable after the crash
+    t1 = crash_after_checkpoint_1(files.write(p), recs(1), recs(2))
+    b = opened(files.write(p), [t1])
     b.write(recs(2), None)
     t2 = b.pre_commit(2)
     b.write(recs(3), None)
@@ -368,23 +357,15 @@ def test_plain_gzip_sink_restart_drops_the_unfinished_member(tmp_path: Path) -> 
 def test_plain_csv_sink_restart_keeps_one_header_and_cuts_a_torn_quoted_row(tmp_path: Path) -> None:
     p = tmp_path / "out.csv"
     rows = [{"id": i, "text": f'x "{i}"\ny'} for i in range(4)]
-    a = files.write(p).open("sink")
-    a.recover([])
-    a.write(rows[:2], None)
-    t1 = a.pre_commit(1)
-    a.write(rows[2:3], None)
-    a.flush()
+    t1 = crash_after_checkpoint_1(files.write(p), rows[:2], rows[2:3])
     with open(p, "ab") as fh:
         fh.write(b'3,"x ""3""\n')  # torn inside a quoted field, right after its newline
-    del a
-    b = files.write(p).open("sink")
-    b.recover([t1])
+    b = opened(files.write(p), [t1])
     b.write(rows[2:], None)
     b.close()
     back = [{"id": int(r["id"]), "text": r["text"]} for r in files.read_committed(tmp_path, format="csv")]
     assert back == [*rows[:3], *rows[2:]]
-    c = files.write(p).open("sink")
-    c.recover([t1])
+    c = opened(files.write(p), [t1])
     with pytest.raises(ValueError, match="header .* is id, text"):
         c.write([{"other": 1}], None)
     c.close()
@@ -395,8 +376,7 @@ def test_a_plain_parquet_file_cannot_be_continued(tmp_path: Path) -> None:
     sink = files.write(tmp_path / "out.parquet")
     assert not sink.resumable
     assert files.write(tmp_path / "dir.parquet", transactional=True).resumable
-    a = sink.open("sink")
-    a.recover([])
+    a = opened(sink)
     a.write(recs(1), None)
     t1 = a.pre_commit(1)
     del a
