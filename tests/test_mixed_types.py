@@ -265,6 +265,27 @@ def _differential(build: Any, kind: type, mixed: bool) -> None:
                                      f"{'mix' if mixed else 'keep one'} type(s)")
 
 
+def _aggregation(records: list[dict[str, Any]], op: str, aggs: dict[str, Any]) -> tuple[Any, type]:
+    """For :func:`_differential`: ``build(chunk)`` of a flow aggregating ``records`` by ``k`` with ``aggs``,
+    as they come (``op`` ``"aggregate"``) or in ``"tumbling"``, ``"sliding"`` or ``"session"`` windows, and
+    the vectorised operator that runs it."""
+
+    def build(chunk: int | None) -> tuple[ms.Flow, CollectSink]:
+        flow = ms.Flow(op)
+        out = CollectSink()
+        wm = ms.WatermarkStrategy.bounded(0, timestamp="ts")
+        keyed = flow.source(TestSource(records, chunk=chunk), watermark=wm).key_by("k")
+        if op == "aggregate":
+            keyed.aggregate(**aggs).sink(out)
+        else:
+            assigner = {"tumbling": ms.windows.tumbling(50), "sliding": ms.windows.sliding(60, every=20),
+                        "session": ms.windows.session(25)}[op]
+            keyed.window(assigner).aggregate(**aggs).sink(out)
+        return flow, out
+
+    return build, {"aggregate": ColumnarAggregate, "session": ColumnarSessionWindow}.get(op, ColumnarSlicedWindow)
+
+
 def _agg_set(names: list[str]) -> dict[str, Any]:
     return {n: ms.agg.count("v") if n == "count_field" else ms.agg.count() if n == "count"
             else getattr(ms.agg, n)("v") for n in names}
@@ -284,23 +305,8 @@ def test_types_of_aggregates_and_windows_equal_native_in_every_chunk_size(
         records[at] = dict(records[at], v=data.draw(TYPED["str"]))
     names = AGGS_ALL if op != "aggregate" else RUNNING_AGGS
     aggs = _agg_set(data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=4, unique=True)))
-
-    def build(chunk: int | None) -> tuple[ms.Flow, CollectSink]:
-        flow = ms.Flow("typed")
-        out = CollectSink()
-        wm = ms.WatermarkStrategy.bounded(0, timestamp="ts")
-        keyed = flow.source(TestSource(records, chunk=chunk), watermark=wm).key_by("k")
-        if op == "aggregate":
-            keyed.aggregate(**aggs).sink(out)
-        else:
-            assigner = {"tumbling": ms.windows.tumbling(50), "sliding": ms.windows.sliding(60, every=20),
-                        "session": ms.windows.session(25)}[op]
-            keyed.window(assigner).aggregate(**aggs).sink(out)
-        return flow, out
-
-    kind = {"aggregate": ColumnarAggregate, "session": ColumnarSessionWindow}.get(op, ColumnarSlicedWindow)
     watched = ["k", "v"] if any(a.field is not None for a in aggs.values()) else ["k"]
-    _differential(build, kind, any(len(_kinds(records, f)) > 1 for f in watched))
+    _differential(*_aggregation(records, op, aggs), any(len(_kinds(records, f)) > 1 for f in watched))
 
 
 @settings(max_examples=30, deadline=None)
@@ -349,20 +355,7 @@ def test_nan_and_minus_zero_compare_and_add_as_in_python(op: str, values: list[A
     are one key only when they are one object)."""
     recs = [{"k": 1, "v": v, "ts": i} for i, v in enumerate(values)] + [{"k": NAN, "v": 1.5, "ts": 3}]
     aggs = {"hi": ms.agg.max("v"), "lo": ms.agg.min("v"), "s": ms.agg.sum("v"), "n": ms.agg.count("v")}
-
-    def build(chunk: int | None) -> tuple[ms.Flow, CollectSink]:
-        flow = ms.Flow("floats")
-        out = CollectSink()
-        keyed = flow.source(TestSource(recs, chunk=chunk), watermark=ms.WatermarkStrategy.bounded(0, timestamp="ts"))
-        if op == "aggregate":
-            keyed.key_by("k").aggregate(**aggs).sink(out)
-        else:
-            window = ms.windows.tumbling(50) if op == "tumbling" else ms.windows.session(25)
-            keyed.key_by("k").window(window).aggregate(**aggs).sink(out)
-        return flow, out
-
-    kind = {"aggregate": ColumnarAggregate, "session": ColumnarSessionWindow}.get(op, ColumnarSlicedWindow)
-    _differential(build, kind, mixed=True)
+    _differential(*_aggregation(recs, op, aggs), mixed=True)
 
 
 @pytest.mark.parametrize("op", ["aggregate", "tumbling", "session"])
@@ -372,20 +365,7 @@ def test_sums_of_minus_zero_are_zero_as_in_python_and_stay_vectorised(op: str) -
     recs = [{"k": 1, "v": -0.0, "ts": 0}, {"k": 1, "v": None, "ts": 1}, {"k": 2, "v": -0.0, "ts": 2},
             {"k": 2, "v": -0.0, "ts": 3}, {"k": 3, "v": -1.5, "ts": 4}, {"k": 3, "v": 1.5, "ts": 5}]
     aggs = {"s": ms.agg.sum("v"), "m": ms.agg.mean("v"), "f": ms.agg.count("v")}
-
-    def build(chunk: int | None) -> tuple[ms.Flow, CollectSink]:
-        flow = ms.Flow("zeros")
-        out = CollectSink()
-        keyed = flow.source(TestSource(recs, chunk=chunk), watermark=ms.WatermarkStrategy.bounded(0, timestamp="ts"))
-        if op == "aggregate":
-            keyed.key_by("k").aggregate(**aggs).sink(out)
-        else:
-            window = ms.windows.tumbling(50) if op == "tumbling" else ms.windows.session(25)
-            keyed.key_by("k").window(window).aggregate(**aggs).sink(out)
-        return flow, out
-
-    kind = {"aggregate": ColumnarAggregate, "session": ColumnarSessionWindow}.get(op, ColumnarSlicedWindow)
-    _differential(build, kind, mixed=False)
+    _differential(*_aggregation(recs, op, aggs), mixed=False)
 
 
 def test_join_keys_minus_zero_and_nan_join_as_in_python() -> None:
