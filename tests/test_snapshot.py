@@ -142,6 +142,34 @@ def _run(build: Build, cut: int | None) -> list[list[Any]]:
     return [a.values + b.values for a, b in zip(sinks, sinks2)]
 
 
+def run_on_a_manual_clock(build: Callable[[ms.Flow, CollectSink], None], steps: int,
+                          cut: int | None = None) -> list[Any]:
+    """The output of the flow ``build`` makes, driven ``steps`` steps of 10 records with its processing-time
+    timers fired at a manual clock after each step; with ``cut``, snapshotted after ``cut`` steps and
+    restored into a new job (its clock where the first one's stopped) that runs the ``steps``."""
+
+    def drive(job: Any, clock: ManualClock, steps: int) -> None:
+        for _ in range(steps):
+            job.step(10)
+            job.fire_processing_time(clock.now_ms())
+
+    first, clock = CollectSink(), ManualClock(0)
+    build(flow := ms.Flow("p"), first)
+    job = start(flow, clock)
+    if cut is None:
+        drive(job, clock, steps)
+        job.close()
+        return first.values
+    drive(job, clock, cut)
+    blob = pickle.dumps(job.snapshot())
+    second, clock2 = CollectSink(), ManualClock(clock.now_ms())
+    build(flow := ms.Flow("p"), second)
+    job = start(flow, clock2)
+    job.restore(pickle.loads(blob))
+    drive(job, clock2, steps)
+    return first.values + second.values
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_snapshot_restore_gives_the_uninterrupted_output(case: str) -> None:
     build = CASES[case]
@@ -167,30 +195,10 @@ def test_processing_time_timers_and_ttl_survive_a_restore() -> None:
         flow.source(TestSource(script)).key_by("k").process(
             fn, on_timer=on_timer, state={"v": ms.state.value(default="-", ttl=100, ttl_time="processing")}).sink(sink)
 
-    def drive(job: Any, clock: ManualClock, steps: int) -> None:
-        for _ in range(steps):
-            job.step(10)
-            job.fire_processing_time(clock.now_ms())
-
-    whole, clock = CollectSink(), ManualClock(0)
-    build(flow := ms.Flow("p"), whole)
-    job = start(flow, clock)
-    drive(job, clock, 10)
-    job.close()
-    assert whole.values == [("a", 50, 1), ("b", 80, 2), ("a", 110, 3)]
-
+    whole = run_on_a_manual_clock(build, 10)
+    assert whole == [("a", 50, 1), ("b", 80, 2), ("a", 110, 3)]
     for cut in range(8):
-        first, clock = CollectSink(), ManualClock(0)
-        build(flow := ms.Flow("p"), first)
-        job = start(flow, clock)
-        drive(job, clock, cut)
-        blob = pickle.dumps(job.snapshot())
-        second, clock2 = CollectSink(), ManualClock(clock.now_ms())
-        build(flow := ms.Flow("p"), second)
-        job = start(flow, clock2)
-        job.restore(pickle.loads(blob))
-        drive(job, clock2, 10)
-        assert first.values + second.values == whole.values, cut
+        assert run_on_a_manual_clock(build, 10, cut) == whole, cut
 
 
 def test_state_cleanup_scheduled_after_a_restore_does_not_collide_with_restored_entries() -> None:

@@ -8,7 +8,6 @@ their definitions.
 
 from __future__ import annotations
 
-import pickle
 import random
 import zlib
 from collections import defaultdict
@@ -449,28 +448,7 @@ def test_processing_time_windows_survive_a_restore() -> None:
         flow.source(TestSource(script)).key_by("k").window(W.tumbling(10, processing_time=True)).aggregate(
             s=agg.sum("v")).sink(sink)
 
-    def drive(job: Any, clock: ManualClock, steps: int) -> None:
-        for _ in range(steps):
-            job.step(10)
-            job.fire_processing_time(clock.now_ms())
-
-    from conftest import start
-    whole, clock = CollectSink(), ManualClock(0)
-    build(flow := ms.Flow("p"), whole)
-    job = start(flow, clock)
-    drive(job, clock, 12)
-    job.close()
-    assert canon((r["k"], r["window_start"], r["s"]) for r in whole.values) == [("a", 0, 4), ("a", 10, 4),
-                                                                                ("b", 0, 2)]
+    whole = snap.run_on_a_manual_clock(build, 12)
+    assert canon((r["k"], r["window_start"], r["s"]) for r in whole) == [("a", 0, 4), ("a", 10, 4), ("b", 0, 2)]
     for cut in range(10):
-        first, clock = CollectSink(), ManualClock(0)
-        build(flow := ms.Flow("p"), first)
-        job = start(flow, clock)
-        drive(job, clock, cut)
-        blob = pickle.dumps(job.snapshot())
-        second, clock2 = CollectSink(), ManualClock(clock.now_ms())
-        build(flow := ms.Flow("p"), second)
-        job = start(flow, clock2)
-        job.restore(pickle.loads(blob))
-        drive(job, clock2, 12)
-        assert canon(first.values + second.values) == canon(whole.values), cut
+        assert canon(snap.run_on_a_manual_clock(build, 12, cut)) == canon(whole), cut
