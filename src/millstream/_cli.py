@@ -29,7 +29,7 @@ from millstream._api import Flow
 from millstream._control import JobControl
 from millstream._guarantee import GUARANTEES
 from millstream._progress import LOG_INTERVAL_S, LiveProgress, LogProgress, print_summary, resume_hint
-from millstream._run import MODES, JobStatus, RunConfig, RunResult, default_mode
+from millstream._run import ENGINES, MODES, JobStatus, RunConfig, RunResult, default_mode
 from millstream.errors import ConfigError, FlowDefinitionError, MillstreamError, StepError
 
 
@@ -182,13 +182,34 @@ def _run_flow(flow: Flow, args: argparse.Namespace, console: Console) -> RunResu
              "restarts": args.restarts, "state": args.state, "checkpoint_key": _checkpoint_key(),
              "metrics": getattr(args, "metrics", None), "metrics_token": _metrics_token(),
              "from_savepoint": args.from_savepoint, "parallelism": getattr(args, "parallelism", None),
-             **_dashboard_options(args)}
+             **_engine_options(args), **_dashboard_options(args)}
     with progress_for(args, console) as shown:
         cfg = base.replace(**shown, **{k: v for k, v in given.items() if v is not None})
         control = JobControl()
         args.checkpoint_dir = cfg.checkpoint_dir  # the hint names it, also when the job file gave it
         with _stop_on_signals(control, args.signals, savepoint=cfg.checkpoint_dir is not None):
             return flow.run(config=cfg.replace(control=control))
+
+
+def _add_engine_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--engine", choices=ENGINES, default=None,
+                    help="where workers 1..N-1 of --parallelism N run: local processes (default) or Ray "
+                         "actors (needs millstream[ray]; see docs/scaling.md)")
+    sp.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                    help="the Ray cluster to join with --engine ray (default: $RAY_ADDRESS, else a local "
+                         "Ray is started)")
+
+
+def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``engine`` and ``ray_address`` from ``--engine`` and ``--ray-address`` (or ``$RAY_ADDRESS`` with
+    ``--engine ray``); nothing when not given (the job file's own, or the defaults)."""
+    engine = getattr(args, "engine", None)
+    address = getattr(args, "ray_address", None)
+    if address is not None and engine != "ray":
+        raise ConfigError("--ray-address goes with --engine ray")
+    if engine == "ray" and address is None:
+        address = os.environ.get("RAY_ADDRESS") or None
+    return {"engine": engine, "ray_address": address}
 
 
 def _dashboard_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -499,6 +520,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--parallelism", type=int, default=None, metavar="N",
                      help="worker processes on this machine (default 1); above 1: native mode, no checkpoints "
                           "yet (see docs/scaling.md)")
+    _add_engine_options(run)
     debug(run)
     metrics_option(run)
     dashboard_options(run)
@@ -586,6 +608,7 @@ def _nexmark_parser(sub: Any) -> None:
                      "mode, 100,000 in micro-batch, 1,000,000 in batch)")
     run.add_argument("--parallelism", type=int, default=1, metavar="N",
                      help="worker processes on this machine (default 1); see docs/scaling.md")
+    _add_engine_options(run)
     run.add_argument("--splits", type=int, default=None, metavar="N",
                      help="logical splits of the generator or the --input file, read by the workers (each its "
                      "range of them); fixed for the life of a checkpoint directory (default: --parallelism)")
@@ -651,7 +674,8 @@ def _cmd_nexmark(args: argparse.Namespace, console: Console) -> int:
                              checkpoint_interval=args.checkpoint_interval, max_chunk=args.max_chunk,
                              state=args.state, checkpoint_key=_checkpoint_key(), metrics=args.metrics,
                              metrics_token=_metrics_token(), control=control, from_savepoint=args.from_savepoint,
-                             parallelism=args.parallelism, splits=args.splits, **_dashboard_options(args), **shown)
+                             parallelism=args.parallelism, splits=args.splits, **_engine_options(args),
+                             **_dashboard_options(args), **shown)
         if not args.quiet:
             # the result rows go to stdout when there is no --out: the summary then goes to stderr
             summary_console(args.out is None).print(summary.describe(), highlight=False, soft_wrap=True)

@@ -30,6 +30,9 @@ __all__ = ["MODES", "JobStatus", "RunConfig", "RunResult", "StepStatus"]
 #: Execution modes: record at a time, columnar micro-batches, and bounded batch.
 MODES = ("native", "microbatch", "batch")
 
+#: where the workers of a job at parallelism > 1 run: processes of this machine, or Ray actors
+ENGINES = ("local", "ray")
+
 #: Records read from a source at once, per mode, unless ``max_chunk`` says otherwise.
 DEFAULT_CHUNK = {"native": 2048, "microbatch": 100_000, "batch": 1_000_000}
 
@@ -186,6 +189,12 @@ class RunConfig:
       ``"none"``, ``"at-least-once"`` or ``"exactly-once"`` (checkpoints across the workers; a job
       resumes from a checkpoint taken at any parallelism); anything else is refused with a
       ConfigError (see docs/scaling.md).
+    - ``engine``: where workers 1 .. N-1 of a job at parallelism > 1 run: ``"local"`` (default:
+      processes of this machine) or ``"ray"`` (Ray actors, on one machine or a cluster: the same
+      physical plan, answers and checkpoints; needs ``millstream[ray]``). ``ray_address``: the
+      cluster to join (``ray.init(address=...)``); without it an existing connection is used, or
+      Ray's own ``RAY_ADDRESS``, or a local Ray is started. The checkpoint directory must then be a
+      path every Ray node mounts (see docs/scaling.md, "Ray").
 
     A stop with a savepoint takes effect at the next chunk boundary: the run takes a final
     checkpoint that is not marked finished, lets its sinks commit it, and returns a result with
@@ -219,6 +228,8 @@ class RunConfig:
     from_savepoint: str | os.PathLike[str] | None = None
     control: JobControl | None = dataclasses.field(default=None, repr=False, compare=False)
     parallelism: int = 1
+    engine: str = "local"
+    ray_address: str | None = None
 
     @property
     def effective_guarantee(self) -> str:
@@ -290,6 +301,10 @@ class RunConfig:
 
             if not isinstance(self.control, JobControl):
                 raise ConfigError(f"control must be a millstream.JobControl, not {type(self.control).__name__}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.ray_address is not None and self.engine != "ray":
+            raise ConfigError("ray_address goes with engine='ray' (--engine ray)")
         if self.parallelism != 1:  # what worker processes cannot do yet is refused here, naming the fix
             from millstream._parallel import check_config
 

@@ -21,7 +21,11 @@ With a checkpoint directory (at-least-once, exactly-once), the workers take alig
 durable), and a job resumes from its latest checkpoint at any parallelism (:mod:`._rescale`: each
 worker gets the key groups of its range and the positions of its splits).
 
-What is not here yet: micro-batch and batch mode, at-most-once, savepoints, state on disk.
+With ``engine="ray"`` (:mod:`._ray`), workers 1 .. N-1 are Ray actors instead of processes: the same
+physical plan, worker code and exchange, over another :class:`~._exchange.Transport` (actor calls
+instead of pipes); this process is still worker 0.
+
+What is not here yet: at-most-once, savepoints, state on disk.
 :func:`check_config` refuses those with a ConfigError naming the fix.
 """
 

@@ -1,9 +1,13 @@
-"""The exchange: records, watermarks and end of input between worker processes.
+"""The exchange: records, watermarks and end of input between workers.
 
-Every ordered pair of workers has a **channel**: a ``multiprocessing`` pipe (file descriptors, no
-shared memory), fed by a thread of the sender from a bounded queue of pickled messages. What one
-worker sends another travels as a *message* ``(sender, items)``, the items in the order they were
-made, so that on each channel data and watermarks keep their order. An item is one of
+Every ordered pair of workers has a **channel**, provided by a :class:`Transport` — the one seam
+between what the exchange means and how bytes travel: :class:`PipeTransport` for worker processes of
+this machine (a ``multiprocessing`` pipe per channel, file descriptors, no shared memory, fed by a
+thread of the sender from a bounded queue of pickled messages), and ``._ray``'s for Ray actors
+(``deliver`` calls with at most :data:`CAPACITY` in flight per channel; worker 0 takes what the
+actors hold for it). What one worker sends another travels as a *message* ``(sender, items)``, the
+items in the order they were made, so that on each channel data and watermarks keep their order
+(every transport delivers a channel's messages in order, each once). An item is one of
 
 - ``("d", edge, records, times)``: a chunk of records (a pickled list, never one record a message,
   at most :data:`BATCH` records);
@@ -44,7 +48,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from itertools import compress
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
@@ -72,6 +76,37 @@ TAKE = 4 * CAPACITY
 CONTROL = ("error", "done", "ckpt", "part", "ack")
 #: keys whose worker an exchange remembers (forgotten all at once beyond that)
 _ROUTES = 1 << 16
+
+
+class Transport:
+    """How one worker's messages reach the others: **the exchange's one seam** between the
+    message logic (:class:`Exchange`, :class:`ExchangeIn`, :class:`ExchangeOut`) and the way bytes
+    travel. Two implementations: :class:`PipeTransport` (worker processes of this machine) and
+    ``millstream._parallel._ray``'s (Ray actors, on one machine or several).
+
+    What every transport guarantees the exchange: the messages one worker sends another arrive in the
+    order they were sent, each once; :meth:`offer` never blocks, and refuses a message while the
+    channel to its receiver holds :data:`CAPACITY` messages (the sender then takes in what reaches it
+    and offers again: backpressure without deadlock); :meth:`take` hands over what has arrived."""
+
+    def start(self) -> None:
+        """Start moving messages (threads, calls in flight): after the other workers are started."""
+
+    def offer(self, dest: int, data: bytes) -> bool:
+        """Send ``data`` to worker ``dest`` unless its channel is full (False: offer it again later)."""
+        raise NotImplementedError
+
+    def take(self, timeout: float) -> list[bytes]:
+        """What has arrived (each sender's messages in order), waiting up to ``timeout`` seconds for
+        something when nothing has."""
+        raise NotImplementedError
+
+    def connected(self, sender: int) -> bool:
+        """Whether more may come from ``sender`` (False once its end is closed, or it is gone)."""
+        return True
+
+    def close(self, wait_s: float) -> None:
+        """Let what was offered go out (up to ``wait_s`` seconds), then release everything."""
 
 
 class Channel:
@@ -113,17 +148,65 @@ class Channel:
         self.conn.close()
 
 
-class Exchange:
-    """One worker's ends of the channels: the pipes it reads, and the channels it sends on. The
-    channels' threads run from :meth:`start` on (worker 0 starts them once the other workers are
-    forked: nothing is forked from a process running threads)."""
+class PipeTransport(Transport):
+    """One pipe per ordered pair of workers of this machine: ``readers[sender]`` is read here, and
+    ``writers[dest]`` written by a :class:`Channel` thread from a queue of at most :data:`CAPACITY`
+    messages. A receiver takes every message ready on a pipe at once (up to :data:`TAKE`)."""
 
-    def __init__(self, me: int, readers: Sequence[Connection], writers: dict[int, Connection], *,
-                 parent_pid: int | None = None, alive: Callable[[], None] | None = None) -> None:
-        self.me = me
-        self.readers = list(readers)
+    def __init__(self, me: int, readers: dict[int, Connection], writers: dict[int, Connection]) -> None:
+        self.readers = dict(readers)
         self.channels = {w: Channel(c, f"millstream-worker-{me}-to-{w}") for w, c in writers.items()}
-        n = max([me, *writers]) + 1
+
+    def start(self) -> None:
+        for channel in self.channels.values():
+            channel.start()
+
+    def offer(self, dest: int, data: bytes) -> bool:
+        try:
+            self.channels[dest].put(data, block=False)
+        except queue.Full:
+            return False
+        return True
+
+    def take(self, timeout: float) -> list[bytes]:
+        if not self.readers:
+            if timeout > 0:
+                time.sleep(timeout)
+            return []
+        out: list[bytes] = []
+        sender_of = {id(c): s for s, c in self.readers.items()}
+        for conn in wait(list(self.readers.values()), timeout):
+            assert isinstance(conn, Connection)
+            for _ in range(TAKE):
+                try:
+                    data = conn.recv_bytes()
+                except (EOFError, OSError):
+                    del self.readers[sender_of[id(conn)]]  # its sender ended (or died: worker 0 finds out which)
+                    break
+                out.append(data)
+                if not conn.poll():
+                    break
+        return out
+
+    def connected(self, sender: int) -> bool:
+        return sender in self.readers
+
+    def close(self, wait_s: float) -> None:
+        for channel in self.channels.values():
+            channel.close(wait_s)
+        for conn in self.readers.values():
+            conn.close()
+
+
+class Exchange:
+    """One worker's end of the exchange: what it sends (gathered per receiver, one message a round)
+    and what it takes in, over a :class:`Transport`. The transport runs from :meth:`start` on (worker 0
+    starts it once the other workers are started: nothing is forked from a process running threads)."""
+
+    def __init__(self, me: int, transport: Transport, n: int, *, parent_pid: int | None = None,
+                 alive: Callable[[], None] | None = None) -> None:
+        self.me = me
+        self.transport = transport
         #: items waiting to be sent, per receiver, and the records among them
         self.pending: list[list[tuple[Any, ...]]] = [[] for _ in range(n)]
         self.pending_records = [0] * n
@@ -138,8 +221,7 @@ class Exchange:
         self.alive = alive
 
     def start(self) -> None:
-        for channel in self.channels.values():
-            channel.start()
+        self.transport.start()
 
     # -- sending ---------------------------------------------------------------------
     def queue(self, dest: int, item: tuple[Any, ...], records: int = 0) -> None:
@@ -163,22 +245,26 @@ class Exchange:
     def put(self, dest: int, message: tuple[Any, ...]) -> None:
         """Send ``message`` to worker ``dest``; while its channel is full, take in what arrives here."""
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        channel = self.channels[dest]
-        while True:
-            try:
-                channel.put(data, block=False)
-                return
-            except queue.Full:
-                # the receiver may be waiting to send to us: take in everything that has come (so its
-                # channel drains), waiting at most a millisecond for it, then try again
-                self._take_in(0.001)
-                self.check()
+        transport = self.transport
+        while not transport.offer(dest, data):
+            # the receiver may be waiting to send to us: take in everything that has come (so its
+            # channel drains), waiting at most a millisecond for it, then try again
+            self._take_in(0.001)
+            self.check()
+
+    def put_last(self, dest: int, message: tuple[Any, ...], timeout: float) -> bool:
+        """Send ``message`` (a failure's report) without processing anything that arrives meanwhile: the
+        worker is going. False when the channel stayed full for ``timeout`` seconds."""
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        deadline = time.monotonic() + timeout
+        while not self.transport.offer(dest, data):
+            if time.monotonic() >= deadline:
+                return False
+            self.transport.take(0.001)  # dropped: this worker processes nothing more
+        return True
 
     def close(self, wait_s: float) -> None:
-        for channel in self.channels.values():
-            channel.close(wait_s)
-        for conn in self.readers:
-            conn.close()
+        self.transport.close(wait_s)
 
     def check(self) -> None:
         """Stop when the job cannot go on: worker 0 learnt of a failure, a worker's parent is gone."""
@@ -189,26 +275,12 @@ class Exchange:
 
     # -- receiving -------------------------------------------------------------------
     def _take_in(self, timeout: float) -> int:
-        """Move what has arrived into ``deferred`` (waiting up to ``timeout`` for something): every
-        message ready on each pipe, up to :data:`TAKE` a pipe, so that a sender's channel drains at once."""
-        if not self.readers:
-            if timeout > 0:
-                time.sleep(timeout)
-            return 0
-        n = 0
-        for conn in wait(self.readers, timeout):
-            assert isinstance(conn, Connection)
-            for _ in range(TAKE):
-                try:
-                    data = conn.recv_bytes()
-                except (EOFError, OSError):
-                    self.readers.remove(conn)  # its sender ended (or died: worker 0 finds out which)
-                    break
-                self.deferred.append(pickle.loads(data))  # noqa: S301 - a pipe from a worker of this job
-                n += 1
-                if not conn.poll():
-                    break
-        return n
+        """Move what has arrived into ``deferred`` (waiting up to ``timeout`` for something), so that a
+        sender's channel drains at once."""
+        got = self.transport.take(timeout)
+        for data in got:
+            self.deferred.append(pickle.loads(data))  # noqa: S301 - a message from a worker of this job
+        return len(got)
 
     def receive(self, wait_s: float) -> int:
         """Process what has arrived (what was taken in while sending first); wait up to ``wait_s``

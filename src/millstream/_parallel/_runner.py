@@ -11,7 +11,7 @@ import resource
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from millstream._state import open_backend
 from millstream.errors import CheckpointError, ConfigError, JobError, MillstreamError
 
 from ._checkpoints import Checkpoints, PartWriter
-from ._exchange import Exchange
+from ._exchange import Exchange, PipeTransport
 from ._rescale import load_parts, snapshot_for
 from ._worker import run_worker, worker_job, worker_main
 
@@ -188,7 +188,8 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
         assert owner is not None
         ckpt_cfg = {"root": coordinator.store.root, "epoch": owner.epoch, "token": owner.token}
         if loaded is not None and loaded.finished:
-            job0 = worker_job(physical, 0, Runtime(SystemClock(), open_backend(cfg.state)), Exchange(0, [], {}))
+            nowhere = Exchange(0, PipeTransport(0, {}, {}), 1)
+            job0 = worker_job(physical, 0, Runtime(SystemClock(), open_backend(cfg.state)), nowhere)
             return _status(job0, plan.flow, cfg.mode, started, RunResult, guarantee=guarantee,  # type: ignore[no-any-return]
                            checkpoints=coordinator.stats, already_finished=True, restarts=restarts)
         if loaded is not None:
@@ -199,17 +200,18 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
         coordinator.stats.restore_ms = (time.perf_counter() - t0) * 1000
     payload = _payload(physical)
     trigger = cfg.trigger_interval_ms if cfg.mode == "microbatch" else 0
-    method = _start_method()
-    ctx = _context(method)
-    # pipe[(a, b)]: worker a writes, worker b reads
-    pipes: dict[tuple[int, int], tuple[Connection, Connection]] = {
-        (a, b): ctx.Pipe(duplex=False)[::-1] for a in range(n) for b in range(n) if a != b}
-    procs: list[Any] = []
+    workers: Workers
+    if cfg.engine == "ray":
+        from ._ray import RayWorkers
+
+        workers = RayWorkers(n, plan.flow, cfg.ray_address)
+    else:
+        workers = LocalWorkers(n, plan.flow)
     done: dict[int, dict[str, Any]] = {}
     checkpoints: Checkpoints | None = None
 
     def alive() -> None:
-        """Raise when another worker failed (its message) or died (its exit code); hand on the parts of
+        """Raise when another worker failed (its message) or died (how); hand on the parts of
         checkpoints the others made durable."""
         while ex.control:
             msg = ex.control.popleft()
@@ -222,16 +224,15 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
             done[msg[1]] = msg[2]
             if checkpoints is not None:
                 checkpoints.abandon()
-        for w, proc in enumerate(procs, 1):
-            if w not in done and proc.exitcode is not None:
-                last_word(w, proc.exitcode)
+        for w in range(1, n):
+            if w not in done and (how := workers.exited(w)) is not None:
+                last_word(w, how)
 
-    def last_word(w: int, exitcode: int) -> None:
-        """Worker ``w`` has exited: read what is left in its pipe, up to its end (records it sent last
-        stay in ``deferred``, in order, to be processed), and look there for its last message."""
-        conn = from_worker[w]
+    def last_word(w: int, how: str) -> None:
+        """Worker ``w`` has exited: read what is left from it, up to its end (records it sent last stay
+        in ``deferred``, in order, to be processed), and look there for its last message."""
         deadline = time.monotonic() + _JOIN_S
-        while conn in ex.readers and time.monotonic() < deadline:
+        while ex.transport.connected(w) and time.monotonic() < deadline:
             ex._take_in(0.05)
         for msg in ex.deferred:
             if msg[0] == "error" and msg[1] == w:
@@ -241,11 +242,9 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
                 if checkpoints is not None:
                     checkpoints.abandon()
                 return
-        raise _WorkerFailed(w, None, f"worker {w} died (exit code {exitcode})")
+        raise _WorkerFailed(w, None, f"worker {w} died ({how})")
 
-    from_worker = {a: r for (a, b), (_, r) in pipes.items() if b == 0}
-    ex = Exchange(0, [r for (a, b), (_, r) in pipes.items() if b == 0],
-                  {b: wr for (a, b), (wr, _) in pipes.items() if a == 0}, alive=alive)
+    ex = workers.exchange(alive)
     rt = Runtime(cfg.clock or SystemClock(), open_backend(cfg.state), checkpointed=coordinator is not None)
     part_writer = PartWriter(**ckpt_cfg) if ckpt_cfg is not None else None
 
@@ -267,26 +266,8 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
                                  checkpoints=coordinator.stats if coordinator is not None else None))
 
     try:
-        if method == "fork":  # what the parent holds unflushed would be written by the children too
-            sys.stdout.flush()
-            sys.stderr.flush()
-        for w in range(1, n):
-            readers = [r for (a, b), (_, r) in pipes.items() if b == w]
-            writers = {b: wr for (a, b), (wr, _) in pipes.items() if a == w}
-            # a forked worker inherits every pipe end: it closes those that are not its own
-            own = {id(c) for c in (*readers, *writers.values())}
-            others = [c for ends in pipes.values() for c in ends if id(c) not in own] if method == "fork" else []
-            proc = ctx.Process(target=worker_main, name=f"millstream-{plan.flow}-worker-{w}", daemon=True,
-                               args=(w, payload, readers, writers, cfg.chunk, cfg.idle_sleep_s,
-                                     cfg.state, others, ckpt_cfg, restores[w], trigger))
-            with _main_module_hidden(method):
-                proc.start()
-            procs.append(proc)
-        for (a, b), (wr, r) in pipes.items():  # the workers' ends are theirs now
-            if a != 0:
-                wr.close()
-            if b != 0:
-                r.close()
+        workers.start(payload, restores, max_chunk=cfg.chunk, idle_sleep_s=cfg.idle_sleep_s, state=cfg.state,
+                      ckpt=ckpt_cfg, trigger_interval_ms=trigger)
         ex.start()
         failed = True
         try:
@@ -329,7 +310,7 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
         step = getattr(exc, "step", None)
         raise JobError(f"worker 0 of {n} failed{_in_step(step)}: {exc}") from exc
     finally:
-        _stop(procs, ex, pipes, finished)
+        workers.stop(ex, finished)
     result: RunResult = _status(job, plan.flow, cfg.mode, started, RunResult, ok=not interrupted,
                                 interrupted=interrupted, guarantee=guarantee,
                                 checkpoints=coordinator.stats if coordinator is not None else None,
@@ -350,28 +331,102 @@ class _WorkerFailed(Exception):
         return JobError(f"worker {self.worker} of {n} failed{_in_step(self.step)}: {self.text}")
 
 
-def _stop(procs: list[Any], ex: Exchange, pipes: dict[tuple[int, int], tuple[Connection, Connection]],
-          finished: bool) -> None:
-    """Join every worker (``finished``: they are exiting by themselves; otherwise, after a failure or an
-    interruption, they are terminated, then killed), and close every pipe end this process holds."""
-    deadline = time.monotonic() + _JOIN_S
-    for proc in procs:
-        if not finished and proc.exitcode is None:
-            proc.terminate()
-    for proc in procs:
-        proc.join(max(0.0, deadline - time.monotonic()))
-        if proc.exitcode is None:
-            proc.terminate()
-            proc.join(1.0)
-        if proc.exitcode is None:
-            log.warning("worker %s did not stop; killing it", proc.name)
-            proc.kill()
-            proc.join()
-        proc.close()
-    ex.close(0.5)
-    for wr, r in pipes.values():
-        wr.close()
-        r.close()
+class Workers:
+    """Where workers 1 .. N-1 run, and how worker 0 reaches them: :class:`LocalWorkers` (processes of
+    this machine, over pipes) or ``._ray.RayWorkers`` (Ray actors). Worker 0 is the calling process
+    either way."""
+
+    def exchange(self, alive: Callable[[], None]) -> Exchange:
+        """Worker 0's exchange (``alive`` is called while it waits)."""
+        raise NotImplementedError
+
+    def start(self, payload: bytes, restores: list[bytes | None], **common: Any) -> None:
+        """Start workers 1 .. N-1 on ``payload`` (the pickled physical plan), worker ``w`` from
+        ``restores[w]``; ``common``: :func:`._worker.serve`'s options."""
+        raise NotImplementedError
+
+    def exited(self, w: int) -> str | None:
+        """How worker ``w`` ended (``"exit code -9"``), or None while it runs."""
+        raise NotImplementedError
+
+    def stop(self, ex: Exchange, finished: bool) -> None:
+        """Join every worker (``finished``: they end by themselves; otherwise, after a failure or an
+        interruption, they are stopped), and close worker 0's exchange."""
+        raise NotImplementedError
+
+
+class LocalWorkers(Workers):
+    """Workers 1 .. N-1 as processes of this machine: forked from this one when it runs no thread
+    (see :func:`_start_method`), else from a forkserver; one pipe per ordered pair of workers."""
+
+    def __init__(self, n: int, flow: str) -> None:
+        self.n, self.flow = n, flow
+        self.method = _start_method()
+        self.ctx = _context(self.method)
+        # pipes[(a, b)]: worker a writes, worker b reads
+        self.pipes: dict[tuple[int, int], tuple[Connection, Connection]] = {
+            (a, b): self.ctx.Pipe(duplex=False)[::-1] for a in range(n) for b in range(n) if a != b}
+        self.procs: list[Any] = []
+
+    def _ends(self, w: int) -> tuple[dict[int, Connection], dict[int, Connection]]:
+        """Worker ``w``'s pipe ends: what it reads, by sender, and what it writes, by receiver."""
+        return ({a: r for (a, b), (_, r) in self.pipes.items() if b == w},
+                {b: wr for (a, b), (wr, _) in self.pipes.items() if a == w})
+
+    def exchange(self, alive: Callable[[], None]) -> Exchange:
+        return Exchange(0, PipeTransport(0, *self._ends(0)), self.n, alive=alive)
+
+    def start(self, payload: bytes, restores: list[bytes | None], **common: Any) -> None:
+        method = self.method
+        if method == "fork":  # what the parent holds unflushed would be written by the children too
+            sys.stdout.flush()
+            sys.stderr.flush()
+        for w in range(1, self.n):
+            readers, writers = self._ends(w)
+            # a forked worker inherits every pipe end: it closes those that are not its own
+            own = {id(c) for c in (*readers.values(), *writers.values())}
+            others = [c for ends in self.pipes.values() for c in ends if id(c) not in own] if method == "fork" else []
+            proc = self.ctx.Process(target=worker_main, name=f"millstream-{self.flow}-worker-{w}", daemon=True,
+                                    args=(w, self.n, payload, readers, writers, common["max_chunk"],
+                                          common["idle_sleep_s"], common["state"], others, common["ckpt"],
+                                          restores[w], common["trigger_interval_ms"]))
+            with _main_module_hidden(method):
+                proc.start()
+            self.procs.append(proc)
+        for (a, b), (wr, r) in self.pipes.items():  # the workers' ends are theirs now
+            if a != 0:
+                wr.close()
+            if b != 0:
+                r.close()
+
+    def exited(self, w: int) -> str | None:
+        if w > len(self.procs):
+            return None
+        code = self.procs[w - 1].exitcode
+        return None if code is None else f"exit code {code}"
+
+    def stop(self, ex: Exchange, finished: bool) -> None:
+        """After a failure or an interruption the workers are terminated, then killed; every pipe end this
+        process holds is closed."""
+        procs = self.procs
+        deadline = time.monotonic() + _JOIN_S
+        for proc in procs:
+            if not finished and proc.exitcode is None:
+                proc.terminate()
+        for proc in procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.exitcode is None:
+                proc.terminate()
+                proc.join(1.0)
+            if proc.exitcode is None:
+                log.warning("worker %s did not stop; killing it", proc.name)
+                proc.kill()
+                proc.join()
+            proc.close()
+        ex.close(0.5)
+        for wr, r in self.pipes.values():
+            wr.close()
+            r.close()
 
 
 def _merge(result: RunResult, done: dict[int, dict[str, Any]]) -> RunResult:

@@ -1,8 +1,9 @@
 """One worker: its operator instances of the physical plan, wired to the exchange, and its loop.
 
 Worker 0 runs in the calling process (it writes the sinks, and reads the sources that cannot split,
-where the physical plan puts them); workers 1 .. N-1 run :func:`worker_main` in processes of their
-own. Each worker opens its own part of every split source.
+where the physical plan puts them); workers 1 .. N-1 run :func:`serve` — in processes of their own
+(:func:`worker_main`, over pipes) or in Ray actors (``._ray``, over actor calls). Each worker opens
+its own part of every split source.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from millstream._time import MAX_WATERMARK, MIN_WATERMARK
 from millstream.errors import MillstreamError
 
 from ._checkpoints import Checkpoints, Gate, PartWriter
-from ._exchange import Exchange, ExchangeIn, ExchangeOut
+from ._exchange import Exchange, ExchangeIn, ExchangeOut, PipeTransport
 
 
 class WorkerJob(NativeJob):
@@ -288,9 +289,9 @@ def run_worker(job: WorkerJob, ex: Exchange, *, max_chunk: int, idle_sleep_s: fl
     return True
 
 
-def worker_main(worker: int, payload: bytes, readers: list[Connection], writers: dict[int, Connection],
-                max_chunk: int, idle_sleep_s: float, state: str, others: list[Connection],
-                ckpt: dict[str, Any] | None = None, restore: bytes | None = None,
+def worker_main(worker: int, n: int, payload: bytes, readers: dict[int, Connection],
+                writers: dict[int, Connection], max_chunk: int, idle_sleep_s: float, state: str,
+                others: list[Connection], ckpt: dict[str, Any] | None = None, restore: bytes | None = None,
                 trigger_interval_ms: int = 0) -> None:
     """The body of worker process ``worker`` (1 .. N-1). ``others``: pipe ends that are not this
     worker's, inherited when it was forked from the job's process: closed at once, so that a pipe
@@ -302,51 +303,66 @@ def worker_main(worker: int, payload: bytes, readers: list[Connection], writers:
         conn.close()
     # the forkserver this worker was forked from: it ends when the job's process does, and then the
     # worker is re-parented (nobody would read what it makes)
-    ex = Exchange(worker, readers, writers, parent_pid=os.getppid())
+    ex = Exchange(worker, PipeTransport(worker, readers, writers), n, parent_pid=os.getppid())
     ex.start()
     try:
-        physical = pickle.loads(payload)  # noqa: S301 - the plan this job's process sent
-        rt = Runtime(SystemClock(), open_backend(state), checkpointed=ckpt is not None)
-        parts = PartWriter(**ckpt) if ckpt is not None else None
-
-        def on_part(ckpt_id: int, part: dict[str, Any]) -> None:
-            assert parts is not None
-            ex.put(0, ("part", worker, ckpt_id, parts.write(ckpt_id, worker, part)))
-
-        job = worker_job(physical, worker, rt, ex, checkpointed=ckpt is not None, on_part=on_part)
-        failed = True
-        try:
-            job.open()
-            if restore is not None:
-                job.restore(pickle.loads(restore))  # noqa: S301 - made by the job's process
-            run_worker(job, ex, max_chunk=max_chunk, idle_sleep_s=idle_sleep_s,
-                       trigger_interval_ms=trigger_interval_ms)
-            failed = False
-            if ckpt is not None:  # the final checkpoint: acknowledged once worker 0 has written it
-                ex.put(0, ("done", worker, _figures(job)))
-                _await_final(job, ex)
-        finally:
-            try:
-                job.close()
-            except Exception:
-                if not failed:
-                    raise
-        if ckpt is None:
-            ex.put(0, ("done", worker, _figures(job)))
+        serve(worker, ex, payload, max_chunk=max_chunk, idle_sleep_s=idle_sleep_s, state=state, ckpt=ckpt,
+              restore=restore, trigger_interval_ms=trigger_interval_ms)
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - everything a worker meets goes to worker 0
-        step = getattr(exc, "step", None)
-        text = str(exc) if isinstance(exc, MillstreamError) else "".join(
-            traceback.format_exception(exc)).rstrip()
-        try:
-            ex.channels[0].put(pickle.dumps(("error", worker, step, text)), timeout=5)
-        except Exception:  # noqa: BLE001,S110 - worker 0 may be gone; the exit code still tells
-            pass
+        report_failure(worker, ex, exc)
         ex.close(5)
         sys.stdout.flush()
         os._exit(1)
     ex.close(30)
+
+
+def serve(worker: int, ex: Exchange, payload: bytes, *, max_chunk: int, idle_sleep_s: float, state: str,
+          ckpt: dict[str, Any] | None, restore: bytes | None, trigger_interval_ms: int) -> None:
+    """Worker ``worker`` (1 .. N-1) from the pickled physical plan to its end, over ``ex`` (a started
+    exchange, whatever its transport: a worker process's pipes, a Ray actor's calls): build its
+    instances, restore them, run them, report its figures to worker 0 and, with checkpoints, wait for
+    the final one before acknowledging what its sources read. Raises what fails it."""
+    physical = pickle.loads(payload)  # noqa: S301 - the plan this job's process sent
+    rt = Runtime(SystemClock(), open_backend(state), checkpointed=ckpt is not None)
+    parts = PartWriter(**ckpt) if ckpt is not None else None
+
+    def on_part(ckpt_id: int, part: dict[str, Any]) -> None:
+        assert parts is not None
+        ex.put(0, ("part", worker, ckpt_id, parts.write(ckpt_id, worker, part)))
+
+    job = worker_job(physical, worker, rt, ex, checkpointed=ckpt is not None, on_part=on_part)
+    failed = True
+    try:
+        job.open()
+        if restore is not None:
+            job.restore(pickle.loads(restore))  # noqa: S301 - made by the job's process
+        run_worker(job, ex, max_chunk=max_chunk, idle_sleep_s=idle_sleep_s,
+                   trigger_interval_ms=trigger_interval_ms)
+        failed = False
+        if ckpt is not None:  # the final checkpoint: acknowledged once worker 0 has written it
+            ex.put(0, ("done", worker, _figures(job)))
+            _await_final(job, ex)
+    finally:
+        try:
+            job.close()
+        except Exception:
+            if not failed:
+                raise
+    if ckpt is None:
+        ex.put(0, ("done", worker, _figures(job)))
+
+
+def report_failure(worker: int, ex: Exchange, exc: BaseException) -> None:
+    """Tell worker 0 why this worker failed (its step, and the error or its traceback), if it can within
+    a few seconds: worker 0 may be gone, and a worker that dies unheard is reported by how it ended."""
+    step = getattr(exc, "step", None)
+    text = str(exc) if isinstance(exc, MillstreamError) else "".join(traceback.format_exception(exc)).rstrip()
+    try:
+        ex.put_last(0, ("error", worker, step, text), timeout=5)
+    except Exception:  # noqa: BLE001,S110 - worker 0 may be gone; how the worker ended still tells
+        pass
 
 
 def _figures(job: WorkerJob) -> dict[str, Any]:

@@ -200,7 +200,8 @@ def run(query: str, *, mode: str = "native", config: NexmarkConfig | None = None
     by the workers of a run at ``parallelism`` > 1, each its range of them.
     ``on_progress`` is called with the job's figures every ``progress_interval_s``. ``metrics``
     ([HOST:]PORT) serves Prometheus metrics while it runs (see ``RunConfig.metrics``). Other
-    ``options`` are :class:`~millstream.RunConfig`'s (``control``, ``from_savepoint``, ``dashboard``...).
+    ``options`` are :class:`~millstream.RunConfig`'s (``control``, ``from_savepoint``, ``dashboard``,
+    ``engine`` and ``ray_address``...).
     """
     if query not in QUERIES:
         raise ConfigError(f"unknown Nexmark query {query!r}; choose one of {', '.join(QUERIES)}")
