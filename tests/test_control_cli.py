@@ -10,20 +10,15 @@ the signal always lands mid-run; the test waits for files and messages, never fo
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tests._cli_runs import Run
 
 from millstream._cli import load_flow
 from millstream.connectors import files
 
-REPO = Path(__file__).resolve().parent.parent
 N = 2_000
 
 JOB = '''
@@ -61,47 +56,8 @@ def build(params):
 '''.replace("N)", f"{N})")
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    for name in ("MILLSTREAM_FAILPOINTS", "MILLSTREAM_MODE"):
-        env.pop(name, None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
-    return env
-
-
-class Run:
-    """``millstream run`` in the background, stdout and stderr in files."""
-
-    def __init__(self, tmp: Path, tag: str, args: list[str]) -> None:
-        self.err_path, self.out_path = tmp / f"{tag}.stderr", tmp / f"{tag}.stdout"
-        with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "millstream.cli", "run", *args], env=_env(),
-                                         stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-
-    @property
-    def stderr(self) -> str:
-        return self.err_path.read_text()
-
-    def wait_for(self, what: str, found: Callable[[], bool], timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not found():
-            if self.proc.poll() is not None:
-                pytest.fail(f"the run ended (status {self.proc.returncode}) before {what}:\n{self.stderr}")
-            if time.monotonic() > deadline:
-                self.proc.kill()
-                pytest.fail(f"no {what} after {timeout} s:\n{self.stderr}")
-            time.sleep(0.01)
-
-    def finish(self, timeout: float = 60) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
-
-
 def _args(job: Path, out: Path, ck: Path, *extra: str) -> list[str]:
-    return [str(job), "--set", f"out={out}", "--guarantee", "exactly-once", "--checkpoint-dir", str(ck),
+    return ["run", str(job), "--set", f"out={out}", "--guarantee", "exactly-once", "--checkpoint-dir", str(ck),
             "--max-chunk", "100", "--progress", "off", *extra]
 
 
@@ -126,9 +82,9 @@ def test_ctrl_c_takes_a_savepoint_exits_130_and_both_ways_of_going_on_complete_t
     out, ck = tmp_path / "out", tmp_path / "ck"
     gate, reached, release = _gate(tmp_path, 900)
     first = Run(tmp_path, "first", _args(job, out, ck, *gate))
-    first.wait_for("the gate", reached.exists)
+    first.wait_for("the gate", lambda _: reached.exists())
     first.proc.send_signal(signal.SIGINT)
-    first.wait_for("the stop message", lambda: "taking a savepoint" in first.stderr)
+    first.wait_for("the stop message", lambda err: "taking a savepoint" in err)
     release.touch()
     assert first.finish() == 130, first.stderr
     err = first.stderr
@@ -158,9 +114,9 @@ def test_a_second_ctrl_c_aborts_at_once_without_a_savepoint(tmp_path: Path) -> N
     out, ck = tmp_path / "out", tmp_path / "ck"
     gate, reached, _ = _gate(tmp_path, 500)  # never released: only the second Ctrl-C gets it out
     run = Run(tmp_path, "run", _args(job, out, ck, *gate))
-    run.wait_for("the gate", reached.exists)
+    run.wait_for("the gate", lambda _: reached.exists())
     run.proc.send_signal(signal.SIGINT)
-    run.wait_for("the stop message", lambda: "Ctrl-C again aborts at once" in run.stderr)
+    run.wait_for("the stop message", lambda err: "Ctrl-C again aborts at once" in err)
     assert run.proc.poll() is None  # held at the gate: the stop waits for the chunk boundary
     run.proc.send_signal(signal.SIGINT)
     assert run.finish(timeout=30) == 130, run.stderr
@@ -179,9 +135,9 @@ def test_sigterm_takes_a_savepoint_and_exits_143(tmp_path: Path) -> None:
     out, ck = tmp_path / "out", tmp_path / "ck"
     gate, reached, release = _gate(tmp_path, 300)
     run = Run(tmp_path, "run", _args(job, out, ck, *gate))
-    run.wait_for("the gate", reached.exists)
+    run.wait_for("the gate", lambda _: reached.exists())
     run.proc.send_signal(signal.SIGTERM)
-    run.wait_for("the stop message", lambda: "SIGTERM: taking a savepoint" in run.stderr)
+    run.wait_for("the stop message", lambda err: "SIGTERM: taking a savepoint" in err)
     assert "(a second SIGTERM or Ctrl-C aborts at once)" in run.stderr
     release.touch()
     assert run.finish() == 143, run.stderr

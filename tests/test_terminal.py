@@ -22,14 +22,13 @@ import re
 import select
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from tests._cli_runs import Run, cli, cli_env
 
 import millstream as ms
 from millstream._cli import load_flow, main
@@ -42,7 +41,6 @@ from millstream.nexmark import NexmarkConfig
 from millstream.nexmark import read as nexmark_read
 from millstream.testing import ManualClock
 
-REPO = Path(__file__).resolve().parent.parent
 PROGRESS = re.compile(r"^\S+ millstream progress: .*$", re.M)
 PERCENT = re.compile(r"\| (\d+\.\d)%")
 
@@ -66,53 +64,6 @@ def build(params):
          .sink(files.write(params["out"], transactional=params.get("transactional", False))))
     return flow
 '''
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    for name in ("MILLSTREAM_FAILPOINTS", "MILLSTREAM_MODE"):
-        env.pop(name, None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
-    return env
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "millstream.cli", *args]
-
-
-class Run:
-    """A CLI run in the background with stdout and stderr in files (not a terminal)."""
-
-    def __init__(self, tmp: Path, tag: str, args: list[str]) -> None:
-        self.out_path, self.err_path = tmp / f"{tag}.stdout", tmp / f"{tag}.stderr"
-        with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
-            self.proc = subprocess.Popen(_cli(*args), env=_env(), stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-
-    @property
-    def stderr(self) -> str:
-        return self.err_path.read_text()
-
-    @property
-    def stdout(self) -> str:
-        return self.out_path.read_text()
-
-    def wait_for(self, what: str, found: Callable[[str], bool], timeout: float = 30) -> None:
-        """Wait until ``found(stderr so far)``; fail if the run ends or the time is up first."""
-        deadline = time.monotonic() + timeout
-        while not found(self.stderr):
-            if self.proc.poll() is not None:
-                pytest.fail(f"the run ended (status {self.proc.returncode}) before {what}:\n{self.stderr}")
-            if time.monotonic() > deadline:
-                self.proc.kill()
-                pytest.fail(f"no {what} after {timeout} s:\n{self.stderr}")
-            time.sleep(0.02)
-
-    def finish(self, timeout: float = 60) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
 
 
 def _lines(text: str) -> list[str]:
@@ -235,9 +186,9 @@ def test_sigterm_exits_143_and_says_a_new_run_starts_anew_without_checkpoints(tm
 
 def test_on_a_terminal_the_live_table_renders(tmp_path: Path) -> None:
     master, slave = pty.openpty()
-    env = {**_env(), "TERM": "xterm-256color", "COLUMNS": "160", "LINES": "40"}
+    env = {**cli_env(), "TERM": "xterm-256color", "COLUMNS": "160", "LINES": "40"}
     with (tmp_path / "stdout").open("wb") as stdout:
-        proc = subprocess.Popen(_cli(*_nexmark("--events", "10000", "--pace", "10000", "--progress-interval", "0.1",
+        proc = subprocess.Popen(cli(*_nexmark("--events", "10000", "--pace", "10000", "--progress-interval", "0.1",
                                                  "--out", str(tmp_path / "o"))),
                                 env=env, stdout=stdout, stderr=slave, stdin=subprocess.DEVNULL)
     os.close(slave)

@@ -24,19 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests._cli_runs import cli, cli_env
 from tests.integration import services
 
 import millstream as ms
-
-REPO = str(Path(__file__).resolve().parents[2])
-
-
-def env() -> dict[str, str]:
-    """The environment of a job subprocess: this checkout's ``src`` first, no failpoints armed."""
-    out = dict(os.environ)
-    out.pop("MILLSTREAM_FAILPOINTS", None)
-    out["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(REPO, "src"), out.get("PYTHONPATH")]))
-    return out
 
 
 def rows(out: Path) -> list[dict[str, Any]]:
@@ -160,7 +151,7 @@ def kill_at_random(cmd: list[str], *, kills: int, wait_s: tuple[float, float],
     rnd = random.Random(os.getpid())
     killed = 0
     for _ in range(starts):
-        proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
         if killed < kills:
             try:
@@ -210,8 +201,7 @@ def windowed_job(name: str, source: str, every: int) -> str:
 
 
 def _cli(tmp_path: Path, params: dict[str, str], out: Path, ckpt: str | None) -> list[str]:
-    args = [sys.executable, "-m", "millstream.cli", "run", str(tmp_path / "job.py"), "-q", "--progress", "off",
-            "--mode", "native", "--set", f"out={out}"]
+    args = cli("run", str(tmp_path / "job.py"), "-q", "--progress", "off", "--mode", "native", "--set", f"out={out}")
     for k, v in params.items():
         args += ["--set", f"{k}={v}"]
     if ckpt is not None:
@@ -226,7 +216,7 @@ def kill_exactly_once(tmp_path: Path, job: str, ref: dict[str, str], eo: dict[st
     finishes: after each kill the committed output is within the reference, at the end it equals it."""
     (tmp_path / "job.py").write_text(job)
     ref_out = tmp_path / "ref.jsonl"
-    done = subprocess.run(_cli(tmp_path, ref, ref_out, None), env=env(), capture_output=True, text=True,
+    done = subprocess.run(_cli(tmp_path, ref, ref_out, None), env=cli_env(), capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
     expected = Counter(json.dumps(json.loads(line), sort_keys=True) for line in ref_out.read_text().splitlines())
@@ -284,14 +274,14 @@ def committed_ids(out: Path) -> list[int]:
 
 
 def run_to_the_end(script: str, ck: Path, out: Path) -> None:
-    subprocess.run([sys.executable, script, str(ck), str(out)], env=env(), check=True, timeout=60)
+    subprocess.run([sys.executable, script, str(ck), str(out)], env=cli_env(), check=True, timeout=60)
 
 
 def kill_once_all_is_read(script: str, marker: Path, ck: Path, out: Path,
                           while_held: Callable[[], None] | None = None) -> None:
     """Start the job (made with ``marker``), wait until it has read every message, call ``while_held``
     and SIGKILL it: no checkpoint completed, so nothing was acknowledged."""
-    proc = subprocess.Popen([sys.executable, script, str(ck), str(out)], env=env())
+    proc = subprocess.Popen([sys.executable, script, str(ck), str(out)], env=cli_env())
     try:
         deadline = time.monotonic() + 20
         while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
@@ -307,7 +297,7 @@ def kill_once_all_is_read(script: str, marker: Path, ck: Path, out: Path,
 def kill_at_the_third_acknowledge_then_resume(script: str, ck: Path, out: Path, n: int) -> None:
     """Killed after checkpoint 3 committed its output, before its acknowledgement went out; the rerun
     must give each of the ``n`` messages exactly once (the redelivered ones of that checkpoint dropped)."""
-    failing = env()
+    failing = cli_env()
     failing["MILLSTREAM_FAILPOINTS"] = "source.acknowledge=kill#3"
     first = subprocess.run([sys.executable, script, str(ck), str(out)], env=failing, timeout=60)
     assert first.returncode == -signal.SIGKILL
