@@ -2,15 +2,21 @@
 memory it is given complete on the LMDB backend?
 
     python benchmarks/state_beyond_memory.py [--keys 1500000] [--limit-mb 400] [--backends lmdb,memory]
-                                             [--jobs process,window]
+                                             [--jobs process,window,aggregate,join]
 
-Two jobs over ``keys`` users, two events each (``2 * keys`` events from the generator, event time in
-milliseconds), each keeping every user's three largest 200-byte payloads until the end, so the state
-holds every key at once:
+Jobs over ``keys`` users, two events each (``2 * keys`` events from the generator, event time in
+milliseconds), each keeping every user's three largest 200-byte payloads (or records) until the end,
+so the state holds every key at once:
 
 - ``process``: a process function with keyed value state (emits a row per event);
 - ``window``: one tumbling window that closes only at the end of the input, aggregated with ``count``
-  and ``top_k(payload, 3)`` (emits a row per user at the end).
+  and ``top_k(payload, 3)`` (emits a row per user at the end);
+- ``aggregate``: the running aggregate ``count`` and ``top_k(payload, 3)`` per user (a row per event);
+- ``join``: a tumbling window join (one window closing at the end) of the events with a second
+  stream of one event per user (``keys`` more events; a row per pair at the end, two per user).
+
+Since issue 11's on-disk operators, windows, joins and running aggregates keep their state in the
+LMDB backend when ``state`` is ``lmdb://`` (before, only process functions did).
 
 Output rows go to a sink that counts them.
 
@@ -97,6 +103,13 @@ keyed = (flow.source(generator.read(event, count=2 * keys), watermark=ms.Waterma
          .key_by("user"))
 if job == "window":
     keyed.window(windows.tumbling(10**15)).aggregate(n=agg.count(), top=agg.top_k("payload", 3)).sink(CountSink())
+elif job == "aggregate":
+    keyed.aggregate(n=agg.count(), top=agg.top_k("payload", 3)).sink(CountSink())
+elif job == "join":
+    other = (flow.source(generator.read(lambda i: {"user": f"u{i:09d}", "ts": 2 * i, "tag": i}, count=keys),
+                         watermark=ms.WatermarkStrategy.bounded(0, timestamp="ts"), name="users")
+             .key_by("user"))
+    keyed.window_join(other, windows.tumbling(10**15)).sink(CountSink())
 else:  # the same state kept by a process function in keyed value state
     keyed.process(top3, state={"top": ms.state.value(default=())}).sink(CountSink())
 state = "memory" if backend == "memory" else f"lmdb://{state_dir}?cache=20000"
@@ -168,7 +181,7 @@ def main() -> None:
     ap.add_argument("--limit-mb", type=int, default=400)
     ap.add_argument("--payload", type=int, default=200)
     ap.add_argument("--backends", default="lmdb,memory")
-    ap.add_argument("--jobs", default="process,window")
+    ap.add_argument("--jobs", default="process,window,aggregate,join")
     args = ap.parse_args()
     print(f"keys {args.keys:,}, events {2 * args.keys:,}, payload {args.payload} B, "
           f"memory limit {args.limit_mb} MB", flush=True)
