@@ -8,16 +8,14 @@ from __future__ import annotations
 import logging
 import re
 import socket
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests._metrics_checks import any_address_available, http_endpoint, parse, promtool_accepts
 from tests.e2e.jobs import T0, FakeControl, RunningJob, running_job
 from tests.integration.services import need_module
 
@@ -42,18 +40,6 @@ HEADERS = {
     "referrer-policy": "no-referrer",
     "cache-control": "no-store",
 }
-
-
-def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    out = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = re.fullmatch(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)', line)
-        assert m, f"not a sample line: {line!r}"
-        labels = frozenset(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
-        out[(m.group(1), labels)] = float(m.group(3))
-    return out
 
 
 def check_headers(r: httpx.Response) -> None:
@@ -223,34 +209,19 @@ def test_the_event_stream_delivers_snapshots_as_the_job_moves(job: RunningJob, s
 def test_metrics_is_the_prometheus_renderers_text(job: RunningJob, served: DashboardServer) -> None:
     r = httpx.get(served.url + "metrics", timeout=10)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
-    live = samples(r.text)
+    live = parse(r.text)
     assert live[("millstream_records_in_total", frozenset({("flow", "watched"), ("step", "gate"),
                                                            ("worker", "0")}))] == 2_000
-    promtool = _promtool()
-    check = subprocess.run([promtool, "check", "metrics"], input=r.text, capture_output=True, text=True,
-                           timeout=30)
-    assert check.returncode == 0, check.stdout + check.stderr
+    promtool_accepts(r.text)
     job.finish()
     served_text = httpx.get(served.url + "metrics", timeout=10).text
     rendered = render(job.registry.snapshot())
     assert [ln for ln in served_text.splitlines() if ln.startswith("#")] == [
         ln for ln in rendered.splitlines() if ln.startswith("#")]
-    a, b = samples(served_text), samples(rendered)
+    a, b = parse(served_text), parse(rendered)
     assert a.keys() == b.keys()
     assert {k: v for k, v in a.items() if k[0] != "millstream_uptime_seconds"} == {
         k: v for k, v in b.items() if k[0] != "millstream_uptime_seconds"}
-
-
-def _promtool() -> str:
-    import os
-    import shutil
-
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("MILLSTREAM_REQUIRE_SERVICES") == "1":
-            pytest.fail("promtool is missing (apt-get install -y prometheus)")
-        pytest.skip("promtool is not installed (Debian package prometheus)")
-    return path
 
 
 def test_the_history_builds_while_nobody_watches(job: RunningJob) -> None:
@@ -319,16 +290,7 @@ def test_a_token_given_on_loopback_is_enforced(job: RunningJob) -> None:
             assert c.get("/api/job").json()["flow"] == "watched"
 
 
-def _any_address_available() -> bool:
-    try:
-        with socket.socket() as s:
-            s.bind(("0.0.0.0", 0))
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _any_address_available(), reason="cannot bind 0.0.0.0 here")
+@pytest.mark.skipif(not any_address_available(), reason="cannot bind 0.0.0.0 here")
 def test_a_non_loopback_bind_generates_a_token_and_needs_it(job: RunningJob,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     with serve_dashboard("0.0.0.0:0", registry=job.registry, plan=job.plan, config={}) as d:
@@ -464,26 +426,11 @@ def test_a_savepoint_asked_of_a_job_without_checkpoints_is_a_clear_409(job: Runn
         assert control.stop_requested
 
 
-class _Collector(BaseHTTPRequestHandler):
-    """The endpoint the http sink posts to."""
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 def test_no_secret_reaches_any_response() -> None:
-    target = ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
-    threading.Thread(target=target.serve_forever, daemon=True).start()
     secret_pw, secret_token = "pw-5a1c-never-shown", "tok-77e2-never-shown"
-    address = f"http://user:{secret_pw}@127.0.0.1:{target.server_address[1]}/in"
-    sink = ms.connectors.http.write(address, headers={"Authorization": f"Bearer {secret_token}"})
-    try:
+    with http_endpoint() as port:
+        address = f"http://user:{secret_pw}@127.0.0.1:{port}/in"
+        sink = ms.connectors.http.write(address, headers={"Authorization": f"Bearer {secret_token}"})
         with running_job(sink=sink) as j:
             config = {"mode": "native", "output": f"{address}?token={secret_token}",
                       "checkpoint_key": secret_token, "headers": {"Authorization": secret_token}}
@@ -496,9 +443,6 @@ def test_no_secret_reaches_any_response() -> None:
                 assert "could not reach http://user:***@host/" in joined  # the warning is shown, redacted
                 assert "http" in {s["step"] for s in httpx.get(d.url + "api/metrics", timeout=10).json()["steps"]}
             j.finish()
-    finally:
-        target.shutdown()
-        target.server_close()
 
 
 def test_the_package_serves_its_assets() -> None:

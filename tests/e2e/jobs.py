@@ -101,8 +101,9 @@ class RunningJob:
 
 @contextmanager
 def running_job(n: int = 3_000, first: int = 2_000, *, sink: Any = None, name: str = "watched",
-                mode: str = "native") -> Iterator[RunningJob]:
-    """A windowed job on a thread that has read ``first`` of ``n`` records and waits for more."""
+                mode: str = "native", metrics: str | None = None) -> Iterator[RunningJob]:
+    """A windowed job on a thread that has read ``first`` of ``n`` records and waits for more (``metrics``:
+    where the run serves ``/metrics``, none by default)."""
     gate = Gate(records(n), first)
     flow = windowed_flow(gate, sink if sink is not None else ms.connectors.memory.write(), name)
     reg = MetricsRegistry()
@@ -110,7 +111,8 @@ def running_job(n: int = 3_000, first: int = 2_000, *, sink: Any = None, name: s
 
     def run() -> None:
         try:
-            box["result"] = flow.run(mode=mode, metrics_registry=reg, max_chunk=250, progress_interval_s=0.02)
+            box["result"] = flow.run(mode=mode, metrics=metrics, metrics_registry=reg, max_chunk=250,
+                                     progress_interval_s=0.02)
         except Exception as exc:  # noqa: BLE001 - the test re-raises it
             box["error"] = exc
 
