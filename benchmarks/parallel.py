@@ -1,8 +1,16 @@
 """Local parallelism: Nexmark q5, q7 and a stateless map -> filter, native mode, at parallelism 1 and 2
-(issue 11, section 2).
+(issue 11, section 2); with ``--engine local,ray``, the workers as local processes against Ray actors
+(section 3).
 
     python benchmarks/parallel.py [--events 1000000] [--repeat 3] [--parallelism 1,2] [--queries q5,q7,stateless]
                                   [--splits 4] [--checkpoints at-least-once|exactly-once] [--interval 1000]
+                                  [--engine local|ray|local,ray]
+
+``--engine ray`` runs workers 1 .. N-1 as Ray actors on a local Ray that each run starts (``ray.init()``,
+timed apart and printed: it is not the job's; the events/s compared between engines are the job's own
+time, and the whole process's). Ray binds the machine's network interface: on a shared machine, run the
+benchmark in a network namespace with loopback only,
+``unshare -n sh -c 'ip link set lo up && python benchmarks/parallel.py --engine local,ray ...'``.
 
 Each run is a fresh process (``python -c``), timed from outside: the whole-process time includes
 interpreter start-up, imports and the workers' start, which is what a user waits for. Events come
@@ -41,6 +49,7 @@ from millstream import col, nexmark
 
 query, events, p, splits, guarantee, interval = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
                                                    sys.argv[5], int(sys.argv[6]))
+engine = sys.argv[7]
 
 
 def tenths(r):
@@ -64,17 +73,27 @@ if __name__ == "__main__":
         flow.source(source, watermark=nexmark.WATERMARK).map(tenths).filter(wanted).sink(sink)
     else:
         flow = nexmark.build(query, source, sink)
+    ray_init_s = 0.0
+    if engine == "ray":  # Ray's start is not the job's: timed apart
+        import logging, os, ray
+
+        t = time.monotonic()
+        ray.init(num_cpus=max(p, os.cpu_count() or 1), include_dashboard=False, logging_level=logging.WARNING)
+        ray_init_s = time.monotonic() - t
     t, cpu0, kids = time.monotonic(), time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     checkpoints = {} if guarantee == "none" else {"guarantee": guarantee, "checkpoint_dir": tmp + "/ck",
                                                   "checkpoint_interval": interval}
-    result = flow.run(mode="native", parallelism=p, **checkpoints)
+    result = flow.run(mode="native", parallelism=p, engine=engine, **checkpoints)
     job_s = time.monotonic() - t
+    if engine == "ray":
+        ray.shutdown()
     ck = result.checkpoints
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers: forked by this process, joined by it
-    print(json.dumps({"job_s": job_s, "rows": result.records_written, "w0_cpu_s": time.process_time() - cpu0,
+    print(json.dumps({"job_s": job_s, "ray_init_s": ray_init_s, "rows": result.records_written,
+                      "w0_cpu_s": time.process_time() - cpu0,
                       "ckpts": ck.completed if ck else 0, "ckpt_bytes": ck.last_size_bytes if ck else 0,
                       "ckpt_max_ms": ck.max_duration_ms if ck else 0.0,
                       "others_cpu_s": after.ru_utime + after.ru_stime - kids.ru_utime - kids.ru_stime,
@@ -84,12 +103,12 @@ if __name__ == "__main__":
 
 
 def run(query: str, events: int, p: int, splits: int = 4, guarantee: str = "none",
-        interval: int = 1000) -> dict[str, float]:
+        interval: int = 1000, engine: str = "local") -> dict[str, float]:
     load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.monotonic()
     out = subprocess.run([sys.executable, "-c", RUN, query, str(events), str(p), str(splits), guarantee,
-                          str(interval)], check=True, capture_output=True, text=True)
+                          str(interval), engine], check=True, capture_output=True, text=True)
     whole = time.monotonic() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     got = json.loads(out.stdout.strip().splitlines()[-1])
@@ -109,7 +128,13 @@ def main() -> None:
     ap.add_argument("--checkpoints", default=None, choices=["at-least-once", "exactly-once"],
                     help="also run with checkpoints of this guarantee, and print their overhead")
     ap.add_argument("--interval", type=int, default=1000, help="checkpoint interval, ms")
+    ap.add_argument("--engine", default="local",
+                    help="local, ray or local,ray: where workers 1..N-1 run (Ray: actors; parallelism 1 runs local)")
     args = ap.parse_args()
+    engines = args.engine.split(",")
+    if engines != ["local"]:
+        engine_main(args, [int(x) for x in args.parallelism.split(",")], engines)
+        return
     ps = [int(x) for x in args.parallelism.split(",")]
     gs = ["none"] + ([args.checkpoints] if args.checkpoints else [])
     print(f"native mode, {args.events:,} Nexmark events from the generator in {args.splits} splits, "
@@ -151,6 +176,42 @@ def main() -> None:
                 pairs = ", ".join(f"{b['whole_s'] / a['whole_s']:.2f}x" for a, b in zip(without, with_, strict=True))
                 print(f"{query} p{p} with {args.checkpoints} checkpoints every {args.interval} ms against without, "
                       f"whole process: best {best:.2f}x, median {med:.2f}x; run by run {pairs}")
+        print()
+
+
+def engine_main(args: argparse.Namespace, ps: list[int], engines: list[str]) -> None:
+    """Each query at each parallelism above 1 on each engine, runs alternating; events/s of the job's own
+    time and of the whole process, and Ray against local processes."""
+    ps = [p for p in ps if p > 1] or [2]
+    print(f"native mode, {args.events:,} Nexmark events from the generator in {args.splits} splits, "
+          f"{os.cpu_count()} CPUs, {args.repeat} runs each, alternating; engines: {', '.join(engines)} "
+          "(Ray: a local Ray started by each run, its start timed apart)\n")
+    for query in args.queries.split(","):
+        runs: dict[tuple[int, str], list[dict[str, float]]] = {(p, e): [] for p in ps for e in engines}
+        for _ in range(args.repeat):
+            for p in ps:
+                for e in engines:
+                    runs[(p, e)].append(run(query, args.events, p, args.splits, engine=e))
+        rows = {k: {r["rows"] for r in v} for k, v in runs.items()}
+        assert len(set().union(*rows.values())) == 1, f"the engine changed the answer: {rows}"
+        print(f"{query}:")
+        print("| parallelism | engine | run | load before | job s | events/s (job) | whole process s "
+              "| events/s (whole) | Ray start s | peak RSS per worker MB |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for (p, e), bs in runs.items():
+            for i, b in enumerate(bs, 1):
+                peaks = ", ".join(f"{x / 2**20:.0f}" for x in b["peaks"])
+                print(f"| {p} | {e} | {i} | {b['load']:.1f} | {b['job_s']:.2f} | {args.events / b['job_s']:,.0f} | "
+                      f"{b['whole_s']:.2f} | {args.events / b['whole_s']:,.0f} | {b['ray_init_s']:.2f} | {peaks} |")
+        if "local" in engines and "ray" in engines:
+            for p in ps:
+                local, ray = runs[(p, "local")], runs[(p, "ray")]
+                for what in ("job_s", "whole_s"):
+                    best = min(r[what] for r in local) / min(r[what] for r in ray)
+                    med = statistics.median(r[what] for r in local) / statistics.median(r[what] for r in ray)
+                    pairs = ", ".join(f"{a[what] / b[what]:.2f}x" for a, b in zip(local, ray, strict=True))
+                    print(f"{query} p{p} Ray against local processes, events/s ({what[:-2]}): best {best:.2f}x, "
+                          f"median {med:.2f}x; run by run {pairs}")
         print()
 
 

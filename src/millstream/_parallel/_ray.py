@@ -81,11 +81,11 @@ class _Pusher:
         self.handles = handles
         #: whether a finished call's error is raised (worker 0; in an actor, Ray warns of any ``ray.get``)
         self.check = check
-        self.numbers = dict.fromkeys(handles, 0)
-        self.calls: dict[int, list[Any]] = {w: [] for w in handles}
+        self.numbers: dict[int, int] = {}
+        self.calls: dict[int, list[Any]] = {}
 
     def offer(self, dest: int, data: bytes) -> bool:
-        calls = self.calls[dest]
+        calls = self.calls.setdefault(dest, [])
         if len(calls) >= CAPACITY:
             ray = ray_module()
             ready, calls[:] = ray.wait(calls, num_returns=len(calls), timeout=0)
@@ -96,8 +96,9 @@ class _Pusher:
                 pass  # the receiver is gone: worker 0 learns it from its take, and fails the job
             if len(calls) >= CAPACITY:
                 return False
-        calls.append(self.handles[dest].deliver.remote(self.me, self.numbers[dest], data))
-        self.numbers[dest] += 1
+        number = self.numbers.get(dest, 0)
+        calls.append(self.handles[dest].deliver.remote(self.me, number, data))
+        self.numbers[dest] = number + 1
         return True
 
     def drain(self, wait_s: float) -> None:
@@ -273,7 +274,7 @@ class _DriverTransport(Transport):
 
     def __init__(self, handles: dict[int, Any]) -> None:
         self.handles = handles
-        self.pusher = _Pusher(0, handles)
+        self.pusher = _Pusher(0, handles)  # both share ``handles``: the actors are made after this
         self.polls: dict[Any, int] = {}
         self.gone: dict[int, str] = {}
 
@@ -323,11 +324,16 @@ class RayWorkers(Workers):
     """Workers 1 .. N-1 as Ray actors (see the module docstring)."""
 
     def __init__(self, n: int, flow: str, address: str | None) -> None:
-        connect(address, n)
+        try:
+            connect(address, n)
+        except MissingDependencyError:
+            raise
+        except Exception as exc:
+            raise JobError(f"cannot join Ray{f' at {address}' if address else ''}: {type(exc).__name__}: {exc}"
+                           ) from exc
         self.n, self.flow = n, flow
-        cls = _actor_class()
-        self.handles = {w: cls.options(num_cpus=1, max_restarts=0, scheduling_strategy="SPREAD").remote()
-                        for w in range(1, n)}
+        #: the actors, made by :meth:`start` (so that nothing is left when the run fails before it)
+        self.handles: dict[int, Any] = {}
         self.transport = _DriverTransport(self.handles)
 
     def exchange(self, alive: Any) -> Exchange:
@@ -335,6 +341,9 @@ class RayWorkers(Workers):
 
     def start(self, payload: bytes, restores: list[bytes | None], **common: Any) -> None:
         ray = ray_module()
+        cls = _actor_class()
+        self.handles.update({w: cls.options(num_cpus=1, max_restarts=0, scheduling_strategy="SPREAD").remote()
+                             for w in range(1, self.n)})  # the transport's too
         where = {"path": list(sys.path), "cwd": os.getcwd()}
         plan = ray.put(payload)  # once, for every actor
         calls = [h.start.remote(w, self.n, self.handles, plan, restores[w], common, where)
