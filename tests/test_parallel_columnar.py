@@ -37,18 +37,23 @@ def test_a_failed_columnar_job_resumes_from_its_checkpoint_exactly_once(mode: st
     assert _rows(out) == expected(30_000)
 
 
-def test_a_micro_batch_checkpoint_is_refused_in_native_mode(tmp_path: Path) -> None:
-    """Each executor keeps its own state format: a checkpoint taken by micro-batch workers is refused by a
-    native run, naming the mode to run in."""
+def test_a_micro_batch_checkpoint_resumes_in_native_mode(tmp_path: Path) -> None:
+    """A checkpoint taken by micro-batch workers (the vectorised windows' columnar state) resumes in native
+    mode, each native window taking its worker's part converted: exactly once, the oracle's output (more
+    moves between modes: ``tests/test_checkpoint_modes.py``)."""
     out, ck, marker = tmp_path / "out", tmp_path / "ck", tmp_path / "failed"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ms.errors.PerformanceWarning)
         with pytest.raises(JobError, match="a failure after some checkpoints"):
             _flow(30_000, out, fail_marker=marker, at=22_000).run(parallelism=2, checkpoint_dir=str(ck),
                                                                   mode="microbatch", **RUN)
-    with pytest.raises(ms.errors.MillstreamError, match="taken in another execution mode"):
-        _flow(30_000, out, fail_marker=marker, at=22_000).run(parallelism=2, checkpoint_dir=str(ck), mode="native",
-                                                              **RUN)
+    committed = _rows(out)
+    assert committed and all(n == 1 for n in committed.values())
+    latest = max(int(p.name.split("-")[1]) for p in ck.glob("chk-*"))
+    result = _flow(30_000, out, fail_marker=marker, at=22_000).run(parallelism=2, checkpoint_dir=str(ck), mode="native",
+                                                                   **RUN)
+    assert result.ok and result.checkpoints is not None and result.checkpoints.restored_from == latest
+    assert _rows(out) == expected(30_000)
 
 
 @pytest.mark.parametrize("mode", ["native", "microbatch"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,24 @@ def test_from_savepoint_into_a_new_directory_and_a_new_output(
         assert Counter(map(key, together)) == expected[mode][name], name
 
 
+@pytest.mark.parametrize(("first_mode", "then"), [("native", "microbatch"), ("microbatch", "native")])
+def test_from_savepoint_in_another_mode(
+        tmp_path: Path, first_mode: str, then: str, expected: dict[str, dict[str, Counter[str]]]) -> None:
+    """A savepoint goes on in another execution mode (the window's state converted, or run per record
+    from a native savepoint in micro-batch mode): the two outputs together are an uninterrupted run's."""
+    gate = Gate(at=700)
+    first = gate.stop_here(_run(first_mode, tmp_path / "out1", tmp_path / "ck1", gate))
+    assert first.savepoint is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ms.errors.PerformanceWarning)
+        second = _run(then, tmp_path / "out2", tmp_path / "ck2", Gate(), from_savepoint=first.savepoint).wait(30)
+    assert second.ok and second.checkpoints is not None
+    assert second.checkpoints.restored_from == _savepoint_manifest(first.savepoint)["id"]
+    for name in ("raw", "windows"):
+        together = committed(tmp_path / "out1", name) + committed(tmp_path / "out2", name)
+        assert Counter(map(key, together)) == expected[then][name], name
+
+
 def test_at_least_once_every_record_is_there_after_a_savepoint(tmp_path: Path) -> None:
     out, ck = tmp_path / "out", tmp_path / "ck"
     gate = Gate(at=1_200)
@@ -213,9 +232,6 @@ def test_from_savepoint_refusals(tmp_path: Path) -> None:
     build(tmp_path / "o4", Gate()).run(guarantee="exactly-once", checkpoint_dir=tmp_path / "ck4")
     with pytest.raises(CheckpointError, match="already holds checkpoints"):
         _run("native", tmp_path / "o4", tmp_path / "ck4", Gate(), from_savepoint=first.savepoint)
-    # another mode keeps state in another form
-    with pytest.raises(CheckpointError, match="another execution mode"):
-        _run("microbatch", tmp_path / "o5", tmp_path / "ck5", Gate(), from_savepoint=first.savepoint)
     with pytest.raises(ConfigError, match="from_savepoint needs a checkpoint_dir"):
         ms.RunConfig(from_savepoint=first.savepoint)
     # none of these took the savepoint's directory or changed it

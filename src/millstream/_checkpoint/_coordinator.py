@@ -55,20 +55,33 @@ _PARALLEL = "parallel"
 AT_MOST_ONCE_KEEP = {"keep": True}
 
 
-def fingerprint(plan: Plan, mode: str = "native", *, sink_targets: bool = True) -> str:
+def fingerprint(plan: Plan, *, sink_targets: bool = True, family: str = "") -> str:
     """Identity of a flow's shape: steps, kinds, wiring, and the details of steps that hold state.
 
     A stateless step's function may change between runs (a fix, a rename) without
-    touching any checkpointed state; a stateful step's definition may not. The columnar
-    modes (micro-batch and batch) keep state in another form than the native executor,
-    so a checkpoint resumes only in its family of modes.
+    touching any checkpointed state; a stateful step's definition may not. The execution
+    mode is not part of it: a checkpoint of any mode resumes in any other (a restored step
+    takes the state in the form the mode that took it kept it: ``NativeJob.restore``).
 
     ``sink_targets=False``: a sink counts by its connector's type only, not by where it
     writes (its ``describe()``): a run started from a savepoint may write to a new output.
+    ``family``: the suffix checkpoints of the columnar modes carried before they moved between
+    modes (:func:`fingerprints`).
     """
-    family = "" if mode == "native" else "|columnar"
     text = "\n".join(f"{n.id}|{n.name}|{n.kind}|{_detail(n, sink_targets)}|{n.inputs}" for n in plan.nodes)
     return hashlib.sha256(f"{plan.flow}{family}\n{text}".encode()).hexdigest()[:32]
+
+
+#: the suffix micro-batch and batch mode's checkpoints had in their fingerprint while each executor
+#: kept its own state format (then refused in native mode): still accepted, in every mode
+_OLD_COLUMNAR = "|columnar"
+
+
+def fingerprints(plan: Plan, *, sink_targets: bool = True) -> tuple[str, frozenset[str]]:
+    """The flow's identity (what new checkpoints carry) and the older identities of the same flow that
+    its checkpoints may carry: the columnar modes' of before (their content is what it is today)."""
+    return (fingerprint(plan, sink_targets=sink_targets),
+            frozenset({fingerprint(plan, sink_targets=sink_targets, family=_OLD_COLUMNAR)}))
 
 
 def _detail(node: Node, sink_targets: bool) -> str:
@@ -109,10 +122,13 @@ class Coordinator:
 
     def __init__(self, plan: Plan, directory: str, *, guarantee: str, interval_ms: int, retain: int,
                  clock: Clock, mode: str = "native", key: str | bytes | None = None) -> None:
-        self.store = CheckpointStore(directory, job=fingerprint(plan, mode), retain=retain, key=key,
+        job, older = fingerprints(plan)
+        self.store = CheckpointStore(directory, job=job, also=older, retain=retain, key=key,
                                      owner=DirectoryOwner(os.path.abspath(directory)))
-        #: the flow's identity with its sinks' targets left out: what a savepoint must match
-        self.shape = fingerprint(plan, mode, sink_targets=False)
+        #: the flow's identity with its sinks' targets left out (and the older forms of it): what a
+        #: savepoint must match
+        self.shape, self._old_shapes = fingerprints(plan, sink_targets=False)
+        self.mode = mode
         self.guarantee = guarantee
         self.interval_ms = interval_ms
         self.clock = clock
@@ -167,12 +183,11 @@ class Coordinator:
                 f"{where} is a checkpoint, not a savepoint: its output may not all be committed.\n  fix: resume "
                 f"from it by running with its checkpoint directory {root!r} itself; or stop that run with a "
                 "savepoint and start from that")
-        if manifest.get("shape") != self.shape:
+        if manifest.get("shape") != self.shape and manifest.get("shape") not in self._old_shapes:
             raise CheckpointError(
-                f"savepoint {where} belongs to another flow (or another version of this one, or was taken in "
-                "another execution mode: native and micro-batch/batch keep state differently). From a savepoint "
-                "a run may write to other outputs, but its steps, their state and its sources must be the same."
-                "\n  fix: start it with the flow and mode that took it")
+                f"savepoint {where} belongs to another flow (or another version of this one). From a savepoint "
+                "a run may write to other outputs, in any execution mode, but its steps, their state and its "
+                "sources must be the same.\n  fix: start it with the flow that took it")
         origin = {"path": os.path.realpath(where), "checkpoint": sp_id, "manifest": manifest["checksum"]}
         try:
             later = source.read_committed()
@@ -194,7 +209,7 @@ class Coordinator:
                 f"checkpoint directory {store.root!r} already holds checkpoints of a run; a run from a savepoint "
                 "starts in a new (empty) one.\n  fix: give it a new --checkpoint-dir; or drop from_savepoint "
                 "to resume the run of this directory")
-        if later > sp_id and source.job == store.job and self.guarantee != "at-least-once":
+        if later > sp_id and store.owns(source.job) and self.guarantee != "at-least-once":
             # the same flow with the same sink targets: this run would write to the output that run
             # went on committing, and what came after the savepoint would be there twice
             raise CheckpointError(

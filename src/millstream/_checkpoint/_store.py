@@ -126,9 +126,12 @@ class CheckpointStore:
     """Checkpoints of one job in a local directory."""
 
     def __init__(self, root: str, *, job: str, retain: int = 3, key: str | bytes | None = None,
-                 owner: DirectoryOwner | None = None, read_only: bool = False) -> None:
+                 owner: DirectoryOwner | None = None, read_only: bool = False,
+                 also: frozenset[str] = frozenset()) -> None:
         self.root = os.path.abspath(root)
+        #: the job id this store writes; ``also``: older ids of the same flow it reads too
         self.job = job
+        self.also = also
         self.retain = max(1, retain)
         self._key = _key_bytes(key)
         self.owner = owner
@@ -144,9 +147,14 @@ class CheckpointStore:
     def other(self, root: str, *, job: str | None = None) -> CheckpointStore:
         """Another directory's checkpoints (of this job, or of ``job``), read with the same key (never
         written)."""
-        other = CheckpointStore(root, job=self.job if job is None else job, read_only=True)
+        other = CheckpointStore(root, job=self.job if job is None else job, read_only=True,
+                                also=self.also if job is None else frozenset())
         other._key = self._key
         return other
+
+    def owns(self, job: Any) -> bool:
+        """Whether ``job`` (a manifest's or a record's) is this store's flow: its id or an older one."""
+        return job == self.job or job in self.also
 
     def job_of(self, root: str, ckpt_id: int) -> str:
         """The job id a checkpoint of another directory says it has (unverified: verify with it)."""
@@ -372,11 +380,11 @@ class CheckpointStore:
         problem = self._other_scope(f"{where}: MANIFEST.json", manifest)
         if problem is not None:
             raise CheckpointError(problem)
-        if manifest.get("job") != self.job:
+        if not self.owns(manifest.get("job")):
             raise CheckpointError(
-                f"{where} belongs to another flow (or another version of this one, or was taken in "
-                "another execution mode: native and micro-batch/batch keep state differently). "
-                "Resume in the mode that took it, or use a new checkpoint directory."
+                f"{where} belongs to another flow (or another version of this one: its steps, their state "
+                "or its sources differ). Resume it with the flow that took it (in any execution mode), or "
+                "use a new checkpoint directory."
             )
         info = manifest.get("files", {}).get("state.pkl") if isinstance(manifest.get("files"), dict) else None
         shared = manifest.get("shared", {})
@@ -458,7 +466,7 @@ class CheckpointStore:
             raise CheckpointError(f"{where} {problem}")
         if len(payload) != head.get("size") or hashlib.sha256(payload).hexdigest() != head.get("sha256"):
             raise CheckpointError(f"{where} is damaged (fails its checksum: torn or altered)")
-        if head.get("job") != self.job:
+        if not self.owns(head.get("job")):
             raise CheckpointError(f"{where} belongs to another flow (or another version of this one)")
         problem = self._other_scope(where, head)
         if problem is not None:

@@ -42,6 +42,11 @@ of any parallelism, the snapshot its :class:`~millstream._parallel._worker.Worke
     one instance and another on another, the new instance restores as the native twin, given the
     native part and each vectorised part on its own (``_vectorised``).
 
+  What is split is the state in the form the run that took the checkpoint kept it, whatever mode the
+  new run executes in: a native step of the new run converts a vectorised operator's state as a
+  hand-over does (:meth:`~millstream._runtime._native.NativeJob.restore`), a vectorised step given a
+  native operator's state becomes its native twin's stand-in (``StandInOperator.restore``).
+
   The watermarks of an instance made from several are the least of theirs (a restored step then
   never takes a record behind the watermark of its new inputs for an on-time one). A step whose
   state is of no known shape (a state kept outside the keyed operators) is refused, naming it:
@@ -59,6 +64,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from millstream import _plan as P
 from millstream._keygroups import groups_of, key_group
 from millstream._physical import PhysicalPlan
+from millstream._runtime._columnar import STATE_FIELDS, is_stand_in_state
 from millstream._state import KEYED_STATE
 from millstream._state._backend import FORMAT, read_group
 from millstream._time import MAX_WATERMARK
@@ -391,7 +397,7 @@ def _keyed(name: str, op: P.Op, states: list[Any], groups: set[int], m: int, old
         return None
     present = [s for s in states if s is not None]
     mine = _Mine(groups, m)
-    if any(_stand_in(s) for s in present):
+    if any(is_stand_in_state(s) for s in present):
         return _vectorised(name, op, present, mine, 0 in groups, old_n)
     return _native(name, op, present, mine, 0 in groups, old_n)
 
@@ -559,22 +565,11 @@ def _c_join(op: P.Op, states: list[dict[str, Any]], mine: _Mine, first: bool) ->
 
 
 _COLUMNAR = (
-    _Columnar("vectorised running aggregate", P.AggregateOp, frozenset({"totals", "kinds"}), _c_running),
-    _Columnar("vectorised tumbling or sliding window", P.WindowOp, frozenset({"parts", "fired", "late", "kinds"}),
-              _c_sliced),
-    _Columnar("vectorised session window", P.WindowOp, frozenset({"open", "late", "kinds"}), _c_sessions),
-    _Columnar("vectorised join", P.JoinOp, frozenset({"sides", "fired", "late", "kinds", "key_kinds"}), _c_join,
-              lambda s: [*s["kinds"], s["key_kinds"]]),
+    _Columnar("vectorised running aggregate", P.AggregateOp, STATE_FIELDS["running aggregate"], _c_running),
+    _Columnar("vectorised tumbling or sliding window", P.WindowOp, STATE_FIELDS["sliced window"], _c_sliced),
+    _Columnar("vectorised session window", P.WindowOp, STATE_FIELDS["session window"], _c_sessions),
+    _Columnar("vectorised join", P.JoinOp, STATE_FIELDS["join"], _c_join, lambda s: [*s["kinds"], s["key_kinds"]]),
 )
-
-
-def _stand_in(state: Any) -> bool:
-    """Whether ``state`` is a vectorised operator's: its own (a ``_COLUMNAR`` shape) or its native twin's,
-    once the twin had taken over (``{"native": ...}``)."""
-    if not isinstance(state, dict):
-        return False
-    return ("native" in state and state.keys() <= {"native", "columnar"}) or any(
-        sh.fields == state.keys() for sh in _COLUMNAR)
 
 
 def _vectorised(name: str, op: P.Op, states: list[Any], mine: _Mine, first: bool, old_n: int) -> Any:

@@ -24,6 +24,7 @@ from millstream.errors import MillstreamError
 
 from ._base import Operator, Runtime
 from ._columnar import (
+    STATE_FIELDS,
     TIME,
     ColumnKinds,
     StandInOperator,
@@ -56,6 +57,7 @@ def vectorisable_aggregate(op: AggregateOp) -> bool:
 
 class ColumnarAggregate(StandInOperator):
     columnar = True
+    state_fields = STATE_FIELDS["running aggregate"]
 
     def __init__(self, node: Node, rt: Runtime, timed: bool) -> None:
         super().__init__(node, rt, 1)

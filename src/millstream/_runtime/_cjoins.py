@@ -23,7 +23,7 @@ from millstream._time import MIN_WATERMARK
 from millstream.windows import SlidingWindow, TumblingWindow
 
 from ._base import Operator, Runtime
-from ._columnar import TIME, ColumnKinds, StandInOperator, as_frame, odd_floats, polars, unify
+from ._columnar import STATE_FIELDS, TIME, ColumnKinds, StandInOperator, as_frame, odd_floats, polars, unify
 from ._cstate import join_key_column
 from ._joins import PairJoinOperator, SlicedWindowJoinOperator
 
@@ -102,6 +102,7 @@ def pair_frames(left: pl.DataFrame, right: pl.DataFrame, key_cols: list[list[str
 
 class ColumnarWindowJoin(StandInOperator):
     columnar = True
+    state_fields = STATE_FIELDS["join"]
 
     def __init__(self, node: Node, rt: Runtime) -> None:
         super().__init__(node, rt, 2)

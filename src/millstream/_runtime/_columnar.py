@@ -173,14 +173,19 @@ def warn_row_functions(nodes: list[Node], mode: str) -> None:
         faster = {"map": "with_columns(field=ms.col(...) * 2) or select(...) with expressions",
                   "filter": "filter(ms.col(...) > ...) with an expression",
                   "flat_map": "map_batches(fn) over a polars DataFrame"}[op.kind]
-        message = (f"step {node.name!r} calls a Python function once per row in {mode} mode, much slower "
-                   f"than a vectorised step: write it as {faster}, or transform whole batches with "
-                   f"map_batches(fn: polars.DataFrame -> polars.DataFrame)")
-        filename, _, line = (node.location or "").rpartition(":")
-        if filename and line.isdigit():
-            warnings.warn_explicit(message, PerformanceWarning, filename, int(line), module="millstream")
-        else:
-            warnings.warn(message, PerformanceWarning, stacklevel=4)
+        step_warning(node, f"step {node.name!r} calls a Python function once per row in {mode} mode, much slower "
+                           f"than a vectorised step: write it as {faster}, or transform whole batches with "
+                           f"map_batches(fn: polars.DataFrame -> polars.DataFrame)", stacklevel=5)
+
+
+def step_warning(node: Node, message: str, *, stacklevel: int) -> None:
+    """A :class:`PerformanceWarning` about ``node``, shown at the user's line that made the step (else
+    ``stacklevel`` frames up from the caller)."""
+    filename, _, line = (node.location or "").rpartition(":")
+    if filename and line.isdigit():
+        warnings.warn_explicit(message, PerformanceWarning, filename, int(line), module="millstream")
+    else:
+        warnings.warn(message, PerformanceWarning, stacklevel=stacklevel)
 
 
 class ColumnarChainOperator(Operator):
@@ -317,6 +322,78 @@ def native_error(op: Operator, twin: Operator, exc: Exception, rows: list[Any], 
     return StepError(step=op.name, location=op.node.location, error=exc, has_key=has_key)
 
 
+#: The fields of each vectorised keyed operator's own snapshot (``StandInOperator._state``): frames of
+#: rows with the key columns, figures, and the Python types seen per column (``kinds``). How a
+#: snapshot is told from the native operator's (whose fields differ: :func:`is_own_state`) and how
+#: :mod:`millstream._parallel._rescale` picks its splitter.
+STATE_FIELDS = {
+    "running aggregate": frozenset({"totals", "kinds"}),
+    "sliced window": frozenset({"parts", "fired", "late", "kinds"}),
+    "session window": frozenset({"open", "late", "kinds"}),
+    "join": frozenset({"sides", "fired", "late", "kinds", "key_kinds"}),
+}
+
+
+#: fields of :data:`STATE_FIELDS` that snapshots taken before the operators watched types lack
+_LATER_FIELDS = frozenset({"kinds", "key_kinds"})
+
+
+def is_own_state(state: Any, fields: frozenset[str] | None = None) -> bool:
+    """Whether ``state`` is a vectorised operator's own snapshot (of ``fields``; None: of any of
+    :data:`STATE_FIELDS`), possibly an older one without the types seen."""
+    if not isinstance(state, dict):
+        return False
+    keys = state.keys()
+    return any(f - _LATER_FIELDS <= keys <= f for f in (STATE_FIELDS.values() if fields is None else (fields,)))
+
+
+def is_stand_in_state(state: Any) -> bool:
+    """Whether ``state`` was taken by a vectorised operator (micro-batch or batch mode): its own snapshot,
+    or its native twin's once the twin had taken over (``{"native": ...}``), or a rescaled mix of both
+    (``{"native": ..., "columnar": [...]}``). Never the native operators' own snapshots (no field of
+    theirs is ``native``, and none has exactly the fields of :data:`STATE_FIELDS`)."""
+    if not isinstance(state, dict):
+        return False
+    return ("native" in state and state.keys() <= {"native", "columnar"}) or is_own_state(state)
+
+
+def stand_in_for(node: Node, rt: Runtime, timed: bool) -> StandInOperator:
+    """The vectorised operator of a keyed step whose checkpointed state says it ran vectorised."""
+    from millstream._plan import AggregateOp, JoinOp, WindowOp
+
+    op = node.op
+    if isinstance(op, WindowOp):
+        from ._cwindows import make_columnar_window
+
+        out = make_columnar_window(node, rt)
+    elif isinstance(op, AggregateOp):
+        from ._cagg import ColumnarAggregate
+
+        out = ColumnarAggregate(node, rt, timed)
+    elif isinstance(op, JoinOp):
+        from ._cjoins import make_columnar_join
+
+        out = make_columnar_join(node, rt)
+    else:
+        raise AssertionError(f"no vectorised operator for {op.kind}")
+    assert isinstance(out, StandInOperator)
+    return out
+
+
+def native_state(node: Node, state: Any, time: Any, clock: Any, timed: bool) -> Any:
+    """A checkpoint of a step taken by its vectorised operator (micro-batch or batch mode), as the native
+    operator's snapshot (for a native run): the vectorised operator loads it and gives it to a fresh
+    native twin exactly as it hands over mid-run (:meth:`StandInOperator.fill`), and the twin's snapshot
+    is what the run's own operator restores. The twin keeps its state in memory (a run with state on
+    disk loads that snapshot into its backend, as it loads any snapshot taken in memory)."""
+    scratch = Runtime(clock)  # in memory whatever the run's backend: the twin is only a go-between
+    stand_in = stand_in_for(node, scratch, timed)
+    stand_in.restore_time(time)
+    twin = stand_in._native()
+    stand_in.fill(twin, state)
+    return twin.snapshot()
+
+
 class StandInOperator(Operator, ABC):
     """A vectorised operator that can hand over to its native twin (``_native()``) for the rest of the
     run: for a stream of records that are not dicts, and for a batch whose columns a typed state would
@@ -327,6 +404,8 @@ class StandInOperator(Operator, ABC):
 
     columnar = True
     delegate: Operator | None = None
+    #: the fields of this operator's own snapshot (:meth:`_state`): one of :data:`STATE_FIELDS`
+    state_fields: frozenset[str]
 
     @abstractmethod
     def _native(self) -> Operator:
@@ -382,22 +461,48 @@ class StandInOperator(Operator, ABC):
         return {"native": self.delegate.snapshot()} if self.delegate is not None else self._state()
 
     def restore(self, state: Any) -> None:
-        """Load a snapshot: the vectorised state (:meth:`_state`'s), or ``{"native": ...}``, the native
-        twin's (it had taken over). A rescaled checkpoint may also give ``{"native": state or None,
-        "columnar": [vectorised states]}`` (:mod:`millstream._parallel._rescale`: old instances of which
-        some had handed over, or whose fields had held other types): the twin takes its native state,
-        then each vectorised state as a hand-over gives it."""
-        if "native" not in state:
+        """Load a snapshot of this step in any form :meth:`fill` takes. Its own vectorised state
+        (:meth:`_state`'s) keeps the operator vectorised; any other form makes it the native twin's
+        stand-in, the twin holding that state: ``{"native": ...}`` (the twin had taken over), a rescaled
+        checkpoint's ``{"native": state or None, "columnar": [vectorised states]}``
+        (:mod:`millstream._parallel._rescale`), or the native operator's own snapshot (a checkpoint taken
+        in native mode: the step then runs per record for the rest of the run, with a
+        :class:`~millstream.errors.PerformanceWarning` naming it)."""
+        if is_own_state(state, self.state_fields):
             self.delegate = None
             self._load(state)
             return
         twin = self._native()
+        self.fill(twin, state)
+        self.delegate = twin
+        if "native" not in state:
+            step_warning(self.node, (
+                f"step {self.name!r} runs per record from here on, not vectorised: it was restored from a "
+                "checkpoint taken in native mode, whose state (the per-record operator's, per key) is handed "
+                "to the per-record operator as it is; a run started from a checkpoint taken in micro-batch or "
+                "batch mode, or from the start, vectorises it"), stacklevel=5)
+
+    def fill(self, twin: Operator, state: Any) -> None:
+        """Put a snapshot of this step, in whichever form an executor took it, into the native ``twin``
+        (a fresh one; what a rescaled state holds is added): the vectorised state (:meth:`_state`'s) as a
+        hand-over gives it (:meth:`_give`), ``{"native": ...}`` and the native operator's own snapshot
+        as they are, and a rescaled ``{"native": state or None, "columnar": [vectorised states]}`` both
+        ways, the native part first. One conversion for a hand-over mid-run, a restore into this
+        operator, and a restore into the native operator (native mode, :func:`native_state`). Leaves
+        this operator's own vectorised state as the last part loaded (a scratch operator's, or one
+        about to become a stand-in)."""
+        if is_own_state(state, self.state_fields):
+            self._load(state)
+            self._give(twin)
+            return
+        if not is_stand_in_state(state):  # the native operator's own snapshot (native mode)
+            twin.restore(state)
+            return
         if state["native"] is not None:
             twin.restore(state["native"])
         for part in state.get("columnar", ()):
             self._load(part)
             self._give(twin)  # adds to what the twin holds (keys are in one part each)
-        self.delegate = twin
 
     def metrics(self) -> dict[str, int]:
         return self.delegate.metrics() if self.delegate is not None else self._metrics()

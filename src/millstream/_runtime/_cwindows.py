@@ -39,6 +39,7 @@ from millstream.windows import SessionWindow, SlidingWindow, TumblingWindow
 
 from ._base import Operator, Port, Runtime
 from ._columnar import (
+    STATE_FIELDS,
     TIME,
     ColumnKinds,
     StandInOperator,
@@ -263,6 +264,8 @@ class ColumnarSlicedWindow(_ColumnarWindow):
     binary counter merges (a row is regrouped O(log n) times, never with the rest of the state); a
     watermark merges the slices of the windows it fires, and drops the slices no window needs."""
 
+    state_fields = STATE_FIELDS["sliced window"]
+
     def __init__(self, node: Node, rt: Runtime) -> None:
         super().__init__(node, rt)
         a = self.op.assigner
@@ -404,6 +407,7 @@ class ColumnarSessionWindow(_ColumnarWindow):
     becomes sessions of its own, which are merged with the open sessions of the keys it touches only;
     a watermark takes the sessions it fires from the due index."""
 
+    state_fields = STATE_FIELDS["session window"]
     #: stale entries the due index may hold beyond twice the open sessions before it is rebuilt
     slack = 4096
 

@@ -173,6 +173,15 @@ class NativeJob:
 
     def restore(self, snap: dict[str, Any], directory: str | None = None,
                 key_groups: Iterable[int] | None = None) -> None:
+        """Load a snapshot taken by a job of this flow in any execution mode.
+
+        A keyed step's state is in the form of the operator that took it: a native operator's, or (micro-
+        batch and batch mode) a vectorised operator's, or its native twin's once the twin had taken over.
+        A native operator given a vectorised operator's state takes it converted (:func:`._columnar.
+        native_state`, the conversion a hand-over mid-run makes); a vectorised operator given a native
+        one's becomes its native twin's stand-in (``StandInOperator.restore``). Stateless steps that
+        the two modes chain differently find no entry of their own and take their watermarks from
+        their inputs as the run goes."""
         handle = snap.get(KEYED_STATE)
         if handle is not None:
             self.rt.state.restore(handle, directory, key_groups)
@@ -181,8 +190,15 @@ class NativeJob:
             if entry is None:
                 continue
             op.restore_time(entry["time"])
-            if entry["state"] is not None:
-                op.restore(entry["state"])
+            state = entry["state"]
+            if state is None:
+                continue
+            if not op.columnar and isinstance(op.node.op, P.WindowOp | P.AggregateOp | P.JoinOp):
+                from ._columnar import is_stand_in_state, native_state
+
+                if is_stand_in_state(state):  # taken in micro-batch or batch mode
+                    state = native_state(op.node, state, entry["time"], self.rt.clock, self._timed(op.node))
+            op.restore(state)
 
 
 def split_node(pop: Any, worker: int) -> P.Node:
