@@ -1,6 +1,7 @@
-"""What the tests of the connectors that acknowledge after checkpoints share (NATS JetStream and
-Redis Streams; MQTT and RabbitMQ): a map that crashes the job, the committed output, jobs in a
-subprocess, and the loop that SIGKILLs them at random until one finishes.
+"""What the tests of the connectors that commit or acknowledge with checkpoints share (NATS
+JetStream and Redis Streams; MQTT and RabbitMQ; PostgreSQL's sinks and change capture): a map that
+crashes the job, the committed output, jobs in a subprocess, and the loop that kills them (at
+failpoints, at random) until one finishes.
 
 Each helper asserts what it runs for (the job crashed, the run finished, the output is a subset
 of the reference); what a connector keeps on its broker (a consumer's ack floor, a pending entries
@@ -140,32 +141,67 @@ def run_while_cutting(src: Any, proxy: services.Proxy, cutter: Callable[[threadi
         proxy.close()
 
 
+def run_cutting_at(src: Any, proxy: services.Proxy, at: tuple[int, ...], ckpt: Path,
+                   after_cut: Callable[[], None] | None = None) -> tuple[dict[str, Any], list[int]]:
+    """``src`` (connected through ``proxy``) -> a map that cuts every connection of the proxy at the
+    records counted in ``at`` (then calls ``after_cut``) -> a transactional collecting sink, exactly-once
+    with a checkpoint every 20 ms and chunks of 100. The source's figures and the sorted values of
+    ``i`` the sink committed; the proxy is closed afterwards."""
+    seen = [0]
+
+    def cut(r: Any) -> Any:
+        seen[0] += 1
+        if seen[0] in at:
+            proxy.cut()
+            if after_cut is not None:
+                after_cut()
+        return r
+
+    out = ms.testing.TransactionalCollectSink()
+    flow = ms.Flow("cut")
+    flow.source(src).map(cut).sink(out)
+    try:
+        result = flow.run(guarantee="exactly-once", checkpoint_dir=ckpt, checkpoint_interval=20, max_chunk=100)
+    finally:
+        proxy.close()
+    return next(s.extra for s in result.steps if s.kind == "source"), sorted(r["i"] for r in out.values)
+
+
 # -- jobs in a subprocess, killed --------------------------------------------------------------------
 
 
-def kill_at_random(cmd: list[str], *, kills: int, wait_s: tuple[float, float],
-                   after_kill: Callable[[], None] | None = None, starts: int = 12) -> int:
-    """Start ``cmd`` again and again until a run finishes; SIGKILL each of the first ``kills`` runs still
-    working a random ``wait_s`` after its start, calling ``after_kill`` after each. How many were killed.
-    A run that ends otherwise than by success or the kill fails the test, with its stderr."""
-    rnd = random.Random(os.getpid())
-    killed = 0
-    for _ in range(starts):
-        proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+def run_through_faults(cmd: list[str], faults: list[str | None], *, wait_s: tuple[float, float],
+                       rnd: random.Random, after_kill: Callable[[str], None] | None = None) -> list[str]:
+    """Start ``cmd`` once per fault, in order, until a run finishes. A fault is a failpoint spec armed in
+    that run's environment (``"sink.commit=kill#2"``), ``"random"`` (SIGKILL the run if it still works
+    a random ``wait_s`` after its start) or None (let it run). A run must end by success or by SIGKILL
+    (else the test fails with its stderr); ``after_kill(fault)`` follows each kill. The faults that
+    killed a run, in order."""
+    killed: list[str] = []
+    for start, fault in enumerate(faults):
+        env = cli_env()
+        if fault is not None and fault != "random":
+            env["MILLSTREAM_FAILPOINTS"] = fault
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
-        if killed < kills:
+        if fault == "random":
             try:
                 proc.wait(timeout=rnd.uniform(*wait_s))
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-                killed += 1
         _, err = proc.communicate(timeout=120)
         if proc.returncode == 0:
             return killed
-        assert proc.returncode == -signal.SIGKILL, err
+        assert proc.returncode == -signal.SIGKILL, f"start {start} ({fault}) failed:\n{err[-3000:]}"
+        killed.append(str(fault))
         if after_kill is not None:
-            after_kill()
-    pytest.fail(f"the job did not finish after {starts} starts")
+            after_kill(str(fault))
+    pytest.fail(f"the job did not finish after {len(faults)} starts")
+
+
+def random_kills(kills: int, starts: int = 12) -> list[str | None]:
+    """The faults of :func:`run_through_faults` that kill the first ``kills`` runs at random moments."""
+    return ["random"] * kills + [None] * (starts - kills)
 
 
 def events(n: int) -> list[dict[str, int]]:
@@ -224,11 +260,12 @@ def kill_exactly_once(tmp_path: Path, job: str, ref: dict[str, str], eo: dict[st
 
     out, ckpt = tmp_path / "out", str(tmp_path / "ckpt")
 
-    def within_the_reference() -> None:
+    def within_the_reference(fault: str) -> None:
         seen = Counter(json.dumps(v, sort_keys=True) for v in rows(out))
         assert not (seen - expected), "output not in the reference (a duplicate or a wrong window)"
 
-    kills = kill_at_random(_cli(tmp_path, eo, out, ckpt), kills=2, wait_s=(0.3, 1.5), after_kill=within_the_reference)
+    kills = len(run_through_faults(_cli(tmp_path, eo, out, ckpt), random_kills(2), wait_s=(0.3, 1.5),
+                                   rnd=random.Random(os.getpid()), after_kill=within_the_reference))
     got = Counter(json.dumps(v, sort_keys=True) for v in rows(out))
     assert kills >= 1, "the job ended before any kill: make it slower"
     assert got == expected, f"after {kills} kills: {sum(got.values())} rows, expected {sum(expected.values())}"
@@ -311,7 +348,8 @@ def kill_at_the_third_acknowledge_then_resume(script: str, ck: Path, out: Path, 
 def sigkill_until_done(script: str, ck: Path, out: Path, n: int) -> None:
     """SIGKILL the job up to three times 0.6-1.6 s after its start, restarting it until it finishes: at
     least one kill, and each of the ``n`` messages committed exactly once."""
-    kills = kill_at_random([sys.executable, script, str(ck), str(out)], kills=3, wait_s=(0.6, 1.6))
+    kills = len(run_through_faults([sys.executable, script, str(ck), str(out)], random_kills(3), wait_s=(0.6, 1.6),
+                                   rnd=random.Random(os.getpid())))
     ids = committed_ids(out)
     assert kills >= 1, "the job ended before any kill: make it slower"
     assert ids == list(range(n)), (kills, len(ids), len(set(ids)))

@@ -14,6 +14,7 @@ import pickle
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -209,30 +210,16 @@ def test_connection_lost_mid_run_exactly_once(session: tuple[int, str, str], tmp
     n = 2_000
     publish(port, topic, [json.dumps({"i": i}).encode() for i in range(n)])
     proxy = services.Proxy(0, port)
-    seen = [0]
 
-    def cut(r: Any) -> Any:
-        seen[0] += 1
-        if seen[0] in (500, 1_300):
-            proxy.cut()
-            # hold this record until paho has reconnected through the proxy, so that the reconnect happens
-            # while the job still runs (else a fast job can end first and nothing is shown)
-            deadline = time.monotonic() + 15
-            while not proxy.conns and time.monotonic() < deadline:
-                time.sleep(0.01)
-        return r
+    def reconnected() -> None:
+        # hold this record until paho has reconnected through the proxy, so that the reconnect happens
+        # while the job still runs (else a fast job can end first and nothing is shown)
+        deadline = time.monotonic() + 15
+        while not proxy.conns and time.monotonic() < deadline:
+            time.sleep(0.01)
 
-    out = ms.testing.TransactionalCollectSink()
-    flow = ms.Flow("cut")
-    flow.source(ms.connectors.mqtt.read(topic, port=proxy.port, client_id=cid, max_records=n)).map(cut).sink(out)
-    try:
-        result = flow.run(guarantee="exactly-once", checkpoint_dir=tmp_path / "ck", checkpoint_interval=20,
-                          max_chunk=100)
-    finally:
-        proxy.close()
-    extra = next(s.extra for s in result.steps if s.kind == "source")
-    got = sorted(r["i"] for r in out.values)
-    from collections import Counter
+    src = ms.connectors.mqtt.read(topic, port=proxy.port, client_id=cid, max_records=n)
+    extra, got = acks.run_cutting_at(src, proxy, (500, 1_300), tmp_path / "ck", after_cut=reconnected)
     dups = sorted(k for k, c in Counter(got).items() if c > 1)
     assert got == list(range(n)), (extra, len(got), dups[:20], sorted(set(range(n)) - set(got))[:20])
     # the reader reconnected to the same session (whether the broker's resends were ones already handed

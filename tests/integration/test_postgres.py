@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests._cli_runs import cli
+from tests.integration import _ack_cases as acks
 from tests.integration import services
 
 import millstream as ms
@@ -39,7 +41,6 @@ from millstream.errors import (
 
 SHARED_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 PG_BIN = "/usr/lib/postgresql/15/bin"
-REPO = str(Path(__file__).resolve().parents[2])
 
 
 # -- servers and tables ---------------------------------------------------------------------------
@@ -427,39 +428,23 @@ def test_kill_and_restart_is_exactly_once(pdb: Db, tmp_path: Path, sink: str, mo
     job = tmp_path / "job.py"
     job.write_text(JOB)
     n, rnd = 4_000, random.Random(int(os.environ.get("MILLSTREAM_SEED", "7")))
-    cmd = [sys.executable, "-m", "millstream.cli", "run", str(job), "-q", "--progress", "off", "--mode", mode,
-           "--set", f"sink={sink}",
-           "--guarantee", "exactly-once", "--checkpoint-dir", str(tmp_path / "ckpt"), "--checkpoint-interval", "100",
-           "--set", f"events={n}", "--set", "rate=2000", "--set", f"table={name}", "--set", f"dsn={pdb.dsn}"]
+    cmd = cli("run", str(job), "-q", "--progress", "off", "--mode", mode, "--set", f"sink={sink}",
+              "--guarantee", "exactly-once", "--checkpoint-dir", str(tmp_path / "ckpt"), "--checkpoint-interval", "100",
+              "--set", f"events={n}", "--set", "rate=2000", "--set", f"table={name}", "--set", f"dsn={pdb.dsn}")
     # the transactional sink at the points of two-phase commit; the idempotent upsert at a random moment
     schedule = ["ckpt.before_commit=kill#3", "sink.commit=kill#2", "random", None] if sink == "transactional" \
         else ["random", None]
     expected = _window_rows(n)
     left_prepared: list[str] = []
-    fired: list[str] = []
-    for start, fault in enumerate(schedule * 2):
-        env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "src")}
-        env.pop("MILLSTREAM_FAILPOINTS", None)
-        if fault and fault != "random":
-            env["MILLSTREAM_FAILPOINTS"] = fault
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        if fault == "random":
-            try:
-                proc.wait(timeout=rnd.uniform(2.0, 3.0))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate(timeout=120)
-        if proc.returncode == 0:
-            break
-        assert proc.returncode == -signal.SIGKILL, f"start {start} ({fault}) failed:\n{err[-3000:]}"
-        fired.append(str(fault))
+
+    def no_duplicate_nor_foreign_row(fault: str) -> None:
         exists = pdb.rows("SELECT to_regclass(%s) IS NOT NULL", name)[0][0]
         seen = Counter(pdb.rows(f"SELECT key, window_start, n, ids FROM {name}") if exists else [])
         assert not [r for r, c in seen.items() if c > expected[r]], f"duplicates or foreign rows after {fault}"
-        left_prepared += pdb.prepared(f"millstream:{name}.")
-    else:
-        pytest.fail("the job never finished")
+        left_prepared.extend(pdb.prepared(f"millstream:{name}."))
+
+    fired = acks.run_through_faults(cmd, schedule * 2, wait_s=(2.0, 3.0), rnd=rnd,
+                                    after_kill=no_duplicate_nor_foreign_row)
     assert Counter(pdb.rows(f"SELECT key, window_start, n, ids FROM {name}")) == expected
     if sink == "transactional":
         assert fired[:2] == schedule[:2], f"the failpoints did not fire: {fired}"
@@ -679,28 +664,11 @@ def test_change_capture_kill_and_restart(pdb: Db, tmp_path: Path, sink: str) -> 
         copy = pdb.table("ms_chaos_log", "id int, name text, n bigint, _change text, _lsn pg_lsn")
     job = tmp_path / "cdc_job.py"
     job.write_text(CDC_JOB)
-    cmd = [sys.executable, "-m", "millstream.cli", "run", str(job), "-q", "--progress", "off",
-           "--guarantee", "exactly-once", "--checkpoint-dir", str(tmp_path / "ckpt"), "--checkpoint-interval", "20",
-           "--set", f"dsn={pdb.dsn}", "--set", f"slot={slot}", "--set", f"table={copy}", "--set", f"sink={sink}"]
-    rnd = random.Random(11)
-    env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "src")}
-    for fault in ["source.acknowledge=kill#3", "random", "random", "ckpt.before_commit=kill#2", None, None]:
-        run_env = {k: v for k, v in env.items() if k != "MILLSTREAM_FAILPOINTS"}
-        if fault and fault != "random":
-            run_env["MILLSTREAM_FAILPOINTS"] = fault
-        proc = subprocess.Popen(cmd, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        if fault == "random":
-            try:
-                proc.wait(timeout=rnd.uniform(1.8, 2.6))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate(timeout=120)
-        if proc.returncode == 0:
-            break
-        assert proc.returncode == -signal.SIGKILL, f"{fault}: {err[-3000:]}"
-    else:
-        pytest.fail("the job never finished")
+    cmd = cli("run", str(job), "-q", "--progress", "off",
+              "--guarantee", "exactly-once", "--checkpoint-dir", str(tmp_path / "ckpt"), "--checkpoint-interval", "20",
+              "--set", f"dsn={pdb.dsn}", "--set", f"slot={slot}", "--set", f"table={copy}", "--set", f"sink={sink}")
+    acks.run_through_faults(cmd, ["source.acknowledge=kill#3", "random", "random", "ckpt.before_commit=kill#2",
+                                  None, None], wait_s=(1.8, 2.6), rnd=random.Random(11))
     source = pdb.dicts(table, "id")
     if sink == "upsert":
         assert pdb.dicts(copy, "id") == source

@@ -165,29 +165,11 @@ def test_connection_lost_mid_run_exactly_once(channel: Any, queue: str, tmp_path
     n = 3_000
     publish(channel, queue, [json.dumps({"i": i}).encode() for i in range(n)])
     proxy = services.Proxy(0, 5672)
-    seen = [0]
-
-    def cut(r: Any) -> Any:
-        seen[0] += 1
-        if seen[0] in (700, 1_900):
-            proxy.cut()
-        return r
-
-    out = ms.testing.TransactionalCollectSink()
-    flow = ms.Flow("cut")
     # the broker notices a cut connection whose socket it was blocked writing to only by missed heartbeats
     # (after 30 s by default): a 1 s heartbeat brings the requeue of its deliveries within a few seconds
     url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F?heartbeat=1"
-    src = ms.connectors.rabbitmq.read(queue, url=url, max_records=n,
-                                      dedup_by="message_id", prefetch=500)
-    flow.source(src).map(cut).sink(out)
-    try:
-        result = flow.run(guarantee="exactly-once", checkpoint_dir=tmp_path / "ck", checkpoint_interval=20,
-                          max_chunk=100)
-    finally:
-        proxy.close()
-    extra = next(s.extra for s in result.steps if s.kind == "source")
-    got = sorted(r["i"] for r in out.values)
+    src = ms.connectors.rabbitmq.read(queue, url=url, max_records=n, dedup_by="message_id", prefetch=500)
+    extra, got = acks.run_cutting_at(src, proxy, (700, 1_900), tmp_path / "ck")
     assert got == list(range(n)), (extra, len(got), len(set(got)))
     # both cuts forced a reconnect (the job needed the messages after them); whether the broker's requeued
     # copies came back before the job ended, to be dropped, depends on timing: the output above is the check
