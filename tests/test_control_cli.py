@@ -61,9 +61,22 @@ def _args(job: Path, out: Path, ck: Path, *extra: str) -> list[str]:
             "--max-chunk", "100", "--progress", "off", *extra]
 
 
-def _gate(tmp: Path, at: int) -> tuple[list[str], Path, Path]:
+def _job(tmp: Path) -> Path:
+    job = tmp / "job.py"
+    job.write_text(JOB)
+    return job
+
+
+def _signalled_at_the_gate(tmp: Path, tag: str, at: int, sig: signal.Signals, message: str) -> tuple[Run, Path]:
+    """The job (output ``tmp/out``, checkpoints ``tmp/ck``) held at record ``at``, sent ``sig`` there, and
+    saying ``message``; the run, and the file whose creation lets the job go on."""
     reached, release = tmp / f"reached-{at}", tmp / f"release-{at}"
-    return ["--set", f"at={at}", "--set", f"reached={reached}", "--set", f"release={release}"], reached, release
+    gate = ["--set", f"at={at}", "--set", f"reached={reached}", "--set", f"release={release}"]
+    run = Run(tmp, tag, _args(tmp / "job.py", tmp / "out", tmp / "ck", *gate))
+    run.wait_for("the gate", lambda _: reached.exists())
+    run.proc.send_signal(sig)
+    run.wait_for("the stop message", lambda err: message in err)
+    return run, release
 
 
 def _output(out: Path) -> dict[str, list[str]]:
@@ -72,19 +85,14 @@ def _output(out: Path) -> dict[str, list[str]]:
 
 
 def test_ctrl_c_takes_a_savepoint_exits_130_and_both_ways_of_going_on_complete_the_output(tmp_path: Path) -> None:
-    job = tmp_path / "job.py"
-    job.write_text(JOB)
+    job = _job(tmp_path)
     ref = tmp_path / "ref"
     load_flow(str(job), {"out": str(ref)}).run(guarantee="exactly-once", checkpoint_dir=tmp_path / "ref-ck")
     expected = _output(ref)
     assert len(expected["raw"]) == N
 
     out, ck = tmp_path / "out", tmp_path / "ck"
-    gate, reached, release = _gate(tmp_path, 900)
-    first = Run(tmp_path, "first", _args(job, out, ck, *gate))
-    first.wait_for("the gate", lambda _: reached.exists())
-    first.proc.send_signal(signal.SIGINT)
-    first.wait_for("the stop message", lambda err: "taking a savepoint" in err)
+    first, release = _signalled_at_the_gate(tmp_path, "first", 900, signal.SIGINT, "taking a savepoint")
     release.touch()
     assert first.finish() == 130, first.stderr
     err = first.stderr
@@ -109,14 +117,9 @@ def test_ctrl_c_takes_a_savepoint_exits_130_and_both_ways_of_going_on_complete_t
 
 
 def test_a_second_ctrl_c_aborts_at_once_without_a_savepoint(tmp_path: Path) -> None:
-    job = tmp_path / "job.py"
-    job.write_text(JOB)
-    out, ck = tmp_path / "out", tmp_path / "ck"
-    gate, reached, _ = _gate(tmp_path, 500)  # never released: only the second Ctrl-C gets it out
-    run = Run(tmp_path, "run", _args(job, out, ck, *gate))
-    run.wait_for("the gate", lambda _: reached.exists())
-    run.proc.send_signal(signal.SIGINT)
-    run.wait_for("the stop message", lambda err: "Ctrl-C again aborts at once" in err)
+    job, out, ck = _job(tmp_path), tmp_path / "out", tmp_path / "ck"
+    # never released: only the second Ctrl-C gets it out
+    run, _ = _signalled_at_the_gate(tmp_path, "run", 500, signal.SIGINT, "Ctrl-C again aborts at once")
     assert run.proc.poll() is None  # held at the gate: the stop waits for the chunk boundary
     run.proc.send_signal(signal.SIGINT)
     assert run.finish(timeout=30) == 130, run.stderr
@@ -130,26 +133,19 @@ def test_a_second_ctrl_c_aborts_at_once_without_a_savepoint(tmp_path: Path) -> N
 
 
 def test_sigterm_takes_a_savepoint_and_exits_143(tmp_path: Path) -> None:
-    job = tmp_path / "job.py"
-    job.write_text(JOB)
-    out, ck = tmp_path / "out", tmp_path / "ck"
-    gate, reached, release = _gate(tmp_path, 300)
-    run = Run(tmp_path, "run", _args(job, out, ck, *gate))
-    run.wait_for("the gate", lambda _: reached.exists())
-    run.proc.send_signal(signal.SIGTERM)
-    run.wait_for("the stop message", lambda err: "SIGTERM: taking a savepoint" in err)
+    _job(tmp_path)
+    run, release = _signalled_at_the_gate(tmp_path, "run", 300, signal.SIGTERM, "SIGTERM: taking a savepoint")
     assert "(a second SIGTERM or Ctrl-C aborts at once)" in run.stderr
     release.touch()
     assert run.finish() == 143, run.stderr
     assert "run the same command again to resume from checkpoint #" in run.stderr
-    assert 300 <= len(_output(out)["raw"]) < N
+    assert 300 <= len(_output(tmp_path / "out")["raw"]) < N
 
 
 def test_dashboard_options_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from millstream._cli import main
 
-    job = tmp_path / "job.py"
-    job.write_text(JOB)
+    job = _job(tmp_path)
     base = ["run", str(job), "--set", f"out={tmp_path / 'out'}", "--progress", "off", "-q"]
     assert main([*base, "--dashboard-control"]) == 2
     assert "go with --dashboard" in capsys.readouterr().err
