@@ -207,6 +207,25 @@ def test_a_checkpoint_of_two_workers_resumes_in_another_mode(
         assert got[sink] == want[sink], sink
 
 
+@pytest.mark.parametrize("then", ["native", "microbatch"])
+def test_a_micro_batch_checkpoint_resumes_with_state_on_disk(
+        then: str, inputs: Path, tmp_path: Path, reference: Callable[[str, str], dict[str, Counter[str]]]) -> None:
+    """The vectorised operators' state, taken in memory, goes into the on-disk backend of a native run, and of
+    a micro-batch run (whose windows and aggregates then run their native operators): converted to the
+    native operators' in-memory snapshot first, which a run on disk loads into its backend."""
+    pytest.importorskip("lmdb")
+    want = reference("windows", then)
+    out, ck, marker = _fail(windows, inputs, tmp_path, "microbatch")
+    ckpt, _, parts = _checkpoint(ck)
+    _check_held("windows", "microbatch", parts, ckpt)
+    result = windows(inputs, out, marker, ck).run(mode=then, checkpoint_dir=str(ck), state=f"lmdb://{tmp_path}/state",
+                                                  **RUN)
+    assert result.ok and result.checkpoints is not None and result.checkpoints.restored_from == ckpt
+    got = _outputs(out, list(want))
+    for sink in want:
+        assert got[sink] == want[sink], sink
+
+
 # -- the flow's identity -----------------------------------------------------------------------------
 
 
