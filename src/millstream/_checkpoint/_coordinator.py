@@ -128,6 +128,7 @@ class Coordinator:
         #: the flow's identity with its sinks' targets left out (and the older forms of it): what a
         #: savepoint must match
         self.shape, self._old_shapes = fingerprints(plan, sink_targets=False)
+        #: the execution mode of this run (checkpoints of every mode resume in it: the fingerprint leaves it out)
         self.mode = mode
         self.guarantee = guarantee
         self.interval_ms = interval_ms
