@@ -268,18 +268,21 @@ def pause_trial(trial: Trial, workdir: Path, expected: Counter[str], *, stop_at:
     return {**outcome, "anomalies": anomalies}
 
 
-def rewind_trial(trial: Trial, workdir: Path, expected: Counter[str], *, seed: int) -> dict[str, Any]:
-    """Kill a run right after its k-th checkpoint committed (k random in 2..5), delete its newest
-    checkpoint folder, restart.
+def rewind_trial(trial: Trial, workdir: Path, expected: Counter[str], *, seed: int,
+                 kill_after: int | None = None) -> dict[str, Any]:
+    """Kill a run right after its k-th checkpoint committed (``kill_after``, else k random in 2..5),
+    delete its newest checkpoint folder, restart.
 
     Exactly-once must refuse (exit 1, saying the committed output goes beyond the checkpoint left);
-    the others warn and finish within their guarantee.
+    the others warn and finish within their guarantee. A run that ends before its k-th commit is
+    reported ``skipped`` (on a machine whose disk is busy, fsyncs make commits few).
     """
     rnd = random.Random(seed)
     out = str(workdir / ("out" if trial.guarantee == "exactly-once" else "out.jsonl"))
     ckpt = Path(workdir / "ckpt")
     cmd = _cmd(trial, out, str(ckpt), trial.guarantee)
-    proc = subprocess.run(cmd, env=_env(f"ckpt.after_commit=kill#{rnd.randint(2, 5)}"), capture_output=True,
+    k = kill_after if kill_after is not None else rnd.randint(2, 5)
+    proc = subprocess.run(cmd, env=_env(f"ckpt.after_commit=kill#{k}"), capture_output=True,
                           text=True, timeout=300)
     ckpts = sorted(ckpt.glob("chk-*"))
     if proc.returncode != -signal.SIGKILL or not ckpts:
