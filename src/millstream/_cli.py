@@ -518,8 +518,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--flow", help="which flow, when the file defines several")
     common(run)
     run.add_argument("--parallelism", type=int, default=None, metavar="N",
-                     help="worker processes on this machine (default 1); above 1: native mode, no checkpoints "
-                          "yet (see docs/scaling.md)")
+                     help="workers (default 1); above 1: keyed steps spread over the workers by key group, "
+                          "sources read by their splits, in every mode, with checkpoints that resume at any "
+                          "parallelism (see docs/scaling.md)")
     _add_engine_options(run)
     debug(run)
     metrics_option(run)

@@ -184,10 +184,12 @@ class RunConfig:
     - ``control``: a :class:`millstream.JobControl` to stop the run from another thread
       (``control.request_stop(savepoint=True)``); one per run. ``flow.start()`` makes one.
     - ``parallelism``: worker processes on this machine (default 1: the whole job in this process).
-      Above 1, this process is worker 0 (it reads the sources and writes the sinks) and keyed steps
-      are spread over the workers by key group. For now: native mode, state in memory, guarantee
-      ``"none"``, ``"at-least-once"`` or ``"exactly-once"`` (checkpoints across the workers; a job
-      resumes from a checkpoint taken at any parallelism); anything else is refused with a
+      Above 1, this process is worker 0 (it writes the sinks, and reads the sources that do not
+      split), sources of several splits are read by every worker, each its range, and keyed steps
+      are spread over the workers by key group. In every mode (micro-batch workers send columnar
+      batches to each other); for now with state in memory and guarantee ``"none"``,
+      ``"at-least-once"`` or ``"exactly-once"`` (checkpoints across the workers; a job resumes from a
+      checkpoint taken at any parallelism, in any mode); anything else is refused with a
       ConfigError (see docs/scaling.md).
     - ``engine``: where workers 1 .. N-1 of a job at parallelism > 1 run: ``"local"`` (default:
       processes of this machine) or ``"ray"`` (Ray actors, on one machine or a cluster: the same
