@@ -65,6 +65,8 @@ if TYPE_CHECKING:
 
 #: most records in one message (a bigger push is cut into several)
 BATCH = 2048
+#: the column a batch's rows carry their worker in, while it is split
+_DEST = "__millstream_dest__"
 #: most rows of a columnar batch in one message
 FRAME_ROWS = 1 << 16
 #: messages a channel holds (besides the pipe's own buffer) before its sender waits
@@ -520,6 +522,15 @@ class ExchangeOut:
         self.key_spec = edge.key
         #: key group -> worker as a numpy array (columnar batches), made at the first batch
         self.owner_array: Any = None
+        #: the columns a batch keeps on its way (the target and what follows it read no other), or None:
+        #: all of them (rows always travel whole)
+        self.columns: frozenset[str] | None = None
+        if pp.mode != "native":
+            from millstream._runtime._microbatch import needed_by_step
+
+            need = needed_by_step(pp.plan, self.node)
+            if need is not None:
+                self.columns = need | {TIME}
 
     def _miss(self, key: Any) -> int:
         """The worker of a key not seen yet (remembered)."""
@@ -555,10 +566,9 @@ class ExchangeOut:
         columns at once (:func:`~millstream._keygroups.key_groups`, the groups :func:`key_group` gives
         each value). A key read by a function or an expression, and a column whose values native mode
         cannot give a group, go the way of rows (their key read per record, a failure naming it)."""
-        if self.owner is None:  # global: all to worker 0
-            self._send(0, df, None)
-            return
-        if len(self.receivers) == 1:
+        if self.columns is not None and not self.columns.issuperset(df.columns):
+            df = df.select([c for c in df.columns if c in self.columns])
+        if self.owner is None or len(self.receivers) == 1:  # global (all to worker 0), or one receiver
             self._send(0, df, None)
             return
         dests = self._frame_dests(df)
@@ -568,13 +578,14 @@ class ExchangeOut:
             return
         import polars as pl
 
-        for d in range(len(self.receivers)):
-            mask = dests == d
-            if mask.all():
-                self._send(d, df, None)
-                return
-            if mask.any():
-                self._send(d, df.filter(pl.Series(mask)), None)
+        first = int(dests[0])
+        if (dests == first).all():
+            self._send(first, df, None)
+            return
+        parts = df.with_columns(pl.Series(_DEST, dests)).partition_by(_DEST, as_dict=True, include_key=False,
+                                                                        maintain_order=True)
+        for (d,), part in sorted(parts.items()):
+            self._send(int(d), part, None)
 
     def _frame_dests(self, df: Any) -> Any:
         """The worker of each row of ``df`` (a numpy array), or None when the key is not plain columns of it."""

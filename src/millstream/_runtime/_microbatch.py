@@ -99,6 +99,33 @@ def pushdown(plan: P.Plan, source: P.Node) -> tuple[frozenset[str] | None, dict[
     return (frozenset(need) if need is not None else None), _leading_equalities(plan, source.id)
 
 
+def needed_by_step(plan: P.Plan, node: P.Node) -> frozenset[str] | None:
+    """The input fields step ``node`` and what follows it read (None: any of them, as far as the plan
+    shows): what an exchange into it must carry. Beyond the stateless steps :func:`pushdown` looks
+    at, a window or running aggregate of built-in aggregations reads its key's fields and the
+    aggregated fields only (not when its late records go on: they leave whole)."""
+    op = node.op
+    if isinstance(op, P.WindowOp | P.AggregateOp):
+        if isinstance(op, P.WindowOp) and (op.function != "aggregate" or op.triggered):
+            return None
+        if any(isinstance(plan.node(c).op, P.LateOp) for c in plan.consumers(node.id)):
+            return None
+        need: set[str] = set()
+        key = op.key
+        if key is not None:
+            if key.fn is not None:
+                return None
+            need |= columns_of(key.expr) if key.expr is not None else set(key.fields)
+        for _, a in op.aggs:
+            if type(a).__module__ != "millstream.agg" or type(a).__name__ == "_Custom":
+                return None  # a user's aggregation may read the whole record
+            if a.field is not None:
+                need.add(a.field)
+        return frozenset(need)
+    got = _needed_by(plan, node)
+    return None if got is None else frozenset(got)
+
+
 def _needed_after(plan: P.Plan, node_id: int) -> set[str] | None:
     need: set[str] = set()
     for c in plan.consumers(node_id):
