@@ -304,6 +304,7 @@ def test_bad_records_fail_names_the_position(js: Js) -> None:
     with pytest.raises(RecordError) as err:
         flow.run(mode="native")
     assert f"{stream}@2" in str(err.value)
+    assert "cannot decode the payload as JSON: JSONDecodeError" in str(err.value)
     assert not _threads()
 
 

@@ -29,8 +29,21 @@ def make_decoder(format: str, deserializer: Callable[[bytes], Any] | None) -> Ca
     if format == "bytes":
         return bytes
     if format == "text":
-        return lambda b: b.decode("utf-8")
+        return _utf8
     return orjson.loads
+
+
+def _utf8(payload: bytes) -> str:
+    return payload.decode("utf-8")
+
+
+def _decoding(decode: Callable[[bytes], Any]) -> str:
+    """What a decoder does, for the message of a payload it cannot decode."""
+    if decode is orjson.loads:
+        return "the payload as JSON"
+    if decode is _utf8:
+        return "the payload as UTF-8 text"
+    return f"the payload with {getattr(decode, '__qualname__', None) or type(decode).__name__}"
 
 
 def make_encoder(format: str, serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:
@@ -105,7 +118,8 @@ def decode_into(out: list[Any], ctx: SourceContext, decode: Callable[[bytes], An
     try:
         value = decode(payload)
     except Exception as exc:  # noqa: BLE001 - any deserializer failure is a bad record
-        ctx.bad_record(f"cannot decode payload: {type(exc).__name__}: {exc}", position=position, raw=payload)
+        ctx.bad_record(f"cannot decode {_decoding(decode)}: {type(exc).__name__}: {exc}", position=position,
+                       raw=payload)
         return False
     if meta:
         if not isinstance(value, dict):
