@@ -1,9 +1,12 @@
-"""Local parallelism: Nexmark q5, q7 and a stateless map -> filter, native mode, at parallelism 1 and 2
-(issue 11, section 2); with ``--engine local,ray``, the workers as local processes against Ray actors
-(section 3).
+"""Local parallelism: Nexmark q5, q7 and a stateless map -> filter, in a mode (native unless ``--mode``
+says otherwise), at parallelism 1 and 2 (issue 11, section 2); with ``--engine local,ray``, the workers
+as local processes against Ray actors (section 3). With ``--input FILE``, the events are read from a
+JSON-lines file (its byte ranges as the splits) instead of made by the generator: the issue's
+micro-batch figure is ``--mode microbatch --input events.jsonl --events 2000000 --splits 2``.
 
     python benchmarks/parallel.py [--events 1000000] [--repeat 3] [--parallelism 1,2] [--queries q5,q7,stateless]
                                   [--splits 4] [--checkpoints at-least-once|exactly-once] [--interval 1000]
+                                  [--mode native|microbatch|batch] [--input events.jsonl]
                                   [--engine local|ray|local,ray]
 
 ``--engine ray`` runs workers 1 .. N-1 as Ray actors on a local Ray that each run starts (``ray.init()``,
@@ -49,7 +52,7 @@ from millstream import col, nexmark
 
 query, events, p, splits, guarantee, interval = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
                                                    sys.argv[5], int(sys.argv[6]))
-engine = sys.argv[7]
+engine, mode, path = sys.argv[7], sys.argv[8], sys.argv[9]
 
 
 def tenths(r):
@@ -66,8 +69,11 @@ if __name__ == "__main__":
     tmp = tempfile.mkdtemp(prefix="millstream-bench-")
     sink = (ms.connectors.files.write(tmp + "/out", transactional=True) if guarantee == "exactly-once"
             else ms.testing.CollectSink())
-    source = nexmark.read(nexmark.NexmarkConfig(events=events), kind="bid" if query == "stateless" else "all",
-                          splits=splits)
+    if path != "-":  # a JSON-lines file of tagged events, its byte ranges as the splits
+        source = ms.connectors.files.read(path, format="jsonl", name="events", splits=splits)
+    else:
+        source = nexmark.read(nexmark.NexmarkConfig(events=events), kind="bid" if query == "stateless" else "all",
+                              splits=splits)
     if query == "stateless":  # per record Python functions: the chain runs where the events are made
         flow = ms.Flow("stateless")
         flow.source(source, watermark=nexmark.WATERMARK).map(tenths).filter(wanted).sink(sink)
@@ -83,7 +89,7 @@ if __name__ == "__main__":
     t, cpu0, kids = time.monotonic(), time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     checkpoints = {} if guarantee == "none" else {"guarantee": guarantee, "checkpoint_dir": tmp + "/ck",
                                                   "checkpoint_interval": interval}
-    result = flow.run(mode="native", parallelism=p, engine=engine, **checkpoints)
+    result = flow.run(mode=mode, parallelism=p, engine=engine, **checkpoints)
     job_s = time.monotonic() - t
     if engine == "ray":
         ray.shutdown()
@@ -103,12 +109,13 @@ if __name__ == "__main__":
 
 
 def run(query: str, events: int, p: int, splits: int = 4, guarantee: str = "none",
-        interval: int = 1000, engine: str = "local") -> dict[str, float]:
+        interval: int = 1000, engine: str = "local", mode: str = "native", path: str | None = None
+        ) -> dict[str, float]:
     load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.monotonic()
     out = subprocess.run([sys.executable, "-c", RUN, query, str(events), str(p), str(splits), guarantee,
-                          str(interval), engine], check=True, capture_output=True, text=True)
+                          str(interval), engine, mode, path or "-"], check=True, capture_output=True, text=True)
     whole = time.monotonic() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     got = json.loads(out.stdout.strip().splitlines()[-1])
@@ -128,6 +135,10 @@ def main() -> None:
     ap.add_argument("--checkpoints", default=None, choices=["at-least-once", "exactly-once"],
                     help="also run with checkpoints of this guarantee, and print their overhead")
     ap.add_argument("--interval", type=int, default=1000, help="checkpoint interval, ms")
+    ap.add_argument("--mode", default="native", choices=["native", "microbatch", "batch"])
+    ap.add_argument("--input", default=None, metavar="FILE",
+                    help="read a JSON-lines file of Nexmark events (made with --events events if it is not there), "
+                    "its byte ranges as --splits splits, instead of the generator")
     ap.add_argument("--engine", default="local",
                     help="local, ray or local,ray: where workers 1..N-1 run (Ray: actors; parallelism 1 runs local)")
     args = ap.parse_args()
@@ -137,7 +148,16 @@ def main() -> None:
         return
     ps = [int(x) for x in args.parallelism.split(",")]
     gs = ["none"] + ([args.checkpoints] if args.checkpoints else [])
-    print(f"native mode, {args.events:,} Nexmark events from the generator in {args.splits} splits, "
+    if args.input is not None:
+        if "stateless" in args.queries.split(","):
+            ap.error("the stateless query reads bids from the generator: leave it out with --input")
+        if not os.path.exists(args.input):
+            subprocess.run([sys.executable, "-m", "millstream.cli", "nexmark", "generate", "--events",
+                            str(args.events), "--out", args.input], check=True, capture_output=True)
+        with open(args.input, "rb") as f:
+            args.events = sum(1 for _ in f)
+    what = f"a JSON-lines file ({args.input})" if args.input else "the generator"
+    print(f"{args.mode} mode, {args.events:,} Nexmark events from {what} in {args.splits} splits, "
           f"{os.cpu_count()} CPUs, {args.repeat} runs each, alternating"
           + (f"; checkpoints: {args.checkpoints} every {args.interval} ms" if args.checkpoints else "") + "\n")
     for query in args.queries.split(","):
@@ -145,7 +165,8 @@ def main() -> None:
         for _ in range(args.repeat):
             for p in ps:
                 for g in gs:
-                    runs[(p, g)].append(run(query, args.events, p, args.splits, g, args.interval))
+                    runs[(p, g)].append(run(query, args.events, p, args.splits, g, args.interval, mode=args.mode,
+                                            path=args.input))
         rows = {k: {r["rows"] for r in v} for k, v in runs.items()}
         assert len(set().union(*rows.values())) == 1, f"parallelism or checkpoints changed the answer: {rows}"
         print(f"{query}:")
