@@ -566,8 +566,6 @@ def test_ctrl_c_stops_every_worker(tmp_path: Path, clean: Any) -> None:
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"checkpoint_dir": "ck", "guarantee": "at-most-once"}, r"at-most-once needs each source's read position"),
-    ({"checkpoint_dir": "ck", "from_savepoint": "sp"}, r"does not start from a savepoint yet"),
     ({"state": "lmdb:///tmp/x"}, r"keeps keyed state in memory for now"),
     ({"clock": ms.testing.ManualClock()}, r"needs the system clock"),
     ({"parallelism": 0}, r"parallelism must be a positive int"),

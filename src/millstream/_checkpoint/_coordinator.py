@@ -269,16 +269,22 @@ class Coordinator:
             self.next_id = max(self.next_id, loaded.id + 1)
         return loaded
 
-    def recover_writers(self, writers: list[tuple[str, Any, str]], txns: dict[str, Any]) -> None:
+    def recover_writers(self, writers: list[tuple[str, Any, str]], txns: dict[str, Any], *,
+                        resumed: bool = False) -> None:
         """Fence the writers with this run's owner epoch, then hand each the transactions of the restored
-        checkpoint (committed again if pending) so it discards every other pending output."""
+        checkpoint (committed again if pending) so it discards every other pending output. ``resumed``
+        (at-most-once, the sources going on past what they had read): a writer without transactions keeps
+        everything it had written, as :meth:`recover` does."""
         owner = self.store.owner
         for _, writer, _ in writers:
             if owner is not None and isinstance(writer, FencedWriter):
                 writer.set_fence(owner.epoch, self.store.check_owner, owner.scope)
         self._check_output(writers)
         self.store.check_owner()  # paused since the last check (a run took over)? then leave the output alone
-        for name, writer, _ in writers:
+        for name, writer, delivery in writers:
+            if self.guarantee == "at-most-once" and resumed and delivery == "none":
+                writer.recover([AT_MOST_ONCE_KEEP])  # nothing is replayed: keep every record already written
+                continue
             t = txns.get(name)
             # a checkpoint of several workers keeps a list per writer (what an abandoned checkpoint sealed
             # first); one of one process, one transaction
@@ -400,10 +406,23 @@ class Coordinator:
         Returns whether the job had read anything before (a resume, not a fresh start). ``expected``:
         the restored checkpoint was taken under at-most-once, so read positions must be there.
         """
+        from millstream._parallel._checkpoints import read_all_positions
+
         try:
             positions = self.store.read_positions()
+            # what workers of a job at parallelism > 1 recorded: merged with this file, the newest run last
+            workers = read_all_positions(self.store, workers_only=True)
         except CheckpointError as exc:
             raise CheckpointError(f"{exc}\n  {_NO_POSITIONS}\n  fix: {_START_OVER}") from None
+        if workers is not None:
+            for src in job.sources:
+                p = workers[0].get(src.name)
+                if p is None or src.reader is None:
+                    continue
+                src.reader.restore(p["position"])  # every split: one process reads them all
+                src.restore_time_state(p["max_ts"], merge=True)
+                src.advance_muted(p["wm"], job.ops)  # the least of its splits' (min over the workers')
+            return True
         if not positions:
             if expected:
                 raise CheckpointError(

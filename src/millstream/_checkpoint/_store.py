@@ -8,6 +8,8 @@ Layout::
       .tmp-chk-00000009/     one being written (never loaded; removed on the next start)
       positions.pkl          at-most-once only: how far the sources have read (a checksummed
                              JSON header line, then the pickle)
+      positions-e<E>-w<W>.pkl  the same, of worker W of a job at parallelism > 1 (owner epoch E), and
+      positions-e<E>-base.pkl  what that run started from (``millstream._parallel._checkpoints``)
       COMMITTED              the newest checkpoint whose output the sinks may have committed
                              (checksummed JSON): a resume from an older one is detected; written
                              (as 0) before the first checkpoint, so its loss is detected too
@@ -137,6 +139,8 @@ class CheckpointStore:
         self.owner = owner
         self._positions_fd: int | None = None
         self._positions_size = 0
+        #: the positions file this store writes (:meth:`write_positions`)
+        self._positions_name = POSITIONS
         #: how many times read positions were written in this directory (the file says it too): a checkpoint
         #: records the count it was taken at, so a positions file older than the restored checkpoint is seen
         self._positions_seq = 0
@@ -151,6 +155,14 @@ class CheckpointStore:
                                 also=self.also if job is None else frozenset())
         other._key = self._key
         return other
+
+    def sibling(self, owner: DirectoryOwner | None = None) -> CheckpointStore:
+        """A store of this directory that writes as this one does (its key; its owner, or ``owner``), with
+        a count of positions writes of its own: for a positions file besides this store's."""
+        twin = CheckpointStore(self.root, job=self.job, retain=self.retain, owner=owner or self.owner,
+                               also=self.also)
+        twin._key = self._key
+        return twin
 
     def owns(self, job: Any) -> bool:
         """Whether ``job`` (a manifest's or a record's) is this store's flow: its id or an older one."""
@@ -486,25 +498,31 @@ class CheckpointStore:
                                   "not a file (a directory in its place?), or not writable, put that right and run "
                                   "again") from None
 
-    def write_positions(self, positions: dict[str, Any]) -> None:
+    def write_positions(self, positions: dict[str, Any], name: str = POSITIONS) -> None:
         """At-most-once: record how far the sources have read (checksummed, durable, fenced).
 
         Called before every chunk is processed, so it is cheap: the file is created atomically,
         then rewritten in place with one ``pwrite`` (a process kill cannot tear it; a power loss
         that does is detected by the checksum) and one ``fdatasync``, no rename, no directory sync.
+        ``name``: the file (a worker of a job at parallelism > 1 writes one of its own, named by the
+        run's owner epoch and the worker: ``millstream._parallel._checkpoints``); one store writes one.
         """
         self.check_owner()
+        if name != self._positions_name:
+            self.close()
+            self._positions_name = name
         payload = pickle.dumps(positions, protocol=pickle.HIGHEST_PROTOCOL)
         self._positions_seq += 1
-        extra = {"seq": self._positions_seq}
+        # the owner epoch of the run that wrote it: which of several positions files is the newest
+        extra = {"seq": self._positions_seq, "epoch": self.owner.epoch if self.owner is not None else 0}
         fd = self._positions_fd
         if fd is None or not hasattr(os, "pwrite"):
-            self._write_record(POSITIONS, "positions", payload, extra)
+            self._write_record(name, "positions", payload, extra)
             self._reopen_positions()
             return
         data = json.dumps(self._header("positions", payload, extra), sort_keys=True).encode() + b"\n" + payload
         if len(data) > self._positions_size:  # never extend in place: a short write must not tear it
-            self._write_record(POSITIONS, "positions", payload, extra)
+            self._write_record(name, "positions", payload, extra)
             self._reopen_positions()
             return
         try:
@@ -513,35 +531,45 @@ class CheckpointStore:
             getattr(os, "fdatasync", os.fsync)(fd)
         except OSError as exc:
             if exc.errno in _NO_SPACE:
-                raise self._no_space(exc, POSITIONS) from None
+                raise self._no_space(exc, name) from None
             raise
 
     def _reopen_positions(self) -> None:
         self.close()
         if hasattr(os, "pwrite"):
-            path = os.path.join(self.root, POSITIONS)
+            path = os.path.join(self.root, self._positions_name)
             self._positions_fd = os.open(path, os.O_WRONLY)
             self._positions_size = os.fstat(self._positions_fd).st_size
 
-    def read_positions(self) -> dict[str, Any] | None:
-        """The recorded read positions, None if there are none; :class:`CheckpointError` if damaged."""
-        rec = self._read_record(POSITIONS, "positions")
+    def read_positions(self, name: str = POSITIONS) -> dict[str, Any] | None:
+        """The recorded read positions, None if there are none; :class:`CheckpointError` if damaged.
+
+        ``name``: another positions file than the one process's (a worker's, which counts its writes
+        apart: its count is not compared with the restored checkpoint's)."""
+        got = self.read_positions_of(name)
+        return None if got is None else got[1]
+
+    def read_positions_of(self, name: str = POSITIONS) -> tuple[int, dict[str, Any]] | None:
+        """:meth:`read_positions` with the owner epoch of the run that wrote them (0: not recorded)."""
+        rec = self._read_record(name, "positions")
         if rec is None:
             return None
+        epoch = rec[0].get("epoch", 0)
         seq = rec[0].get("seq", 0)
-        if not isinstance(seq, int) or seq < self._restored_positions_seq:
-            raise CheckpointError(
-                f"{POSITIONS} in {self.root!r} is older than the checkpoint being restored (it was written before "
-                "that checkpoint was taken: restored from an older copy?), so it understates how far the sources "
-                "had read")
-        self._positions_seq = max(self._positions_seq, seq)
+        if name == POSITIONS:
+            if not isinstance(seq, int) or seq < self._restored_positions_seq:
+                raise CheckpointError(
+                    f"{POSITIONS} in {self.root!r} is older than the checkpoint being restored (it was written "
+                    "before that checkpoint was taken: restored from an older copy?), so it understates how far "
+                    "the sources had read")
+            self._positions_seq = max(self._positions_seq, seq)
         try:
             positions = pickle.loads(rec[1])  # noqa: S301 - checksummed (and signed with a key) above
         except Exception as exc:
-            raise CheckpointError(f"{POSITIONS} in {self.root!r} cannot be read back ({exc})") from exc
+            raise CheckpointError(f"{name} in {self.root!r} cannot be read back ({exc})") from exc
         if not isinstance(positions, dict):
-            raise CheckpointError(f"{POSITIONS} in {self.root!r} does not hold read positions")
-        return positions
+            raise CheckpointError(f"{name} in {self.root!r} does not hold read positions")
+        return (epoch if isinstance(epoch, int) else 0), positions
 
     def write_committed(self, ckpt_id: int) -> None:
         """Record that the sinks may commit the output of checkpoints up to ``ckpt_id`` (before they do)."""

@@ -1,6 +1,6 @@
 """Checkpoints across workers: aligned barriers, a part per worker, completed by worker 0.
 
-How a checkpoint ``k`` is taken (native mode, at-least-once and exactly-once):
+How a checkpoint ``k`` is taken (every mode and guarantee):
 
 1. Worker 0's :class:`Checkpoints` decides it is due and sends ``("ckpt", k)`` to every worker; each
    worker, at its next round (between two chunks of its sources), **injects** the barrier: every
@@ -27,6 +27,16 @@ Processing goes on while a checkpoint is taken; one checkpoint is in flight at a
 that ends before a checkpoint's barrier reaches it (its inputs ended) abandons that checkpoint; the
 run's last checkpoint is then the final one worker 0 writes once every worker has ended.
 
+**Savepoints.** A stop with a savepoint (``._runner._take_savepoint``) first tells every worker to stop
+reading its sources (:data:`PAUSE`, answered once it has), lets the checkpoint in flight complete, then
+takes a checkpoint that commits what was made before the stop, then the savepoint: a checkpoint as
+above whose manifest says ``savepoint`` (with the flow's shape, as one process's), taken with nothing
+made since, so its sinks' transactions are empty and a run from it may write to a new output.
+
+**At-most-once.** Each worker records its sources' read positions before every chunk is processed, in
+a file of its own (see "read positions on every worker" below); a resume goes on past what any worker
+had read, muted up to the watermarks reached before (:func:`resume_past`).
+
 **Ownership.** Only worker 0 holds the directory's lock and owner epoch (``_owner.py``). Workers
 check, before writing a part, that the directory's OWNER still holds the run's token, and put the
 owner epoch in the part's name: a worker of a run that lost the directory (paused, then resumed
@@ -38,15 +48,18 @@ check) refers to parts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
+import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from millstream._checkpoint._failpoints import failpoint
 from millstream._checkpoint._owner import DirectoryOwner
+from millstream._checkpoint._store import POSITIONS, CheckpointStore
 from millstream._state._backend import write_file
 from millstream._time import MAX_WATERMARK
 
@@ -57,6 +70,14 @@ if TYPE_CHECKING:
     from millstream._runtime._base import Operator
 
 log = logging.getLogger("millstream.checkpoint")
+
+#: a savepoint's pause, sent as checkpoint 0 (checkpoint ids start at 1, and the exchange's control
+#: messages are checkpoints, parts, acknowledgements, ends and failures): ``("ckpt", PAUSE)`` tells a
+#: worker to stop reading its sources; it answers ``("part", worker, PAUSE, None)`` once it has
+PAUSE = 0
+#: the key of a worker's restore snapshot that says how it resumes under at-most-once: the merged read
+#: positions (:func:`read_all_positions`) and the checkpoint whose barrier ends its muting
+RESUME = "at-most-once resume"
 
 
 class Gate:
@@ -147,13 +168,19 @@ def part_name(ckpt: int, worker: int, epoch: int) -> str:
 
 
 class PartWriter:
-    """Writes a worker's parts into the checkpoint directory, fenced by the owner's token."""
+    """Writes a worker's files into the checkpoint directory, fenced by the owner's token: its parts
+    of checkpoints, and under at-most-once its read positions (:meth:`record`)."""
 
-    def __init__(self, root: str, epoch: int, token: str) -> None:
+    def __init__(self, root: str, epoch: int, token: str, *, scope: str = "", job: str = "",
+                 key: str | bytes | None = None, at_most_once: bool = False) -> None:
         self.root = root
         self.shared = os.path.join(root, "shared")
         self.owner = DirectoryOwner(root)
-        self.owner.epoch, self.owner.token = epoch, token
+        self.owner.epoch, self.owner.token, self.owner.scope = epoch, token, scope
+        self.job, self.key = job, key
+        #: sources record their read positions before every chunk (:meth:`record`)
+        self.at_most_once = at_most_once
+        self._positions: CheckpointStore | None = None
 
     def write(self, ckpt: int, worker: int, part: dict[str, Any]) -> dict[str, Any]:
         """Write ``part`` durably; its name, size and SHA-256."""
@@ -163,6 +190,167 @@ class PartWriter:
         name = part_name(ckpt, worker, self.owner.epoch)
         info = write_file(self.shared, name, data)
         return {"name": name, **info}
+
+    def record(self, worker: int, positions: dict[str, Any]) -> None:
+        """At-most-once: worker ``worker``'s sources' read positions (:func:`source_positions`), durable
+        before what they read is processed (checksummed, signed with the checkpoint key, fenced: the
+        store's positions record, in a file of this worker and this run's owner epoch)."""
+        if self._positions is None:
+            self._positions = CheckpointStore(self.root, job=self.job, key=self.key, owner=self.owner)
+        self._positions.write_positions(positions, positions_name(self.owner.epoch, worker))
+
+    def close(self) -> None:
+        if self._positions is not None:
+            self._positions.close()
+
+
+# -- at-most-once: read positions on every worker -----------------------------------------------------
+#
+# Under at-most-once every worker records its sources' read positions before each chunk is processed,
+# in a file of its own, ``positions-e<owner epoch>-w<worker>.pkl`` (one worker reads a split, so each
+# split is in one file of a run). A resume merges every such file in the directory, older runs first
+# (``positions-e<epoch>-base.pkl``, the merge a run started from, before its workers' files): per split
+# the newest run's entry wins, so a split's position follows it to whichever worker reads it after a
+# rescale. The merge is written as the new run's base before its workers start, and the files of older
+# runs are removed after.
+
+_POSITIONS_FILE = re.compile(r"positions-e(\d+)-(w\d+|base)\.pkl")
+
+
+def positions_name(epoch: int, worker: int | None) -> str:
+    """A worker's positions file in a run of owner epoch ``epoch`` (None: the run's base, the merge it started from)."""
+    return f"positions-e{epoch}-{'base' if worker is None else f'w{worker}'}.pkl"
+
+
+def source_positions(sources: list[Any]) -> dict[str, Any]:
+    """What a worker records of its sources: per source step, its position and event times, and the
+    watermark it reaches once the chunk in hand is processed, per split for a split source (a rescale
+    gives each split to another worker, with its watermark)."""
+    from millstream.connectors._base import SplitSetReader
+
+    out: dict[str, Any] = {}
+    for src in sources:
+        reader = src.reader
+        if reader is None:
+            continue
+        position, wm = reader.snapshot(), src.next_watermark()
+        wm_of = dict.fromkeys(position, wm) if isinstance(reader, SplitSetReader) else None
+        out[src.name] = {"position": position, "wm": wm, "wm_of": wm_of, "max_ts": src.time_state()}
+    return out
+
+
+def merge_positions(into: dict[str, Any], newer: dict[str, Any]) -> None:
+    """Merge ``newer`` (a later file's positions) into ``into``: split by split for a split source, whole
+    otherwise; event times: the highest of each split's."""
+    for name, entry in newer.items():
+        have = into.get(name)
+        if entry["wm_of"] is None or have is None or have["wm_of"] is None:
+            into[name] = {**entry, "position": _copy(entry["position"]), "wm_of": _copy(entry["wm_of"])}
+            continue
+        have["position"].update(entry["position"])
+        have["wm_of"].update(entry["wm_of"])
+        have["wm"] = min(have["wm_of"].values(), default=have["wm"])
+        have["max_ts"] = _later_times(have["max_ts"], entry["max_ts"])
+
+
+def _copy(d: Any) -> Any:
+    return dict(d) if isinstance(d, dict) else d
+
+
+def _later_times(a: Any, b: Any) -> Any:
+    if a is None or b is None:
+        return b if a is None else a
+    splits = dict(a["splits"])
+    for split, t in b["splits"].items():
+        if t is not None and (splits.get(split) is None or t > splits[split]):
+            splits[split] = t
+    singles = [t for t in (a["max_ts"], b["max_ts"]) if t is not None]
+    return {"max_ts": min(singles) if singles else None, "splits": splits}
+
+
+def read_all_positions(store: CheckpointStore, *, workers_only: bool = False
+                       ) -> tuple[dict[str, Any], list[str]] | None:
+    """Every run's recorded positions in the directory, merged (see above), and the files read; None when
+    there are none (``workers_only``: when no worker's file is there). A one process's ``positions.pkl``
+    counts as a run's too, by the owner epoch it was written under (0 when it says none: the oldest).
+    :class:`~millstream.errors.CheckpointError` when one is damaged."""
+    found = []
+    for name in os.listdir(store.root):
+        m = _POSITIONS_FILE.fullmatch(name)
+        if m is not None:
+            found.append(((int(m[1]), m[2] != "base"), name))
+    if not found and workers_only:
+        return None
+    entries = []
+    for (epoch, worker), name in found:
+        got = store.read_positions_of(name)
+        if got is not None:
+            entries.append(((epoch, worker), got[1]))
+    one = store.read_positions_of(POSITIONS)
+    if one is not None:
+        entries.append(((one[0], True), {name: _of_one_process(e) for name, e in one[1].items()}))
+    if not entries:
+        return None
+    merged: dict[str, Any] = {}
+    for _, positions in sorted(entries, key=lambda e: e[0]):
+        merge_positions(merged, positions)
+    return merged, [name for _, name in found]
+
+
+def _of_one_process(entry: dict[str, Any]) -> dict[str, Any]:
+    """A source's entry of one process's positions file as a worker's (split by split when its
+    position is a split set's)."""
+    position, wm = entry["position"], entry["wm"]
+    split = isinstance(position, dict) and bool(position) and all(
+        isinstance(j, int) and isinstance(p, dict) and "at" in p for j, p in position.items())
+    return {"position": position, "wm": wm, "wm_of": dict.fromkeys(position, wm) if split else None,
+            "max_ts": entry["max_ts"]}
+
+
+def start_positions(store: CheckpointStore, epoch: int, merged: dict[str, Any], files: list[str]) -> None:
+    """Write ``merged`` as this run's base (durable), then remove the files of older runs it holds."""
+    base = store.sibling()  # the run's own store counts the one process's positions writes: not these
+    base.write_positions(merged, positions_name(epoch, None))
+    base.close()
+    for name in files:
+        m = _POSITIONS_FILE.fullmatch(name)
+        if m is not None and int(m[1]) < epoch:
+            store.check_owner()
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(store.root, name))
+
+
+def resume_past(job: Any, positions: dict[str, Any]) -> None:
+    """At-most-once, on a worker after its restore: each source goes on after what any worker of an
+    earlier run had read of its splits (read positions, event times), and its watermark moves to the one
+    recorded, with every other operator here muted (what it fires up to there fired before, or was lost).
+    The operators stay muted until the first checkpoint's barrier passes them (:class:`WorkerJob`): the
+    watermarks that reach them from other workers first fire nothing either."""
+    from millstream.connectors._base import SplitSetReader
+
+    for op in job.ops:
+        if op not in job.sources:
+            op.muted = True
+    for src in job.sources:
+        p = positions.get(src.name)
+        if p is None or src.reader is None:
+            continue
+        if p["wm_of"] is None:
+            if isinstance(src.reader, SplitSetReader):
+                continue  # recorded as one split: left as restored
+            src.reader.restore(p["position"])
+            wm = p["wm"]
+        else:
+            if not isinstance(src.reader, SplitSetReader):
+                continue
+            mine = {j: pos for j, pos in p["position"].items() if j in src.reader.readers}
+            if not mine:
+                continue
+            src.reader.restore(mine)
+            wm = min(p["wm_of"][j] for j in mine)
+        src.restore_time_state(p["max_ts"], merge=True)
+        if wm > src.wm:
+            src._send_watermark(wm)
 
 
 class Checkpoints:
@@ -189,15 +377,20 @@ class Checkpoints:
         self.started = 0.0
         #: no more checkpoints: a worker has ended
         self.closed = False
+        #: the checkpoint in flight is a savepoint (:meth:`start`), and the last savepoint completed
+        self.savepoint = False
+        self.last_savepoint: int | None = None
 
     def due(self, now_ms: int) -> bool:
         return self.inflight is None and not self.closed and self.co.due(now_ms)
 
-    def start(self) -> None:
-        """Send checkpoint ``k``'s barrier to every worker, and inject it here."""
+    def start(self, *, savepoint: bool = False) -> None:
+        """Send checkpoint ``k``'s barrier to every worker, and inject it here. ``savepoint``: its manifest
+        says it is one (taken by :func:`~._runner.take_savepoint` once the sources have stopped reading)."""
         k = self.co.next_id
         self.co.next_id += 1
         self.inflight, self.parts, self.txns, self.started = k, {}, {}, time.perf_counter()
+        self.savepoint = savepoint
         for w in range(1, self.n):
             self.send(w, ("ckpt", k))
         self.inject(k)
@@ -214,7 +407,7 @@ class Checkpoints:
         """A worker ended: the checkpoint in flight cannot complete, and no other starts."""
         if self.inflight is not None:
             log.info("checkpoint %d abandoned: a worker ended before its barrier reached it", self.inflight)
-        self.inflight = None
+        self.inflight, self.savepoint = None, False
         self.closed = True
 
     def _take_sealed(self, upto: int) -> dict[str, list[Any]]:
@@ -236,15 +429,19 @@ class Checkpoints:
         shared = {p["name"]: {"size": p["size"], "sha256": p["sha256"]} for p in self.parts.values()}
         self.txns = self._take_sealed(ckpt)
         state = {PARALLEL: {"parallelism": self.n, "parts": parts}, "txns": self.txns, "read": {}}
-        size = store.write(ckpt, state, finished=False, meta={"guarantee": co.guarantee, "parallelism": self.n},
-                           shared=shared)
+        meta: dict[str, Any] = {"guarantee": co.guarantee, "parallelism": self.n}
+        if self.savepoint:
+            meta.update(savepoint=True, shape=co.shape)
+        size = store.write(ckpt, state, finished=False, meta=meta, shared=shared)
         size += sum(p["size"] for p in self.parts.values())
         self._commit(ckpt, self.txns)
         failpoint("source.acknowledge")
         self.acknowledge(ckpt)
         store.gc()
         self._record(ckpt, size, finished=False)
-        self.inflight = None
+        if self.savepoint:
+            self.last_savepoint = ckpt
+        self.inflight, self.savepoint = None, False
 
     def finish(self) -> None:
         """The final checkpoint, once every worker has ended: the sinks' last output, nothing to restore."""
@@ -274,6 +471,7 @@ class Checkpoints:
     def _record(self, ckpt: int, size: int, *, finished: bool) -> None:
         co = self.co
         ms = (time.perf_counter() - self.started) * 1000
-        co.stats.record(ckpt, ms, size, finished=finished, parallelism=self.n)
+        co.stats.record(ckpt, ms, size, finished=finished, parallelism=self.n,
+                        **({"savepoint": True} if self.savepoint else {}))
         co.next_due = co.clock.now_ms() + co.interval_ms
         log.debug("checkpoint %d of %d workers: %d bytes in %.1f ms", ckpt, self.n, size, ms)

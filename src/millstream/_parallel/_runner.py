@@ -22,7 +22,7 @@ from millstream._runtime._base import Runtime
 from millstream._state import open_backend
 from millstream.errors import CheckpointError, ConfigError, JobError, MillstreamError
 
-from ._checkpoints import Checkpoints, PartWriter
+from ._checkpoints import PAUSE, RESUME, Checkpoints, PartWriter, read_all_positions, start_positions
 from ._exchange import Exchange, PipeTransport
 from ._rescale import load_parts, snapshot_for
 from ._worker import run_worker, worker_job, worker_main
@@ -46,13 +46,6 @@ def check_config(cfg: RunConfig) -> None:
     if n == 1:
         return
     fix = "run with parallelism=1 (--parallelism 1)"
-    if cfg.effective_guarantee == "at-most-once":
-        raise ConfigError("parallelism > 1 takes checkpoints for at-least-once and exactly-once; at-most-once "
-                          "needs each source's read position recorded before every chunk, on every worker, "
-                          f"which is not built yet: choose guarantee='at-least-once' or 'exactly-once', or {fix}")
-    if cfg.from_savepoint is not None:
-        raise ConfigError("parallelism > 1 does not start from a savepoint yet (nor take one when stopped): "
-                          f"start it from its own checkpoint directory, or {fix}")
     if cfg.state != "memory":
         raise ConfigError(f"parallelism > 1 keeps keyed state in memory for now, not {cfg.state!r}: run with "
                           f"state='memory', or {fix}")
@@ -151,6 +144,8 @@ def run_parallel(plan: Plan, cfg: RunConfig, control: JobControl) -> RunResult:
                                   interval_ms=cfg.checkpoint_interval_ms, retain=cfg.checkpoints_retained,
                                   clock=SystemClock(), mode=cfg.mode, key=cfg.checkpoint_key)
     try:
+        if coordinator is not None and cfg.from_savepoint is not None:
+            coordinator.adopt_savepoint(os.fspath(cfg.from_savepoint))
         restarts = 0
         while True:
             try:
@@ -181,22 +176,31 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
     restores: list[bytes | None] = [None] * n
     loaded = None
     ckpt_cfg: dict[str, Any] | None = None
+    resume: dict[str, Any] | None = None
     if coordinator is not None:
         t0 = time.perf_counter()
         loaded = coordinator.restore_point()
         owner = coordinator.store.owner
         assert owner is not None
-        ckpt_cfg = {"root": coordinator.store.root, "epoch": owner.epoch, "token": owner.token}
+        ckpt_cfg = {"root": coordinator.store.root, "epoch": owner.epoch, "token": owner.token,
+                    "scope": owner.scope, "job": coordinator.store.job, "key": cfg.checkpoint_key,
+                    "at_most_once": guarantee == "at-most-once"}
         if loaded is not None and loaded.finished:
             nowhere = Exchange(0, PipeTransport(0, {}, {}), 1)
             job0 = worker_job(physical, 0, Runtime(SystemClock(), open_backend(cfg.state)), nowhere)
             return _status(job0, plan.flow, cfg.mode, started, RunResult, guarantee=guarantee,  # type: ignore[no-any-return]
                            checkpoints=coordinator.stats, already_finished=True, restarts=restarts)
+        snaps: list[dict[str, Any] | None] = [None] * n
         if loaded is not None:
             old_n, parts = load_parts(loaded.state, coordinator.store.shared_dir)
-            restores = [pickle.dumps(snapshot_for(physical, w, old_n, parts), protocol=pickle.HIGHEST_PROTOCOL)
-                        for w in range(n)]
+            snaps = [snapshot_for(physical, w, old_n, parts) for w in range(n)]
             log.info("resuming from checkpoint %d (taken at parallelism %d) at parallelism %d", loaded.id, old_n, n)
+        if guarantee == "at-most-once":
+            positions = _positions_to_resume(coordinator, loaded)
+            if positions is not None:  # the first checkpoint of this run ends the muting (._checkpoints.resume_past)
+                resume = {"positions": positions, "checkpoint": coordinator.next_id}
+                snaps = [{**(snap or {}), RESUME: resume} for snap in snaps]
+        restores = [None if snap is None else pickle.dumps(snap, protocol=pickle.HIGHEST_PROTOCOL) for snap in snaps]
         coordinator.stats.restore_ms = (time.perf_counter() - t0) * 1000
     payload = _payload(physical)
     trigger = cfg.trigger_interval_ms if cfg.mode == "microbatch" else 0
@@ -208,6 +212,8 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
     else:
         workers = LocalWorkers(n, plan.flow)
     done: dict[int, dict[str, Any]] = {}
+    #: the workers that have stopped reading for a savepoint (:func:`_take_savepoint`)
+    paused: set[int] = set()
     checkpoints: Checkpoints | None = None
 
     def alive() -> None:
@@ -218,7 +224,9 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
             if msg[0] == "error":
                 raise _WorkerFailed(msg[1], msg[2], msg[3])
             if msg[0] == "part":
-                if checkpoints is not None:
+                if msg[2] == PAUSE:
+                    paused.add(msg[1])
+                elif checkpoints is not None:
                     checkpoints.part(msg[1], msg[2], msg[3])
                 continue
             done[msg[1]] = msg[2]
@@ -255,6 +263,7 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
 
     job = worker_job(physical, 0, rt, ex, checkpointed=coordinator is not None, on_part=own_part)
     interrupted = finished = False
+    savepoint: str | None = None
     tick = None
     if cfg.on_progress is not None:
         callback, every, next_tick = cfg.on_progress, cfg.progress_interval_s, [time.monotonic()]
@@ -276,21 +285,25 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
                 if restores[0] is not None:
                     job.restore(pickle.loads(restores[0]))  # noqa: S301 - made above from a verified checkpoint
                 txns = loaded.state["txns"] if loaded is not None else {}
-                coordinator.recover_writers(job.writers(), txns)
+                coordinator.recover_writers(job.writers(), txns, resumed=resume is not None)
+                if part_writer is not None and part_writer.at_most_once:
+                    job.record_reads(part_writer)
+
                 def acknowledge(ckpt: int | None) -> None:
                     for w in range(1, n):  # a worker that has ended waits for the final word, taking these too
                         ex.put(w, ("ack", ckpt))
                     job.acknowledge(ckpt)
 
                 checkpoints = Checkpoints(coordinator, n, ex.put, job.start, job.writers, acknowledge, job.sealed)
+                if resume is not None:  # at-most-once, resumed: this first checkpoint unmutes the operators
+                    assert coordinator.next_id == resume["checkpoint"]
+                    checkpoints.start()
             ended = run_worker(job, ex, max_chunk=cfg.chunk, idle_sleep_s=cfg.idle_sleep_s,
                                stop=lambda: control.stop_requested, tick=tick, checkpoints=checkpoints,
                                trigger_interval_ms=trigger)
             interrupted = not ended
-            if interrupted and coordinator is not None and control.savepoint_requested:
-                log.warning("stopped without a savepoint: at parallelism > 1 a stop takes none yet; a run with the "
-                            "same checkpoint directory resumes from its last checkpoint (%s)",
-                            coordinator.stats.last_id or coordinator.stats.restored_from or "none yet")
+            if interrupted and checkpoints is not None and control.savepoint_requested:
+                savepoint = _take_savepoint(checkpoints, ex, n, alive, paused, done)
             while ended and len(done) < n - 1:  # the others have ended too: wait for their figures
                 ex.receive(0.05)
                 alive()
@@ -299,6 +312,8 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
             finished = ended
             failed = False
         finally:
+            if part_writer is not None:
+                part_writer.close()
             _close(job, quiet=failed)
     except KeyboardInterrupt:
         interrupted = True
@@ -314,8 +329,73 @@ def _run_once(plan: Plan, cfg: RunConfig, control: JobControl, coordinator: Coor
     result: RunResult = _status(job, plan.flow, cfg.mode, started, RunResult, ok=not interrupted,
                                 interrupted=interrupted, guarantee=guarantee,
                                 checkpoints=coordinator.stats if coordinator is not None else None,
-                                restarts=restarts)
+                                restarts=restarts, savepoint=savepoint)
     return _merge(result, done)
+
+
+def _take_savepoint(checkpoints: Checkpoints, ex: Exchange, n: int, alive: Callable[[], None], paused: set[int],
+                    done: dict[int, dict[str, Any]]) -> str | None:
+    """A stop with a savepoint, on worker 0 once its loop has stopped: every worker stops reading its sources
+    (``("ckpt", PAUSE)``, answered once it has), the checkpoint in flight completes, then a checkpoint
+    commits everything produced before the pause, then the savepoint: a checkpoint marked so in its
+    manifest, taken with nothing produced since the one before (its sinks' transactions are empty, so a
+    run from it may write to a new output), its parts durable on every worker. Worker 0 meanwhile reads
+    nothing either and fires no processing-time timer, and takes in and processes what the others send.
+    Returns the savepoint's directory; None, with a warning, when a worker had ended (no checkpoint can
+    complete then: a rerun resumes from the last one)."""
+    co = checkpoints.co
+
+    def settle(until: Callable[[], bool]) -> bool:
+        """Take in and process what the others send until ``until()``; False once no checkpoint can complete."""
+        while not checkpoints.closed:
+            if until():
+                return True
+            ex.receive(0.01)
+            alive()
+            ex.flush()
+        return False
+
+    for w in range(1, n):
+        ex.put(w, ("ckpt", PAUSE))
+    ok = settle(lambda: len(paused | set(done)) >= n - 1 and checkpoints.inflight is None)
+    for savepoint in (False, True):
+        if not ok:
+            break
+        checkpoints.start(savepoint=savepoint)
+        ok = settle(lambda: checkpoints.inflight is None)
+    if not ok or checkpoints.last_savepoint is None:
+        log.warning("stopped without a savepoint: a worker had ended, so no checkpoint could complete; a run with "
+                    "the same checkpoint directory resumes from its last checkpoint (%s)",
+                    co.stats.last_id or co.stats.restored_from or "none yet")
+        return None
+    path = co.store.path_of(checkpoints.last_savepoint)
+    log.info("stopped with savepoint %s (%d workers)", path, n)
+    return path
+
+
+def _positions_to_resume(coordinator: Coordinator, loaded: Any) -> dict[str, Any] | None:
+    """At-most-once: how far every run's workers (or one process) had read, merged and written as this
+    run's base (:mod:`._checkpoints`); None when nothing was recorded (a fresh start, or a run from a
+    savepoint in a new directory: nothing was read past it)."""
+    store = coordinator.store
+    fix = ("start over with a new (empty) checkpoint directory AND a new or emptied output (removing only some "
+           "checkpoint files makes the job resume from an older point and repeat output)")
+    cannot = ("At-most-once cannot tell how far the sources had read, so a resume could process records again; "
+              "the job does not resume.")
+    try:
+        found = read_all_positions(store)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}\n  {cannot}\n  fix: {fix}") from None
+    if found is None:
+        if loaded is not None and not loaded.savepoint and loaded.manifest.get("guarantee") == "at-most-once":
+            raise CheckpointError(f"checkpoint directory {store.root!r} has at-most-once checkpoints but no read "
+                                  f"positions (positions-*.pkl deleted?).\n  {cannot}\n  fix: {fix}")
+        return None
+    merged, files = found
+    owner = store.owner
+    assert owner is not None
+    start_positions(store, owner.epoch, merged, files)
+    return merged
 
 
 def _in_step(step: str | None) -> str:

@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from millstream import _plan as P
+from millstream._checkpoint._failpoints import failpoint
 from millstream._clock import SystemClock
 from millstream._physical import PhysicalPlan
 from millstream._runtime._base import Operator, Runtime
@@ -28,7 +29,7 @@ from millstream._state import open_backend
 from millstream._time import MAX_WATERMARK, MIN_WATERMARK
 from millstream.errors import MillstreamError
 
-from ._checkpoints import Checkpoints, Gate, PartWriter
+from ._checkpoints import PAUSE, RESUME, Checkpoints, Gate, PartWriter, resume_past, source_positions
 from ._exchange import Exchange, ExchangeIn, ExchangeOut, PipeTransport
 
 
@@ -65,6 +66,12 @@ class WorkerJob(NativeJob):
         self.sealed: list[tuple[int, str, Any]] = []
         #: its sources' positions at each checkpoint's barrier, acknowledged once that checkpoint is complete
         self.positions: dict[int, dict[str, Any]] = {}
+        #: at-most-once: the sources record their read positions before each chunk (:meth:`record_reads`),
+        #: and acknowledge what they read then, not at checkpoints
+        self.at_most_once = False
+        #: at-most-once, resumed past what an earlier run read: the checkpoint whose barrier unmutes each
+        #: operator (:func:`~._checkpoints.resume_past`)
+        self.resume_at: int | None = None
         self.gates: dict[int, Gate] = {}
         for pop in physical.operators:
             if worker >= pop.parallelism:
@@ -116,13 +123,38 @@ class WorkerJob(NativeJob):
                 key_groups: Iterable[int] | None = None) -> None:
         """Restore as one process does, then tell every output the watermark each instance had reached:
         the exchanges of this run start from nothing, and an instance whose watermark does not move after
-        the restore (one that had ended, say) would otherwise hold its receivers back for good."""
+        the restore (one that had ended, say) would otherwise hold its receivers back for good.
+
+        Under at-most-once (``snap`` holds :data:`~._checkpoints.RESUME`), the sources then go on past what
+        any worker had read, with the operators muted up to the first checkpoint of this run."""
+        snap = dict(snap)
+        resume = snap.pop(RESUME, None)
         super().restore(snap, directory, key_groups)
         for op in self.ops:
             if op.wm > MIN_WATERMARK:
                 out = op.wm - op.watermark_hold if op.wm < MAX_WATERMARK else op.wm
                 for target, port in list(op.outs):
                     target.watermark(port, out)
+        if resume is not None:
+            resume_past(self, resume["positions"])
+            self.resume_at = resume["checkpoint"]
+
+    def record_reads(self, parts: PartWriter) -> None:
+        """At-most-once: record this worker's read positions now, and from now on before every chunk its
+        sources read is processed (then acknowledge them: nothing read is read again)."""
+        self.at_most_once = True
+
+        def record() -> None:
+            positions = source_positions(self.sources)
+            parts.record(self.worker, positions)
+            failpoint("source.acknowledge")
+            for src in self.sources:
+                if src.reader is not None and src.name in positions:
+                    src.reader.acknowledge(positions[src.name]["position"])
+
+        record()
+        for src in self.sources:
+            src.on_read = record
 
     def start(self, ckpt: int) -> None:
         """Start this worker's part of checkpoint ``ckpt`` unless it has started (see :meth:`inject`)."""
@@ -164,6 +196,8 @@ class WorkerJob(NativeJob):
                 part["maps"].update(pickle.loads(pickle.dumps(mine, protocol=pickle.HIGHEST_PROTOCOL)))  # noqa: S301
         if op in self.sources and isinstance(op, SourceOperator) and op.reader is not None:
             self.positions.setdefault(ckpt, {})[op.name] = op.reader.snapshot()
+        if self.resume_at is not None and ckpt >= self.resume_at:
+            op.muted = False  # at-most-once: what reaches it from here on was never processed before
         if isinstance(op, SinkOperator):
             assert op.writer is not None
             self.sealed.append((ckpt, op.name, op.writer.pre_commit(ckpt)))
@@ -193,6 +227,8 @@ class WorkerJob(NativeJob):
         positions = self.positions[max(done)]
         for k in done:
             del self.positions[k]
+        if self.at_most_once:
+            return  # acknowledged as read (record_reads): a checkpoint's positions are older
         for src in self.sources:
             if src.reader is not None and src.name in positions:
                 src.reader.acknowledge(positions[src.name])
@@ -237,10 +273,15 @@ def run_worker(job: WorkerJob, ex: Exchange, *, max_chunk: int, idle_sleep_s: fl
     (in micro-batch mode: this worker's epoch), fires processing-time timers and sends what it made.
     With ``trigger_interval_ms`` (micro-batch mode), a round that read less than a full chunk is
     followed by that long after it started, taking in what arrives meanwhile, so that a live input
-    gathers into larger epochs (as in one process)."""
+    gathers into larger epochs (as in one process).
+
+    A worker other than 0 told to pause (``("ckpt", PAUSE)``: a savepoint follows) reads its sources
+    no more and fires no processing-time timer: it takes in, processes and passes on what reaches it,
+    and takes its part of checkpoints, until it is stopped."""
     clock = job.rt.clock
     has_proc = any(type(op).on_processing_time is not Operator.on_processing_time for op in job.ops)
     sources_ended = not job.sources
+    paused = False
     while True:
         round_start = clock.now_ms()
         got = ex.receive(0.0)
@@ -250,15 +291,18 @@ def run_worker(job: WorkerJob, ex: Exchange, *, max_chunk: int, idle_sleep_s: fl
         elif ex.me != 0:
             while ex.control:
                 msg = ex.control.popleft()
-                if msg[0] == "ckpt":
+                if msg[0] == "ckpt" and msg[1] == PAUSE:
+                    paused = True
+                    ex.put(0, ("part", ex.me, PAUSE, None))
+                elif msg[0] == "ckpt":
                     job.start(msg[1])
                 elif msg[0] == "ack":
                     job.acknowledge(msg[1])
         n = 0
-        if not sources_ended:
+        if not sources_ended and not paused:
             n, active = job.step(max_chunk)
             sources_ended = not active
-        if has_proc:
+        if has_proc and not paused:
             job.fire_processing_time(clock.now_ms())
         ex.flush()
         if tick is not None:
@@ -268,6 +312,10 @@ def run_worker(job: WorkerJob, ex: Exchange, *, max_chunk: int, idle_sleep_s: fl
         if stop is not None and stop():
             return False
         ex.check()
+        if paused:
+            if got == 0:
+                ex.receive(0.01)
+            continue
         if trigger_interval_ms and 0 < n < max_chunk:
             deadline = round_start + trigger_interval_ms
             while (left := deadline - clock.now_ms()) > 0:
@@ -338,6 +386,10 @@ def serve(worker: int, ex: Exchange, payload: bytes, *, max_chunk: int, idle_sle
         job.open()
         if restore is not None:
             job.restore(pickle.loads(restore))  # noqa: S301 - made by the job's process
+        if parts is not None and parts.at_most_once:
+            job.record_reads(parts)
+        if job.resume_at is not None:  # at-most-once, resumed: the first checkpoint unmutes the operators
+            job.start(job.resume_at)
         run_worker(job, ex, max_chunk=max_chunk, idle_sleep_s=idle_sleep_s,
                    trigger_interval_ms=trigger_interval_ms)
         failed = False
@@ -345,6 +397,8 @@ def serve(worker: int, ex: Exchange, payload: bytes, *, max_chunk: int, idle_sle
             ex.put(0, ("done", worker, _figures(job)))
             _await_final(job, ex)
     finally:
+        if parts is not None:
+            parts.close()
         try:
             job.close()
         except Exception:
