@@ -272,3 +272,36 @@ def test_an_at_most_once_job_killed_at_parallelism_2_emits_nothing_twice(mode: s
     assert len(rows) >= 0.9 * len(oracle)
     last = max(w for _, w in oracle)
     assert all(rows.get(k_w) == oracle[k_w] for k_w in oracle if k_w[1] == last)
+
+
+def test_read_positions_merge_split_by_split_newest_run_last_and_idle_splits_bound_nothing(tmp_path: Path) -> None:
+    """The merge a resume starts from: every run's worker files, older owner epochs first (a run's base
+    before its workers' files), each split taking the newest entry; the source's watermark is the least
+    of its busy splits', so a split that was idle (left out downstream) does not pull the resumed
+    watermark below what its receivers had reached."""
+    from millstream._parallel._checkpoints import positions_name, read_all_positions
+
+    store = CheckpointStore(str(tmp_path), job="j")
+
+    def entry(at: dict[int, int], wm: int, idle: bool = False) -> dict[str, Any]:
+        return {"src": {"position": {j: {"at": a, "skip": 0} for j, a in at.items()}, "wm": wm,
+                        "wm_of": dict.fromkeys(at, None if idle else wm), "max_ts": None}}
+
+    for epoch, worker, positions in [(1, 0, entry({0: 5, 1: 5}, 100)), (1, 1, entry({2: 7, 3: 7}, 40, idle=True)),
+                                     (2, None, entry({0: 5, 1: 5, 2: 7, 3: 7}, 40)), (2, 0, entry({0: 9}, 150))]:
+        writer = store.sibling()
+        writer.write_positions(positions, positions_name(epoch, worker))
+        writer.close()
+    found = read_all_positions(store)
+    assert found is not None
+    merged, files = found
+    src = merged["src"]
+    assert {j: p["at"] for j, p in src["position"].items()} == {0: 9, 1: 5, 2: 7, 3: 7}
+    # the base of run 2 said 40 for splits 2 and 3 (busy then); run 1's idle worker said nothing: 40 holds
+    assert src["wm_of"] == {0: 150, 1: 40, 2: 40, 3: 40} and src["wm"] == 40
+    assert len(files) == 4
+    # without the base: the idle splits bound nothing, the source's watermark is its busy splits' least
+    (tmp_path / positions_name(2, None)).unlink()
+    found = read_all_positions(store)
+    assert found is not None
+    assert found[0]["src"]["wm_of"] == {0: 150, 1: 100, 2: None, 3: None} and found[0]["src"]["wm"] == 100

@@ -234,9 +234,17 @@ def source_positions(sources: list[Any]) -> dict[str, Any]:
         if reader is None:
             continue
         position, wm = reader.snapshot(), src.next_watermark()
-        wm_of = dict.fromkeys(position, wm) if isinstance(reader, SplitSetReader) else None
+        # an idle instance holds no receiver back (they leave it out): its splits' watermark is no bound
+        gen = getattr(src, "gen", None)
+        idle = gen is not None and gen.idle
+        wm_of = dict.fromkeys(position, None if idle else wm) if isinstance(reader, SplitSetReader) else None
         out[src.name] = {"position": position, "wm": wm, "wm_of": wm_of, "max_ts": src.time_state()}
     return out
+
+
+def _least_busy(wm_of: dict[Any, int | None], default: int) -> int:
+    """The least watermark of the splits that were not idle (``default`` when every one was)."""
+    return min((wm for wm in wm_of.values() if wm is not None), default=default)
 
 
 def merge_positions(into: dict[str, Any], newer: dict[str, Any]) -> None:
@@ -245,12 +253,13 @@ def merge_positions(into: dict[str, Any], newer: dict[str, Any]) -> None:
     for name, entry in newer.items():
         have = into.get(name)
         if entry["wm_of"] is None or have is None or have["wm_of"] is None:
-            into[name] = {**entry, "position": _copy(entry["position"]), "wm_of": _copy(entry["wm_of"])}
-            continue
-        have["position"].update(entry["position"])
-        have["wm_of"].update(entry["wm_of"])
-        have["wm"] = min(have["wm_of"].values(), default=have["wm"])
-        have["max_ts"] = _later_times(have["max_ts"], entry["max_ts"])
+            into[name] = have = {**entry, "position": _copy(entry["position"]), "wm_of": _copy(entry["wm_of"])}
+        else:
+            have["position"].update(entry["position"])
+            have["wm_of"].update(entry["wm_of"])
+            have["max_ts"] = _later_times(have["max_ts"], entry["max_ts"])
+        if have["wm_of"] is not None:  # the source's: the least of its busy splits' (idle splits hold nothing)
+            have["wm"] = _least_busy(have["wm_of"], have["wm"])
 
 
 def _copy(d: Any) -> Any:
@@ -347,7 +356,9 @@ def resume_past(job: Any, positions: dict[str, Any]) -> None:
             if not mine:
                 continue
             src.reader.restore(mine)
-            wm = min(p["wm_of"][j] for j in mine)
+            # its splits' least, those that were idle left out; all idle: the source's (what its receivers
+            # had reached, over the other instances): records of those splits behind it are late now
+            wm = _least_busy({j: p["wm_of"][j] for j in mine}, p["wm"])
         src.restore_time_state(p["max_ts"], merge=True)
         if wm > src.wm:
             src._send_watermark(wm)
