@@ -187,10 +187,10 @@ class RunConfig:
       Above 1, this process is worker 0 (it writes the sinks, and reads the sources that do not
       split), sources of several splits are read by every worker, each its range, and keyed steps
       are spread over the workers by key group. In every mode (micro-batch workers send columnar
-      batches to each other); for now with state in memory and guarantee ``"none"``,
-      ``"at-least-once"`` or ``"exactly-once"`` (checkpoints across the workers; a job resumes from a
-      checkpoint taken at any parallelism, in any mode); anything else is refused with a
-      ConfigError (see docs/scaling.md).
+      batches to each other), in every guarantee (checkpoints across the workers; a job resumes
+      from a checkpoint or a savepoint taken at any parallelism, in any mode); for now with state in
+      memory and without metrics or the dashboard: those are refused with a ConfigError naming the
+      fix (see docs/scaling.md).
     - ``engine``: where workers 1 .. N-1 of a job at parallelism > 1 run: ``"local"`` (default:
       processes of this machine) or ``"ray"`` (Ray actors, on one machine or a cluster: the same
       physical plan, answers and checkpoints; needs ``millstream[ray]``). ``ray_address``: the
