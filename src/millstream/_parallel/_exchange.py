@@ -47,6 +47,7 @@ import pickle
 import queue
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from itertools import compress
@@ -80,7 +81,7 @@ CONTROL = ("error", "done", "ckpt", "part", "ack")
 _ROUTES = 1 << 16
 
 
-class Transport:
+class Transport(ABC):
     """How one worker's messages reach the others: **the exchange's one seam** between the
     message logic (:class:`Exchange`, :class:`ExchangeIn`, :class:`ExchangeOut`) and the way bytes
     travel. Two implementations: :class:`PipeTransport` (worker processes of this machine) and
@@ -94,14 +95,14 @@ class Transport:
     def start(self) -> None:
         """Start moving messages (threads, calls in flight): after the other workers are started."""
 
+    @abstractmethod
     def offer(self, dest: int, data: bytes) -> bool:
         """Send ``data`` to worker ``dest`` unless its channel is full (False: offer it again later)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def take(self, timeout: float) -> list[bytes]:
         """What has arrived (each sender's messages in order), waiting up to ``timeout`` seconds for
         something when nothing has."""
-        raise NotImplementedError
 
     def connected(self, sender: int) -> bool:
         """Whether more may come from ``sender`` (False once its end is closed, or it is gone)."""

@@ -11,6 +11,7 @@ import resource
 import sys
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
@@ -411,28 +412,28 @@ class _WorkerFailed(Exception):
         return JobError(f"worker {self.worker} of {n} failed{_in_step(self.step)}: {self.text}")
 
 
-class Workers:
+class Workers(ABC):
     """Where workers 1 .. N-1 run, and how worker 0 reaches them: :class:`LocalWorkers` (processes of
     this machine, over pipes) or ``._ray.RayWorkers`` (Ray actors). Worker 0 is the calling process
     either way."""
 
+    @abstractmethod
     def exchange(self, alive: Callable[[], None]) -> Exchange:
         """Worker 0's exchange (``alive`` is called while it waits)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def start(self, payload: bytes, restores: list[bytes | None], **common: Any) -> None:
         """Start workers 1 .. N-1 on ``payload`` (the pickled physical plan), worker ``w`` from
         ``restores[w]``; ``common``: :func:`._worker.serve`'s options."""
-        raise NotImplementedError
 
+    @abstractmethod
     def exited(self, w: int) -> str | None:
         """How worker ``w`` ended (``"exit code -9"``), or None while it runs."""
-        raise NotImplementedError
 
+    @abstractmethod
     def stop(self, ex: Exchange, finished: bool) -> None:
         """Join every worker (``finished``: they end by themselves; otherwise, after a failure or an
         interruption, they are stopped), and close worker 0's exchange."""
-        raise NotImplementedError
 
 
 class LocalWorkers(Workers):

@@ -59,12 +59,14 @@ class StateBackend(ABC):
 
     def namespaced_map(self, operator: str, state: str) -> Any:
         """A map of ``(namespace, key)`` entries whose namespaces are scanned and dropped whole
-        (a window's slices), key groups by the key (on-disk backends only)."""
-        raise NotImplementedError(f"the {self.name} backend keeps operator state in the operators")
+        (a window's slices), key groups by the key (on-disk backends only: the operators keep their
+        state themselves on the others, so asking one is a programming error)."""
+        raise TypeError(f"the {self.name} backend has no namespaced maps: operators keep their state themselves")
 
     def timer_queue(self, operator: str, state: str) -> Any:
-        """``(time, key)`` entries taken in time order, key groups by the key (on-disk backends only)."""
-        raise NotImplementedError(f"the {self.name} backend keeps operator state in the operators")
+        """``(time, key)`` entries taken in time order, key groups by the key (on-disk backends only, as
+        :meth:`namespaced_map`)."""
+        raise TypeError(f"the {self.name} backend has no timer queues: operators keep their timers themselves")
 
     @abstractmethod
     def snapshot(self, checkpoint_id: int, directory: str | None = None) -> Handle:
