@@ -146,6 +146,15 @@ def restart_budget():
             "failed_once": marker.exists(), "left": no_actors_left()}
 
 
+def failure_on_ray(flow):
+    """The JobError's message of ``flow`` run on two workers on Ray (None: it did not fail)."""
+    try:
+        flow.run(parallelism=2, engine="ray")
+    except JobError as exc:
+        return str(exc)
+    return None
+
+
 @scenario
 def killed_actor():
     me = os.getpid()
@@ -160,13 +169,7 @@ def killed_actor():
                       watermark=ms.WatermarkStrategy.monotonous(timestamp="ts"))
     src.key_by("k").window(ms.windows.tumbling(100)).aggregate(n=agg.count()).map(die, name="die").sink(
         ms.testing.CollectSink())
-    try:
-        flow.run(parallelism=2, engine="ray")
-    except JobError as exc:
-        message = str(exc)
-    else:
-        message = None
-    return {"message": message, "left": no_actors_left()}
+    return {"message": failure_on_ray(flow), "left": no_actors_left()}
 
 
 @scenario
@@ -183,13 +186,7 @@ def raising_actor():
                       watermark=ms.WatermarkStrategy.monotonous(timestamp="ts"))
     src.map(explode, name="explode").key_by("k").window(ms.windows.tumbling(100)).aggregate(n=agg.count()).sink(
         ms.testing.CollectSink())
-    try:
-        flow.run(parallelism=2, engine="ray")
-    except JobError as exc:
-        message = str(exc)
-    else:
-        message = None
-    return {"message": message, "left": no_actors_left()}
+    return {"message": failure_on_ray(flow), "left": no_actors_left()}
 
 
 @scenario
