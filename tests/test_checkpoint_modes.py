@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from tests.test_parallel import _shm, clean  # noqa: F401 - the fixture: no process, nothing in /dev/shm left
-from tests.test_rescale_columnar import HELD, JOIN, SHAPES, event, oracle_joins, oracle_windows, right
+from tests.test_rescale_columnar import HELD, JOIN, SHAPES, event, oracle_joins, oracle_windows, reference_runs, right
 from tests.test_rescale_keyed import RATE, RUN, WM, N, _checkpoint, _failing, _outputs, _states
 
 import millstream as ms
@@ -132,24 +132,8 @@ def _check_held(flow: str, mode: str, parts: list[dict[str, Any]], ckpt: int) ->
 @pytest.fixture(scope="module")
 def reference(inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], dict[str, Counter[str]]]:
     """Per flow and mode, the output of an uninterrupted run (checked against the oracle)."""
-    done: dict[tuple[str, str], dict[str, Counter[str]]] = {}
-    oracles: dict[str, dict[str, Counter[str]]] = {}
-
-    def of(name: str, mode: str) -> dict[str, Counter[str]]:
-        if (name, mode) not in done:
-            build, oracle = FLOWS[name]
-            out = tmp_path_factory.mktemp(f"ref-{name}-{mode}")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", PerformanceWarning)
-                assert build(inputs, out, None, out / "ck").run(mode=mode).ok
-            want = oracles.setdefault(name, oracle())
-            got = _outputs(out, list(want))
-            for sink in want:
-                assert want[sink] and got[sink] == want[sink], f"{name}/{sink} ({mode}): not the oracle's"
-            done[(name, mode)] = got
-        return done[(name, mode)]
-
-    return of
+    return reference_runs(tmp_path_factory, FLOWS,
+                          lambda build, out, mode: build(inputs, out, None, out / "ck").run(mode=mode))
 
 
 def _fail(build: Build, inputs: Path, tmp_path: Path, mode: str, parallelism: int = 1) -> tuple[Path, Path, Path]:

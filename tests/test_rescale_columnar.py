@@ -175,19 +175,20 @@ FLOWS: dict[str, tuple[Callable[[Path, Path | None, Path], ms.Flow], Callable[[]
 }
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], dict[str, Counter[str]]]:
-    """Per flow and mode, the output of an uninterrupted run in one process (checked against the oracle)."""
+def reference_runs(tmp_path_factory: pytest.TempPathFactory, flows: dict[str, tuple[Any, Callable[[], Any]]],
+                   run: Callable[[Any, Path, str], Any]) -> Callable[[str, str], dict[str, Counter[str]]]:
+    """Per flow and mode, the output of an uninterrupted run in one process (``run(build, out, mode)``),
+    checked against the flow's oracle; each made once."""
     done: dict[tuple[str, str], dict[str, Counter[str]]] = {}
     oracles: dict[str, dict[str, Counter[str]]] = {}
 
     def of(name: str, mode: str) -> dict[str, Counter[str]]:
         if (name, mode) not in done:
-            build, oracle = FLOWS[name]
+            build, oracle = flows[name]
             out = tmp_path_factory.mktemp(f"ref-{name}-{mode}")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ms.errors.PerformanceWarning)
-                assert build(out, None, out / "ck").run(mode=mode).ok
+                assert run(build, out, mode).ok
             want = oracles.setdefault(name, oracle())
             got = _outputs(out, list(want))
             for sink in want:
@@ -196,6 +197,12 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], 
         return done[(name, mode)]
 
     return of
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], dict[str, Counter[str]]]:
+    """Per flow and mode, the output of an uninterrupted run in one process (checked against the oracle)."""
+    return reference_runs(tmp_path_factory, FLOWS, lambda build, out, mode: build(out, None, out / "ck").run(mode=mode))
 
 
 # every mode, flow and new parallelism, in pairs (4 runs, not the 8 of every combination: each takes
