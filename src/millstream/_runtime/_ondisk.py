@@ -378,19 +378,7 @@ class DiskCountWindowOperator(CountWindowOperator):
                 buf.append((r, t))
                 n += 1
                 if n >= size and (n - size) % every == 0:
-                    acc = self.new()
-                    for rr, tt in buf:
-                        self.add1(acc, rr, tt)
-                    if times is not None:
-                        ws, we = min(tt for _, tt in buf), max(tt for _, tt in buf) + 1
-                    else:
-                        ws = we = None
-                    rows = self.finish(k, ws, we, acc)
-                    self._out.extend(rows)
-                    if times is not None:
-                        self._tout.extend([we - 1] * len(rows))
-                    if every == size:
-                        buf.clear()
+                    self._fire_count(k, buf, times is not None)
                 put(k, (buf, n))
             except Exception as exc:
                 raise self.rt.step_error(self.node, exc, record=r, key=k, has_key=True, event_time=t) from exc

@@ -561,6 +561,23 @@ class CountWindowOperator(_WindowBase):
         self.buffers: dict[Any, deque[tuple[Any, Any]]] = {}
         self.counts: dict[Any, int] = {}
 
+    def _fire_count(self, k: Any, buf: Any, timed: bool) -> None:
+        """The window of key ``k``'s last ``size`` records (``buf``) is full: aggregate it and emit; a
+        tumbling count window (``every == size``) starts over. Shared with the on-disk operator."""
+        acc = self.new()
+        for rr, tt in buf:
+            self.add1(acc, rr, tt)
+        if timed:
+            ws, we = min(tt for _, tt in buf), max(tt for _, tt in buf) + 1
+        else:
+            ws = we = None
+        rows = self.finish(k, ws, we, acc)
+        self._out.extend(rows)
+        if timed:
+            self._tout.extend([we - 1] * len(rows))
+        if self.every == self.size:
+            buf.clear()
+
     def push(self, port: int, records: list[Any], times: list[int] | None) -> None:
         self.records_in += len(records)
         size, every = self.size, self.every
@@ -576,19 +593,7 @@ class CountWindowOperator(_WindowBase):
                 n = self.counts.get(k, 0) + 1
                 self.counts[k] = n
                 if n >= size and (n - size) % every == 0:
-                    acc = self.new()
-                    for rr, tt in buf:
-                        self.add1(acc, rr, tt)
-                    if times is not None:
-                        ws, we = min(tt for _, tt in buf), max(tt for _, tt in buf) + 1
-                    else:
-                        ws = we = None
-                    rows = self.finish(k, ws, we, acc)
-                    self._out.extend(rows)
-                    if times is not None:
-                        self._tout.extend([we - 1] * len(rows))
-                    if every == size:
-                        buf.clear()
+                    self._fire_count(k, buf, times is not None)
             except Exception as exc:
                 raise self.rt.step_error(self.node, exc, record=r, key=k, has_key=True, event_time=t) from exc
         self._flush()
